@@ -1,0 +1,18 @@
+"""rowpilot: run a task over every row of a dataset, in parallel, durably, resumably."""
+
+from rowpilot import errors
+from rowpilot._api import run
+from rowpilot._exports import ExportRecord as ItemRecord
+from rowpilot._result import Result, Summary
+from rowpilot._task import Ctx
+
+__all__ = [
+    "Ctx",
+    "ItemRecord",
+    "Result",
+    "Summary",
+    "errors",
+    "run",
+]
+
+__version__ = "0.1.0"

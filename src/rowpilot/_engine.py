@@ -1,0 +1,311 @@
+"""The engine: from a job's settings to a finished run.
+
+Order matters for the promise that bad input leaves the state untouched: the task is
+loaded, the outputs checked and the whole selection read once (the validation pass)
+before the state directory is locked; the registry file itself appears only with the
+first committed outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rowpilot._atomic import check_writable
+from rowpilot._config import JobConfig
+from rowpilot._events import EventLog
+from rowpilot._exports import write_failures, write_json_dir, write_table
+from rowpilot._items import (
+    FirstOccurrence,
+    Item,
+    Keyer,
+    OnlineDuplicateCheck,
+    ScanReport,
+    Selection,
+    duplicate_key_error,
+    parse_rows,
+    parse_shard,
+    scan,
+    selected_items,
+)
+from rowpilot._lock import StateLock
+from rowpilot._progress import Counters, ProgressView, default_view
+from rowpilot._registry import Registry
+from rowpilot._result import Result, Summary
+from rowpilot._retry import DEFAULT_RETRY_ON, RetryPolicy, exception_types
+from rowpilot._scheduler import RunEnd, RunSettings, Scheduler
+from rowpilot._sources import Source, open_source
+from rowpilot._task import Task, load_task
+from rowpilot.errors import UserError
+
+STATE_ROOT = Path(".rowpilot")
+
+
+@dataclass
+class PreparedJob:
+    """A job whose task, source, selection and outputs have all been checked."""
+
+    config: JobConfig
+    task: Task
+    source: Source
+    keyer: Keyer
+    selection: Selection
+    state: Path
+    settings: RunSettings
+    scan: ScanReport | None
+
+
+def prepare(config: JobConfig) -> PreparedJob:
+    """Everything that can be checked before touching state, checked."""
+    task = _load_task(config)
+    selection = Selection(
+        rows=parse_rows(config.rows) if config.rows else None,
+        shard=parse_shard(config.shard) if config.shard else None,
+        limit=config.limit,
+    )
+    _check_outputs(config)
+    source = open_source(config.source, format=config.format, encoding=config.encoding)
+    keyer = Keyer(source, config.key)
+    report = _validate(source, keyer, selection, config) if source.reiterable else None
+    return PreparedJob(
+        config=config, task=task, source=source, keyer=keyer, selection=selection,
+        state=state_directory(config, task, source, selection), settings=_settings(config),
+        scan=report,
+    )
+
+
+def _load_task(config: JobConfig) -> Task:
+    if isinstance(config.task, str):
+        return load_task(config.task, config.task_version)
+    return Task.from_callable(config.task, config.task_version)
+
+
+def _check_outputs(config: JobConfig) -> None:
+    for path, what in ((config.output, "output"), (config.failures, "failures report")):
+        if path is not None:
+            check_writable(path, what=what)
+    if config.json_dir is not None and not config.json_dir.is_dir():
+        check_writable(config.json_dir, what="JSON folder")
+
+
+def _validate(source: Source, keyer: Keyer, selection: Selection, config: JobConfig) -> ScanReport:
+    report = scan(source, keyer, selection)
+    if report.duplicate_hashes and config.dedupe is None:
+        error = duplicate_key_error(source, keyer, selection, report.duplicate_hashes)
+        if error is not None:
+            raise error
+    return report
+
+
+def _settings(config: JobConfig) -> RunSettings:
+    retry_on = exception_types(config.retry_on) if config.retry_on is not None else DEFAULT_RETRY_ON
+    policy = RetryPolicy(
+        max_attempts=config.max_attempts, base_delay=config.retry_delay,
+        max_delay=config.max_retry_delay, retry_on=retry_on,
+    )
+    force_before = config.force_before
+    if config.force and force_before is None:
+        force_before = time.time()
+    return RunSettings(
+        workers=config.workers, timeout=config.timeout, retry=policy, force_before=force_before,
+        retry_failed=config.retry_failed, grace=config.grace,
+    )
+
+
+def job_name(config: JobConfig, task: Task, source: Source) -> str:
+    if config.name:
+        return config.name
+    stem = Path(source.name).stem if isinstance(config.source, str | os.PathLike) else "data"
+    return f"{stem}-{task.name.rsplit('.', 1)[-1]}"
+
+
+def state_directory(config: JobConfig, task: Task, source: Source, selection: Selection) -> Path:
+    """``--state``, else ``.rowpilot/<job name>/`` (``shard-K-of-N`` below it for a shard)."""
+    if config.state is not None:
+        return config.state
+    directory = STATE_ROOT / _safe_dir_name(job_name(config, task, source))
+    if selection.shard is not None:
+        k, n = selection.shard
+        directory = directory / f"shard-{k}-of-{n}"
+    return directory
+
+
+def _safe_dir_name(name: str) -> str:
+    cleaned = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("._")
+    return cleaned or "job"
+
+
+async def execute(job: PreparedJob, progress: ProgressView | None = None) -> Result:
+    """Run a prepared job to its end (or until stopped) and write its outputs."""
+    created = not job.state.exists()
+    lock = StateLock(job.state, job.config.command or "")
+    lock.acquire()
+    registry = Registry(job.state)
+    remove_state = False
+    try:
+        summary = await _run_locked(job, registry, progress or default_view(job.config.progress))
+        if registry.exists:
+            _write_outputs(job.config, registry)
+    except UserError:
+        # A user error before the first commit leaves no state behind, as it found it.
+        remove_state = created and not registry.exists
+        raise
+    finally:
+        registry.close()
+        lock.release()
+        if remove_state:
+            shutil.rmtree(job.state, ignore_errors=True)
+    return Result(summary, job.state)
+
+
+async def _run_locked(job: PreparedJob, registry: Registry, progress: ProgressView) -> Summary:
+    run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    counters = Counters(total=job.scan.total if job.scan else None, started_at=time.monotonic())
+    events = EventLog(job.state / "logs", run_id)
+    run_row = _run_row(job, run_id)
+    scheduler = Scheduler(
+        task=job.task, registry=registry, run_id=run_id, settings=job.settings, events=events,
+        progress=progress, counters=counters,
+        first_commit=lambda: (_meta(job), run_row),
+    )
+    events.emit("run.started", task=job.task.name, version=job.task.version,
+                total=counters.total, state=str(job.state), workers=job.settings.workers)
+    progress.start(counters)
+    try:
+        with _signals_to(scheduler):
+            end = await scheduler.run(_chunks(job))
+        summary = _summary(job, run_id, counters, end)
+        run_row.update(ended_at=time.time(), status=summary.status,
+                       summary=json.dumps(summary.as_dict()))
+        registry.update_run(run_row)
+        events.emit("run.finished", **summary.as_dict())
+    except BaseException as exc:
+        events.emit("run.error", error=f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        progress.stop(counters)
+        events.close()
+    return summary
+
+
+def _chunks(job: PreparedJob) -> Iterator[list[Item]]:
+    if job.scan is None:
+        check = OnlineDuplicateCheck(job.source, job.keyer, job.config.dedupe == "first")
+        admits = check.admits
+    else:
+        admits = FirstOccurrence(job.scan.duplicate_hashes).admits
+    for items in selected_items(job.source, job.keyer, job.selection):
+        yield [item for item in items if admits(item)]
+
+
+@contextlib.contextmanager
+def _signals_to(scheduler: Scheduler) -> Iterator[None]:
+    """SIGINT/SIGTERM stop the run gracefully; a second one cancels in-flight items."""
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+
+    def on_signal() -> None:
+        if scheduler.stopping:
+            print("\nrowpilot: cancelling in-flight items", file=sys.stderr, flush=True)
+        else:
+            print(f"\nrowpilot: stopping; waiting up to {scheduler.settings.grace:g}s for "
+                  f"{scheduler.in_flight} in-flight item(s) (Ctrl-C again to cancel them)",
+                  file=sys.stderr, flush=True)
+        scheduler.request_stop()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, on_signal)
+            installed.append(sig)
+        except (ValueError, RuntimeError, NotImplementedError):
+            pass  # not the main thread: the caller keeps its own signal handling
+    try:
+        yield
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+def _meta(job: PreparedJob) -> dict[str, str]:
+    columns = job.scan.columns if job.scan else (job.source.columns() or [])
+    return {
+        "job_name": job.state.name,
+        "source": job.source.name,
+        "key_column": job.config.key or "",
+        "input_columns": json.dumps(columns),
+        "task": job.task.name,
+        "task_version": job.task.version,
+    }
+
+
+def _run_row(job: PreparedJob, run_id: str) -> dict[str, Any]:
+    settings = {
+        "workers": job.settings.workers, "rows": job.config.rows, "shard": job.config.shard,
+        "limit": job.config.limit, "total": job.scan.total if job.scan else None,
+        "source": job.source.name, "key": job.config.key,
+    }
+    return {
+        "run_id": run_id, "started_at": time.time(), "status": "running",
+        "command": job.config.command, "pid": os.getpid(), "task": job.task.name,
+        "task_version": job.task.version, "settings": json.dumps(settings),
+    }
+
+
+def _summary(job: PreparedJob, run_id: str, c: Counters, end: RunEnd) -> Summary:
+    elapsed = time.monotonic() - c.started_at
+    pending = None if c.total is None else max(0, c.total - c.finished)
+    if end is RunEnd.INTERRUPTED:
+        status = "interrupted"
+    elif c.failed and not c.done:
+        status = "failed"
+    elif c.failed or c.skipped_failed:
+        status = "completed_with_failures"
+    else:
+        status = "completed"
+    return Summary(
+        run_id=run_id, state=str(job.state), status=status, total=c.total, done=c.done,
+        failed=c.failed, skipped=c.skipped, skipped_failed=c.skipped_failed, pending=pending,
+        retries=c.retries, elapsed=elapsed,
+        items_per_second=(c.done + c.failed) / elapsed if elapsed > 0 else 0.0,
+        task_seconds=c.task_seconds,
+        speedup=c.task_seconds / elapsed if elapsed > 0 else 0.0,
+    )
+
+
+def _write_outputs(config: JobConfig, registry: Registry) -> None:
+    columns = registry.input_columns()
+    if config.output is not None:
+        write_table(config.output, registry.records, columns)
+    if config.json_dir is not None:
+        write_json_dir(config.json_dir, lambda: registry.records(status="done"))
+    if config.failures is not None:
+        write_failures(config.failures, lambda: registry.records(status="failed"))
+
+
+def run_sync(config: JobConfig, progress: ProgressView | None = None) -> Result:
+    """The sync face: run the async engine, in a helper thread if a loop already runs here."""
+    job = prepare(config)
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(execute(job, progress))
+    return _run_in_thread(job, progress)
+
+
+def _run_in_thread(job: PreparedJob, progress: ProgressView | None) -> Result:
+    # Inside a running loop (Jupyter), asyncio.run cannot nest: use a fresh loop elsewhere.
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, execute(job, progress)).result()

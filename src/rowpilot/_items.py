@@ -1,0 +1,294 @@
+"""Items: a source row with its key, its canonical JSON and its fingerprint.
+
+Also the selection of rows (``--rows``, ``--shard``, ``--limit``) and the validation
+pass that finds bad rows and duplicate keys before any state is touched.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import decimal
+import hashlib
+import json
+import math
+from array import array
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from rowpilot._sources import Row, Source
+from rowpilot.errors import ConfigError, DuplicateKeyError, KeyColumnError
+
+_DUPLICATES_SHOWN = 5
+
+
+@dataclass(slots=True)
+class Item:
+    """One unit of work: a row, its key and (once encoded) its fingerprint."""
+
+    seq: int
+    line: int | None
+    key: str
+    fields: dict[str, Any]
+    input_json: str = ""
+    fingerprint: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """Which rows of the source a run covers. ``shard`` is (k, n), k counted from 1."""
+
+    rows: tuple[int | None, int | None] | None = None
+    shard: tuple[int, int] | None = None
+    limit: int | None = None
+
+    def row_range_admits(self, seq: int) -> bool:
+        if self.rows is None:
+            return True
+        start, stop = self.rows
+        return (start is None or seq >= start) and (stop is None or seq < stop)
+
+    def past_row_range(self, seq: int) -> bool:
+        return self.rows is not None and self.rows[1] is not None and seq >= self.rows[1]
+
+
+def parse_rows(text: str) -> tuple[int | None, int | None]:
+    """Parse ``A:B`` (0-based, B excluded; either side may be empty)."""
+    start_text, sep, stop_text = text.partition(":")
+    if not sep:
+        raise ConfigError(f"--rows {text!r} is not a range", hint="write it as A:B, e.g. 0:1516")
+    try:
+        start = int(start_text) if start_text.strip() else None
+        stop = int(stop_text) if stop_text.strip() else None
+    except ValueError:
+        raise ConfigError(f"--rows {text!r} is not a range of whole numbers",
+                          hint="write it as A:B, e.g. 0:1516") from None
+    if (start is not None and start < 0) or (start is not None and stop is not None and stop < start):
+        raise ConfigError(f"--rows {text!r} is empty or negative", hint="use 0 <= A <= B")
+    return start, stop
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """Parse ``K/N`` with shards numbered 1..N."""
+    k_text, sep, n_text = text.partition("/")
+    try:
+        k, n = int(k_text), int(n_text)
+    except ValueError:
+        k = n = 0
+    if not sep or n < 1 or not 1 <= k <= n:
+        raise ConfigError(f"--shard {text!r} is not a shard", hint="write K/N with 1 <= K <= N, e.g. 3/10")
+    return k, n
+
+
+def _json_default(value: Any) -> Any:
+    # Values that JSON has no type for: keep them readable and stable.
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if hasattr(value, "isoformat"):  # pandas Timestamp
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+_encoder = json.JSONEncoder(
+    ensure_ascii=False, sort_keys=True, separators=(",", ":"), default=_json_default
+)
+encode_json: Callable[[Any], str] = _encoder.encode
+"""Canonical JSON (sorted keys): the stored input row, hashed into the fingerprint."""
+
+encode_output: Callable[[Any], str] = json.JSONEncoder(
+    ensure_ascii=False, separators=(",", ":"), default=_json_default
+).encode
+"""Task output as JSON, in the task's own field order (it becomes the column order)."""
+
+
+def key_hash(key: str) -> int:
+    """A stable 63-bit hash of a key: shard assignment and duplicate detection."""
+    digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def fingerprint(task_version: str, input_json: str) -> str:
+    data = f"{task_version}\x00{input_json}".encode("utf-8", "surrogatepass")
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def _key_text(value: Any) -> str | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool | int):
+        return str(value)
+    return encode_json(value)
+
+
+class Keyer:
+    """Turns rows into items: the key column's value, else the row number."""
+
+    def __init__(self, source: Source, key_column: str | None) -> None:
+        self.source = source
+        self.key_column = key_column
+        columns = source.columns()
+        if key_column is not None and columns is not None and key_column not in columns:
+            raise _unknown_key_column(source, key_column, columns)
+
+    def item(self, row: Row) -> Item:
+        seq, line, fields = row
+        if self.key_column is None:
+            return Item(seq, line, str(seq), fields)
+        if self.key_column not in fields:
+            if self.source.columns() is None and seq == 0:
+                raise _unknown_key_column(self.source, self.key_column, list(fields))
+            raise KeyColumnError(
+                "this row has no key column", file=self.source.name, row=seq, line=line,
+                column=self.key_column, hint="give every row a key, or drop --key to key by row number",
+            )
+        key = _key_text(fields[self.key_column])
+        if key is None or key == "":
+            raise KeyColumnError(
+                "the key is empty", file=self.source.name, row=seq, line=line,
+                column=self.key_column, hint="give every row a key, or drop --key to key by row number",
+            )
+        return Item(seq, line, key, fields)
+
+
+def _unknown_key_column(source: Source, column: str, columns: list[str]) -> KeyColumnError:
+    shown = ", ".join(repr(name) for name in columns[:12])
+    return KeyColumnError(
+        "no such key column", file=source.name, column=column,
+        hint=f"the columns are {shown}" if shown else "the input has no columns",
+    )
+
+
+def selected_items(
+    source: Source, keyer: Keyer, selection: Selection, chunk_size: int = 1024
+) -> Iterator[list[Item]]:
+    """Stream the selected items in chunks, in source order."""
+    remaining = selection.limit
+    for chunk in source.chunks(chunk_size):
+        items: list[Item] = []
+        for row in chunk:
+            seq = row[0]
+            if selection.past_row_range(seq):
+                if items:
+                    yield items
+                return
+            if not selection.row_range_admits(seq):
+                continue
+            item = keyer.item(row)
+            if selection.shard is not None:
+                k, n = selection.shard
+                if key_hash(item.key) % n != k - 1:
+                    continue
+            items.append(item)
+            if remaining is not None:
+                remaining -= 1
+                if remaining <= 0:
+                    yield items
+                    return
+        if items:
+            yield items
+
+
+@dataclass
+class ScanReport:
+    """What the validation pass learned: the count, the columns, repeated keys."""
+
+    total: int
+    columns: list[str]
+    duplicate_hashes: frozenset[int] = field(default_factory=frozenset)
+
+
+def scan(source: Source, keyer: Keyer, selection: Selection) -> ScanReport:
+    """Read the whole selection once: every read error surfaces before state is touched."""
+    hashes = array("q")
+    columns: dict[str, None] = dict.fromkeys(source.columns() or [])
+    total = 0
+    for items in selected_items(source, keyer, selection):
+        total += len(items)
+        hashes.extend(key_hash(item.key) for item in items)
+        if len(columns) == 0 or source.columns() is None:
+            for item in items:
+                columns.update(dict.fromkeys(item.fields))
+    return ScanReport(total, list(columns), _repeated(hashes))
+
+
+def _repeated(hashes: array[int]) -> frozenset[int]:
+    if len(hashes) < 2:
+        return frozenset()
+    ordered = np.sort(np.frombuffer(hashes, dtype=np.int64))
+    repeated = ordered[1:][ordered[1:] == ordered[:-1]]
+    return frozenset(int(value) for value in np.unique(repeated))
+
+
+def duplicate_key_error(
+    source: Source, keyer: Keyer, selection: Selection, suspects: frozenset[int]
+) -> DuplicateKeyError | None:
+    """Name the first repeated keys and their rows, or None if the hashes only collided."""
+    first_row: dict[str, int] = {}
+    repeats: list[tuple[str, int, int]] = []
+    for items in selected_items(source, keyer, selection):
+        for item in items:
+            if key_hash(item.key) not in suspects:
+                continue
+            if item.key in first_row:
+                repeats.append((item.key, first_row[item.key], item.seq))
+            else:
+                first_row[item.key] = item.seq
+    if not repeats:
+        return None
+    shown = "; ".join(f"{key!r} at rows {a} and {b}" for key, a, b in repeats[:_DUPLICATES_SHOWN])
+    more = f" and {len(repeats) - _DUPLICATES_SHOWN} more" if len(repeats) > _DUPLICATES_SHOWN else ""
+    return DuplicateKeyError(
+        f"{len(repeats)} duplicate key(s): {shown}{more}", file=source.name, column=keyer.key_column,
+        hint="make the keys unique, or pass --dedupe first to keep each key's first row",
+    )
+
+
+class FirstOccurrence:
+    """With ``--dedupe first``: lets through only the first row of each repeated key."""
+
+    def __init__(self, suspects: frozenset[int]) -> None:
+        self._suspects = suspects
+        self._seen: set[str] = set()
+
+    def admits(self, item: Item) -> bool:
+        if not self._suspects or key_hash(item.key) not in self._suspects:
+            return True
+        if item.key in self._seen:
+            return False
+        self._seen.add(item.key)
+        return True
+
+
+class OnlineDuplicateCheck:
+    """Duplicate detection for one-shot iterables, which cannot be scanned first."""
+
+    def __init__(self, source: Source, keyer: Keyer, dedupe: bool) -> None:
+        self._source = source
+        self._keyer = keyer
+        self._dedupe = dedupe
+        self._first_row: dict[str, int] = {}
+
+    def admits(self, item: Item) -> bool:
+        first = self._first_row.setdefault(item.key, item.seq)
+        if first == item.seq:
+            return True
+        if self._dedupe:
+            return False
+        raise DuplicateKeyError(
+            f"duplicate key {item.key!r} at rows {first} and {item.seq}",
+            file=self._source.name, column=self._keyer.key_column,
+            hint="make the keys unique, or pass dedupe='first' to keep each key's first row",
+        )

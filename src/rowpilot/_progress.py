@@ -1,0 +1,126 @@
+"""Progress: a rich bar on a terminal, plain periodic lines otherwise, or nothing."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from typing import Protocol, TextIO
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+@dataclass
+class Counters:
+    """Live counts of one run, read by the progress view and the summary."""
+
+    total: int | None = None
+    done: int = 0
+    failed: int = 0
+    skipped: int = 0
+    skipped_failed: int = 0
+    retries: int = 0
+    running: int = 0
+    task_seconds: float = 0.0
+    started_at: float = 0.0
+
+    @property
+    def finished(self) -> int:
+        return self.done + self.failed + self.skipped + self.skipped_failed
+
+    def processed_rate(self, now: float) -> float:
+        elapsed = max(now - self.started_at, 1e-9)
+        return (self.done + self.failed) / elapsed
+
+
+class ProgressView(Protocol):
+    def start(self, counters: Counters) -> None: ...
+    def refresh(self, counters: Counters) -> None: ...
+    def stop(self, counters: Counters) -> None: ...
+
+
+class NoProgress:
+    def start(self, counters: Counters) -> None:
+        pass
+
+    def refresh(self, counters: Counters) -> None:
+        pass
+
+    def stop(self, counters: Counters) -> None:
+        pass
+
+
+def _status_text(c: Counters, now: float) -> str:
+    return (
+        f"ok {c.done}  failed {c.failed}  skipped {c.skipped + c.skipped_failed}"
+        f"  {c.processed_rate(now):,.0f} items/s"
+    )
+
+
+class RichProgress:
+    """A live bar: done/total, ok, failed, skipped, items/s, elapsed and ETA."""
+
+    def __init__(self, console: Console) -> None:
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed:,.0f}/{task.total:,.0f}"),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
+        self._task_id = self._progress.add_task("rowpilot", total=None, status="")
+
+    def start(self, counters: Counters) -> None:
+        self._progress.start()
+        self.refresh(counters)
+
+    def refresh(self, counters: Counters) -> None:
+        self._progress.update(
+            self._task_id,
+            total=counters.total,
+            completed=counters.finished,
+            status=_status_text(counters, time.monotonic()),
+        )
+
+    def stop(self, counters: Counters) -> None:
+        self.refresh(counters)
+        self._progress.stop()
+
+
+class PlainProgress:
+    """One line every ``interval`` seconds, for logs and pipes."""
+
+    def __init__(self, stream: TextIO, interval: float = 10.0) -> None:
+        self._stream = stream
+        self._interval = interval
+        self._last = 0.0
+
+    def start(self, counters: Counters) -> None:
+        self._last = time.monotonic()
+
+    def refresh(self, counters: Counters) -> None:
+        now = time.monotonic()
+        if now - self._last >= self._interval:
+            self._last = now
+            self._line(counters, now)
+
+    def stop(self, counters: Counters) -> None:
+        self._line(counters, time.monotonic())
+
+    def _line(self, c: Counters, now: float) -> None:
+        total = f"/{c.total:,}" if c.total is not None else ""
+        print(f"progress {c.finished:,}{total}  {_status_text(c, now)}", file=self._stream, flush=True)
+
+
+def default_view(enabled: bool | None) -> ProgressView:
+    """A rich bar on a terminal (stderr), plain lines when not a TTY, none if disabled."""
+    if enabled is False:
+        return NoProgress()
+    if sys.stderr.isatty():
+        return RichProgress(Console(stderr=True))
+    return PlainProgress(sys.stderr)

@@ -1,0 +1,110 @@
+"""What a run returns: its summary, and the whole job's table read from the registry."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rowpilot._exports import ExportRecord, to_dataframe
+from rowpilot._registry import Registry
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+EXIT_OK = 0
+EXIT_FAILURES = 1
+EXIT_INTERRUPTED = 130
+
+
+@dataclass(frozen=True)
+class Summary:
+    """The figures of one run. ``speedup`` is the sum of task time over wall time."""
+
+    run_id: str
+    state: str
+    status: str  # completed, completed_with_failures, failed, interrupted
+    total: int | None
+    done: int
+    failed: int
+    skipped: int
+    skipped_failed: int
+    pending: int | None
+    retries: int
+    elapsed: float
+    items_per_second: float
+    task_seconds: float
+    speedup: float
+
+    @property
+    def exit_code(self) -> int:
+        if self.status == "interrupted":
+            return EXIT_INTERRUPTED
+        return EXIT_FAILURES if self.failed or self.skipped_failed else EXIT_OK
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def lines(self) -> list[str]:
+        total = f" of {self.total:,}" if self.total is not None else ""
+        if self.status == "completed" and not self.done and not self.pending:
+            return [f"nothing to do: all {self.skipped:,} items were done before", f"state: {self.state}"]
+        lines = [
+            f"{self.status.replace('_', ' ')}: {self.done:,} done, {self.failed:,} failed, "
+            f"{self.skipped:,} skipped (done before){total}",
+            f"elapsed {self.elapsed:.2f}s, {self.items_per_second:,.1f} items/s, "
+            f"task time {self.task_seconds:.2f}s, parallel speed-up {self.speedup:.1f}x",
+        ]
+        if self.skipped_failed:
+            lines.append(
+                f"{self.skipped_failed:,} failed earlier and were not retried "
+                "(add --retry-failed to retry them)"
+            )
+        if self.retries:
+            lines.append(f"{self.retries:,} retries")
+        if self.pending:
+            lines.append(f"{self.pending:,} items not processed yet")
+        lines.append(f"state: {self.state}")
+        return lines
+
+
+class Result:
+    """A finished (or stopped) run: its summary and the job's records in the registry."""
+
+    def __init__(self, summary: Summary, state: Path) -> None:
+        self.summary = summary
+        self.state = state
+
+    def __repr__(self) -> str:
+        s = self.summary
+        return f"<Result {s.status}: {s.done} done, {s.failed} failed, {s.skipped} skipped>"
+
+    def _registry(self) -> Registry | None:
+        registry = Registry(self.state)
+        return registry if registry.exists else None
+
+    def __iter__(self) -> Iterator[ExportRecord]:
+        """Every item of the job in source order: key, status, input, output, error."""
+        registry = self._registry()
+        if registry is None:
+            return
+        try:
+            yield from registry.records()
+        finally:
+            registry.close()
+
+    def to_pandas(self, *, done_only: bool = False) -> pd.DataFrame:
+        """The whole job's enriched table (input columns, then output columns)."""
+        registry = self._registry()
+        if registry is None:
+            import pandas as pd
+
+            return pd.DataFrame()
+        try:
+            return to_dataframe(registry.records, registry.input_columns(), done_only=done_only)
+        finally:
+            registry.close()
+
+    def failures(self) -> list[ExportRecord]:
+        return [record for record in self if record.status == "failed"]

@@ -1,0 +1,386 @@
+"""The scheduler: admits items under the worker limit, runs them, commits their outcomes.
+
+Written by hand because it is the product's core. Its rules:
+
+* an item holds a slot of the in-flight *window* from admission until its outcome is
+  committed, so the source is never read far ahead and a crash loses at most a window;
+* at most ``workers`` items run at once; the window is twice that, so a batch can be
+  committing while the next runs;
+* outcomes are committed in batches: when half a window is waiting, when nothing else is
+  running, or ``flush_interval`` after the first one arrived;
+* on a stop request no item is admitted; in-flight items get ``grace`` seconds, then are
+  cancelled; cancelled items are not recorded and run again on resume.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import functools
+import time
+import traceback
+from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from rowpilot._events import EventLog
+from rowpilot._items import Item, encode_json, fingerprint
+from rowpilot._progress import Counters, ProgressView
+from rowpilot._registry import Outcome, PriorState, Registry
+from rowpilot._retry import RetryPolicy
+from rowpilot._task import Ctx, Task, output_json
+from rowpilot.errors import ItemTimeoutError, RowpilotError, SourceFormatError, UserError
+
+_ERROR_CHARS = 1000
+_PROGRESS_PERIOD = 0.1
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How a run schedules its items."""
+
+    workers: int = 8
+    timeout: float | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    force_before: float | None = None  # redo items finished before this time (--force)
+    retry_failed: bool = False
+    grace: float = 30.0
+    flush_interval: float = 0.05
+
+    @property
+    def window(self) -> int:
+        return 2 * self.workers
+
+
+class RunEnd(enum.Enum):
+    COMPLETED = "completed"
+    INTERRUPTED = "interrupted"
+
+
+FirstCommit = Callable[[], tuple[dict[str, str], dict[str, Any]]]
+
+
+class Scheduler:
+    """Runs one job's selected items against its registry."""
+
+    def __init__(
+        self,
+        *,
+        task: Task,
+        registry: Registry,
+        run_id: str,
+        settings: RunSettings,
+        events: EventLog,
+        progress: ProgressView,
+        counters: Counters,
+        first_commit: FirstCommit,
+    ) -> None:
+        self.task = task
+        self.registry = registry
+        self.run_id = run_id
+        self.settings = settings
+        self.events = events
+        self.progress = progress
+        self.counters = counters
+        self._first_commit: FirstCommit | None = first_commit
+        self._window = asyncio.Semaphore(settings.window)
+        self._workers = asyncio.Semaphore(settings.workers)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._buffer: list[Outcome] = []
+        self._uncommitted = 0  # admitted items whose outcome is not committed yet
+        self._flush_timer: asyncio.TimerHandle | None = None
+        self._pool = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="rowpilot")
+        self._task_logger = events.task_logger()
+        self._stopping = False
+        self._stop_deadline: float | None = None
+        self._hard_stop = asyncio.Event()
+        self._fatal: BaseException | None = None
+
+    # -- stopping ---------------------------------------------------------------------
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    @property
+    def in_flight(self) -> int:
+        return self._uncommitted
+
+    def request_stop(self) -> None:
+        """First call: stop admitting and let in-flight items finish. Second: cancel them."""
+        if self._stopping:
+            self._hard_stop.set()
+            return
+        self._stopping = True
+        self._stop_deadline = time.monotonic() + self.settings.grace
+
+    def _fail_run(self, error: BaseException) -> None:
+        if self._fatal is None:
+            self._fatal = error
+        self._stopping = True
+        self._hard_stop.set()
+
+    # -- the run ------------------------------------------------------------------------
+
+    async def run(self, chunks: Iterator[list[Item]]) -> RunEnd:
+        ticker = asyncio.create_task(self._tick())
+        try:
+            admission = asyncio.create_task(self._admit(chunks))
+            await self._until_admitted(admission)
+            await self._drain()
+        finally:
+            ticker.cancel()
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._fatal is not None:
+            raise self._fatal
+        return RunEnd.INTERRUPTED if self._stopping else RunEnd.COMPLETED
+
+    async def _until_admitted(self, admission: asyncio.Task[None]) -> None:
+        stop_wait = asyncio.create_task(self._wait_for_stop())
+        await asyncio.wait({admission, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+        stop_wait.cancel()
+        if not admission.done():
+            admission.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await admission
+        if not admission.cancelled() and admission.exception() is not None:
+            self._fail_run(admission.exception())  # type: ignore[arg-type]
+
+    async def _wait_for_stop(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(_PROGRESS_PERIOD)
+
+    async def _admit(self, chunks: Iterator[list[Item]]) -> None:
+        for items in chunks:
+            for item in self._to_do(items):
+                await self._window.acquire()
+                self._spawn(item)
+            await asyncio.sleep(0)  # let outcomes, timers and the progress bar run
+
+    def _to_do(self, items: list[Item]) -> list[Item]:
+        for item in items:
+            item.input_json = _encode_row(item)
+            item.fingerprint = fingerprint(self.task.version, item.input_json)
+        prior = self.registry.lookup([item.key for item in items])
+        return [item for item in items if self._needs_work(item, prior.get(item.key))]
+
+    def _needs_work(self, item: Item, prior: PriorState | None) -> bool:
+        if prior is None or prior.fingerprint != item.fingerprint:
+            return True
+        force_before = self.settings.force_before
+        if force_before is not None and prior.finished_at < force_before:
+            return True
+        if prior.status == "failed":
+            if self.settings.retry_failed:
+                return True
+            self.counters.skipped_failed += 1
+            return False
+        self.counters.skipped += 1
+        return False
+
+    def _spawn(self, item: Item) -> None:
+        self._uncommitted += 1
+        task = asyncio.create_task(self._process(item))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _drain(self) -> None:
+        while self._tasks and not self._hard_stop.is_set():
+            hard = asyncio.create_task(self._hard_stop.wait())
+            timeout = None
+            if self._stop_deadline is not None:
+                timeout = max(0.0, self._stop_deadline - time.monotonic())
+            done, _ = await asyncio.wait(
+                {*self._tasks, hard}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+            hard.cancel()
+            if not done:  # the grace period is over
+                break
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._flush()
+
+    async def _tick(self) -> None:
+        while True:
+            self.progress.refresh(self.counters)
+            await asyncio.sleep(_PROGRESS_PERIOD)
+
+    # -- one item -----------------------------------------------------------------------
+
+    async def _process(self, item: Item) -> None:
+        handed_over = False
+        try:
+            outcome = await self._attempts(item)
+            if outcome is not None:
+                self._record(outcome)
+                handed_over = True
+        except UserError as error:
+            self._fail_run(error)
+        finally:
+            if not handed_over:
+                self._uncommitted -= 1
+                self._window.release()
+                self._maybe_flush()
+
+    async def _attempts(self, item: Item) -> Outcome | None:
+        started = time.time()
+        task_seconds = 0.0
+        attempt = 0
+        while True:
+            attempt += 1
+            async with self._workers:
+                clock = time.perf_counter()
+                self.counters.running += 1
+                try:
+                    output = output_json(
+                        await self._call(item, attempt), task=self.task.name, key=item.key
+                    )
+                    error: Exception | None = None
+                except UserError:
+                    raise
+                except Exception as exc:
+                    error = exc
+                    trace = traceback.format_exc()
+                finally:
+                    self.counters.running -= 1
+                    task_seconds += time.perf_counter() - clock
+            if error is None:
+                return self._outcome(item, "done", attempt, started, task_seconds, output=output)
+            if not self.settings.retry.should_retry(error, attempt):
+                self._log_failure(item, error, attempt)
+                return self._outcome(
+                    item, "failed", attempt, started, task_seconds, error=error, trace=trace
+                )
+            if self._stopping:
+                return None  # retried on resume rather than recorded as failed
+            await self._wait_to_retry(item, error, attempt)
+
+    async def _call(self, item: Item, attempt: int) -> Any:
+        ctx = Ctx(self.run_id, item.key, item.seq, attempt, self._task_logger)
+        arguments = self.task.arguments(item.fields, ctx)
+        call: Awaitable[Any]
+        if self.task.is_async:
+            call = self.task.fn(*arguments)
+        else:
+            loop = asyncio.get_running_loop()
+            call = loop.run_in_executor(self._pool, functools.partial(self.task.fn, *arguments))
+        if self.settings.timeout is None:
+            return await call
+        async with asyncio.timeout(self.settings.timeout) as deadline:
+            try:
+                return await call
+            except TimeoutError:
+                if deadline.expired():
+                    raise ItemTimeoutError(
+                        f"attempt {attempt} ran past --timeout {self.settings.timeout:g}s",
+                        key=item.key,
+                    ) from None
+                raise
+
+    async def _wait_to_retry(self, item: Item, error: Exception, attempt: int) -> None:
+        delay = self.settings.retry.delay(attempt)
+        self.counters.retries += 1
+        self.events.emit(
+            "item.retry", key=item.key, row=item.seq, attempt=attempt, delay=round(delay, 3),
+            error=_one_line(error), message=f"key={item.key!r} attempt {attempt} failed "
+            f"({_one_line(error)}); retrying in {delay:.2f}s",
+        )
+        await asyncio.sleep(delay)
+
+    def _log_failure(self, item: Item, error: Exception, attempt: int) -> None:
+        self.events.emit(
+            "item.failed", key=item.key, row=item.seq, attempts=attempt,
+            error_type=type(error).__name__, error=_one_line(error),
+            message=f"key={item.key!r} failed after {attempt} attempt(s): {_one_line(error)}",
+        )
+
+    def _outcome(
+        self,
+        item: Item,
+        status: str,
+        attempts: int,
+        started: float,
+        task_seconds: float,
+        *,
+        output: str | None = None,
+        error: Exception | None = None,
+        trace: str | None = None,
+    ) -> Outcome:
+        return Outcome(
+            key=item.key, seq=item.seq, fingerprint=item.fingerprint, input_json=item.input_json,
+            status=status, attempts=attempts, output_json=output,
+            error=_one_line(error) if error is not None else None,
+            error_type=type(error).__name__ if error is not None else None,
+            traceback=trace, started_at=started, finished_at=time.time(),
+            task_seconds=task_seconds, run_id=self.run_id,
+        )
+
+    # -- committing ---------------------------------------------------------------------
+
+    def _record(self, outcome: Outcome) -> None:
+        self._buffer.append(outcome)
+        self.counters.task_seconds += outcome.task_seconds
+        self._maybe_flush()
+
+    def _maybe_flush(self) -> None:
+        if not self._buffer:
+            return
+        nothing_running = len(self._buffer) >= self._uncommitted
+        if nothing_running or len(self._buffer) >= self.settings.workers:
+            self._flush()
+        elif self._flush_timer is None:
+            loop = asyncio.get_running_loop()
+            self._flush_timer = loop.call_later(self.settings.flush_interval, self._flush)
+
+    def _flush(self) -> None:
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        if not self._buffer:
+            return
+        batch, self._buffer = self._buffer, []
+        try:
+            self._commit(batch)
+        except Exception as exc:
+            # A registry that cannot be written must stop the run: going on would do
+            # (and maybe pay for) work that is then lost.
+            self._fail_run(exc)
+            return
+        for outcome in batch:
+            if outcome.status == "done":
+                self.counters.done += 1
+            else:
+                self.counters.failed += 1
+        self._uncommitted -= len(batch)
+        for _ in batch:
+            self._window.release()
+
+    def _commit(self, batch: list[Outcome]) -> None:
+        if self._first_commit is not None:
+            meta, run = self._first_commit()
+            self.registry.commit(batch, meta=meta, run=run)
+            self._first_commit = None
+        else:
+            self.registry.commit(batch)
+
+
+def _encode_row(item: Item) -> str:
+    try:
+        return encode_json(item.fields)
+    except (TypeError, ValueError) as exc:
+        raise SourceFormatError(
+            f"a value cannot be stored: {exc}", row=item.seq, line=item.line,
+            hint="convert the column to text, numbers or dates first",
+        ) from exc
+
+
+def _one_line(error: BaseException) -> str:
+    if isinstance(error, RowpilotError):
+        text = str(error)
+    else:
+        text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    text = " ".join(text.split())
+    return text if len(text) <= _ERROR_CHARS else text[: _ERROR_CHARS - 1] + "…"

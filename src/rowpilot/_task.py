@@ -1,0 +1,188 @@
+"""Tasks: loading ``module:function`` or ``file.py:function``, versioning, calling.
+
+A task is called as ``task(row)`` or ``task(row, ctx)`` and returns a dict or a pydantic
+model whose fields become output columns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import logging
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from rowpilot._items import encode_output
+from rowpilot.errors import TaskLoadError, TaskOutputError
+
+TaskFn = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class Ctx:
+    """The task's handle on the engine: which run and item it is working on, and a logger."""
+
+    run_id: str
+    key: str
+    row: int
+    attempt: int
+    logger: logging.Logger
+
+
+@dataclass(frozen=True)
+class Task:
+    """A loaded task: the callable and what the engine needs to know about it."""
+
+    fn: TaskFn
+    name: str
+    version: str
+    is_async: bool
+    takes_ctx: bool
+
+    @classmethod
+    def from_callable(cls, fn: TaskFn, version: str | None = None) -> Task:
+        if not callable(fn):
+            raise TaskLoadError(f"{fn!r} is not callable", hint="pass a function")
+        return cls(
+            fn=fn,
+            name=getattr(fn, "__qualname__", type(fn).__name__),
+            version=version or source_version(fn),
+            is_async=_is_async(fn),
+            takes_ctx=_takes_ctx(fn),
+        )
+
+    def arguments(self, row: dict[str, Any], ctx: Ctx) -> tuple[Any, ...]:
+        return (row, ctx) if self.takes_ctx else (row,)
+
+
+def load_task(spec: str, version: str | None = None) -> Task:
+    """Load ``module:function`` or ``path/to/file.py:function``."""
+    target, sep, attribute = spec.rpartition(":")
+    if not sep or not target or not attribute:
+        raise TaskLoadError(
+            f"task {spec!r} does not name a function",
+            hint="write module:function or path/to/file.py:function",
+        )
+    module = _import_file(target) if _looks_like_path(target) else _import_module(target)
+    fn = module
+    for part in attribute.split("."):
+        fn = getattr(fn, part, None)
+        if fn is None:
+            raise TaskLoadError(
+                f"{target} has no attribute {attribute!r}",
+                hint=f"check the name; it defines {_public_names(module)}",
+            )
+    if not callable(fn):
+        raise TaskLoadError(f"{spec} is a {type(fn).__name__}, not callable", hint="name a function")
+    return Task.from_callable(fn, version)
+
+
+def _looks_like_path(target: str) -> bool:
+    return target.endswith(".py") or "/" in target or "\\" in target
+
+
+def _import_file(target: str) -> Any:
+    path = Path(target)
+    if not path.is_file():
+        raise TaskLoadError(f"task file {target} does not exist", hint="check the path")
+    name = "rowpilot_task_" + hashlib.blake2b(str(path.resolve()).encode(), digest_size=6).hexdigest()
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise TaskLoadError(f"cannot import {target}", hint="name a .py file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    # The task's own folder on the path lets it import its neighbours, as `python file.py` would.
+    sys.path.insert(0, str(path.resolve().parent))
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        del sys.modules[name]
+        raise _import_failed(target, exc) from exc
+    return module
+
+
+def _import_module(target: str) -> Any:
+    if "" not in sys.path:
+        sys.path.insert(0, "")
+    try:
+        return importlib.import_module(target)
+    except ModuleNotFoundError as exc:
+        if exc.name and target.startswith(exc.name):
+            raise TaskLoadError(
+                f"no module named {target!r}",
+                hint="run from the folder that holds it, or give the file path: path/to/file.py:function",
+            ) from exc
+        raise _import_failed(target, exc) from exc
+    except Exception as exc:
+        raise _import_failed(target, exc) from exc
+
+
+def _import_failed(target: str, exc: BaseException) -> TaskLoadError:
+    return TaskLoadError(
+        f"importing {target} raised {type(exc).__name__}: {exc}",
+        hint="fix the error in the task's module (run with --debug for the traceback)",
+    )
+
+
+def _public_names(module: Any) -> str:
+    names = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")]
+    return ", ".join(names[:10]) or "no functions"
+
+
+def source_version(fn: TaskFn) -> str:
+    """The task version: a hash of the function's source code."""
+    target = fn if inspect.isfunction(fn) or inspect.ismethod(fn) else type(fn)
+    try:
+        text = inspect.getsource(target)
+    except (OSError, TypeError):
+        text = f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', repr(fn))}"
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=8).hexdigest()
+
+
+def _is_async(fn: TaskFn) -> bool:
+    call = getattr(fn, "__call__", None)  # noqa: B004 - async __call__ on callable objects
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(call)
+
+
+def _takes_ctx(fn: TaskFn) -> bool:
+    try:
+        parameters = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    if any(p.name == "ctx" for p in parameters):
+        return True
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 2 or any(p.kind is p.VAR_POSITIONAL for p in parameters)
+
+
+def output_json(value: Any, *, task: str, key: str) -> str:
+    """Check what a task returned and encode it; anything but a dict or model is an error."""
+    if isinstance(value, BaseModel):
+        return encode_output(value.model_dump(mode="json"))
+    if not isinstance(value, dict):
+        raise TaskOutputError(
+            f"task {task} returned a {type(value).__name__} for key {key!r}, not a dict",
+            key=key,
+            hint="return a dict such as {'label': ...} or a pydantic model ({} if there is no output)",
+        )
+    if not all(isinstance(name, str) for name in value):
+        raise TaskOutputError(
+            f"task {task} returned a dict with non-text field names for key {key!r}",
+            key=key, hint="use str keys; they become the output column names",
+        )
+    try:
+        return encode_output(value)
+    except (TypeError, ValueError) as exc:
+        raise TaskOutputError(
+            f"task {task} returned a value that cannot be stored for key {key!r}: {exc}",
+            key=key, hint="return JSON-compatible values (str, numbers, bools, lists, dicts)",
+        ) from exc

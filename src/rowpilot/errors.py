@@ -1,0 +1,177 @@
+"""The rowpilot exception tree.
+
+Every error rowpilot raises on purpose is one of these. User errors exit 2 from the CLI
+with one line (no traceback unless ``--debug``) and leave the state untouched.
+
+RowpilotError                   base of everything rowpilot raises on purpose
+├── UserError                   the user can fix it; CLI exit code 2
+│   ├── ConfigError             a bad flag, job-file value or combination of settings
+│   ├── SourceError             the input data cannot be read as asked (names file/row/column)
+│   │   ├── SourceNotFoundError     the input file or folder does not exist
+│   │   ├── SourceEncodingError     bytes that do not decode with the chosen encoding
+│   │   ├── SourceFormatError       a ragged CSV row, a JSONL line that is not an object, ...
+│   │   ├── EmptySourceError        no header, or a header and no rows
+│   │   ├── KeyColumnError          the key column is unknown, or a row has no key value
+│   │   └── DuplicateKeyError       the same key on several rows (see ``--dedupe first``)
+│   ├── TaskLoadError           the task path does not import or names nothing callable
+│   ├── TaskOutputError         the task returned something that is not a dict or a model
+│   ├── OutputPathError         an output path cannot be written
+│   └── StateError              the state directory is unusable
+│       └── StateLockedError    another run holds the state directory
+└── ItemTimeoutError            one attempt of an item ran past ``--timeout`` (retryable)
+
+Errors carry their context as attributes and survive pickling, so process and Ray
+executors can send them back unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "ConfigError",
+    "DuplicateKeyError",
+    "EmptySourceError",
+    "ItemTimeoutError",
+    "KeyColumnError",
+    "OutputPathError",
+    "RowpilotError",
+    "SourceEncodingError",
+    "SourceError",
+    "SourceFormatError",
+    "SourceNotFoundError",
+    "StateError",
+    "StateLockedError",
+    "TaskLoadError",
+    "TaskOutputError",
+    "UserError",
+]
+
+_CONTEXT_FIELDS = ("file", "row", "line", "column", "key")
+
+
+def _rebuild(cls: type[RowpilotError], message: str, context: dict[str, Any]) -> RowpilotError:
+    return cls(message, **context)
+
+
+class RowpilotError(Exception):
+    """Base of every error rowpilot raises on purpose.
+
+    ``message`` says what went wrong; ``hint`` says how to fix it. The context
+    attributes (file, row, line, column, key) are ``None`` where they do not apply.
+    ``row`` is the 0-based data row (the numbering of ``--rows``); ``line`` is the
+    1-based physical line in a text file.
+    """
+
+    exit_code = 1
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        file: str | None = None,
+        row: int | None = None,
+        line: int | None = None,
+        column: str | None = None,
+        key: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.file = file
+        self.row = row
+        self.line = line
+        self.column = column
+        self.key = key
+
+    def _context(self) -> dict[str, Any]:
+        context: dict[str, Any] = {name: getattr(self, name) for name in _CONTEXT_FIELDS}
+        context["hint"] = self.hint
+        return context
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.message, self._context()))
+
+    def where(self) -> str:
+        """The location part of the message: ``data.csv line 4, column 'id'``."""
+        parts: list[str] = []
+        if self.file is not None:
+            parts.append(self.file)
+        if self.line is not None:
+            parts.append(f"line {self.line}")
+        elif self.row is not None:
+            parts.append(f"row {self.row}")
+        where = " ".join(parts)
+        if self.column is not None:
+            where = f"{where}, column {self.column!r}" if where else f"column {self.column!r}"
+        return where
+
+    def __str__(self) -> str:
+        where = self.where()
+        text = f"{where}: {self.message}" if where else self.message
+        if self.hint:
+            text = f"{text} (hint: {self.hint})"
+        return text
+
+
+class UserError(RowpilotError):
+    """Something the user can fix: bad input, bad settings. The CLI exits 2."""
+
+    exit_code = 2
+
+
+class ConfigError(UserError):
+    """A bad flag, job-file value or combination of settings."""
+
+
+class SourceError(UserError):
+    """The input data cannot be read as asked."""
+
+
+class SourceNotFoundError(SourceError):
+    """The input file or folder does not exist."""
+
+
+class SourceEncodingError(SourceError):
+    """Bytes in the input that do not decode with the chosen encoding."""
+
+
+class SourceFormatError(SourceError):
+    """Input that is not of its format: a ragged CSV row, a JSONL line that is no object."""
+
+
+class EmptySourceError(SourceError):
+    """An input with no header, or a header and no rows."""
+
+
+class KeyColumnError(SourceError):
+    """The key column is not in the input, or a row has no value in it."""
+
+
+class DuplicateKeyError(SourceError):
+    """The same key on more than one row."""
+
+
+class TaskLoadError(UserError):
+    """The task path does not import, or names nothing callable."""
+
+
+class TaskOutputError(UserError):
+    """The task returned something that is not a dict or a pydantic model."""
+
+
+class OutputPathError(UserError):
+    """An output path cannot be written."""
+
+
+class StateError(UserError):
+    """The state directory is unusable (unreadable, or written by a newer rowpilot)."""
+
+
+class StateLockedError(StateError):
+    """Another run holds the state directory."""
+
+
+class ItemTimeoutError(RowpilotError):
+    """One attempt of an item ran past its timeout. Retried like any retryable error."""
