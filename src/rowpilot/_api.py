@@ -52,15 +52,32 @@ def run(
         df = result.to_pandas()
     """
     settings: dict[str, Any] = {
-        "task": task, "source": source, "key": key, "workers": workers, "name": name,
-        "limit": limit, "rows": _range_text(rows, ":"), "shard": _range_text(shard, "/"),
-        "force": force, "retry_failed": retry_failed, "timeout": timeout,
-        "max_attempts": max_attempts, "retry_on": retry_on, "task_version": task_version,
-        "encoding": encoding, "format": format, "dedupe": dedupe, "grace": grace,
+        "task": task,
+        "source": source,
+        "key": key,
+        "workers": workers,
+        "name": name,
+        "limit": limit,
+        "rows": _range_text(rows, ":"),
+        "shard": _range_text(shard, "/"),
+        "force": force,
+        "retry_failed": retry_failed,
+        "timeout": timeout,
+        "max_attempts": max_attempts,
+        "retry_on": retry_on,
+        "task_version": task_version,
+        "encoding": encoding,
+        "format": format,
+        "dedupe": dedupe,
+        "grace": grace,
         "progress": progress,
     }
-    for field, value in (("state", state), ("output", output), ("json_dir", json_dir),
-                         ("failures", failures)):
+    for field, value in (
+        ("state", state),
+        ("output", output),
+        ("json_dir", json_dir),
+        ("failures", failures),
+    ):
         if value is not None:
             settings[field] = Path(value)
     return run_sync(build_config(settings))

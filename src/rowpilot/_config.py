@@ -33,6 +33,7 @@ A job file has four tables; relative paths in it are relative to the file:
 
 from __future__ import annotations
 
+import os
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -43,13 +44,32 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from rowpilot.errors import ConfigError
 
 _SECTIONS: dict[str, dict[str, str]] = {
-    "source": {"path": "source", "key": "key", "encoding": "encoding", "format": "format",
-               "dedupe": "dedupe"},
+    "source": {
+        "path": "source",
+        "key": "key",
+        "encoding": "encoding",
+        "format": "format",
+        "dedupe": "dedupe",
+    },
     "task": {"function": "task", "version": "task_version"},
-    "run": {name: name for name in (
-        "workers", "timeout", "max_attempts", "retry_on", "retry_delay", "max_retry_delay",
-        "rows", "shard", "limit", "state", "grace", "force", "retry_failed",
-    )},
+    "run": {
+        name: name
+        for name in (
+            "workers",
+            "timeout",
+            "max_attempts",
+            "retry_on",
+            "retry_delay",
+            "max_retry_delay",
+            "rows",
+            "shard",
+            "limit",
+            "state",
+            "grace",
+            "force",
+            "retry_failed",
+        )
+    },
     "output": {"path": "output", "json_dir": "json_dir", "failures": "failures"},
 }
 _PATH_FIELDS = {"source", "state", "output", "json_dir", "failures"}
@@ -133,10 +153,10 @@ def _section(path: Path, section: str, table: Any) -> dict[str, Any]:
 
 def _resolve_paths(settings: dict[str, Any], base: Path) -> dict[str, Any]:
     for name in _PATH_FIELDS & settings.keys():
-        settings[name] = str(base / settings[name])
+        settings[name] = os.path.normpath(base / settings[name])
     task = settings.get("task")
     if isinstance(task, str):
         target, sep, function = task.rpartition(":")
         if sep and (target.endswith(".py") or "/" in target):
-            settings["task"] = f"{base / target}:{function}"
+            settings["task"] = f"{os.path.normpath(base / target)}:{function}"
     return settings

@@ -79,8 +79,13 @@ def prepare(config: JobConfig) -> PreparedJob:
     keyer = Keyer(source, config.key)
     report = _validate(source, keyer, selection, config) if source.reiterable else None
     return PreparedJob(
-        config=config, task=task, source=source, keyer=keyer, selection=selection,
-        state=state_directory(config, task, source, selection), settings=_settings(config),
+        config=config,
+        task=task,
+        source=source,
+        keyer=keyer,
+        selection=selection,
+        state=state_directory(config, task, source, selection),
+        settings=_settings(config),
         scan=report,
     )
 
@@ -111,15 +116,21 @@ def _validate(source: Source, keyer: Keyer, selection: Selection, config: JobCon
 def _settings(config: JobConfig) -> RunSettings:
     retry_on = exception_types(config.retry_on) if config.retry_on is not None else DEFAULT_RETRY_ON
     policy = RetryPolicy(
-        max_attempts=config.max_attempts, base_delay=config.retry_delay,
-        max_delay=config.max_retry_delay, retry_on=retry_on,
+        max_attempts=config.max_attempts,
+        base_delay=config.retry_delay,
+        max_delay=config.max_retry_delay,
+        retry_on=retry_on,
     )
     force_before = config.force_before
     if config.force and force_before is None:
         force_before = time.time()
     return RunSettings(
-        workers=config.workers, timeout=config.timeout, retry=policy, force_before=force_before,
-        retry_failed=config.retry_failed, grace=config.grace,
+        workers=config.workers,
+        timeout=config.timeout,
+        retry=policy,
+        force_before=force_before,
+        retry_failed=config.retry_failed,
+        grace=config.grace,
     )
 
 
@@ -155,8 +166,7 @@ async def execute(job: PreparedJob, progress: ProgressView | None = None) -> Res
     remove_state = False
     try:
         summary = await _run_locked(job, registry, progress or default_view(job.config.progress))
-        if registry.exists:
-            _write_outputs(job.config, registry)
+        written = _write_outputs(job.config, registry) if registry.exists else []
     except UserError:
         # A user error before the first commit leaves no state behind, as it found it.
         remove_state = created and not registry.exists
@@ -166,7 +176,7 @@ async def execute(job: PreparedJob, progress: ProgressView | None = None) -> Res
         lock.release()
         if remove_state:
             shutil.rmtree(job.state, ignore_errors=True)
-    return Result(summary, job.state)
+    return Result(summary, job.state, written)
 
 
 async def _run_locked(job: PreparedJob, registry: Registry, progress: ProgressView) -> Summary:
@@ -175,27 +185,40 @@ async def _run_locked(job: PreparedJob, registry: Registry, progress: ProgressVi
     events = EventLog(job.state / "logs", run_id)
     run_row = _run_row(job, run_id)
     scheduler = Scheduler(
-        task=job.task, registry=registry, run_id=run_id, settings=job.settings, events=events,
-        progress=progress, counters=counters,
+        task=job.task,
+        registry=registry,
+        run_id=run_id,
+        settings=job.settings,
+        events=events,
+        progress=progress,
+        counters=counters,
         first_commit=lambda: (_meta(job), run_row),
     )
-    events.emit("run.started", task=job.task.name, version=job.task.version,
-                total=counters.total, state=str(job.state), workers=job.settings.workers)
+    events.emit(
+        "run.started",
+        task=job.task.name,
+        version=job.task.version,
+        total=counters.total,
+        state=str(job.state),
+        workers=job.settings.workers,
+    )
     progress.start(counters)
     try:
         with _signals_to(scheduler):
             end = await scheduler.run(_chunks(job))
         summary = _summary(job, run_id, counters, end)
-        run_row.update(ended_at=time.time(), status=summary.status,
-                       summary=json.dumps(summary.as_dict()))
+        run_row.update(
+            ended_at=time.time(), status=summary.status, summary=json.dumps(summary.as_dict())
+        )
         registry.update_run(run_row)
         events.emit("run.finished", **summary.as_dict())
     except BaseException as exc:
+        progress.stop(counters, final=False)
         events.emit("run.error", error=f"{type(exc).__name__}: {exc}")
         raise
     finally:
-        progress.stop(counters)
         events.close()
+    progress.stop(counters)
     return summary
 
 
@@ -219,9 +242,12 @@ def _signals_to(scheduler: Scheduler) -> Iterator[None]:
         if scheduler.stopping:
             print("\nrowpilot: cancelling in-flight items", file=sys.stderr, flush=True)
         else:
-            print(f"\nrowpilot: stopping; waiting up to {scheduler.settings.grace:g}s for "
-                  f"{scheduler.in_flight} in-flight item(s) (Ctrl-C again to cancel them)",
-                  file=sys.stderr, flush=True)
+            print(
+                f"\nrowpilot: stopping; waiting up to {scheduler.settings.grace:g}s for "
+                f"{scheduler.in_flight} in-flight item(s) (Ctrl-C again to cancel them)",
+                file=sys.stderr,
+                flush=True,
+            )
         scheduler.request_stop()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -251,14 +277,23 @@ def _meta(job: PreparedJob) -> dict[str, str]:
 
 def _run_row(job: PreparedJob, run_id: str) -> dict[str, Any]:
     settings = {
-        "workers": job.settings.workers, "rows": job.config.rows, "shard": job.config.shard,
-        "limit": job.config.limit, "total": job.scan.total if job.scan else None,
-        "source": job.source.name, "key": job.config.key,
+        "workers": job.settings.workers,
+        "rows": job.config.rows,
+        "shard": job.config.shard,
+        "limit": job.config.limit,
+        "total": job.scan.total if job.scan else None,
+        "source": job.source.name,
+        "key": job.config.key,
     }
     return {
-        "run_id": run_id, "started_at": time.time(), "status": "running",
-        "command": job.config.command, "pid": os.getpid(), "task": job.task.name,
-        "task_version": job.task.version, "settings": json.dumps(settings),
+        "run_id": run_id,
+        "started_at": time.time(),
+        "status": "running",
+        "command": job.config.command,
+        "pid": os.getpid(),
+        "task": job.task.name,
+        "task_version": job.task.version,
+        "settings": json.dumps(settings),
     }
 
 
@@ -274,23 +309,39 @@ def _summary(job: PreparedJob, run_id: str, c: Counters, end: RunEnd) -> Summary
     else:
         status = "completed"
     return Summary(
-        run_id=run_id, state=str(job.state), status=status, total=c.total, done=c.done,
-        failed=c.failed, skipped=c.skipped, skipped_failed=c.skipped_failed, pending=pending,
-        retries=c.retries, elapsed=elapsed,
+        run_id=run_id,
+        state=str(job.state),
+        status=status,
+        total=c.total,
+        done=c.done,
+        failed=c.failed,
+        skipped=c.skipped,
+        skipped_failed=c.skipped_failed,
+        pending=pending,
+        retries=c.retries,
+        elapsed=elapsed,
         items_per_second=(c.done + c.failed) / elapsed if elapsed > 0 else 0.0,
         task_seconds=c.task_seconds,
         speedup=c.task_seconds / elapsed if elapsed > 0 else 0.0,
     )
 
 
-def _write_outputs(config: JobConfig, registry: Registry) -> None:
-    columns = registry.input_columns()
+def _write_outputs(config: JobConfig, registry: Registry) -> list[str]:
+    """Write the outputs the job asked for; say what was written where."""
+    written: list[str] = []
     if config.output is not None:
-        write_table(config.output, registry.records, columns)
+        count = write_table(config.output, registry.records, registry.input_columns())
+        written.append(f"table: {config.output} ({count:,} rows)")
     if config.json_dir is not None:
-        write_json_dir(config.json_dir, lambda: registry.records(status="done"))
+        report = write_json_dir(config.json_dir, lambda: registry.records(status="done"))
+        written.append(
+            f"JSON files: {config.json_dir}/ ({report.total:,} keys, "
+            f"{report.written:,} written now)"
+        )
     if config.failures is not None:
-        write_failures(config.failures, lambda: registry.records(status="failed"))
+        count = write_failures(config.failures, lambda: registry.records(status="failed"))
+        written.append(f"failures: {config.failures} ({count:,} items)")
+    return written
 
 
 def run_sync(config: JobConfig, progress: ProgressView | None = None) -> Result:

@@ -40,7 +40,9 @@ class EventLog:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         self.logger.addHandler(handler)
 
-    def emit(self, event: str, *, level: int = logging.INFO, message: str = "", **data: Any) -> None:
+    def emit(
+        self, event: str, *, level: int = logging.INFO, message: str = "", **data: Any
+    ) -> None:
         record = {"ts": round(time.time(), 6), "event": event, "run_id": self.run_id, **data}
         if self._jsonl is not None:
             self._jsonl.write(encode_output(record) + "\n")

@@ -17,8 +17,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from rowpilot._sources import Row, Source
 from rowpilot.errors import ConfigError, DuplicateKeyError, KeyColumnError
 
@@ -64,9 +62,12 @@ def parse_rows(text: str) -> tuple[int | None, int | None]:
         start = int(start_text) if start_text.strip() else None
         stop = int(stop_text) if stop_text.strip() else None
     except ValueError:
-        raise ConfigError(f"--rows {text!r} is not a range of whole numbers",
-                          hint="write it as A:B, e.g. 0:1516") from None
-    if (start is not None and start < 0) or (start is not None and stop is not None and stop < start):
+        raise ConfigError(
+            f"--rows {text!r} is not a range of whole numbers", hint="write it as A:B, e.g. 0:1516"
+        ) from None
+    if (start is not None and start < 0) or (
+        start is not None and stop is not None and stop < start
+    ):
         raise ConfigError(f"--rows {text!r} is empty or negative", hint="use 0 <= A <= B")
     return start, stop
 
@@ -79,7 +80,9 @@ def parse_shard(text: str) -> tuple[int, int]:
     except ValueError:
         k = n = 0
     if not sep or n < 1 or not 1 <= k <= n:
-        raise ConfigError(f"--shard {text!r} is not a shard", hint="write K/N with 1 <= K <= N, e.g. 3/10")
+        raise ConfigError(
+            f"--shard {text!r} is not a shard", hint="write K/N with 1 <= K <= N, e.g. 3/10"
+        )
     return k, n
 
 
@@ -151,14 +154,22 @@ class Keyer:
             if self.source.columns() is None and seq == 0:
                 raise _unknown_key_column(self.source, self.key_column, list(fields))
             raise KeyColumnError(
-                "this row has no key column", file=self.source.name, row=seq, line=line,
-                column=self.key_column, hint="give every row a key, or drop --key to key by row number",
+                "this row has no key column",
+                file=self.source.name,
+                row=seq,
+                line=line,
+                column=self.key_column,
+                hint="give every row a key, or drop --key to key by row number",
             )
         key = _key_text(fields[self.key_column])
         if key is None or key == "":
             raise KeyColumnError(
-                "the key is empty", file=self.source.name, row=seq, line=line,
-                column=self.key_column, hint="give every row a key, or drop --key to key by row number",
+                "the key is empty",
+                file=self.source.name,
+                row=seq,
+                line=line,
+                column=self.key_column,
+                hint="give every row a key, or drop --key to key by row number",
             )
         return Item(seq, line, key, fields)
 
@@ -166,7 +177,9 @@ class Keyer:
 def _unknown_key_column(source: Source, column: str, columns: list[str]) -> KeyColumnError:
     shown = ", ".join(repr(name) for name in columns[:12])
     return KeyColumnError(
-        "no such key column", file=source.name, column=column,
+        "no such key column",
+        file=source.name,
+        column=column,
         hint=f"the columns are {shown}" if shown else "the input has no columns",
     )
 
@@ -227,6 +240,8 @@ def scan(source: Source, keyer: Keyer, selection: Selection) -> ScanReport:
 def _repeated(hashes: array[int]) -> frozenset[int]:
     if len(hashes) < 2:
         return frozenset()
+    import numpy as np
+
     ordered = np.sort(np.frombuffer(hashes, dtype=np.int64))
     repeated = ordered[1:][ordered[1:] == ordered[:-1]]
     return frozenset(int(value) for value in np.unique(repeated))
@@ -249,9 +264,13 @@ def duplicate_key_error(
     if not repeats:
         return None
     shown = "; ".join(f"{key!r} at rows {a} and {b}" for key, a, b in repeats[:_DUPLICATES_SHOWN])
-    more = f" and {len(repeats) - _DUPLICATES_SHOWN} more" if len(repeats) > _DUPLICATES_SHOWN else ""
+    more = (
+        f" and {len(repeats) - _DUPLICATES_SHOWN} more" if len(repeats) > _DUPLICATES_SHOWN else ""
+    )
     return DuplicateKeyError(
-        f"{len(repeats)} duplicate key(s): {shown}{more}", file=source.name, column=keyer.key_column,
+        f"{len(repeats)} duplicate key(s): {shown}{more}",
+        file=source.name,
+        column=keyer.key_column,
         hint="make the keys unique, or pass --dedupe first to keep each key's first row",
     )
 
@@ -289,6 +308,7 @@ class OnlineDuplicateCheck:
             return False
         raise DuplicateKeyError(
             f"duplicate key {item.key!r} at rows {first} and {item.seq}",
-            file=self._source.name, column=self._keyer.key_column,
+            file=self._source.name,
+            column=self._keyer.key_column,
             hint="make the keys unique, or pass dedupe='first' to keep each key's first row",
         )

@@ -37,7 +37,7 @@ class Counters:
 class ProgressView(Protocol):
     def start(self, counters: Counters) -> None: ...
     def refresh(self, counters: Counters) -> None: ...
-    def stop(self, counters: Counters) -> None: ...
+    def stop(self, counters: Counters, *, final: bool = True) -> None: ...
 
 
 class NoProgress:
@@ -47,7 +47,7 @@ class NoProgress:
     def refresh(self, counters: Counters) -> None:
         pass
 
-    def stop(self, counters: Counters) -> None:
+    def stop(self, counters: Counters, *, final: bool = True) -> None:
         pass
 
 
@@ -87,8 +87,9 @@ class RichProgress:
             status=_status_text(counters, time.monotonic()),
         )
 
-    def stop(self, counters: Counters) -> None:
-        self.refresh(counters)
+    def stop(self, counters: Counters, *, final: bool = True) -> None:
+        if final:
+            self.refresh(counters)
         self._progress.stop()
 
 
@@ -109,12 +110,15 @@ class PlainProgress:
             self._last = now
             self._line(counters, now)
 
-    def stop(self, counters: Counters) -> None:
-        self._line(counters, time.monotonic())
+    def stop(self, counters: Counters, *, final: bool = True) -> None:
+        if final:  # a run that ends in an error says so in one line, without this one
+            self._line(counters, time.monotonic())
 
     def _line(self, c: Counters, now: float) -> None:
         total = f"/{c.total:,}" if c.total is not None else ""
-        print(f"progress {c.finished:,}{total}  {_status_text(c, now)}", file=self._stream, flush=True)
+        print(
+            f"progress {c.finished:,}{total}  {_status_text(c, now)}", file=self._stream, flush=True
+        )
 
 
 def default_view(enabled: bool | None) -> ProgressView:

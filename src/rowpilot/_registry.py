@@ -9,6 +9,7 @@ does no work leaves no state behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import time
@@ -118,10 +119,8 @@ def atomic(db: sqlite3.Connection) -> Iterator[None]:
     try:
         yield
     except BaseException:
-        try:
+        with contextlib.suppress(sqlite3.Error):
             db.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass
         raise
     db.execute("COMMIT")
 
@@ -189,7 +188,9 @@ class Registry:
         for start in range(0, len(keys), _LOOKUP_CHUNK):
             chunk = keys[start : start + _LOOKUP_CHUNK]
             marks = ",".join("?" * len(chunk))
-            query = f"SELECT key, fingerprint, status, finished_at FROM items WHERE key IN ({marks})"
+            query = (
+                f"SELECT key, fingerprint, status, finished_at FROM items WHERE key IN ({marks})"
+            )
             for key, fp, status, finished in db.execute(query, chunk):
                 found[key] = PriorState(fp, status, finished)
         return found
@@ -283,14 +284,34 @@ def _record(row: tuple[Any, ...]) -> ExportRecord:
 
 def _outcome_row(o: Outcome) -> tuple[Any, ...]:
     return (
-        o.key, o.seq, o.fingerprint, o.status, o.attempts, o.input_json, o.output_json,
-        o.error, o.error_type, o.traceback, o.started_at, o.finished_at, o.task_seconds, o.run_id,
+        o.key,
+        o.seq,
+        o.fingerprint,
+        o.status,
+        o.attempts,
+        o.input_json,
+        o.output_json,
+        o.error,
+        o.error_type,
+        o.traceback,
+        o.started_at,
+        o.finished_at,
+        o.task_seconds,
+        o.run_id,
     )
 
 
 _RUN_COLUMNS = (
-    "run_id", "started_at", "ended_at", "status", "command", "pid", "task", "task_version",
-    "settings", "summary",
+    "run_id",
+    "started_at",
+    "ended_at",
+    "status",
+    "command",
+    "pid",
+    "task",
+    "task_version",
+    "settings",
+    "summary",
 )
 
 

@@ -49,7 +49,10 @@ class Summary:
     def lines(self) -> list[str]:
         total = f" of {self.total:,}" if self.total is not None else ""
         if self.status == "completed" and not self.done and not self.pending:
-            return [f"nothing to do: all {self.skipped:,} items were done before", f"state: {self.state}"]
+            return [
+                f"nothing to do: all {self.skipped:,} items were done before",
+                f"state: {self.state}",
+            ]
         lines = [
             f"{self.status.replace('_', ' ')}: {self.done:,} done, {self.failed:,} failed, "
             f"{self.skipped:,} skipped (done before){total}",
@@ -72,9 +75,10 @@ class Summary:
 class Result:
     """A finished (or stopped) run: its summary and the job's records in the registry."""
 
-    def __init__(self, summary: Summary, state: Path) -> None:
+    def __init__(self, summary: Summary, state: Path, written: list[str] | None = None) -> None:
         self.summary = summary
         self.state = state
+        self.written = written or []
 
     def __repr__(self) -> str:
         s = self.summary

@@ -13,7 +13,11 @@ from dataclasses import dataclass, field
 
 from rowpilot.errors import ConfigError, ItemTimeoutError, TaskOutputError, UserError
 
-DEFAULT_RETRY_ON: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError, ItemTimeoutError)
+DEFAULT_RETRY_ON: tuple[type[BaseException], ...] = (
+    ConnectionError,
+    TimeoutError,
+    ItemTimeoutError,
+)
 NEVER_RETRIED: tuple[type[BaseException], ...] = (TaskOutputError, UserError)
 
 
@@ -29,7 +33,9 @@ class RetryPolicy:
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
-            raise ConfigError("max attempts must be at least 1", hint="use --max-attempts 1 for no retries")
+            raise ConfigError(
+                "max attempts must be at least 1", hint="use --max-attempts 1 for no retries"
+            )
         if self.base_delay < 0 or self.max_delay < 0:
             raise ConfigError("retry delays cannot be negative")
 
@@ -53,14 +59,17 @@ def exception_types(names: Sequence[str]) -> tuple[type[BaseException], ...]:
 def _exception_type(name: str) -> type[BaseException]:
     module_name, _, attribute = name.rpartition(".")
     try:
-        found = getattr(importlib.import_module(module_name), attribute) if module_name else getattr(
-            builtins, name
+        found = (
+            getattr(importlib.import_module(module_name), attribute)
+            if module_name
+            else getattr(builtins, name)
         )
     except (ImportError, AttributeError):
         found = None
     if not (isinstance(found, type) and issubclass(found, BaseException)):
         raise ConfigError(
             f"--retry-on {name!r} is not an exception class",
-            hint="name a built-in (TimeoutError) or a dotted path (httpx.ReadTimeout); Exception retries all",
+            hint="name a built-in (TimeoutError) or a dotted path (httpx.ReadTimeout); "
+            "Exception retries all",
         )
     return found

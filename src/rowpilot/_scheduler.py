@@ -269,31 +269,41 @@ class Scheduler:
             call = loop.run_in_executor(self._pool, functools.partial(self.task.fn, *arguments))
         if self.settings.timeout is None:
             return await call
-        async with asyncio.timeout(self.settings.timeout) as deadline:
-            try:
+        deadline = asyncio.timeout(self.settings.timeout)
+        try:
+            async with deadline:
                 return await call
-            except TimeoutError:
-                if deadline.expired():
-                    raise ItemTimeoutError(
-                        f"attempt {attempt} ran past --timeout {self.settings.timeout:g}s",
-                        key=item.key,
-                    ) from None
-                raise
+        except TimeoutError:
+            if deadline.expired():
+                raise ItemTimeoutError(
+                    f"attempt {attempt} ran past --timeout {self.settings.timeout:g}s",
+                    key=item.key,
+                ) from None
+            raise
 
     async def _wait_to_retry(self, item: Item, error: Exception, attempt: int) -> None:
         delay = self.settings.retry.delay(attempt)
         self.counters.retries += 1
         self.events.emit(
-            "item.retry", key=item.key, row=item.seq, attempt=attempt, delay=round(delay, 3),
-            error=_one_line(error), message=f"key={item.key!r} attempt {attempt} failed "
+            "item.retry",
+            key=item.key,
+            row=item.seq,
+            attempt=attempt,
+            delay=round(delay, 3),
+            error=_one_line(error),
+            message=f"key={item.key!r} attempt {attempt} failed "
             f"({_one_line(error)}); retrying in {delay:.2f}s",
         )
         await asyncio.sleep(delay)
 
     def _log_failure(self, item: Item, error: Exception, attempt: int) -> None:
         self.events.emit(
-            "item.failed", key=item.key, row=item.seq, attempts=attempt,
-            error_type=type(error).__name__, error=_one_line(error),
+            "item.failed",
+            key=item.key,
+            row=item.seq,
+            attempts=attempt,
+            error_type=type(error).__name__,
+            error=_one_line(error),
             message=f"key={item.key!r} failed after {attempt} attempt(s): {_one_line(error)}",
         )
 
@@ -310,12 +320,20 @@ class Scheduler:
         trace: str | None = None,
     ) -> Outcome:
         return Outcome(
-            key=item.key, seq=item.seq, fingerprint=item.fingerprint, input_json=item.input_json,
-            status=status, attempts=attempts, output_json=output,
+            key=item.key,
+            seq=item.seq,
+            fingerprint=item.fingerprint,
+            input_json=item.input_json,
+            status=status,
+            attempts=attempts,
+            output_json=output,
             error=_one_line(error) if error is not None else None,
             error_type=type(error).__name__ if error is not None else None,
-            traceback=trace, started_at=started, finished_at=time.time(),
-            task_seconds=task_seconds, run_id=self.run_id,
+            traceback=trace,
+            started_at=started,
+            finished_at=time.time(),
+            task_seconds=task_seconds,
+            run_id=self.run_id,
         )
 
     # -- committing ---------------------------------------------------------------------
@@ -372,7 +390,9 @@ def _encode_row(item: Item) -> str:
         return encode_json(item.fields)
     except (TypeError, ValueError) as exc:
         raise SourceFormatError(
-            f"a value cannot be stored: {exc}", row=item.seq, line=item.line,
+            f"a value cannot be stored: {exc}",
+            row=item.seq,
+            line=item.line,
             hint="convert the column to text, numbers or dates first",
         ) from exc
 

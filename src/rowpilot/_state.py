@@ -47,7 +47,9 @@ def status(directory: Path) -> StateStatus:
     running = is_locked(directory)
     if not registry.exists:
         if not running:
-            raise StateError(f"no registry in {directory}", hint="run a job there first, or check --state")
+            raise StateError(
+                f"no registry in {directory}", hint="run a job there first, or check --state"
+            )
         return StateStatus(str(directory), True, 0, 0, None, 0, None)
     try:
         counts = registry.counts()
@@ -56,8 +58,13 @@ def status(directory: Path) -> StateStatus:
         registry.close()
     last = runs[-1] if runs else None
     return StateStatus(
-        state=str(directory), running=running, done=counts["done"], failed=counts["failed"],
-        total=_total(last), runs=len(runs), last_run=_run_view(last) if last else None,
+        state=str(directory),
+        running=running,
+        done=counts["done"],
+        failed=counts["failed"],
+        total=_total(last),
+        runs=len(runs),
+        last_run=_run_view(last) if last else None,
     )
 
 

@@ -80,7 +80,9 @@ def load_task(spec: str, version: str | None = None) -> Task:
                 hint=f"check the name; it defines {_public_names(module)}",
             )
     if not callable(fn):
-        raise TaskLoadError(f"{spec} is a {type(fn).__name__}, not callable", hint="name a function")
+        raise TaskLoadError(
+            f"{spec} is a {type(fn).__name__}, not callable", hint="name a function"
+        )
     return Task.from_callable(fn, version)
 
 
@@ -92,7 +94,9 @@ def _import_file(target: str) -> Any:
     path = Path(target)
     if not path.is_file():
         raise TaskLoadError(f"task file {target} does not exist", hint="check the path")
-    name = "rowpilot_task_" + hashlib.blake2b(str(path.resolve()).encode(), digest_size=6).hexdigest()
+    name = (
+        "rowpilot_task_" + hashlib.blake2b(str(path.resolve()).encode(), digest_size=6).hexdigest()
+    )
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, path)
@@ -119,7 +123,8 @@ def _import_module(target: str) -> Any:
         if exc.name and target.startswith(exc.name):
             raise TaskLoadError(
                 f"no module named {target!r}",
-                hint="run from the folder that holds it, or give the file path: path/to/file.py:function",
+                hint="run from the folder that holds it, or give the file path: "
+                "path/to/file.py:function",
             ) from exc
         raise _import_failed(target, exc) from exc
     except Exception as exc:
@@ -172,17 +177,20 @@ def output_json(value: Any, *, task: str, key: str) -> str:
         raise TaskOutputError(
             f"task {task} returned a {type(value).__name__} for key {key!r}, not a dict",
             key=key,
-            hint="return a dict such as {'label': ...} or a pydantic model ({} if there is no output)",
+            hint="return a dict such as {'label': ...} or a pydantic model "
+            "({} if there is no output)",
         )
     if not all(isinstance(name, str) for name in value):
         raise TaskOutputError(
             f"task {task} returned a dict with non-text field names for key {key!r}",
-            key=key, hint="use str keys; they become the output column names",
+            key=key,
+            hint="use str keys; they become the output column names",
         )
     try:
         return encode_output(value)
     except (TypeError, ValueError) as exc:
         raise TaskOutputError(
             f"task {task} returned a value that cannot be stored for key {key!r}: {exc}",
-            key=key, hint="return JSON-compatible values (str, numbers, bools, lists, dicts)",
+            key=key,
+            hint="return JSON-compatible values (str, numbers, bools, lists, dicts)",
         ) from exc

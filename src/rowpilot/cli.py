@@ -35,8 +35,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-_debug = False
-
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 
 
@@ -54,41 +52,71 @@ def _example(*lines: str) -> str:
     )
 )
 def run(
-    job_or_source: Annotated[str, typer.Argument(
-        help="A TOML job file, or the input (CSV, TSV, JSONL, Parquet).", show_default=False)],
-    task: Annotated[str | None, typer.Option(
-        "--task", "-t", help="module:function or path/to/file.py:function.")] = None,
+    job_or_source: Annotated[
+        str,
+        typer.Argument(
+            help="A TOML job file, or the input (CSV, TSV, JSONL, Parquet).", show_default=False
+        ),
+    ],
+    task: Annotated[
+        str | None,
+        typer.Option("--task", "-t", help="module:function or path/to/file.py:function."),
+    ] = None,
     key: Annotated[str | None, typer.Option(help="Key column (default: the row number).")] = None,
-    workers: Annotated[int | None, typer.Option("--workers", "-w", help="Items at once [8].")] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", "-w", help="Items at once [8].")
+    ] = None,
     limit: Annotated[int | None, typer.Option(help="Only the first N selected rows.")] = None,
     rows: Annotated[str | None, typer.Option(help="Row range A:B (0-based, B excluded).")] = None,
-    shard: Annotated[str | None, typer.Option(help="Shard K/N (1-based), split by key hash.")] = None,
+    shard: Annotated[
+        str | None, typer.Option(help="Shard K/N (1-based), split by key hash.")
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Redo every selected item.")] = False,
-    force_before: Annotated[float | None, typer.Option(
-        "--force-before", hidden=True, help="Redo items finished before this UNIX time.")] = None,
-    retry_failed: Annotated[bool, typer.Option(
-        "--retry-failed", help="Retry items that failed in earlier runs.")] = False,
+    force_before: Annotated[
+        float | None,
+        typer.Option(
+            "--force-before", hidden=True, help="Redo items finished before this UNIX time."
+        ),
+    ] = None,
+    retry_failed: Annotated[
+        bool, typer.Option("--retry-failed", help="Retry items that failed in earlier runs.")
+    ] = False,
     timeout: Annotated[float | None, typer.Option(help="Seconds per attempt.")] = None,
     max_attempts: Annotated[int | None, typer.Option(help="Attempts per item [3].")] = None,
-    retry_on: Annotated[list[str] | None, typer.Option(
-        help="Exception type to retry (repeatable; default: timeouts and connection errors; "
-        "Exception retries all).")] = None,
-    task_version: Annotated[str | None, typer.Option(
-        help="Version of the task (default: a hash of its source).")] = None,
-    state: Annotated[Path | None, typer.Option(
-        help="State directory [.rowpilot/<job name>].")] = None,
+    retry_on: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Exception type to retry (repeatable; default: timeouts and connection errors; "
+            "Exception retries all)."
+        ),
+    ] = None,
+    task_version: Annotated[
+        str | None, typer.Option(help="Version of the task (default: a hash of its source).")
+    ] = None,
+    state: Annotated[
+        Path | None, typer.Option(help="State directory [.rowpilot/<job name>].")
+    ] = None,
     name: Annotated[str | None, typer.Option(help="Job name (names the state directory).")] = None,
-    output: Annotated[Path | None, typer.Option(
-        "--output", "-o", help="Write the enriched table (.csv, .jsonl, .parquet).")] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Write the enriched table (.csv, .jsonl, .parquet)."),
+    ] = None,
     json_dir: Annotated[Path | None, typer.Option(help="Write one JSON file per key here.")] = None,
     failures: Annotated[Path | None, typer.Option(help="Write failed items as JSONL.")] = None,
     encoding: Annotated[str | None, typer.Option(help="Input encoding [utf-8].")] = None,
-    format: Annotated[str | None, typer.Option(help="Input format: csv, tsv, jsonl, parquet.")] = None,
+    format: Annotated[
+        str | None, typer.Option(help="Input format: csv, tsv, jsonl, parquet.")
+    ] = None,
     dedupe: Annotated[str | None, typer.Option(help="'first': keep each key's first row.")] = None,
-    grace: Annotated[float | None, typer.Option(
-        help="Seconds in-flight items get to finish after Ctrl-C [30].")] = None,
-    progress: Annotated[bool | None, typer.Option(
-        "--progress/--no-progress", help="Show progress (default: a bar on a terminal).")] = None,
+    grace: Annotated[
+        float | None, typer.Option(help="Seconds in-flight items get to finish after Ctrl-C [30].")
+    ] = None,
+    progress: Annotated[
+        bool | None,
+        typer.Option(
+            "--progress/--no-progress", help="Show progress (default: a bar on a terminal)."
+        ),
+    ] = None,
 ) -> None:
     """Run a task over every row; run the same command again to resume."""
     flags = {k: v for k, v in locals().items() if k != "job_or_source"}
@@ -97,10 +125,15 @@ def run(
         settings["force_before"] = time.time()
     settings["command"] = _resume_command(settings.get("force_before"))
     result = run_sync(build_config(settings))
-    for line in result.summary.lines():
+    for line in [*result.summary.lines(), *result.written]:
         print(line)
     if result.summary.status == "interrupted":
         print(f"to resume, run: {settings['command']}")
+        # Everything is committed and closed; a sync task cancelled mid-call still holds
+        # its thread, and a normal exit would wait for it.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(result.summary.exit_code)
     _exit(result.summary.exit_code)
 
 
@@ -127,7 +160,11 @@ def _resume_command(force_before: float | None) -> str:
 # -- status, export, failures -----------------------------------------------------------
 
 
-@app.command(epilog=_example("rowpilot status .rowpilot/diseases", "rowpilot status .rowpilot/job/shard-* --json"))
+@app.command(
+    epilog=_example(
+        "rowpilot status .rowpilot/diseases", "rowpilot status .rowpilot/job/shard-* --json"
+    )
+)
 def status(
     states: Annotated[list[str], typer.Argument(help="State directories or job files.")],
     as_json: Json = False,
@@ -142,15 +179,18 @@ def status(
         print(_status_line(f))
     if len(found) > 1:
         total = _status_total(found)
-        print(f"TOTAL  done {total['done']:,}  failed {total['failed']:,}"
-              + (f"  of {total['total']:,}" if total["total"] is not None else ""))
+        print(
+            f"TOTAL  done {total['done']:,}  failed {total['failed']:,}"
+            + (f"  of {total['total']:,}" if total["total"] is not None else "")
+        )
 
 
 def _status_line(f: _state.StateStatus) -> str:
     of = f" of {f.total:,}" if f.total is not None else ""
     last = f.last_run["status"] if f.last_run else "none"
     running = "  RUNNING" if f.running else ""
-    return f"{f.state}  done {f.done:,}  failed {f.failed:,}{of}  runs {f.runs}  last run {last}{running}"
+    counts = f"done {f.done:,}  failed {f.failed:,}{of}"
+    return f"{f.state}  {counts}  runs {f.runs}  last run {last}{running}"
 
 
 def _status_total(found: list[_state.StateStatus]) -> dict[str, Any]:
@@ -162,8 +202,12 @@ def _status_total(found: list[_state.StateStatus]) -> dict[str, Any]:
     }
 
 
-@app.command(epilog=_example("rowpilot export .rowpilot/reviews -o enriched.parquet",
-                             "rowpilot export job.toml --json-dir results/"))
+@app.command(
+    epilog=_example(
+        "rowpilot export .rowpilot/reviews -o enriched.parquet",
+        "rowpilot export job.toml --json-dir results/",
+    )
+)
 def export(
     state: Annotated[str, typer.Argument(help="State directory or job file.")],
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Table to write.")] = None,
@@ -176,7 +220,9 @@ def export(
     registry = Registry(_state_dir(state))
     try:
         if output is not None:
-            count = write_table(output, registry.records, registry.input_columns(), done_only=done_only)
+            count = write_table(
+                output, registry.records, registry.input_columns(), done_only=done_only
+            )
             print(f"wrote {count:,} rows to {output}")
         if json_dir is not None:
             report = write_json_dir(json_dir, lambda: registry.records(status="done"))
@@ -185,16 +231,22 @@ def export(
         registry.close()
 
 
-@app.command(epilog=_example("rowpilot failures .rowpilot/reviews", "rowpilot failures job.toml --traceback"))
+@app.command(
+    epilog=_example("rowpilot failures .rowpilot/reviews", "rowpilot failures job.toml --traceback")
+)
 def failures(
     state: Annotated[str, typer.Argument(help="State directory or job file.")],
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write JSONL here.")] = None,
-    with_traceback: Annotated[bool, typer.Option("--traceback", help="Include tracebacks.")] = False,
+    with_traceback: Annotated[
+        bool, typer.Option("--traceback", help="Include tracebacks.")
+    ] = False,
 ) -> None:
     """List failed items as JSONL: key, row, error type, error, attempts."""
     registry = Registry(_state_dir(state))
     try:
-        lines = [_failure_line(record, trace, with_traceback) for record, trace in registry.failures()]
+        lines = [
+            _failure_line(record, trace, with_traceback) for record, trace in registry.failures()
+        ]
     finally:
         registry.close()
     text = "".join(line + "\n" for line in lines)
@@ -208,8 +260,14 @@ def failures(
 
 
 def _failure_line(record: Any, trace: str | None, with_traceback: bool) -> str:
-    entry = {"key": record.key, "row": record.seq, "error_type": record.error_type,
-             "error": record.error, "attempts": record.attempts, "finished_at": record.finished_at}
+    entry = {
+        "key": record.key,
+        "row": record.seq,
+        "error_type": record.error_type,
+        "error": record.error,
+        "attempts": record.attempts,
+        "finished_at": record.finished_at,
+    }
     if with_traceback:
         entry["traceback"] = trace
     return json.dumps(entry, ensure_ascii=False)
@@ -218,7 +276,9 @@ def _failure_line(record: Any, trace: str | None, with_traceback: bool) -> str:
 # -- merge, verify ----------------------------------------------------------------------
 
 
-@app.command(epilog=_example("rowpilot merge .rowpilot/diseases/shard-* --into .rowpilot/diseases-all"))
+@app.command(
+    epilog=_example("rowpilot merge .rowpilot/diseases/shard-* --into .rowpilot/diseases-all")
+)
 def merge(
     shards: Annotated[list[Path], typer.Argument(help="State directories to combine.")],
     into: Annotated[Path, typer.Option(help="State directory to merge into (created if new).")],
@@ -231,12 +291,18 @@ def merge(
         return
     for source, count in report.per_source.items():
         print(f"{source}: {count:,} items")
-    print(f"merged into {report.into}: {report.items:,} items, {report.conflicts:,} keys in "
-          "more than one source (kept the done, newest outcome)")
+    print(
+        f"merged into {report.into}: {report.items:,} items, {report.conflicts:,} keys in "
+        "more than one source (kept the done, newest outcome)"
+    )
 
 
-@app.command(epilog=_example("rowpilot verify job.toml",
-                             "rowpilot verify .rowpilot/diseases-all --source diseases.csv --key cui"))
+@app.command(
+    epilog=_example(
+        "rowpilot verify job.toml",
+        "rowpilot verify .rowpilot/diseases-all --source diseases.csv --key cui",
+    )
+)
 def verify(
     state_or_job: Annotated[str, typer.Argument(help="State directory or job file.")],
     source: Annotated[str | None, typer.Option(help="The input (default: the job file's).")] = None,
@@ -249,20 +315,32 @@ def verify(
     as_json: Json = False,
 ) -> None:
     """Check the registry against the source; exit 1 unless every row is done, once."""
-    settings: dict[str, Any] = read_job_file(Path(state_or_job)) if state_or_job.endswith(".toml") else {}
-    overrides = {"source": source, "key": key, "rows": rows, "shard": shard, "limit": limit,
-                 "encoding": encoding, "format": format}
+    settings: dict[str, Any] = (
+        read_job_file(Path(state_or_job)) if state_or_job.endswith(".toml") else {}
+    )
+    overrides = {
+        "source": source,
+        "key": key,
+        "rows": rows,
+        "shard": shard,
+        "limit": limit,
+        "encoding": encoding,
+        "format": format,
+    }
     settings.update({k: v for k, v in overrides.items() if v is not None})
     if "source" not in settings:
         raise ConfigError("verify needs the source", hint="pass --source FILE or a job file")
-    opened = open_source(settings["source"], format=settings.get("format"),
-                         encoding=settings.get("encoding"))
+    opened = open_source(
+        settings["source"], format=settings.get("format"), encoding=settings.get("encoding")
+    )
     selection = Selection(
         rows=parse_rows(settings["rows"]) if settings.get("rows") else None,
         shard=parse_shard(settings["shard"]) if settings.get("shard") else None,
         limit=settings.get("limit"),
     )
-    report = _state.verify(_state_dir(state_or_job), opened, Keyer(opened, settings.get("key")), selection)
+    report = _state.verify(
+        _state_dir(state_or_job), opened, Keyer(opened, settings.get("key")), selection
+    )
     _print_verify(report, as_json)
     _exit(0 if report.complete else 1)
 
@@ -271,8 +349,10 @@ def _print_verify(report: _state.VerifyReport, as_json: bool) -> None:
     if as_json:
         print(json.dumps(report.as_dict(), indent=2))
         return
-    print(f"expected {report.expected:,}  done {report.done:,}  failed {report.failed:,}  "
-          f"missing {report.missing:,}  stale {report.stale:,}  not in source {report.extra:,}")
+    print(
+        f"expected {report.expected:,}  done {report.done:,}  failed {report.failed:,}  "
+        f"missing {report.missing:,}  stale {report.stale:,}  not in source {report.extra:,}"
+    )
     for kind, keys in report.examples.items():
         if keys:
             print(f"  {kind}: {', '.join(repr(k) for k in keys)}")
@@ -315,14 +395,13 @@ def _exit(code: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: one-line errors (exit 2 for user errors) unless --debug."""
-    global _debug
     args = list(sys.argv[1:] if argv is None else argv)
-    _debug = "--debug" in args or os.environ.get("ROWPILOT_DEBUG") == "1"
+    debug = "--debug" in args or os.environ.get("ROWPILOT_DEBUG") == "1"
     args = [a for a in args if a != "--debug"]
     try:
         app(args=args, prog_name="rowpilot")
     except RowpilotError as exc:
-        if _debug:
+        if debug:
             traceback.print_exc()
         print(f"rowpilot: error: {exc}", file=sys.stderr)
         raise SystemExit(exc.exit_code) from None

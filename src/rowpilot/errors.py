@@ -64,6 +64,7 @@ class RowpilotError(Exception):
     """
 
     exit_code = 1
+    default_hint: str | None = None
 
     def __init__(
         self,
@@ -78,7 +79,7 @@ class RowpilotError(Exception):
     ) -> None:
         super().__init__(message)
         self.message = message
-        self.hint = hint
+        self.hint = hint if hint is not None else self.default_hint
         self.file = file
         self.row = row
         self.line = line
@@ -128,6 +129,8 @@ class ConfigError(UserError):
 class SourceError(UserError):
     """The input data cannot be read as asked."""
 
+    default_hint = "check the file, its --format and its --encoding"
+
 
 class SourceNotFoundError(SourceError):
     """The input file or folder does not exist."""
@@ -143,6 +146,8 @@ class SourceFormatError(SourceError):
 
 class EmptySourceError(SourceError):
     """An input with no header, or a header and no rows."""
+
+    default_hint = "check that this is the right file: a job needs a header and at least one row"
 
 
 class KeyColumnError(SourceError):

@@ -1,0 +1,5 @@
+"""``python -m rowpilot`` is the ``rowpilot`` command."""
+
+from rowpilot.cli import main
+
+main()

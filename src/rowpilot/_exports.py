@@ -1,0 +1,452 @@
+"""Exports: views of the registry as a table, a folder of JSON files or a failure list.
+
+Every writer takes a *factory* of records (:data:`Records`), so it can read the items twice:
+once to learn the columns (and, for Parquet, their types), once to write. Memory stays
+bounded by one row (one batch for Parquet) whatever the size of the dataset, and every
+file is written through :func:`~rowpilot._atomic.atomic_write`, so an interrupted export
+never leaves a half-written file.
+
+The enriched table has the input columns in the given order (plus input fields not named
+there, in first-seen order), then the output fields in first-seen order. An output field
+named like an input column fills that column instead of adding a second one; where an
+item's output lacks that field (or the item failed) the column keeps the input value.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rowpilot._atomic import atomic_write, write_text_atomic
+from rowpilot._filenames import KeyFileNamer
+from rowpilot.errors import ConfigError, OutputPathError
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow as pa
+
+__all__ = [
+    "PARQUET_BATCH_ROWS",
+    "ExportRecord",
+    "JsonDirReport",
+    "Records",
+    "iter_failure_lines",
+    "table_format",
+    "to_dataframe",
+    "write_failures",
+    "write_json_dir",
+    "write_table",
+]
+
+PARQUET_BATCH_ROWS = 10_000
+
+_FORMATS_BY_SUFFIX = {
+    ".csv": "csv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
+_FORMAT_ALIASES = {"csv": "csv", "jsonl": "jsonl", "ndjson": "jsonl", "parquet": "parquet"}
+# Spreadsheets run a cell starting with these as a formula (CSV injection).
+_FORMULA_STARTS = frozenset("=+-@\t\r")
+_PLAIN_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class ExportRecord:
+    """One item as the exports see it."""
+
+    key: str
+    seq: int  # source row index; records arrive in seq order
+    status: str  # "done" or "failed"
+    input: dict[str, Any]  # the source row's fields
+    output: dict[str, Any] | None  # the task's output fields (None if failed)
+    error: str | None  # one-line error for failed items
+    error_type: str | None  # e.g. "ValueError"
+    attempts: int
+    fingerprint: str
+    finished_at: float | None
+
+
+Records = Callable[[], Iterator[ExportRecord]]
+"""Each call gives a fresh iterator over the items in seq order."""
+
+
+@dataclass(frozen=True, slots=True)
+class JsonDirReport:
+    """What :func:`write_json_dir` did: files written, files left as they were, done items."""
+
+    written: int
+    unchanged: int
+    total: int
+
+
+# --- the table's columns ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    columns: list[str]
+    kinds: dict[str, str]  # column -> parquet value kind; filled only when asked for
+
+
+def _included(records: Records, done_only: bool) -> Iterator[ExportRecord]:
+    for record in records():
+        if record.status == "done" or not done_only:
+            yield record
+
+
+def _output_of(record: ExportRecord) -> dict[str, Any]:
+    return record.output if record.status == "done" and record.output is not None else {}
+
+
+def _discover_layout(
+    records: Records, input_columns: Sequence[str], done_only: bool, with_kinds: bool = False
+) -> _Layout:
+    # dicts as ordered sets: first-seen order, O(1) membership.
+    inputs = dict.fromkeys(input_columns)
+    outputs: dict[str, None] = {}
+    kinds: dict[str, str] = {}
+    for record in _included(records, done_only):
+        output = _output_of(record)
+        inputs.update(dict.fromkeys(record.input))
+        outputs.update(dict.fromkeys(output))
+        if with_kinds:
+            _merge_row_kinds(kinds, record.input, output)
+    columns = [*inputs, *(name for name in outputs if name not in inputs)]
+    return _Layout(columns, kinds)
+
+
+def _row_values(columns: Sequence[str], record: ExportRecord) -> list[Any]:
+    output = _output_of(record)
+    inputs = record.input
+    return [output[name] if name in output else inputs.get(name) for name in columns]
+
+
+def table_format(path: Path, format: str | None = None) -> str:
+    """``"csv"``, ``"jsonl"`` or ``"parquet"``: ``format`` if given, else from the suffix."""
+    if format is not None:
+        known = _FORMAT_ALIASES.get(format.strip().lower())
+        if known is None:
+            raise ConfigError(
+                f"unknown table format {format!r}",
+                hint="use one of: csv, jsonl, parquet",
+                file=str(path),
+            )
+        return known
+    known = _FORMATS_BY_SUFFIX.get(Path(path).suffix.lower())
+    if known is None:
+        raise ConfigError(
+            "cannot tell the table format from the file name",
+            hint="end the name with .csv, .jsonl or .parquet, or pass the format explicitly",
+            file=str(path),
+        )
+    return known
+
+
+def write_table(
+    path: Path,
+    records: Records,
+    input_columns: Sequence[str],
+    *,
+    format: str | None = None,
+    done_only: bool = False,
+) -> int:
+    """Write the enriched table to ``path`` atomically; return the number of rows written.
+
+    Failed items are rows with empty output cells unless ``done_only``. CSV guards output
+    cells against formula injection; JSONL keeps nested values native; CSV and Parquet
+    store dict and list values as JSON strings.
+    """
+    path = Path(path)
+    kind = table_format(path, format)
+    layout = _discover_layout(records, input_columns, done_only, with_kinds=kind == "parquet")
+    rows = _included(records, done_only)
+    if kind == "csv":
+        return _write_csv(path, layout.columns, rows)
+    if kind == "jsonl":
+        return _write_jsonl(path, layout.columns, rows)
+    return _write_parquet(path, layout, rows)
+
+
+def to_dataframe(
+    records: Records, input_columns: Sequence[str], *, done_only: bool = False
+) -> pd.DataFrame:
+    """The enriched table of :func:`write_table` as a DataFrame of Python objects.
+
+    Every column has dtype ``object`` and every cell is the value as the item holds it:
+    ``"007"`` stays a string, ``" a "`` keeps its spaces, missing cells are ``None``.
+    """
+    import pandas as pd
+
+    columns = _discover_layout(records, input_columns, done_only).columns
+    rows = [_row_values(columns, record) for record in _included(records, done_only)]
+    return pd.DataFrame(rows, columns=pd.Index(columns, dtype=object), dtype=object)
+
+
+# --- CSV --------------------------------------------------------------------------------
+
+
+def _write_csv(path: Path, columns: list[str], rows: Iterable[ExportRecord]) -> int:
+    written = 0
+    with atomic_write(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        for record in rows:
+            writer.writerow(_csv_row(columns, record))
+            written += 1
+    return written
+
+
+def _csv_row(columns: list[str], record: ExportRecord) -> list[Any]:
+    output = _output_of(record)
+    inputs = record.input
+    return [
+        _guarded_csv_cell(output[name]) if name in output else _csv_cell(inputs.get(name))
+        for name in columns
+    ]
+
+
+def _csv_cell(value: Any) -> Any:
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict | list):
+        return _json_text(value)
+    return value
+
+
+def _guarded_csv_cell(value: Any) -> Any:
+    # Only task output is guarded: input cells are the user's own data, written back as is.
+    if isinstance(value, str) and value[:1] in _FORMULA_STARTS:
+        return value if _PLAIN_NUMBER.fullmatch(value) else "'" + value
+    return _csv_cell(value)
+
+
+def _json_text(value: Any) -> str:
+    # default=str: the registry holds JSON, but a stray datetime should not sink an export.
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+# --- JSONL ------------------------------------------------------------------------------
+
+
+def _write_jsonl(path: Path, columns: list[str], rows: Iterable[ExportRecord]) -> int:
+    written = 0
+    with atomic_write(path, "w", newline="\n") as handle:
+        for record in rows:
+            row = dict(zip(columns, _row_values(columns, record), strict=True))
+            handle.write(_json_text(row) + "\n")
+            written += 1
+    return written
+
+
+# --- Parquet ----------------------------------------------------------------------------
+#
+# Arrow's own inference looks at one batch and converts silently (1.5 into an int64
+# column becomes 1), so the types come from the first pass over *all* rows instead:
+# a column holding only ints is int64, ints and floats float64, only bools bool, and
+# anything mixed (or nested, or an int beyond int64, or only empty cells) is a string
+# column whose values are cast with str() ("true"/"false" for bools). The schema is
+# therefore known before the first batch and every batch fits it.
+
+
+def _parquet_value(value: Any) -> Any:
+    if value is None or isinstance(value, bool | float | str):
+        return value
+    if isinstance(value, int):
+        return value if _INT64_MIN <= value <= _INT64_MAX else str(value)
+    if isinstance(value, dict | list):
+        return _json_text(value)
+    return str(value)
+
+
+def _merge_kind(current: str | None, value: Any) -> str | None:
+    if value is None:
+        return current
+    kind = type(_parquet_value(value)).__name__
+    if current is None or current == kind:
+        return kind
+    return "float" if {current, kind} == {"int", "float"} else "str"
+
+
+def _merge_row_kinds(kinds: dict[str, str], inputs: dict[str, Any], output: dict[str, Any]) -> None:
+    for name, value in output.items():
+        _merge_column_kind(kinds, name, value)
+    for name, value in inputs.items():
+        if name not in output:
+            _merge_column_kind(kinds, name, value)
+
+
+def _merge_column_kind(kinds: dict[str, str], name: str, value: Any) -> None:
+    merged = _merge_kind(kinds.get(name), value)
+    if merged is not None:
+        kinds[name] = merged
+
+
+def _arrow_schema(layout: _Layout) -> pa.Schema:
+    import pyarrow as pa
+
+    types = {"bool": pa.bool_(), "int": pa.int64(), "float": pa.float64()}
+    return pa.schema(
+        [
+            pa.field(name, types.get(layout.kinds.get(name, "str"), pa.string()))
+            for name in layout.columns
+        ]
+    )
+
+
+def _string_cell(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(_parquet_value(value))
+
+
+def _row_batches(columns: list[str], rows: Iterable[ExportRecord]) -> Iterator[list[list[Any]]]:
+    batch: list[list[Any]] = []
+    for record in rows:
+        batch.append(_row_values(columns, record))
+        if len(batch) >= PARQUET_BATCH_ROWS:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _columnar(
+    columns: list[str], string_columns: set[str], batch: list[list[Any]]
+) -> dict[str, list[Any]]:
+    by_column: dict[str, list[Any]] = {}
+    for index, name in enumerate(columns):
+        convert = _string_cell if name in string_columns else _parquet_value
+        by_column[name] = [convert(row[index]) for row in batch]
+    return by_column
+
+
+def _write_parquet(path: Path, layout: _Layout, rows: Iterable[ExportRecord]) -> int:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = _arrow_schema(layout)
+    string_columns = {name for name in layout.columns if layout.kinds.get(name, "str") == "str"}
+    written = 0
+    with atomic_write(path, "wb") as handle, pq.ParquetWriter(handle, schema) as writer:
+        for batch in _row_batches(layout.columns, rows):
+            by_column = _columnar(layout.columns, string_columns, batch)
+            writer.write_table(pa.Table.from_pydict(by_column, schema=schema))
+            written += len(batch)
+    return written
+
+
+# --- one JSON file per item -------------------------------------------------------------
+
+
+def write_json_dir(directory: Path, records: Records) -> JsonDirReport:
+    """Write each done item's output to its own JSON file in ``directory``.
+
+    File names come from :class:`KeyFileNamer` and stay the same across exports. A file
+    whose item fingerprint is unchanged since the last export is not rewritten.
+    """
+    directory = Path(directory)
+    _prepare_directory(directory)
+    namer = KeyFileNamer.load(directory)
+    written = unchanged = 0
+    try:
+        for record in _included(records, done_only=True):
+            if _write_item_file(directory, namer, record):
+                written += 1
+            else:
+                unchanged += 1
+    except BaseException:
+        # Record the files written so far, so a retry skips them; but never let a
+        # failing save hide the error that stopped the export.
+        with contextlib.suppress(OutputPathError):
+            namer.save()
+        raise
+    namer.save()
+    return JsonDirReport(written=written, unchanged=unchanged, total=written + unchanged)
+
+
+def _prepare_directory(directory: Path) -> None:
+    if not directory.parent.is_dir():
+        raise OutputPathError(
+            f"the folder to create the export folder in does not exist: {directory.parent}",
+            hint=f"create it first (mkdir -p {directory.parent})",
+            file=str(directory),
+        )
+    try:
+        directory.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise OutputPathError(
+            f"cannot create the export folder: {exc.strerror or exc}",
+            hint="choose a folder path that is not an existing file, in a writable folder",
+            file=str(directory),
+        ) from exc
+
+
+def _write_item_file(directory: Path, namer: KeyFileNamer, record: ExportRecord) -> bool:
+    target = directory / namer.file_name(record.key)
+    if namer.fingerprint(record.key) == _version(record) and _holds_data(target):
+        return False
+    text = json.dumps(_output_of(record), indent=2, ensure_ascii=False, default=str) + "\n"
+    # No fsync per file: thousands of fsyncs take seconds, and this folder is a view that
+    # can be rebuilt from the registry. The rename still keeps every file whole while the
+    # machine runs; after a power cut a file may come back empty, which _holds_data
+    # catches so the next export rewrites it.
+    write_text_atomic(target, text, fsync=False)
+    namer.set_fingerprint(record.key, _version(record))
+    return True
+
+
+def _holds_data(path: Path) -> bool:
+    try:
+        return path.stat().st_size > 0
+    except OSError:
+        return False
+
+
+# --- failures ---------------------------------------------------------------------------
+
+
+def iter_failure_lines(records: Records) -> Iterator[str]:
+    """One JSON object per failed item, without a trailing newline."""
+    for record in records():
+        if record.status == "failed":
+            yield _json_text(
+                {
+                    "key": record.key,
+                    "row": record.seq,
+                    "error_type": record.error_type,
+                    "error": record.error,
+                    "attempts": record.attempts,
+                    "finished_at": record.finished_at,
+                }
+            )
+
+
+def write_failures(path: Path, records: Records) -> int:
+    """Write the failed items as JSON lines to ``path`` atomically; return how many."""
+    written = 0
+    with atomic_write(Path(path), "w", newline="\n") as handle:
+        for line in iter_failure_lines(records):
+            handle.write(line + "\n")
+            written += 1
+    return written
+
+
+def _version(record: ExportRecord) -> str:
+    # The input fingerprint alone misses a forced redo that changed the output.
+    return f"{record.fingerprint}@{record.finished_at!r}"

@@ -1,0 +1,177 @@
+"""Shared fixtures: CSV writing, the real ``rowpilot`` command, and a tasks module on disk."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import pytest
+
+ROWPILOT = str(Path(sys.executable).parent / "rowpilot")
+
+TASKS = '''\
+"""Tasks for the rowpilot tests. Files they use live next to this module."""
+
+import asyncio
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+CALLS = HERE / "calls.txt"
+FAIL_KEYS = HERE / "fail_keys.txt"
+
+NOT_CALLABLE = 42
+
+
+def upper(row):
+    return {"upper": row["text"].upper()}
+
+
+async def async_upper(row):
+    await asyncio.sleep(0.001)
+    return {"upper": row["text"].upper()}
+
+
+def count_calls(row, ctx):
+    """Records every call (one key per line) so tests can prove nothing runs twice."""
+    with open(CALLS, "a", encoding="utf-8") as calls:
+        calls.write(ctx.key + "\\n")
+        calls.flush()
+    return {"upper": str(row.get("text", "")).upper()}
+
+
+def fail_listed(row, ctx):
+    """Like count_calls, but raises ValueError for the keys listed in fail_keys.txt."""
+    count_calls(row, ctx)
+    listed = FAIL_KEYS.read_text(encoding="utf-8").splitlines() if FAIL_KEYS.exists() else []
+    if ctx.key in listed:
+        raise ValueError(f"listed key {ctx.key}")
+    return {"upper": str(row.get("text", "")).upper()}
+
+
+def returns_str(row):
+    return "not a dict"
+
+
+def sleepy(row):
+    seconds = float(row.get("sleep") or 0.05)
+    time.sleep(seconds)
+    return {"slept": seconds}
+
+
+async def async_sleepy(row):
+    seconds = float(row.get("sleep") or 0.05)
+    await asyncio.sleep(seconds)
+    return {"slept": seconds}
+'''
+
+
+class WriteCsv(Protocol):
+    def __call__(
+        self,
+        path: Path,
+        header: Sequence[str],
+        rows: Iterable[Sequence[Any]],
+        *,
+        encoding: str = "utf-8",
+    ) -> Path: ...
+
+
+class Cli(Protocol):
+    def __call__(
+        self, *args: str | os.PathLike[str], cwd: Path | None = None, debug: bool = False
+    ) -> subprocess.CompletedProcess[str]: ...
+
+
+@pytest.fixture
+def write_csv() -> WriteCsv:
+    """``write_csv(path, header, rows)``: a real CSV file (csv module quoting), returns path."""
+
+    def write(
+        path: Path,
+        header: Sequence[str],
+        rows: Iterable[Sequence[Any]],
+        *,
+        encoding: str = "utf-8",
+    ) -> Path:
+        with path.open("w", newline="", encoding=encoding) as handle:
+            writer = csv.writer(handle)
+            writer.writerow(header)
+            writer.writerows(rows)
+        return path
+
+    return write
+
+
+def run_cli(
+    *args: str | os.PathLike[str], cwd: Path, debug: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """Run the real ``rowpilot`` console script in ``cwd`` (no shell, 60 s at most)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("ROWPILOT_DEBUG", None)
+    command = [ROWPILOT, *(os.fspath(arg) for arg in args)]
+    if debug:
+        command.append("--debug")
+    return subprocess.run(
+        command, cwd=cwd, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Cli:
+    """Run the real ``rowpilot`` console script in ``tmp_path``; returns the CompletedProcess."""
+
+    def run(
+        *args: str | os.PathLike[str], cwd: Path | None = None, debug: bool = False
+    ) -> subprocess.CompletedProcess[str]:
+        return run_cli(*args, cwd=cwd or tmp_path, debug=debug)
+
+    return run
+
+
+@pytest.fixture
+def tasks_file(tmp_path: Path) -> Path:
+    """``tmp_path/tasks.py`` with upper, async_upper, count_calls, fail_listed, returns_str,
+    sleepy, async_sleepy and NOT_CALLABLE."""
+    path = tmp_path / "tasks.py"
+    path.write_text(TASKS, encoding="utf-8")
+    return path
+
+
+def read_calls(folder: Path) -> list[str]:
+    """The keys count_calls/fail_listed were called with, one entry per call."""
+    path = folder / "calls.txt"
+    return path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+
+
+CallsReader = Callable[[Path], list[str]]
+
+
+@pytest.fixture
+def calls() -> CallsReader:
+    """``calls(folder)``: the keys the counting tasks were called with, one per call."""
+    return read_calls
+
+
+GOOD_ROWS = [[f"k{i:02d}", f"text {i}"] for i in range(6)]
+
+
+@pytest.fixture(scope="session")
+def good_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A state directory from one good CLI run (tasks.py:upper over data.csv, keys k00-k05).
+
+    Session-wide and read-only: copy it (shutil.copytree) before pointing a run at it.
+    """
+    folder = tmp_path_factory.mktemp("good")
+    (folder / "tasks.py").write_text(TASKS, encoding="utf-8")
+    with (folder / "data.csv").open("w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows([["id", "text"], *GOOD_ROWS])
+    run = ["run", "data.csv", "--task", "tasks.py:upper", "--key", "id", "--workers", "4"]
+    result = run_cli(*run, "--state", "state", cwd=folder)
+    assert result.returncode == 0, result.stderr
+    return folder / "state"

@@ -1,0 +1,396 @@
+"""The ``rowpilot`` command, run as a real subprocess in a temporary folder."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shutil
+import sqlite3
+from collections.abc import Callable
+from contextlib import closing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pyarrow.parquet as pq
+import pytest
+
+if TYPE_CHECKING:
+    import subprocess
+
+    from conftest import CallsReader, Cli, WriteCsv
+
+ROWS = [[f"k{i:02d}", f"text {i}"] for i in range(6)]
+KEYS = [row[0] for row in ROWS]
+COMMANDS = ["run", "status", "export", "failures", "merge", "verify"]
+
+
+def run_args(source: str = "data.csv", task: str = "tasks.py:upper", *extra: str) -> list[str]:
+    return ["run", source, "--task", task, "--key", "id", "--workers", "4", *extra]
+
+
+def read_csv(path: Path) -> list[list[str]]:
+    with path.open(newline="", encoding="utf-8") as handle:
+        return list(csv.reader(handle))
+
+
+def registry_items(state: Path) -> list[tuple[Any, ...]]:
+    with closing(sqlite3.connect(state / "registry.sqlite")) as db:
+        return db.execute("SELECT * FROM items ORDER BY key").fetchall()
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+    assert "Traceback" not in result.stderr
+    return result
+
+
+@pytest.fixture
+def job(tmp_path: Path, write_csv: WriteCsv, tasks_file: Path) -> Path:
+    """tmp_path with data.csv (id, text; keys k00..k05) and tasks.py."""
+    write_csv(tmp_path / "data.csv", ["id", "text"], ROWS)
+    return tmp_path
+
+
+# -- run and its outputs -----------------------------------------------------------------------
+
+
+def test_run_writes_csv_jsonl_parquet_and_json_dir(job: Path, cli: Cli) -> None:
+    first = ok(cli(*run_args(), "--state", "state", "-o", "out.csv", "--json-dir", "results"))
+    assert "completed: 6 done, 0 failed" in first.stdout
+    assert read_csv(job / "out.csv") == [
+        ["id", "text", "upper"],
+        *[[key, text, text.upper()] for key, text in ROWS],
+    ]
+    files = sorted(path.name for path in (job / "results").glob("*.json"))
+    assert files == [f"{key}.json" for key in KEYS]
+    assert json.loads((job / "results" / "k03.json").read_text(encoding="utf-8")) == {
+        "upper": "TEXT 3"
+    }
+
+    second = ok(cli(*run_args(), "--state", "state", "-o", "out.jsonl"))
+    assert "nothing to do" in second.stdout
+    lines = (job / "out.jsonl").read_text(encoding="utf-8").splitlines()
+    assert [json.loads(line) for line in lines] == [
+        {"id": key, "text": text, "upper": text.upper()} for key, text in ROWS
+    ]
+
+    ok(cli(*run_args(), "--state", "state", "-o", "out.parquet"))
+    table = pq.read_table(job / "out.parquet")
+    assert table.column_names == ["id", "text", "upper"]
+    assert table.to_pylist() == [
+        {"id": key, "text": text, "upper": text.upper()} for key, text in ROWS
+    ]
+
+
+def test_toml_job_file_with_a_flag_overriding_it(job: Path, cli: Cli, calls: CallsReader) -> None:
+    (job / "jobs").mkdir()
+    (job / "jobs" / "job.toml").write_text(
+        """\
+name = "upper-job"
+
+[source]
+path = "../data.csv"
+key = "id"
+
+[task]
+function = "../tasks.py:count_calls"
+
+[run]
+workers = 4
+limit = 2
+state = "../state"
+
+[output]
+path = "out.csv"
+""",
+        encoding="utf-8",
+    )
+    first = ok(cli("run", "jobs/job.toml"))
+    assert "2 done" in first.stdout
+    assert sorted(calls(job)) == ["k00", "k01"]
+    assert len(read_csv(job / "jobs" / "out.csv")) == 1 + 2
+
+    second = ok(cli("run", "jobs/job.toml", "--limit", "4"))
+    assert "2 done, 0 failed, 2 skipped" in second.stdout
+    assert sorted(calls(job)) == ["k00", "k01", "k02", "k03"]
+    assert [row[0] for row in read_csv(job / "jobs" / "out.csv")[1:]] == KEYS[:4]
+    assert (job / "state" / "registry.sqlite").is_file()
+
+    status = ok(cli("status", "jobs/job.toml"))
+    assert "done 4" in status.stdout
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_help_has_an_example(cli: Cli, command: str) -> None:
+    result = ok(cli(command, "--help"))
+    assert "Example" in result.stdout
+    assert "$ rowpilot " + command in result.stdout
+
+
+# -- status, export, failures ------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_status_text_and_json_for_two_states(job: Path, cli: Cli) -> None:
+    ok(cli(*run_args(), "--state", "one"))
+    ok(cli(*run_args(), "--state", "two", "--limit", "2"))
+
+    text = ok(cli("status", "one", "two")).stdout.splitlines()
+    assert len(text) == 3
+    assert text[0].startswith("one  done 6  failed 0 of 6")
+    assert text[1].startswith("two  done 2  failed 0 of 2")
+    assert text[2] == "TOTAL  done 8  failed 0  of 8"
+
+    report = json.loads(ok(cli("status", "one", "two", "--json")).stdout)
+    assert [(s["state"], s["done"], s["failed"], s["total"]) for s in report["states"]] == [
+        ("one", 6, 0, 6),
+        ("two", 2, 0, 2),
+    ]
+    assert report["states"][0]["last_run"]["status"] == "completed"
+    assert report["total"] == {"done": 8, "failed": 0, "total": 8}
+
+    single = ok(cli("status", "one")).stdout
+    assert "TOTAL" not in single
+
+
+@pytest.mark.slow
+def test_export_and_failures(job: Path, cli: Cli) -> None:
+    (job / "fail_keys.txt").write_text("k01\nk04\n", encoding="utf-8")
+    run = cli(*run_args(task="tasks.py:fail_listed"), "--state", "state")
+    assert run.returncode == 1, run.stderr
+    assert "4 done, 2 failed" in run.stdout
+
+    ok(cli("export", "state", "-o", "all.csv"))
+    rows = read_csv(job / "all.csv")
+    assert rows[0] == ["id", "text", "upper"]
+    assert rows[1:] == [
+        [key, text, "" if key in ("k01", "k04") else text.upper()] for key, text in ROWS
+    ]
+    ok(cli("export", "state", "-o", "done.jsonl", "--done-only"))
+    done = [json.loads(line) for line in (job / "done.jsonl").read_text().splitlines()]
+    assert [row["id"] for row in done] == ["k00", "k02", "k03", "k05"]
+
+    listed = ok(cli("failures", "state")).stdout.splitlines()
+    entries = [json.loads(line) for line in listed]
+    assert [(e["key"], e["row"], e["error_type"], e["attempts"]) for e in entries] == [
+        ("k01", 1, "ValueError", 1),
+        ("k04", 4, "ValueError", 1),
+    ]
+    assert "listed key k01" in entries[0]["error"]
+
+    ok(cli("failures", "state", "-o", "failures.jsonl", "--traceback"))
+    written = [json.loads(line) for line in (job / "failures.jsonl").read_text().splitlines()]
+    assert [e["key"] for e in written] == ["k01", "k04"]
+    assert "ValueError" in written[0]["traceback"]
+
+
+# -- merge, verify -----------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_merge_of_three_shards_equals_one_unsharded_run(
+    tmp_path: Path, write_csv: WriteCsv, tasks_file: Path, cli: Cli
+) -> None:
+    rows = [[f"id-{i:03d}", f"text {i}"] for i in range(30)]
+    write_csv(tmp_path / "data.csv", ["id", "text"], rows)
+    for k in (1, 2, 3):
+        ok(cli(*run_args(), "--shard", f"{k}/3", "--state", f"shard{k}"))
+    ok(cli(*run_args(), "--state", "full", "-o", "full.csv"))
+
+    merged = ok(cli("merge", "shard1", "shard2", "shard3", "--into", "merged"))
+    assert "30 items" in merged.stdout
+    ok(cli("export", "merged", "-o", "merged.csv"))
+
+    full, combined = read_csv(tmp_path / "full.csv"), read_csv(tmp_path / "merged.csv")
+    assert combined[0] == full[0] == ["id", "text", "upper"]
+    assert sorted(combined[1:]) == sorted(full[1:])
+    assert len(full) == 31
+
+    verified = ok(cli("verify", "merged", "--source", "data.csv", "--key", "id"))
+    assert "complete" in verified.stdout
+    assert "INCOMPLETE" not in verified.stdout
+
+
+@pytest.mark.slow
+def test_verify_complete_incomplete_and_duplicates(
+    job: Path, cli: Cli, write_csv: WriteCsv
+) -> None:
+    ok(cli(*run_args(), "--state", "state", "--limit", "3"))
+    incomplete = cli("verify", "state", "--source", "data.csv", "--key", "id")
+    assert incomplete.returncode == 1, incomplete.stderr
+    assert "missing 3" in incomplete.stdout
+    assert "missing: 'k03', 'k04', 'k05'" in incomplete.stdout
+    assert "INCOMPLETE" in incomplete.stdout
+
+    ok(cli(*run_args(), "--state", "state"))
+    complete = ok(cli("verify", "state", "--source", "data.csv", "--key", "id"))
+    assert "done 6" in complete.stdout
+    assert complete.stdout.splitlines()[-1] == "complete"
+
+    write_csv(job / "dup.csv", ["id", "text"], [*ROWS, ["k02", "again"]])
+    ok(cli(*run_args("dup.csv"), "--state", "dup-state", "--dedupe", "first"))
+    duplicated = cli("verify", "dup-state", "--source", "dup.csv", "--key", "id", "--json")
+    assert duplicated.returncode == 1, duplicated.stderr
+    report = json.loads(duplicated.stdout)
+    assert report["complete"] is False
+    assert "'k02'" in report["duplicates"]
+
+
+# -- bad input ---------------------------------------------------------------------------------
+
+
+def _write_bytes(name: str, data: bytes) -> Callable[[Path], None]:
+    def setup(folder: Path) -> None:
+        (folder / name).write_bytes(data)
+
+    return setup
+
+
+def _no_setup(folder: Path) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class BadInput:
+    id: str
+    args: list[str]
+    names: list[str]  # what the one error line must say
+    setup: Callable[[Path], None] = field(default=_no_setup)
+
+
+LATIN1 = b"id,text\nk00,plain\nk01,caf\xe9\nk02,more\n"
+DUPLICATES = b"id,text\nk00,a\nk01,b\nk00,c\nk02,d\nk01,e\n"
+
+BAD_INPUTS = [
+    BadInput("missing-input", run_args("missing.csv"), ["missing.csv", "no such file"]),
+    BadInput(
+        "latin1-as-utf8",
+        run_args("latin.csv"),
+        ["latin.csv", "line 3", "--encoding latin-1"],
+        _write_bytes("latin.csv", LATIN1),
+    ),
+    BadInput(
+        "ragged-row",
+        run_args("ragged.csv"),
+        ["ragged.csv", "line 4", "row 2", "3 fields"],
+        _write_bytes("ragged.csv", b"id,text\nk00,a\nk01,b\nk02,c,extra\nk03,d\n"),
+    ),
+    BadInput("empty-file", run_args("empty.csv"), ["empty.csv"], _write_bytes("empty.csv", b"")),
+    BadInput(
+        "header-only",
+        run_args("header.csv"),
+        ["header.csv", "no rows"],
+        _write_bytes("header.csv", b"id,text\n"),
+    ),
+    BadInput(
+        "unknown-key",
+        ["run", "data.csv", "--task", "tasks.py:upper", "--key", "nope", "--workers", "4"],
+        ["data.csv", "column 'nope'", "'id', 'text'"],
+    ),
+    BadInput(
+        "duplicate-keys",
+        run_args("dup.csv"),
+        ["dup.csv", "'k00'", "'k01'", "--dedupe first"],
+        _write_bytes("dup.csv", DUPLICATES),
+    ),
+    BadInput("task-file-missing", run_args(task="nothere.py:upper"), ["nothere.py"]),
+    BadInput(
+        "task-module-raises",
+        run_args(task="broken.py:upper"),
+        ["broken.py", "RuntimeError", "broken on import"],
+        _write_bytes("broken.py", b"raise RuntimeError('broken on import')\n"),
+    ),
+    BadInput(
+        "task-not-callable",
+        run_args(task="tasks.py:NOT_CALLABLE"),
+        ["tasks.py:NOT_CALLABLE", "not callable"],
+    ),
+    BadInput(
+        "task-returns-str",
+        run_args(task="tasks.py:returns_str"),
+        ["returns_str", "returned a str", "for key 'k0"],
+    ),
+    BadInput(
+        "output-folder-missing",
+        [*run_args(), "-o", "nodir/out.csv"],
+        ["nodir/out.csv", "does not exist"],
+    ),
+]
+
+
+def assert_one_error_line(result: subprocess.CompletedProcess[str], names: list[str]) -> str:
+    assert result.returncode == 2, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+    assert "Traceback" not in result.stderr
+    assert "Traceback" not in result.stdout
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, f"stderr is not one line:\n{result.stderr}"
+    (line,) = lines
+    assert line.startswith("rowpilot: error:")
+    assert "hint" in line, line
+    for name in names:
+        assert name in line, f"{name!r} not in {line!r}"
+    return line
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS, ids=lambda case: case.id)
+def test_bad_input_without_state(job: Path, cli: Cli, case: BadInput) -> None:
+    case.setup(job)
+    result = cli(*case.args, "--state", "state")
+    assert_one_error_line(result, case.names)
+    assert not (job / "state").exists()
+    assert not (job / ".rowpilot").exists()
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS, ids=lambda case: case.id)
+def test_bad_input_leaves_an_existing_state_unchanged(
+    job: Path, cli: Cli, good_state: Path, case: BadInput
+) -> None:
+    shutil.copytree(good_state, job / "state")
+    before = registry_items(job / "state")
+    assert len(before) == 6
+    case.setup(job)
+    result = cli(*case.args, "--state", "state")
+    assert_one_error_line(result, case.names)
+    assert registry_items(job / "state") == before
+
+
+@pytest.mark.parametrize(
+    "case",
+    [case for case in BAD_INPUTS if case.id in ("missing-input", "task-returns-str")],
+    ids=lambda case: case.id,
+)
+def test_debug_prints_the_traceback(job: Path, cli: Cli, case: BadInput) -> None:
+    case.setup(job)
+    result = cli(*case.args, "--state", "state", debug=True)
+    assert result.returncode == 2
+    assert "Traceback (most recent call last)" in result.stderr
+    assert result.stderr.splitlines()[-1].startswith("rowpilot: error:")
+    assert not (job / "state").exists()
+
+
+def test_the_encoding_hint_fixes_a_latin1_file(job: Path, cli: Cli) -> None:
+    (job / "latin.csv").write_bytes(LATIN1)
+    line = assert_one_error_line(cli(*run_args("latin.csv"), "--state", "state"), ["latin.csv"])
+    match = re.search(r"pass (--encoding \S+)", line)
+    assert match is not None, line
+    flag, value = match.group(1).split()
+
+    fixed = ok(cli(*run_args("latin.csv"), "--state", "state", flag, value, "-o", "out.csv"))
+    assert "3 done" in fixed.stdout
+    assert read_csv(job / "out.csv")[2] == ["k01", "café", "CAFÉ"]
+
+
+def test_dedupe_first_fixes_duplicate_keys(job: Path, cli: Cli) -> None:
+    (job / "dup.csv").write_bytes(DUPLICATES)
+    assert_one_error_line(cli(*run_args("dup.csv"), "--state", "state"), ["dup.csv"])
+    assert not (job / "state").exists()
+
+    fixed = ok(cli(*run_args("dup.csv"), "--state", "state", "--dedupe", "first", "-o", "out.csv"))
+    assert "3 done" in fixed.stdout
+    assert read_csv(job / "out.csv")[1:] == [
+        ["k00", "a", "A"],
+        ["k01", "b", "B"],
+        ["k02", "d", "D"],
+    ]

@@ -1,0 +1,514 @@
+"""The engine through the library API: rowpilot.run(...) against real files and SQLite."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+import pytest
+
+import rowpilot
+from rowpilot._config import build_config
+from rowpilot._engine import run_sync
+from rowpilot.errors import DuplicateKeyError, TaskOutputError
+
+if TYPE_CHECKING:
+    from conftest import CallsReader, WriteCsv
+
+WORKERS = 4
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def upper(row: dict[str, Any]) -> dict[str, Any]:
+    return {"upper": row["text"].upper()}
+
+
+async def async_upper(row: dict[str, Any]) -> dict[str, Any]:
+    await asyncio.sleep(0.001)
+    return {"upper": row["text"].upper(), "was_async": True}
+
+
+def with_ctx(row: dict[str, Any], ctx: rowpilot.Ctx) -> dict[str, Any]:
+    ctx.logger.info("working on key %s", ctx.key)
+    return {
+        "run_id": ctx.run_id,
+        "ctx_key": ctx.key,
+        "ctx_row": ctx.row,
+        "attempt": ctx.attempt,
+        "has_logger": isinstance(ctx.logger, logging.Logger),
+    }
+
+
+def flaky(row: dict[str, Any], ctx: rowpilot.Ctx) -> dict[str, Any]:
+    if ctx.attempt < 3:
+        raise ConnectionError(f"attempt {ctx.attempt} of {ctx.key} dropped")
+    return {"attempt": ctx.attempt}
+
+
+def value_error_once(row: dict[str, Any], ctx: rowpilot.Ctx) -> dict[str, Any]:
+    if ctx.attempt < 2:
+        raise ValueError(f"bad value in {ctx.key}")
+    return {"attempt": ctx.attempt}
+
+
+async def sleeps_five_seconds(row: dict[str, Any]) -> dict[str, Any]:
+    await asyncio.sleep(5)
+    return {"slept": True}
+
+
+def returns_str(row: dict[str, Any]) -> Any:
+    return "not a dict"
+
+
+def rows_of(count: int) -> list[dict[str, Any]]:
+    return [{"id": f"k{i:02d}", "text": f"text {i}"} for i in range(count)]
+
+
+def data_csv(write_csv: WriteCsv, folder: Path, count: int = 6, name: str = "data.csv") -> Path:
+    return write_csv(
+        folder / name, ["id", "text"], [[f"k{i:02d}", f"text {i}"] for i in range(count)]
+    )
+
+
+def keys_of(result: rowpilot.Result) -> list[str]:
+    return [record.key for record in result]
+
+
+def registry_items(state: Path) -> list[tuple[Any, ...]]:
+    with closing(sqlite3.connect(state / "registry.sqlite")) as db:
+        return db.execute(
+            "SELECT key, status, attempts, output, error_type FROM items ORDER BY key"
+        ).fetchall()
+
+
+def fast_retry_run(task: Any, source: Any, state: Path, **settings: Any) -> rowpilot.Result:
+    """The engine with a short retry delay (rowpilot.run has no retry_delay argument)."""
+    config = build_config(
+        {
+            "task": task,
+            "source": source,
+            "key": "id",
+            "state": state,
+            "workers": WORKERS,
+            "retry_delay": 0.01,
+            "max_retry_delay": 0.05,
+            "progress": False,
+            **settings,
+        }
+    )
+    return run_sync(config)
+
+
+# -- sync, async, ctx ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("task", [upper, async_upper], ids=["sync", "async"])
+def test_sync_and_async_tasks_put_outputs_on_the_right_keys(
+    tmp_path: Path, write_csv: WriteCsv, task: Any
+) -> None:
+    source = data_csv(write_csv, tmp_path, count=20)
+    result = rowpilot.run(task, source, key="id", workers=WORKERS, state=tmp_path / "state")
+
+    assert result.summary.status == "completed"
+    assert (result.summary.done, result.summary.failed, result.summary.total) == (20, 0, 20)
+    records = list(result)
+    assert [r.key for r in records] == [f"k{i:02d}" for i in range(20)]
+    for record in records:
+        assert record.status == "done"
+        assert record.attempts == 1
+        assert record.output is not None
+        assert record.output["upper"] == record.input["text"].upper()
+        assert record.input["id"] == record.key
+    if task is async_upper:
+        assert all(r.output is not None and r.output["was_async"] is True for r in records)
+
+
+def test_task_path_string_from_a_file(
+    tmp_path: Path, write_csv: WriteCsv, tasks_file: Path
+) -> None:
+    source = data_csv(write_csv, tmp_path, count=5)
+    for name in ("upper", "async_upper"):
+        state = tmp_path / f"state-{name}"
+        result = rowpilot.run(
+            f"{tasks_file}:{name}", source, key="id", workers=WORKERS, state=state
+        )
+        assert result.summary.done == 5
+        assert {r.key: r.output for r in result} == {
+            f"k{i:02d}": {"upper": f"TEXT {i}"} for i in range(5)
+        }
+
+
+def test_ctx_gives_run_id_key_row_attempt_and_logger(tmp_path: Path, write_csv: WriteCsv) -> None:
+    source = data_csv(write_csv, tmp_path, count=5)
+    state = tmp_path / "state"
+    result = rowpilot.run(with_ctx, source, key="id", workers=WORKERS, state=state)
+
+    assert result.summary.done == 5
+    for record in result:
+        assert record.output == {
+            "run_id": result.summary.run_id,
+            "ctx_key": record.key,
+            "ctx_row": record.seq,
+            "attempt": 1,
+            "has_logger": True,
+        }
+    assert [r.seq for r in result] == list(range(5))
+    logged = "".join(path.read_text(encoding="utf-8") for path in (state / "logs").glob("*.log"))
+    for i in range(5):
+        assert f"working on key k{i:02d}" in logged
+
+
+# -- the job's table -----------------------------------------------------------------------
+
+
+def test_to_pandas_includes_earlier_runs_and_keeps_keys_and_cells_exactly(
+    tmp_path: Path, write_csv: WriteCsv
+) -> None:
+    source = write_csv(
+        tmp_path / "data.csv",
+        ["id", "text"],
+        [["007", " a "], ["42", "b"], [" 8 ", "  c"], ["0.50", "d "]],
+    )
+    state = tmp_path / "state"
+    first = rowpilot.run(upper, source, key="id", workers=WORKERS, state=state, rows="0:2")
+    assert first.summary.done == 2
+    second = rowpilot.run(upper, source, key="id", workers=WORKERS, state=state, rows="2:4")
+    assert (second.summary.done, second.summary.skipped) == (2, 0)
+
+    frame = second.to_pandas()
+    assert isinstance(frame, pd.DataFrame)
+    assert list(frame.columns) == ["id", "text", "upper"]
+    assert frame["id"].tolist() == ["007", "42", " 8 ", "0.50"]
+    assert frame["text"].tolist() == [" a ", "b", "  c", "d "]
+    assert frame["upper"].tolist() == [" A ", "B", "  C", "D "]
+    assert keys_of(second) == ["007", "42", " 8 ", "0.50"]
+    assert second.to_pandas(done_only=True).shape == (4, 3)
+
+
+# -- resume ---------------------------------------------------------------------------------
+
+
+def test_resume_skips_done_and_unchanged_rows(
+    tmp_path: Path, write_csv: WriteCsv, tasks_file: Path, calls: CallsReader
+) -> None:
+    source = data_csv(write_csv, tmp_path, count=12)
+    task = f"{tasks_file}:count_calls"
+    state = tmp_path / "state"
+
+    first = rowpilot.run(task, source, key="id", workers=WORKERS, state=state)
+    assert first.summary.done == 12
+    assert sorted(calls(tmp_path)) == [f"k{i:02d}" for i in range(12)]
+
+    second = rowpilot.run(task, source, key="id", workers=WORKERS, state=state)
+    assert second.summary.status == "completed"
+    assert (second.summary.done, second.summary.skipped) == (0, 12)
+    assert len(calls(tmp_path)) == 12  # nothing ran twice
+    assert len(list(second)) == 12
+
+
+def test_changed_row_and_changed_task_version_are_redone(
+    tmp_path: Path, write_csv: WriteCsv, tasks_file: Path, calls: CallsReader
+) -> None:
+    task = f"{tasks_file}:count_calls"
+    state = tmp_path / "state"
+    rows = [[f"k{i:02d}", f"text {i}"] for i in range(8)]
+    source = write_csv(tmp_path / "data.csv", ["id", "text"], rows)
+
+    rowpilot.run(task, source, key="id", workers=WORKERS, state=state, task_version="v1")
+    assert len(calls(tmp_path)) == 8
+
+    rows[3][1] = "changed"
+    write_csv(source, ["id", "text"], rows)
+    second = rowpilot.run(task, source, key="id", workers=WORKERS, state=state, task_version="v1")
+    assert (second.summary.done, second.summary.skipped) == (1, 7)
+    assert calls(tmp_path)[8:] == ["k03"]
+    assert {r.key: r.output for r in second}["k03"] == {"upper": "CHANGED"}
+
+    third = rowpilot.run(task, source, key="id", workers=WORKERS, state=state, task_version="v2")
+    assert (third.summary.done, third.summary.skipped) == (8, 0)
+    assert sorted(calls(tmp_path)[9:]) == [f"k{i:02d}" for i in range(8)]
+
+    fourth = rowpilot.run(task, source, key="id", workers=WORKERS, state=state, task_version="v2")
+    assert (fourth.summary.done, fourth.summary.skipped) == (0, 8)
+    assert len(calls(tmp_path)) == 17
+
+
+def test_force_redoes_everything_selected(
+    tmp_path: Path, write_csv: WriteCsv, tasks_file: Path, calls: CallsReader
+) -> None:
+    source = data_csv(write_csv, tmp_path, count=8)
+    task = f"{tasks_file}:count_calls"
+    state = tmp_path / "state"
+    rowpilot.run(task, source, key="id", workers=WORKERS, state=state)
+    assert len(calls(tmp_path)) == 8
+
+    forced = rowpilot.run(
+        task, source, key="id", workers=WORKERS, state=state, rows="2:5", force=True
+    )
+    assert (forced.summary.done, forced.summary.skipped) == (3, 0)
+    assert sorted(calls(tmp_path)[8:]) == ["k02", "k03", "k04"]
+
+    again = rowpilot.run(task, source, key="id", workers=WORKERS, state=state, force=True)
+    assert again.summary.done == 8
+    assert len(calls(tmp_path)) == 8 + 3 + 8
+
+
+def test_failed_items_are_skipped_then_retried_with_retry_failed(
+    tmp_path: Path, write_csv: WriteCsv, tasks_file: Path, calls: CallsReader
+) -> None:
+    source = data_csv(write_csv, tmp_path, count=6)
+    task = f"{tasks_file}:fail_listed"
+    state = tmp_path / "state"
+    (tmp_path / "fail_keys.txt").write_text("k01\nk04\n", encoding="utf-8")
+
+    first = rowpilot.run(task, source, key="id", workers=WORKERS, state=state)
+    assert first.summary.status == "completed_with_failures"
+    assert (first.summary.done, first.summary.failed) == (4, 2)
+    assert first.summary.exit_code == 1
+    failures = {r.key: r for r in first.failures()}
+    assert sorted(failures) == ["k01", "k04"]
+    assert failures["k01"].error_type == "ValueError"
+    assert failures["k01"].error is not None
+    assert "listed key k01" in failures["k01"].error
+    assert failures["k01"].attempts == 1  # a ValueError is not retried by default
+    assert len(calls(tmp_path)) == 6
+
+    (tmp_path / "fail_keys.txt").write_text("", encoding="utf-8")
+    plain = rowpilot.run(task, source, key="id", workers=WORKERS, state=state)
+    assert (plain.summary.done, plain.summary.skipped, plain.summary.skipped_failed) == (0, 4, 2)
+    assert len(calls(tmp_path)) == 6
+    assert sorted(r.key for r in plain.failures()) == ["k01", "k04"]
+
+    retried = rowpilot.run(task, source, key="id", workers=WORKERS, state=state, retry_failed=True)
+    assert (retried.summary.done, retried.summary.failed, retried.summary.skipped) == (2, 0, 4)
+    assert sorted(calls(tmp_path)[6:]) == ["k01", "k04"]
+    assert retried.summary.status == "completed"
+    assert retried.failures() == []
+
+
+# -- retries and timeouts -------------------------------------------------------------------
+
+
+def test_connection_errors_are_retried_until_done(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    result = fast_retry_run(flaky, rows_of(5), state, max_attempts=3)
+
+    assert result.summary.status == "completed"
+    assert result.summary.done == 5
+    assert result.summary.retries == 10
+    for record in result:
+        assert record.status == "done"
+        assert record.attempts == 3
+        assert record.output == {"attempt": 3}
+
+
+def test_connection_errors_beyond_max_attempts_fail(tmp_path: Path) -> None:
+    result = fast_retry_run(flaky, rows_of(3), tmp_path / "state", max_attempts=2)
+    assert (result.summary.done, result.summary.failed) == (0, 3)
+    assert result.summary.status == "failed"
+    for record in result:
+        assert (record.status, record.attempts, record.error_type) == (
+            "failed",
+            2,
+            "ConnectionError",
+        )
+
+
+def test_value_error_is_not_retried_by_default(tmp_path: Path) -> None:
+    result = fast_retry_run(value_error_once, rows_of(3), tmp_path / "state", max_attempts=3)
+    assert result.summary.failed == 3
+    assert result.summary.retries == 0
+    for record in result:
+        assert (record.status, record.attempts, record.error_type) == ("failed", 1, "ValueError")
+
+
+def test_value_error_is_retried_when_listed_in_retry_on(tmp_path: Path) -> None:
+    result = fast_retry_run(
+        value_error_once, rows_of(3), tmp_path / "state", max_attempts=3, retry_on=["ValueError"]
+    )
+    assert result.summary.done == 3
+    for record in result:
+        assert (record.status, record.attempts, record.output) == ("done", 2, {"attempt": 2})
+
+
+def test_value_error_is_retried_through_the_public_api(tmp_path: Path) -> None:
+    # The default delays: at most 0.5 s before the second attempt.
+    result = rowpilot.run(
+        value_error_once,
+        rows_of(2),
+        key="id",
+        workers=WORKERS,
+        state=tmp_path / "state",
+        max_attempts=2,
+        retry_on=["ValueError"],
+    )
+    assert [(r.status, r.attempts) for r in result] == [("done", 2), ("done", 2)]
+
+
+def test_timeout_fails_an_async_task_that_sleeps_too_long(tmp_path: Path) -> None:
+    result = rowpilot.run(
+        sleeps_five_seconds,
+        rows_of(2),
+        key="id",
+        workers=WORKERS,
+        state=tmp_path / "state",
+        timeout=0.2,
+        max_attempts=1,
+    )
+    assert result.summary.elapsed < 3
+    assert result.summary.failed == 2
+    for record in result:
+        assert record.status == "failed"
+        assert record.error_type == "ItemTimeoutError"
+        assert record.attempts == 1
+
+
+def test_timeout_fails_a_sync_task_and_is_retried(tmp_path: Path, tasks_file: Path) -> None:
+    rows = [{"id": "slow", "sleep": 1.0}]
+    result = fast_retry_run(
+        f"{tasks_file}:sleepy", rows, tmp_path / "state", timeout=0.2, max_attempts=2
+    )
+    assert result.summary.elapsed < 1.0
+    (record,) = list(result)
+    assert (record.status, record.error_type, record.attempts) == (
+        "failed",
+        "ItemTimeoutError",
+        2,
+    )
+
+
+# -- selection ------------------------------------------------------------------------------
+
+
+def test_rows_range_selects_rows_by_number(tmp_path: Path, write_csv: WriteCsv) -> None:
+    source = data_csv(write_csv, tmp_path, count=8)
+    result = rowpilot.run(upper, source, workers=WORKERS, state=tmp_path / "state", rows="2:5")
+    assert result.summary.total == 3
+    assert keys_of(result) == ["2", "3", "4"]
+    assert [r.input["id"] for r in result] == ["k02", "k03", "k04"]
+
+
+def test_shards_partition_the_keys(tmp_path: Path, write_csv: WriteCsv) -> None:
+    source = data_csv(write_csv, tmp_path, count=40)
+    shards = []
+    for k in (1, 2, 3):
+        result = rowpilot.run(
+            upper, source, key="id", workers=WORKERS, state=tmp_path / f"shard{k}", shard=f"{k}/3"
+        )
+        shards.append(set(keys_of(result)))
+        assert result.summary.done == len(shards[-1])
+    everything = {f"k{i:02d}" for i in range(40)}
+    assert shards[0] | shards[1] | shards[2] == everything
+    assert sum(len(keys) for keys in shards) == 40  # no key in two shards
+    assert all(keys for keys in shards)
+
+
+def test_limit_takes_the_first_selected_rows(
+    tmp_path: Path, write_csv: WriteCsv, tasks_file: Path, calls: CallsReader
+) -> None:
+    source = data_csv(write_csv, tmp_path, count=10)
+    state = tmp_path / "state"
+    task = f"{tasks_file}:count_calls"
+    result = rowpilot.run(task, source, key="id", workers=WORKERS, state=state, limit=4)
+    assert keys_of(result) == ["k00", "k01", "k02", "k03"]
+    assert sorted(calls(tmp_path)) == ["k00", "k01", "k02", "k03"]
+
+    rest = rowpilot.run(task, source, key="id", workers=WORKERS, state=state)
+    assert (rest.summary.done, rest.summary.skipped) == (6, 4)
+    assert len(calls(tmp_path)) == 10
+
+
+def test_duplicate_keys_are_refused_unless_dedupe_first(tmp_path: Path) -> None:
+    rows = [
+        {"id": "a", "text": "first a"},
+        {"id": "b", "text": "b"},
+        {"id": "a", "text": "second a"},
+    ]
+    state = tmp_path / "state"
+    with pytest.raises(DuplicateKeyError, match="'a'"):
+        rowpilot.run(upper, rows, key="id", workers=WORKERS, state=state)
+    assert not state.exists()
+
+    result = rowpilot.run(upper, rows, key="id", workers=WORKERS, state=state, dedupe="first")
+    assert result.summary.done == 2
+    assert {r.key: r.output for r in result} == {
+        "a": {"upper": "FIRST A"},
+        "b": {"upper": "B"},
+    }
+
+
+# -- sources --------------------------------------------------------------------------------
+
+
+def test_dataframe_source(tmp_path: Path) -> None:
+    frame = pd.DataFrame({"id": ["x1", "x2", "x3"], "text": ["p", "q", "r"], "n": [1, 2, 3]})
+    result = rowpilot.run(upper, frame, key="id", workers=WORKERS, state=tmp_path / "state")
+    assert result.summary.total == 3
+    assert {r.key: (r.input["n"], r.output) for r in result} == {
+        "x1": (1, {"upper": "P"}),
+        "x2": (2, {"upper": "Q"}),
+        "x3": (3, {"upper": "R"}),
+    }
+
+
+def test_list_of_dicts_source(tmp_path: Path) -> None:
+    result = rowpilot.run(upper, rows_of(5), key="id", workers=WORKERS, state=tmp_path / "state")
+    assert result.summary.total == 5
+    assert {r.key: r.output for r in result} == {
+        f"k{i:02d}": {"upper": f"TEXT {i}"} for i in range(5)
+    }
+
+
+def test_generator_source_and_its_resume(tmp_path: Path) -> None:
+    def generate(count: int) -> Iterator[dict[str, Any]]:
+        for i in range(count):
+            yield {"id": f"g{i}", "text": f"gen {i}"}
+
+    state = tmp_path / "state"
+    result = rowpilot.run(upper, generate(5), key="id", workers=WORKERS, state=state)
+    assert result.summary.done == 5
+    assert {r.key: r.output for r in result} == {f"g{i}": {"upper": f"GEN {i}"} for i in range(5)}
+
+    again = rowpilot.run(upper, generate(7), key="id", workers=WORKERS, state=state)
+    assert (again.summary.done, again.summary.skipped) == (2, 5)
+
+
+def test_generator_source_with_duplicate_keys(tmp_path: Path) -> None:
+    def generate() -> Iterator[dict[str, Any]]:
+        yield from ({"id": "a", "text": "1"}, {"id": "a", "text": "2"}, {"id": "b", "text": "3"})
+
+    result = rowpilot.run(
+        upper, generate(), key="id", workers=WORKERS, state=tmp_path / "state", dedupe="first"
+    )
+    assert {r.key: r.output for r in result} == {"a": {"upper": "1"}, "b": {"upper": "3"}}
+
+
+# -- the registry appears with the first commit ----------------------------------------------
+
+
+def test_a_task_output_error_leaves_no_state(tmp_path: Path, write_csv: WriteCsv) -> None:
+    source = data_csv(write_csv, tmp_path, count=6)
+    state = tmp_path / "state"
+    with pytest.raises(TaskOutputError, match="returned a str"):
+        rowpilot.run(returns_str, source, key="id", workers=WORKERS, state=state)
+    assert not state.exists()
+
+
+def test_a_task_output_error_leaves_an_existing_registry_unchanged(
+    tmp_path: Path, write_csv: WriteCsv
+) -> None:
+    source = data_csv(write_csv, tmp_path, count=6)
+    state = tmp_path / "state"
+    rowpilot.run(upper, source, key="id", workers=WORKERS, state=state)
+    before = registry_items(state)
+    with pytest.raises(TaskOutputError):
+        rowpilot.run(returns_str, source, key="id", workers=WORKERS, state=state)
+    assert registry_items(state) == before
