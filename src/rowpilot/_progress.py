@@ -58,22 +58,25 @@ def _status_text(c: Counters, now: float) -> str:
     )
 
 
+def _count_text(c: Counters) -> str:
+    return f"{c.finished:,}/{c.total:,}" if c.total is not None else f"{c.finished:,}"
+
+
 class RichProgress:
     """A live bar: done/total, ok, failed, skipped, items/s, elapsed and ETA."""
 
     def __init__(self, console: Console) -> None:
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            TextColumn("{task.completed:,.0f}/{task.total:,.0f}"),
+            BarColumn(bar_width=24),
+            TextColumn("{task.fields[count]}"),
             TextColumn("{task.fields[status]}"),
             TimeElapsedColumn(),
-            TextColumn("eta"),
             TimeRemainingColumn(),
             console=console,
             transient=False,
         )
-        self._task_id = self._progress.add_task("rowpilot", total=None, status="")
+        self._task_id = self._progress.add_task("rowpilot", total=None, status="", count="")
 
     def start(self, counters: Counters) -> None:
         self._progress.start()
@@ -84,6 +87,7 @@ class RichProgress:
             self._task_id,
             total=counters.total,
             completed=counters.finished,
+            count=_count_text(counters),
             status=_status_text(counters, time.monotonic()),
         )
 
