@@ -425,16 +425,19 @@ def iter_failure_lines(records: Records) -> Iterator[str]:
     """One JSON object per failed item, without a trailing newline."""
     for record in records():
         if record.status == "failed":
-            yield _json_text(
-                {
-                    "key": record.key,
-                    "row": record.seq,
-                    "error_type": record.error_type,
-                    "error": record.error,
-                    "attempts": record.attempts,
-                    "finished_at": record.finished_at,
-                }
-            )
+            yield _json_text(failure_entry(record))
+
+
+def failure_entry(record: ExportRecord) -> dict[str, Any]:
+    """What the failures report says of one failed item."""
+    return {
+        "key": record.key,
+        "row": record.seq,
+        "error_type": record.error_type,
+        "error": record.error,
+        "attempts": record.attempts,
+        "finished_at": record.finished_at,
+    }
 
 
 def write_failures(path: Path, records: Records) -> int:

@@ -153,25 +153,21 @@ class Keyer:
         if self.key_column not in fields:
             if self.source.columns() is None and seq == 0:
                 raise _unknown_key_column(self.source, self.key_column, list(fields))
-            raise KeyColumnError(
-                "this row has no key column",
-                file=self.source.name,
-                row=seq,
-                line=line,
-                column=self.key_column,
-                hint="give every row a key, or drop --key to key by row number",
-            )
+            raise self._no_key("this row has no key column", seq, line)
         key = _key_text(fields[self.key_column])
         if key is None or key == "":
-            raise KeyColumnError(
-                "the key is empty",
-                file=self.source.name,
-                row=seq,
-                line=line,
-                column=self.key_column,
-                hint="give every row a key, or drop --key to key by row number",
-            )
+            raise self._no_key("the key is empty", seq, line)
         return Item(seq, line, key, fields)
+
+    def _no_key(self, message: str, seq: int, line: int | None) -> KeyColumnError:
+        return KeyColumnError(
+            message,
+            file=self.source.name,
+            row=seq,
+            line=line,
+            column=self.key_column,
+            hint="give every row a key, or drop --key to key by row number",
+        )
 
 
 def _unknown_key_column(source: Source, column: str, columns: list[str]) -> KeyColumnError:

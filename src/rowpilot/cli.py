@@ -19,7 +19,7 @@ import typer
 from rowpilot import _state
 from rowpilot._config import JobConfig, build_config, read_job_file
 from rowpilot._engine import job_name, prepare, run_sync
-from rowpilot._exports import write_json_dir, write_table
+from rowpilot._exports import ExportRecord, failure_entry, write_json_dir, write_table
 from rowpilot._items import Keyer, Selection, parse_rows, parse_shard
 from rowpilot._registry import Registry
 from rowpilot._sources import open_source
@@ -259,15 +259,8 @@ def failures(
         print(f"wrote {len(lines):,} failures to {output}", file=sys.stderr)
 
 
-def _failure_line(record: Any, trace: str | None, with_traceback: bool) -> str:
-    entry = {
-        "key": record.key,
-        "row": record.seq,
-        "error_type": record.error_type,
-        "error": record.error,
-        "attempts": record.attempts,
-        "finished_at": record.finished_at,
-    }
+def _failure_line(record: ExportRecord, trace: str | None, with_traceback: bool) -> str:
+    entry = failure_entry(record)
     if with_traceback:
         entry["traceback"] = trace
     return json.dumps(entry, ensure_ascii=False)
