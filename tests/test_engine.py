@@ -512,3 +512,64 @@ def test_a_task_output_error_leaves_an_existing_registry_unchanged(
     with pytest.raises(TaskOutputError):
         rowpilot.run(returns_str, source, key="id", workers=WORKERS, state=state)
     assert registry_items(state) == before
+
+
+# -- the run's logs and summary ------------------------------------------------------------
+
+
+def flaky_then_broken(row: dict[str, Any], ctx: rowpilot.Ctx) -> dict[str, Any]:
+    if row["id"] == "k01" and ctx.attempt == 1:
+        raise ConnectionError("reset by peer")
+    if row["id"] == "k02":
+        raise ValueError("cannot parse this row")
+    return {}
+
+
+def test_event_log_records_start_retry_failure_and_end(write_csv: WriteCsv, tmp_path: Path) -> None:
+    import json
+
+    state = tmp_path / "state"
+    config = build_config(
+        {
+            "task": flaky_then_broken,
+            "source": str(data_csv(write_csv, tmp_path, count=4)),
+            "key": "id",
+            "state": state,
+            "retry_delay": 0.01,
+            "progress": False,
+        }
+    )
+    result = run_sync(config)
+    (log,) = (state / "logs").glob("*.jsonl")
+    events = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()]
+    kinds = [event["event"] for event in events]
+    assert kinds[0] == "run.started"
+    assert kinds[-1] == "run.finished"
+    retry = next(e for e in events if e["event"] == "item.retry")
+    assert retry["key"] == "k01"
+    assert "reset by peer" in retry["error"]
+    failed = next(e for e in events if e["event"] == "item.failed")
+    assert failed["key"] == "k02"
+    assert failed["error_type"] == "ValueError"
+    assert all(e["run_id"] == result.summary.run_id for e in events)
+    text = log.with_suffix(".log").read_text(encoding="utf-8")
+    assert "item.failed" in text
+    assert "run.finished" in text
+    summary = result.summary
+    assert (summary.done, summary.failed, summary.retries) == (3, 1, 1)
+    assert summary.status == "completed_with_failures"
+    assert summary.exit_code == 1
+
+
+async def sleepy(row: dict[str, Any]) -> dict[str, Any]:
+    await asyncio.sleep(0.05)
+    return {}
+
+
+def test_summary_speedup_is_task_time_over_wall_time(write_csv: WriteCsv, tmp_path: Path) -> None:
+    source = data_csv(write_csv, tmp_path, count=40)
+    result = rowpilot.run(sleepy, source, key="id", workers=20, state=tmp_path / "state")
+    summary = result.summary
+    assert summary.task_seconds >= 40 * 0.05
+    assert summary.speedup == pytest.approx(summary.task_seconds / summary.elapsed)
+    assert summary.speedup > 5  # 20 workers on 50 ms sleeps
