@@ -94,10 +94,10 @@ def _json_default(value: Any) -> Any:
         return str(value)
     if isinstance(value, bytes):
         return base64.b64encode(value).decode("ascii")
-    if hasattr(value, "item"):  # numpy scalars
-        return value.item()
-    if hasattr(value, "tolist"):
+    if hasattr(value, "tolist"):  # numpy arrays and scalars (a scalar's tolist is its value)
         return value.tolist()
+    if hasattr(value, "item"):
+        return value.item()
     if hasattr(value, "isoformat"):  # pandas Timestamp
         return value.isoformat()
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
@@ -185,6 +185,8 @@ def selected_items(
 ) -> Iterator[list[Item]]:
     """Stream the selected items in chunks, in source order."""
     remaining = selection.limit
+    if remaining is not None and remaining <= 0:
+        return
     for chunk in source.chunks(chunk_size):
         items: list[Item] = []
         for row in chunk:

@@ -47,7 +47,8 @@ class RetryPolicy:
 
     def delay(self, attempt: int, *, at_least: float = 0.0) -> float:
         """Seconds to wait before attempt ``attempt + 1``: full jitter under the capped ceiling."""
-        ceiling = min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
+        # The exponent is capped: 2.0 ** 1024 overflows a float long before any real cap.
+        ceiling = min(self.max_delay, self.base_delay * 2.0 ** min(attempt - 1, 64))
         return max(at_least, self.rng.uniform(0, ceiling))
 
 
@@ -64,7 +65,7 @@ def _exception_type(name: str) -> type[BaseException]:
             if module_name
             else getattr(builtins, name)
         )
-    except (ImportError, AttributeError):
+    except (ImportError, AttributeError, TypeError, ValueError):
         found = None
     if not (isinstance(found, type) and issubclass(found, BaseException)):
         raise ConfigError(

@@ -120,7 +120,7 @@ def _import_module(target: str) -> Any:
     try:
         return importlib.import_module(target)
     except ModuleNotFoundError as exc:
-        if exc.name and target.startswith(exc.name):
+        if exc.name and (exc.name == target or target.startswith(exc.name + ".")):
             raise TaskLoadError(
                 f"no module named {target!r}",
                 hint="run from the folder that holds it, or give the file path: "
@@ -165,14 +165,30 @@ def _takes_ctx(fn: TaskFn) -> bool:
         return False
     if any(p.name == "ctx" for p in parameters):
         return True
-    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    return len(positional) >= 2 or any(p.kind is p.VAR_POSITIONAL for p in parameters)
+    # A second positional parameter with a default (``def f(row, retries=3)``) is not ctx.
+    required = [
+        p
+        for p in parameters
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+    ]
+    return len(required) >= 2 or any(p.kind is p.VAR_POSITIONAL for p in parameters)
+
+
+def _model_fields(model: BaseModel, *, task: str, key: str) -> dict[str, Any]:
+    try:
+        return model.model_dump(mode="json")
+    except Exception as exc:  # pydantic's serialisation errors have no common public base
+        raise TaskOutputError(
+            f"task {task} returned a model that cannot be stored for key {key!r}: {exc}",
+            key=key,
+            hint="give the model JSON-compatible fields",
+        ) from exc
 
 
 def output_json(value: Any, *, task: str, key: str) -> str:
     """Check what a task returned and encode it; anything but a dict or model is an error."""
     if isinstance(value, BaseModel):
-        return encode_output(value.model_dump(mode="json"))
+        value = _model_fields(value, task=task, key=key)
     if not isinstance(value, dict):
         raise TaskOutputError(
             f"task {task} returned a {type(value).__name__} for key {key!r}, not a dict",
