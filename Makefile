@@ -33,7 +33,7 @@ test: lint
 	rm -f .coverage .coverage.*
 	$(BIN)/coverage run -m pytest -q -p no:cacheprovider
 	$(BIN)/coverage combine -q
-	$(BIN)/coverage report --skip-covered --fail-under=88
+	$(BIN)/coverage report --skip-covered --fail-under=92
 
 bench: $(VENV)/.dev-installed
 	$(BIN)/python bench/run_all.py
