@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 ROWS = [[f"k{i:02d}", f"text {i}"] for i in range(6)]
 KEYS = [row[0] for row in ROWS]
-COMMANDS = ["run", "status", "export", "failures", "merge", "verify"]
+COMMANDS = ["run", "status", "export", "failures", "merge", "verify", "simulate"]
 
 
 def run_args(source: str = "data.csv", task: str = "tasks.py:upper", *extra: str) -> list[str]:
@@ -394,3 +394,44 @@ def test_dedupe_first_fixes_duplicate_keys(job: Path, cli: Cli) -> None:
         ["k01", "b", "B"],
         ["k02", "d", "D"],
     ]
+
+
+def test_simulate_serves_the_openai_api_on_loopback(tmp_path: Path) -> None:
+    import json as json_module
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    command = [
+        str(Path(sys.executable).parent / "rowpilot"),
+        "simulate",
+        "--port",
+        "0",
+        "--rpm",
+        "600",
+        "--api-key",
+        "sk-sim-cli",
+    ]
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
+    try:
+        assert process.stdout is not None
+        first = process.stdout.readline()
+        url = first.split()[-1]
+        assert url.startswith("http://127.0.0.1:")
+        request = urllib.request.Request(
+            f"{url}/v1/models", headers={"Authorization": "Bearer sk-sim-cli"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 200
+            assert json_module.load(response)["data"]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=20)
+    assert process.returncode == -signal.SIGTERM

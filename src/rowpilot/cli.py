@@ -376,6 +376,46 @@ def _default_state(config: JobConfig) -> Path:
     return path
 
 
+# -- simulate ---------------------------------------------------------------------------
+
+
+@app.command(
+    epilog=_example(
+        "rowpilot simulate --port 8900 --rpm 6000 --tpm 2000000 --latency-ms 300",
+        "rowpilot simulate --error-503 0.02 --hang 0.01 --api-key sk-sim-local",
+    )
+)
+def simulate(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0 picks a free one).")] = 8900,
+    api_key: Annotated[str | None, typer.Option(help="Require this key (default: any).")] = None,
+    models: Annotated[str | None, typer.Option(help="Comma-separated model names.")] = None,
+    latency_ms: Annotated[float | None, typer.Option(help="Median latency in ms.")] = None,
+    latency_jitter: Annotated[
+        float | None, typer.Option(help="Lognormal sigma of latency.")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for latency and faults.")] = None,
+    rpm: Annotated[float | None, typer.Option(help="Requests per minute, per model.")] = None,
+    tpm: Annotated[float | None, typer.Option(help="Tokens per minute, per model.")] = None,
+    max_concurrent: Annotated[int | None, typer.Option(help="Requests in flight at most.")] = None,
+    error_500: Annotated[float | None, typer.Option(help="Share of requests answered 500.")] = None,
+    error_503: Annotated[float | None, typer.Option(help="Share answered 503.")] = None,
+    hang: Annotated[float | None, typer.Option(help="Share that hang, then drop.")] = None,
+    reset: Annotated[float | None, typer.Option(help="Share whose connection is reset.")] = None,
+    malformed: Annotated[float | None, typer.Option(help="Share with a non-JSON body.")] = None,
+    bad_content: Annotated[
+        float | None, typer.Option(help="Share whose JSON answer is not JSON.")
+    ] = None,
+    missing_field: Annotated[
+        float | None, typer.Option(help="Share whose JSON answer misses a field or row.")
+    ] = None,
+) -> None:
+    """Serve a local OpenAI/Anthropic-compatible API to rehearse jobs against (no cost)."""
+    options = dict(locals())
+    from rowpilot._simulator import SimulatorConfig, serve_forever
+
+    serve_forever(SimulatorConfig.from_options(**options))
+
+
 # -- entry point ------------------------------------------------------------------------
 
 

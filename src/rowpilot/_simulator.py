@@ -1,0 +1,1402 @@
+"""A local simulator of the OpenAI and Anthropic APIs, to test and benchmark against.
+
+A real HTTP server on 127.0.0.1 (aiohttp) that the official SDKs talk to unchanged: point
+``openai.OpenAI(base_url=sim.openai_base_url)`` or ``anthropic.Anthropic(base_url=
+sim.anthropic_base_url)`` at it. It enforces rate limits the way the providers do, injects
+faults on demand, and answers deterministically from the prompt, so a test can prove that
+every output reached the right row.
+
+Endpoints
+---------
+``POST /v1/chat/completions``  OpenAI chat (no streaming: ``stream: true`` is a 400)
+``POST /v1/embeddings``        OpenAI embeddings (``encoding_format`` float or base64)
+``GET  /v1/models``            the simulated models; Anthropic's shape when the request
+                               carries an ``anthropic-version`` header, else OpenAI's
+``POST /v1/messages``          Anthropic messages (no streaming)
+``GET  /stats``                counters, see below; ``POST /stats/reset`` zeroes them
+
+Errors have each provider's JSON shape: OpenAI ``{"error": {"message", "type", "param",
+"code"}}``, Anthropic ``{"type": "error", "error": {"type", "message"}}``. A wrong or
+missing key (when the simulator has an ``api_key``) is a 401: OpenAI endpoints read
+``Authorization: Bearer <key>``, Anthropic's read ``x-api-key: <key>`` or (as recent
+anthropic SDKs send it) ``Authorization: Bearer <key>``. An unknown model is
+a 404 (OpenAI code ``model_not_found``, Anthropic type ``not_found_error``).
+
+Answers
+-------
+What to answer comes from the LAST user message (the *prompt*); how to answer (JSON or
+text, which fields) also reads the system prompt. Together they are the *instructions*.
+
+1. **Rows.** Prompt lines of the form ``[key=K] text`` are rows of a batch; anything else
+   in the prompt is ignored when there is at least one. The answer is
+   ``{"results": [{"key": "K", ...fields...}, ...]}``, one entry per tagged line in prompt
+   order, each computed from that line's text alone (so reordering the lines changes no
+   entry). The key is a string, or an integer when the schema types ``key`` as integer.
+   Without tagged lines the prompt minus its ``Fields:``/``Labels:`` lines is one row
+   and the answer is the row object itself.
+2. **JSON or text.** The answer is JSON when ``response_format`` is ``json_object`` or
+   ``json_schema`` (Anthropic: ``output_config.format`` or ``output_format``), when the
+   instructions contain the word ``JSON``, a ``Fields:`` or ``Labels:`` line, or when the
+   prompt has rows. Otherwise it is the text ``Answer <hash8>: <SUMMARY>`` where hash8 is
+   blake2b-32 of the prompt in hex.
+3. **Fields.** A JSON schema names them: for a batch, the properties of
+   ``results.items`` (without ``key``) when the schema has a ``results`` array, else the
+   top-level properties; local ``$ref``s are followed (pydantic schemas work). Without a
+   schema, instruction lines name them::
+
+       Fields: title, pages:int, score:number, done:bool, tags:list
+       Labels: spam, urgent
+
+   ``Fields:`` entries are strings unless typed ``:str``, ``:int``, ``:number``,
+   ``:bool`` or ``:list``; ``Labels:`` entries are booleans. Lines start with the keyword
+   (any case). With no fields at all a row is ``{"answer": SUMMARY, "length": n,
+   "hash": hash8}``.
+4. **Values** from a row's text: string = its first 12 words upper-cased (SUMMARY);
+   integer or number = ``len(text)``; boolean = true when the field name occurs in the
+   text as a word (any case), else the low bit of blake2b(name + "\\0" + text); enum = the
+   first option that occurs in the text as a word, else a blake2b-chosen option; array =
+   one value per word of the first three words; object = its properties filled by the same
+   rules; const = the const.
+5. **Usage.** Prompt tokens = ceil(characters of every message (and system) / 4);
+   completion tokens = ceil(len(answer) / 4), at least 1. An answer longer than
+   ``max_tokens`` (or ``max_completion_tokens``) * 4 characters is cut there and finishes
+   with ``length`` (Anthropic ``max_tokens``). Embeddings are unit vectors of
+   ``dimensions`` (default 64) read from shake-256 of each text.
+
+Rate limits
+-----------
+``rpm`` and ``tpm`` are per model, each a bucket that refills continuously at limit/60 per
+second and holds ``limit * window_s / 60`` (default one second's worth), so there is no
+full-minute burst. A request costs one request and prompt tokens + max_tokens (default
+1024) tokens (embeddings: prompt tokens); it passes when each bucket holds its cost, or is
+full when the cost exceeds the capacity (the bucket then goes into debt). A request whose
+tokens exceed ``tpm`` itself can never pass: 429 without ``retry-after``.
+
+A refused request gets 429 with ``retry-after`` (seconds, float) and, on OpenAI endpoints,
+``retry-after-ms``. Every response on a limited model carries, per limited resource
+(requests, tokens): OpenAI ``x-ratelimit-limit-<r>`` (per minute),
+``x-ratelimit-remaining-<r>`` (what the bucket holds now), ``x-ratelimit-reset-<r>``
+(until full, like ``1.2s`` or ``350ms``); Anthropic ``anthropic-ratelimit-<r>-limit``,
+``-remaining`` and ``-reset`` (the RFC 3339 time it is full). ``max_concurrent`` refuses a
+request beyond that many in flight with a 429 too (code ``concurrency_limit_exceeded``,
+``retry-after`` = the median latency, at least 10 ms): it is a limit the client must
+respect, not a server failure.
+
+Faults and latency
+------------------
+Admitted requests wait ``latency_ms`` * lognormal(0, ``latency_jitter``) (so
+``latency_ms`` is the median), then may fail: ``error_500``, ``error_503`` (provider error
+bodies), ``hang`` (sleep ``hang_seconds``, then drop the connection), ``reset`` (TCP reset,
+no response), ``malformed`` (200 with a body that is not JSON), ``bad_content`` (JSON was
+asked, the content is not JSON), ``missing_field`` (JSON content missing its last field,
+or a batch missing its last row). The two content faults apply to JSON answers only (not
+to text answers nor embeddings). Rates are probabilities in 0..1 that sum to at most 1.
+The header ``x-sim-fault: 500|503|hang|reset|malformed|bad_content|missing_field|none``
+forces one (``none``: no fault). Randomness is reproducible: the n-th request with
+identical bytes on an endpoint always draws the same fault and latency for a given
+``seed``, whatever the arrival order of the other requests.
+
+Stats
+-----
+``{"requests": {endpoint: {status: n}}, "requests_total", "rate_limited" (429s),
+"concurrency_rejected", "faults": {kind: n}, "tokens": {"input", "output"}, "in_flight",
+"in_flight_max"}``. Endpoints are ``chat.completions``, ``embeddings``, ``messages`` and
+``models``; a connection dropped by a fault counts under status ``dropped``. Resetting the
+stats leaves the rate-limit buckets and the fault draws as they are.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import base64
+import contextlib
+import hashlib
+import json
+import math
+import random
+import re
+import socket
+import struct
+import threading
+import time
+from collections import Counter
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from aiohttp import web
+
+from rowpilot.errors import ConfigError
+
+__all__ = ["DEFAULT_MODELS", "FAULTS", "Simulator", "SimulatorConfig", "serve_forever"]
+
+DEFAULT_MODELS: tuple[str, ...] = (
+    "gpt-4o-mini",
+    "gpt-4o",
+    "gpt-4.1-mini",
+    "text-embedding-3-small",
+    "text-embedding-3-large",
+    "claude-haiku-4-5",
+    "claude-sonnet-4-5",
+)
+FAULTS: tuple[str, ...] = (
+    "500",
+    "503",
+    "hang",
+    "reset",
+    "malformed",
+    "bad_content",
+    "missing_field",
+)
+_FAULT_RATES = dict(zip(FAULTS, ("error_500", "error_503", *FAULTS[2:]), strict=True))
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# -- configuration --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SimulatorConfig:
+    """How the simulator listens, limits, waits and fails. Rates are probabilities."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    api_key: str | None = None
+    models: tuple[str, ...] = DEFAULT_MODELS
+    latency_ms: float = 0.0
+    latency_jitter: float = 0.0
+    seed: int = 0
+    rpm: float | None = None
+    tpm: float | None = None
+    window_s: float = 1.0
+    max_concurrent: int | None = None
+    error_500: float = 0.0
+    error_503: float = 0.0
+    hang: float = 0.0
+    reset: float = 0.0
+    malformed: float = 0.0
+    bad_content: float = 0.0
+    missing_field: float = 0.0
+    hang_seconds: float = 30.0
+    default_max_tokens: int = 1024
+    embedding_dimensions: int = 64
+
+    def __post_init__(self) -> None:
+        _check_listening(self)
+        _check_limits(self)
+        _check_faults(self)
+
+    @classmethod
+    def from_options(cls, **options: object) -> SimulatorConfig:
+        """Build from CLI-style options: strings are parsed, ``None`` means the default.
+
+        Names may use dashes (``latency-ms``); ``models`` may be a comma-separated string.
+        """
+        given = {_option_name(name): value for name, value in options.items() if value is not None}
+        parsed: dict[str, Any] = {name: _parse_option(name, value) for name, value in given.items()}
+        return cls(**parsed)
+
+    def fault_rate(self, fault: str) -> float:
+        """The configured probability of one fault kind (one of ``FAULTS``)."""
+        rate: float = getattr(self, _FAULT_RATES[fault])
+        return rate
+
+
+_OPTION_TYPES: dict[str, Callable[[Any], object]] = {
+    "host": str,
+    "port": int,
+    "api_key": str,
+    "models": lambda value: tuple(
+        name.strip() for name in (value.split(",") if isinstance(value, str) else value)
+    ),
+    "seed": int,
+    "max_concurrent": int,
+    "default_max_tokens": int,
+    "embedding_dimensions": int,
+}
+
+
+def _option_name(name: str) -> str:
+    field_name = name.replace("-", "_")
+    known = [item.name for item in fields(SimulatorConfig)]
+    if field_name not in known:
+        raise ConfigError(
+            f"unknown simulator option {name!r}", hint=f"use one of: {', '.join(known)}"
+        )
+    return field_name
+
+
+def _parse_option(name: str, value: object) -> object:
+    try:
+        return _OPTION_TYPES.get(name, float)(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"simulator option {name}: cannot read {value!r}") from exc
+
+
+def _check_listening(config: SimulatorConfig) -> None:
+    if not 0 <= config.port <= 65535:
+        raise ConfigError(f"port {config.port} is out of range", hint="use 0 for any free port")
+    if config.api_key == "":
+        raise ConfigError("the simulator api key is empty", hint="give a key, or none")
+    if not config.models or not all(config.models):
+        raise ConfigError("the simulator needs at least one model name, and no empty names")
+
+
+def _check_limits(config: SimulatorConfig) -> None:
+    for name in ("rpm", "tpm", "max_concurrent"):
+        value = getattr(config, name)
+        if value is not None and value < 1:
+            raise ConfigError(f"{name} must be at least 1", hint=f"leave {name} unset for no limit")
+    positive = ("window_s", "default_max_tokens", "embedding_dimensions")
+    for name in positive:
+        if getattr(config, name) <= 0:
+            raise ConfigError(f"{name} must be positive, not {getattr(config, name)}")
+    for name in ("latency_ms", "latency_jitter", "hang_seconds"):
+        if getattr(config, name) < 0:
+            raise ConfigError(f"{name} cannot be negative")
+
+
+def _check_faults(config: SimulatorConfig) -> None:
+    rates = {fault: config.fault_rate(fault) for fault in FAULTS}
+    for fault, rate in rates.items():
+        if not 0.0 <= rate <= 1.0:
+            raise ConfigError(f"fault rate {_FAULT_RATES[fault]}={rate} is not between 0 and 1")
+    if sum(rates.values()) > 1.0 + 1e-9:
+        raise ConfigError(
+            "the fault rates add up to more than 1", hint="they are exclusive probabilities"
+        )
+
+
+# -- rate limits ----------------------------------------------------------------------------
+
+
+class _TokenBucket:
+    """``limit`` per minute, refilled continuously, holding ``window_s`` seconds' worth."""
+
+    def __init__(self, limit: float, window_s: float, now: float) -> None:
+        self.limit = limit
+        self.rate = limit / 60.0
+        self.capacity = limit * window_s / 60.0
+        self._level = self.capacity
+        self._updated = now
+
+    def _refill(self, now: float) -> None:
+        elapsed = max(0.0, now - self._updated)
+        self._level = min(self.capacity, self._level + elapsed * self.rate)
+        self._updated = now
+
+    def wait(self, cost: float, now: float) -> float:
+        """Seconds until ``cost`` can be taken; a cost above the capacity needs it full."""
+        self._refill(now)
+        return max(0.0, (min(cost, self.capacity) - self._level) / self.rate)
+
+    def take(self, cost: float, now: float) -> None:
+        self._refill(now)
+        self._level -= cost
+
+    def remaining(self, now: float) -> int:
+        self._refill(now)
+        return max(0, math.floor(self._level))
+
+    def until_full(self, now: float) -> float:
+        self._refill(now)
+        return (self.capacity - self._level) / self.rate
+
+
+@dataclass(frozen=True)
+class _Refusal:
+    """Why a request was not admitted. ``wait_s`` is None when waiting cannot help."""
+
+    resource: str
+    limit: float
+    cost: float
+    wait_s: float | None
+
+
+@dataclass(frozen=True)
+class _LimitState:
+    resource: str
+    limit: float
+    remaining: int
+    reset_s: float
+
+
+class _ModelLimits:
+    """The request and token buckets of one model."""
+
+    def __init__(self, config: SimulatorConfig, now: float) -> None:
+        self._buckets: dict[str, _TokenBucket] = {}
+        if config.rpm is not None:
+            self._buckets["requests"] = _TokenBucket(config.rpm, config.window_s, now)
+        if config.tpm is not None:
+            self._buckets["tokens"] = _TokenBucket(config.tpm, config.window_s, now)
+
+    def admit(self, tokens: int, now: float) -> _Refusal | None:
+        """Take one request and ``tokens`` tokens, or say why not (taking nothing)."""
+        costs = {"requests": 1.0, "tokens": float(tokens)}
+        refusals = [self._refusal(name, costs[name], now) for name in self._buckets]
+        refused = [refusal for refusal in refusals if refusal is not None]
+        if refused:
+            # The longest wait covers both buckets; a refusal waiting cannot help (None) wins.
+            return max(refused, key=lambda refusal: refusal.wait_s or math.inf)
+        for name, bucket in self._buckets.items():
+            bucket.take(costs[name], now)
+        return None
+
+    def _refusal(self, name: str, cost: float, now: float) -> _Refusal | None:
+        bucket = self._buckets[name]
+        if cost > bucket.limit:
+            return _Refusal(name, bucket.limit, cost, None)
+        wait = bucket.wait(cost, now)
+        return _Refusal(name, bucket.limit, cost, wait) if wait > 0 else None
+
+    def states(self, now: float) -> list[_LimitState]:
+        return [
+            _LimitState(name, bucket.limit, bucket.remaining(now), bucket.until_full(now))
+            for name, bucket in self._buckets.items()
+        ]
+
+
+def _duration(seconds: float) -> str:
+    """A reset time the way OpenAI writes it: ``350ms``, ``1.2s``, ``6m0s``."""
+    if seconds <= 0:
+        return "0s"
+    if seconds < 1:
+        return f"{math.ceil(seconds * 1000)}ms"
+    minutes, rest = divmod(seconds, 60.0)
+    text = f"{rest:.3f}".rstrip("0").rstrip(".") + "s"
+    return f"{int(minutes)}m{text}" if minutes else text
+
+
+def _seconds(seconds: float) -> str:
+    """A retry-after value, rounded up to the millisecond so waiting it is always enough."""
+    return f"{math.ceil(seconds * 1000) / 1000:.3f}"
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+# -- providers ------------------------------------------------------------------------------
+
+
+class _Provider(abc.ABC):
+    """One provider's wire conventions: error bodies, auth header, rate-limit headers."""
+
+    request_id_header = ""
+    error_types: Mapping[int, str] = {}
+
+    @abc.abstractmethod
+    def error(
+        self, status: int, message: str, *, code: str | None = None, kind: str | None = None
+    ) -> web.Response:
+        """The provider's error body; ``kind`` overrides OpenAI's error type (429s)."""
+
+    @abc.abstractmethod
+    def authorized(self, request: web.Request, api_key: str) -> bool:
+        """Whether the request carries ``api_key`` the way this provider's clients send it."""
+
+    @abc.abstractmethod
+    def limit_headers(self, states: Iterable[_LimitState]) -> dict[str, str]:
+        """The rate-limit headers every response on a limited model carries."""
+
+    def retry_headers(self, wait_s: float) -> dict[str, str]:
+        return {"retry-after": _seconds(wait_s)}
+
+
+class _OpenAI(_Provider):
+    request_id_header = "x-request-id"
+    error_types: Mapping[int, str] = {
+        400: "invalid_request_error",
+        401: "invalid_request_error",
+        404: "invalid_request_error",
+        429: "requests",
+        500: "server_error",
+        503: "server_error",
+    }
+
+    def error(
+        self, status: int, message: str, *, code: str | None = None, kind: str | None = None
+    ) -> web.Response:
+        error = {"message": message, "type": kind or self.error_types[status], "param": None}
+        return web.json_response({"error": {**error, "code": code}}, status=status)
+
+    def authorized(self, request: web.Request, api_key: str) -> bool:
+        return request.headers.get("Authorization") == f"Bearer {api_key}"
+
+    def limit_headers(self, states: Iterable[_LimitState]) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        for state in states:
+            headers[f"x-ratelimit-limit-{state.resource}"] = _number(state.limit)
+            headers[f"x-ratelimit-remaining-{state.resource}"] = str(state.remaining)
+            headers[f"x-ratelimit-reset-{state.resource}"] = _duration(state.reset_s)
+        return headers
+
+    def retry_headers(self, wait_s: float) -> dict[str, str]:
+        return {"retry-after": _seconds(wait_s), "retry-after-ms": str(math.ceil(wait_s * 1000))}
+
+
+class _Anthropic(_Provider):
+    request_id_header = "request-id"
+    error_types: Mapping[int, str] = {
+        400: "invalid_request_error",
+        401: "authentication_error",
+        404: "not_found_error",
+        429: "rate_limit_error",
+        500: "api_error",
+        503: "overloaded_error",
+    }
+
+    def error(
+        self, status: int, message: str, *, code: str | None = None, kind: str | None = None
+    ) -> web.Response:
+        error = {"type": self.error_types[status], "message": message}
+        return web.json_response({"type": "error", "error": error}, status=status)
+
+    def authorized(self, request: web.Request, api_key: str) -> bool:
+        # SDKs before 1.0 send x-api-key; later ones send the key as a bearer token.
+        bearer = request.headers.get("Authorization") == f"Bearer {api_key}"
+        return bearer or request.headers.get("x-api-key") == api_key
+
+    def limit_headers(self, states: Iterable[_LimitState]) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        now = datetime.now(UTC)
+        for state in states:
+            prefix = f"anthropic-ratelimit-{state.resource}"
+            reset = now + timedelta(seconds=state.reset_s)
+            headers[f"{prefix}-limit"] = _number(state.limit)
+            headers[f"{prefix}-remaining"] = str(state.remaining)
+            headers[f"{prefix}-reset"] = reset.isoformat(timespec="milliseconds")[:-6] + "Z"
+        return headers
+
+
+_OPENAI = _OpenAI()
+_ANTHROPIC = _Anthropic()
+
+
+class _Reject(Exception):
+    """Ends a request early with an error response."""
+
+    def __init__(self, response: web.StreamResponse) -> None:
+        super().__init__(response.status)
+        self.response = response
+
+
+class _Dropped(web.Response):
+    """Stands for a connection closed without an answer (nothing reaches the client)."""
+
+
+# -- answers --------------------------------------------------------------------------------
+
+_TAGGED = re.compile(r"^\s*\[key=([^\]]*)\][ \t]?(.*)$")
+_INSTRUCTION = re.compile(r"^\s*(fields|labels)\s*:(.*)$", re.IGNORECASE)
+_JSON_WORD = re.compile(r"\bjson\b", re.IGNORECASE)
+_FIELD_TYPES: Mapping[str, Mapping[str, Any]] = {
+    "str": {"type": "string"},
+    "string": {"type": "string"},
+    "int": {"type": "integer"},
+    "integer": {"type": "integer"},
+    "float": {"type": "number"},
+    "number": {"type": "number"},
+    "bool": {"type": "boolean"},
+    "boolean": {"type": "boolean"},
+    "list": {"type": "array", "items": {"type": "string"}},
+}
+_STRING: Mapping[str, Any] = {"type": "string"}
+_BAD_CONTENT_PREFIX = "Sure! Here is the JSON you asked for:\n"
+
+
+@dataclass(frozen=True)
+class _Ask:
+    """A chat or messages request, as the answer rules read it."""
+
+    prompt: str
+    instructions: str
+    schema: Mapping[str, Any] | None
+    json_format: bool
+    prompt_tokens: int
+    max_tokens: int
+
+
+@dataclass(frozen=True)
+class _Answer:
+    content: str
+    completion_tokens: int
+    truncated: bool
+
+
+def _tokens(chars: int) -> int:
+    return math.ceil(chars / 4)
+
+
+def _digest(text: str, size: int = 8) -> bytes:
+    return hashlib.blake2b(text.encode(), digest_size=size).digest()
+
+
+def _short_hash(text: str) -> str:
+    return _digest(text, 4).hex()
+
+
+def _summary(text: str) -> str:
+    return " ".join(text.split()[:12]).upper()
+
+
+def _mentions(word: str, text: str) -> bool:
+    return re.search(rf"(?<!\w){re.escape(word)}(?!\w)", text, re.IGNORECASE) is not None
+
+
+def _compose(ask: _Ask) -> dict[str, Any] | str:
+    """The answer object (JSON asked) or text, following the rules of the module docstring."""
+    rows = _tagged_rows(ask.prompt)
+    lines = _instruction_fields(ask.instructions)
+    wants_json = ask.json_format or bool(rows or lines) or bool(_JSON_WORD.search(ask.instructions))
+    if not wants_json:
+        return f"Answer {_short_hash(ask.prompt)}: {_summary(ask.prompt)}".rstrip()
+    schema_fields, key_schema = _schema_fields(ask.schema, batch=bool(rows))
+    row_fields = schema_fields if ask.schema is not None else lines
+    if not rows:
+        return _row_object(_untagged_text(ask.prompt), row_fields)
+    entries = [
+        {"key": _key(key, key_schema), **_row_object(text, row_fields)} for key, text in rows
+    ]
+    return {"results": entries}
+
+
+def _tagged_rows(prompt: str) -> list[tuple[str, str]]:
+    matches = (_TAGGED.match(line) for line in prompt.splitlines())
+    return [(match[1].strip(), match[2].strip()) for match in matches if match]
+
+
+def _untagged_text(prompt: str) -> str:
+    kept = [line for line in prompt.splitlines() if not _INSTRUCTION.match(line)]
+    return "\n".join(kept).strip()
+
+
+def _instruction_fields(instructions: str) -> dict[str, Mapping[str, Any]]:
+    found: dict[str, Mapping[str, Any]] = {}
+    for match in filter(None, map(_INSTRUCTION.match, instructions.splitlines())):
+        labels = match[1].lower() == "labels"
+        for entry in filter(None, (part.strip() for part in match[2].split(","))):
+            name, _, kind = entry.partition(":")
+            schema = {"type": "boolean"} if labels else _FIELD_TYPES.get(kind.strip(), _STRING)
+            found[name.strip()] = schema
+    return found
+
+
+def _schema_fields(
+    schema: Mapping[str, Any] | None, *, batch: bool
+) -> tuple[dict[str, Mapping[str, Any]], Mapping[str, Any]]:
+    """The fields of one row and the schema of a batch entry's key."""
+    if schema is None:
+        return {}, _STRING
+    properties = _properties(_inline_refs(schema, schema, ()))
+    results = _concrete(properties.get("results", {}))
+    if batch and _kind(results) == "array":
+        properties = _properties(_concrete(results.get("items", {})))
+    key_schema = properties.get("key", _STRING) if batch else _STRING
+    row_fields = {name: sub for name, sub in properties.items() if not (batch and name == "key")}
+    return row_fields, key_schema
+
+
+def _row_object(text: str, row_fields: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    if not row_fields:
+        return {"answer": _summary(text), "length": len(text), "hash": _short_hash(text)}
+    return {name: _value(name, schema, text) for name, schema in row_fields.items()}
+
+
+def _key(key: str, schema: Mapping[str, Any]) -> str | int:
+    integer = _kind(_concrete(schema)) == "integer" and re.fullmatch(r"-?\d+", key)
+    return int(key) if integer else key
+
+
+def _value(name: str, schema: Mapping[str, Any], text: str) -> Any:
+    schema = _concrete(schema)
+    if "const" in schema:
+        return schema["const"]
+    if isinstance(schema.get("enum"), list) and schema["enum"]:
+        return _choice(name, schema["enum"], text)
+    kind = _kind(schema)
+    if kind == "boolean":
+        return _mentions(name, text) or bool(_digest(f"{name}\0{text}")[0] & 1)
+    if kind in ("integer", "number"):
+        return len(text)
+    if kind == "array":
+        items = _concrete(schema.get("items", _STRING))
+        return [_value(name, items, word) for word in text.split()[:3]]
+    if kind == "object":
+        return {prop: _value(prop, sub, text) for prop, sub in _properties(schema).items()}
+    return None if kind == "null" else _summary(text)
+
+
+def _choice(name: str, options: Sequence[Any], text: str) -> Any:
+    for option in options:
+        if _mentions(str(option), text):
+            return option
+    index = int.from_bytes(_digest(f"{name}\0{text}")) % len(options)
+    return options[index]
+
+
+def _kind(schema: Mapping[str, Any]) -> str:
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((option for option in kind if option != "null"), "null")
+    if kind is None and "properties" in schema:
+        return "object"
+    return kind if isinstance(kind, str) else "string"
+
+
+def _concrete(schema: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The first non-null option of an ``anyOf``/``oneOf`` (pydantic's ``X | None``)."""
+    options = schema.get("anyOf") or schema.get("oneOf") or schema.get("allOf")
+    if not isinstance(options, list):
+        return schema
+    typed = [_concrete(option) for option in options if isinstance(option, Mapping)]
+    return next((option for option in typed if _kind(option) != "null"), schema)
+
+
+def _properties(schema: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    properties = schema.get("properties")
+    if not isinstance(properties, Mapping):
+        return {}
+    return {name: sub for name, sub in properties.items() if isinstance(sub, Mapping)}
+
+
+def _inline_refs(node: Any, root: Mapping[str, Any], seen: tuple[str, ...]) -> Any:
+    """``node`` with local ``$ref``s replaced by their targets; a cycle becomes ``{}``."""
+    if isinstance(node, list):
+        return [_inline_refs(item, root, seen) for item in node]
+    if not isinstance(node, Mapping):
+        return node
+    ref = node.get("$ref")
+    if isinstance(ref, str):
+        if ref in seen:
+            return {}
+        return _inline_refs(_resolve(ref, root), root, (*seen, ref))
+    skipped = ("$defs", "definitions")
+    return {
+        key: _inline_refs(value, root, seen) for key, value in node.items() if key not in skipped
+    }
+
+
+def _resolve(ref: str, root: Mapping[str, Any]) -> Any:
+    target: Any = root
+    for part in ref.removeprefix("#").strip("/").split("/") if ref.startswith("#") else ["?"]:
+        name = part.replace("~1", "/").replace("~0", "~")
+        target = target.get(name, {}) if isinstance(target, Mapping) else {}
+    return target
+
+
+def _faulty_content(answer: dict[str, Any] | str, fault: str | None) -> tuple[str, str | None]:
+    """The content string after a content fault; the fault if it applied (JSON answers only)."""
+    if isinstance(answer, str):
+        return answer, None
+    if fault == "missing_field":
+        return json.dumps(_drop_last(answer), ensure_ascii=False), fault
+    text = json.dumps(answer, ensure_ascii=False)
+    if fault == "bad_content":
+        return _BAD_CONTENT_PREFIX + text[: max(1, len(text) // 2)], fault
+    return text, None
+
+
+def _drop_last(answer: dict[str, Any]) -> dict[str, Any]:
+    results = answer.get("results")
+    if isinstance(results, list) and results:
+        return {**answer, "results": results[:-1]}
+    return dict(list(answer.items())[:-1])
+
+
+def _cut(content: str, max_tokens: int) -> _Answer:
+    if _tokens(len(content)) <= max_tokens:
+        return _Answer(content, max(1, _tokens(len(content))), truncated=False)
+    return _Answer(content[: max_tokens * 4], max_tokens, truncated=True)
+
+
+def _embedding(text: str, dimensions: int) -> list[float]:
+    raw = hashlib.shake_256(text.encode()).digest(4 * dimensions)
+    values = [word / 2**31 - 1.0 for word in struct.unpack(f"<{dimensions}I", raw)]
+    norm = math.sqrt(sum(value * value for value in values)) or 1.0
+    return [value / norm for value in values]
+
+
+# -- request parsing ------------------------------------------------------------------------
+
+
+def _bad_request(provider: _Provider, message: str) -> _Reject:
+    return _Reject(provider.error(400, message))
+
+
+def _text(content: Any) -> str:
+    """The text of a message content: a string, or the text parts of a list of blocks."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = (part.get("text") for part in content if isinstance(part, Mapping))
+        return "\n".join(part for part in parts if isinstance(part, str))
+    return ""
+
+
+def _messages(provider: _Provider, body: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise _bad_request(provider, "messages: a non-empty list of messages is required")
+    if not all(isinstance(message, Mapping) for message in messages):
+        raise _bad_request(provider, "messages: every message must be an object")
+    if body.get("stream"):
+        raise _bad_request(provider, "streaming not simulated")
+    return messages
+
+
+def _last_user_text(provider: _Provider, messages: Sequence[Mapping[str, Any]]) -> str:
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            return _text(message.get("content"))
+    raise _bad_request(provider, "messages: at least one user message is required")
+
+
+def _max_tokens(provider: _Provider, value: Any, default: int | None) -> int:
+    if value is None and default is not None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise _bad_request(provider, "max_tokens: a positive integer is required")
+    return value
+
+
+def _openai_ask(body: Mapping[str, Any], default_max_tokens: int) -> _Ask:
+    messages = _messages(_OPENAI, body)
+    prompt = _last_user_text(_OPENAI, messages)
+    system = [_text(m.get("content")) for m in messages if m.get("role") in ("system", "developer")]
+    response_format = body.get("response_format")
+    response_format = response_format if isinstance(response_format, Mapping) else {}
+    json_schema = response_format.get("json_schema")
+    schema = json_schema.get("schema") if isinstance(json_schema, Mapping) else None
+    limit = body.get("max_completion_tokens", body.get("max_tokens"))
+    return _Ask(
+        prompt=prompt,
+        instructions="\n".join([*system, prompt]),
+        schema=schema if isinstance(schema, Mapping) else None,
+        json_format=response_format.get("type") in ("json_object", "json_schema"),
+        prompt_tokens=_tokens(sum(len(_text(m.get("content"))) for m in messages)),
+        max_tokens=_max_tokens(_OPENAI, limit, default_max_tokens),
+    )
+
+
+def _anthropic_ask(body: Mapping[str, Any]) -> _Ask:
+    messages = _messages(_ANTHROPIC, body)
+    prompt = _last_user_text(_ANTHROPIC, messages)
+    system = _text(body.get("system"))
+    output_config = body.get("output_config")
+    output_format = (output_config if isinstance(output_config, Mapping) else {}).get("format")
+    output_format = output_format or body.get("output_format")
+    schema = output_format.get("schema") if isinstance(output_format, Mapping) else None
+    chars = len(system) + sum(len(_text(m.get("content"))) for m in messages)
+    return _Ask(
+        prompt=prompt,
+        instructions=f"{system}\n{prompt}",
+        schema=schema if isinstance(schema, Mapping) else None,
+        json_format=isinstance(schema, Mapping),
+        prompt_tokens=_tokens(chars),
+        max_tokens=_max_tokens(_ANTHROPIC, body.get("max_tokens"), None),
+    )
+
+
+def _embedding_inputs(body: Mapping[str, Any]) -> list[str]:
+    inputs = body.get("input")
+    inputs = [inputs] if isinstance(inputs, str) else inputs
+    if not isinstance(inputs, list) or not inputs or not all(isinstance(i, str) for i in inputs):
+        raise _bad_request(_OPENAI, "input: a string or a non-empty list of strings is required")
+    return inputs
+
+
+# -- responses ------------------------------------------------------------------------------
+
+
+def _chat_body(call: _Call, answer: _Answer, ask: _Ask) -> dict[str, Any]:
+    message = {"role": "assistant", "content": answer.content, "refusal": None}
+    choice = {
+        "index": 0,
+        "message": message,
+        "finish_reason": "length" if answer.truncated else "stop",
+        "logprobs": None,
+    }
+    usage = {
+        "prompt_tokens": ask.prompt_tokens,
+        "completion_tokens": answer.completion_tokens,
+        "total_tokens": ask.prompt_tokens + answer.completion_tokens,
+    }
+    return {
+        "id": f"chatcmpl-{call.request_id}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": call.model,
+        "choices": [choice],
+        "usage": usage,
+        "system_fingerprint": "fp_rowpilot_sim",
+    }
+
+
+def _messages_body(call: _Call, answer: _Answer, ask: _Ask) -> dict[str, Any]:
+    return {
+        "id": f"msg_{call.request_id}",
+        "type": "message",
+        "role": "assistant",
+        "model": call.model,
+        "content": [{"type": "text", "text": answer.content}],
+        "stop_reason": "max_tokens" if answer.truncated else "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": ask.prompt_tokens, "output_tokens": answer.completion_tokens},
+    }
+
+
+def _embeddings_body(
+    model: str, inputs: Sequence[str], dimensions: int, encoding: Any
+) -> dict[str, Any]:
+    data = []
+    for index, text in enumerate(inputs):
+        vector: list[float] | str = _embedding(text, dimensions)
+        if encoding == "base64":
+            vector = base64.b64encode(struct.pack(f"<{dimensions}f", *vector)).decode()
+        data.append({"object": "embedding", "index": index, "embedding": vector})
+    tokens = _tokens(sum(map(len, inputs)))
+    usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+    return {"object": "list", "data": data, "model": model, "usage": usage}
+
+
+def _models_body(provider: _Provider, models: Sequence[str]) -> dict[str, Any]:
+    if provider is _ANTHROPIC:
+        created_at = "2025-01-01T00:00:00Z"
+        data: list[dict[str, Any]] = [
+            {"type": "model", "id": m, "display_name": m, "created_at": created_at} for m in models
+        ]
+        return {"data": data, "has_more": False, "first_id": models[0], "last_id": models[-1]}
+    data = [
+        {"id": m, "object": "model", "created": 1735689600, "owned_by": "rowpilot-simulator"}
+        for m in models
+    ]
+    return {"object": "list", "data": data}
+
+
+def _malformed() -> web.Response:
+    body = '{"id": "chatcmpl-malformed", "object": "chat.completion", "choices": [{"ind'
+    return web.Response(status=200, text=body, content_type="application/json")
+
+
+def _drop(request: web.Request) -> web.StreamResponse:
+    """Close the connection with a TCP reset, so the client sees no response at all."""
+    transport = request.transport
+    if transport is not None:
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        transport.abort()
+    return _Dropped()
+
+
+# -- the server -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One model request after auth, parsing and the model check."""
+
+    request: web.Request
+    provider: _Provider
+    body: Mapping[str, Any]
+    raw: bytes
+    model: str
+    forced_fault: str | None
+    request_id: str
+
+
+class _Stats:
+    """Counters behind ``GET /stats``; a lock because ``stats()`` may read from another thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self.reset()
+
+    def reset(self) -> None:
+        """Zero the counters; requests in flight stay counted."""
+        with self._lock:
+            self._requests: dict[str, Counter[str]] = {}
+            self._faults: Counter[str] = Counter(dict.fromkeys(FAULTS, 0))
+            self._rate_limited = 0
+            self._concurrency_rejected = 0
+            self._tokens_in = 0
+            self._tokens_out = 0
+            self._in_flight_max = self._in_flight
+
+    def record(self, endpoint: str, response: web.StreamResponse) -> None:
+        status = "dropped" if isinstance(response, _Dropped) else str(response.status)
+        with self._lock:
+            self._requests.setdefault(endpoint, Counter())[status] += 1
+            self._rate_limited += response.status == 429
+
+    def fault(self, kind: str) -> None:
+        with self._lock:
+            self._faults[kind] += 1
+
+    def concurrency_rejected(self) -> None:
+        with self._lock:
+            self._concurrency_rejected += 1
+
+    def tokens(self, tokens_in: int, tokens_out: int) -> None:
+        with self._lock:
+            self._tokens_in += tokens_in
+            self._tokens_out += tokens_out
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def enter(self) -> None:
+        with self._lock:
+            self._in_flight += 1
+            self._in_flight_max = max(self._in_flight_max, self._in_flight)
+
+    def leave(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            requests = {name: dict(counts) for name, counts in self._requests.items()}
+            return {
+                "requests": requests,
+                "requests_total": sum(sum(counts.values()) for counts in requests.values()),
+                "rate_limited": self._rate_limited,
+                "concurrency_rejected": self._concurrency_rejected,
+                "faults": dict(self._faults),
+                "tokens": {"input": self._tokens_in, "output": self._tokens_out},
+                "in_flight": self._in_flight,
+                "in_flight_max": self._in_flight_max,
+            }
+
+
+class _Dice:
+    """Reproducible randomness: the n-th request with identical bytes always rolls the same."""
+
+    def __init__(self, seed: int) -> None:
+        self._seed = seed
+        self._seen: Counter[bytes] = Counter()
+
+    def roll(self, endpoint: str, raw: bytes) -> random.Random:
+        digest = hashlib.blake2b(endpoint.encode() + b"\0" + raw, digest_size=16).digest()
+        occurrence = self._seen[digest]
+        self._seen[digest] += 1
+        material = f"{self._seed}\0{occurrence}\0".encode() + digest
+        return random.Random(int.from_bytes(hashlib.blake2b(material, digest_size=8).digest()))
+
+
+class Simulator:
+    """The simulator server. Start it on your loop (``start``) or in a thread (``with``)."""
+
+    def __init__(self, config: SimulatorConfig = SimulatorConfig()) -> None:
+        self.config = config
+        self._stats = _Stats()
+        self._dice = _Dice(config.seed)
+        self._limits: dict[str, _ModelLimits] = {}
+        self._request_ids = 0
+        self._runner: web.AppRunner | None = None
+        self._port: int | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._handlers: set[asyncio.Task[Any]] = set()
+
+    # -- lifecycle --
+
+    async def start(self) -> None:
+        """Listen on ``config.host:config.port`` (port 0: any free port) on the running loop."""
+        if self._runner is not None:
+            raise RuntimeError("the simulator is already running")
+        runner = web.AppRunner(self._app(), access_log=None, shutdown_timeout=0.5)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, self.config.host, self.config.port).start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise ConfigError(
+                f"the simulator cannot listen on {self.config.host}:{self.config.port}: {exc}",
+                hint="choose another port, or 0 for any free port",
+            ) from exc
+        self._runner = runner
+        self._port = int(runner.addresses[0][1])
+
+    async def stop(self) -> None:
+        """Stop listening; requests still running (a hang) are cancelled after 0.5 s."""
+        runner, self._runner = self._runner, None
+        # A connection accepted in this very iteration must reach its transport before the
+        # listening socket closes, or asyncio (3.11) drops it half-made and unclosed.
+        await asyncio.sleep(0)
+        if runner is not None:
+            await runner.cleanup()
+        # aiohttp forgets a handler whose client has gone; a hang would outlive the loop.
+        pending = [task for task in self._handlers if not task.done()]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        await asyncio.sleep(0)  # let aiohttp's connection tasks see the cancellation
+
+    @contextlib.contextmanager
+    def _tracked(self, request: web.Request) -> Iterator[None]:
+        """Remember the handler's task so ``stop`` can cancel it; close its connection if so."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
+        try:
+            yield
+        except asyncio.CancelledError:
+            _drop(request)
+            raise
+        finally:
+            if task is not None:
+                self._handlers.discard(task)
+
+    def start_in_thread(self) -> None:
+        """Run the simulator on its own loop in a daemon thread (for sync code and the CLI)."""
+        if self._thread is not None:
+            raise RuntimeError("the simulator is already running in a thread")
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, name="rowpilot-simulator", daemon=True)
+        thread.start()
+        self._loop, self._thread = loop, thread
+        try:
+            asyncio.run_coroutine_threadsafe(self.start(), loop).result(timeout=30)
+        except BaseException:
+            self._end_thread()
+            raise
+
+    def stop_in_thread(self) -> None:
+        """Stop the server started by ``start_in_thread`` and end its thread and loop."""
+        if self._loop is None:
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(self.stop(), self._loop).result(timeout=30)
+            asyncio.run_coroutine_threadsafe(_quiesce(), self._loop).result(timeout=30)
+        finally:
+            self._end_thread()
+
+    def _end_thread(self) -> None:
+        loop, thread = self._loop, self._thread
+        self._loop = self._thread = None
+        if loop is None or thread is None:
+            return
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=30)
+        loop.close()
+
+    def __enter__(self) -> Simulator:
+        self.start_in_thread()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop_in_thread()
+
+    # -- public face --
+
+    @property
+    def url(self) -> str:
+        if self._port is None:
+            raise RuntimeError("the simulator has not been started")
+        return f"http://{self.config.host}:{self._port}"
+
+    @property
+    def openai_base_url(self) -> str:
+        return f"{self.url}/v1"
+
+    @property
+    def anthropic_base_url(self) -> str:
+        return self.url
+
+    def stats(self) -> dict[str, Any]:
+        """The counters of ``GET /stats`` (see the module docstring)."""
+        return self._stats.snapshot()
+
+    def reset_stats(self) -> None:
+        self._stats.reset()
+
+    # -- routing --
+
+    def _app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 2**20)
+        app.add_routes(
+            [
+                web.post("/v1/chat/completions", self._model_route("chat.completions", _OPENAI)),
+                web.post("/v1/embeddings", self._model_route("embeddings", _OPENAI)),
+                web.post("/v1/messages", self._model_route("messages", _ANTHROPIC)),
+                web.get("/v1/models", self._models),
+                web.get("/stats", self._get_stats),
+                web.post("/stats/reset", self._reset_stats),
+            ]
+        )
+        return app
+
+    def _model_route(self, endpoint: str, provider: _Provider) -> Handler:
+        handlers: dict[str, Callable[[_Call], Awaitable[web.StreamResponse]]] = {
+            "chat.completions": self._chat,
+            "embeddings": self._embeddings,
+            "messages": self._anthropic_messages,
+        }
+
+        async def handle(request: web.Request) -> web.StreamResponse:
+            with self._tracked(request):
+                try:
+                    response = await handlers[endpoint](await self._call(request, provider))
+                except _Reject as reject:
+                    response = reject.response
+            self._stats.record(endpoint, response)
+            return response
+
+        return handle
+
+    async def _models(self, request: web.Request) -> web.StreamResponse:
+        provider = _ANTHROPIC if "anthropic-version" in request.headers else _OPENAI
+        try:
+            self._authorize(request, provider)
+            response: web.StreamResponse = web.json_response(
+                _models_body(provider, self.config.models)
+            )
+        except _Reject as reject:
+            response = reject.response
+        self._stats.record("models", response)
+        return response
+
+    async def _get_stats(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response(self.stats())
+
+    async def _reset_stats(self, request: web.Request) -> web.StreamResponse:
+        self.reset_stats()
+        return web.json_response(self.stats())
+
+    # -- one model request --
+
+    async def _call(self, request: web.Request, provider: _Provider) -> _Call:
+        self._authorize(request, provider)
+        raw = await request.read()
+        body = _json_object(provider, raw)
+        model = body.get("model")
+        if not isinstance(model, str) or model not in self.config.models:
+            raise _Reject(_unknown_model(provider, model))
+        self._request_ids += 1
+        request_id = f"sim{self._request_ids:08d}"
+        return _Call(request, provider, body, raw, model, _forced_fault(request), request_id)
+
+    def _authorize(self, request: web.Request, provider: _Provider) -> None:
+        key = self.config.api_key
+        if key is None or provider.authorized(request, key):
+            return
+        message = "invalid x-api-key" if provider is _ANTHROPIC else "Incorrect API key provided."
+        raise _Reject(provider.error(401, message, code="invalid_api_key"))
+
+    async def _chat(self, call: _Call) -> web.StreamResponse:
+        ask = _openai_ask(call.body, self.config.default_max_tokens)
+        return await self._answer(call, ask, _chat_body)
+
+    async def _anthropic_messages(self, call: _Call) -> web.StreamResponse:
+        return await self._answer(call, _anthropic_ask(call.body), _messages_body)
+
+    async def _answer(
+        self, call: _Call, ask: _Ask, render: Callable[[_Call, _Answer, _Ask], dict[str, Any]]
+    ) -> web.StreamResponse:
+        async with self._admitted(call, ask.prompt_tokens + ask.max_tokens) as headers:
+            fault = await self._wait_and_roll(call)
+            failed = await self._fail(call, fault, headers)
+            if failed is not None:
+                return failed
+            content, applied = _faulty_content(_compose(ask), fault)
+            if applied is not None:
+                self._stats.fault(applied)
+            answer = _cut(content, ask.max_tokens)
+            self._stats.tokens(ask.prompt_tokens, answer.completion_tokens)
+            return self._ok(call, render(call, answer, ask), headers)
+
+    async def _embeddings(self, call: _Call) -> web.StreamResponse:
+        inputs = _embedding_inputs(call.body)
+        dimensions = call.body.get("dimensions") or self.config.embedding_dimensions
+        if isinstance(dimensions, bool) or not isinstance(dimensions, int) or dimensions < 1:
+            raise _bad_request(_OPENAI, "dimensions: a positive integer is required")
+        body = _embeddings_body(call.model, inputs, dimensions, call.body.get("encoding_format"))
+        tokens = body["usage"]["prompt_tokens"]
+        async with self._admitted(call, tokens) as headers:
+            failed = await self._fail(call, await self._wait_and_roll(call), headers)
+            if failed is not None:
+                return failed
+            self._stats.tokens(tokens, 0)
+            return self._ok(call, body, headers)
+
+    def _ok(self, call: _Call, body: Mapping[str, Any], headers: Mapping[str, str]) -> web.Response:
+        return _stamped(call, web.json_response(body), headers)
+
+    # -- admission, latency, faults --
+
+    @contextlib.asynccontextmanager
+    async def _admitted(self, call: _Call, tokens: int) -> AsyncIterator[dict[str, str]]:
+        """Admit the call against the concurrency and rate limits, or reject it with a 429."""
+        self._check_concurrency(call)
+        headers = self._take_limits(call, tokens)
+        self._stats.enter()
+        try:
+            yield headers
+        finally:
+            self._stats.leave()
+
+    def _check_concurrency(self, call: _Call) -> None:
+        limit = self.config.max_concurrent
+        if limit is None or self._stats.in_flight < limit:
+            return
+        self._stats.concurrency_rejected()
+        message = f"Too many concurrent requests: limit {limit}."
+        response = call.provider.error(429, message, code="concurrency_limit_exceeded")
+        response.headers.update(
+            call.provider.retry_headers(max(self.config.latency_ms / 1000, 0.01))
+        )
+        raise _Reject(response)
+
+    def _take_limits(self, call: _Call, tokens: int) -> dict[str, str]:
+        now = time.monotonic()
+        limits = self._limits.get(call.model)
+        if limits is None:
+            limits = self._limits[call.model] = _ModelLimits(self.config, now)
+        refusal = limits.admit(tokens, now)
+        headers = call.provider.limit_headers(limits.states(now))
+        if refusal is not None:
+            raise _Reject(_rate_limited(call, refusal, headers))
+        return headers
+
+    async def _wait_and_roll(self, call: _Call) -> str | None:
+        """Sleep the call's latency; return the fault it draws (or the forced one)."""
+        rng = self._dice.roll(call.request.path, call.raw)
+        draw, factor = rng.random(), rng.lognormvariate(0.0, self.config.latency_jitter)
+        if self.config.latency_ms > 0:
+            await asyncio.sleep(self.config.latency_ms * factor / 1000)
+        if call.forced_fault is not None:
+            return None if call.forced_fault == "none" else call.forced_fault
+        return _pick_fault(self.config, draw)
+
+    async def _fail(
+        self, call: _Call, fault: str | None, headers: Mapping[str, str]
+    ) -> web.StreamResponse | None:
+        """The response of a transport or status fault, or None to answer normally."""
+        if fault not in ("500", "503", "hang", "reset", "malformed"):
+            return None
+        self._stats.fault(fault)
+        if fault == "hang":
+            await asyncio.sleep(self.config.hang_seconds)
+        if fault in ("hang", "reset"):
+            return _drop(call.request)
+        response = (
+            _malformed() if fault == "malformed" else _server_error(call.provider, int(fault))
+        )
+        return _stamped(call, response, headers)
+
+
+def _stamped(call: _Call, response: web.Response, headers: Mapping[str, str]) -> web.Response:
+    """Add the rate-limit headers and the provider's request id header to a response."""
+    response.headers.update(headers)
+    response.headers[call.provider.request_id_header] = call.request_id
+    return response
+
+
+async def _quiesce() -> None:
+    """Finish the simulator's own loop the way ``asyncio.run`` does before it closes.
+
+    Whatever is left is cancelled, so no task or transport is left to the garbage collector.
+    """
+    current = asyncio.current_task()
+    tasks = [task for task in asyncio.all_tasks() if task is not current]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await asyncio.sleep(0)  # let the closed transports run their connection_lost
+    loop = asyncio.get_running_loop()
+    await loop.shutdown_asyncgens()
+    await loop.shutdown_default_executor()
+
+
+def _json_object(provider: _Provider, raw: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise _bad_request(provider, "We could not parse the JSON body of your request.")
+    return body
+
+
+def _unknown_model(provider: _Provider, model: object) -> web.Response:
+    if provider is _ANTHROPIC:
+        return provider.error(404, f"model: {model}")
+    message = f"The model `{model}` does not exist or you do not have access to it."
+    return provider.error(404, message, code="model_not_found")
+
+
+def _forced_fault(request: web.Request) -> str | None:
+    value = request.headers.get("x-sim-fault")
+    if value is None:
+        return None
+    fault = value.strip().lower()
+    if fault not in (*FAULTS, "none"):
+        provider = _ANTHROPIC if request.path == "/v1/messages" else _OPENAI
+        raise _bad_request(provider, f"x-sim-fault: unknown fault {value!r}")
+    return fault
+
+
+def _pick_fault(config: SimulatorConfig, draw: float) -> str | None:
+    threshold = 0.0
+    for fault in FAULTS:
+        threshold += config.fault_rate(fault)
+        if draw < threshold:
+            return fault
+    return None
+
+
+def _server_error(provider: _Provider, status: int) -> web.Response:
+    if status == 503:
+        return provider.error(503, "The server is overloaded, please try again later.")
+    return provider.error(500, "The server had an error while processing your request.")
+
+
+def _rate_limited(call: _Call, refusal: _Refusal, headers: Mapping[str, str]) -> web.Response:
+    limit, cost = _number(refusal.limit), _number(refusal.cost)
+    what = f"for {call.model} on {refusal.resource} per min: Limit {limit}, Requested {cost}."
+    if refusal.wait_s is None:
+        message = f"Request too large {what} Reduce the input or max tokens."
+    else:
+        message = f"Rate limit reached {what} Please try again in {_duration(refusal.wait_s)}."
+    response = call.provider.error(429, message, code="rate_limit_exceeded", kind=refusal.resource)
+    response.headers.update(headers)
+    if refusal.wait_s is not None:
+        response.headers.update(call.provider.retry_headers(refusal.wait_s))
+    return response
+
+
+# -- command line ---------------------------------------------------------------------------
+
+
+def serve_forever(config: SimulatorConfig) -> None:
+    """Run the simulator in the foreground, printing its URLs, until Ctrl-C."""
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(config))
+
+
+async def _serve(config: SimulatorConfig) -> None:
+    simulator = Simulator(config)
+    await simulator.start()
+    print(f"rowpilot simulator listening on {simulator.url}", flush=True)
+    print(f"  OpenAI base URL:    {simulator.openai_base_url}", flush=True)
+    print(f"  Anthropic base URL: {simulator.anthropic_base_url}", flush=True)
+    print("Press Ctrl-C to stop.", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await simulator.stop()
