@@ -239,10 +239,6 @@ class Registry:
         names = [d[0] for d in cursor.description]
         return [dict(zip(names, row, strict=True)) for row in cursor]
 
-    def key_states(self) -> Iterator[tuple[str, str, str]]:
-        """(key, status, fingerprint) of every item, in source order."""
-        yield from self.db().execute("SELECT key, status, fingerprint FROM items ORDER BY seq, key")
-
     def records(self, *, status: str | None = None) -> Iterator[ExportRecord]:
         """Every item as an export record, in source order."""
         query = (

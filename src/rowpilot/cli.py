@@ -18,7 +18,7 @@ import typer
 
 from rowpilot import _state
 from rowpilot._config import JobConfig, build_config, read_job_file
-from rowpilot._engine import job_name, prepare, run_sync
+from rowpilot._engine import run_sync
 from rowpilot._exports import ExportRecord, failure_entry, write_json_dir, write_table
 from rowpilot._items import Keyer, Selection, parse_rows, parse_shard
 from rowpilot._registry import Registry
@@ -440,4 +440,4 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(exc.exit_code) from None
 
 
-__all__ = ["app", "job_name", "main", "prepare"]
+__all__ = ["app", "main"]
