@@ -18,7 +18,18 @@ RowpilotError                   base of everything rowpilot raises on purpose
 │   ├── OutputPathError         an output path cannot be written
 │   └── StateError              the state directory is unusable
 │       └── StateLockedError    another run holds the state directory
-└── ItemTimeoutError            one attempt of an item ran past ``--timeout`` (retryable)
+├── ItemTimeoutError            one attempt of an item ran past ``--timeout`` (retryable)
+└── ProviderError               a provider call failed; ``cause`` and ``retryable`` say how
+    ├── RateLimitError              rate_limit: 429 (``retry_after`` when the provider said)
+    ├── ProviderAuthError           auth: a wrong key, no permission, no credit
+    ├── ProviderTimeoutError        timeout (retryable)
+    ├── ProviderConnectionError     connection refused or reset (retryable)
+    ├── ProviderServerError         server: 5xx, 409, overloaded (retryable)
+    ├── BadRequestError             bad_request: the request itself is wrong
+    ├── ModelNotFoundError          not_found: an unknown model or endpoint
+    ├── ContentFilterError          content_filter: refused by the provider's filter
+    ├── OutputTruncatedError        length: the answer hit max_tokens
+    └── InvalidOutputError          invalid_output: a body or answer not as asked (retryable)
 
 Errors carry their context as attributes and survive pickling, so process and Ray
 executors can send them back unchanged.
@@ -26,15 +37,26 @@ executors can send them back unchanged.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 __all__ = [
+    "BadRequestError",
     "ConfigError",
+    "ContentFilterError",
     "DuplicateKeyError",
     "EmptySourceError",
+    "InvalidOutputError",
     "ItemTimeoutError",
     "KeyColumnError",
+    "ModelNotFoundError",
     "OutputPathError",
+    "OutputTruncatedError",
+    "ProviderAuthError",
+    "ProviderConnectionError",
+    "ProviderError",
+    "ProviderServerError",
+    "ProviderTimeoutError",
+    "RateLimitError",
     "RowpilotError",
     "SourceEncodingError",
     "SourceError",
@@ -180,3 +202,149 @@ class StateLockedError(StateError):
 
 class ItemTimeoutError(RowpilotError):
     """One attempt of an item ran past its timeout. Retried like any retryable error."""
+
+
+# -- provider errors: raised at the one boundary in _providers.py -----------------------
+
+Cause = Literal[
+    "rate_limit",
+    "auth",
+    "timeout",
+    "bad_request",
+    "invalid_output",
+    "content_filter",
+    "length",
+    "server",
+    "connection",
+    "not_found",
+]
+
+
+def _rebuild_provider_error(
+    cls: type[ProviderError], message: str, state: dict[str, Any]
+) -> ProviderError:
+    return cls(message, **state)
+
+
+class ProviderError(RowpilotError):
+    """A call to a model provider failed. Subclasses name why; this base means "unmapped".
+
+    ``provider`` and ``model`` say which call, ``status`` is the HTTP status when there was
+    a response, ``retry_after`` the seconds the provider asked to wait (``None`` if it did
+    not say). ``retryable`` and ``cause`` are class attributes.
+    """
+
+    cause: Cause = "bad_request"
+    retryable = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str | None = None,
+        model: str | None = None,
+        status: int | None = None,
+        retry_after: float | None = None,
+        hint: str | None = None,
+        file: str | None = None,
+        row: int | None = None,
+        line: int | None = None,
+        column: str | None = None,
+        key: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint, file=file, row=row, line=line, column=column, key=key)
+        self.provider = provider
+        self.model = model
+        self.status = status
+        self.retry_after = retry_after
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        state = self._context()
+        state.update(
+            provider=self.provider,
+            model=self.model,
+            status=self.status,
+            retry_after=self.retry_after,
+        )
+        return (_rebuild_provider_error, (type(self), self.message, state))
+
+    def __str__(self) -> str:
+        who = "/".join(part for part in (self.provider, self.model) if part)
+        text = super().__str__()
+        if self.status is not None:
+            text = f"HTTP {self.status}: {text}"
+        return f"{who}: {text}" if who else text
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.message!r}, provider={self.provider!r}, "
+            f"model={self.model!r}, status={self.status!r}, retry_after={self.retry_after!r})"
+        )
+
+
+class RateLimitError(ProviderError):
+    """The provider refused the call for its rate or concurrency limit (429)."""
+
+    cause: Cause = "rate_limit"
+    retryable = True
+
+
+class ProviderAuthError(ProviderError):
+    """A missing or wrong API key, a forbidden model, or an account without credit."""
+
+    cause: Cause = "auth"
+    default_hint = "check the API key in the provider's environment variable"
+
+
+class ProviderTimeoutError(ProviderError):
+    """The call ran past the client timeout, or the provider said it timed out."""
+
+    cause: Cause = "timeout"
+    retryable = True
+
+
+class ProviderConnectionError(ProviderError):
+    """No connection, or the connection broke before a response."""
+
+    cause: Cause = "connection"
+    retryable = True
+
+
+class ProviderServerError(ProviderError):
+    """The provider failed on its side (5xx, overloaded, a conflict to retry)."""
+
+    cause: Cause = "server"
+    retryable = True
+
+
+class BadRequestError(ProviderError):
+    """The provider rejected the request itself (400, 413, 422, ...)."""
+
+    cause: Cause = "bad_request"
+
+
+class ModelNotFoundError(ProviderError):
+    """The provider does not know the model (404)."""
+
+    cause: Cause = "not_found"
+    default_hint = "check the model name, e.g. openai/gpt-4o-mini"
+
+
+class ContentFilterError(ProviderError):
+    """The provider's content filter refused the prompt or the answer."""
+
+    cause: Cause = "content_filter"
+
+
+class OutputTruncatedError(ProviderError):
+    """The answer stopped at ``max_tokens``."""
+
+    cause: Cause = "length"
+    default_hint = "raise max_tokens, or send fewer rows per request"
+
+
+class InvalidOutputError(ProviderError):
+    """A response body, or an answer, that is not what was asked for. Retried."""
+
+    cause: Cause = "invalid_output"
+    retryable = True
