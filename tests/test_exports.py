@@ -375,6 +375,7 @@ def test_failure_lines_and_file(tmp_path: Path) -> None:
     expected = {
         "key": "k1",
         "row": 1,
+        "cause": None,
         "error_type": "ValueError",
         "error": "bad row 1",
         "attempts": 3,

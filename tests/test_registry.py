@@ -22,7 +22,7 @@ from rowpilot._registry import (
 )
 from rowpilot.errors import StateError
 
-TABLES = {"meta", "runs", "items", "migrations"}
+TABLES = {"meta", "runs", "items", "migrations", "calls", "answers"}
 
 
 # -- helpers -------------------------------------------------------------------------------

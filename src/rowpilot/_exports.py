@@ -74,6 +74,8 @@ class ExportRecord:
     attempts: int
     fingerprint: str
     finished_at: float | None
+    cause: str | None = None  # failed items: rate_limit, auth, timeout, ..., task_error
+    cost_usd: float = 0.0
 
 
 Records = Callable[[], Iterator[ExportRecord]]
@@ -433,6 +435,7 @@ def failure_entry(record: ExportRecord) -> dict[str, Any]:
     return {
         "key": record.key,
         "row": record.seq,
+        "cause": record.cause,
         "error_type": record.error_type,
         "error": record.error,
         "attempts": record.attempts,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Protocol, TextIO
 
 from rich.console import Console
@@ -24,6 +25,13 @@ class Counters:
     running: int = 0
     task_seconds: float = 0.0
     started_at: float = 0.0
+    causes: Counter[str] = field(default_factory=Counter)  # failed items by cause class
+    calls: int = 0  # provider calls paid for in this run
+    cached: int = 0  # answers taken from the call cache instead
+    cost_usd: float = 0.0
+    budget_usd: float | None = None
+    rate_limited: int = 0  # 429s the provider answered
+    splits: int = 0  # batches whose missing or invalid rows were asked again in halves
 
     @property
     def finished(self) -> int:
@@ -52,10 +60,14 @@ class NoProgress:
 
 
 def _status_text(c: Counters, now: float) -> str:
-    return (
+    text = (
         f"ok {c.done}  failed {c.failed}  skipped {c.skipped + c.skipped_failed}"
         f"  {c.processed_rate(now):,.0f} items/s"
     )
+    if c.calls or c.cached or c.budget_usd is not None:
+        budget = f" of ${c.budget_usd:,.2f}" if c.budget_usd is not None else ""
+        text += f"  ${c.cost_usd:,.4f}{budget}"
+    return text
 
 
 def _count_text(c: Counters) -> str:

@@ -568,11 +568,12 @@ class ChatClient:
             headers=headers,
         )
 
-    async def preflight(self) -> None:
-        """List the models once: a wrong key or an unreachable server fails fast."""
+    async def preflight(self) -> list[str]:
+        """List the models once (their ids): a wrong key or an unreachable server fails fast."""
         try:
             client = self._client.with_options(timeout=self.preflight_timeout)
-            await client.models.list()
+            page = await client.models.list()
+            return [model.id for model in page.data]
         except _BOUNDARY as exc:
             raise self._map(exc) from exc
 

@@ -44,6 +44,40 @@ class Outcome:
     finished_at: float
     task_seconds: float
     run_id: str
+    cause: str | None = None  # failed items: rate_limit, auth, timeout, ..., task_error
+    cost_usd: float = 0.0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    calls: int = 0  # provider calls made for this item (a batch call counts for each row)
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    """One completed provider call, journaled before its answer is used."""
+
+    call_key: str
+    provider: str
+    model: str
+    run_id: str
+    rows: int
+    response: str
+    finish_reason: str
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class RowAnswer:
+    """One row's validated answer taken from a call, found again by the row's request hash."""
+
+    row_key: str
+    call_key: str
+    output: str
+    cost_usd: float
+    input_tokens: int
+    output_tokens: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,9 +130,47 @@ _CREATE_TABLES = """
         """
 
 
+def _add_call_journal(db: sqlite3.Connection) -> None:
+    for statement in _CALL_JOURNAL.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+_CALL_JOURNAL = """
+        ALTER TABLE items ADD COLUMN cause TEXT;
+        ALTER TABLE items ADD COLUMN cost_usd REAL NOT NULL DEFAULT 0;
+        ALTER TABLE items ADD COLUMN input_tokens INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE items ADD COLUMN output_tokens INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE items ADD COLUMN calls INTEGER NOT NULL DEFAULT 0;
+        CREATE TABLE calls (
+            call_key TEXT PRIMARY KEY,
+            provider TEXT NOT NULL,
+            model TEXT NOT NULL,
+            run_id TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            rows INTEGER NOT NULL,
+            response TEXT NOT NULL,
+            finish_reason TEXT,
+            input_tokens INTEGER NOT NULL,
+            output_tokens INTEGER NOT NULL,
+            cost_usd REAL NOT NULL,
+            seconds REAL
+        );
+        CREATE TABLE answers (
+            row_key TEXT PRIMARY KEY,
+            call_key TEXT NOT NULL,
+            output TEXT NOT NULL,
+            cost_usd REAL NOT NULL,
+            input_tokens INTEGER NOT NULL,
+            output_tokens INTEGER NOT NULL
+        )
+        """
+
+
 # Append-only: never edit or reorder a released migration; add a new one at the end.
 MIGRATIONS: tuple[tuple[str, Callable[[sqlite3.Connection], None]], ...] = (
     ("0001_create_tables", _create_tables),
+    ("0002_call_journal", _add_call_journal),
 )
 
 
@@ -210,10 +282,114 @@ class Registry:
                 db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta.items())
             if run:
                 _upsert_run(db, run)
-            db.executemany(
-                "INSERT OR REPLACE INTO items VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                [_outcome_row(o) for o in outcomes],
+            db.executemany(_INSERT_ITEM, [_outcome_row(o) for o in outcomes])
+
+    def journal(self, call: CallRecord, answers: Sequence[RowAnswer] = ()) -> None:
+        """Record a completed call (and the row answers read from it) in one transaction.
+
+        Called before the answer is used, so a crash after a paid call never pays again.
+        """
+        db = self._connection(create=True)
+        assert db is not None
+        with atomic(db):
+            db.execute(
+                "INSERT OR REPLACE INTO calls VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    call.call_key,
+                    call.provider,
+                    call.model,
+                    call.run_id,
+                    time.time(),
+                    call.rows,
+                    call.response,
+                    call.finish_reason,
+                    call.input_tokens,
+                    call.output_tokens,
+                    call.cost_usd,
+                    call.seconds,
+                ),
             )
+            db.executemany(
+                "INSERT OR REPLACE INTO answers VALUES (?,?,?,?,?,?)",
+                [
+                    (a.row_key, a.call_key, a.output, a.cost_usd, a.input_tokens, a.output_tokens)
+                    for a in answers
+                ],
+            )
+
+    def cached_call(self, call_key: str) -> CallRecord | None:
+        db = self._connection(create=False)
+        if db is None:
+            return None
+        row = db.execute(
+            "SELECT call_key, provider, model, run_id, rows, response, finish_reason,"
+            " input_tokens, output_tokens, cost_usd, seconds FROM calls WHERE call_key = ?",
+            (call_key,),
+        ).fetchone()
+        return CallRecord(*row) if row is not None else None
+
+    def cached_answers(self, row_keys: Sequence[str]) -> dict[str, RowAnswer]:
+        db = self._connection(create=False)
+        if db is None:
+            return {}
+        found: dict[str, RowAnswer] = {}
+        for start in range(0, len(row_keys), _LOOKUP_CHUNK):
+            chunk = row_keys[start : start + _LOOKUP_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            query = f"SELECT * FROM answers WHERE row_key IN ({marks})"
+            for row in db.execute(query, chunk):
+                found[row[0]] = RowAnswer(*row)
+        return found
+
+    def spending(self) -> dict[str, float]:
+        """What the job's provider calls cost: calls, tokens and USD, over every run."""
+        db = self._connection(create=False)
+        if db is None:
+            return {"calls": 0, "input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0}
+        calls, tokens_in, tokens_out, cost = db.execute(
+            "SELECT count(*), coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0),"
+            " coalesce(sum(cost_usd), 0) FROM calls"
+        ).fetchone()
+        return {
+            "calls": calls,
+            "input_tokens": tokens_in,
+            "output_tokens": tokens_out,
+            "cost_usd": cost,
+        }
+
+    def call_profile(self) -> dict[str, float]:
+        """Averages over the journaled calls and paid items, for estimates."""
+        db = self._connection(create=False)
+        if db is None:
+            return {"calls": 0}
+        calls, seconds, tokens_in, tokens_out, rows = db.execute(
+            "SELECT count(*), avg(seconds), avg(input_tokens), avg(output_tokens), avg(rows)"
+            " FROM calls"
+        ).fetchone()
+        items, cost = db.execute(
+            "SELECT count(*), avg(cost_usd) FROM items WHERE status = 'done' AND calls > 0"
+        ).fetchone()
+        return {
+            "calls": calls,
+            "seconds": seconds or 0.0,
+            "input_tokens": tokens_in or 0.0,
+            "output_tokens": tokens_out or 0.0,
+            "rows": rows or 1.0,
+            "paid_items": items,
+            "cost_per_item": cost or 0.0,
+        }
+
+    def forget_failures(self, run_id: str, cause: str) -> int:
+        """Delete this run's failures of one cause: they go back to pending (an aborted run)."""
+        db = self._connection(create=False)
+        if db is None:
+            return 0
+        with atomic(db):
+            cursor = db.execute(
+                "DELETE FROM items WHERE run_id = ? AND status = 'failed' AND cause = ?",
+                (run_id, cause),
+            )
+        return cursor.rowcount
 
     def update_run(self, run: dict[str, Any]) -> None:
         db = self._connection(create=False)
@@ -243,7 +419,7 @@ class Registry:
         """Every item as an export record, in source order."""
         query = (
             "SELECT key, seq, status, input, output, error, error_type, attempts, fingerprint,"
-            " finished_at FROM items"
+            " finished_at, cause, cost_usd FROM items"
         )
         params: tuple[str, ...] = ()
         if status is not None:
@@ -256,14 +432,16 @@ class Registry:
         """Failed items with their tracebacks."""
         query = (
             "SELECT key, seq, status, input, output, error, error_type, attempts, fingerprint,"
-            " finished_at, traceback FROM items WHERE status = 'failed' ORDER BY seq, key"
+            " finished_at, cause, cost_usd, traceback FROM items WHERE status = 'failed'"
+            " ORDER BY seq, key"
         )
         for row in self.db().execute(query):
-            yield _record(row[:10]), row[10]
+            yield _record(row[:12]), row[12]
 
 
 def _record(row: tuple[Any, ...]) -> ExportRecord:
-    key, seq, status, input_json, output_json, error, error_type, attempts, fp, finished = row
+    key, seq, status, input_json, output_json, error, error_type, attempts, fp, finished = row[:10]
+    cause, cost = row[10:12]
     return ExportRecord(
         key=key,
         seq=seq,
@@ -275,7 +453,17 @@ def _record(row: tuple[Any, ...]) -> ExportRecord:
         attempts=attempts,
         fingerprint=fp,
         finished_at=finished,
+        cause=cause,
+        cost_usd=cost,
     )
+
+
+_ITEM_COLUMNS = (
+    "key, seq, fingerprint, status, attempts, input, output, error, error_type, traceback,"
+    " started_at, finished_at, task_seconds, run_id, cause, cost_usd, input_tokens,"
+    " output_tokens, calls"
+)
+_INSERT_ITEM = f"INSERT OR REPLACE INTO items ({_ITEM_COLUMNS}) VALUES ({','.join('?' * 19)})"
 
 
 def _outcome_row(o: Outcome) -> tuple[Any, ...]:
@@ -294,6 +482,11 @@ def _outcome_row(o: Outcome) -> tuple[Any, ...]:
         o.finished_at,
         o.task_seconds,
         o.run_id,
+        o.cause,
+        o.cost_usd,
+        o.input_tokens,
+        o.output_tokens,
+        o.calls,
     )
 
 

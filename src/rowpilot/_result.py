@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +15,8 @@ if TYPE_CHECKING:
 
 EXIT_OK = 0
 EXIT_FAILURES = 1
+EXIT_ABORTED = 2  # a cause of the whole run (auth, unknown model): fix the job, run again
+EXIT_BUDGET = 3  # the budget is spent; the rest is pending for the next run
 EXIT_INTERRUPTED = 130
 
 
@@ -24,7 +26,7 @@ class Summary:
 
     run_id: str
     state: str
-    status: str  # completed, completed_with_failures, failed, interrupted
+    status: str  # completed, completed_with_failures, failed, interrupted, budget_reached, aborted
     total: int | None
     done: int
     failed: int
@@ -36,11 +38,23 @@ class Summary:
     items_per_second: float
     task_seconds: float
     speedup: float
+    stop_reason: str | None = None  # why a budget stop or an abort ended the run
+    causes: dict[str, int] = field(default_factory=dict)  # failed items by cause class
+    calls: int = 0
+    cached: int = 0
+    cost_usd: float = 0.0
+    budget_usd: float | None = None
+    rate_limited: int = 0  # 429s the provider answered (each waited its turn again)
+    splits: int = 0  # batches asked again in halves for missing or invalid rows
 
     @property
     def exit_code(self) -> int:
         if self.status == "interrupted":
             return EXIT_INTERRUPTED
+        if self.status == "aborted":
+            return EXIT_ABORTED
+        if self.status == "budget_reached":
+            return EXIT_BUDGET
         return EXIT_FAILURES if self.failed or self.skipped_failed else EXIT_OK
 
     def as_dict(self) -> dict[str, Any]:
@@ -59,6 +73,22 @@ class Summary:
             f"elapsed {self.elapsed:.2f}s, {self.items_per_second:,.1f} items/s, "
             f"task time {self.task_seconds:.2f}s, parallel speed-up {self.speedup:.1f}x",
         ]
+        if self.stop_reason:
+            lines.insert(1, f"stopped: {self.stop_reason}")
+        if self.causes:
+            shares = ", ".join(f"{cause} {n:,}" for cause, n in sorted(self.causes.items()))
+            lines.append(f"failed by cause: {shares}")
+        if self.calls or self.cached or self.budget_usd is not None:
+            budget = f" of a ${self.budget_usd:,.2f} budget" if self.budget_usd is not None else ""
+            lines.append(
+                f"cost ${self.cost_usd:,.4f}{budget}: {self.calls:,} provider calls, "
+                f"{self.cached:,} answers from the call cache (not paid again)"
+            )
+        if self.rate_limited or self.splits:
+            lines.append(
+                f"{self.rate_limited:,} rate-limited requests waited their turn; "
+                f"{self.splits:,} batches were split to ask again for missing rows"
+            )
         if self.skipped_failed:
             lines.append(
                 f"{self.skipped_failed:,} failed earlier and were not retried "

@@ -11,7 +11,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from rowpilot.errors import ConfigError, ItemTimeoutError, TaskOutputError, UserError
+from rowpilot.errors import ConfigError, ItemTimeoutError, ProviderError, TaskOutputError, UserError
 
 DEFAULT_RETRY_ON: tuple[type[BaseException], ...] = (
     ConnectionError,
@@ -43,6 +43,8 @@ class RetryPolicy:
         """``attempt`` is the 1-based number of the attempt that just failed."""
         if attempt >= self.max_attempts or isinstance(error, NEVER_RETRIED):
             return False
+        if isinstance(error, ProviderError):
+            return error.retryable  # the provider layer knows which of its failures pass
         return isinstance(error, self.retry_on)
 
     def delay(self, attempt: int, *, at_least: float = 0.0) -> float:
@@ -74,3 +76,12 @@ def _exception_type(name: str) -> type[BaseException]:
             "Exception retries all",
         )
     return found
+
+
+def failure_cause(error: BaseException) -> str:
+    """The cause class a failed item is filed under (``failures``, the summary)."""
+    if isinstance(error, ProviderError):
+        return error.cause
+    if isinstance(error, ItemTimeoutError | TimeoutError):
+        return "timeout"
+    return "task_error"

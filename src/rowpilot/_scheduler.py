@@ -9,7 +9,13 @@ Written by hand because it is the product's core. Its rules:
 * outcomes are committed in batches: when half a window is waiting, when nothing else is
   running, or ``flush_interval`` after the first one arrived;
 * on a stop request no item is admitted; in-flight items get ``grace`` seconds, then are
-  cancelled; cancelled items are not recorded and run again on resume.
+  cancelled; cancelled items are not recorded and run again on resume;
+* a task that raises ``RunStop`` (the budget cannot cover another call) stops the run the
+  same graceful way; its item is not recorded and stays pending;
+* honest endings: a provider failure that concerns the whole run (auth, an unknown model)
+  aborts it at once, and so do the first ``PROBE`` outcomes all failing with the same
+  provider cause (a bad base_url, a parameter every call rejects): their items are not
+  left as failed but go back to pending, so the fixed job picks them up.
 """
 
 from __future__ import annotations
@@ -29,12 +35,21 @@ from rowpilot._events import EventLog
 from rowpilot._items import Item, encode_json, fingerprint
 from rowpilot._progress import Counters, ProgressView
 from rowpilot._registry import Outcome, PriorState, Registry
-from rowpilot._retry import RetryPolicy
-from rowpilot._task import Ctx, Task, output_json
-from rowpilot.errors import ItemTimeoutError, RowpilotError, SourceFormatError, UserError
+from rowpilot._retry import RetryPolicy, failure_cause
+from rowpilot._task import Ctx, ItemUsage, RunStop, Task, output_json
+from rowpilot.errors import (
+    ItemTimeoutError,
+    ProviderError,
+    RowpilotError,
+    SourceFormatError,
+    UserError,
+)
 
 _ERROR_CHARS = 1000
 _PROGRESS_PERIOD = 0.1
+PROBE = 5  # the first outcomes that, all failing alike, abort the run
+_RUN_LEVEL_CAUSES = frozenset({"auth", "not_found"})
+_PROBED_CAUSES = frozenset({"bad_request", "connection", "server", "timeout", "rate_limit"})
 
 
 @dataclass(frozen=True)
@@ -57,6 +72,8 @@ class RunSettings:
 class RunEnd(enum.Enum):
     COMPLETED = "completed"
     INTERRUPTED = "interrupted"
+    BUDGET = "budget_reached"
+    ABORTED = "aborted"
 
 
 FirstCommit = Callable[[], tuple[dict[str, str], dict[str, Any]]]
@@ -97,6 +114,10 @@ class Scheduler:
         self._stop_deadline: float | None = None
         self._hard_stop = asyncio.Event()
         self._fatal: BaseException | None = None
+        self._end = RunEnd.INTERRUPTED  # what a stop means, unless a budget or abort says
+        self.stop_message: str | None = None
+        self._abort_cause: str | None = None
+        self._probe: list[tuple[str, str]] | None = []  # (cause, type) until a success
 
     # -- stopping ---------------------------------------------------------------------
 
@@ -115,6 +136,21 @@ class Scheduler:
             return
         self._stopping = True
         self._stop_deadline = time.monotonic() + self.settings.grace
+
+    def _stop_for(self, end: RunEnd, message: str) -> None:
+        """A stop with a reason of the run's own (budget, abort), not a signal's."""
+        if self._stopping:
+            return
+        self._end = end
+        self.stop_message = message
+        self.events.emit("run.stopping", reason=end.value, message=message)
+        self.request_stop()
+
+    def _abort(self, error: ProviderError) -> None:
+        if self._abort_cause is None:
+            self._abort_cause = error.cause
+            self._stop_for(RunEnd.ABORTED, _one_line(error))
+            self._hard_stop.set()  # the other in-flight calls would fail the same way
 
     def _fail_run(self, error: BaseException) -> None:
         if self._fatal is None:
@@ -135,7 +171,12 @@ class Scheduler:
             self._pool.shutdown(wait=False, cancel_futures=True)
         if self._fatal is not None:
             raise self._fatal
-        return RunEnd.INTERRUPTED if self._stopping else RunEnd.COMPLETED
+        if self._abort_cause is not None:
+            # Failures of a run-level cause say nothing of their rows: back to pending.
+            forgotten = self.registry.forget_failures(self.run_id, self._abort_cause)
+            self.counters.failed -= forgotten
+            self.counters.causes[self._abort_cause] -= forgotten
+        return self._end if self._stopping else RunEnd.COMPLETED
 
     async def _until_admitted(self, admission: asyncio.Task[None]) -> None:
         stop_wait = asyncio.create_task(self._wait_for_stop())
@@ -156,6 +197,9 @@ class Scheduler:
         for items in chunks:
             for item in self._to_do(items):
                 await self._window.acquire()
+                if self._stopping:  # a stop while waiting for a slot admits nothing more
+                    self._window.release()
+                    return
                 self._spawn(item)
             await asyncio.sleep(0)  # let outcomes, timers and the progress bar run
 
@@ -217,6 +261,10 @@ class Scheduler:
             if outcome is not None:
                 self._record(outcome)
                 handed_over = True
+        except RunStop as stop:
+            self._stop_for(
+                RunEnd.BUDGET if stop.reason == "budget" else RunEnd.INTERRUPTED, str(stop)
+            )
         except UserError as error:
             self._fail_run(error)
         finally:
@@ -229,6 +277,7 @@ class Scheduler:
         started = time.time()
         task_seconds = 0.0
         attempt = 0
+        usage = ItemUsage()
         while True:
             attempt += 1
             async with self._workers:
@@ -236,10 +285,10 @@ class Scheduler:
                 self.counters.running += 1
                 try:
                     output = output_json(
-                        await self._call(item, attempt), task=self.task.name, key=item.key
+                        await self._call(item, attempt, usage), task=self.task.name, key=item.key
                     )
                     error: Exception | None = None
-                except UserError:
+                except (UserError, RunStop):
                     raise
                 except Exception as exc:
                     error = exc
@@ -248,18 +297,23 @@ class Scheduler:
                     self.counters.running -= 1
                     task_seconds += time.perf_counter() - clock
             if error is None:
-                return self._outcome(item, "done", attempt, started, task_seconds, output=output)
+                return self._outcome(
+                    item, "done", attempt, started, task_seconds, usage, output=output
+                )
+            if isinstance(error, ProviderError) and error.cause in _RUN_LEVEL_CAUSES:
+                self._abort(error)
+                return None
             if not self.settings.retry.should_retry(error, attempt):
                 self._log_failure(item, error, attempt)
                 return self._outcome(
-                    item, "failed", attempt, started, task_seconds, error=error, trace=trace
+                    item, "failed", attempt, started, task_seconds, usage, error=error, trace=trace
                 )
             if self._stopping:
                 return None  # retried on resume rather than recorded as failed
             await self._wait_to_retry(item, error, attempt)
 
-    async def _call(self, item: Item, attempt: int) -> Any:
-        ctx = Ctx(self.run_id, item.key, item.seq, attempt, self._task_logger)
+    async def _call(self, item: Item, attempt: int, usage: ItemUsage) -> Any:
+        ctx = Ctx(self.run_id, item.key, item.seq, attempt, self._task_logger, usage)
         arguments = self.task.arguments(item.fields, ctx)
         call: Awaitable[Any]
         if self.task.is_async:
@@ -282,7 +336,10 @@ class Scheduler:
             raise
 
     async def _wait_to_retry(self, item: Item, error: Exception, attempt: int) -> None:
-        delay = self.settings.retry.delay(attempt)
+        # A provider that said when to come back is believed (capped by the policy's ceiling).
+        told = error.retry_after if isinstance(error, ProviderError) else None
+        at_least = min(told, self.settings.retry.max_delay) if told is not None else 0.0
+        delay = self.settings.retry.delay(attempt, at_least=at_least)
         self.counters.retries += 1
         self.events.emit(
             "item.retry",
@@ -314,6 +371,7 @@ class Scheduler:
         attempts: int,
         started: float,
         task_seconds: float,
+        usage: ItemUsage,
         *,
         output: str | None = None,
         error: Exception | None = None,
@@ -334,6 +392,11 @@ class Scheduler:
             finished_at=time.time(),
             task_seconds=task_seconds,
             run_id=self.run_id,
+            cause=failure_cause(error) if error is not None else None,
+            cost_usd=usage.cost_usd,
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            calls=usage.calls,
         )
 
     # -- committing ---------------------------------------------------------------------
@@ -341,7 +404,27 @@ class Scheduler:
     def _record(self, outcome: Outcome) -> None:
         self._buffer.append(outcome)
         self.counters.task_seconds += outcome.task_seconds
+        self._watch_probe(outcome)
         self._maybe_flush()
+
+    def _watch_probe(self, outcome: Outcome) -> None:
+        """Abort when the first ``PROBE`` outcomes all failed with one provider cause."""
+        if self._probe is None:
+            return
+        if outcome.status == "done" or outcome.cause not in _PROBED_CAUSES:
+            self._probe = None  # the job works (or fails row by row): no early stop
+            return
+        self._probe.append((outcome.cause or "", outcome.error_type or ""))
+        if len(self._probe) >= PROBE:
+            if len(set(self._probe)) == 1 and self._abort_cause is None:
+                self._abort_cause = self._probe[0][0]
+                self._stop_for(
+                    RunEnd.ABORTED,
+                    f"the first {PROBE} items all failed alike ({self._probe[0][0]}): "
+                    f"{outcome.error}",
+                )
+                self._hard_stop.set()
+            self._probe = None
 
     def _maybe_flush(self) -> None:
         if not self._buffer:
@@ -372,6 +455,7 @@ class Scheduler:
                 self.counters.done += 1
             else:
                 self.counters.failed += 1
+                self.counters.causes[outcome.cause or "task_error"] += 1
         self._uncommitted -= len(batch)
         for _ in batch:
             self._window.release()

@@ -36,6 +36,7 @@ class StateStatus:
     total: int | None
     runs: int
     last_run: dict[str, Any] | None
+    spending: dict[str, float] = field(default_factory=dict)
 
     @property
     def pending(self) -> int | None:
@@ -54,6 +55,7 @@ def status(directory: Path) -> StateStatus:
     try:
         counts = registry.counts()
         runs = registry.runs()
+        spending = registry.spending()
     finally:
         registry.close()
     last = runs[-1] if runs else None
@@ -65,6 +67,7 @@ def status(directory: Path) -> StateStatus:
         total=_total(last),
         runs=len(runs),
         last_run=_run_view(last) if last else None,
+        spending=spending,
     )
 
 
@@ -138,13 +141,18 @@ def _merge_one(db: Any, conflicts: int) -> tuple[int, int]:
                 error = excluded.error, error_type = excluded.error_type,
                 traceback = excluded.traceback, started_at = excluded.started_at,
                 finished_at = excluded.finished_at, task_seconds = excluded.task_seconds,
-                run_id = excluded.run_id
+                run_id = excluded.run_id, cause = excluded.cause,
+                cost_usd = excluded.cost_usd, input_tokens = excluded.input_tokens,
+                output_tokens = excluded.output_tokens, calls = excluded.calls
             WHERE (excluded.status = 'done' AND items.status != 'done')
                OR (excluded.status = items.status AND excluded.finished_at > items.finished_at)
             """
         )
         db.execute("INSERT OR IGNORE INTO main.runs SELECT * FROM shard.runs")
         db.execute("INSERT OR IGNORE INTO main.meta SELECT * FROM shard.meta")
+        # Paid calls stay journaled in the merged registry: re-running there never pays again.
+        db.execute("INSERT OR IGNORE INTO main.calls SELECT * FROM shard.calls")
+        db.execute("INSERT OR IGNORE INTO main.answers SELECT * FROM shard.answers")
     return conflicts, count
 
 

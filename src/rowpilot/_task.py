@@ -13,7 +13,7 @@ import inspect
 import logging
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,17 @@ from rowpilot.errors import TaskLoadError, TaskOutputError
 TaskFn = Callable[..., Any]
 
 
+@dataclass
+class ItemUsage:
+    """What one item's provider calls used, over all its attempts."""
+
+    calls: int = 0
+    cached: int = 0  # answers found in the call cache: not paid again
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+
+
 @dataclass(frozen=True)
 class Ctx:
     """The task's handle on the engine: which run and item it is working on, and a logger."""
@@ -34,6 +45,18 @@ class Ctx:
     row: int
     attempt: int
     logger: logging.Logger
+    usage: ItemUsage = field(default_factory=ItemUsage)
+
+
+class RunStop(Exception):
+    """Raised by a task to end the run without recording the item (it stays pending).
+
+    The LLM layer raises it when the budget cannot cover another call.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True)

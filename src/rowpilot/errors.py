@@ -16,8 +16,9 @@ RowpilotError                   base of everything rowpilot raises on purpose
 │   ├── TaskLoadError           the task path does not import or names nothing callable
 │   ├── TaskOutputError         the task returned something that is not a dict or a model
 │   ├── OutputPathError         an output path cannot be written
-│   └── StateError              the state directory is unusable
-│       └── StateLockedError    another run holds the state directory
+│   ├── StateError              the state directory is unusable
+│   │   └── StateLockedError    another run holds the state directory
+│   └── ProviderSetupError      the preflight check failed: bad key, model or endpoint
 ├── ItemTimeoutError            one attempt of an item ran past ``--timeout`` (retryable)
 └── ProviderError               a provider call failed; ``cause`` and ``retryable`` say how
     ├── RateLimitError              rate_limit: 429 (``retry_after`` when the provider said)
@@ -55,6 +56,7 @@ __all__ = [
     "ProviderConnectionError",
     "ProviderError",
     "ProviderServerError",
+    "ProviderSetupError",
     "ProviderTimeoutError",
     "RateLimitError",
     "RowpilotError",
@@ -198,6 +200,15 @@ class StateError(UserError):
 
 class StateLockedError(StateError):
     """Another run holds the state directory."""
+
+
+class ProviderSetupError(UserError):
+    """A provider cannot be used: a bad key, an unknown model, an endpoint that does not answer.
+
+    Raised by the preflight check, before any item, so nothing else was spent.
+    """
+
+    default_hint = "check the model name, the base_url and the API key's environment variable"
 
 
 class ItemTimeoutError(RowpilotError):
