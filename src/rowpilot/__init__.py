@@ -1,7 +1,7 @@
 """rowpilot: run a task over every row of a dataset, in parallel, durably, resumably."""
 
 from rowpilot import errors
-from rowpilot._api import run
+from rowpilot._api import label, run
 from rowpilot._exports import ExportRecord as ItemRecord
 from rowpilot._result import Result, Summary
 from rowpilot._task import Ctx
@@ -12,6 +12,7 @@ __all__ = [
     "Result",
     "Summary",
     "errors",
+    "label",
     "run",
 ]
 

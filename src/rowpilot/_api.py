@@ -5,18 +5,22 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from rowpilot._config import build_config
 from rowpilot._engine import run_sync
 from rowpilot._result import Result
+from rowpilot.errors import ConfigError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 PathLike = str | os.PathLike[str]
 
 
 def run(
-    task: Callable[..., Any] | str,
-    source: PathLike | Iterable[Mapping[str, Any]] | Any,
+    task: Callable[..., Any] | str | None = None,
+    source: PathLike | Iterable[Mapping[str, Any]] | Any = None,
     *,
     key: str | None = None,
     workers: int = 8,
@@ -30,6 +34,8 @@ def run(
     timeout: float | None = None,
     max_attempts: int = 3,
     retry_on: list[str] | None = None,
+    retry_delay: float = 0.5,
+    max_retry_delay: float = 30.0,
     task_version: str | None = None,
     output: PathLike | None = None,
     json_dir: PathLike | None = None,
@@ -39,6 +45,7 @@ def run(
     dedupe: Literal["first"] | None = None,
     grace: float = 30.0,
     progress: bool | None = False,
+    **prompt: Any,
 ) -> Result:
     """Run ``task`` over every row of ``source``; resume where an earlier run stopped.
 
@@ -50,7 +57,19 @@ def run(
 
         result = rowpilot.run(classify, "reviews.csv", key="id", workers=16)
         df = result.to_pandas()
+
+    Without a task, it runs a prompt: ``prompt`` (a template with ``{column}`` fields),
+    ``model`` ("openai/gpt-4o-mini"), and optionally ``base_url``, ``system``, ``schema``
+    (a pydantic model or a JSON Schema dict), ``fields``, ``labels``/``text_column``,
+    ``batch_size``, ``max_tokens``, ``params``, ``budget``, ``rpm``, ``tpm``,
+    ``max_concurrent``, ``cache``, ``limits``, ``prices``, ``providers``, ``env_file``::
+
+        rowpilot.run(source="reviews.csv", key="id", model="openai/gpt-4o-mini",
+                     prompt="Sentiment of: {text}", fields={"sentiment": "pos|neg|mixed"},
+                     batch_size=10, budget=1.0)
     """
+    if source is None:
+        raise ConfigError("no source given", hint="pass source=PATH or a DataFrame")
     settings: dict[str, Any] = {
         "task": task,
         "source": source,
@@ -65,12 +84,15 @@ def run(
         "timeout": timeout,
         "max_attempts": max_attempts,
         "retry_on": retry_on,
+        "retry_delay": retry_delay,
+        "max_retry_delay": max_retry_delay,
         "task_version": task_version,
         "encoding": encoding,
         "format": format,
         "dedupe": dedupe,
         "grace": grace,
         "progress": progress,
+        **_prompt_settings(prompt),
     }
     for field, value in (
         ("state", state),
@@ -88,3 +110,107 @@ def _range_text(value: str | tuple[Any, Any] | None, separator: str) -> str | No
         return value
     first, second = value
     return f"{'' if first is None else first}{separator}{'' if second is None else second}"
+
+
+_PROMPT_SETTINGS = frozenset(
+    {
+        "model",
+        "base_url",
+        "prompt",
+        "system",
+        "fields",
+        "labels",
+        "text_column",
+        "batch_size",
+        "max_tokens",
+        "params",
+        "structured",
+        "repair_attempts",
+        "call_timeout",
+        "budget",
+        "rpm",
+        "tpm",
+        "max_concurrent",
+        "cache",
+        "env_file",
+        "limits",
+        "prices",
+        "providers",
+    }
+)
+
+
+def _prompt_settings(given: Mapping[str, Any]) -> dict[str, Any]:
+    settings = dict(given)
+    if "schema" in settings:
+        settings["output_schema"] = settings.pop("schema")
+    unknown = set(settings) - _PROMPT_SETTINGS - {"output_schema"}
+    if unknown:
+        raise ConfigError(
+            f"run() got an unknown setting {sorted(unknown)[0]!r}",
+            hint="see help(rowpilot.run) for the settings",
+        )
+    if settings.get("env_file") is not None:
+        settings["env_file"] = Path(settings["env_file"])
+    return settings
+
+
+def label(
+    source: PathLike | Iterable[Mapping[str, Any]] | Any,
+    *,
+    text_column: str,
+    labels: list[str],
+    model: str = "openai/gpt-4o-mini",
+    batch_size: int | str = 10,
+    workers: int = 4,
+    key: str | None = None,
+    instructions: str | None = None,
+    output: PathLike | None = None,
+    state: PathLike | None = None,
+    name: str | None = None,
+    summary: bool = True,
+    progress: bool | None = False,
+    **settings: Any,
+) -> pd.DataFrame:
+    """Add one boolean column per label to a table of texts; return the enriched table.
+
+    Several rows go in each request (``batch_size``), ``workers`` requests at once, and a
+    run stopped halfway resumes where it stopped. With ``summary`` it prints each label's
+    count and share (also in ``df.attrs["label_summary"]``). Example::
+
+        df = rowpilot.label("comments.csv", text_column="text",
+                            labels=["racist", "sexist", "homophobic"], batch_size=10)
+    """
+    from rowpilot._labels import label_summary
+
+    result = run(
+        source=source,
+        key=key,
+        workers=workers,
+        state=state,
+        name=name or _label_job_name(source),
+        output=output,
+        progress=progress,
+        model=model,
+        text_column=text_column,
+        labels=labels,
+        batch_size=batch_size,
+        system=instructions,
+        **settings,
+    )
+    frame = result.to_pandas()
+    counts = label_summary(result, labels)
+    frame.attrs["label_summary"] = {
+        "rows": counts.rows,
+        "counts": counts.counts,
+        "shares": {label: counts.share(label) for label in labels},
+    }
+    if summary:
+        print("\n".join(counts.lines()))
+    return frame
+
+
+def _label_job_name(source: Any) -> str:
+    if isinstance(source, str | os.PathLike):
+        return f"{Path(source).stem}-labels"
+    return "labels"

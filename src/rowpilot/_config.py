@@ -15,6 +15,15 @@ A job file has four tables; relative paths in it are relative to the file:
     function = "tasks.py:analyse"
     version = "v2"               # optional; default: a hash of the function's source
 
+    # ... or a prompt task, no code (see docs/prompts.md):
+    model = "openai/gpt-4o-mini"
+    prompt = "Summarise: {text}"  # {column} fields
+    system = "You are terse."    # optional
+    fields = {summary = "str", score = "int"}   # or labels = [...], or schema = {JSON Schema}
+    max_tokens = 300             # per row
+    batch_size = 10              # rows per request, or "auto"
+    params = {temperature = 0}
+
     [run]
     workers = 8
     timeout = 60                 # seconds per attempt
@@ -24,6 +33,22 @@ A job file has four tables; relative paths in it are relative to the file:
     shard = "1/10"
     limit = 100
     state = ".rowpilot/diseases"
+    budget = 5.0                 # USD this run may spend at most
+    rpm = 500                    # the model's requests/min (else learned from the headers)
+    tpm = 200000                 # tokens/min
+    cache = true                 # reuse journaled answers (false: pay again)
+
+    [limits."openai/gpt-4o-mini"]   # named limits: provider or provider/model
+    rpm = 500
+    max_concurrent = 20
+
+    [prices."openai/gpt-4o-mini"]   # USD per million tokens; overrides genai-prices
+    input = 0.15
+    output = 0.60
+
+    [providers.local]            # a custom OpenAI-compatible server: model "local/<name>"
+    base_url = "http://127.0.0.1:8000/v1"
+    api_key_env = "LOCAL_API_KEY"
 
     [output]
     path = "enriched.csv"        # .csv, .jsonl or .parquet
@@ -51,7 +76,24 @@ _SECTIONS: dict[str, dict[str, str]] = {
         "format": "format",
         "dedupe": "dedupe",
     },
-    "task": {"function": "task", "version": "task_version"},
+    "task": {
+        "function": "task",
+        "version": "task_version",
+        "model": "model",
+        "prompt": "prompt",
+        "system": "system",
+        "schema": "output_schema",
+        "fields": "fields",
+        "labels": "labels",
+        "text_column": "text_column",
+        "max_tokens": "max_tokens",
+        "params": "params",
+        "structured": "structured",
+        "repair_attempts": "repair_attempts",
+        "batch_size": "batch_size",
+        "call_timeout": "call_timeout",
+        "base_url": "base_url",
+    },
     "run": {
         name: name
         for name in (
@@ -68,11 +110,19 @@ _SECTIONS: dict[str, dict[str, str]] = {
             "grace",
             "force",
             "retry_failed",
+            "budget",
+            "rpm",
+            "tpm",
+            "max_concurrent",
+            "cache",
+            "env_file",
         )
     },
     "output": {"path": "output", "json_dir": "json_dir", "failures": "failures"},
 }
-_PATH_FIELDS = {"source", "state", "output", "json_dir", "failures"}
+# Tables whose keys are names of the user's (a provider, a model), taken whole.
+_NAMED_TABLES = {"limits", "prices", "providers"}
+_PATH_FIELDS = {"source", "state", "output", "json_dir", "failures", "env_file"}
 
 
 class JobConfig(BaseModel):
@@ -81,7 +131,7 @@ class JobConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, frozen=True)
 
     source: Any
-    task: str | Callable[..., Any]
+    task: str | Callable[..., Any] | None = None
     name: str | None = None
     key: str | None = None
     format: str | None = None
@@ -107,18 +157,64 @@ class JobConfig(BaseModel):
     grace: float = Field(30.0, ge=0)
     progress: bool | None = None
     command: str | None = None
+    # prompt tasks
+    model: str | None = None
+    base_url: str | None = None  # another address for the model's provider (a simulator)
+    prompt: str | None = None
+    system: str | None = None
+    output_schema: Any = None  # a JSON Schema dict or a pydantic model class
+    fields: dict[str, str] | None = None
+    labels: list[str] | None = None
+    text_column: str | None = None
+    max_tokens: int | None = Field(None, gt=0)
+    params: dict[str, Any] = Field(default_factory=dict)
+    structured: bool = True
+    repair_attempts: int = Field(2, ge=0, le=10)
+    batch_size: int | Literal["auto"] = 1
+    call_timeout: float = Field(120.0, gt=0)
+    budget: float | None = Field(None, gt=0)
+    rpm: float | None = Field(None, gt=0)
+    tpm: float | None = Field(None, gt=0)
+    max_concurrent: int | None = Field(None, ge=1)
+    cache: bool = True
+    env_file: Path | None = None
+    limits: dict[str, dict[str, float]] = Field(default_factory=dict)
+    prices: dict[str, Any] = Field(default_factory=dict)
+    providers: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @property
+    def is_prompt(self) -> bool:
+        return self.task is None and (self.prompt is not None or self.labels is not None)
 
 
 def build_config(settings: Mapping[str, Any]) -> JobConfig:
     """Validate settings; a bad value is a ConfigError naming the setting."""
     try:
-        return JobConfig(**settings)
+        config = JobConfig(**settings)
     except ValidationError as exc:
         first = exc.errors()[0]
         name = ".".join(str(part) for part in first["loc"]) or "settings"
         raise ConfigError(
             f"{name}: {first['msg']}", hint="see `rowpilot run --help` for the settings"
         ) from None
+    _check_task_kind(config)
+    return config
+
+
+def _check_task_kind(config: JobConfig) -> None:
+    prompt_given = config.prompt is not None or config.labels is not None
+    if config.task is None and not prompt_given:
+        raise ConfigError(
+            "no task given",
+            hint="pass --task module:function, or --prompt TEMPLATE --model provider/model",
+        )
+    if config.task is not None and prompt_given:
+        raise ConfigError(
+            "both a task function and a prompt were given",
+            hint="a job runs either --task or --prompt/--labels, not both",
+        )
+    if config.batch_size != "auto" and config.batch_size < 1:
+        raise ConfigError("batch_size must be at least 1, or 'auto'", hint="--batch-size 10")
 
 
 def read_job_file(path: Path) -> dict[str, Any]:
@@ -136,11 +232,14 @@ def read_job_file(path: Path) -> dict[str, Any]:
 
 
 def _section(path: Path, section: str, table: Any) -> dict[str, Any]:
+    if section in _NAMED_TABLES and isinstance(table, dict):
+        return {section: table}
     fields = _SECTIONS.get(section)
     if fields is None or not isinstance(table, dict):
         raise ConfigError(
             f"{path}: unknown table [{section}]",
-            hint="the tables are [source], [task], [run] and [output]",
+            hint="the tables are [source], [task], [run], [output], [limits], [prices] "
+            "and [providers]",
         )
     unknown = set(table) - set(fields)
     if unknown:

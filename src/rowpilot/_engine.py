@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rowpilot._atomic import check_writable
 from rowpilot._config import JobConfig
@@ -49,6 +49,9 @@ from rowpilot._sources import Source, open_source
 from rowpilot._task import Task, load_task
 from rowpilot.errors import UserError
 
+if TYPE_CHECKING:
+    from rowpilot._llm import LLMSession, PromptTask
+
 STATE_ROOT = Path(".rowpilot")
 
 
@@ -69,6 +72,7 @@ class PreparedJob:
 def prepare(config: JobConfig) -> PreparedJob:
     """Everything that can be checked before touching state, checked."""
     task = _load_task(config)
+    batch_size = 1
     selection = Selection(
         rows=parse_rows(config.rows) if config.rows else None,
         shard=parse_shard(config.shard) if config.shard else None,
@@ -77,6 +81,12 @@ def prepare(config: JobConfig) -> PreparedJob:
     _check_outputs(config)
     source = open_source(config.source, format=config.format, encoding=config.encoding)
     keyer = Keyer(source, config.key)
+    prompt = _prompt_task(task)
+    if prompt is not None:
+        columns = source.columns()
+        if columns is not None:
+            prompt.spec.template.check(columns)
+        batch_size = prompt.spec.batch_size
     report = _validate(source, keyer, selection, config) if source.reiterable else None
     return PreparedJob(
         config=config,
@@ -85,15 +95,30 @@ def prepare(config: JobConfig) -> PreparedJob:
         keyer=keyer,
         selection=selection,
         state=state_directory(config, task, source, selection),
-        settings=_settings(config),
+        settings=_settings(config, batch_size),
         scan=report,
     )
 
 
 def _load_task(config: JobConfig) -> Task:
+    if config.is_prompt:
+        # Imported here: the SDKs cost a CLI start that runs a plain function nothing.
+        from rowpilot._llm import PromptTask, build_prompt_spec
+
+        spec = build_prompt_spec(config)
+        return Task.from_callable(PromptTask(spec), config.task_version or spec.version())
     if isinstance(config.task, str):
         return load_task(config.task, config.task_version)
+    assert config.task is not None  # build_config checked that there is a task
     return Task.from_callable(config.task, config.task_version)
+
+
+def _prompt_task(task: Task) -> PromptTask | None:
+    if "rowpilot._llm" not in sys.modules:
+        return None
+    from rowpilot._llm import PromptTask
+
+    return task.fn if isinstance(task.fn, PromptTask) else None
 
 
 def _check_outputs(config: JobConfig) -> None:
@@ -113,7 +138,7 @@ def _validate(source: Source, keyer: Keyer, selection: Selection, config: JobCon
     return report
 
 
-def _settings(config: JobConfig) -> RunSettings:
+def _settings(config: JobConfig, batch_size: int = 1) -> RunSettings:
     retry_on = exception_types(config.retry_on) if config.retry_on is not None else DEFAULT_RETRY_ON
     policy = RetryPolicy(
         max_attempts=config.max_attempts,
@@ -125,7 +150,8 @@ def _settings(config: JobConfig) -> RunSettings:
     if config.force and force_before is None:
         force_before = time.time()
     return RunSettings(
-        workers=config.workers,
+        # With batching, --workers counts requests at once; each request carries a batch.
+        workers=config.workers * batch_size,
         timeout=config.timeout,
         retry=policy,
         force_before=force_before,
@@ -157,15 +183,51 @@ def _safe_dir_name(name: str) -> str:
     return cleaned or "job"
 
 
-async def execute(job: PreparedJob, progress: ProgressView | None = None) -> Result:
-    """Run a prepared job to its end (or until stopped) and write its outputs."""
+async def execute(
+    job: PreparedJob, progress: ProgressView | None = None, session: LLMSession | None = None
+) -> Result:
+    """Run a prepared job to its end (or until stopped) and write its outputs.
+
+    A prompt task gets its own LLM session, unless the caller passes one it owns (and has
+    preflight-checked), as ``rowpilot estimate`` does to read the limits it learned.
+    """
+    if session is not None:
+        return await _execute(job, progress, session)
+    own = await _llm_session(job)
+    try:
+        return await _execute(job, progress, own)
+    finally:
+        if own is not None:
+            await own.aclose()
+
+
+async def _llm_session(job: PreparedJob) -> LLMSession | None:
+    """A prompt task's session, preflight-checked before the state is touched."""
+    prompt = _prompt_task(job.task)
+    if prompt is None:
+        return None
+    from rowpilot._llm import LLMSession
+
+    session = LLMSession(prompt.spec)
+    try:
+        await session.preflight()
+    except BaseException:
+        await session.aclose()
+        raise
+    return session
+
+
+async def _execute(
+    job: PreparedJob, progress: ProgressView | None, session: LLMSession | None
+) -> Result:
     created = not job.state.exists()
     lock = StateLock(job.state, job.config.command or "")
     lock.acquire()
     registry = Registry(job.state)
     remove_state = False
     try:
-        summary = await _run_locked(job, registry, progress or default_view(job.config.progress))
+        view = progress or default_view(job.config.progress)
+        summary = await _run_locked(job, registry, view, session)
         written = _write_outputs(job.config, registry) if registry.exists else []
     except UserError:
         # A user error before the first commit leaves no state behind, as it found it.
@@ -179,10 +241,16 @@ async def execute(job: PreparedJob, progress: ProgressView | None = None) -> Res
     return Result(summary, job.state, written)
 
 
-async def _run_locked(job: PreparedJob, registry: Registry, progress: ProgressView) -> Summary:
+async def _run_locked(
+    job: PreparedJob, registry: Registry, progress: ProgressView, session: LLMSession | None
+) -> Summary:
     run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     counters = Counters(total=job.scan.total if job.scan else None, started_at=time.monotonic())
     events = EventLog(job.state / "logs", run_id)
+    prompt = _prompt_task(job.task)
+    if session is not None and prompt is not None:
+        session.attach(registry, counters, events, run_id)
+        prompt.session = session
     run_row = _run_row(job, run_id)
     scheduler = Scheduler(
         task=job.task,
@@ -206,7 +274,7 @@ async def _run_locked(job: PreparedJob, registry: Registry, progress: ProgressVi
     try:
         with _signals_to(scheduler):
             end = await scheduler.run(_chunks(job))
-        summary = _summary(job, run_id, counters, end)
+        summary = _summary(job, run_id, counters, end, scheduler.stop_message)
         run_row.update(
             ended_at=time.time(), status=summary.status, summary=json.dumps(summary.as_dict())
         )
@@ -297,11 +365,13 @@ def _run_row(job: PreparedJob, run_id: str) -> dict[str, Any]:
     }
 
 
-def _summary(job: PreparedJob, run_id: str, c: Counters, end: RunEnd) -> Summary:
+def _summary(
+    job: PreparedJob, run_id: str, c: Counters, end: RunEnd, stop_reason: str | None
+) -> Summary:
     elapsed = time.monotonic() - c.started_at
     pending = None if c.total is None else max(0, c.total - c.finished)
-    if end is RunEnd.INTERRUPTED:
-        status = "interrupted"
+    if end is not RunEnd.COMPLETED:
+        status = end.value
     elif c.failed and not c.done:
         status = "failed"
     elif c.failed or c.skipped_failed:
@@ -323,6 +393,14 @@ def _summary(job: PreparedJob, run_id: str, c: Counters, end: RunEnd) -> Summary
         items_per_second=(c.done + c.failed) / elapsed if elapsed > 0 else 0.0,
         task_seconds=c.task_seconds,
         speedup=c.task_seconds / elapsed if elapsed > 0 else 0.0,
+        stop_reason=stop_reason,
+        causes={cause: n for cause, n in c.causes.items() if n > 0},
+        calls=c.calls,
+        cached=c.cached,
+        cost_usd=c.cost_usd,
+        budget_usd=c.budget_usd,
+        rate_limited=c.rate_limited,
+        splits=c.splits,
     )
 
 

@@ -22,6 +22,7 @@ from rowpilot._engine import run_sync
 from rowpilot._exports import ExportRecord, failure_entry, write_json_dir, write_table
 from rowpilot._items import Keyer, Selection, parse_rows, parse_shard
 from rowpilot._registry import Registry
+from rowpilot._result import Result
 from rowpilot._sources import open_source
 from rowpilot.errors import ConfigError, RowpilotError
 
@@ -36,6 +37,67 @@ app = typer.Typer(
 )
 
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+_LLM = "Prompt tasks"
+ModelOption = Annotated[
+    str | None,
+    typer.Option(help="provider/model, e.g. openai/gpt-4o-mini.", rich_help_panel=_LLM),
+]
+BaseUrlOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Another address for the model's provider, e.g. http://127.0.0.1:8900/v1 "
+        "(rowpilot simulate).",
+        rich_help_panel=_LLM,
+    ),
+]
+LabelsOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        help="Labels to decide per row, one true/false column each: --labels a b c.",
+        rich_help_panel=_LLM,
+    ),
+]
+TextColumnOption = Annotated[
+    str | None, typer.Option(help="The column --labels reads.", rich_help_panel=_LLM)
+]
+BatchSizeOption = Annotated[
+    str | None,
+    typer.Option(help="Rows per request (N or auto) [1].", rich_help_panel=_LLM),
+]
+MaxTokensOption = Annotated[
+    int | None, typer.Option(help="Answer tokens per row at most [512].", rich_help_panel=_LLM)
+]
+ParamOption = Annotated[
+    list[str] | None,
+    typer.Option(help="Model parameter name=value (repeatable).", rich_help_panel=_LLM),
+]
+BudgetOption = Annotated[
+    float | None,
+    typer.Option(help="USD this run may spend; it stops before passing it.", rich_help_panel=_LLM),
+]
+RpmOption = Annotated[
+    float | None,
+    typer.Option(help="Requests/min of the model (default: learned).", rich_help_panel=_LLM),
+]
+TpmOption = Annotated[
+    float | None,
+    typer.Option(help="Tokens/min of the model (default: learned).", rich_help_panel=_LLM),
+]
+MaxConcurrentOption = Annotated[
+    int | None, typer.Option(help="Requests in flight at most.", rich_help_panel=_LLM)
+]
+NoCacheOption = Annotated[
+    bool,
+    typer.Option(
+        "--no-cache", help="Pay again instead of reusing journaled answers.", rich_help_panel=_LLM
+    ),
+]
+EnvFileOption = Annotated[
+    Path | None, typer.Option(help="File of API keys [./.env].", rich_help_panel=_LLM)
+]
+SampleOption = Annotated[
+    int, typer.Option(help="Items the estimate runs for real.", rich_help_panel=_LLM)
+]
 
 
 def _example(*lines: str) -> str:
@@ -117,16 +179,60 @@ def run(
             "--progress/--no-progress", help="Show progress (default: a bar on a terminal)."
         ),
     ] = None,
+    model: ModelOption = None,
+    base_url: BaseUrlOption = None,
+    prompt: Annotated[
+        str | None,
+        typer.Option(
+            help="Prompt template with {column} fields: a prompt task, no code.",
+            rich_help_panel=_LLM,
+        ),
+    ] = None,
+    system: Annotated[str | None, typer.Option(help="System prompt.", rich_help_panel=_LLM)] = None,
+    labels: LabelsOption = None,
+    text_column: TextColumnOption = None,
+    schema: Annotated[
+        Path | None,
+        typer.Option(help="JSON Schema file of each row's answer.", rich_help_panel=_LLM),
+    ] = None,
+    batch_size: BatchSizeOption = None,
+    max_tokens: MaxTokensOption = None,
+    param: ParamOption = None,
+    budget: BudgetOption = None,
+    rpm: RpmOption = None,
+    tpm: TpmOption = None,
+    max_concurrent: MaxConcurrentOption = None,
+    no_cache: NoCacheOption = False,
+    env_file: EnvFileOption = None,
+    estimate: Annotated[
+        bool,
+        typer.Option(
+            "--estimate",
+            help="Run a sample first, print the projected cost and time, and ask to go on.",
+            rich_help_panel=_LLM,
+        ),
+    ] = False,
+    sample: SampleOption = 20,
+    yes: Annotated[
+        bool,
+        typer.Option(
+            "--yes", "-y", help="Go on after --estimate without asking.", rich_help_panel=_LLM
+        ),
+    ] = False,
 ) -> None:
-    """Run a task over every row; run the same command again to resume."""
-    flags = {k: v for k, v in locals().items() if k != "job_or_source"}
-    settings = _settings_from(job_or_source, flags)
+    """Run a task (or a prompt) over every row; run the same command again to resume."""
+    flags = {
+        k: v for k, v in locals().items() if k not in ("job_or_source", "estimate", "sample", "yes")
+    }
+    settings = _settings_from(job_or_source, _llm_flags(flags))
     if settings.pop("force", False):
         settings["force_before"] = time.time()
     settings["command"] = _resume_command(settings.get("force_before"))
-    result = run_sync(build_config(settings))
-    for line in [*result.summary.lines(), *result.written]:
-        print(line)
+    config = build_config(settings)
+    if estimate and not _estimated_and_confirmed(config, sample, yes):
+        return
+    result = run_sync(config)
+    _report(result, config)
     if result.summary.status == "interrupted":
         print(f"to resume, run: {settings['command']}")
         # Everything is committed and closed; a sync task cancelled mid-call still holds
@@ -137,6 +243,102 @@ def run(
     _exit(result.summary.exit_code)
 
 
+def _report(result: Result, config: JobConfig) -> None:
+    for line in [*result.summary.lines(), *result.written]:
+        print(line)
+    if config.labels and result.summary.done:
+        from rowpilot._labels import label_summary
+
+        registry = Registry(result.state)
+        try:
+            summary = label_summary(registry.records(status="done"), config.labels)
+        finally:
+            registry.close()
+        for line in summary.lines():
+            print(line)
+
+
+def _llm_flags(flags: dict[str, Any]) -> dict[str, Any]:
+    """Flags of prompt tasks, turned into settings."""
+    flags["cache"] = False if flags.pop("no_cache", False) else None
+    if flags.get("batch_size") is not None:
+        flags["batch_size"] = _batch_size(flags["batch_size"])
+    params = flags.pop("param", None)
+    if params:
+        flags["params"] = dict(_param(text) for text in params)
+    schema = flags.pop("schema", None)
+    if schema is not None:
+        flags["output_schema"] = _json_schema_file(schema)
+    if flags.get("labels"):
+        flags["labels"] = [
+            label for text in flags["labels"] for label in text.split(",") if label.strip()
+        ]
+    return flags
+
+
+def _batch_size(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(
+            f"--batch-size {text!r} is not a number", hint="give rows per request, or auto"
+        ) from None
+
+
+def _param(text: str) -> tuple[str, Any]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise ConfigError(f"--param {text!r} is not name=value", hint="e.g. --param temperature=0")
+    try:
+        return name.strip(), json.loads(value)
+    except json.JSONDecodeError:
+        return name.strip(), value  # a bare word stays text
+
+
+def _json_schema_file(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read schema file {path}: {exc.strerror}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"schema file {path} is not JSON: {exc}", file=str(path)) from None
+
+
+def _estimated_and_confirmed(config: JobConfig, sample: int, yes: bool) -> bool:
+    """Run the sample and print the projection; True when the user wants the rest run."""
+    projection = _sample(config, sample)
+    if projection.remaining == 0:
+        return True  # nothing more to pay for: the run just writes the outputs
+    if yes:
+        return True
+    if not sys.stdin.isatty():
+        print("not run: pass --yes to go on without a terminal to ask at", file=sys.stderr)
+        return False
+    go_on = typer.confirm(
+        f"run the remaining {projection.remaining:,} items (about ${projection.cost:,.2f})?"
+    )
+    if not go_on:
+        print("not run; the sample's items are done and kept")
+    return go_on
+
+
+def _sample(config: JobConfig, sample: int) -> Any:
+    import asyncio
+
+    from rowpilot._estimate import sample_and_project
+
+    result, projection = asyncio.run(sample_and_project(config, sample))
+    print(
+        f"sample: {result.summary.done:,} done, {result.summary.failed:,} failed, "
+        f"${result.summary.cost_usd:,.4f}"
+    )
+    for line in projection.lines():
+        print(line)
+    return projection
+
+
 def _settings_from(job_or_source: str, flags: dict[str, Any]) -> dict[str, Any]:
     if job_or_source.endswith(".toml"):
         settings = read_job_file(Path(job_or_source))
@@ -144,8 +346,6 @@ def _settings_from(job_or_source: str, flags: dict[str, Any]) -> dict[str, Any]:
         settings = {"source": job_or_source}
     given = {k: v for k, v in flags.items() if v is not None and v is not False and v != []}
     settings.update(given)
-    if "task" not in settings:
-        raise ConfigError("no task given", hint="pass --task module:function or use a job file")
     return settings
 
 
@@ -155,6 +355,102 @@ def _resume_command(force_before: float | None) -> str:
     if force_before is not None and "--force-before" not in args:
         args += ["--force-before", f"{force_before:.6f}"]
     return shlex.join(["rowpilot", *args])
+
+
+# -- label, estimate ----------------------------------------------------------------------
+
+
+@app.command(
+    epilog=_example(
+        "rowpilot label data.csv --text-column text --labels racist sexist homophobic "
+        "--batch-size 10 --workers 3 -o enriched.csv",
+        "rowpilot label tickets.jsonl --key id --text-column body --labels bug billing "
+        "--model anthropic/claude-haiku-4-5 --budget 2",
+    )
+)
+def label(
+    source: Annotated[str, typer.Argument(help="The input (CSV, TSV, JSONL, Parquet).")],
+    text_column: Annotated[str, typer.Option(help="The column that holds the text.")],
+    labels: Annotated[list[str], typer.Option(help="Labels to decide per row: --labels a b c.")],
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Write the enriched table (.csv, .jsonl, .parquet)."),
+    ] = None,
+    model: Annotated[str, typer.Option(help="provider/model.")] = "openai/gpt-4o-mini",
+    base_url: BaseUrlOption = None,
+    key: Annotated[str | None, typer.Option(help="Key column (default: the row number).")] = None,
+    batch_size: Annotated[str, typer.Option(help="Rows per request (N or auto).")] = "10",
+    workers: Annotated[int, typer.Option("--workers", "-w", help="Requests at once.")] = 4,
+    instructions: Annotated[
+        str | None, typer.Option(help="System prompt (default: label each text).")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="Only the first N rows.")] = None,
+    budget: BudgetOption = None,
+    rpm: RpmOption = None,
+    tpm: TpmOption = None,
+    no_cache: NoCacheOption = False,
+    env_file: EnvFileOption = None,
+    state: Annotated[
+        Path | None, typer.Option(help="State directory [.rowpilot/<input>-labels].")
+    ] = None,
+    progress: Annotated[
+        bool | None, typer.Option("--progress/--no-progress", help="Show progress.")
+    ] = None,
+) -> None:
+    """Add one true/false column per label to a table of texts, several rows per request."""
+    settings = _llm_flags(
+        {
+            "source": source,
+            "text_column": text_column,
+            "labels": labels,
+            "output": output,
+            "model": model,
+            "base_url": base_url,
+            "key": key,
+            "batch_size": batch_size,
+            "workers": workers,
+            "system": instructions,
+            "limit": limit,
+            "budget": budget,
+            "rpm": rpm,
+            "tpm": tpm,
+            "no_cache": no_cache,
+            "env_file": env_file,
+            "state": state,
+            "progress": progress,
+            "name": f"{Path(source).stem}-labels",
+        }
+    )
+    settings = {k: v for k, v in settings.items() if v is not None}
+    settings["command"] = _resume_command(None)
+    config = build_config(settings)
+    result = run_sync(config)
+    _report(result, config)
+    _exit(result.summary.exit_code)
+
+
+@app.command(
+    epilog=_example(
+        "rowpilot estimate job.toml --sample 20",
+        "rowpilot estimate job.toml --sample 50 --workers 16",
+    )
+)
+def estimate(
+    job: Annotated[str, typer.Argument(help="A TOML job file of a prompt task.")],
+    sample: Annotated[
+        int, typer.Option(help="Items to run for real (journaled, not paid again).")
+    ] = 20,
+    workers: Annotated[
+        int | None, typer.Option("--workers", "-w", help="Workers to project for.")
+    ] = None,
+    rpm: RpmOption = None,
+    tpm: TpmOption = None,
+) -> None:
+    """Run a sample of a prompt job, then project the whole job's cost and time."""
+    settings = _settings_from(job, {"workers": workers, "rpm": rpm, "tpm": tpm})
+    settings["command"] = _resume_command(None)
+    settings.setdefault("progress", False)
+    _sample(build_config(settings), sample)
 
 
 # -- status, export, failures -----------------------------------------------------------
@@ -177,6 +473,13 @@ def status(
         return
     for f in found:
         print(_status_line(f))
+        if f.spending.get("calls"):
+            spent = f.spending
+            print(
+                f"  cost ${spent['cost_usd']:,.4f}: {int(spent['calls']):,} calls, "
+                f"{int(spent['input_tokens']):,} input and {int(spent['output_tokens']):,} "
+                "output tokens"
+            )
     if len(found) > 1:
         total = _status_total(found)
         print(
@@ -361,7 +664,9 @@ def _state_dir(state_or_job: str) -> Path:
     settings = read_job_file(Path(state_or_job))
     if settings.get("state"):
         return Path(settings["state"])
-    config = build_config({"task": settings.get("task", "x:y"), **settings})
+    if "prompt" not in settings and "labels" not in settings:
+        settings.setdefault("task", "x:y")  # only the name and the shard matter here
+    config = build_config(settings)
     return _default_state(config)
 
 
@@ -426,11 +731,27 @@ def _exit(code: int) -> None:
         raise SystemExit(code)
 
 
+def _spread_labels(args: list[str]) -> list[str]:
+    """``--labels a b c`` as click reads it: ``--labels a --labels b --labels c``."""
+    spread: list[str] = []
+    in_labels = False
+    for arg in args:
+        if arg == "--labels":
+            in_labels = True
+            continue
+        if in_labels and not arg.startswith("-"):
+            spread += ["--labels", arg]
+            continue
+        in_labels = False
+        spread.append(arg)
+    return spread
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: one-line errors (exit 2 for user errors) unless --debug."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("ROWPILOT_DEBUG") == "1"
-    args = [a for a in args if a != "--debug"]
+    args = _spread_labels([a for a in args if a != "--debug"])
     try:
         app(args=args, prog_name="rowpilot")
     except RowpilotError as exc:

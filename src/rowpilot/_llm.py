@@ -1,0 +1,686 @@
+"""Prompt tasks: an LLM call per row, or per batch of rows, at the provider's ceiling.
+
+One call's path, in this order:
+
+1. **cache**: a row whose answer was journaled before (in this run or an earlier one,
+   whatever batch it came in) is answered from the registry; a request sent before is
+   replayed from its journaled response. Neither is paid again.
+2. **budget**: the worst case (a hard upper bound of the prompt's tokens plus max_tokens,
+   at the model's price) is reserved; when it does not fit, the run stops with "budget
+   reached" and the row stays pending.
+3. **limits**: a slot of the provider/model resource (rpm, tpm, concurrency), paced just
+   under the provider's limits; a 429 slows the whole resource and the call waits its turn
+   again, at most ``RATE_LIMIT_WAITS`` times.
+4. **the call**, through the official SDK with its own retries off.
+5. **journal**: the response, its usage and cost are committed together with the row
+   answers read from it, before anything uses them; the reservation is then settled with
+   the real cost.
+6. **parse**: each row's answer is validated against the schema. A batch's missing or
+   invalid rows are asked again in halves (bisection) down to single rows; a single row's
+   invalid answer gets ``repair_attempts`` repair calls, then fails with the validation
+   error.
+
+Other failures (5xx, timeouts, resets, malformed bodies) raise a ``ProviderError`` and the
+scheduler retries the item under its policy; a batch's failure is each of its rows'.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dotenv import dotenv_values
+from pydantic import BaseModel
+
+from rowpilot._config import JobConfig
+from rowpilot._cost import (
+    Budget,
+    Price,
+    cost_usd,
+    find_price,
+    parse_price_overrides,
+    worst_case_cost,
+)
+from rowpilot._events import EventLog
+from rowpilot._items import encode_output
+from rowpilot._limits import Limits, Resource
+from rowpilot._progress import Counters
+from rowpilot._prompt import (
+    BatchAnswer,
+    OutputSchema,
+    OutputValidationError,
+    PromptTemplate,
+    Request,
+    batch_request,
+    parse_batch,
+    parse_single,
+    repair_request,
+    row_cache_key,
+    single_request,
+)
+from rowpilot._providers import ChatClient, Completion, ProviderSpec, parse_model
+from rowpilot._registry import CallRecord, Registry, RowAnswer
+from rowpilot._task import ItemUsage, RunStop
+from rowpilot._tokens import TokenEstimator, upper_bound_tokens
+from rowpilot.errors import (
+    ConfigError,
+    InvalidOutputError,
+    OutputTruncatedError,
+    ProviderError,
+    ProviderSetupError,
+    RateLimitError,
+)
+
+RATE_LIMIT_WAITS = 8  # 429s one call sits out before its item's attempt fails
+BATCH_LINGER = 0.02  # seconds a partial batch waits for more rows
+MAX_REQUEST_TOKENS = 16_384  # cap on a batch request's max_tokens
+AUTO_BATCH_TOKENS = 3_000  # --batch-size auto: prompt tokens per request
+AUTO_BATCH_ROWS = 50  # --batch-size auto: rows per request at most
+# Failures after which the provider may have done (and billed) the work: the budget
+# counts them at their worst case; the others (429, 4xx, 5xx) were refused, not billed.
+_MAYBE_BILLED = frozenset({"timeout", "connection", "invalid_output"})
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    """Everything a prompt task needs, checked; the task's version is a hash of it."""
+
+    model: str  # provider/model
+    template: PromptTemplate
+    system: str | None
+    schema: OutputSchema
+    max_tokens: int  # per row
+    params: Mapping[str, Any]
+    batch_size: int  # rows per request at most (1: no batching)
+    batch_tokens: int | None  # close a batch at this many estimated prompt tokens
+    structured: bool
+    repair_attempts: int
+    cache: bool
+    budget: float | None
+    limits: Limits
+    prices: Mapping[str, Price]
+    providers: Mapping[str, ProviderSpec]
+    call_timeout: float
+    workers: int  # requests at once
+    environ: Mapping[str, str] = field(repr=False, compare=False)  # holds keys: never shown
+
+    @property
+    def batching(self) -> bool:
+        return self.batch_size > 1
+
+    def version(self) -> str:
+        determining = {
+            "model": self.model,
+            "template": self.template.template,
+            "system": self.system,
+            "schema": self.schema.fingerprint(),
+            "max_tokens": self.max_tokens,
+            "params": dict(self.params),
+            "structured": self.structured,
+        }
+        text = json.dumps(determining, sort_keys=True, default=str)
+        return "prompt-" + hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+class PromptTask:
+    """The built-in task of ``--prompt``: render the row, ask the model, return the fields."""
+
+    __qualname__ = "prompt"
+
+    def __init__(self, spec: PromptSpec) -> None:
+        self.spec = spec
+        self.session: LLMSession | None = None
+
+    async def __call__(self, row: dict[str, Any], ctx: Any) -> dict[str, Any]:
+        if self.session is None:
+            raise RuntimeError("the prompt task runs inside a rowpilot run only")
+        text = self.spec.template.render(row)
+        return await self.session.answer(ctx.key, text, ctx.usage)
+
+
+@dataclass(eq=False)
+class _Row:
+    """One row waiting for its answer: alone, or in a batch."""
+
+    key: str
+    text: str
+    row_key: str  # its cache key, the same in any batch
+    usage: ItemUsage
+    future: asyncio.Future[dict[str, Any]] | None = None
+
+
+@dataclass(frozen=True)
+class _Parsed:
+    answer: BatchAnswer
+    text: str
+    finish_reason: str
+
+
+class LLMSession:
+    """The run-wide side of provider calls: client, limits, budget, call cache and costs."""
+
+    def __init__(self, spec: PromptSpec) -> None:
+        self.spec = spec
+        self.provider, self.model = parse_model(spec.model, spec.providers)
+        self.client = ChatClient(
+            self.provider, self.model, timeout=spec.call_timeout, environ=spec.environ
+        )
+        self.price = find_price(self.provider.name, self.model, spec.prices)
+        if spec.budget is not None and self.price is None:
+            raise ConfigError(
+                f"--budget needs a price, and none is known for {spec.model}",
+                hint=f'add [prices."{spec.model}"] input = ..., output = ... '
+                "(USD per million tokens) to the job file",
+            )
+        self.resource = Resource(spec.model, spec.limits)
+        self.estimator = TokenEstimator()
+        self.budget = Budget(spec.budget)
+        self._requests = asyncio.Semaphore(spec.workers)
+        self._batcher = _Batcher(self) if spec.batching else None
+        self._registry: Registry | None = None
+        self._counters = Counters()
+        self._events: EventLog | None = None
+        self._run_id = ""
+
+    # -- around the run ----------------------------------------------------------------
+
+    async def preflight(self) -> None:
+        """One cheap call before any item: a bad key, model or endpoint fails here."""
+        try:
+            models = await self.client.preflight()
+        except ProviderError as error:
+            raise ProviderSetupError(f"preflight check failed: {error}", hint=error.hint) from None
+        # Anthropic lists dated ids (claude-haiku-4-5-20251001) a page at a time: an alias
+        # may be missing from the page, and a wrong name still fails on the first call.
+        if self.provider.kind == "openai" and models and not _offers(models, self.model):
+            shown = ", ".join(sorted(models)[:8])
+            raise ProviderSetupError(
+                f"provider {self.provider.name!r} does not offer model {self.model!r}",
+                hint=f"it offers: {shown}{', ...' if len(models) > 8 else ''}",
+            )
+
+    def attach(self, registry: Registry, counters: Counters, events: EventLog, run_id: str) -> None:
+        self._registry = registry
+        self._counters = counters
+        self._events = events
+        self._run_id = run_id
+        counters.budget_usd = self.spec.budget
+
+    async def aclose(self) -> None:
+        if self._batcher is not None:
+            await self._batcher.cancel()
+        await self.client.aclose()
+
+    @property
+    def registry(self) -> Registry:
+        if self._registry is None:
+            raise RuntimeError("the session is not attached to a run")
+        return self._registry
+
+    # -- one row -----------------------------------------------------------------------
+
+    async def answer(self, key: str, text: str, usage: ItemUsage) -> dict[str, Any]:
+        """The validated answer for one row."""
+        spec = self.spec
+        row_key = row_cache_key(
+            self.provider.name,
+            self.model,
+            spec.system,
+            text,
+            spec.schema,
+            spec.params,
+            spec.max_tokens,
+        )
+        if spec.cache:
+            hit = self.registry.cached_answers([row_key]).get(row_key)
+            if hit is not None:
+                self._counted_hit(usage, hit)
+                answer: dict[str, Any] = json.loads(hit.output)
+                return answer
+        row = _Row(key, text, row_key, usage)
+        if self._batcher is None:
+            return await self._single(row)
+        return await self._batcher.submit(row)
+
+    def _counted_hit(self, usage: ItemUsage, hit: RowAnswer) -> None:
+        usage.cached += 1
+        usage.cost_usd += hit.cost_usd  # what the answer cost when it was paid for
+        usage.input_tokens += hit.input_tokens
+        usage.output_tokens += hit.output_tokens
+        self._counters.cached += 1
+
+    async def _single(self, row: _Row) -> dict[str, Any]:
+        spec = self.spec
+        request = single_request(
+            spec.system, row.text, spec.schema, key=row.key, structured=spec.structured
+        )
+        problem = ""
+        for repair in range(spec.repair_attempts + 1):
+            parsed = await self._ask(request, [row], _single_parser(row.key, spec.schema))
+            valid = parsed.answer.valid.get(row.key)
+            if valid is not None:
+                return valid
+            problem = parsed.answer.problems.get(row.key, "no answer")
+            if parsed.finish_reason == "length":
+                raise OutputTruncatedError(
+                    f"the answer for key {row.key!r} stopped at max_tokens="
+                    f"{self._max_tokens(1)} before it was complete",
+                    provider=self.provider.name,
+                    model=self.model,
+                    key=row.key,
+                )
+            if repair < spec.repair_attempts:
+                self._emit("item.repair", key=row.key, problem=problem, repair=repair + 1)
+                request = repair_request(request, parsed.text, problem)
+        error = InvalidOutputError(
+            f"the answer for key {row.key!r} is still invalid after "
+            f"{spec.repair_attempts} repair request(s): {problem}",
+            provider=self.provider.name,
+            model=self.model,
+            key=row.key,
+            hint="loosen the schema, give the model clearer instructions, or raise repair_attempts",
+        )
+        error.retryable = False  # the repairs were the retries
+        raise error
+
+    # -- batches -----------------------------------------------------------------------
+
+    async def run_batch(self, rows: list[_Row]) -> None:
+        """Answer every row's future: with its answer, or with the error that stopped it."""
+        try:
+            await self._batch(rows)
+        except asyncio.CancelledError:
+            for row in rows:
+                if row.future is not None and not row.future.done():
+                    row.future.cancel()
+            raise
+        except Exception as error:  # a provider failure or a budget stop: each row's
+            for row in rows:
+                if row.future is not None and not row.future.done():
+                    row.future.set_exception(error)
+
+    async def _batch(self, rows: list[_Row]) -> None:
+        if len(rows) == 1:
+            _resolve(rows[0], await self._single(rows[0]))
+            return
+        spec = self.spec
+        keys = [row.key for row in rows]
+        request = batch_request(
+            spec.system,
+            [(row.key, row.text) for row in rows],
+            spec.schema,
+            structured=spec.structured,
+        )
+        parsed = await self._ask(request, rows, lambda text: parse_batch(text, keys, spec.schema))
+        for row in rows:
+            if row.key in parsed.answer.valid:
+                _resolve(row, parsed.answer.valid[row.key])
+        left = [row for row in rows if row.key not in parsed.answer.valid]
+        if not left:
+            return
+        self._counters.splits += 1
+        self._emit(
+            "batch.split",
+            rows=len(rows),
+            missing=len(left),
+            example=next(iter(parsed.answer.problems.values()), ""),
+        )
+        half = len(left) // 2
+        await asyncio.gather(self.run_batch(left[:half]), self.run_batch(left[half:]))
+
+    # -- one request -------------------------------------------------------------------
+
+    def _max_tokens(self, rows: int) -> int:
+        return min(self.spec.max_tokens * rows, max(MAX_REQUEST_TOKENS, self.spec.max_tokens))
+
+    async def _ask(
+        self, request: Request, rows: Sequence[_Row], parse: Callable[[str], BatchAnswer]
+    ) -> _Parsed:
+        """One request's parsed answer: replayed from the journal, or paid for and journaled."""
+        spec = self.spec
+        max_tokens = self._max_tokens(len(rows))
+        call_key = request.cache_key(self.provider.name, self.model, spec.params, max_tokens)
+        if spec.cache:
+            cached = self.registry.cached_call(call_key)
+            if cached is not None:
+                for row in rows:
+                    row.usage.cached += 1
+                self._counters.cached += len(rows)
+                return _Parsed(parse(cached.response), cached.response, cached.finish_reason)
+        completion, cost, seconds = await self._paid(request, max_tokens)
+        parsed = _Parsed(parse(completion.text), completion.text, completion.finish_reason)
+        self._journal(call_key, rows, completion, parsed, cost, seconds)
+        return parsed
+
+    def _journal(
+        self,
+        call_key: str,
+        rows: Sequence[_Row],
+        completion: Completion,
+        parsed: _Parsed,
+        cost: float,
+        seconds: float,
+    ) -> None:
+        shares = _shares([len(row.text) for row in rows])
+        answers = []
+        for row, share in zip(rows, shares, strict=True):
+            tokens_in = round(completion.input_tokens * share)
+            tokens_out = round(completion.output_tokens * share)
+            row.usage.calls += 1
+            row.usage.cost_usd += cost * share
+            row.usage.input_tokens += tokens_in
+            row.usage.output_tokens += tokens_out
+            valid = parsed.answer.valid.get(row.key)
+            if valid is not None:
+                answers.append(
+                    RowAnswer(
+                        row.row_key,
+                        call_key,
+                        encode_output(valid),
+                        cost * share,
+                        tokens_in,
+                        tokens_out,
+                    )
+                )
+        record = CallRecord(
+            call_key=call_key,
+            provider=self.provider.name,
+            model=self.model,
+            run_id=self._run_id,
+            rows=len(rows),
+            response=completion.text,
+            finish_reason=completion.finish_reason,
+            input_tokens=completion.input_tokens,
+            output_tokens=completion.output_tokens,
+            cost_usd=cost,
+            seconds=seconds,
+        )
+        self.registry.journal(record, answers)
+
+    async def _paid(self, request: Request, max_tokens: int) -> tuple[Completion, float, float]:
+        """A call under the budget: reserve its worst case, settle with its real cost."""
+        worst = (
+            worst_case_cost(self.price, upper_bound_tokens(request.texts()), max_tokens)
+            if self.price is not None
+            else 0.0
+        )
+        reservation = self.budget.reserve(worst)
+        if reservation is None:
+            raise RunStop(
+                "budget",
+                f"budget reached: {self.budget.describe()} spent or reserved, and the next "
+                f"request could cost up to ${worst:.4f}",
+            )
+        try:
+            async with self._requests:
+                completion, seconds = await self._within_limits(request, max_tokens)
+        except ProviderError as error:
+            self.budget.settle(reservation, worst if error.cause in _MAYBE_BILLED else 0.0)
+            raise
+        except BaseException:
+            self.budget.settle(reservation, worst)  # cancelled mid-call: maybe billed
+            raise
+        cost = cost_usd(self.price, completion.input_tokens, completion.output_tokens)
+        self.budget.settle(reservation, cost)
+        self._counters.calls += 1
+        self._counters.cost_usd += cost
+        return completion, cost, seconds
+
+    async def _within_limits(self, request: Request, max_tokens: int) -> tuple[Completion, float]:
+        """The call inside a resource slot, and how long it took; a 429 slows the resource
+        and waits again."""
+        messages = len(request.messages) + (1 if request.system else 0)
+        chars = request.chars()
+        tokens = self.estimator.estimate(chars, messages) + max_tokens
+        for wait in range(RATE_LIMIT_WAITS):
+            async with self.resource.slot(tokens) as permit:
+                started = time.perf_counter()
+                try:
+                    completion = await self.client.complete(
+                        request.messages,
+                        system=request.system,
+                        max_tokens=max_tokens,
+                        json_schema=request.json_schema,
+                        params=dict(self.spec.params),
+                    )
+                except RateLimitError as error:
+                    permit.rate_limited(error.retry_after)
+                    self._counters.rate_limited += 1
+                    if wait == RATE_LIMIT_WAITS - 1:
+                        raise
+                    continue
+                seconds = time.perf_counter() - started
+                permit.settle(completion.input_tokens + max_tokens, completion.headers)
+                self.estimator.observe(chars, messages, completion.input_tokens)
+                return completion, seconds
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    def _emit(self, event: str, **fields: Any) -> None:
+        if self._events is not None:
+            self._events.emit(event, **fields)
+
+
+class _Batcher:
+    """Gathers rows into requests: full at ``batch_size`` rows (or the token budget), or
+    ``BATCH_LINGER`` seconds after the first row arrived."""
+
+    def __init__(self, session: LLMSession) -> None:
+        self._session = session
+        self._pending: list[_Row] = []
+        self._pending_tokens = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._running: set[asyncio.Task[None]] = set()
+
+    async def submit(self, row: _Row) -> dict[str, Any]:
+        row.future = asyncio.get_running_loop().create_future()
+        self._pending.append(row)
+        self._pending_tokens += self._session.estimator.estimate(len(row.text))
+        spec = self._session.spec
+        full = len(self._pending) >= spec.batch_size or (
+            spec.batch_tokens is not None and self._pending_tokens >= spec.batch_tokens
+        )
+        if full:
+            self._flush()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(BATCH_LINGER, self._flush)
+        return await row.future
+
+    def _flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        rows = [row for row in self._pending if row.future is not None and not row.future.done()]
+        self._pending, self._pending_tokens = [], 0
+        if rows:
+            task = asyncio.create_task(self._session.run_batch(rows))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        for task in list(self._running):
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*self._running, return_exceptions=True)
+
+
+def _resolve(row: _Row, answer: dict[str, Any]) -> None:
+    if row.future is not None and not row.future.done():
+        row.future.set_result(answer)
+
+
+def _single_parser(key: str, schema: OutputSchema) -> Callable[[str], BatchAnswer]:
+    def parse(text: str) -> BatchAnswer:
+        try:
+            return BatchAnswer(valid={key: parse_single(text, schema)}, problems={})
+        except OutputValidationError as error:
+            return BatchAnswer(valid={}, problems={key: str(error)})
+
+    return parse
+
+
+def _shares(weights: Sequence[int]) -> list[float]:
+    """Each row's share of a call's cost: by its text's length."""
+    total = sum(weights)
+    if total <= 0:
+        return [1 / len(weights)] * len(weights)
+    return [weight / total for weight in weights]
+
+
+def _offers(models: Sequence[str], model: str) -> bool:
+    return any(name == model or name.startswith(model + "-") for name in models)
+
+
+# -- from a job's settings ---------------------------------------------------------------
+
+DEFAULT_MAX_TOKENS = 512
+LABEL_SYSTEM = (
+    "You label texts. For each label, answer true when it applies to the text, else false."
+)
+
+
+def build_prompt_spec(config: JobConfig, environ: Mapping[str, str] | None = None) -> PromptSpec:
+    """The prompt task a job describes, with every setting checked (ConfigError if not)."""
+    if config.model is None:
+        raise ConfigError(
+            "a prompt task needs a model",
+            hint="pass --model provider/model, e.g. openai/gpt-4o-mini",
+        )
+    providers = _custom_providers(config.providers)
+    spec, model = parse_model(config.model, providers)
+    if config.base_url is not None:
+        spec = dataclasses.replace(spec, base_url=config.base_url)
+        providers[spec.name] = spec
+    auto = config.batch_size == "auto"
+    return PromptSpec(
+        model=config.model,
+        template=_template(config),
+        system=_system(config),
+        schema=_schema(config),
+        max_tokens=config.max_tokens or DEFAULT_MAX_TOKENS,
+        params=dict(config.params),
+        batch_size=AUTO_BATCH_ROWS if auto else int(config.batch_size),
+        batch_tokens=AUTO_BATCH_TOKENS if auto else None,
+        structured=config.structured,
+        repair_attempts=config.repair_attempts,
+        cache=config.cache,
+        budget=config.budget,
+        limits=_limits(config, spec.name, model),
+        prices=parse_price_overrides(config.prices),
+        providers=providers,
+        call_timeout=config.call_timeout,
+        workers=config.workers,
+        environ=environ if environ is not None else load_environ(config.env_file),
+    )
+
+
+def _template(config: JobConfig) -> PromptTemplate:
+    if config.prompt is not None:
+        return PromptTemplate(config.prompt)
+    if config.text_column is None:
+        raise ConfigError(
+            "labels need the column that holds the text", hint="pass --text-column NAME"
+        )
+    return PromptTemplate.column(config.text_column)
+
+
+def _system(config: JobConfig) -> str | None:
+    if config.system is not None or config.labels is None:
+        return config.system
+    return LABEL_SYSTEM
+
+
+def _schema(config: JobConfig) -> OutputSchema:
+    given = [
+        name
+        for name, value in (
+            ("schema", config.output_schema),
+            ("fields", config.fields),
+            ("labels", config.labels),
+        )
+        if value is not None
+    ]
+    if len(given) > 1:
+        raise ConfigError(
+            f"the output is described twice ({' and '.join(given)})",
+            hint="give one of schema, fields or labels",
+        )
+    if config.labels is not None:
+        return OutputSchema.from_labels(config.labels)
+    if config.fields is not None:
+        return OutputSchema.from_fields(config.fields)
+    schema = config.output_schema
+    if schema is None:
+        return OutputSchema.text()
+    if isinstance(schema, type) and issubclass(schema, BaseModel):
+        return OutputSchema.from_model(schema)
+    if isinstance(schema, Mapping):
+        return OutputSchema.from_json_schema(schema)
+    raise ConfigError(
+        f"schema must be a JSON Schema or a pydantic model, not {type(schema).__name__}",
+        hint="pass a dict such as {'type': 'object', 'properties': {...}} or a BaseModel class",
+    )
+
+
+def _limits(config: JobConfig, provider: str, model: str) -> Limits:
+    """Flags win over ``[limits."provider/model"]``, which wins over ``[limits.provider]``."""
+    merged: dict[str, float] = {}
+    for name in (provider, f"{provider}/{model}"):
+        table = config.limits.get(name, {})
+        unknown = set(table) - {"rpm", "tpm", "max_concurrent"}
+        if unknown:
+            raise ConfigError(
+                f"[limits.{name!r}] has an unknown setting {sorted(unknown)[0]!r}",
+                hint="limits take rpm, tpm and max_concurrent",
+            )
+        merged.update(table)
+    for name in ("rpm", "tpm", "max_concurrent"):
+        value = getattr(config, name)
+        if value is not None:
+            merged[name] = value
+    concurrent = merged.get("max_concurrent")
+    return Limits(
+        rpm=merged.get("rpm"),
+        tpm=merged.get("tpm"),
+        max_concurrent=int(concurrent) if concurrent is not None else None,
+    )
+
+
+def _custom_providers(table: Mapping[str, Mapping[str, Any]]) -> dict[str, ProviderSpec]:
+    providers = {}
+    for name, entry in table.items():
+        unknown = set(entry) - {"base_url", "api_key_env", "kind"}
+        kind = entry.get("kind", "openai")
+        if unknown or kind not in ("openai", "anthropic") or not entry.get("base_url"):
+            raise ConfigError(
+                f"[providers.{name}] must give base_url (and may give api_key_env, kind)",
+                hint='e.g. base_url = "http://127.0.0.1:8000/v1", api_key_env = "MY_KEY", '
+                'kind = "openai" or "anthropic"',
+            )
+        providers[name] = ProviderSpec(name, kind, str(entry["base_url"]), entry.get("api_key_env"))
+    return providers
+
+
+def load_environ(env_file: Path | None) -> dict[str, str]:
+    """The process environment over the ``.env`` file's values (the real environment wins).
+
+    The values stay in this mapping: nothing is written to ``os.environ``, so a key read
+    here reaches the SDK client and nothing else.
+    """
+    path = env_file if env_file is not None else Path(".env")
+    values: dict[str, str] = {}
+    if env_file is not None and not path.is_file():
+        raise ConfigError(f"env file {path} does not exist", hint="check --env-file")
+    if path.is_file():
+        values = {k: v for k, v in dotenv_values(path).items() if v is not None}
+    return {**values, **os.environ}
