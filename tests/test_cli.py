@@ -84,6 +84,14 @@ def test_run_writes_csv_jsonl_parquet_and_json_dir(job: Path, cli: Cli) -> None:
     ]
 
 
+def test_no_progress_silences_the_progress_lines(job: Path, cli: Cli) -> None:
+    shown = ok(cli(*run_args(), "--state", "shown"))
+    assert "progress 6/6" in shown.stderr
+    quiet = ok(cli(*run_args(), "--state", "quiet", "--no-progress"))
+    assert "progress" not in quiet.stderr
+    assert "completed: 6 done" in quiet.stdout
+
+
 def test_toml_job_file_with_a_flag_overriding_it(job: Path, cli: Cli, calls: CallsReader) -> None:
     (job / "jobs").mkdir()
     (job / "jobs" / "job.toml").write_text(

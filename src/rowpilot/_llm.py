@@ -453,7 +453,7 @@ class LLMSession:
                         params=dict(self.spec.params),
                     )
                 except RateLimitError as error:
-                    permit.rate_limited(error.retry_after)
+                    permit.rate_limited(error.retry_after, error.headers)
                     self._counters.rate_limited += 1
                     if wait == RATE_LIMIT_WAITS - 1:
                         raise

@@ -265,7 +265,16 @@ def _build(
     if not isinstance(message, str) or not message:
         message = str(exc) or type(exc).__name__
     message = _redact(f"{type(exc).__name__}: {message}", secret)
-    return cls(message, provider=provider, model=model, status=status, retry_after=retry_after)
+    error = cls(message, provider=provider, model=model, status=status, retry_after=retry_after)
+    if response is not None:
+        # The rate-limit headers a 429 carries teach the limiter; only these are kept, so
+        # nothing the provider echoed (never the key) rides along.
+        error.headers = {
+            name.lower(): value
+            for name, value in response.headers.items()
+            if "ratelimit" in name.lower() or name.lower().startswith("retry-after")
+        }
+    return error
 
 
 def map_openai_error(

@@ -344,7 +344,13 @@ def _settings_from(job_or_source: str, flags: dict[str, Any]) -> dict[str, Any]:
         settings = read_job_file(Path(job_or_source))
     else:
         settings = {"source": job_or_source}
-    given = {k: v for k, v in flags.items() if v is not None and v is not False and v != []}
+    # An unset flag is None (or False/[] for switches and lists) and leaves the job file's
+    # value; --no-progress is the one False that is a choice.
+    given = {
+        k: v
+        for k, v in flags.items()
+        if v is not None and v != [] and (v is not False or k == "progress")
+    }
     settings.update(given)
     return settings
 

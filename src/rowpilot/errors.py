@@ -268,6 +268,7 @@ class ProviderError(RowpilotError):
         self.model = model
         self.status = status
         self.retry_after = retry_after
+        self.headers: dict[str, str] = {}  # the response's rate-limit headers, if any
 
     def __reduce__(self) -> tuple[Any, ...]:
         state = self._context()
