@@ -83,6 +83,20 @@ def label_run(sim: Simulator, source: Any, state: Path, **settings: Any) -> rowp
     return rowpilot.run(source=source, **defaults)
 
 
+def anthropic_provider(sim: Simulator) -> dict[str, Any]:
+    """Settings for a provider "simant" that is the simulator's Anthropic API."""
+    return {
+        "base_url": None,
+        "providers": {
+            "simant": {
+                "base_url": sim.anthropic_base_url,
+                "kind": "anthropic",
+                "api_key_env": "ANTHROPIC_API_KEY",
+            }
+        },
+    }
+
+
 @pytest.fixture
 def keyed_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", CANARY)
@@ -417,14 +431,7 @@ def test_a_model_the_provider_does_not_know_aborts_at_the_first_call(
         tmp_path / "data.csv",
         tmp_path / "state",
         model="simant/claude-nope",
-        base_url=None,
-        providers={
-            "simant": {
-                "base_url": sim.anthropic_base_url,
-                "kind": "anthropic",
-                "api_key_env": "ANTHROPIC_API_KEY",
-            }
-        },
+        **anthropic_provider(sim),
         workers=2,
     )
     assert result.summary.status == "aborted"
@@ -443,7 +450,6 @@ def test_uniform_permanent_failures_stop_the_run_early(
     result = label_run(
         sim, tmp_path / "data.csv", tmp_path / "state", params={"stream": True}, workers=2
     )
-    print(result.summary.lines())
     assert result.summary.status == "aborted"
     assert "the first 5 items all failed alike (bad_request)" in (result.summary.stop_reason or "")
     assert result.summary.failed == 0  # the rows are pending again, not failed
@@ -463,8 +469,9 @@ def test_invalid_answers_get_bounded_repairs_then_fail_with_their_cause(
         params={"extra_headers": {"x-sim-fault": "bad_content"}},
         repair_attempts=2,
     )
-    assert result.summary.status == "failed"
+    assert result.summary.status == "failed"  # all failed: never reported as a success
     assert result.summary.exit_code == 1
+    assert result.summary.done == 0
     assert result.summary.causes == {"invalid_output": 4}
     for record in result.failures():
         assert record.cause == "invalid_output"
@@ -476,22 +483,6 @@ def test_invalid_answers_get_bounded_repairs_then_fail_with_their_cause(
     )
     entries = [json.loads(line) for line in report.stdout.splitlines()]
     assert {entry["cause"] for entry in entries} == {"invalid_output"}
-
-
-def test_a_run_whose_items_all_fail_is_not_a_success(
-    sim: Simulator, keyed_env: None, tmp_path: Path
-) -> None:
-    write_rows(tmp_path / "data.csv", 3)
-    result = label_run(
-        sim,
-        tmp_path / "data.csv",
-        tmp_path / "state",
-        params={"extra_headers": {"x-sim-fault": "bad_content"}},
-        repair_attempts=0,
-    )
-    assert result.summary.status == "failed"
-    assert result.summary.exit_code != 0
-    assert result.summary.done == 0
 
 
 # -- prompts, schemas, estimates, the label one-liner ------------------------------------
@@ -740,3 +731,70 @@ def test_python_runs_the_module_entry_point() -> None:
     )
     assert done.returncode == 0
     assert "--labels" in done.stdout
+
+
+@pytest.mark.parametrize("batch_size", [1, 6])
+def test_anthropic_models_through_the_messages_api(
+    sim: Simulator, keyed_env: None, tmp_path: Path, batch_size: int
+) -> None:
+    rows = write_rows(tmp_path / "data.csv", 18)
+    result = label_run(
+        sim,
+        tmp_path / "data.csv",
+        tmp_path / "state",
+        model="simant/claude-haiku-4-5",
+        **anthropic_provider(sim),
+        prices={"simant/claude-haiku-4-5": {"input": 1.0, "output": 5.0}},
+        batch_size=batch_size,
+    )
+    check_outputs(result, rows)
+    assert sim.stats()["requests"]["messages"]["200"] == -(-18 // batch_size)
+
+
+def test_a_json_schema_file_and_named_limits_from_the_command_line(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    rows = write_rows(tmp_path / "data.csv", 10)
+    schema = {
+        "type": "object",
+        "properties": {"racist": {"type": "boolean"}, "size": {"type": "integer"}},
+        "required": ["racist", "size"],
+    }
+    (tmp_path / "schema.json").write_text(json.dumps(schema), encoding="utf-8")
+    done = subprocess.run(
+        [ROWPILOT, "run", "data.csv", "--key", "id", "--prompt", "{text}", "--model", MODEL,
+         "--schema", "schema.json", "--base-url", sim.openai_base_url, "--rpm", "600",
+         "--max-concurrent", "2", "--param", "temperature=0", "-o", "out.jsonl"],
+        cwd=tmp_path, env=cli_env(CANARY), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert sim.stats()["in_flight_max"] <= 2
+    by_key = {row["id"]: row["text"] for row in rows}
+    for line in (tmp_path / "out.jsonl").read_text(encoding="utf-8").splitlines():
+        entry = json.loads(line)
+        text = by_key[entry["id"]]
+        assert entry["racist"] == expected_labels(text)["racist"]
+        assert entry["size"] == len(text)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"providers": {"x": {"kind": "openai"}}}, "[providers.x] must give base_url"),
+        ({"limits": {MODEL: {"rps": 5}}}, "unknown setting 'rps'"),
+        ({"prices": {MODEL: {"input": -1, "output": 1}}}, 'prices."openai/gpt-4o-mini"'),
+        ({"fields": {"a": "str"}, "schema": {"type": "object"}}, "described twice"),
+        ({"fields": {"a": "matrix"}, "labels": None, "prompt": "{text}"}, "'a'"),
+        ({"text_column": None, "prompt": None}, "--text-column"),
+        ({"schema": 42, "labels": None, "prompt": "{text}"}, "JSON Schema or a pydantic model"),
+        ({"env_file": "missing.env"}, "env file"),
+    ],
+)
+def test_bad_prompt_settings_are_config_errors(
+    sim: Simulator, keyed_env: None, tmp_path: Path, settings: dict[str, Any], message: str
+) -> None:
+    write_rows(tmp_path / "data.csv", 2)
+    with pytest.raises(rowpilot.errors.ConfigError) as caught:
+        label_run(sim, tmp_path / "data.csv", tmp_path / "state", **settings)
+    assert message in str(caught.value)
+    assert not (tmp_path / "state").exists()
