@@ -798,3 +798,24 @@ def test_bad_prompt_settings_are_config_errors(
         label_run(sim, tmp_path / "data.csv", tmp_path / "state", **settings)
     assert message in str(caught.value)
     assert not (tmp_path / "state").exists()
+
+
+def test_a_refused_row_does_not_sink_its_batch(keyed_env: None, tmp_path: Path) -> None:
+    """A content filter refuses a whole request; halving finds the row it was about."""
+    rows = write_rows(tmp_path / "data.csv", 40)
+    refused = {"k0005", "k0023"}
+    for row in rows:
+        if row["id"] in refused:
+            row["text"] += " forbidden"
+    pd.DataFrame(rows).to_csv(tmp_path / "data.csv", index=False)
+    config = SimulatorConfig(api_key=CANARY, latency_ms=2, refuse_word="forbidden")
+    with Simulator(config) as simulator:
+        result = label_run(simulator, tmp_path / "data.csv", tmp_path / "state", batch_size=8)
+    by_key = {row["id"]: row["text"] for row in rows}
+    for record in result:
+        if record.key in refused:
+            assert (record.status, record.cause) == ("failed", "content_filter")
+        else:
+            assert record.output == expected_labels(by_key[record.key]), record.key
+    assert result.summary.causes == {"content_filter": 2}
+    assert result.summary.splits > 0

@@ -73,6 +73,7 @@ from rowpilot._task import ItemUsage, RunStop
 from rowpilot._tokens import TokenEstimator, upper_bound_tokens
 from rowpilot.errors import (
     ConfigError,
+    ContentFilterError,
     InvalidOutputError,
     OutputTruncatedError,
     ProviderError,
@@ -320,20 +321,26 @@ class LLMSession:
             spec.schema,
             structured=spec.structured,
         )
-        parsed = await self._ask(request, rows, lambda text: parse_batch(text, keys, spec.schema))
+        try:
+            parsed = await self._ask(
+                request, rows, lambda text: parse_batch(text, keys, spec.schema)
+            )
+        except ContentFilterError as error:
+            # A filter refuses the whole request for one row's sake: halves find that row,
+            # and the others get their answers.
+            await self._split(rows, len(rows), str(error))
+            return
         for row in rows:
             if row.key in parsed.answer.valid:
                 _resolve(row, parsed.answer.valid[row.key])
         left = [row for row in rows if row.key not in parsed.answer.valid]
-        if not left:
-            return
+        if left:
+            await self._split(left, len(rows), next(iter(parsed.answer.problems.values()), ""))
+
+    async def _split(self, left: list[_Row], asked: int, problem: str) -> None:
+        """Ask again for the rows a batch did not answer, in two halves."""
         self._counters.splits += 1
-        self._emit(
-            "batch.split",
-            rows=len(rows),
-            missing=len(left),
-            example=next(iter(parsed.answer.problems.values()), ""),
-        )
+        self._emit("batch.split", rows=asked, missing=len(left), example=problem)
         half = len(left) // 2
         await asyncio.gather(self.run_batch(left[:half]), self.run_batch(left[half:]))
 

@@ -95,6 +95,10 @@ The header ``x-sim-fault: 500|503|hang|reset|malformed|bad_content|missing_field
 forces one (``none``: no fault). Randomness is reproducible: the n-th request with
 identical bytes on an endpoint always draws the same fault and latency for a given
 ``seed``, whatever the arrival order of the other requests.
+``refuse_word`` (off by default) plays a content filter: a request whose prompt mentions
+the word (as a word, any case) is answered with no content and finish reason
+``content_filter`` (Anthropic: stop reason ``refusal``), counted under faults as
+``refused``. In a batch, one such row refuses the whole request, as real filters do.
 
 Stats
 -----
@@ -190,6 +194,7 @@ class SimulatorConfig:
     hang_seconds: float = 30.0
     default_max_tokens: int = 1024
     embedding_dimensions: int = 64
+    refuse_word: str | None = None  # a prompt that mentions it is refused (content filter)
 
     def __post_init__(self) -> None:
         _check_listening(self)
@@ -216,6 +221,7 @@ _OPTION_TYPES: dict[str, Callable[[Any], object]] = {
     "host": str,
     "port": int,
     "api_key": str,
+    "refuse_word": str,
     "models": lambda value: tuple(
         name.strip() for name in (value.split(",") if isinstance(value, str) else value)
     ),
@@ -533,6 +539,7 @@ class _Answer:
     content: str
     completion_tokens: int
     truncated: bool
+    refused: bool = False
 
 
 def _tokens(chars: int) -> int:
@@ -820,12 +827,18 @@ def _embedding_inputs(body: Mapping[str, Any]) -> list[str]:
 # -- responses ------------------------------------------------------------------------------
 
 
+def _finish(answer: _Answer, refused: str, truncated: str, complete: str) -> str:
+    if answer.refused:
+        return refused
+    return truncated if answer.truncated else complete
+
+
 def _chat_body(call: _Call, answer: _Answer, ask: _Ask) -> dict[str, Any]:
     message = {"role": "assistant", "content": answer.content, "refusal": None}
     choice = {
         "index": 0,
         "message": message,
-        "finish_reason": "length" if answer.truncated else "stop",
+        "finish_reason": _finish(answer, "content_filter", "length", "stop"),
         "logprobs": None,
     }
     usage = {
@@ -851,7 +864,7 @@ def _messages_body(call: _Call, answer: _Answer, ask: _Ask) -> dict[str, Any]:
         "role": "assistant",
         "model": call.model,
         "content": [{"type": "text", "text": answer.content}],
-        "stop_reason": "max_tokens" if answer.truncated else "end_turn",
+        "stop_reason": _finish(answer, "refusal", "max_tokens", "end_turn"),
         "stop_sequence": None,
         "usage": {"input_tokens": ask.prompt_tokens, "output_tokens": answer.completion_tokens},
     }
@@ -1213,6 +1226,13 @@ class Simulator:
             failed = await self._fail(call, fault, headers)
             if failed is not None:
                 return failed
+            word = self.config.refuse_word
+            if word and _mentions(word, ask.prompt):
+                # A content filter refuses the whole request: one row can sink a batch.
+                self._stats.fault("refused")
+                answer = _Answer("", 1, truncated=False, refused=True)
+                self._stats.tokens(ask.prompt_tokens, answer.completion_tokens)
+                return self._ok(call, render(call, answer, ask), headers)
             content, applied = _faulty_content(_compose(ask), fault)
             if applied is not None:
                 self._stats.fault(applied)

@@ -719,6 +719,9 @@ def simulate(
     missing_field: Annotated[
         float | None, typer.Option(help="Share whose JSON answer misses a field or row.")
     ] = None,
+    refuse_word: Annotated[
+        str | None, typer.Option(help="Refuse (content filter) every prompt with this word.")
+    ] = None,
 ) -> None:
     """Serve a local OpenAI/Anthropic-compatible API to rehearse jobs against (no cost)."""
     options = dict(locals())
