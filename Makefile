@@ -19,9 +19,11 @@ $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@ $(VENV)/.installed
 
+# The demo runs real work on the bundled local model: no API key, no download.
 demo: $(VENV)/.installed
 	mkdir -p demo-output
-	$(BIN)/rowpilot run examples/demo/job.toml
+	$(BIN)/rowpilot run examples/demo/label.toml
+	$(BIN)/rowpilot run examples/demo/embed.toml
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check src tests bench examples

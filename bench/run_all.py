@@ -10,7 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCHMARKS = ("bench_engine.py", "bench_llm.py")
+BENCHMARKS = (
+    "bench_engine.py",
+    "bench_llm.py",
+    "bench_local_executor.py",
+    "bench_vectors.py",
+)
 
 
 def main() -> None:

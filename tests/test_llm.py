@@ -376,7 +376,7 @@ def test_a_bad_key_fails_before_any_item_with_one_line(sim: Simulator, tmp_path:
 
 def test_no_key_at_all_is_a_config_error(sim: Simulator, tmp_path: Path) -> None:
     write_rows(tmp_path / "data.csv", 5)
-    done = run_label_cli(tmp_path, sim, None)
+    done = run_label_cli(tmp_path, sim, None, "--model", MODEL)
     assert done.returncode == 2
     assert "no API key for provider 'openai'" in done.stderr
     assert "OPENAI_API_KEY" in done.stderr

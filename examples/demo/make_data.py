@@ -65,7 +65,7 @@ def review(rng: random.Random) -> tuple[str, str, int]:
     return product, text, stars
 
 
-def main(rows: int = 2000) -> None:
+def main(rows: int = 5000) -> None:
     rng = random.Random(20261123)
     with open("reviews.csv", "w", newline="", encoding="utf-8") as out:
         writer = csv.writer(out)

@@ -1,7 +1,7 @@
 """rowpilot: run a task over every row of a dataset, in parallel, durably, resumably."""
 
 from rowpilot import errors
-from rowpilot._api import label, run
+from rowpilot._api import dedupe, embed, label, run
 from rowpilot._exports import ExportRecord as ItemRecord
 from rowpilot._result import Result, Summary
 from rowpilot._task import Ctx
@@ -11,6 +11,8 @@ __all__ = [
     "ItemRecord",
     "Result",
     "Summary",
+    "dedupe",
+    "embed",
     "errors",
     "label",
     "run",

@@ -15,6 +15,8 @@ from rowpilot.errors import ConfigError
 if TYPE_CHECKING:
     import pandas as pd
 
+    from rowpilot._dedupe import DedupeReport
+
 PathLike = str | os.PathLike[str]
 
 
@@ -127,6 +129,8 @@ _PROMPT_SETTINGS = frozenset(
         "structured",
         "repair_attempts",
         "call_timeout",
+        "threshold",
+        "embed_batch",
         "budget",
         "rpm",
         "tpm",
@@ -160,7 +164,7 @@ def label(
     *,
     text_column: str,
     labels: list[str],
-    model: str = "openai/gpt-4o-mini",
+    model: str | None = None,
     batch_size: int | str = 10,
     workers: int = 4,
     key: str | None = None,
@@ -175,20 +179,25 @@ def label(
     """Add one boolean column per label to a table of texts; return the enriched table.
 
     Several rows go in each request (``batch_size``), ``workers`` requests at once, and a
-    run stopped halfway resumes where it stopped. With ``summary`` it prints each label's
-    count and share (also in ``df.attrs["label_summary"]``). Example::
+    run stopped halfway resumes where it stopped. Without ``model`` it is
+    ``openai/gpt-4o-mini`` when an ``OPENAI_API_KEY`` is set (or in ``.env``), else the
+    bundled ``local/wordllama`` (similarity to each label, ``threshold`` to decide). With
+    ``summary`` it prints each label's count and share (also in
+    ``df.attrs["label_summary"]``). Example::
 
         df = rowpilot.label("comments.csv", text_column="text",
                             labels=["racist", "sexist", "homophobic"], batch_size=10)
     """
     from rowpilot._labels import label_summary
 
+    if model is None:
+        model = default_label_model(settings.get("env_file"))
     result = run(
         source=source,
         key=key,
         workers=workers,
         state=state,
-        name=name or _label_job_name(source),
+        name=name or _job_name(source, "labels"),
         output=output,
         progress=progress,
         model=model,
@@ -203,14 +212,102 @@ def label(
     frame.attrs["label_summary"] = {
         "rows": counts.rows,
         "counts": counts.counts,
-        "shares": {label: counts.share(label) for label in labels},
+        "shares": {label: counts.share(label) for label in counts.counts},
     }
     if summary:
         print("\n".join(counts.lines()))
     return frame
 
 
-def _label_job_name(source: Any) -> str:
+def default_label_model(env_file: PathLike | None = None) -> str:
+    """``openai/gpt-4o-mini`` when an OpenAI key is at hand, else the bundled local model."""
+    from rowpilot._llm import load_environ
+
+    environ = load_environ(Path(env_file) if env_file is not None else None)
+    return "openai/gpt-4o-mini" if environ.get("OPENAI_API_KEY") else "local/wordllama"
+
+
+def embed(
+    source: PathLike | Iterable[Mapping[str, Any]] | Any,
+    *,
+    text_column: str,
+    key: str | None = None,
+    to: str | None = None,
+    output: PathLike | None = None,
+    embed_batch: int = 512,
+    insert_batch: int = 1000,
+    workers: int = 1,
+    state: PathLike | None = None,
+    name: str | None = None,
+    progress: bool | None = False,
+) -> Result:
+    """Embed a text column with the bundled local model; ``to="lancedb://PATH/TABLE"`` also
+    writes the vectors to LanceDB (keyed: a re-run never duplicates one). Example::
+
+        result = rowpilot.embed("docs.csv", key="id", text_column="body")
+        vectors = result.to_pandas()["embedding"]
+    """
+    settings: dict[str, Any] = {
+        "source": source,
+        "embed": True,
+        "text_column": text_column,
+        "key": key,
+        "vectors": to,
+        "embed_batch": embed_batch,
+        "insert_batch": insert_batch,
+        "workers": workers,
+        "name": name or _job_name(source, "embed"),
+        "progress": progress,
+    }
+    for field, value in (("state", state), ("output", output)):
+        if value is not None:
+            settings[field] = Path(value)
+    return run_sync(build_config(settings))
+
+
+def dedupe(
+    source: PathLike | Iterable[Mapping[str, Any]] | Any,
+    *,
+    text_column: str,
+    key: str | None = None,
+    threshold: float | None = None,
+    workers: int = 1,
+    state: PathLike | None = None,
+    name: str | None = None,
+    progress: bool | None = False,
+    summary: bool = True,
+) -> tuple[pd.DataFrame, DedupeReport]:
+    """Group near-duplicate texts (casing, punctuation and word order aside).
+
+    Returns the rows with ``cluster`` (0, 1, ...) and ``canonical_key`` (the key of the
+    cluster's first row) and a report. Example::
+
+        frame, report = rowpilot.dedupe("companies.csv", key="id", text_column="name")
+    """
+    from rowpilot._dedupe import clusters_table
+    from rowpilot._local import DEFAULT_DEDUPE_THRESHOLD
+
+    settings: dict[str, Any] = {
+        "source": source,
+        "embed": True,
+        "normalise": True,
+        "text_column": text_column,
+        "key": key,
+        "workers": workers,
+        "name": name or _job_name(source, "dedupe"),
+        "progress": progress,
+    }
+    if state is not None:
+        settings["state"] = Path(state)
+    result = run_sync(build_config(settings))
+    chosen = DEFAULT_DEDUPE_THRESHOLD if threshold is None else threshold
+    frame, report = clusters_table(result.state, chosen)
+    if summary:
+        print("\n".join(report.lines()))
+    return frame, report
+
+
+def _job_name(source: Any, kind: str) -> str:
     if isinstance(source, str | os.PathLike):
-        return f"{Path(source).stem}-labels"
-    return "labels"
+        return f"{Path(source).stem}-{kind}"
+    return kind

@@ -93,6 +93,9 @@ _SECTIONS: dict[str, dict[str, str]] = {
         "batch_size": "batch_size",
         "call_timeout": "call_timeout",
         "base_url": "base_url",
+        "embed": "embed",
+        "embed_batch": "embed_batch",
+        "threshold": "threshold",
     },
     "run": {
         name: name
@@ -118,7 +121,13 @@ _SECTIONS: dict[str, dict[str, str]] = {
             "env_file",
         )
     },
-    "output": {"path": "output", "json_dir": "json_dir", "failures": "failures"},
+    "output": {
+        "path": "output",
+        "json_dir": "json_dir",
+        "failures": "failures",
+        "vectors": "vectors",
+        "insert_batch": "insert_batch",
+    },
 }
 # Tables whose keys are names of the user's (a provider, a model), taken whole.
 _NAMED_TABLES = {"limits", "prices", "providers"}
@@ -181,10 +190,28 @@ class JobConfig(BaseModel):
     limits: dict[str, dict[str, float]] = Field(default_factory=dict)
     prices: dict[str, Any] = Field(default_factory=dict)
     providers: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # built-in local tasks (local/wordllama)
+    embed: bool = False
+    embed_batch: int = Field(512, ge=1, le=100_000)
+    threshold: float | None = Field(None, ge=-1, le=1)
+    normalise: bool = False  # embed normalised text (rowpilot dedupe)
+    vectors: str | None = None  # lancedb://PATH/TABLE
+    insert_batch: int = Field(1000, ge=1)
 
     @property
     def is_prompt(self) -> bool:
-        return self.task is None and (self.prompt is not None or self.labels is not None)
+        return (
+            self.task is None
+            and not self.embed
+            and (self.prompt is not None or self.labels is not None)
+        )
+
+    @property
+    def is_local(self) -> bool:
+        """A built-in task on the bundled local model: embed, or labels by similarity."""
+        if self.embed:
+            return True
+        return self.labels is not None and (self.model or "").partition("/")[0] == "local"
 
 
 def build_config(settings: Mapping[str, Any]) -> JobConfig:
@@ -202,7 +229,18 @@ def build_config(settings: Mapping[str, Any]) -> JobConfig:
 
 
 def _check_task_kind(config: JobConfig) -> None:
-    prompt_given = config.prompt is not None or config.labels is not None
+    prompt_given = config.prompt is not None or config.labels is not None or config.embed
+    if config.is_local and config.prompt is not None:
+        raise ConfigError(
+            "the local model compares texts; it cannot answer a prompt",
+            hint="use --labels (or rowpilot embed) with local/wordllama, or an LLM for --prompt",
+        )
+    if config.is_local and config.text_column is None:
+        raise ConfigError("the local tasks need the text's column", hint="pass --text-column NAME")
+    if config.vectors is not None and not config.embed:
+        raise ConfigError(
+            "only rowpilot embed writes vectors", hint="drop --to, or use rowpilot embed"
+        )
     if config.task is None and not prompt_given:
         raise ConfigError(
             "no task given",

@@ -51,6 +51,7 @@ from rowpilot.errors import UserError
 
 if TYPE_CHECKING:
     from rowpilot._llm import LLMSession, PromptTask
+    from rowpilot._prompt import PromptTemplate
 
 STATE_ROOT = Path(".rowpilot")
 
@@ -81,12 +82,11 @@ def prepare(config: JobConfig) -> PreparedJob:
     _check_outputs(config)
     source = open_source(config.source, format=config.format, encoding=config.encoding)
     keyer = Keyer(source, config.key)
-    prompt = _prompt_task(task)
-    if prompt is not None:
-        columns = source.columns()
-        if columns is not None:
-            prompt.spec.template.check(columns)
-        batch_size = prompt.spec.batch_size
+    template = _template_of(task)
+    columns = source.columns()
+    if template is not None and columns is not None:
+        template.check(columns)
+    batch_size = _rows_per_worker(task)
     report = _validate(source, keyer, selection, config) if source.reiterable else None
     return PreparedJob(
         config=config,
@@ -101,6 +101,8 @@ def prepare(config: JobConfig) -> PreparedJob:
 
 
 def _load_task(config: JobConfig) -> Task:
+    if config.is_local:
+        return _local_task(config)
     if config.is_prompt:
         # Imported here: the SDKs cost a CLI start that runs a plain function nothing.
         from rowpilot._llm import PromptTask, build_prompt_spec
@@ -111,6 +113,42 @@ def _load_task(config: JobConfig) -> Task:
         return load_task(config.task, config.task_version)
     assert config.task is not None  # build_config checked that there is a task
     return Task.from_callable(config.task, config.task_version)
+
+
+def _local_task(config: JobConfig) -> Task:
+    from rowpilot._local_tasks import EmbedTask, LocalLabelTask, check_local_model
+
+    assert config.text_column is not None  # build_config checked it
+    fn: EmbedTask | LocalLabelTask
+    if config.embed:
+        fn = EmbedTask(
+            config.text_column, config.embed_batch, config.workers, normalise=config.normalise
+        )
+    else:
+        from rowpilot._local import DEFAULT_THRESHOLD
+
+        check_local_model(config.model or "")
+        threshold = config.threshold if config.threshold is not None else DEFAULT_THRESHOLD
+        fn = LocalLabelTask(
+            config.text_column, config.labels or [], threshold, config.embed_batch, config.workers
+        )
+    return Task.from_callable(fn, config.task_version or fn.version())
+
+
+def _template_of(task: Task) -> PromptTemplate | None:
+    """The template of a built-in task (prompt or local), to check against the columns."""
+    template = getattr(task.fn, "template", None)
+    if template is None:
+        return None
+    from rowpilot._prompt import PromptTemplate
+
+    return template if isinstance(template, PromptTemplate) else None
+
+
+def _rows_per_worker(task: Task) -> int:
+    """Rows one worker carries at once: a batch for built-in tasks that batch, else one."""
+    rows = getattr(task.fn, "rows_per_worker", 1)
+    return rows if isinstance(rows, int) and rows >= 1 else 1
 
 
 def _prompt_task(task: Task) -> PromptTask | None:
@@ -127,6 +165,10 @@ def _check_outputs(config: JobConfig) -> None:
             check_writable(path, what=what)
     if config.json_dir is not None and not config.json_dir.is_dir():
         check_writable(config.json_dir, what="JSON folder")
+    if config.vectors is not None:
+        from rowpilot._vectors import check_vector_target
+
+        check_vector_target(config.vectors)
 
 
 def _validate(source: Source, keyer: Keyer, selection: Selection, config: JobConfig) -> ScanReport:
@@ -191,14 +233,19 @@ async def execute(
     A prompt task gets its own LLM session, unless the caller passes one it owns (and has
     preflight-checked), as ``rowpilot estimate`` does to read the limits it learned.
     """
-    if session is not None:
-        return await _execute(job, progress, session)
-    own = await _llm_session(job)
+    close = getattr(job.task.fn, "close", None)  # a local task's thread pool
     try:
-        return await _execute(job, progress, own)
+        if session is not None:
+            return await _execute(job, progress, session)
+        own = await _llm_session(job)
+        try:
+            return await _execute(job, progress, own)
+        finally:
+            if own is not None:
+                await own.aclose()
     finally:
-        if own is not None:
-            await own.aclose()
+        if callable(close):
+            close()
 
 
 async def _llm_session(job: PreparedJob) -> LLMSession | None:
@@ -401,6 +448,7 @@ def _summary(
         budget_usd=c.budget_usd,
         rate_limited=c.rate_limited,
         splits=c.splits,
+        batched=_rows_per_worker(job.task) > 1,
     )
 
 
@@ -419,7 +467,30 @@ def _write_outputs(config: JobConfig, registry: Registry) -> list[str]:
     if config.failures is not None:
         count = write_failures(config.failures, lambda: registry.records(status="failed"))
         written.append(f"failures: {config.failures} ({count:,} items)")
+    if config.vectors is not None:
+        written.append(_write_vector_store(config, registry))
     return written
+
+
+def _write_vector_store(config: JobConfig, registry: Registry) -> str:
+    from rowpilot._vectors import VectorRow, parse_vector_target, write_vectors
+
+    target = parse_vector_target(config.vectors or "")
+    column = config.text_column or ""
+    rows = (
+        VectorRow(
+            key=record.key,
+            fingerprint=record.fingerprint,
+            vector=(record.output or {})["embedding"],
+            fields={column: record.input.get(column)} if column else {},
+        )
+        for record in registry.records(status="done")
+    )
+    report = write_vectors(target, rows, insert_batch=config.insert_batch)
+    return (
+        f"vectors: {config.vectors} ({report.inserted:,} inserted, {report.updated:,} "
+        f"replaced, {report.unchanged:,} unchanged)"
+    )
 
 
 def run_sync(config: JobConfig, progress: ProgressView | None = None) -> Result:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from rowpilot._atomic import atomic_write, write_text_atomic
 from rowpilot._filenames import KeyFileNamer
+from rowpilot._items import is_vector
 from rowpilot.errors import ConfigError, OutputPathError
 
 if TYPE_CHECKING:
@@ -224,7 +225,7 @@ def _csv_cell(value: Any) -> Any:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, dict | list):
+    if isinstance(value, dict | list) or is_vector(value):
         return _json_text(value)
     return value
 
@@ -237,8 +238,12 @@ def _guarded_csv_cell(value: Any) -> Any:
 
 
 def _json_text(value: Any) -> str:
-    # default=str: the registry holds JSON, but a stray datetime should not sink an export.
-    return json.dumps(value, ensure_ascii=False, default=str)
+    return json.dumps(value, ensure_ascii=False, default=_plain)
+
+
+def _plain(value: Any) -> Any:
+    # Vectors become lists; anything else str: a stray datetime should not sink an export.
+    return value.tolist() if is_vector(value) else str(value)
 
 
 # --- JSONL ------------------------------------------------------------------------------
@@ -265,7 +270,7 @@ def _write_jsonl(path: Path, columns: list[str], rows: Iterable[ExportRecord]) -
 
 
 def _parquet_value(value: Any) -> Any:
-    if value is None or isinstance(value, bool | float | str):
+    if value is None or isinstance(value, bool | float | str) or is_vector(value):
         return value
     if isinstance(value, int):
         return value if _INT64_MIN <= value <= _INT64_MAX else str(value)
@@ -277,7 +282,7 @@ def _parquet_value(value: Any) -> Any:
 def _merge_kind(current: str | None, value: Any) -> str | None:
     if value is None:
         return current
-    kind = type(_parquet_value(value)).__name__
+    kind = "vector" if is_vector(value) else type(_parquet_value(value)).__name__
     if current is None or current == kind:
         return kind
     return "float" if {current, kind} == {"int", "float"} else "str"
@@ -300,7 +305,12 @@ def _merge_column_kind(kinds: dict[str, str], name: str, value: Any) -> None:
 def _arrow_schema(layout: _Layout) -> pa.Schema:
     import pyarrow as pa
 
-    types = {"bool": pa.bool_(), "int": pa.int64(), "float": pa.float64()}
+    types = {
+        "bool": pa.bool_(),
+        "int": pa.int64(),
+        "float": pa.float64(),
+        "vector": pa.list_(pa.float32()),
+    }
     return pa.schema(
         [
             pa.field(name, types.get(layout.kinds.get(name, "str"), pa.string()))
@@ -314,6 +324,8 @@ def _string_cell(value: Any) -> str | None:
         return value
     if isinstance(value, bool):
         return "true" if value else "false"
+    if is_vector(value):
+        return _json_text(value)
     return str(_parquet_value(value))
 
 
@@ -403,7 +415,7 @@ def _write_item_file(directory: Path, namer: KeyFileNamer, record: ExportRecord)
     target = directory / namer.file_name(record.key)
     if namer.fingerprint(record.key) == _version(record) and _holds_data(target):
         return False
-    text = json.dumps(_output_of(record), indent=2, ensure_ascii=False, default=str) + "\n"
+    text = json.dumps(_output_of(record), indent=2, ensure_ascii=False, default=_plain) + "\n"
     # No fsync per file: thousands of fsyncs take seconds, and this folder is a view that
     # can be rebuilt from the registry. The rename still keeps every file whole while the
     # machine runs; after a power cut a file may come back empty, which _holds_data

@@ -26,7 +26,20 @@ class LabelSummary:
         return lines
 
 
+def split_label(label: str) -> tuple[str, str]:
+    """``"name: what it means"`` -> (name, description); a bare name describes itself."""
+    name, sep, description = label.partition(":")
+    name = name.strip()
+    return name, (" ".join(description.split()) if sep else "") or name
+
+
+def label_names(labels: Sequence[str]) -> list[str]:
+    """The output columns of a list of labels (each a name or ``name: description``)."""
+    return [split_label(label)[0] for label in labels]
+
+
 def label_summary(records: Iterable[ExportRecord], labels: Sequence[str]) -> LabelSummary:
+    labels = label_names(labels)
     counts = dict.fromkeys(labels, 0)
     rows = 0
     for record in records:

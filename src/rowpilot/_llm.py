@@ -52,6 +52,7 @@ from rowpilot._cost import (
 )
 from rowpilot._events import EventLog
 from rowpilot._items import encode_output
+from rowpilot._labels import label_names, split_label
 from rowpilot._limits import Limits, Resource
 from rowpilot._progress import Counters
 from rowpilot._prompt import (
@@ -140,6 +141,15 @@ class PromptTask:
     def __init__(self, spec: PromptSpec) -> None:
         self.spec = spec
         self.session: LLMSession | None = None
+
+    @property
+    def template(self) -> PromptTemplate:
+        return self.spec.template
+
+    @property
+    def rows_per_worker(self) -> int:
+        """A worker carries a batch: ``--workers`` counts requests at once."""
+        return self.spec.batch_size
 
     async def __call__(self, row: dict[str, Any], ctx: Any) -> dict[str, Any]:
         if self.session is None:
@@ -602,9 +612,15 @@ def _template(config: JobConfig) -> PromptTemplate:
 
 
 def _system(config: JobConfig) -> str | None:
-    if config.system is not None or config.labels is None:
+    if config.labels is None:
         return config.system
-    return LABEL_SYSTEM
+    system = config.system if config.system is not None else LABEL_SYSTEM
+    described = [split_label(label) for label in config.labels if ":" in label]
+    if described:  # "name: description" labels: the model is told what each name means
+        system += "\nWhat the labels mean:\n" + "\n".join(
+            f"- {name}: {description}" for name, description in described
+        )
+    return system
 
 
 def _schema(config: JobConfig) -> OutputSchema:
@@ -623,7 +639,7 @@ def _schema(config: JobConfig) -> OutputSchema:
             hint="give one of schema, fields or labels",
         )
     if config.labels is not None:
-        return OutputSchema.from_labels(config.labels)
+        return OutputSchema.from_labels(label_names(config.labels))
     if config.fields is not None:
         return OutputSchema.from_fields(config.fields)
     schema = config.output_schema

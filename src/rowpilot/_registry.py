@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from rowpilot._exports import ExportRecord
+from rowpilot._items import decode_output
 from rowpilot.errors import StateError
 
 REGISTRY_FILE = "registry.sqlite"
@@ -447,7 +448,7 @@ def _record(row: tuple[Any, ...]) -> ExportRecord:
         seq=seq,
         status=status,
         input=json.loads(input_json),
-        output=json.loads(output_json) if output_json is not None else None,
+        output=decode_output(output_json) if output_json is not None else None,
         error=error,
         error_type=error_type,
         attempts=attempts,

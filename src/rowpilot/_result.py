@@ -44,6 +44,7 @@ class Summary:
     cached: int = 0
     cost_usd: float = 0.0
     budget_usd: float | None = None
+    batched: bool = False  # rows were computed or asked in batches
     rate_limited: int = 0  # 429s the provider answered (each waited its turn again)
     splits: int = 0  # batches asked again in halves for missing or invalid rows
 
@@ -70,8 +71,12 @@ class Summary:
         lines = [
             f"{self.status.replace('_', ' ')}: {self.done:,} done, {self.failed:,} failed, "
             f"{self.skipped:,} skipped (done before){total}",
-            f"elapsed {self.elapsed:.2f}s, {self.items_per_second:,.1f} items/s, "
-            f"task time {self.task_seconds:.2f}s, parallel speed-up {self.speedup:.1f}x",
+            f"elapsed {self.elapsed:.2f}s, {self.items_per_second:,.1f} items/s"
+            + (
+                ""
+                if self.batched  # a row's task time is its batch's: no sum to speak of
+                else f", task time {self.task_seconds:.2f}s, parallel speed-up {self.speedup:.1f}x"
+            ),
         ]
         if self.stop_reason:
             lines.insert(1, f"stopped: {self.stop_reason}")

@@ -17,7 +17,9 @@ from typing import Annotated, Any
 import typer
 
 from rowpilot import _state
+from rowpilot._atomic import check_writable
 from rowpilot._config import JobConfig, build_config, read_job_file
+from rowpilot._dedupe import write_frame
 from rowpilot._engine import run_sync
 from rowpilot._exports import ExportRecord, failure_entry, write_json_dir, write_table
 from rowpilot._items import Keyer, Selection, parse_rows, parse_shard
@@ -41,6 +43,10 @@ _LLM = "Prompt tasks"
 ModelOption = Annotated[
     str | None,
     typer.Option(help="provider/model, e.g. openai/gpt-4o-mini.", rich_help_panel=_LLM),
+]
+ThresholdOption = Annotated[
+    float | None,
+    typer.Option(help="Similarity from which a label applies, or rows are duplicates (-1..1)."),
 ]
 BaseUrlOption = Annotated[
     str | None,
@@ -243,6 +249,16 @@ def run(
     _exit(result.summary.exit_code)
 
 
+def _run_and_report(settings: dict[str, Any]) -> None:
+    """Run a built-in command's job (unset settings left out), print, exit with its code."""
+    settings = {k: v for k, v in settings.items() if v is not None}
+    settings["command"] = _resume_command(None)
+    config = build_config(settings)
+    result = run_sync(config)
+    _report(result, config)
+    _exit(result.summary.exit_code)
+
+
 def _report(result: Result, config: JobConfig) -> None:
     for line in [*result.summary.lines(), *result.written]:
         print(line)
@@ -270,10 +286,15 @@ def _llm_flags(flags: dict[str, Any]) -> dict[str, Any]:
     if schema is not None:
         flags["output_schema"] = _json_schema_file(schema)
     if flags.get("labels"):
-        flags["labels"] = [
-            label for text in flags["labels"] for label in text.split(",") if label.strip()
-        ]
+        flags["labels"] = [label for text in flags["labels"] for label in _labels_in(text)]
     return flags
+
+
+def _labels_in(text: str) -> list[str]:
+    """``a,b,c`` is three labels; ``name: a description, with commas`` is one."""
+    if ":" in text:
+        return [text.strip()]
+    return [label.strip() for label in text.split(",") if label.strip()]
 
 
 def _batch_size(text: str) -> int | str:
@@ -382,8 +403,14 @@ def label(
         Path | None,
         typer.Option("--output", "-o", help="Write the enriched table (.csv, .jsonl, .parquet)."),
     ] = None,
-    model: Annotated[str, typer.Option(help="provider/model.")] = "openai/gpt-4o-mini",
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="provider/model [openai/gpt-4o-mini with an OPENAI_API_KEY, else local/wordllama]."
+        ),
+    ] = None,
     base_url: BaseUrlOption = None,
+    threshold: ThresholdOption = None,
     key: Annotated[str | None, typer.Option(help="Key column (default: the row number).")] = None,
     batch_size: Annotated[str, typer.Option(help="Rows per request (N or auto).")] = "10",
     workers: Annotated[int, typer.Option("--workers", "-w", help="Requests at once.")] = 4,
@@ -403,7 +430,13 @@ def label(
         bool | None, typer.Option("--progress/--no-progress", help="Show progress.")
     ] = None,
 ) -> None:
-    """Add one true/false column per label to a table of texts, several rows per request."""
+    """Add one true/false column per label to a table of texts, several rows per request.
+
+    Without --model it uses openai/gpt-4o-mini when an OPENAI_API_KEY is set (or in .env),
+    else the bundled local model local/wordllama (similarity to each label, no API).
+    """
+    if model is None:
+        model = _default_label_model(env_file)
     settings = _llm_flags(
         {
             "source": source,
@@ -412,6 +445,7 @@ def label(
             "output": output,
             "model": model,
             "base_url": base_url,
+            "threshold": threshold,
             "key": key,
             "batch_size": batch_size,
             "workers": workers,
@@ -427,12 +461,7 @@ def label(
             "name": f"{Path(source).stem}-labels",
         }
     )
-    settings = {k: v for k, v in settings.items() if v is not None}
-    settings["command"] = _resume_command(None)
-    config = build_config(settings)
-    result = run_sync(config)
-    _report(result, config)
-    _exit(result.summary.exit_code)
+    _run_and_report(settings)
 
 
 @app.command(
@@ -457,6 +486,112 @@ def estimate(
     settings["command"] = _resume_command(None)
     settings.setdefault("progress", False)
     _sample(build_config(settings), sample)
+
+
+def _default_label_model(env_file: Path | None) -> str:
+    from rowpilot._api import default_label_model
+
+    model = default_label_model(env_file)
+    if model.startswith("local/"):
+        print(
+            f"rowpilot: no --model and no OPENAI_API_KEY: labelling with the local model {model} "
+            "(similarity to each label; no API, no cost)",
+            file=sys.stderr,
+        )
+    return model
+
+
+@app.command(
+    epilog=_example(
+        "rowpilot embed docs.csv --key id --text-column body -o vectors.parquet",
+        "rowpilot embed docs.csv --key id --text-column body --to lancedb://./vectors/docs",
+    )
+)
+def embed(
+    source: Annotated[str, typer.Argument(help="The input (CSV, TSV, JSONL, Parquet).")],
+    text_column: Annotated[str, typer.Option(help="The column that holds the text.")],
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Write the table with its embedding column."),
+    ] = None,
+    to: Annotated[
+        str | None, typer.Option("--to", help="A vector store: lancedb://PATH/TABLE.")
+    ] = None,
+    key: Annotated[str | None, typer.Option(help="Key column (default: the row number).")] = None,
+    embed_batch: Annotated[int, typer.Option(help="Texts the model embeds at once.")] = 512,
+    insert_batch: Annotated[int, typer.Option(help="Vectors per vector-store write.")] = 1000,
+    workers: Annotated[int, typer.Option("--workers", "-w", help="Batches at once.")] = 1,
+    model: Annotated[str, typer.Option(help="The embedding model.")] = "local/wordllama",
+    limit: Annotated[int | None, typer.Option(help="Only the first N rows.")] = None,
+    state: Annotated[
+        Path | None, typer.Option(help="State directory [.rowpilot/<input>-embed].")
+    ] = None,
+    progress: Annotated[
+        bool | None, typer.Option("--progress/--no-progress", help="Show progress.")
+    ] = None,
+) -> None:
+    """Embed a text column with the bundled local model (256 numbers per row, no API)."""
+    from rowpilot._local_tasks import check_local_model
+
+    check_local_model(model)
+    settings = {
+        "source": source,
+        "embed": True,
+        "text_column": text_column,
+        "output": output,
+        "vectors": to,
+        "key": key,
+        "embed_batch": embed_batch,
+        "insert_batch": insert_batch,
+        "workers": workers,
+        "limit": limit,
+        "state": state,
+        "progress": progress,
+        "name": f"{Path(source).stem}-embed",
+    }
+    _run_and_report(settings)
+
+
+@app.command(
+    epilog=_example(
+        "rowpilot dedupe companies.csv --key id --text-column name -o clusters.csv",
+        "rowpilot dedupe people.jsonl --text-column name --threshold 0.9 -o people.parquet",
+    )
+)
+def dedupe(
+    source: Annotated[str, typer.Argument(help="The input (CSV, TSV, JSONL, Parquet).")],
+    text_column: Annotated[str, typer.Option(help="The column to compare (names, titles).")],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Write the rows with cluster and canonical_key.")
+    ],
+    key: Annotated[str | None, typer.Option(help="Key column (default: the row number).")] = None,
+    threshold: ThresholdOption = None,
+    workers: Annotated[int, typer.Option("--workers", "-w", help="Batches at once.")] = 1,
+    state: Annotated[
+        Path | None, typer.Option(help="State directory [.rowpilot/<input>-dedupe].")
+    ] = None,
+    progress: Annotated[
+        bool | None, typer.Option("--progress/--no-progress", help="Show progress.")
+    ] = None,
+) -> None:
+    """Group near-duplicate texts: a cluster number and a canonical key per row."""
+    from rowpilot._api import dedupe as dedupe_rows
+
+    check_writable(output, what="output")
+    frame, report = dedupe_rows(
+        source,
+        text_column=text_column,
+        key=key,
+        threshold=threshold,
+        workers=workers,
+        state=state,
+        progress=progress,
+        summary=False,
+    )
+    write_frame(frame, output)
+    for line in report.lines():
+        print(line)
+    print(f"table: {output} ({len(frame):,} rows)")
 
 
 # -- status, export, failures -----------------------------------------------------------
