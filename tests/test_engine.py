@@ -573,3 +573,41 @@ def test_summary_speedup_is_task_time_over_wall_time(write_csv: WriteCsv, tmp_pa
     assert summary.task_seconds >= 40 * 0.05
     assert summary.speedup == pytest.approx(summary.task_seconds / summary.elapsed)
     assert summary.speedup > 5  # 20 workers on 50 ms sleeps
+
+
+class GroupedUpper:
+    """A task with a batch_call, as the built-in local tasks have: groups of rows at once."""
+
+    rows_per_worker = 4
+
+    def __init__(self) -> None:
+        self.groups: list[list[str]] = []
+
+    def batch_call(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        self.groups.append([row["id"] for row in rows])
+        if any(row["text"] == "bad" for row in rows):
+            raise ValueError("a bad row in the group")
+        return [{"upper": row["text"].upper()} for row in rows]
+
+    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+        return self.batch_call([row])[0]
+
+
+def test_grouped_tasks_commit_each_row_and_a_failing_group_runs_row_by_row(
+    tmp_path: Path,
+) -> None:
+    rows = [{"id": f"k{i:02d}", "text": "bad" if i == 6 else f"text {i}"} for i in range(10)]
+    task = GroupedUpper()
+    from rowpilot._engine import prepare
+
+    job = prepare(build_config({"task": task, "source": rows, "key": "id", "workers": 2}))
+    assert (job.settings.group, job.settings.workers) == (4, 8)  # workers count groups
+    result = run_sync(
+        build_config({"task": task, "source": rows, "key": "id", "state": tmp_path / "s"})
+    )
+    by_key = {record.key: record for record in result}
+    assert by_key["k06"].status == "failed" and by_key["k06"].error_type == "ValueError"
+    for i in (0, 1, 2, 3, 4, 5, 7, 8, 9):
+        assert by_key[f"k{i:02d}"].output == {"upper": f"TEXT {i}"}
+    assert ["k00", "k01", "k02", "k03"] in task.groups  # grouped calls...
+    assert ["k06"] in task.groups  # ...and the failed group's rows alone

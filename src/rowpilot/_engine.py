@@ -121,17 +121,13 @@ def _local_task(config: JobConfig) -> Task:
     assert config.text_column is not None  # build_config checked it
     fn: EmbedTask | LocalLabelTask
     if config.embed:
-        fn = EmbedTask(
-            config.text_column, config.embed_batch, config.workers, normalise=config.normalise
-        )
+        fn = EmbedTask(config.text_column, config.embed_batch, normalise=config.normalise)
     else:
         from rowpilot._local import DEFAULT_THRESHOLD
 
         check_local_model(config.model or "")
         threshold = config.threshold if config.threshold is not None else DEFAULT_THRESHOLD
-        fn = LocalLabelTask(
-            config.text_column, config.labels or [], threshold, config.embed_batch, config.workers
-        )
+        fn = LocalLabelTask(config.text_column, config.labels or [], threshold, config.embed_batch)
     return Task.from_callable(fn, config.task_version or fn.version())
 
 
@@ -194,6 +190,7 @@ def _settings(config: JobConfig, batch_size: int = 1) -> RunSettings:
     return RunSettings(
         # With batching, --workers counts requests at once; each request carries a batch.
         workers=config.workers * batch_size,
+        group=batch_size,
         timeout=config.timeout,
         retry=policy,
         force_before=force_before,
@@ -233,19 +230,14 @@ async def execute(
     A prompt task gets its own LLM session, unless the caller passes one it owns (and has
     preflight-checked), as ``rowpilot estimate`` does to read the limits it learned.
     """
-    close = getattr(job.task.fn, "close", None)  # a local task's thread pool
+    if session is not None:
+        return await _execute(job, progress, session)
+    own = await _llm_session(job)
     try:
-        if session is not None:
-            return await _execute(job, progress, session)
-        own = await _llm_session(job)
-        try:
-            return await _execute(job, progress, own)
-        finally:
-            if own is not None:
-                await own.aclose()
+        return await _execute(job, progress, own)
     finally:
-        if callable(close):
-            close()
+        if own is not None:
+            await own.aclose()
 
 
 async def _llm_session(job: PreparedJob) -> LLMSession | None:

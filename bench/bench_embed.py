@@ -1,0 +1,87 @@
+"""Embedding throughput (issue 4): rowpilot embed versus wordllama called in one loop.
+
+Run: .venv/bin/python bench/bench_embed.py [--quick]
+
+The same 100,000 short texts (the CSV `id,n,text` of bench/_common.py) embedded by:
+
+* the baseline: read the CSV, call `embed_texts` on chunks of 512 in one plain loop, keep
+  the vectors in memory (no state, nothing written);
+* `rowpilot.embed` with 1 and with 2 workers: the same model and chunk size, every row's
+  vector committed to the registry as it comes.
+
+Rounds alternate (baseline, rowpilot 1, rowpilot 2, ...) and the best of each is kept,
+since the machine is shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _common import machine, make_csv
+
+import rowpilot
+from rowpilot._local import embed_texts, load_model
+
+CHUNK = 512
+
+
+def baseline(path: Path) -> float:
+    started = time.perf_counter()
+    with path.open(newline="", encoding="utf-8") as handle:
+        texts = [row["text"] for row in csv.DictReader(handle)]
+    vectors = [embed_texts(texts[i : i + CHUNK]) for i in range(0, len(texts), CHUNK)]
+    assert sum(len(v) for v in vectors) == len(texts)
+    return time.perf_counter() - started
+
+
+def with_rowpilot(path: Path, workers: int, scratch: Path) -> float:
+    state = scratch / f"state-{workers}"
+    shutil.rmtree(state, ignore_errors=True)
+    started = time.perf_counter()
+    result = rowpilot.embed(
+        path, key="id", text_column="text", workers=workers, embed_batch=CHUNK, state=state
+    )
+    elapsed = time.perf_counter() - started
+    assert result.summary.done == result.summary.total
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    rows = 10_000 if args.quick else 100_000
+    path = make_csv(rows)
+    load_model()  # loaded once per process, as rowpilot does: not part of either timing
+    print(f"bench_embed {time.strftime('%Y-%m-%dT%H:%M:%S')}")
+    print(f"machine: {machine()}")
+    print(f"{rows:,} short texts, chunks of {CHUNK}, best of {args.rounds} alternating rounds")
+    best: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="rowpilot-bench-embed-") as scratch:
+        for _ in range(args.rounds):
+            runs = {
+                "wordllama loop": lambda: baseline(path),
+                "rowpilot, 1 worker": lambda: with_rowpilot(path, 1, Path(scratch)),
+                "rowpilot, 2 workers": lambda: with_rowpilot(path, 2, Path(scratch)),
+            }
+            for name, run in runs.items():
+                seconds = run()
+                best[name] = min(best.get(name, seconds), seconds)
+    base = best["wordllama loop"]
+    for name, seconds in best.items():
+        print(
+            f"  {name:<22} {seconds:7.2f}s  {rows / seconds:>9,.0f} rows/s  ratio {base / seconds:.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
