@@ -430,3 +430,23 @@ def test_registry_keeps_vectors_compact(tmp_path: Path) -> None:
         (output,) = db.execute("SELECT output FROM items LIMIT 1").fetchone()
     assert output.startswith('{"embedding":{"$vector":"')
     assert len(output) < 1500  # 256 float32 in base64, not 256 decimal numbers
+
+
+def test_the_demo_jobs_run(tmp_path: Path) -> None:
+    demo = Path(__file__).parents[1] / "examples" / "demo"
+    for job, output in (("label.toml", "labelled.csv"), ("embed.toml", "vectors.parquet")):
+        done = cli(
+            "run",
+            str(demo / job),
+            "--limit",
+            "300",
+            "--state",
+            f"state-{job}",
+            "-o",
+            output,
+            "--no-progress",
+            cwd=tmp_path,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "completed: 300 done" in done.stdout
+        assert (tmp_path / output).exists()
