@@ -78,9 +78,8 @@ def main() -> None:
                 best[name] = min(best.get(name, seconds), seconds)
     base = best["wordllama loop"]
     for name, seconds in best.items():
-        print(
-            f"  {name:<22} {seconds:7.2f}s  {rows / seconds:>9,.0f} rows/s  ratio {base / seconds:.2f}"
-        )
+        rate = rows / seconds
+        print(f"  {name:<22} {seconds:7.2f}s  {rate:>9,.0f} rows/s  ratio {base / seconds:.2f}")
 
 
 if __name__ == "__main__":
