@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 import pyarrow.parquet as pq
 import pytest
 
+from rowpilot.cli import app
+
 if TYPE_CHECKING:
     import subprocess
 
@@ -23,7 +25,12 @@ if TYPE_CHECKING:
 
 ROWS = [[f"k{i:02d}", f"text {i}"] for i in range(6)]
 KEYS = [row[0] for row in ROWS]
-COMMANDS = ["run", "status", "export", "failures", "merge", "verify", "simulate"]
+# Every registered command, so a new one cannot ship without an example in its help.
+COMMANDS = [
+    command.name or command.callback.__name__
+    for command in app.registered_commands
+    if command.callback is not None
+]
 
 
 def run_args(source: str = "data.csv", task: str = "tasks.py:upper", *extra: str) -> list[str]:
