@@ -40,6 +40,10 @@ app = typer.Typer(
 
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 _LLM = "Prompt tasks"
+SourceArgument = Annotated[str, typer.Argument(help="The input (CSV, TSV, JSONL, Parquet).")]
+ProgressOption = Annotated[
+    bool | None, typer.Option("--progress/--no-progress", help="Show progress.")
+]
 ModelOption = Annotated[
     str | None,
     typer.Option(help="provider/model, e.g. openai/gpt-4o-mini.", rich_help_panel=_LLM),
@@ -396,7 +400,7 @@ def _resume_command(force_before: float | None) -> str:
     )
 )
 def label(
-    source: Annotated[str, typer.Argument(help="The input (CSV, TSV, JSONL, Parquet).")],
+    source: SourceArgument,
     text_column: Annotated[str, typer.Option(help="The column that holds the text.")],
     labels: Annotated[list[str], typer.Option(help="Labels to decide per row: --labels a b c.")],
     output: Annotated[
@@ -426,9 +430,7 @@ def label(
     state: Annotated[
         Path | None, typer.Option(help="State directory [.rowpilot/<input>-labels].")
     ] = None,
-    progress: Annotated[
-        bool | None, typer.Option("--progress/--no-progress", help="Show progress.")
-    ] = None,
+    progress: ProgressOption = None,
 ) -> None:
     """Add one true/false column per label to a table of texts, several rows per request.
 
@@ -508,7 +510,7 @@ def _default_label_model(env_file: Path | None) -> str:
     )
 )
 def embed(
-    source: Annotated[str, typer.Argument(help="The input (CSV, TSV, JSONL, Parquet).")],
+    source: SourceArgument,
     text_column: Annotated[str, typer.Option(help="The column that holds the text.")],
     output: Annotated[
         Path | None,
@@ -526,9 +528,7 @@ def embed(
     state: Annotated[
         Path | None, typer.Option(help="State directory [.rowpilot/<input>-embed].")
     ] = None,
-    progress: Annotated[
-        bool | None, typer.Option("--progress/--no-progress", help="Show progress.")
-    ] = None,
+    progress: ProgressOption = None,
 ) -> None:
     """Embed a text column with the bundled local model (256 numbers per row, no API)."""
     from rowpilot._local_tasks import check_local_model
@@ -559,7 +559,7 @@ def embed(
     )
 )
 def dedupe(
-    source: Annotated[str, typer.Argument(help="The input (CSV, TSV, JSONL, Parquet).")],
+    source: SourceArgument,
     text_column: Annotated[str, typer.Option(help="The column to compare (names, titles).")],
     output: Annotated[
         Path, typer.Option("--output", "-o", help="Write the rows with cluster and canonical_key.")
@@ -570,9 +570,7 @@ def dedupe(
     state: Annotated[
         Path | None, typer.Option(help="State directory [.rowpilot/<input>-dedupe].")
     ] = None,
-    progress: Annotated[
-        bool | None, typer.Option("--progress/--no-progress", help="Show progress.")
-    ] = None,
+    progress: ProgressOption = None,
 ) -> None:
     """Group near-duplicate texts: a cluster number and a canonical key per row."""
     from rowpilot._api import dedupe as dedupe_rows
