@@ -65,6 +65,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from rowpilot._labels import split_label
 from rowpilot.errors import ConfigError, ProviderSetupError
 
 if TYPE_CHECKING:
@@ -307,13 +308,12 @@ def parse_labels(labels: Sequence[str]) -> list[LabelSpec]:
 def _parse_label(label: object, number: int) -> LabelSpec:
     if not isinstance(label, str):
         raise ConfigError(f"label {number} is {type(label).__name__}, not text")
-    name, _, description = label.partition(":")
-    name, description = name.strip(), " ".join(description.split())
+    name, description = split_label(label)  # the same reading as an LLM's labels get
     if not name:
         raise ConfigError(
             f"label {number} ({label!r}) has no name", hint='write "name" or "name: description"'
         )
-    return LabelSpec(name, description or name)
+    return LabelSpec(name, description)
 
 
 def label_scores(vectors: npt.NDArray[np.floating], labels: Sequence[LabelSpec]) -> Matrix:
