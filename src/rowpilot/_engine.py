@@ -52,6 +52,7 @@ from rowpilot.errors import UserError
 if TYPE_CHECKING:
     from rowpilot._llm import LLMSession, PromptTask
     from rowpilot._prompt import PromptTemplate
+    from rowpilot._steps import Steps
 
 STATE_ROOT = Path(".rowpilot")
 
@@ -231,13 +232,16 @@ async def execute(
     preflight-checked), as ``rowpilot estimate`` does to read the limits it learned.
     """
     if session is not None:
-        return await _execute(job, progress, session)
+        return await _execute(job, progress, session, None)
     own = await _llm_session(job)
+    steps = await _steps(job) if own is None else None
     try:
-        return await _execute(job, progress, own)
+        return await _execute(job, progress, own, steps)
     finally:
         if own is not None:
             await own.aclose()
+        if steps is not None:
+            await steps.aclose()
 
 
 async def _llm_session(job: PreparedJob) -> LLMSession | None:
@@ -256,8 +260,27 @@ async def _llm_session(job: PreparedJob) -> LLMSession | None:
     return session
 
 
+async def _steps(job: PreparedJob) -> Steps | None:
+    """A Python task's ctx steps; the job's own model preflight-checked before the state
+    is touched (a bad key fails here, once, not on every item)."""
+    if job.config.is_prompt or job.config.is_local:
+        return None
+    from rowpilot._steps import Steps
+
+    steps = Steps(job.config)
+    try:
+        await steps.preflight()
+    except BaseException:
+        await steps.aclose()
+        raise
+    return steps
+
+
 async def _execute(
-    job: PreparedJob, progress: ProgressView | None, session: LLMSession | None
+    job: PreparedJob,
+    progress: ProgressView | None,
+    session: LLMSession | None,
+    steps: Steps | None,
 ) -> Result:
     created = not job.state.exists()
     lock = StateLock(job.state, job.config.command or "")
@@ -266,7 +289,7 @@ async def _execute(
     remove_state = False
     try:
         view = progress or default_view(job.config.progress)
-        summary = await _run_locked(job, registry, view, session)
+        summary = await _run_locked(job, registry, view, session, steps)
         written = _write_outputs(job.config, registry) if registry.exists else []
     except UserError:
         # A user error before the first commit leaves no state behind, as it found it.
@@ -281,7 +304,11 @@ async def _execute(
 
 
 async def _run_locked(
-    job: PreparedJob, registry: Registry, progress: ProgressView, session: LLMSession | None
+    job: PreparedJob,
+    registry: Registry,
+    progress: ProgressView,
+    session: LLMSession | None,
+    steps: Steps | None,
 ) -> Summary:
     run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     counters = Counters(total=job.scan.total if job.scan else None, started_at=time.monotonic())
@@ -301,6 +328,9 @@ async def _run_locked(
         counters=counters,
         first_commit=lambda: (_meta(job), run_row),
     )
+    if steps is not None:
+        steps.attach(registry, counters, events, run_id, scheduler.workers)
+        scheduler.steps = steps
     events.emit(
         "run.started",
         task=job.task.name,

@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any
 
 from dotenv import dotenv_values
-from pydantic import BaseModel
 
 from rowpilot._config import JobConfig
 from rowpilot._cost import (
@@ -66,6 +65,7 @@ from rowpilot._prompt import (
     parse_single,
     repair_request,
     row_cache_key,
+    schema_of,
     single_request,
 )
 from rowpilot._providers import ChatClient, Completion, ProviderSpec, parse_model
@@ -170,6 +170,17 @@ class _Row:
 
 
 @dataclass(frozen=True)
+class _Shape:
+    """How one request is asked: its max_tokens, SDK params, whether the cache may answer,
+    and a salt that makes a step's call keys its own (empty for prompt tasks)."""
+
+    max_tokens: int
+    params: Mapping[str, Any]
+    cache: bool
+    salt: str = ""
+
+
+@dataclass(frozen=True)
 class _Parsed:
     answer: BatchAnswer
     text: str
@@ -179,7 +190,7 @@ class _Parsed:
 class LLMSession:
     """The run-wide side of provider calls: client, limits, budget, call cache and costs."""
 
-    def __init__(self, spec: PromptSpec) -> None:
+    def __init__(self, spec: PromptSpec, budget: Budget | None = None) -> None:
         self.spec = spec
         self.provider, self.model = parse_model(spec.model, spec.providers)
         self.client = ChatClient(
@@ -194,7 +205,8 @@ class LLMSession:
             )
         self.resource = Resource(spec.model, spec.limits)
         self.estimator = TokenEstimator()
-        self.budget = Budget(spec.budget)
+        # A task's ctx.llm calls to several models share one budget with its ctx.call costs.
+        self.budget = budget if budget is not None else Budget(spec.budget)
         self._requests = asyncio.Semaphore(spec.workers)
         self._batcher = _Batcher(self) if spec.batching else None
         self._registry: Registry | None = None
@@ -274,9 +286,41 @@ class LLMSession:
         request = single_request(
             spec.system, row.text, spec.schema, key=row.key, structured=spec.structured
         )
+        return await self._repaired(request, row, spec.schema, self._shape(1))
+
+    async def step(
+        self,
+        request: Request,
+        schema: OutputSchema,
+        *,
+        key: str,
+        step_key: str,
+        usage: ItemUsage,
+        max_tokens: int,
+        params: Mapping[str, Any],
+        cache: bool,
+    ) -> dict[str, Any]:
+        """A task's own call (``ctx.llm``): replayed from the journal when the same step
+        was answered before, else asked, repaired if need be, and journaled under
+        ``step_key`` before it is returned."""
+        if cache:
+            hit = self.registry.cached_answers([step_key]).get(step_key)
+            if hit is not None:
+                self._counted_hit(usage, hit)
+                answer: dict[str, Any] = json.loads(hit.output)
+                return answer
+        row = _Row(key, "", step_key, usage)
+        shape = _Shape(max_tokens, params, cache, salt=step_key)
+        return await self._repaired(request, row, schema, shape)
+
+    async def _repaired(
+        self, request: Request, row: _Row, schema: OutputSchema, shape: _Shape
+    ) -> dict[str, Any]:
+        """One row's valid answer: the request, then up to ``repair_attempts`` repairs."""
+        spec = self.spec
         problem = ""
         for repair in range(spec.repair_attempts + 1):
-            parsed = await self._ask(request, [row], _single_parser(row.key, spec.schema))
+            parsed = await self._ask(request, [row], _single_parser(row.key, schema), shape)
             valid = parsed.answer.valid.get(row.key)
             if valid is not None:
                 return valid
@@ -284,7 +328,7 @@ class LLMSession:
             if parsed.finish_reason == "length":
                 raise OutputTruncatedError(
                     f"the answer for key {row.key!r} stopped at max_tokens="
-                    f"{self._max_tokens(1)} before it was complete",
+                    f"{shape.max_tokens} before it was complete",
                     provider=self.provider.name,
                     model=self.model,
                     key=row.key,
@@ -314,7 +358,7 @@ class LLMSession:
                 if row.future is not None and not row.future.done():
                     row.future.cancel()
             raise
-        except Exception as error:  # a provider failure or a budget stop: each row's
+        except (Exception, RunStop) as error:  # a provider failure or a budget stop
             for row in rows:
                 if row.future is not None and not row.future.done():
                     row.future.set_exception(error)
@@ -333,7 +377,10 @@ class LLMSession:
         )
         try:
             parsed = await self._ask(
-                request, rows, lambda text: parse_batch(text, keys, spec.schema)
+                request,
+                rows,
+                lambda text: parse_batch(text, keys, spec.schema),
+                self._shape(len(rows)),
             )
         except ContentFilterError as error:
             # A filter refuses the whole request for one row's sake: halves find that row,
@@ -356,24 +403,32 @@ class LLMSession:
 
     # -- one request -------------------------------------------------------------------
 
-    def _max_tokens(self, rows: int) -> int:
-        return min(self.spec.max_tokens * rows, max(MAX_REQUEST_TOKENS, self.spec.max_tokens))
+    def _shape(self, rows: int) -> _Shape:
+        """A prompt task's request for ``rows`` rows: the spec's params and cache."""
+        spec = self.spec
+        max_tokens = min(spec.max_tokens * rows, max(MAX_REQUEST_TOKENS, spec.max_tokens))
+        return _Shape(max_tokens, spec.params, spec.cache)
 
     async def _ask(
-        self, request: Request, rows: Sequence[_Row], parse: Callable[[str], BatchAnswer]
+        self,
+        request: Request,
+        rows: Sequence[_Row],
+        parse: Callable[[str], BatchAnswer],
+        shape: _Shape,
     ) -> _Parsed:
         """One request's parsed answer: replayed from the journal, or paid for and journaled."""
-        spec = self.spec
-        max_tokens = self._max_tokens(len(rows))
-        call_key = request.cache_key(self.provider.name, self.model, spec.params, max_tokens)
-        if spec.cache:
+        max_tokens = shape.max_tokens
+        call_key = request.cache_key(self.provider.name, self.model, shape.params, max_tokens)
+        if shape.salt:  # a step's calls are its own: an identical step elsewhere is another
+            call_key = _salted(call_key, shape.salt)
+        if shape.cache:
             cached = self.registry.cached_call(call_key)
             if cached is not None:
                 for row in rows:
                     row.usage.cached += 1
                 self._counters.cached += len(rows)
                 return _Parsed(parse(cached.response), cached.response, cached.finish_reason)
-        completion, cost, seconds = await self._paid(request, max_tokens)
+        completion, cost, seconds = await self._paid(request, max_tokens, shape.params)
         parsed = _Parsed(parse(completion.text), completion.text, completion.finish_reason)
         self._journal(call_key, rows, completion, parsed, cost, seconds)
         return parsed
@@ -423,7 +478,9 @@ class LLMSession:
         )
         self.registry.journal(record, answers)
 
-    async def _paid(self, request: Request, max_tokens: int) -> tuple[Completion, float, float]:
+    async def _paid(
+        self, request: Request, max_tokens: int, params: Mapping[str, Any]
+    ) -> tuple[Completion, float, float]:
         """A call under the budget: reserve its worst case, settle with its real cost."""
         worst = (
             worst_case_cost(self.price, upper_bound_tokens(request.texts()), max_tokens)
@@ -439,7 +496,7 @@ class LLMSession:
             )
         try:
             async with self._requests:
-                completion, seconds = await self._within_limits(request, max_tokens)
+                completion, seconds = await self._within_limits(request, max_tokens, params)
         except ProviderError as error:
             self.budget.settle(reservation, worst if error.cause in _MAYBE_BILLED else 0.0)
             raise
@@ -452,7 +509,9 @@ class LLMSession:
         self._counters.cost_usd += cost
         return completion, cost, seconds
 
-    async def _within_limits(self, request: Request, max_tokens: int) -> tuple[Completion, float]:
+    async def _within_limits(
+        self, request: Request, max_tokens: int, params: Mapping[str, Any]
+    ) -> tuple[Completion, float]:
         """The call inside a resource slot, and how long it took; a 429 slows the resource
         and waits again."""
         messages = len(request.messages) + (1 if request.system else 0)
@@ -467,7 +526,7 @@ class LLMSession:
                         system=request.system,
                         max_tokens=max_tokens,
                         json_schema=request.json_schema,
-                        params=dict(self.spec.params),
+                        params=dict(params),
                     )
                 except RateLimitError as error:
                     permit.rate_limited(error.retry_after, error.headers)
@@ -546,6 +605,10 @@ def _single_parser(key: str, schema: OutputSchema) -> Callable[[str], BatchAnswe
     return parse
 
 
+def _salted(call_key: str, salt: str) -> str:
+    return hashlib.blake2b(f"{call_key}:{salt}".encode(), digest_size=20).hexdigest()
+
+
 def _shares(weights: Sequence[int]) -> list[float]:
     """Each row's share of a call's cost: by its text's length."""
     total = sum(weights)
@@ -601,6 +664,45 @@ def build_prompt_spec(config: JobConfig, environ: Mapping[str, str] | None = Non
     )
 
 
+def build_step_spec(
+    config: JobConfig, model: str, environ: Mapping[str, str], workers: int
+) -> PromptSpec:
+    """The session settings for a Python task's ``ctx.llm`` calls to ``model``.
+
+    The job's ``--base-url`` goes to the provider of the job's own model, and ``--rpm``,
+    ``--tpm`` and ``--max-concurrent`` limit that model; other models take their
+    ``[limits]`` tables only.
+    """
+    providers = _custom_providers(config.providers)
+    spec, name = parse_model(model, providers)
+    default = config.model is not None and model == config.model
+    if config.base_url is not None and config.model is not None:
+        default_provider, _ = parse_model(config.model, providers)
+        if default_provider.name == spec.name:
+            spec = dataclasses.replace(spec, base_url=config.base_url)
+            providers[spec.name] = spec
+    return PromptSpec(
+        model=model,
+        template=PromptTemplate.column("ctx.llm"),  # never rendered: the task writes prompts
+        system=None,
+        schema=OutputSchema.text(),
+        max_tokens=config.max_tokens or DEFAULT_MAX_TOKENS,
+        params=dict(config.params),
+        batch_size=1,
+        batch_tokens=None,
+        structured=config.structured,
+        repair_attempts=config.repair_attempts,
+        cache=config.cache,
+        budget=config.budget,
+        limits=_limits(config, spec.name, name, flags=default),
+        prices=parse_price_overrides(config.prices),
+        providers=providers,
+        call_timeout=config.call_timeout,
+        workers=workers,
+        environ=environ,
+    )
+
+
 def _template(config: JobConfig) -> PromptTemplate:
     if config.prompt is not None:
         return PromptTemplate(config.prompt)
@@ -642,20 +744,10 @@ def _schema(config: JobConfig) -> OutputSchema:
         return OutputSchema.from_labels(label_names(config.labels))
     if config.fields is not None:
         return OutputSchema.from_fields(config.fields)
-    schema = config.output_schema
-    if schema is None:
-        return OutputSchema.text()
-    if isinstance(schema, type) and issubclass(schema, BaseModel):
-        return OutputSchema.from_model(schema)
-    if isinstance(schema, Mapping):
-        return OutputSchema.from_json_schema(schema)
-    raise ConfigError(
-        f"schema must be a JSON Schema or a pydantic model, not {type(schema).__name__}",
-        hint="pass a dict such as {'type': 'object', 'properties': {...}} or a BaseModel class",
-    )
+    return schema_of(config.output_schema)
 
 
-def _limits(config: JobConfig, provider: str, model: str) -> Limits:
+def _limits(config: JobConfig, provider: str, model: str, *, flags: bool = True) -> Limits:
     """Flags win over ``[limits."provider/model"]``, which wins over ``[limits.provider]``."""
     merged: dict[str, float] = {}
     for name in (provider, f"{provider}/{model}"):
@@ -668,7 +760,7 @@ def _limits(config: JobConfig, provider: str, model: str) -> Limits:
             )
         merged.update(table)
     for name in ("rpm", "tpm", "max_concurrent"):
-        value = getattr(config, name)
+        value = getattr(config, name) if flags else None
         if value is not None:
             merged[name] = value
     concurrent = merged.get("max_concurrent")

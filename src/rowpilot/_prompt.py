@@ -57,10 +57,12 @@ __all__ = [
     "PromptTemplate",
     "Request",
     "batch_request",
+    "conversation_request",
     "parse_batch",
     "parse_single",
     "repair_request",
     "row_cache_key",
+    "schema_of",
     "single_request",
 ]
 
@@ -442,6 +444,23 @@ class OutputSchema:
 
     def __repr__(self) -> str:
         return f"OutputSchema({self._kind}: {', '.join(self.field_names)})"
+
+
+def schema_of(value: Any, what: str = "schema") -> OutputSchema:
+    """An output schema from what a user gives: None (text), an ``OutputSchema``, a pydantic
+    model class or a JSON Schema dict; anything else is a ConfigError naming ``what``."""
+    if value is None:
+        return OutputSchema.text()
+    if isinstance(value, OutputSchema):
+        return value
+    if isinstance(value, type) and issubclass(value, pydantic.BaseModel):
+        return OutputSchema.from_model(value)
+    if isinstance(value, Mapping):
+        return OutputSchema.from_json_schema(value)
+    raise ConfigError(
+        f"{what} must be a JSON Schema or a pydantic model, not {type(value).__name__}",
+        hint="pass a dict such as {'type': 'object', 'properties': {...}} or a BaseModel class",
+    )
 
 
 def _check_name(name: Any, what: str) -> None:
@@ -866,10 +885,39 @@ def single_request(
     system: str | None, text: str, schema: OutputSchema, *, key: str, structured: bool
 ) -> Request:
     """One row: the instructions join the system prompt, the user message is the text."""
+    return conversation_request(
+        system, [{"role": "user", "content": text}], schema, key=key, structured=structured
+    )
+
+
+def conversation_request(
+    system: str | None,
+    messages: Sequence[Mapping[str, Any]],
+    schema: OutputSchema,
+    *,
+    key: str,
+    structured: bool,
+) -> Request:
+    """A task's own messages (``ctx.llm``): system messages join the system prompt, then
+    the schema's instructions, as for a row."""
+    if not messages:
+        raise ConfigError("ctx.llm needs a prompt", hint="pass a string or a list of messages")
+    systems = [system] if system else []
+    turns: list[dict[str, Any]] = []
+    for message in messages:
+        if not isinstance(message, Mapping) or "role" not in message:
+            raise ConfigError(
+                f"a message must be a dict with a role and a content, not {_short(message)}",
+                hint='e.g. {"role": "user", "content": "..."}',
+            )
+        if message["role"] == "system":
+            systems.append(_content_text(message.get("content")))
+        else:
+            turns.append(dict(message))
     json_schema = schema.json_schema() if structured and not schema.is_text else None
     return Request(
-        system=_join_system(system, schema.instructions()),
-        messages=[{"role": "user", "content": text}],
+        system=_join_system("\n\n".join(systems) or None, schema.instructions()),
+        messages=turns,
         json_schema=json_schema,
         keys=(key,),
     )

@@ -34,14 +34,14 @@ import traceback
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rowpilot._events import EventLog
 from rowpilot._items import Item, encode_json, fingerprint
 from rowpilot._progress import Counters, ProgressView
 from rowpilot._registry import Outcome, PriorState, Registry
 from rowpilot._retry import RetryPolicy, failure_cause
-from rowpilot._task import Ctx, ItemUsage, RunStop, Task, output_json
+from rowpilot._task import Ctx, ItemUsage, RunStop, StepTrail, Task, output_json
 from rowpilot.errors import (
     ItemTimeoutError,
     ProviderError,
@@ -49,6 +49,9 @@ from rowpilot.errors import (
     SourceFormatError,
     UserError,
 )
+
+if TYPE_CHECKING:
+    from rowpilot._steps import Steps
 
 _ERROR_CHARS = 1000
 _PROGRESS_PERIOD = 0.1
@@ -170,6 +173,12 @@ class Scheduler:
         self.stop_message: str | None = None
         self._abort_cause: str | None = None
         self._probe: list[tuple[str, str]] | None = []  # (cause, type) until a success
+        self.steps: Steps | None = None  # a Python task's ctx.llm/call/map, when attached
+
+    @property
+    def workers(self) -> Slots:
+        """The run's worker slots: one per running task function (ctx.map sub-items too)."""
+        return self._workers
 
     # -- stopping ---------------------------------------------------------------------
 
@@ -418,7 +427,10 @@ class Scheduler:
             await self._wait_to_retry(item, error, attempt)
 
     async def _call(self, item: Item, attempt: int, usage: ItemUsage) -> Any:
-        ctx = Ctx(self.run_id, item.key, item.seq, attempt, self._task_logger, usage)
+        trail = StepTrail() if self.steps is not None else None
+        ctx = Ctx(
+            self.run_id, item.key, item.seq, attempt, self._task_logger, usage, self.steps, trail
+        )
         arguments = self.task.arguments(item.fields, ctx)
         call: Awaitable[Any]
         if self.task.is_async:

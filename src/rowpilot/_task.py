@@ -6,21 +6,28 @@ model whose fields become output columns.
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import hashlib
 import importlib
 import importlib.util
 import inspect
 import logging
 import sys
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
 from rowpilot._items import encode_output
 from rowpilot.errors import TaskLoadError, TaskOutputError
+
+if TYPE_CHECKING:
+    from rowpilot._steps import Steps
 
 TaskFn = Callable[..., Any]
 
@@ -36,9 +43,34 @@ class ItemUsage:
     cost_usd: float = 0.0
 
 
+@dataclass
+class StepTrail:
+    """One item attempt's count of identical steps: the n-th identical step of a replay
+    gets the n-th one's journal key, so a loop that asks the same twice gets two answers
+    and a replay gets them back in order."""
+
+    seen: collections.Counter[str] = field(default_factory=collections.Counter)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def next_key(self, signature: str) -> str:
+        with self.lock:  # sync sub-items may ask from several threads at once
+            occurrence = self.seen[signature]
+            self.seen[signature] += 1
+        text = f"rowpilot-step-1\0{signature}\0{occurrence}"
+        return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=20).hexdigest()
+
+
 @dataclass(frozen=True)
 class Ctx:
-    """The task's handle on the engine: which run and item it is working on, and a logger."""
+    """The task's handle on the engine: which run and item it is working on, a logger, and
+    the steps a multi-step task takes through the engine.
+
+    In an async task, ``await ctx.llm(...)``, ``await ctx.call(...)`` and
+    ``await ctx.map(...)``; in a sync task, ``ctx.llm_sync(...)``, ``ctx.call_sync(...)``
+    and ``ctx.map_sync(...)`` do the same and wait. Each step is limited, retried, priced
+    and journaled before it returns, so a resumed or retried item replays its answered
+    steps instead of paying for them again (see ``rowpilot._steps``).
+    """
 
     run_id: str
     key: str
@@ -46,12 +78,167 @@ class Ctx:
     attempt: int
     logger: logging.Logger
     usage: ItemUsage = field(default_factory=ItemUsage)
+    steps: Steps | None = field(default=None, repr=False, compare=False)
+    trail: StepTrail | None = field(default=None, repr=False, compare=False)
+
+    # -- async ------------------------------------------------------------------------
+
+    async def llm(
+        self,
+        prompt: str | Sequence[Mapping[str, Any]],
+        *,
+        model: str | None = None,
+        schema: Any = None,
+        system: str | None = None,
+        max_tokens: int | None = None,
+        cache: bool = True,
+        **params: Any,
+    ) -> Any:
+        """Ask an LLM; return its text, or with ``schema`` (a pydantic model or a JSON
+        Schema) the validated instance or dict. ``model`` defaults to the job's
+        ``--model``; ``params`` (temperature, ...) go to the provider."""
+        steps, trail = self._steps()
+        return await steps.llm(
+            self.usage,
+            trail,
+            self.key,
+            prompt,
+            model=model,
+            schema=schema,
+            system=system,
+            max_tokens=max_tokens,
+            cache=cache,
+            params=params,
+        )
+
+    async def call(
+        self,
+        resource: str,
+        fn: Callable[..., Any],
+        *args: Any,
+        cost: float | Callable[[Any], float] | None = None,
+        journal: bool = True,
+        **kwargs: Any,
+    ) -> Any:
+        """Call ``fn(*args, **kwargs)`` under ``resource``'s limits and retry policy
+        (``[limits.NAME]``). ``cost`` (USD, or a function of the result) counts against
+        the budget. With ``journal`` (the default) the arguments and the result must be
+        JSON values; the result is returned as its JSON round trip."""
+        steps, trail = self._steps()
+        return await steps.call(
+            self.usage, trail, resource, fn, args, kwargs, cost=cost, journal=journal
+        )
+
+    async def map(
+        self,
+        subitems: Iterable[Any],
+        fn: Callable[..., Any],
+        *,
+        workers: int | None = None,
+        return_exceptions: bool = False,
+    ) -> list[Any]:
+        """``fn(subitem)`` or ``fn(subitem, ctx)`` for each sub-item, at most ``workers``
+        at once and within the run's ``--workers``; results in order. A failed sub-item
+        raises ``SubItemError`` naming each failure (or, with ``return_exceptions``, its
+        exception is put in its place)."""
+        steps, _ = self._steps()
+        return await steps.map(
+            subitems, fn, self, workers=workers, return_exceptions=return_exceptions
+        )
+
+    def log(self, kind: str, **data: Any) -> None:
+        """Append ``data`` to the run's ``<kind>.jsonl`` log (e.g. review verdicts)."""
+        steps, _ = self._steps()
+        record = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "run_id": self.run_id,
+            "key": self.key,
+            "attempt": self.attempt,
+            "kind": kind,
+            **data,
+        }
+        steps.log(kind, record)
+
+    # -- sync: for sync tasks, which run in threads -----------------------------------
+
+    def llm_sync(
+        self,
+        prompt: str | Sequence[Mapping[str, Any]],
+        *,
+        model: str | None = None,
+        schema: Any = None,
+        system: str | None = None,
+        max_tokens: int | None = None,
+        cache: bool = True,
+        **params: Any,
+    ) -> Any:
+        """``ctx.llm`` for a sync task."""
+        loop = self._steps()[0].loop
+        call = self.llm(
+            prompt,
+            model=model,
+            schema=schema,
+            system=system,
+            max_tokens=max_tokens,
+            cache=cache,
+            **params,
+        )
+        return run_blocking(loop, call)
+
+    def call_sync(
+        self,
+        resource: str,
+        fn: Callable[..., Any],
+        *args: Any,
+        cost: float | Callable[[Any], float] | None = None,
+        journal: bool = True,
+        **kwargs: Any,
+    ) -> Any:
+        """``ctx.call`` for a sync task (``fn`` runs in a worker thread)."""
+        loop = self._steps()[0].loop
+        call = self.call(resource, fn, *args, cost=cost, journal=journal, **kwargs)
+        return run_blocking(loop, call)
+
+    def map_sync(
+        self,
+        subitems: Iterable[Any],
+        fn: Callable[..., Any],
+        *,
+        workers: int | None = None,
+        return_exceptions: bool = False,
+    ) -> list[Any]:
+        """``ctx.map`` for a sync task."""
+        loop = self._steps()[0].loop
+        call = self.map(subitems, fn, workers=workers, return_exceptions=return_exceptions)
+        result: list[Any] = run_blocking(loop, call)
+        return result
+
+    def _steps(self) -> tuple[Steps, StepTrail]:
+        if self.steps is None or self.trail is None:
+            raise RuntimeError("ctx.llm, ctx.call, ctx.map and ctx.log work inside a rowpilot run")
+        return self.steps, self.trail
 
 
-class RunStop(Exception):
+def run_blocking(loop: asyncio.AbstractEventLoop, step: Coroutine[Any, Any, Any]) -> Any:
+    """A step from a sync task's thread: run on the run's loop, wait here."""
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is loop:  # waiting here would block the loop the step needs
+        step.close()
+        raise RuntimeError(
+            "the *_sync ctx methods are for sync tasks; in an async task, await ctx.llm(...)"
+        )
+    return asyncio.run_coroutine_threadsafe(step, loop).result()
+
+
+class RunStop(BaseException):
     """Raised by a task to end the run without recording the item (it stays pending).
 
-    The LLM layer raises it when the budget cannot cover another call.
+    The LLM layer raises it when the budget cannot cover another call. A BaseException,
+    like ``asyncio.CancelledError``: a task's own ``except Exception`` must not swallow
+    the stop and carry on spending.
     """
 
     def __init__(self, reason: str, message: str) -> None:

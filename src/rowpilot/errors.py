@@ -20,6 +20,7 @@ RowpilotError                   base of everything rowpilot raises on purpose
 │   │   └── StateLockedError    another run holds the state directory
 │   └── ProviderSetupError      the preflight check failed: bad key, model or endpoint
 ├── ItemTimeoutError            one attempt of an item ran past ``--timeout`` (retryable)
+├── SubItemError                sub-items of ``ctx.map`` failed (each named with its error)
 └── ProviderError               a provider call failed; ``cause`` and ``retryable`` say how
     ├── RateLimitError              rate_limit: 429 (``retry_after`` when the provider said)
     ├── ProviderAuthError           auth: a wrong key, no permission, no credit
@@ -66,6 +67,7 @@ __all__ = [
     "SourceNotFoundError",
     "StateError",
     "StateLockedError",
+    "SubItemError",
     "TaskLoadError",
     "TaskOutputError",
     "UserError",
@@ -213,6 +215,34 @@ class ProviderSetupError(UserError):
 
 class ItemTimeoutError(RowpilotError):
     """One attempt of an item ran past its timeout. Retried like any retryable error."""
+
+
+class SubItemError(RowpilotError):
+    """Sub-items of ``ctx.map`` failed; ``failures`` maps each one's index to its error.
+
+    The message names each failed sub-item and its error, so the parent item's failure in
+    ``rowpilot failures`` says which file or part went wrong.
+    """
+
+    @classmethod
+    def of(cls, failures: dict[int, tuple[Any, BaseException]], total: int) -> SubItemError:
+        shown = "; ".join(
+            f"#{index} {_clipped(repr(subitem), 60)}: {type(error).__name__}: {error}"
+            for index, (subitem, error) in list(failures.items())[:5]
+        )
+        more = f"; and {len(failures) - 5} more" if len(failures) > 5 else ""
+        error = cls(
+            f"{len(failures)} of {total} sub-items failed: {shown}{more}",
+            hint="see each sub-item's error; fixed sub-items are replayed from the journal",
+        )
+        error.failures = {index: failed for index, (_, failed) in failures.items()}
+        return error
+
+    failures: dict[int, BaseException] = {}  # noqa: RUF012 (set per instance by ``of``)
+
+
+def _clipped(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 # -- provider errors: raised at the one boundary in _providers.py -----------------------
