@@ -1,14 +1,25 @@
-"""Sizing: the start of --workers auto, its controller and the memory gate."""
+"""Sizing: the start of --workers auto, its controller, the memory gate, and real runs."""
 
 from __future__ import annotations
 
+import asyncio
+import csv
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import rowpilot
 from rowpilot._limits import Limits
+from rowpilot._scheduler import Slots
 from rowpilot._sizing import (
     ASYNC_START,
     ITEM_MEMORY_MB,
@@ -20,6 +31,8 @@ from rowpilot._sizing import (
     choose_workers,
     littles_law_bound,
 )
+
+SRC = str(Path(rowpilot.__file__).resolve().parents[1])
 
 
 class Clock:
@@ -75,6 +88,33 @@ class Run:
 def sizer(start: int = 8, ceiling: int = 256, **options: Any) -> Run:
     clock = Clock()
     return Run(WorkerSizer(start, ceiling, clock=clock, **options), clock)
+
+
+# -- Slots: a capacity that changes while items hold and wait for it -----------------------
+
+
+def test_slots_grow_releases_waiters_and_shrink_waits_for_returns() -> None:
+    async def scenario() -> None:
+        slots = Slots(2)
+        await slots.acquire()
+        await slots.acquire()
+        waiters = [asyncio.create_task(slots.acquire()) for _ in range(3)]
+        await asyncio.sleep(0)
+        assert not any(w.done() for w in waiters)
+        slots.resize(4)  # two more: two waiters go at once
+        await asyncio.sleep(0)
+        assert sum(w.done() for w in waiters) == 2
+        slots.resize(1)  # four held, one allowed: the next three returns wake nobody
+        for _ in range(3):
+            slots.release()
+            await asyncio.sleep(0)
+            assert sum(w.done() for w in waiters) == 2
+        slots.release()  # the fourth return: one held, under the capacity again
+        await asyncio.sleep(0)
+        assert sum(w.done() for w in waiters) == 3
+        assert slots.capacity == 1
+
+    asyncio.run(scenario())
 
 
 # -- the start ------------------------------------------------------------------------------
@@ -276,3 +316,192 @@ def test_property_the_gate_holds_the_cap_plus_one_item(
         clock.now += 0.01
         eventual = 40.0 + item * len(admitted)
         assert eventual <= max(cap, 40.0) + item + 1e-6
+
+
+# -- real runs ------------------------------------------------------------------------------
+
+
+async def sleep_50ms(row: dict[str, Any]) -> dict[str, Any]:
+    await asyncio.sleep(0.05)
+    return {"twice": int(row["n"]) * 2}
+
+
+def log_events(state: Path, name: str) -> list[dict[str, Any]]:
+    events = []
+    for path in sorted((state / "logs").glob("*.jsonl")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            event = json.loads(line)
+            if event["event"] == name:
+                events.append(event)
+    return events
+
+
+@pytest.mark.slow
+def test_auto_grows_past_its_start_and_finishes_every_item(tmp_path: Path) -> None:
+    rows = [{"id": f"k{i:03d}", "n": i} for i in range(400)]
+    result = rowpilot.run(sleep_50ms, rows, key="id", workers="auto", state=tmp_path / "s")
+    assert result.summary.status == "completed"
+    assert {r.key: r.output for r in result} == {row["id"]: {"twice": row["n"] * 2} for row in rows}
+    (chosen,) = log_events(tmp_path / "s", "workers.chosen")
+    assert chosen["workers"] == ASYNC_START
+    adjusted = log_events(tmp_path / "s", "workers.adjusted")
+    assert adjusted and max(e["new"] for e in adjusted) > chosen["workers"]
+    assert all(e["why"] for e in adjusted)
+
+
+def test_a_job_file_and_the_cli_take_auto(tmp_path: Path) -> None:
+    with (tmp_path / "data.csv").open("w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows([["id", "n"], *[[f"k{i}", i] for i in range(30)]])
+    (tmp_path / "tasks.py").write_text(
+        "def twice(row):\n    return {'twice': int(row['n']) * 2}\n", encoding="utf-8"
+    )
+    (tmp_path / "job.toml").write_text(
+        '[source]\npath = "data.csv"\nkey = "id"\n[task]\nfunction = "tasks.py:twice"\n'
+        '[run]\nworkers = "auto"\nmax_workers = 4\nmax_memory = 100000\nstate = "s"\n',
+        encoding="utf-8",
+    )
+    done = cli(tmp_path, "run", "job.toml", "--no-progress")
+    assert done.returncode == 0, done.stderr
+    (chosen,) = log_events(tmp_path / "s", "workers.chosen")
+    assert chosen["ceiling"] == 4 and 1 <= chosen["workers"] <= 4
+    bad = cli(tmp_path, "run", "job.toml", "--workers", "many")
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == [
+        "rowpilot: error: --workers 'many' is not a number (hint: give items at once, or auto)"
+    ]
+
+
+def cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "rowpilot", *args],
+        cwd=cwd,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def cli_env() -> dict[str, str]:
+    """The environment of a CLI subprocess: it imports the rowpilot this test imported."""
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": SRC + (os.pathsep + path if path else "")}
+
+
+# -- --max-memory -----------------------------------------------------------------------------
+
+ITEM_BYTES = 40 * 1024 * 1024
+HOLDS = f"""\
+import time
+
+def holds(row):
+    block = b"\\x01" * {ITEM_BYTES}  # written, so resident at once
+    time.sleep(0.15)
+    return {{"size": len(block)}}
+
+def light(row):
+    return {{"size": 0}}
+"""
+
+
+def peak_rss_mb(cwd: Path, *args: str) -> float:
+    """Run the CLI and return its peak resident memory in MB (the kernel's count)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "rowpilot", *args],
+        cwd=cwd,
+        env=cli_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stderr is not None
+    errors = process.stderr.read().decode()  # to its end: the process has exited then
+    process.stderr.close()
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+    assert process.returncode == 0, errors
+    return usage.ru_maxrss / 1024.0  # Linux: kB
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads /proc (Linux)")
+def test_max_memory_holds_the_peak_to_the_cap_plus_one_item(tmp_path: Path) -> None:
+    (tmp_path / "tasks.py").write_text(HOLDS, encoding="utf-8")
+    with (tmp_path / "data.csv").open("w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows([["id"], *[[f"k{i}"] for i in range(16)]])
+    run = ["run", "data.csv", "--key", "id", "--workers", "8", "--no-progress"]
+    baseline = peak_rss_mb(tmp_path, *run, "--task", "tasks.py:light", "--state", "light")
+    item_mb = ITEM_BYTES / 1024 / 1024
+    cap = baseline + 1.5 * item_mb
+    free = peak_rss_mb(tmp_path, *run, "--task", "tasks.py:holds", "--state", "free")
+    assert free > cap + 3 * item_mb  # the control: without a cap, the 8 workers go far past it
+    capped = peak_rss_mb(
+        tmp_path, *run, "--task", "tasks.py:holds", "--state", "capped", "--max-memory", f"{cap}"
+    )
+    assert capped <= cap + item_mb, (baseline, cap, capped, free)
+    paused = log_events(tmp_path / "capped", "admission.paused")
+    assert paused and all(e["max_memory_mb"] == pytest.approx(cap) for e in paused)
+    assert len(log_events(tmp_path / "capped", "admission.resumed")) == len(paused)
+
+
+def test_a_cap_below_the_baseline_runs_one_item_at_a_time(tmp_path: Path) -> None:
+    running = 0
+    most = 0
+    lock = threading.Lock()
+
+    def counted(row: dict[str, Any]) -> dict[str, Any]:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        time.sleep(0.01)
+        with lock:
+            running -= 1
+        return {"n": row["n"]}
+
+    rows = [{"n": i} for i in range(20)]
+    result = rowpilot.run(counted, rows, workers=8, max_memory=1, state=tmp_path / "s")
+    assert result.summary.status == "completed"
+    assert result.summary.done == 20
+    assert most == 1  # never deadlocked, never more than one
+    assert log_events(tmp_path / "s", "admission.paused")
+
+
+# -- a prompt task: the model's rate is the ceiling -------------------------------------------
+
+# A fake key, assembled so that secret scanners do not take this file for a leak.
+CANARY = "sk-" + "canary-5e2b90aa17c3d4e8"
+
+
+@pytest.mark.slow
+def test_auto_follows_a_models_rate_by_littles_law(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """1,200 rpm at 200 ms a call keeps 4 calls busy (5 with the margin), not the 48 the
+    start assumed from a 2 s latency: the first look at the measured calls cuts to that."""
+    from rowpilot._simulator import Simulator, SimulatorConfig
+
+    monkeypatch.setenv("OPENAI_API_KEY", CANARY)
+    rows = [{"id": f"k{i:02d}", "text": f"row {i}"} for i in range(80)]
+    config = SimulatorConfig(api_key=CANARY, latency_ms=200, rpm=1200)
+    with Simulator(config) as simulator:
+        result = rowpilot.run(
+            source=rows,
+            key="id",
+            model="openai/gpt-4o-mini",
+            base_url=simulator.openai_base_url,
+            prompt="Repeat: {text}",
+            rpm=1200,
+            workers="auto",
+            state=tmp_path / "s",
+            env_file=None,
+        )
+    assert result.summary.status == "completed"
+    assert result.summary.done == 80
+    assert result.summary.rate_limited == 0
+    (chosen,) = log_events(tmp_path / "s", "workers.chosen")
+    assert chosen["workers"] == littles_law_bound(1200, 2.0) == 48
+    adjusted = log_events(tmp_path / "s", "workers.adjusted")
+    assert adjusted and "Little's law" in adjusted[0]["why"]
+    # 20 calls/s x 0.2 s (plus the loopback's time) x 1.2: about 5, never near 48 again.
+    assert all(e["new"] <= 8 for e in adjusted)
