@@ -850,6 +850,34 @@ def _default_state(config: JobConfig) -> Path:
     return path
 
 
+# -- doctor -----------------------------------------------------------------------------
+
+
+@app.command(
+    epilog=_example(
+        "rowpilot doctor",
+        "rowpilot doctor job.toml --json",
+    )
+)
+def doctor(
+    job: Annotated[
+        Path | None, typer.Argument(help="A TOML job file: show the settings it would run with.")
+    ] = None,
+    env_file: EnvFileOption = None,
+    as_json: Json = False,
+) -> None:
+    """Show the machine, which provider keys are set (never their values), and the workers,
+    memory cap, limits and state directory a job would run with; runs nothing."""
+    from rowpilot._doctor import diagnose, lines
+
+    report = diagnose(job, env_file)
+    if as_json:
+        print(json.dumps(report, indent=2, default=str))
+        return
+    for line in lines(report):
+        print(line)
+
+
 # -- simulate ---------------------------------------------------------------------------
 
 
