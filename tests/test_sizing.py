@@ -176,6 +176,12 @@ def test_idle_workers_are_not_grown() -> None:
     assert run.sizer.workers == 8
 
 
+def test_no_growth_without_a_finished_item() -> None:
+    run = sizer(start=8)
+    assert run.window(throughput=0, latency=1.0, seconds=5.0) is None  # 5 s, all busy
+    assert run.sizer.workers == 8
+
+
 def test_waits_for_enough_items_to_judge() -> None:
     run = sizer(start=8, min_items=4)
     assert run.window(throughput=2, latency=4.0) is None  # 2 items: the window grows

@@ -35,9 +35,9 @@ groups for the local model's tasks.
 4. the last step was a growth: keep it only if throughput rose by at least 30 % of the
    ideal (a step from 8 to 12 workers should give 1.5x the items/s; it must give at least
    1.15x); else go back and hold for ``plateau_hold`` before probing again.
-5. the workers were busy (on average 80 % of them running) and below the ceiling: grow by
-   half (at least one). Idle workers say the source, the memory gate or the end of the
-   run is the limit, not the worker count: no change.
+5. the workers were busy (on average 80 % of them running), items finished, and the
+   count is below the ceiling: grow by half (at least one). Idle workers say the source,
+   the memory gate or the end of the run is the limit, not the worker count: no change.
 
 Every change is a ``Decision`` with the old and new counts and why, logged by the scheduler
 as ``workers.adjusted``.
@@ -303,6 +303,8 @@ class WorkerSizer:
                 )
         if now.now < self._hold_until or w.busy < _BUSY or current >= ceiling:
             return current, ""
+        if w.finished == 0:
+            return current, ""  # busy, but nothing finished: no evidence that more would help
         grown = max(current + 1, math.ceil(current * _GROWTH))
         grown = min(grown, ceiling)
         self._probe = _Probe(current, throughput)
