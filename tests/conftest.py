@@ -12,7 +12,17 @@ from typing import Any, Protocol
 
 import pytest
 
+import rowpilot
+
 ROWPILOT = str(Path(sys.executable).parent / "rowpilot")
+
+# Subprocesses must run the rowpilot these tests import: a relative PYTHONPATH (``src``)
+# does not reach a CLI started in a temporary folder, which would then import whatever
+# rowpilot is installed (another checkout's editable install) instead.
+_SRC = str(Path(rowpilot.__file__).resolve().parents[1])
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [_SRC, *(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p)]
+)
 
 TASKS = '''\
 """Tasks for the rowpilot tests. Files they use live next to this module."""

@@ -25,7 +25,9 @@ def run(
     source: PathLike | Iterable[Mapping[str, Any]] | Any = None,
     *,
     key: str | None = None,
-    workers: int = 8,
+    workers: int | Literal["auto"] = 8,
+    max_workers: int = 256,
+    max_memory: float | None = None,
     state: PathLike | None = None,
     name: str | None = None,
     limit: int | None = None,
@@ -60,6 +62,10 @@ def run(
         result = rowpilot.run(classify, "reviews.csv", key="id", workers=16)
         df = result.to_pandas()
 
+    ``workers="auto"`` sizes the run from the CPUs, memory, rate limits and measured
+    throughput, and keeps adjusting it (at most ``max_workers``); ``max_memory`` (MB) holds
+    back new items while the process's resident memory is above it.
+
     Without a task, it runs a prompt: ``prompt`` (a template with ``{column}`` fields),
     ``model`` ("openai/gpt-4o-mini"), and optionally ``base_url``, ``system``, ``schema``
     (a pydantic model or a JSON Schema dict), ``fields``, ``labels``/``text_column``,
@@ -77,6 +83,8 @@ def run(
         "source": source,
         "key": key,
         "workers": workers,
+        "max_workers": max_workers,
+        "max_memory": max_memory,
         "name": name,
         "limit": limit,
         "rows": _range_text(rows, ":"),

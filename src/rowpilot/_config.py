@@ -25,7 +25,9 @@ A job file has four tables; relative paths in it are relative to the file:
     params = {temperature = 0}
 
     [run]
-    workers = 8
+    workers = 8                  # or "auto": sized from the machine, limits and throughput
+    max_workers = 256            # the most "auto" may use
+    max_memory = 2000            # MB resident above which no new item is admitted
     timeout = 60                 # seconds per attempt
     max_attempts = 3
     retry_on = ["TimeoutError", "ConnectionError"]
@@ -62,7 +64,7 @@ import os
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -101,6 +103,8 @@ _SECTIONS: dict[str, dict[str, str]] = {
         name: name
         for name in (
             "workers",
+            "max_workers",
+            "max_memory",
             "timeout",
             "max_attempts",
             "retry_on",
@@ -147,7 +151,9 @@ class JobConfig(BaseModel):
     encoding: str | None = None
     dedupe: Literal["first"] | None = None
     task_version: str | None = None
-    workers: int = Field(8, ge=1, le=10_000)
+    workers: Annotated[int, Field(ge=1, le=10_000)] | Literal["auto"] = 8
+    max_workers: int = Field(256, ge=1, le=10_000)  # the ceiling of workers="auto"
+    max_memory: float | None = Field(None, gt=0)  # MB of resident memory
     timeout: float | None = Field(None, gt=0)
     max_attempts: int = Field(3, ge=1)
     retry_on: list[str] | None = None
@@ -197,6 +203,11 @@ class JobConfig(BaseModel):
     normalise: bool = False  # embed normalised text (rowpilot dedupe)
     vectors: str | None = None  # lancedb://PATH/TABLE
     insert_batch: int = Field(1000, ge=1)
+
+    @property
+    def workers_at_most(self) -> int:
+        """Workers the run may use at once: the count given, or auto's ceiling."""
+        return self.max_workers if self.workers == "auto" else self.workers
 
     @property
     def is_prompt(self) -> bool:

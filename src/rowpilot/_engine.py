@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -40,11 +41,13 @@ from rowpilot._items import (
     selected_items,
 )
 from rowpilot._lock import StateLock
+from rowpilot._machine import read_machine, rss_mb
 from rowpilot._progress import Counters, ProgressView, default_view
 from rowpilot._registry import Registry
 from rowpilot._result import Result, Summary
 from rowpilot._retry import DEFAULT_RETRY_ON, RetryPolicy, exception_types
 from rowpilot._scheduler import RunEnd, RunSettings, Scheduler
+from rowpilot._sizing import AutoWorkers, Rates, TaskKind, choose_workers
 from rowpilot._sources import Source, open_source
 from rowpilot._task import Task, load_task
 from rowpilot.errors import UserError
@@ -96,7 +99,7 @@ def prepare(config: JobConfig) -> PreparedJob:
         keyer=keyer,
         selection=selection,
         state=state_directory(config, task, source, selection),
-        settings=_settings(config, batch_size),
+        settings=_settings(config, batch_size, auto_workers(config, task)),
         scan=report,
     )
 
@@ -148,6 +151,48 @@ def _rows_per_worker(task: Task) -> int:
     return rows if isinstance(rows, int) and rows >= 1 else 1
 
 
+def auto_workers(config: JobConfig, task: Task) -> AutoWorkers | None:
+    """``--workers auto``: where this machine, task and limits say to start; None if fixed."""
+    if config.workers != "auto":
+        return None
+    prompt = _prompt_task(task)
+    machine = read_machine()
+    choice = choose_workers(
+        _task_kind(task, prompt),
+        cpus=machine.cpus,
+        available_mb=machine.available_mb,
+        max_workers=config.max_workers,
+        max_memory_mb=config.max_memory,
+        rss_mb=rss_mb(),
+        limits=prompt.spec.limits if prompt is not None else None,
+    )
+    # The session exists only once the run does; the rates are read from it then.
+    rates = functools.partial(_prompt_rates, prompt) if prompt is not None else None
+    return AutoWorkers.of(choice, rates)
+
+
+def _task_kind(task: Task, prompt: PromptTask | None) -> TaskKind:
+    if prompt is not None:
+        return "prompt"
+    if getattr(task.fn, "batch_call", None) is not None:
+        return "grouped"
+    return "async" if task.is_async else "sync"
+
+
+def _prompt_rates(prompt: PromptTask) -> Rates | None:
+    """The model's pace as its resource holds it now (learned limits and 429 cuts included)."""
+    if prompt.session is None:
+        return None
+    resource = prompt.session.resource
+    stats, limits = resource.stats(), resource.limits
+    return Rates(
+        rpm=stats["effective_rpm"] or limits.rpm,
+        max_concurrent=limits.max_concurrent,
+        calls=stats["calls_ended"],
+        call_seconds=stats["call_seconds"],
+    )
+
+
 def _prompt_task(task: Task) -> PromptTask | None:
     if "rowpilot._llm" not in sys.modules:
         return None
@@ -177,7 +222,9 @@ def _validate(source: Source, keyer: Keyer, selection: Selection, config: JobCon
     return report
 
 
-def _settings(config: JobConfig, batch_size: int = 1) -> RunSettings:
+def _settings(
+    config: JobConfig, batch_size: int = 1, auto: AutoWorkers | None = None
+) -> RunSettings:
     retry_on = exception_types(config.retry_on) if config.retry_on is not None else DEFAULT_RETRY_ON
     policy = RetryPolicy(
         max_attempts=config.max_attempts,
@@ -188,10 +235,13 @@ def _settings(config: JobConfig, batch_size: int = 1) -> RunSettings:
     force_before = config.force_before
     if config.force and force_before is None:
         force_before = time.time()
+    workers = config.workers_at_most if auto is None else auto.workers
     return RunSettings(
         # With batching, --workers counts requests at once; each request carries a batch.
-        workers=config.workers * batch_size,
+        workers=workers * batch_size,
         group=batch_size,
+        auto=auto,
+        max_memory=config.max_memory,
         timeout=config.timeout,
         retry=policy,
         force_before=force_before,
@@ -415,6 +465,8 @@ def _meta(job: PreparedJob) -> dict[str, str]:
 def _run_row(job: PreparedJob, run_id: str) -> dict[str, Any]:
     settings = {
         "workers": job.settings.workers,
+        "workers_auto": job.settings.auto.why if job.settings.auto is not None else None,
+        "max_memory": job.config.max_memory,
         "rows": job.config.rows,
         "shard": job.config.shard,
         "limit": job.config.limit,

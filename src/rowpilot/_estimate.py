@@ -140,7 +140,7 @@ def _project(state: Path, total: int, config: JobConfig, limits: Limits) -> Proj
         seconds_per_call=profile["seconds"],
         rows_per_call=rows,
         tokens_per_call=profile["input_tokens"] + max_tokens,
-        workers=config.workers,
+        workers=config.workers_at_most,
         limits=limits,
     )
 

@@ -330,6 +330,8 @@ class Resource:
         self._requests = 0
         self._limited = 0
         self._waited = 0.0
+        self._calls_ended = 0
+        self._call_seconds = 0.0  # held slots, admission to end: the calls' own latency
         self._sync_buckets(now)
 
     # -- public face --
@@ -349,6 +351,8 @@ class Resource:
             "requests": self._requests,
             "rate_limited": self._limited,
             "waited_seconds": self._waited,
+            "calls_ended": self._calls_ended,
+            "call_seconds": self._call_seconds,
             "in_flight": self._in_flight,
             "effective_rpm": rates.get("requests"),
             "effective_tpm": rates.get("tokens"),
@@ -366,6 +370,8 @@ class Resource:
             yield permit
         finally:
             self._in_flight -= 1
+            self._calls_ended += 1
+            self._call_seconds += max(0.0, self._clock() - permit.admitted_at)
             self._observed = True  # even a failed call ends the probe: it cannot teach more
             self._wake.set()
 

@@ -659,7 +659,7 @@ def build_prompt_spec(config: JobConfig, environ: Mapping[str, str] | None = Non
         prices=parse_price_overrides(config.prices),
         providers=providers,
         call_timeout=config.call_timeout,
-        workers=config.workers,
+        workers=config.workers_at_most,  # auto: the scheduler sizes below this
         environ=environ if environ is not None else load_environ(config.env_file),
     )
 

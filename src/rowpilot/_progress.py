@@ -32,6 +32,8 @@ class Counters:
     budget_usd: float | None = None
     rate_limited: int = 0  # 429s the provider answered
     splits: int = 0  # batches whose missing or invalid rows were asked again in halves
+    workers: int | None = None  # --workers auto: the count now
+    paused: str | None = None  # why admission waits (--max-memory), while it does
 
     @property
     def finished(self) -> int:
@@ -67,6 +69,10 @@ def _status_text(c: Counters, now: float) -> str:
     if c.calls or c.cached or c.budget_usd is not None:
         budget = f" of ${c.budget_usd:,.2f}" if c.budget_usd is not None else ""
         text += f"  ${c.cost_usd:,.4f}{budget}"
+    if c.workers is not None:
+        text += f"  workers {c.workers}"
+    if c.paused is not None:
+        text += f"  paused: {c.paused}"
     return text
 
 

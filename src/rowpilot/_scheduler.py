@@ -16,6 +16,9 @@ Written by hand because it is the product's core. Its rules:
   outcome. A group whose call raises runs again row by row, so one bad row fails alone;
 * a task that raises ``RunStop`` (the budget cannot cover another call) stops the run the
   same graceful way; its item is not recorded and stays pending;
+* with ``--workers auto`` the worker limit (and the window with it) changes during the run
+  as ``_sizing.WorkerSizer`` decides; with ``--max-memory`` admission waits while
+  ``_sizing.MemoryGate`` says the resident size leaves no room (in-flight items go on);
 * honest endings: a provider failure that concerns the whole run (auth, an unknown model)
   aborts it at once, and so do the first ``PROBE`` outcomes all failing with the same
   provider cause (a bad base_url, a parameter every call rejects): their items are not
@@ -38,9 +41,11 @@ from typing import TYPE_CHECKING, Any
 
 from rowpilot._events import EventLog
 from rowpilot._items import Item, encode_json, fingerprint
+from rowpilot._machine import memory_mb, rss_mb
 from rowpilot._progress import Counters, ProgressView
 from rowpilot._registry import Outcome, PriorState, Registry
 from rowpilot._retry import RetryPolicy, failure_cause
+from rowpilot._sizing import Admit, AutoWorkers, MemoryGate, Reading, WorkerSizer
 from rowpilot._task import Ctx, ItemUsage, RunStop, StepTrail, Task, output_json
 from rowpilot.errors import (
     ItemTimeoutError,
@@ -55,6 +60,7 @@ if TYPE_CHECKING:
 
 _ERROR_CHARS = 1000
 _PROGRESS_PERIOD = 0.1
+_MEMORY_POLL = 0.01  # seconds between looks at the resident size while admission waits
 PROBE = 5  # the first outcomes that, all failing alike, abort the run
 _RUN_LEVEL_CAUSES = frozenset({"auth", "not_found"})
 _PROBED_CAUSES = frozenset({"bad_request", "connection", "server", "timeout", "rate_limit"})
@@ -72,12 +78,22 @@ class RunSettings:
     grace: float = 30.0
     flush_interval: float = 0.05
     group: int = 1  # rows per call of a task's batch_call (workers counts rows, not calls)
+    auto: AutoWorkers | None = None  # --workers auto: ``workers`` is where it starts
+    max_memory: float | None = None  # MB of resident memory above which admission waits
 
     @property
     def window(self) -> int:
+        return self.window_of(self.workers)
+
+    def window_of(self, workers: int) -> int:
         # Grouped rows get four groups' worth, so one group can be read, one computed and
         # one committed at the same time.
-        return (2 if self.group == 1 else 4) * self.workers
+        return (2 if self.group == 1 else 4) * workers
+
+    @property
+    def most_workers(self) -> int:
+        """Rows that may ever run at once (the thread pool's size)."""
+        return self.workers if self.auto is None else self.auto.ceiling * self.group
 
 
 class RunEnd(enum.Enum):
@@ -99,8 +115,18 @@ class Slots:
     """
 
     def __init__(self, value: int) -> None:
-        self._free = value
+        self.capacity = value
+        self._free = value  # below zero after a shrink: releases repay it before anyone wakes
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    def resize(self, capacity: int) -> None:
+        """Growing wakes waiters at once; shrinking takes effect as held slots come back."""
+        grown = capacity - self.capacity
+        self.capacity = capacity
+        if grown < 0:
+            self._free += grown
+        for _ in range(grown):
+            self.release()
 
     async def acquire(self) -> None:
         if self._free > 0 and not self._waiters:
@@ -116,6 +142,9 @@ class Slots:
             raise
 
     def release(self) -> None:
+        if self._free < 0:
+            self._free += 1
+            return
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
@@ -163,7 +192,17 @@ class Scheduler:
         self._buffer: list[Outcome] = []
         self._uncommitted = 0  # admitted items whose outcome is not committed yet
         self._flush_timer: asyncio.TimerHandle | None = None
-        self._pool = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="rowpilot")
+        self._pool = ThreadPoolExecutor(
+            max_workers=settings.most_workers, thread_name_prefix="rowpilot"
+        )
+        self._sizer: WorkerSizer | None = None
+        if settings.auto is not None:
+            self._sizer = WorkerSizer(
+                settings.auto.workers, settings.auto.ceiling, max_memory_mb=settings.max_memory
+            )
+        self._gate: MemoryGate | None = None
+        if settings.max_memory is not None:
+            self._gate = MemoryGate(settings.max_memory, rss_mb)
         self._task_logger = events.task_logger()
         self._stopping = False
         self._stop_deadline: float | None = None
@@ -222,6 +261,7 @@ class Scheduler:
     # -- the run ------------------------------------------------------------------------
 
     async def run(self, chunks: Iterator[list[Item]]) -> RunEnd:
+        self._announce_workers()
         ticker = asyncio.create_task(self._tick())
         try:
             admission = asyncio.create_task(self._admit(chunks))
@@ -259,6 +299,8 @@ class Scheduler:
         for items in chunks:
             for item in self._to_do(items):
                 await self._window.acquire()
+                if self._gate is not None:
+                    await self._memory_room(self._gate)
                 if self._stopping:  # a stop while waiting for a slot admits nothing more
                     self._window.release()
                     for _ in group:
@@ -364,7 +406,94 @@ class Scheduler:
     async def _tick(self) -> None:
         while True:
             self.progress.refresh(self.counters)
+            self._adjust_workers()
             await asyncio.sleep(_PROGRESS_PERIOD)
+
+    # -- sizing -------------------------------------------------------------------------
+
+    def _announce_workers(self) -> None:
+        auto = self.settings.auto
+        if auto is None:
+            return
+        self.counters.workers = auto.workers
+        self.events.emit(
+            "workers.chosen",
+            workers=auto.workers,
+            ceiling=auto.ceiling,
+            why=auto.why,
+            message=f"--workers auto: {auto.workers} to start, {auto.ceiling} at most; {auto.why}",
+        )
+
+    def _adjust_workers(self) -> None:
+        """--workers auto: feed the sizer, and apply its decision when it makes one."""
+        sizer, auto = self._sizer, self.settings.auto
+        if sizer is None or auto is None or self._stopping:
+            return
+        sizer.note(self.counters.running / self.settings.group)
+        if not sizer.due():
+            return
+        total, available = memory_mb()
+        c = self.counters
+        decision = sizer.update(
+            Reading(
+                now=time.monotonic(),
+                finished=c.done + c.failed + len(self._buffer),
+                task_seconds=c.task_seconds,
+                rate_limited=c.rate_limited,
+                rss_mb=rss_mb(),
+                available_mb=available,
+                total_mb=total,
+                rates=auto.rates() if auto.rates is not None else None,
+            )
+        )
+        if decision is None:
+            return
+        rows = decision.new * self.settings.group
+        self._workers.resize(rows)
+        self._groups.resize(decision.new)
+        self._window.resize(self.settings.window_of(rows))
+        c.workers = decision.new
+        self.events.emit(
+            "workers.adjusted",
+            old=decision.old,
+            new=decision.new,
+            why=decision.why,
+            message=f"workers {decision.old} -> {decision.new}: {decision.why}",
+        )
+
+    async def _memory_room(self, gate: MemoryGate) -> None:
+        """--max-memory: wait until the resident size leaves room for one more item."""
+        paused_at: float | None = None
+        while not self._stopping:
+            running = self._uncommitted - len(self._buffer)  # admitted and not finished
+            verdict = gate.check(running, self.counters.running)
+            if verdict is Admit.YES:
+                break
+            if verdict is Admit.FULL and paused_at is None:
+                paused_at = time.monotonic()
+                item = gate.per_item_mb
+                self.counters.paused = f"memory {gate.rss_mb:,.0f} of {gate.cap_mb:,g} MB"
+                self.events.emit(
+                    "admission.paused",
+                    rss_mb=round(gate.rss_mb, 1),
+                    item_mb=round(item, 1) if item is not None else None,
+                    max_memory_mb=gate.cap_mb,
+                    in_flight=running,
+                    message=f"admission paused: {gate.rss_mb:,.0f} MB resident"
+                    + (f" + {item:,.0f} MB an item" if item is not None else "")
+                    + f" does not fit --max-memory {gate.cap_mb:,g} MB; "
+                    f"{running} item(s) in flight go on",
+                )
+            await asyncio.sleep(_MEMORY_POLL)
+        if paused_at is not None:
+            self.counters.paused = None
+            self.events.emit(
+                "admission.resumed",
+                rss_mb=round(gate.rss_mb, 1),
+                paused_seconds=round(time.monotonic() - paused_at, 3),
+                message=f"admission resumed: {gate.rss_mb:,.0f} MB resident",
+            )
+        gate.admitted()
 
     # -- one item -----------------------------------------------------------------------
 
@@ -547,7 +676,7 @@ class Scheduler:
         if not self._buffer:
             return
         nothing_running = len(self._buffer) >= self._uncommitted
-        if nothing_running or len(self._buffer) >= self.settings.workers:
+        if nothing_running or len(self._buffer) >= self._workers.capacity:
             self._flush()
         elif self._flush_timer is None:
             loop = asyncio.get_running_loop()

@@ -98,7 +98,7 @@ class Steps:
         # may all be parents waiting on their sub-items. Nesting adds blocked threads, not
         # running ones: the worker slots bound those.
         self._sub_pool = ThreadPoolExecutor(
-            max_workers=max(4, 4 * _workers(config)), thread_name_prefix="rowpilot-sub"
+            max_workers=max(4, 4 * config.workers_at_most), thread_name_prefix="rowpilot-sub"
         )
         self._logs: dict[str, IO[str]] = {}
         self._log_lock = threading.Lock()
@@ -204,7 +204,7 @@ class Steps:
         if session is None:
             from rowpilot._llm import LLMSession, build_step_spec
 
-            spec = build_step_spec(self.config, model, self._environ, _workers(self.config))
+            spec = build_step_spec(self.config, model, self._environ, self.config.workers_at_most)
             session = LLMSession(spec, budget=self.budget)
             if self._registry is not None and self._events is not None:
                 session.attach(self._registry, self._counters, self._events, self._run_id)
@@ -468,11 +468,6 @@ class Steps:
 
 
 # -- helpers --------------------------------------------------------------------------------
-
-
-def _workers(config: JobConfig) -> int:
-    workers = config.workers
-    return workers if isinstance(workers, int) else 64
 
 
 def _build_resource(name: str, config: JobConfig) -> tuple[Resource, RetryPolicy]:

@@ -121,6 +121,7 @@ def _example(*lines: str) -> str:
     epilog=_example(
         "rowpilot run reviews.csv --task tasks.py:classify --key id --workers 16 -o out.csv",
         "rowpilot run job.toml --limit 10",
+        "rowpilot run big.jsonl --task tasks.py:fetch --workers auto --max-memory 2000",
     )
 )
 def run(
@@ -136,7 +137,23 @@ def run(
     ] = None,
     key: Annotated[str | None, typer.Option(help="Key column (default: the row number).")] = None,
     workers: Annotated[
-        int | None, typer.Option("--workers", "-w", help="Items at once [8].")
+        str | None,
+        typer.Option(
+            "--workers",
+            "-w",
+            help="Items at once, or auto: sized from the CPUs, memory, rate limits and "
+            "throughput, and adjusted during the run [8].",
+        ),
+    ] = None,
+    max_workers: Annotated[
+        int | None, typer.Option(help="The most workers auto may use [256].")
+    ] = None,
+    max_memory: Annotated[
+        float | None,
+        typer.Option(
+            help="MB of resident memory above which no new item is admitted (in-flight ones "
+            "go on; with nothing in flight, one at a time)."
+        ),
     ] = None,
     limit: Annotated[int | None, typer.Option(help="Only the first N selected rows.")] = None,
     rows: Annotated[str | None, typer.Option(help="Row range A:B (0-based, B excluded).")] = None,
@@ -234,6 +251,8 @@ def run(
     flags = {
         k: v for k, v in locals().items() if k not in ("job_or_source", "estimate", "sample", "yes")
     }
+    if workers is not None:
+        flags["workers"] = _workers(workers)
     settings = _settings_from(job_or_source, _llm_flags(flags))
     if settings.pop("force", False):
         settings["force_before"] = time.time()
@@ -299,6 +318,17 @@ def _labels_in(text: str) -> list[str]:
     if ":" in text:
         return [text.strip()]
     return [label.strip() for label in text.split(",") if label.strip()]
+
+
+def _workers(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(
+            f"--workers {text!r} is not a number", hint="give items at once, or auto"
+        ) from None
 
 
 def _batch_size(text: str) -> int | str:
@@ -818,6 +848,34 @@ def _default_state(config: JobConfig) -> Path:
         k, n = parse_shard(config.shard)
         path = path / f"shard-{k}-of-{n}"
     return path
+
+
+# -- doctor -----------------------------------------------------------------------------
+
+
+@app.command(
+    epilog=_example(
+        "rowpilot doctor",
+        "rowpilot doctor job.toml --json",
+    )
+)
+def doctor(
+    job: Annotated[
+        Path | None, typer.Argument(help="A TOML job file: show the settings it would run with.")
+    ] = None,
+    env_file: EnvFileOption = None,
+    as_json: Json = False,
+) -> None:
+    """Show the machine, which provider keys are set (never their values), and the workers,
+    memory cap, limits and state directory a job would run with; runs nothing."""
+    from rowpilot._doctor import diagnose, lines
+
+    report = diagnose(job, env_file)
+    if as_json:
+        print(json.dumps(report, indent=2, default=str))
+        return
+    for line in lines(report):
+        print(line)
 
 
 # -- simulate ---------------------------------------------------------------------------

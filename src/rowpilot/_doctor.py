@@ -1,0 +1,310 @@
+"""``rowpilot doctor``: what rowpilot sees of the machine, the provider keys, and a job.
+
+It runs nothing and writes nothing: it reads the machine, the environment and the
+``.env`` file (for each key only *whether* it is set, never its value), the job file, and
+the newest run log in the job's state directory, if there is one. A job's task is loaded
+(imported), as ``rowpilot run`` would, to tell how it would be sized; a task that cannot
+be loaded is reported, not raised.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from rowpilot._config import JobConfig, build_config, read_job_file
+from rowpilot._items import parse_shard
+from rowpilot._machine import read_machine
+from rowpilot.errors import RowpilotError
+
+EXTRAS = ("lancedb", "ray")
+_LOG_EVENTS = {"workers.chosen", "workers.adjusted", "admission.paused"}
+
+
+def diagnose(job: Path | None = None, env_file: Path | None = None) -> dict[str, Any]:
+    """The doctor's findings as plain data (what ``--json`` prints)."""
+    settings = read_job_file(job) if job is not None else {}
+    config = build_config(settings) if job is not None else None
+    if config is not None and env_file is None:
+        env_file = config.env_file
+    report: dict[str, Any] = {
+        "machine": _machine(),
+        "keys": _keys(env_file, config.providers if config is not None else {}),
+    }
+    if config is not None and job is not None:
+        report["job"] = _job(job, config)
+    return report
+
+
+def _machine() -> dict[str, Any]:
+    machine = read_machine()
+    return {
+        "os": machine.os,
+        "cpus": machine.cpus,
+        "memory_total_mb": _round(machine.total_mb),
+        "memory_available_mb": _round(machine.available_mb),
+        "python": platform.python_version(),
+        "rowpilot": _version(),
+        "extras": {name: importlib.util.find_spec(name) is not None for name in EXTRAS},
+    }
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("rowpilot")
+    except importlib.metadata.PackageNotFoundError:
+        from rowpilot import __version__
+
+        return __version__
+
+
+# -- keys ---------------------------------------------------------------------------------
+
+
+def _keys(env_file: Path | None, custom: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Each provider's key: set or not, and where. Only names and booleans leave here."""
+    from rowpilot._providers import KNOWN_PROVIDERS
+
+    wanted: dict[str, str] = {}
+    for name, spec in KNOWN_PROVIDERS.items():
+        if spec.api_key_env is not None:
+            wanted.setdefault(spec.api_key_env, name)
+    for name, entry in custom.items():
+        variable = entry.get("api_key_env")
+        if isinstance(variable, str) and variable:
+            wanted.setdefault(variable, name)
+    path = env_file if env_file is not None else Path(".env")
+    in_file = _names_set_in(path)
+    found = []
+    for variable, provider in wanted.items():
+        source = None
+        if os.environ.get(variable):
+            source = "environment"
+        elif variable in in_file:
+            source = f"env file {path}"
+        found.append(
+            {"name": variable, "provider": provider, "set": source is not None, "source": source}
+        )
+    return found
+
+
+def _names_set_in(path: Path) -> set[str]:
+    """Names the env file gives a non-empty value; the values are dropped at once."""
+    if not path.is_file():
+        return set()
+    from dotenv import dotenv_values
+
+    return {name for name, value in dotenv_values(path).items() if value}
+
+
+# -- a job --------------------------------------------------------------------------------
+
+
+def _job(path: Path, config: JobConfig) -> dict[str, Any]:
+    state = _state_directory(config)
+    found: dict[str, Any] = {
+        "file": str(path),
+        "task": _task_text(config),
+        "max_memory_mb": config.max_memory,
+        "limits": _limits(config),
+        "state": str(state),
+        "state_exists": state.is_dir(),
+        "last_run": _last_run(state),
+    }
+    found.update(_workers(config))
+    return found
+
+
+def _task_text(config: JobConfig) -> str:
+    if config.is_local:
+        return f"local model {config.model or 'local/wordllama'}"
+    if config.is_prompt:
+        return f"prompt task on {config.model}"
+    return str(config.task)
+
+
+def _workers(config: JobConfig) -> dict[str, Any]:
+    """The workers a run would start with, and why, computed as the engine does."""
+    from rowpilot._engine import _load_task, _rows_per_worker, auto_workers
+
+    try:
+        task = _load_task(config)
+    except RowpilotError as error:
+        return {"task_error": str(error), "workers": config.workers, "workers_why": None}
+    rows = _rows_per_worker(task)
+    per = f", each carrying up to {rows} rows" if rows > 1 else ""
+    auto = auto_workers(config, task)
+    if auto is None:
+        return {
+            "workers": config.workers,
+            "workers_why": f"given{per}",
+            "task_kind": _kind(task),
+        }
+    return {
+        "workers": "auto",
+        "workers_start": auto.workers,
+        "workers_max": auto.ceiling,
+        "workers_why": auto.why + per,
+        "task_kind": _kind(task),
+    }
+
+
+def _kind(task: Any) -> str:
+    from rowpilot._engine import _prompt_task, _task_kind
+
+    return _task_kind(task, _prompt_task(task))
+
+
+def _limits(config: JobConfig) -> dict[str, dict[str, Any]]:
+    """Limits per resource: each ``[limits]`` table, and the prompt model's as merged."""
+    found: dict[str, dict[str, Any]] = {name: dict(table) for name, table in config.limits.items()}
+    if config.is_prompt and config.model:
+        from rowpilot._llm import build_prompt_spec
+
+        try:
+            spec = build_prompt_spec(config, environ={})  # limits only: no key is read
+        except RowpilotError:
+            return found  # the task's own error is reported with the workers
+        limits = spec.limits
+        found[spec.model] = {
+            "rpm": limits.rpm,
+            "tpm": limits.tpm,
+            "max_concurrent": limits.max_concurrent,
+        }
+    return found
+
+
+def _state_directory(config: JobConfig) -> Path:
+    """Where ``rowpilot run`` keeps this job's state (a job file always names the job)."""
+    from rowpilot._engine import STATE_ROOT, _safe_dir_name
+
+    if config.state is not None:
+        return config.state
+    directory = STATE_ROOT / _safe_dir_name(config.name or "job")
+    if config.shard:
+        k, n = parse_shard(config.shard)
+        directory = directory / f"shard-{k}-of-{n}"
+    return directory
+
+
+def _last_run(state: Path) -> dict[str, Any] | None:
+    """The sizing the newest run logged: its start, its changes, its memory pauses."""
+    logs = sorted((state / "logs").glob("*.jsonl")) if (state / "logs").is_dir() else []
+    if not logs:
+        return None
+    events = list(_events(logs[-1]))
+    chosen = next((e for e in events if e["event"] == "workers.chosen"), None)
+    adjusted = [e for e in events if e["event"] == "workers.adjusted"]
+    return {
+        "log": str(logs[-1]),
+        "workers_start": chosen.get("workers") if chosen else None,
+        "workers_why": chosen.get("why") if chosen else None,
+        "adjustments": len(adjusted),
+        "workers_end": adjusted[-1].get("new") if adjusted else None,
+        "admission_pauses": sum(1 for e in events if e["event"] == "admission.paused"),
+    }
+
+
+def _events(path: Path) -> Iterable[dict[str, Any]]:
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return
+    for line in lines:
+        if not any(f'"{name}"' in line for name in _LOG_EVENTS):
+            continue
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill
+        if isinstance(event, dict):
+            yield event
+
+
+# -- text ---------------------------------------------------------------------------------
+
+
+def lines(report: Mapping[str, Any]) -> list[str]:
+    """The findings as text, one setting a line."""
+    m = report["machine"]
+    extras = ", ".join(
+        f"{name} {'installed' if ok else 'not installed'}" for name, ok in m["extras"].items()
+    )
+    out = [
+        "machine",
+        f"  os           {m['os']}",
+        f"  cpus         {m['cpus']}",
+        f"  memory       {_mb(m['memory_available_mb'])} available of {_mb(m['memory_total_mb'])}",
+        f"  python       {m['python']}",
+        f"  rowpilot     {m['rowpilot']}",
+        f"  extras       {extras}",
+        "provider keys (names only; values are never shown)",
+    ]
+    width = max((len(key["name"]) for key in report["keys"]), default=0)
+    for key in report["keys"]:
+        status = f"set (from {key['source']})" if key["set"] else "not set"
+        out.append(f"  {key['name']:<{width}}  {status}")
+    job = report.get("job")
+    if job is not None:
+        out += _job_lines(job)
+    return out
+
+
+def _job_lines(job: Mapping[str, Any]) -> list[str]:
+    out = [f"job {job['file']}", f"  task         {job['task']}"]
+    if job.get("task_error"):
+        out.append(f"  task error   {job['task_error']}")
+    if job["workers"] == "auto" and "workers_start" not in job:
+        out.append("  workers      auto: the start depends on the task, which did not load")
+    elif job["workers"] == "auto":
+        out.append(
+            f"  workers      auto: starts at {job['workers_start']}, at most "
+            f"{job['workers_max']}, adjusted during the run; {job['workers_why']}"
+        )
+    else:
+        why = f" ({job['workers_why']})" if job.get("workers_why") else ""
+        out.append(f"  workers      {job['workers']}{why}")
+    memory = job["max_memory_mb"]
+    out.append(
+        f"  max memory   {_mb(memory)} resident, then admission pauses"
+        if memory is not None
+        else "  max memory   not set"
+    )
+    if not job["limits"]:
+        out.append("  limits       none given")
+    for name, limits in job["limits"].items():
+        given = ", ".join(f"{k} {_limit_text(k, v)}" for k, v in limits.items())
+        out.append(f"  limits       {name}: {given}")
+    exists = "exists" if job["state_exists"] else "not created yet"
+    out.append(f"  state        {job['state']} ({exists})")
+    last = job.get("last_run")
+    if last is not None and last["workers_start"] is not None:
+        end = f", ended at {last['workers_end']}" if last["workers_end"] is not None else ""
+        out.append(
+            f"  last run     started at {last['workers_start']} workers ({last['workers_why']}); "
+            f"{last['adjustments']} adjustment(s){end}; "
+            f"{last['admission_pauses']} memory pause(s)"
+        )
+    elif last is not None:
+        out.append(f"  last run     fixed workers; {last['admission_pauses']} memory pause(s)")
+    return out
+
+
+def _limit_text(name: str, value: float | None) -> str:
+    if value is not None:
+        return f"{value:g}"
+    return "none" if name == "max_concurrent" else "from the rate-limit headers"
+
+
+def _mb(value: float | None) -> str:
+    return "unknown" if value is None else f"{value:,.0f} MB"
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)

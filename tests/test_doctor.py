@@ -1,0 +1,198 @@
+"""``rowpilot doctor``: the machine, the keys (names only, never values), a job's settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import rowpilot
+from rowpilot._config import build_config, read_job_file
+from rowpilot._engine import _load_task, auto_workers
+from rowpilot._machine import cpu_count
+
+SRC = str(Path(rowpilot.__file__).resolve().parents[1])
+# Fake keys, assembled so that secret scanners do not take this file for a leak.
+CANARY = "sk-" + "canary-0f4c2d9e8b7a6153"
+FILE_CANARY = "sk-ant-" + "canary-93be61d07c5a4f28"
+CUSTOM_CANARY = "loc-" + "canary-6a0d5b3f91e2c874"
+KEY_NAMES = {
+    "OPENAI_API_KEY",
+    "ANTHROPIC_API_KEY",
+    "OPENROUTER_API_KEY",
+    "TOGETHER_API_KEY",
+    "GROQ_API_KEY",
+    "LOCAL_KEY",
+}
+
+TASKS = "def twice(row):\n    return {'twice': int(row['n']) * 2}\n"
+
+
+def doctor(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """The real CLI in ``cwd``, with no provider key in its environment but ``env``."""
+    base = {k: v for k, v in os.environ.items() if k not in KEY_NAMES}
+    path = base.get("PYTHONPATH")
+    base["PYTHONPATH"] = SRC + (os.pathsep + path if path else "")
+    return subprocess.run(
+        [sys.executable, "-m", "rowpilot", "doctor", *args],
+        cwd=cwd,
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+    assert "Traceback" not in result.stderr
+    return result.stdout
+
+
+def tree(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+@pytest.fixture
+def job(tmp_path: Path) -> Path:
+    """jobs/job.toml over data.csv with tasks.py:twice, workers auto, a memory cap."""
+    (tmp_path / "data.csv").write_text("id,n\n" + "".join(f"k{i},{i}\n" for i in range(8)))
+    (tmp_path / "tasks.py").write_text(TASKS, encoding="utf-8")
+    (tmp_path / "jobs").mkdir()
+    path = tmp_path / "jobs" / "job.toml"
+    path.write_text(
+        '[source]\npath = "../data.csv"\nkey = "id"\n[task]\nfunction = "../tasks.py:twice"\n'
+        '[run]\nworkers = "auto"\nmax_workers = 40\nmax_memory = 3000\n',
+        encoding="utf-8",
+    )
+    return path
+
+
+@pytest.fixture
+def prompt_job(tmp_path: Path) -> Path:
+    """A prompt job with a .env file of keys, a custom provider, and named limits."""
+    (tmp_path / "data.csv").write_text("id,text\nk0,hello\n", encoding="utf-8")
+    (tmp_path / ".env").write_text(
+        f"ANTHROPIC_API_KEY={FILE_CANARY}\nLOCAL_KEY={CUSTOM_CANARY}\nGROQ_API_KEY=\n",
+        encoding="utf-8",
+    )
+    path = tmp_path / "prompt.toml"
+    path.write_text(
+        '[source]\npath = "data.csv"\nkey = "id"\n'
+        '[task]\nmodel = "openai/gpt-4o-mini"\nprompt = "Say {text}"\nbatch_size = 5\n'
+        '[run]\nworkers = "auto"\nrpm = 600\nenv_file = ".env"\n'
+        '[limits."openai/gpt-4o-mini"]\nmax_concurrent = 10\ntpm = 90000\n'
+        "[limits.anthropic]\nrpm = 50\n"
+        '[providers.local]\nbase_url = "http://127.0.0.1:9/v1"\napi_key_env = "LOCAL_KEY"\n',
+        encoding="utf-8",
+    )
+    return path
+
+
+def test_keys_are_named_never_shown(tmp_path: Path, prompt_job: Path) -> None:
+    text = doctor(tmp_path, "prompt.toml", OPENAI_API_KEY=CANARY)
+    as_json = doctor(tmp_path, "prompt.toml", "--json", OPENAI_API_KEY=CANARY)
+    for result in (text, as_json):
+        ok(result)
+        for secret in (CANARY, FILE_CANARY, CUSTOM_CANARY):
+            tail = secret.split("canary-")[1]
+            for start in range(len(tail) - 5):  # no six characters of a key, anywhere
+                assert tail[start : start + 6] not in result.stdout + result.stderr
+    shown = dict(
+        line.strip().split(maxsplit=1) for line in text.stdout.splitlines() if "_KEY " in line
+    )
+    assert shown == {
+        "OPENAI_API_KEY": "set (from environment)",
+        "ANTHROPIC_API_KEY": "set (from env file .env)",
+        "OPENROUTER_API_KEY": "not set",
+        "TOGETHER_API_KEY": "not set",
+        "GROQ_API_KEY": "not set",  # an empty value is not a key
+        "LOCAL_KEY": "set (from env file .env)",
+    }
+    keys = {key["name"]: key for key in json.loads(as_json.stdout)["keys"]}
+    assert keys["OPENAI_API_KEY"] == {
+        "name": "OPENAI_API_KEY",
+        "provider": "openai",
+        "set": True,
+        "source": "environment",
+    }
+    assert keys["LOCAL_KEY"]["provider"] == "local"
+
+
+def test_a_prompt_jobs_workers_and_limits(tmp_path: Path, prompt_job: Path) -> None:
+    report = json.loads(ok(doctor(tmp_path, "prompt.toml", "--json")))["job"]
+    # rpm 600 x 2 s x 1.2 = 24 requests, capped by the model's max_concurrent of 10.
+    assert (report["workers"], report["workers_start"], report["workers_max"]) == ("auto", 10, 10)
+    assert "max_concurrent" in report["workers_why"]
+    assert "up to 5 rows" in report["workers_why"]
+    assert report["limits"] == {
+        "openai/gpt-4o-mini": {"rpm": 600.0, "tpm": 90000.0, "max_concurrent": 10},
+        "anthropic": {"rpm": 50.0},
+    }
+    assert report["task_kind"] == "prompt"
+
+
+def test_a_jobs_settings_without_touching_state(
+    tmp_path: Path, job: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = tree(tmp_path)
+    text = ok(doctor(tmp_path, "jobs/job.toml"))
+    report = json.loads(ok(doctor(tmp_path, "jobs/job.toml", "--json")))
+    assert tree(tmp_path) == before  # no state directory, no log, nothing written
+    monkeypatch.chdir(tmp_path)  # the job's paths are relative to it; the state to the cwd
+    config = build_config(read_job_file(Path("jobs/job.toml")))
+    expected = auto_workers(config, _load_task(config))
+    assert expected is not None
+    assert report["job"]["workers_start"] == expected.workers
+    assert report["job"]["workers_max"] == 40
+    assert report["job"]["task_kind"] == "sync"
+    assert report["job"]["state"] == os.path.join(".rowpilot", "job")
+    assert report["job"]["state_exists"] is False
+    assert report["machine"]["cpus"] == cpu_count()
+    assert f"  workers      auto: starts at {expected.workers}, at most 40" in text
+    assert "  max memory   3,000 MB resident, then admission pauses" in text
+    assert "  state        .rowpilot/job (not created yet)" in text
+    assert "python" in text and "rowpilot" in text and "lancedb" in text
+
+
+def test_the_last_runs_sizing_is_read_from_its_log(tmp_path: Path, job: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = SRC
+    run = subprocess.run(
+        [sys.executable, "-m", "rowpilot", "run", "jobs/job.toml", "--no-progress"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    report = json.loads(ok(doctor(tmp_path, "jobs/job.toml", "--json")))["job"]
+    assert report["state_exists"] is True
+    last = report["last_run"]
+    assert last["workers_start"] == report["workers_start"]
+    assert last["workers_why"]
+    assert last["admission_pauses"] == 0
+
+
+def test_a_task_that_does_not_load_is_reported(tmp_path: Path, job: Path) -> None:
+    job.write_text(job.read_text().replace("tasks.py:twice", "tasks.py:missing"))
+    text = ok(doctor(tmp_path, "jobs/job.toml"))
+    assert "  task error   " in text and "missing" in text
+
+
+def test_without_a_job_and_with_a_bad_one(tmp_path: Path) -> None:
+    report = json.loads(ok(doctor(tmp_path, "--json")))
+    assert set(report) == {"machine", "keys"}
+    assert report["machine"]["python"] == ".".join(map(str, sys.version_info[:3]))
+    (tmp_path / "bad.toml").write_text('[run]\nwokers = 3\n[source]\npath = "x.csv"\n')
+    bad = doctor(tmp_path, "bad.toml")
+    assert bad.returncode == 2
+    assert bad.stderr.startswith("rowpilot: error: bad.toml: unknown setting run.wokers")
+    assert len(bad.stderr.strip().splitlines()) == 1
