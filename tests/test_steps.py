@@ -1,0 +1,528 @@
+"""Multi-step Python tasks: ctx.llm, ctx.call, ctx.map and ctx.log through the real engine.
+
+LLM steps talk to a real ``Simulator`` on 127.0.0.1 through the official SDK, whose
+answers are deterministic, so a test can say what each step must have returned and count
+the requests the simulator answered. ``ctx.call`` steps call local functions that record
+when they ran.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+import rowpilot
+from rowpilot import Ctx
+from rowpilot._registry import REGISTRY_FILE
+from rowpilot._simulator import Simulator, SimulatorConfig
+from rowpilot.errors import SubItemError, TaskOutputError
+
+ROWPILOT = str(Path(sys.executable).parent / "rowpilot")
+CANARY = "sk-" + "canary-5be0e1d2c3a4f607"
+MODEL = "openai/gpt-4o-mini"
+PRICES = {MODEL: {"input": 1.0, "output": 4.0}}
+
+
+@pytest.fixture(autouse=True)
+def keyed_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", CANARY)
+
+
+@pytest.fixture
+def sim() -> Iterator[Simulator]:
+    with Simulator(SimulatorConfig(api_key=CANARY, latency_ms=5)) as simulator:
+        yield simulator
+
+
+def chat_answered(sim: Simulator) -> int:
+    return int(sim.stats()["requests"].get("chat.completions", {}).get("200", 0))
+
+
+def run(sim: Simulator, task: Any, rows: list[dict[str, Any]], state: Path, **settings: Any) -> Any:
+    defaults: dict[str, Any] = {
+        "key": "id",
+        "model": MODEL,
+        "base_url": sim.openai_base_url,
+        "state": state,
+        "env_file": None,
+        "prices": PRICES,
+        "progress": False,
+    }
+    defaults.update(settings)
+    return rowpilot.run(task, rows, **defaults)
+
+
+def brands(n: int) -> list[dict[str, Any]]:
+    return [{"id": f"b{i:03d}", "name": f"brand {i}"} for i in range(n)]
+
+
+class Verdict(BaseModel):
+    fine: bool
+    notes: str
+
+
+SIZE_AND_TITLE = {
+    "type": "object",
+    "properties": {"size": {"type": "integer"}, "title": {"type": "string"}},
+    "required": ["size", "title"],
+}
+
+# -- ctx.llm ----------------------------------------------------------------------------
+
+
+async def three_steps(row: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
+    draft = await ctx.llm(f"Write about {row['name']}")
+    verdict = await ctx.llm(f"Review this: {draft}", schema=Verdict)
+    fields = await ctx.llm(
+        [
+            {"role": "system", "content": "You describe brands."},
+            {"role": "user", "content": f"Describe {row['name']}"},
+        ],
+        schema=SIZE_AND_TITLE,
+    )
+    return {"draft": draft, "fine": verdict.fine, "size": fields["size"], "title": fields["title"]}
+
+
+def test_llm_steps_return_text_models_and_dicts(sim: Simulator, tmp_path: Path) -> None:
+    result = run(sim, three_steps, brands(12), tmp_path / "state")
+    assert result.summary.status == "completed"
+    for record in result:
+        name = f"brand {int(record.key[1:])}"
+        assert record.output["draft"].endswith(f"WRITE ABOUT {name.upper()}")
+        assert isinstance(record.output["fine"], bool)
+        assert record.output["size"] == len(f"Describe {name}")
+        assert record.output["title"] == f"DESCRIBE {name.upper()}"
+    assert chat_answered(sim) == 36
+    assert result.summary.calls == 36
+    assert result.summary.cost_usd > 0
+
+
+def test_a_retried_item_replays_its_answered_steps_for_free(sim: Simulator, tmp_path: Path) -> None:
+    async def flaky(row: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
+        first = await ctx.llm(f"one {row['name']}")
+        second = await ctx.llm(f"two {first}")
+        if ctx.attempt == 1:
+            raise ConnectionError("dropped after two paid steps")
+        third = await ctx.llm(f"three {second}")
+        return {"third": third}
+
+    result = run(sim, flaky, brands(5), tmp_path / "state", retry_delay=0)
+    assert result.summary.done == 5 and result.summary.retries == 5
+    # Two steps each before the failure, then only the third: the replays were free.
+    assert chat_answered(sim) == 15
+    assert result.summary.cached == 10
+
+
+def test_the_same_prompt_twice_is_two_steps_and_both_replay(sim: Simulator, tmp_path: Path) -> None:
+    async def ask_twice(row: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
+        answers = [await ctx.llm("tell me a joke", temperature=1.0) for _ in range(2)]
+        if ctx.attempt == 1:
+            raise TimeoutError("after both")
+        return {"n": len(answers)}
+
+    run(sim, ask_twice, brands(1), tmp_path / "state", retry_delay=0)
+    # Two requests (a loop that asks again gets a second answer), none on the retry.
+    assert chat_answered(sim) == 2
+
+
+def test_a_schema_answer_is_repaired_when_invalid(tmp_path: Path) -> None:
+    config = SimulatorConfig(api_key=CANARY, latency_ms=1, missing_field=0.3, seed=3)
+    with Simulator(config) as simulator:
+        result = run(simulator, three_steps, brands(20), tmp_path / "state", repair_attempts=6)
+    assert result.summary.done == 20, [r.error for r in result if r.error]
+    assert result.summary.calls > 60  # the repairs: 60 steps, some asked again
+
+
+def test_llm_without_a_model_is_a_clear_error(tmp_path: Path) -> None:
+    async def ask(row: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
+        return {"a": await ctx.llm("hi")}
+
+    with pytest.raises(rowpilot.errors.ConfigError, match=r"ctx\.llm needs a model"):
+        rowpilot.run(ask, brands(1), key="id", state=tmp_path / "s", progress=False)
+
+
+def test_a_bad_key_fails_once_before_any_state(sim: Simulator, tmp_path: Path) -> None:
+    async def ask(row: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
+        return {"a": await ctx.llm("hi")}
+
+    os.environ["OPENAI_API_KEY"] = "sk-wrong"
+    with pytest.raises(rowpilot.errors.ProviderSetupError):
+        run(sim, ask, brands(3), tmp_path / "state")
+    assert not (tmp_path / "state").exists()
+    assert chat_answered(sim) == 0
+
+
+def test_sync_tasks_use_the_sync_twins(sim: Simulator, tmp_path: Path) -> None:
+    def sync_task(row: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
+        draft = ctx.llm_sync(f"Write about {row['name']}")
+        found = ctx.call_sync("lookup", lambda q: {"q": q}, row["name"])
+        parts = ctx.map_sync([1, 2, 3], lambda n, c: c.llm_sync(f"part {n}"), workers=2)
+        return {"draft": draft, "q": found["q"], "parts": len(parts)}
+
+    result = run(sim, sync_task, brands(6), tmp_path / "state", workers=2)
+    assert result.summary.done == 6
+    assert {r.output["q"] for r in result} == {f"brand {i}" for i in range(6)}
+
+
+def test_sync_twins_refuse_to_block_an_async_task(sim: Simulator, tmp_path: Path) -> None:
+    async def wrong(row: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
+        return {"a": ctx.llm_sync("hi")}
+
+    result = run(sim, wrong, brands(1), tmp_path / "state", max_attempts=1)
+    [record] = list(result)
+    assert record.status == "failed" and "await ctx.llm" in (record.error or "")
+
+
+# -- ctx.call ---------------------------------------------------------------------------
+
+
+class Recorder:
+    """A fake API: records when each call started, answers from its argument."""
+
+    def __init__(self, seconds: float = 0.0) -> None:
+        self.starts: list[float] = []
+        self.seconds = seconds
+        self.lock = threading.Lock()
+
+    async def __call__(self, query: str) -> dict[str, Any]:
+        with self.lock:
+            self.starts.append(time.monotonic())
+        await asyncio.sleep(self.seconds)
+        return {"query": query, "hits": [query.upper()]}
+
+    def most_in(self, window: float) -> int:
+        starts = sorted(self.starts)
+        return max(
+            sum(1 for t in starts[i:] if t - start < window) for i, start in enumerate(starts)
+        )
+
+
+def test_two_resources_keep_their_own_limits(sim: Simulator, tmp_path: Path) -> None:
+    search, crm = Recorder(), Recorder()
+
+    async def two_apis(row: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
+        hits = await ctx.call("search", search, row["name"])
+        record = await ctx.call("crm", crm, row["id"])
+        return {"hits": hits["hits"], "crm": record["query"]}
+
+    limits = {"search": {"rpm": 1200}, "crm": {"rpm": 2400}}
+    started = time.monotonic()
+    result = run(sim, two_apis, brands(60), tmp_path / "state", workers=16, limits=limits)
+    elapsed = time.monotonic() - started
+    assert result.summary.done == 60
+    # 20/s and 40/s with half a second of burst: no one-second window holds more.
+    assert search.most_in(1.0) <= 20 + 10 + 1
+    assert crm.most_in(1.0) <= 40 + 20 + 1
+    assert elapsed >= (60 - 10) / 20 * 0.9  # the slower API set the pace
+    assert {r.output["crm"] for r in result} == {f"b{i:03d}" for i in range(60)}
+
+
+def test_call_results_are_journaled_and_replayed(sim: Simulator, tmp_path: Path) -> None:
+    api = Recorder()
+
+    async def task(row: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
+        found = await ctx.call("search", api, row["name"], cost=0.01)
+        if ctx.attempt == 1:
+            raise ConnectionError("after the paid call")
+        return {"hits": found["hits"]}
+
+    result = run(sim, task, brands(4), tmp_path / "state", retry_delay=0)
+    assert result.summary.done == 4
+    assert len(api.starts) == 4  # the retries replayed the journal
+    assert result.summary.cost_usd == pytest.approx(0.04)
+    with sqlite3.connect(tmp_path / "state" / REGISTRY_FILE) as db:
+        assert db.execute("SELECT count(*) FROM calls WHERE provider = 'search'").fetchone() == (4,)
+
+
+def test_journal_false_calls_again(sim: Simulator, tmp_path: Path) -> None:
+    api = Recorder()
+
+    async def task(row: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
+        await ctx.call("search", api, row["name"], journal=False)
+        if ctx.attempt == 1:
+            raise ConnectionError("again")
+        return {}
+
+    run(sim, task, brands(3), tmp_path / "state", retry_delay=0)
+    assert len(api.starts) == 6
+
+
+class StatusError(Exception):
+    def __init__(self, status: int, retry_after: float | None = None) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status_code = status
+        self.headers = {"retry-after": str(retry_after)} if retry_after is not None else {}
+
+
+def test_call_errors_with_a_status_are_retried_by_the_resource_policy(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    failures = {"b000": [503, 503], "b001": [429], "b002": [400]}
+    seen: dict[str, int] = {}
+
+    def api(key: str) -> dict[str, Any]:
+        seen[key] = seen.get(key, 0) + 1
+        pending = failures.get(key, [])
+        if pending:
+            raise StatusError(pending.pop(0), retry_after=0.05)
+        return {"ok": key}
+
+    async def task(row: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
+        return await ctx.call("api", api, row["id"])  # type: ignore[no-any-return]
+
+    limits = {"api": {"max_attempts": 3, "retry_delay": 0.01}}
+    result = run(sim, task, brands(4), tmp_path / "state", limits=limits, max_attempts=1)
+    by_key = {r.key: r for r in result}
+    assert by_key["b000"].status == "done" and seen["b000"] == 3
+    assert by_key["b001"].status == "done" and seen["b001"] == 2
+    assert by_key["b002"].status == "failed" and seen["b002"] == 1  # a 400 is not retried
+    assert "HTTP 400" in (by_key["b002"].error or "")
+    assert result.summary.rate_limited == 1
+
+
+def test_an_auth_error_from_an_api_aborts_the_run(sim: Simulator, tmp_path: Path) -> None:
+    def api(key: str) -> dict[str, Any]:
+        raise StatusError(401)
+
+    async def task(row: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
+        return await ctx.call("api", api, row["id"])  # type: ignore[no-any-return]
+
+    result = run(sim, task, brands(30), tmp_path / "state", workers=2)
+    assert result.summary.status == "aborted"
+    assert result.summary.done == 0 and result.summary.pending == 30
+
+
+def test_a_result_that_is_not_json_is_a_clear_error(sim: Simulator, tmp_path: Path) -> None:
+    async def task(row: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
+        await ctx.call("api", object)
+        return {}
+
+    with pytest.raises(TaskOutputError, match="cannot be journaled"):
+        run(sim, task, brands(1), tmp_path / "state")
+
+
+def test_call_costs_never_pass_the_budget(sim: Simulator, tmp_path: Path) -> None:
+    api = Recorder()
+
+    async def task(row: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
+        try:
+            await ctx.call("api", api, row["id"], cost=0.01)
+        except Exception:  # a task's own catch-all must not swallow the budget stop
+            return {"swallowed": True}
+        return {"swallowed": False}
+
+    result = run(sim, task, brands(40), tmp_path / "state", budget=0.055, workers=4)
+    assert result.summary.status == "budget_reached"
+    assert len(api.starts) == 5
+    assert result.summary.cost_usd <= 0.055
+    assert all(not r.output["swallowed"] for r in result if r.status == "done")
+
+
+def test_llm_and_call_costs_share_one_budget(sim: Simulator, tmp_path: Path) -> None:
+    async def task(row: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
+        await ctx.call("api", Recorder(), row["id"], cost=0.002)
+        return {"a": await ctx.llm(f"Write about {row['name']}")}
+
+    for budget in (0.004, 0.011, 0.02):
+        state = tmp_path / f"state-{budget}"
+        result = run(sim, task, brands(50), state, budget=budget, workers=3)
+        assert result.summary.status == "budget_reached"
+        assert result.summary.cost_usd <= budget
+
+
+# -- ctx.map ----------------------------------------------------------------------------
+
+
+def test_map_never_passes_the_run_workers(sim: Simulator, tmp_path: Path) -> None:
+    running = 0
+    most = 0
+
+    async def part(n: int) -> int:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await asyncio.sleep(0.005)
+        running -= 1
+        return n * n
+
+    async def parent(row: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
+        squares = await ctx.map(range(10), part, workers=8)
+        return {"sum": sum(squares)}
+
+    result = run(sim, parent, brands(12), tmp_path / "state", workers=4)
+    assert result.summary.done == 12
+    assert {r.output["sum"] for r in result} == {285}
+    assert 1 < most <= 4
+
+
+def test_sync_map_with_every_worker_a_parent_does_not_deadlock(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    def part(n: int) -> int:
+        time.sleep(0.002)
+        return n + 1
+
+    def parent(row: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
+        return {"parts": ctx.map_sync(range(6), part, workers=3)}
+
+    result = run(sim, parent, brands(10), tmp_path / "state", workers=2, timeout=20)
+    assert result.summary.done == 10
+    assert all(r.output["parts"] == [1, 2, 3, 4, 5, 6] for r in result)
+
+
+def test_failed_sub_items_are_named_to_the_parent(sim: Simulator, tmp_path: Path) -> None:
+    def read(name: str) -> str:
+        if name.endswith(".bad"):
+            raise ValueError(f"cannot parse {name}")
+        return name.upper()
+
+    async def parent(row: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
+        files = ["a.txt", "b.bad", "c.txt"]
+        kept = await ctx.map(files, read, return_exceptions=True)
+        await ctx.map(files, read)
+        return {"kept": [str(k) for k in kept]}
+
+    result = run(sim, parent, brands(1), tmp_path / "state", max_attempts=1)
+    [record] = list(result)
+    assert record.status == "failed"
+    assert record.error is not None
+    assert "1 of 3 sub-items failed" in record.error
+    assert "'b.bad'" in record.error and "cannot parse b.bad" in record.error
+
+
+def test_sub_item_error_lists_each_failure() -> None:
+    error = SubItemError.of({1: ("x", ValueError("bad x")), 4: ("y", KeyError("k"))}, total=6)
+    assert str(error).startswith("2 of 6 sub-items failed: #1 'x': ValueError: bad x; #4 'y'")
+    assert set(error.failures) == {1, 4}
+
+
+# -- ctx.log ----------------------------------------------------------------------------
+
+
+def test_task_logs_are_jsonl_beside_the_engine_log(sim: Simulator, tmp_path: Path) -> None:
+    async def task(row: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
+        ctx.log("review", verdict="pass", round=1)
+        return {}
+
+    run(sim, task, brands(3), tmp_path / "state")
+    [path] = (tmp_path / "state" / "logs").glob("*.review.jsonl")
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert sorted(line["key"] for line in lines) == ["b000", "b001", "b002"]
+    assert all(line["verdict"] == "pass" and line["kind"] == "review" for line in lines)
+
+
+def test_a_bad_log_kind_is_refused(sim: Simulator, tmp_path: Path) -> None:
+    async def task(row: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
+        ctx.log("../escape", x=1)
+        return {}
+
+    with pytest.raises(rowpilot.errors.ConfigError, match=r"ctx\.log kind"):
+        run(sim, task, brands(1), tmp_path / "state")
+
+
+def test_ctx_outside_a_run_says_so() -> None:
+    ctx = Ctx("run", "k", 0, 1, __import__("logging").getLogger("t"))
+    with pytest.raises(RuntimeError, match="inside a rowpilot run"):
+        ctx.log("x")
+
+
+# -- crash and resume -------------------------------------------------------------------
+
+PIPELINE = textwrap.dedent(
+    """
+    import asyncio
+    import random
+
+    REVIEW = {
+        "type": "object",
+        "properties": {"fine": {"type": "boolean"}, "notes": {"type": "string"}},
+        "required": ["fine", "notes"],
+    }
+
+    async def pipeline(row, ctx):
+        await asyncio.sleep(random.random() * 0.02)
+        outline = await ctx.llm(f"Outline {row['name']}")
+        draft = await ctx.llm(f"Draft from {outline}")
+        review = await ctx.llm(f"Review {draft}", schema=REVIEW)
+        rounds = 1
+        while not review["fine"] and rounds < 3:
+            draft = await ctx.llm(f"Revise {draft} round {rounds}")
+            review = await ctx.llm(f"Review {draft}", schema=REVIEW)
+            rounds += 1
+        return {"draft": draft, "rounds": rounds, "fine": review["fine"]}
+    """
+)
+
+
+def journal(state: Path) -> dict[str, str]:
+    try:
+        with sqlite3.connect(state / REGISTRY_FILE) as db:
+            return dict(db.execute("SELECT call_key, run_id FROM calls").fetchall())
+    except sqlite3.OperationalError:
+        return {}
+
+
+@pytest.mark.slow
+def test_sigkill_inside_multi_step_tasks_then_resume_repeats_no_step(tmp_path: Path) -> None:
+    (tmp_path / "pipeline.py").write_text(PIPELINE)
+    rows = brands(150)
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    env = {**os.environ, "OPENAI_API_KEY": CANARY}
+    config = SimulatorConfig(api_key=CANARY, latency_ms=40, latency_jitter=0.3, seed=5)
+    rng = random.Random(11)
+    with Simulator(config) as simulator:
+
+        def command(state: Path) -> list[str]:
+            return [
+                ROWPILOT, "run", "data.jsonl", "--task", "pipeline.py:pipeline", "--key", "id",
+                "--model", MODEL, "--base-url", simulator.openai_base_url, "--workers", "6",
+                "--state", str(state), "--no-progress",
+            ]  # fmt: skip
+
+        reference = subprocess.run(
+            command(tmp_path / "reference"), cwd=tmp_path, env=env, capture_output=True, text=True
+        )
+        assert reference.returncode == 0, reference.stderr
+        state = tmp_path / "state"
+        for _ in range(3):
+            process = subprocess.Popen(
+                command(state), cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            target = len(journal(state)) + rng.randint(20, 120)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and len(journal(state)) < target:
+                time.sleep(0.005)
+            process.send_signal(signal.SIGKILL)
+            process.wait(timeout=10)
+        time.sleep(0.3)  # requests in flight at the last kill finish at the simulator
+        before = journal(state)
+        answered = chat_answered(simulator)
+        resumed = subprocess.run(command(state), cwd=tmp_path, env=env, capture_output=True)
+        assert resumed.returncode == 0, resumed.stderr
+        after = journal(state)
+        asked = chat_answered(simulator) - answered
+    # Every journaled step kept its first answer, and every request of the resume is a
+    # step that was not journaled before: nothing paid for was asked again.
+    assert all(after[key] == run_id for key, run_id in before.items())
+    assert asked == len(after) - len(before)
+    with sqlite3.connect(tmp_path / "reference" / REGISTRY_FILE) as db:
+        expected = dict(db.execute("SELECT key, output FROM items").fetchall())
+    with sqlite3.connect(state / REGISTRY_FILE) as db:
+        got = dict(db.execute("SELECT key, output FROM items WHERE status = 'done'").fetchall())
+    assert got == expected and len(got) == len(rows)
