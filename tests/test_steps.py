@@ -526,3 +526,27 @@ def test_sigkill_inside_multi_step_tasks_then_resume_repeats_no_step(tmp_path: P
     with sqlite3.connect(state / REGISTRY_FILE) as db:
         got = dict(db.execute("SELECT key, output FROM items WHERE status = 'done'").fetchall())
     assert got == expected and len(got) == len(rows)
+
+
+# -- sizing -----------------------------------------------------------------------------
+
+
+def test_workers_auto_follows_the_tightest_step_resource(sim: Simulator, tmp_path: Path) -> None:
+    api = Recorder(seconds=0.2)
+
+    async def task(row: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
+        found = await ctx.call("api", api, row["id"])
+        return {"q": found["query"]}
+
+    # 10 calls/s, each 0.2 s: Little's law wants about 2-3 items at once, not the 8 the
+    # start gives an async task.
+    result = run(
+        sim, task, brands(80), tmp_path / "state", workers="auto", limits={"api": {"rpm": 600}}
+    )
+    assert result.summary.done == 80
+    [log] = (tmp_path / "state" / "logs").glob("*[0-9a-f].jsonl")
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    adjusted = [e for e in events if e.get("event") == "workers.adjusted"]
+    assert adjusted, "the sizer never adjusted"
+    assert adjusted[-1]["new"] <= 4, adjusted
+    assert any("rpm" in e["why"] and "Little's law" in e["why"] for e in adjusted), adjusted

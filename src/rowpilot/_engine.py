@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -193,6 +194,14 @@ def _prompt_rates(prompt: PromptTask) -> Rates | None:
     )
 
 
+def _with_step_rates(settings: RunSettings, steps: Steps | None) -> RunSettings:
+    """--workers auto on a Python task: its ctx resources' limits bound the workers."""
+    auto = settings.auto
+    if steps is None or auto is None or auto.rates is not None:
+        return settings
+    return dataclasses.replace(settings, auto=dataclasses.replace(auto, rates=steps.item_rates))
+
+
 def _prompt_task(task: Task) -> PromptTask | None:
     if "rowpilot._llm" not in sys.modules:
         return None
@@ -372,7 +381,7 @@ async def _run_locked(
         task=job.task,
         registry=registry,
         run_id=run_id,
-        settings=job.settings,
+        settings=_with_step_rates(job.settings, steps),
         events=events,
         progress=progress,
         counters=counters,

@@ -56,6 +56,7 @@ from rowpilot._progress import Counters
 from rowpilot._prompt import OutputSchema, conversation_request, schema_of
 from rowpilot._registry import CallRecord, Registry
 from rowpilot._retry import RetryPolicy
+from rowpilot._sizing import Rates
 from rowpilot._task import ItemUsage, RunStop, StepTrail
 from rowpilot.errors import (
     ConfigError,
@@ -151,6 +152,26 @@ class Steps:
         if self._loop is None:
             raise RuntimeError("ctx steps work inside a rowpilot run")
         return self._loop
+
+    def item_rates(self) -> Rates | None:
+        """For ``--workers auto``: the item pace the tightest rate-limited resource allows
+        (its rpm over the calls an item has made of it so far), with the items' own
+        latency, so Little's law sizes the workers per item, whatever each item calls."""
+        counters = self._counters
+        finished = counters.done + counters.failed
+        resources = [resource for resource, _ in self._resources.values()]
+        resources += [session.resource for session in self._sessions.values()]
+        tightest: float | None = None
+        for resource in resources:
+            stats = resource.stats()
+            rpm = stats["effective_rpm"] or resource.limits.rpm
+            if not rpm or not stats["requests"] or not finished:
+                continue
+            items_per_minute = rpm * finished / stats["requests"]
+            tightest = items_per_minute if tightest is None else min(tightest, items_per_minute)
+        if tightest is None:
+            return None
+        return Rates(rpm=tightest, calls=finished, call_seconds=counters.task_seconds)
 
     def resource(self, name: str) -> Resource:
         """The named resource's limiter (for tests and the summary)."""
