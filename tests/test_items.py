@@ -385,3 +385,12 @@ def test_encode_json_handles_datetime_decimal_bytes_and_numpy() -> None:
 def test_encode_json_refuses_unknown_types() -> None:
     with pytest.raises(TypeError, match="set is not JSON serialisable"):
         encode_json({"s": {1, 2}})
+
+
+def test_a_folder_is_keyed_by_its_relative_paths_without_key(tmp_path: Path) -> None:
+    (tmp_path / "docs" / "sub").mkdir(parents=True)
+    (tmp_path / "docs" / "b.txt").write_text("bee")
+    (tmp_path / "docs" / "sub" / "a.txt").write_text("ay")
+    keyer = Keyer(open_source(tmp_path / "docs"), None)
+    keys = [keyer.item(row).key for chunk in keyer.source.chunks() for row in chunk]
+    assert sorted(keys) == ["b.txt", "sub/a.txt"]

@@ -7,6 +7,7 @@ import gc
 import io
 import json
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+import rowpilot
+from rowpilot._items import Keyer
 from rowpilot._sources import Row, Source, open_source
 from rowpilot.errors import (
     ConfigError,
@@ -315,11 +318,12 @@ def test_missing_file(tmp_path: Path) -> None:
     assert "working directory" in str(caught.value)
 
 
-def test_directory_is_not_a_source(tmp_path: Path) -> None:
-    with pytest.raises(SourceError) as caught:
+def test_empty_directory_is_an_empty_folder_source(tmp_path: Path) -> None:
+    # A directory is a folder source (one row per file); with no file it is empty.
+    with pytest.raises(EmptySourceError) as caught:
         open_source(tmp_path)
-    assert type(caught.value) is SourceError
     assert str(tmp_path) in str(caught.value)
+    assert "no files to read" in str(caught.value)
 
 
 @pytest.mark.parametrize("name", ["data.xlsx", "data"])
@@ -593,3 +597,263 @@ def test_jsonl_round_trip(tmp_path: Path, records: list[dict[str, str]], ascii_o
     text = "".join(json.dumps(record, ensure_ascii=ascii_only) + "\n" for record in records)
     path = write(tmp_path / "table.jsonl", text)
     assert fields(open_source(path)) == records
+
+
+# ----------------------------------------------------------------------------- folder
+
+
+def tree(root: Path, files: dict[str, str | bytes]) -> Path:
+    """Write ``files`` ('/'-separated relative path -> text or bytes) under ``root``."""
+    for relative, content in files.items():
+        path = root.joinpath(*relative.split("/"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = content.encode("utf-8") if isinstance(content, str) else content
+        path.write_bytes(data)
+    return root
+
+
+def test_folder_rows_columns_and_recursive_sorted_order(tmp_path: Path) -> None:
+    root = tree(
+        tmp_path / "questions",
+        {"b.json": '{"q": 2}\n', "a.txt": "first", "sub/c.md": "é\r\nx", "B.txt": ""},
+    )
+    source = open_source(root)
+    assert source.name == str(root)
+    assert source.reiterable is True
+    assert source.columns() == ["path", "name", "suffix", "size", "text"]
+    assert all_rows(source) == [
+        (0, None, {"path": "B.txt", "name": "B.txt", "suffix": ".txt", "size": 0, "text": ""}),
+        (1, None, {"path": "a.txt", "name": "a.txt", "suffix": ".txt", "size": 5, "text": "first"}),
+        (
+            2,
+            None,
+            {
+                "path": "b.json",
+                "name": "b.json",
+                "suffix": ".json",
+                "size": 9,
+                "text": '{"q": 2}\n',
+            },
+        ),
+        (
+            3,
+            None,
+            {"path": "sub/c.md", "name": "c.md", "suffix": ".md", "size": 5, "text": "é\r\nx"},
+        ),
+    ]
+    assert all_rows(source) == all_rows(source)  # a second pass reads the same rows
+
+
+def test_folder_order_is_directory_by_directory(tmp_path: Path) -> None:
+    # "a/z" sorts before "a-b" although "-" < "/": components are compared, not strings.
+    root = tree(tmp_path / "in", {"a-b": "1", "a/z": "2", "a/b/c": "3", "0": "4", "ab": "5"})
+    assert [row["path"] for row in fields(open_source(root))] == ["0", "a/b/c", "a/z", "a-b", "ab"]
+
+
+def test_folder_skips_hidden_files_and_folders(tmp_path: Path) -> None:
+    root = tree(
+        tmp_path / "in",
+        {"keep.txt": "k", ".env": "SECRET=1", ".rowpilot/registry.sqlite": b"\x00\xff", "s/.x": ""},
+    )
+    assert [row["path"] for row in fields(open_source(root))] == ["keep.txt"]
+
+
+def test_folder_of_only_hidden_files_is_empty(tmp_path: Path) -> None:
+    root = tree(tmp_path / "in", {".a": "x", ".git/config": "y", "sub/.b": "z"})
+    with pytest.raises(EmptySourceError, match="no files to read"):
+        open_source(root)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "expected"),
+    [
+        ("*.json", ["a.json", "sub/c.json"]),
+        ("json", ["a.json", "d.JSON", "sub/c.json"]),
+        (".JSON", ["a.json", "d.JSON", "sub/c.json"]),
+        ("sub/*", ["sub/c.json"]),
+        ("[ab].*", ["a.json", "b.txt"]),
+        ("?.txt", ["b.txt"]),
+    ],
+)
+def test_folder_format_selects_files(tmp_path: Path, pattern: str, expected: list[str]) -> None:
+    root = tree(tmp_path / "in", {"a.json": "1", "b.txt": "2", "sub/c.json": "3", "d.JSON": "4"})
+    source = open_source(root, format=pattern)
+    assert [row["path"] for row in fields(source)] == expected
+
+
+def test_folder_format_matching_nothing_names_the_pattern(tmp_path: Path) -> None:
+    root = tree(tmp_path / "in", {"a.txt": "x"})
+    with pytest.raises(EmptySourceError) as caught:
+        open_source(root, format="*.json")
+    assert "no file matching '*.json'" in str(caught.value)
+    assert "--format" in str(caught.value)
+    assert [row["path"] for row in fields(open_source(root, format="*.txt"))] == ["a.txt"]
+
+
+def test_folder_undecodable_file_names_the_file_and_line(tmp_path: Path) -> None:
+    root = tree(tmp_path / "in", {"a.txt": "fine", "b.txt": b"ok\nstill ok\nbad \xff here\n"})
+    source = open_source(root)  # opening lists, it does not read
+    chunks = source.chunks(1)
+    assert next(chunks)[0][2]["text"] == "fine"  # errors come from the chunk of the file
+    with pytest.raises(SourceEncodingError) as caught:
+        next(chunks)
+    error = caught.value
+    assert error.file == str(root / "b.txt")
+    assert error.line == 3
+    assert error.row == 1
+    assert "--encoding" in str(error)
+    assert "--format" in str(error)
+    # The fix the hint names: the files' real encoding.
+    assert fields(open_source(root, encoding="latin-1"))[1]["text"] == "ok\nstill ok\nbad ÿ here\n"
+
+
+def test_folder_binary_file_that_decodes_is_still_refused(tmp_path: Path) -> None:
+    root = tree(tmp_path / "in", {"img.bin": b"GIF\n\x00\x01\x02", "q.txt": "x"})
+    error = first_error(open_source(root))
+    assert isinstance(error, SourceEncodingError)
+    assert error.file == str(root / "img.bin")
+    assert error.line == 2
+    assert "NUL" in str(error)
+    assert [row["path"] for row in fields(open_source(root, format="*.txt"))] == ["q.txt"]
+
+
+def test_folder_encodings_and_bom(tmp_path: Path) -> None:
+    root = tree(tmp_path / "in", {"bom.txt": "\ufeffhi".encode(), "wide.txt": b""})
+    assert fields(open_source(root))[0]["text"] == "hi"  # utf-8-sig, as for CSV
+    (root / "bom.txt").unlink()
+    (root / "wide.txt").write_bytes("ü€ 日本".encode("utf-16"))
+    assert fields(open_source(root, encoding="utf-16"))[0]["text"] == "ü€ 日本"
+    error = first_error(open_source(root))
+    assert isinstance(error, SourceEncodingError)
+
+
+def test_folder_symlinks(tmp_path: Path) -> None:
+    outside = tree(tmp_path / "outside", {"o.txt": "out"})
+    root = tree(tmp_path / "in", {"a.txt": "a"})
+    (root / "link.txt").symlink_to(outside / "o.txt")
+    (root / "loop").symlink_to(root, target_is_directory=True)  # not followed: no cycle
+    (root / "dangling.txt").symlink_to(tmp_path / "missing.txt")  # not a file: skipped
+    rows = fields(open_source(root))
+    assert [(row["path"], row["text"], row["size"]) for row in rows] == [
+        ("a.txt", "a", 1),
+        ("link.txt", "out", 3),
+    ]
+
+
+def test_folder_file_name_that_is_not_utf8(tmp_path: Path) -> None:
+    root = tree(tmp_path / "in", {"a.txt": "a"})
+    bad = os.path.join(os.fsencode(root), b"caf\xe9.txt")
+    with open(bad, "wb") as handle:
+        handle.write(b"x")
+    error = first_error(open_source(root))
+    assert isinstance(error, SourceFormatError)
+    assert "not valid UTF-8" in str(error)
+    assert "rename" in str(error)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_folder_unreadable_file_and_subfolder(tmp_path: Path) -> None:
+    root = tree(tmp_path / "in", {"a.txt": "a", "locked/b.txt": "b"})
+    (root / "locked").chmod(0)
+    try:
+        error = first_error(open_source(root))
+        assert type(error) is SourceError
+        assert error.file == str(root / "locked")
+    finally:
+        (root / "locked").chmod(0o755)
+    (root / "a.txt").chmod(0)
+    assert type(first_error(open_source(root))) is SourceError
+
+
+def test_folder_is_streamed_file_by_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tree(tmp_path / "in", {f"f{i:03d}.txt": str(i) for i in range(50)})
+    opened: list[str] = []
+    real_open = open
+
+    def counting_open(file: Any, *args: Any, **kwargs: Any) -> Any:
+        opened.append(str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", counting_open)
+    source = open_source(root)
+    assert opened == []  # opening lists the folder and stats; it reads no file
+    first = next(source.chunks(4))
+    assert [row[2]["text"] for row in first] == ["0", "1", "2", "3"]
+    assert len(opened) == 4
+
+
+def test_folder_through_the_engine_keys_selection_and_resume(tmp_path: Path) -> None:
+    root = tree(tmp_path / "in", {f"{name}.txt": name for name in "abcdef"} | {"s/g.txt": "g"})
+
+    def upper(row: dict[str, Any]) -> dict[str, Any]:
+        return {"upper": row["text"].upper()}
+
+    state = tmp_path / "state"
+    first = rowpilot.run(upper, root, key="path", rows="1:3", state=state)
+    assert sorted(item.key for item in first) == ["b.txt", "c.txt"]
+    limited = rowpilot.run(upper, root, key="path", limit=5, state=state)
+    assert limited.summary.done == 3
+    assert limited.summary.skipped == 2
+    shards = [rowpilot.run(upper, root, key="path", shard=(k, 2), state=state) for k in (1, 2)]
+    assert sum(shard.summary.done + shard.summary.skipped for shard in shards) == 7
+    assert sum(shard.summary.done for shard in shards) == 2  # f.txt and s/g.txt were left
+    everything = rowpilot.run(upper, root, key="path", state=state, format="txt")
+    table = everything.to_pandas().set_index("path")
+    assert table.loc["s/g.txt", "upper"] == "G"
+    assert table.loc["a.txt", "name"] == "a.txt"
+    assert everything.summary.done == 0  # every file was done by the runs before
+
+
+@pytest.mark.slow
+def test_folder_from_the_cli(tmp_path: Path, cli: Any, tasks_file: Path) -> None:
+    tree(tmp_path / "questions", {"q1.txt": "one", "deep/q2.txt": "two", "notes.md": "no"})
+    done = cli("run", "questions/", "--task", "tasks.py:upper", "--key", "path",
+               "--format", "*.txt", "-o", "out.jsonl", "--no-progress")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [(row["path"], row["upper"]) for row in rows] == [
+        ("deep/q2.txt", "TWO"),
+        ("q1.txt", "ONE"),
+    ]
+    (tmp_path / "empty").mkdir()
+    empty = cli("run", "empty", "--task", "tasks.py:upper")
+    assert empty.returncode == 2
+    assert "empty: is a folder with no files to read" in empty.stderr
+
+
+FILE_NAME = st.text(
+    alphabet=st.one_of(
+        st.sampled_from(list(" '\"\\%:;,*?[]{}#&=+~\n\t\r.-_äé日本\u2028\ufeff")),
+        st.characters(codec="utf-8", exclude_characters="/\x00"),
+    ),
+    min_size=1,
+    max_size=20,
+).filter(lambda name: not name.startswith(".") and len(name.encode()) <= 200)
+
+
+@ROUND_TRIP
+@given(
+    names=st.lists(st.tuples(st.one_of(st.none(), FILE_NAME), FILE_NAME), min_size=1, max_size=6)
+)
+def test_folder_file_names_map_to_keys_and_back(
+    tmp_path: Path, names: list[tuple[str | None, str]]
+) -> None:
+    root = Path(tempfile.mkdtemp(dir=tmp_path))
+    folders = {folder for folder, _ in names if folder is not None}
+    written: dict[str, str] = {}
+    for folder, name in names:
+        if name in folders or (folder is None and name in written) or folder in written:
+            continue  # a file and a folder of one name cannot both exist
+        relative = name if folder is None else f"{folder}/{name}"
+        written[relative] = f"content of {relative!r}"
+    assume(written)
+    source = open_source(tree(root, written))
+    assert getattr(source, "default_key", None) == "path"
+    keyer = Keyer(source, "path")
+    items = [keyer.item(row) for chunk in source.chunks(3) for row in chunk]
+    assert sorted(item.key for item in items) == sorted(written)
+    assert [item.key.split("/") for item in items] == sorted(k.split("/") for k in written)
+    for item in items:
+        assert (root / item.key).read_text(encoding="utf-8") == written[item.key]
+        assert item.fields["text"] == written[item.key]
+        assert item.fields["name"] == item.key.rpartition("/")[2]

@@ -170,10 +170,13 @@ def _key_text(value: Any) -> str | None:
 
 
 class Keyer:
-    """Turns rows into items: the key column's value, else the row number."""
+    """Turns rows into items: the key column's value, else the source's own key (a
+    folder's relative path), else the row number."""
 
     def __init__(self, source: Source, key_column: str | None) -> None:
         self.source = source
+        if key_column is None:
+            key_column = getattr(source, "default_key", None)
         self.key_column = key_column
         columns = source.columns()
         if key_column is not None and columns is not None and key_column not in columns:

@@ -1,4 +1,5 @@
-"""Stream the rows of an input (CSV/TSV, JSONL, Parquet, a DataFrame or an iterable) in chunks.
+"""Stream the rows of an input (CSV/TSV, JSONL, Parquet, a folder of files, a DataFrame or an
+iterable) in chunks.
 
 ``open_source`` picks a reader and returns a :class:`Source`; ``Source.chunks(size)`` yields
 lists of at most ``size`` rows, each row a ``(row, line, fields)`` tuple. Files are read
@@ -8,27 +9,31 @@ Where errors are raised:
 
 * ``open_source`` raises what is wrong before any row is read: a bad ``format`` or
   ``encoding`` or an unknown suffix (ConfigError), a missing file (SourceNotFoundError),
-  a directory or unreadable file (SourceError), an empty file or a file with only a header
-  when that is visible in its first 64 KiB (EmptySourceError), and problems in the CSV
-  header: undecodable (SourceEncodingError), duplicate or empty column names
-  (SourceFormatError). A Parquet file that cannot be opened raises SourceFormatError, and
-  an empty DataFrame, list or tuple raises EmptySourceError.
+  an unreadable file (SourceError), an empty file or a file with only a header when that
+  is visible in its first 64 KiB, or a folder with no file to read (EmptySourceError),
+  and problems in the CSV header: undecodable (SourceEncodingError), duplicate or empty
+  column names (SourceFormatError). A Parquet file that cannot be opened raises
+  SourceFormatError, and an empty DataFrame, list or tuple raises EmptySourceError.
 * ``chunks()`` raises row-level problems lazily, from the chunk where they occur: ragged
-  CSV rows, invalid JSONL lines, bytes that do not decode, corrupt Parquet data, items that
-  are not mappings. A pass that finds no rows at all (a long file of blank lines, an empty
-  generator) raises EmptySourceError. Calling ``chunks()`` a second time on a one-shot
-  iterator raises ConfigError at the call.
+  CSV rows, invalid JSONL lines, bytes that do not decode (in a folder: a file that does
+  not decode or holds NUL characters, a file name that is not UTF-8, a subfolder that
+  cannot be listed), corrupt Parquet data, items that are not mappings. A pass that finds
+  no rows at all (a long file of blank lines, an empty generator) raises
+  EmptySourceError. Calling ``chunks()`` a second time on a one-shot iterator raises
+  ConfigError at the call.
 """
 
 from __future__ import annotations
 
 import codecs
 import csv
+import fnmatch
 import io
 import json
 import os
+import stat
 import sys
-from collections.abc import Generator, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -49,6 +54,7 @@ from rowpilot.errors import (
 __all__ = [
     "CsvSource",
     "DataFrameSource",
+    "FolderSource",
     "IterableSource",
     "JsonlSource",
     "ParquetSource",
@@ -103,10 +109,12 @@ def open_source(
     format: str | None = None,
     encoding: str | None = None,
 ) -> Source:
-    """Open ``source`` for reading. ``format`` and ``encoding`` only apply to files.
+    """Open ``source`` for reading. ``format`` and ``encoding`` only apply to paths.
 
     The format comes from ``format`` ("csv", "tsv", "jsonl", "parquet") or else from the
-    suffix. Text files default to "utf-8-sig", which also reads plain UTF-8.
+    suffix. Text files default to "utf-8-sig", which also reads plain UTF-8. A folder is a
+    :class:`FolderSource` (one row per file); there ``format`` selects the files to read:
+    a glob ("*.json") or a suffix ("json").
     See the module docstring for which errors are raised here and which from ``chunks()``.
     """
     if isinstance(source, str | os.PathLike):
@@ -123,8 +131,10 @@ def open_source(
 
 
 def _open_file(name: str, format: str | None, encoding: str | None) -> Source:
-    chosen_format = _checked_format(format)
     text_encoding = _checked_encoding(encoding or DEFAULT_ENCODING)
+    if os.path.isdir(name):
+        return FolderSource(name, text_encoding, pattern=format)
+    chosen_format = _checked_format(format)
     _require_file(name)
     file_format = chosen_format or _format_from_suffix(name)
     if file_format == "parquet":
@@ -155,8 +165,6 @@ def _checked_encoding(encoding: str) -> str:
 
 
 def _require_file(name: str) -> None:
-    if os.path.isdir(name):
-        raise SourceError("is a directory, not a file", file=name, hint="pass one input file")
     if not os.path.exists(name):
         raise SourceNotFoundError(
             "no such file",
@@ -561,6 +569,173 @@ class JsonlSource:
                 hint='each line must be an object such as {"id": 1, "text": "..."}',
             )
         return value
+
+
+# ---------------------------------------------------------------------------- folder
+
+FOLDER_COLUMNS = ["path", "name", "suffix", "size", "text"]
+FOLDER_HINT = (
+    "pass --encoding with the files' real encoding, or read only the text files with "
+    "--format (a glob such as '*.json', or a suffix)"
+)
+
+
+@dataclass(frozen=True)
+class _FileEntry:
+    relative: str  # '/'-separated, relative to the folder: the row's ``path`` and key
+    full: str
+    size: int
+
+
+class FolderSource:
+    """A folder of files, one row per file: ``path``, ``name``, ``suffix``, ``size``, ``text``.
+
+    Files are found recursively, directory by directory in sorted name order (so the order
+    is the sort of the paths' component lists, the same on every platform and every run).
+    Names starting with "." are skipped, files and folders alike: a state directory kept
+    inside the folder (``.rowpilot``) or an editor's swap file is not input. Symlinks to
+    files are read; symlinks to folders are not followed (they could loop). ``pattern``
+    keeps only matching files: a glob matched case-sensitively against the file name, or
+    against the relative path when it holds a "/"; or a bare suffix ("json", ".json"),
+    matched in any case.
+
+    ``path`` is the natural key, named by ``default_key`` (pass ``--key path``): unlike the
+    row number it does not shift when a file is added. ``text`` is the whole file decoded
+    with ``encoding``; a file that does not decode, or decodes to NUL characters (a binary
+    file), is a SourceEncodingError naming it. Rows are read a file at a time, so memory
+    holds one chunk's texts; listing holds one directory's names per level being walked.
+    """
+
+    reiterable = True
+    default_key = "path"
+
+    def __init__(self, path: str, encoding: str, pattern: str | None = None) -> None:
+        self.name = path
+        self._encoding = encoding
+        self._match = _file_matcher(pattern)
+        self._pattern = pattern
+        if next(self._files(), None) is None:  # stops at the first file: cheap on any tree
+            raise self._empty()
+
+    def columns(self) -> list[str]:
+        return list(FOLDER_COLUMNS)
+
+    def chunks(self, size: int = 1024) -> Iterator[list[Row]]:
+        return _chunked(self._rows(), _checked_size(size), self._empty())
+
+    def _empty(self) -> EmptySourceError:
+        if self._pattern is None:
+            return EmptySourceError(
+                "is a folder with no files to read (names starting with '.' are skipped)",
+                file=self.name,
+                hint="put the input files in it, or pass the path of one input file",
+            )
+        return EmptySourceError(
+            f"is a folder with no file matching {self._pattern!r}",
+            file=self.name,
+            hint="check --format: a glob such as '*.json' (against the file name), or a suffix",
+        )
+
+    def _rows(self) -> RowStream:
+        for index, entry in enumerate(self._files()):
+            yield index, None, self._row(index, entry)
+
+    def _row(self, index: int, entry: _FileEntry) -> dict[str, Any]:
+        name = entry.relative.rpartition("/")[2]
+        return {
+            "path": entry.relative,
+            "name": name,
+            "suffix": Path(name).suffix,
+            "size": entry.size,
+            "text": self._text(index, entry),
+        }
+
+    def _text(self, index: int, entry: _FileEntry) -> str:
+        with _open_binary(entry.full) as file:
+            data = file.read()
+        try:
+            text = data.decode(self._encoding)
+        except UnicodeDecodeError:
+            line = _line_of_bad_bytes(entry.full, self._encoding)
+            raise SourceEncodingError(
+                f"bytes that do not decode as {self._encoding}",
+                file=entry.full,
+                row=index,
+                line=line,
+                hint=FOLDER_HINT,
+            ) from None
+        if "\0" in text:  # decodes, but as text it is noise: a binary file or UTF-16 as UTF-8
+            raise SourceEncodingError(
+                f"holds NUL characters when read as {self._encoding}: a binary file, or "
+                "another encoding",
+                file=entry.full,
+                row=index,
+                line=text.count("\n", 0, text.index("\0")) + 1,
+                hint=FOLDER_HINT,
+            )
+        return text
+
+    def _files(self) -> Iterator[_FileEntry]:
+        return self._walk(self.name, "")
+
+    def _walk(self, folder: str, prefix: str) -> Iterator[_FileEntry]:
+        for entry in self._listing(folder):
+            relative = prefix + _utf8_name(entry, prefix, self.name)
+            if entry.is_dir(follow_symlinks=False):
+                yield from self._walk(entry.path, relative + "/")
+            elif self._match(relative):
+                size = _file_size(entry)
+                if size is not None:
+                    yield _FileEntry(relative, entry.path, size)
+
+    def _listing(self, folder: str) -> list[os.DirEntry[str]]:
+        """The folder's visible entries in name order (one directory's names in memory)."""
+        try:
+            with os.scandir(folder) as entries:
+                visible = [entry for entry in entries if not entry.name.startswith(".")]
+        except OSError as error:
+            raise SourceError(
+                f"the folder cannot be read: {error.strerror}",
+                file=folder,
+                hint="check its permissions",
+            ) from None
+        return sorted(visible, key=lambda entry: entry.name)
+
+
+def _file_matcher(pattern: str | None) -> Callable[[str], bool]:
+    """Which relative paths ``pattern`` keeps (see FolderSource)."""
+    if pattern is None or not pattern.strip():
+        return lambda _relative: True
+    if not any(char in pattern for char in "*?[/"):  # a bare suffix: json or .json
+        suffix = "." + pattern.strip().lstrip(".").lower()
+        return lambda relative: relative.lower().endswith(suffix)
+    if "/" in pattern:
+        return lambda relative: fnmatch.fnmatchcase(relative, pattern)
+    return lambda relative: fnmatch.fnmatchcase(relative.rpartition("/")[2], pattern)
+
+
+def _utf8_name(entry: os.DirEntry[str], prefix: str, folder: str) -> str:
+    """The entry's name, refused if it is not UTF-8: it could not be stored as a key."""
+    try:
+        entry.name.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = prefix + entry.name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        raise SourceFormatError(
+            f"the file name {shown!r} is not valid UTF-8",
+            file=folder,
+            hint="rename the file (keys and outputs are text)",
+        ) from None
+    return entry.name
+
+
+def _file_size(entry: os.DirEntry[str]) -> int | None:
+    """The size of a regular file (a symlink followed), else None: sockets, FIFOs, broken
+    links and the like are not input."""
+    try:
+        status = entry.stat()
+    except OSError:
+        return None
+    return status.st_size if stat.S_ISREG(status.st_mode) else None
 
 
 # --------------------------------------------------------------------------- Parquet
