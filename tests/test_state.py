@@ -262,3 +262,21 @@ def test_verify_of_a_missing_dir_raises(tmp_path: Path, write_csv: WriteCsv) -> 
     with pytest.raises(StateError, match="no registry in"):
         verify_csv(tmp_path / "missing", data)
     assert not (tmp_path / "missing").exists()
+
+
+def _double(row: dict[str, Any]) -> dict[str, Any]:
+    return {"twice": int(row["n"]) * 2}
+
+
+def test_status_of_merged_shards_counts_every_shard(tmp_path: Path) -> None:
+    rows = [{"id": f"k{i}", "n": i} for i in range(30)]
+    states = []
+    for k in (1, 2, 3, 2):  # shard 2 runs twice: its last run counts once
+        state = tmp_path / f"shard-{k}"
+        rowpilot.run(_double, rows, key="id", shard=f"{k}/3", state=state, progress=False)
+        states.append(state)
+    into = tmp_path / "merged"
+    merge(states[:3], into)
+    merge([states[3]], into)
+    summary = status(into)
+    assert (summary.done, summary.total, summary.pending) == (30, 30, 0)

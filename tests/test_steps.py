@@ -550,3 +550,9 @@ def test_workers_auto_follows_the_tightest_step_resource(sim: Simulator, tmp_pat
     assert adjusted, "the sizer never adjusted"
     assert adjusted[-1]["new"] <= 4, adjusted
     assert any("rpm" in e["why"] and "Little's law" in e["why"] for e in adjusted), adjusted
+
+
+def test_a_long_path_keeps_its_file_name_in_the_error() -> None:
+    path = "/very/long/absolute/path/to/the/data/folder/of/opportunity/OPP-007/email.txt"
+    error = SubItemError.of({0: (path, ValueError("bad"))}, total=1)
+    assert "OPP-007/email.txt'" in str(error)

@@ -64,18 +64,27 @@ def status(directory: Path) -> StateStatus:
         running=running,
         done=counts["done"],
         failed=counts["failed"],
-        total=_total(last),
+        total=_total(runs),
         runs=len(runs),
         last_run=_run_view(last) if last else None,
         spending=spending,
     )
 
 
-def _total(run: dict[str, Any] | None) -> int | None:
-    if run is None or not run.get("settings"):
+def _total(runs: list[dict[str, Any]]) -> int | None:
+    """The job's size: the last run's selection, or in a merged state of shards the sum of
+    each shard's last run."""
+    totals: list[tuple[str | None, int | None]] = []
+    for run in runs:
+        settings = json.loads(run["settings"]) if run.get("settings") else {}
+        total = settings.get("total")
+        totals.append((settings.get("shard"), int(total) if total is not None else None))
+    if not totals:
         return None
-    total = json.loads(run["settings"]).get("total")
-    return int(total) if total is not None else None
+    per_shard = {shard: total for shard, total in totals if total is not None}  # newest wins
+    if len(per_shard) > 1 and None not in per_shard:
+        return sum(total for total in per_shard.values() if total is not None)
+    return totals[-1][1]
 
 
 def _run_view(run: dict[str, Any]) -> dict[str, Any]:

@@ -227,7 +227,7 @@ class SubItemError(RowpilotError):
     @classmethod
     def of(cls, failures: dict[int, tuple[Any, BaseException]], total: int) -> SubItemError:
         shown = "; ".join(
-            f"#{index} {_clipped(repr(subitem), 60)}: {type(error).__name__}: {error}"
+            f"#{index} {_shown(subitem)}: {type(error).__name__}: {error}"
             for index, (subitem, error) in list(failures.items())[:5]
         )
         more = f"; and {len(failures) - 5} more" if len(failures) > 5 else ""
@@ -241,8 +241,15 @@ class SubItemError(RowpilotError):
     failures: dict[int, BaseException] = {}  # noqa: RUF012 (set per instance by ``of``)
 
 
-def _clipped(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+def _shown(subitem: Any, limit: int = 60) -> str:
+    """A sub-item as a failure names it: a long text keeps its end (a path's file name),
+    anything else its start."""
+    text = repr(subitem)
+    if len(text) <= limit:
+        return text
+    if isinstance(subitem, str):
+        return "'…" + subitem[-(limit - 3) :] + "'"
+    return text[: limit - 1] + "…"
 
 
 # -- provider errors: raised at the one boundary in _providers.py -----------------------
