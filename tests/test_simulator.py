@@ -8,6 +8,7 @@ import gc
 import hashlib
 import json
 import math
+import os
 import signal
 import socket
 import struct
@@ -763,3 +764,183 @@ def test_stopping_cancels_a_hang_whose_client_has_gone() -> None:
         simulator.stop_in_thread()
     assert time.monotonic() - started < 5
     assert simulator.stats()["in_flight"] == 0
+
+
+# -- the search API -------------------------------------------------------------------------
+
+
+def search(sim: Simulator, body: Mapping[str, Any], **headers: str) -> tuple[int, Any, Any]:
+    status, response_headers, raw = http(sim.search_url, body, {**AUTH, **headers})
+    try:
+        return status, response_headers, json.loads(raw)
+    except ValueError:
+        return status, response_headers, raw
+
+
+def test_search_answers_every_result_from_the_query_alone(sim: Simulator) -> None:
+    from rowpilot._simulator import search_answer
+
+    status, headers, body = search(sim, {"query": "Kaveh Tea reviews", "max_results": 3})
+    assert status == 200 and headers["x-request-id"].startswith("sim")
+    assert body == search_answer("Kaveh Tea reviews", 3)
+    assert len({r["url"] for r in body["results"]}) == 3
+    first = body["results"][0]
+    digest = hashlib.blake2b(b"Kaveh Tea reviews\x000", digest_size=8).digest()
+    assert first["url"].endswith(f"/kaveh-tea-reviews-{digest[2:6].hex()}")
+    assert first["title"].startswith("Kaveh Tea reviews: ")
+    assert first["snippet"].startswith("Kaveh Tea reviews ")
+    scores = [r["score"] for r in body["results"]]
+    assert scores == sorted(scores, reverse=True)
+    # The default is 5 results, the same in every simulator, and another query differs.
+    assert len(search(sim, {"query": "Kaveh Tea reviews"})[2]["results"]) == 5
+    with Simulator() as other:
+        again = http(other.search_url, {"query": "Kaveh Tea reviews", "max_results": 3})[2]
+        assert json.loads(again) == body
+    assert search(sim, {"query": "Simorgh Shoes", "max_results": 3})[2] != body
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({}, "query"),
+        ({"query": "  "}, "query"),
+        ({"query": 5}, "query"),
+        ({"query": "x", "max_results": 0}, "between 1 and 20"),
+        ({"query": "x", "max_results": 21}, "between 1 and 20"),
+        ({"query": "x", "max_results": "3"}, "an integer"),
+        ({"query": "x", "max_results": True}, "an integer"),
+    ],
+)
+def test_a_bad_search_is_a_400_that_says_why(
+    sim: Simulator, body: dict[str, Any], message: str
+) -> None:
+    status, _, answer = search(sim, body)
+    assert status == 400 and message in answer["error"]["message"]
+
+
+def test_search_needs_the_key_as_a_bearer_token(sim: Simulator) -> None:
+    assert http(sim.search_url, {"query": "x"})[0] == 401
+    status, _, body = http(sim.search_url, {"query": "x"}, {"authorization": "Bearer wrong"})
+    assert status == 401 and json.loads(body)["error"]["code"] == "invalid_api_key"
+    assert http(sim.search_url, {"query": "x"}, {"x-api-key": KEY})[0] == 401
+    assert http(f"{sim.url}/search", None)[0] == 405  # GET is not the search
+
+
+def test_search_has_its_own_rate_limit_apart_from_the_models() -> None:
+    with Simulator(SimulatorConfig(rpm=60, search_rpm=60)) as limited:
+        chat = f"{limited.openai_base_url}/chat/completions"
+        replies = [http(limited.search_url, {"query": f"burst {n}"}) for n in range(4)]
+        assert [status for status, _, _ in replies] == [200, 429, 429, 429]
+        assert replies[0][1]["x-ratelimit-limit-requests"] == "60"
+        _, headers, body = replies[-1]
+        retry_after = float(headers["retry-after"])
+        assert 0.5 < retry_after <= 1.0
+        assert json.loads(body)["error"]["code"] == "rate_limit_exceeded"
+        assert "for search on requests per min: Limit 60" in json.loads(body)["error"]["message"]
+        # The search bucket is empty, the model's is not; then the other way round.
+        assert http(chat, chat_body("still fine"))[0] == 200
+        assert http(chat, chat_body("now limited"))[0] == 429
+        time.sleep(retry_after)
+        assert http(limited.search_url, {"query": "after the wait"})[0] == 200
+        stats = limited.stats()
+        admissions = limited.admissions(window_s=0.5)
+    assert stats["requests"]["search"] == {"200": 2, "429": 3}
+    assert stats["rate_limited"] == 4  # 3 searches and 1 chat request
+    assert admissions["search"] == {
+        "arrived": 5,
+        "admitted": 2,
+        "max_arrived": 4,
+        "max_admitted": 1,
+        "window_s": 0.5,
+    }
+    assert admissions[GPT]["arrived"] == 2 and admissions[GPT]["admitted"] == 1
+
+
+def test_unlimited_search_admits_every_request() -> None:
+    with Simulator(SimulatorConfig(rpm=60)) as limited:
+        statuses = [http(limited.search_url, {"query": f"q{n}"})[0] for n in range(10)]
+        assert statuses == [200] * 10
+        assert limited.admissions()["search"]["max_admitted"] == 10
+
+
+def test_search_waits_its_own_latency_and_draws_faults() -> None:
+    config = SimulatorConfig(search_latency_ms=150, seed=1)
+    with Simulator(config) as slow:
+        started = time.monotonic()
+        assert http(slow.search_url, {"query": "slow"})[0] == 200
+        searched = time.monotonic() - started
+        started = time.monotonic()
+        assert http(f"{slow.openai_base_url}/chat/completions", chat_body())[0] == 200
+        chatted = time.monotonic() - started
+        assert http(slow.search_url, {"query": "x"}, fault("503"))[0] == 503
+        assert http(slow.search_url, {"query": "x"}, fault("malformed"))[0] == 200
+        assert http(slow.search_url, {"query": "x"}, fault("bad_content"))[0] == 200
+        with pytest.raises((urllib.error.URLError, ConnectionError)):
+            http(slow.search_url, {"query": "x"}, fault("reset"))
+        stats = slow.stats()
+    assert searched >= 0.14 and chatted < 0.1
+    assert stats["requests"]["search"] == {"200": 3, "503": 1, "dropped": 1}
+    assert stats["faults"]["503"] == 1 and stats["faults"]["reset"] == 1
+    assert stats["in_flight_max"] == 1  # the chat request: searches are not model requests
+    with Simulator(SimulatorConfig(error_500=1.0)) as failing:
+        assert http(failing.search_url, {"query": "x"})[0] == 500
+        assert http(failing.search_url, {"query": "x"}, fault("none"))[0] == 200
+
+
+def test_the_search_latency_defaults_to_the_models() -> None:
+    with Simulator(SimulatorConfig(latency_ms=150)) as slow:
+        started = time.monotonic()
+        assert http(slow.search_url, {"query": "slow"})[0] == 200
+        assert time.monotonic() - started >= 0.14
+
+
+def test_admissions_report_the_most_in_any_window(sim: Simulator) -> None:
+    from rowpilot._simulator import _max_in_window
+
+    assert _max_in_window([], 1.0) == 0
+    assert _max_in_window([0.0, 0.5, 0.99, 1.0, 1.2, 3.0], 1.0) == 4  # 0.5 up to 1.2
+    assert _max_in_window([0.0, 0.5, 0.99, 1.0, 1.2, 3.0], 0.1) == 2
+    with Simulator() as fresh:
+        for n in range(3):
+            http(fresh.search_url, {"query": f"q{n}"})
+        status, _, body = http(f"{fresh.url}/stats/admissions?window_s=2&times=1")
+        view = json.loads(body)
+        assert status == 200 and view == fresh.admissions(2.0, times=True)
+        times = view["search"]["times"]
+        assert len(times) == 3 and times == sorted(times) and times[0] >= 0
+        assert "times" not in json.loads(http(f"{fresh.url}/stats/admissions")[2])["search"]
+        assert http(f"{fresh.url}/stats/admissions?window_s=0")[0] == 400
+        assert http(f"{fresh.url}/stats/admissions?window_s=x")[0] == 400
+        fresh.reset_stats()
+        assert fresh.admissions() == {}
+
+
+def test_search_options_are_parsed_and_checked() -> None:
+    config = SimulatorConfig.from_options(**{"search-rpm": "100", "search_latency_ms": "20"})
+    assert (config.search_rpm, config.search_latency_ms) == (100.0, 20.0)
+    for bad in ({"search_rpm": 0}, {"search_latency_ms": -1}):
+        with pytest.raises(ConfigError):
+            SimulatorConfig(**bad)
+
+
+def test_rowpilot_simulate_serves_search_with_its_limit() -> None:
+    rowpilot = os.path.join(os.path.dirname(sys.executable), "rowpilot")
+    process = subprocess.Popen(
+        [rowpilot, "simulate", "--port", "0", "--search-rpm", "60", "--search-latency-ms", "1"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    try:
+        lines = [process.stdout.readline() for _ in range(4)]
+        search_url = lines[3].rsplit(" ", 1)[1].strip()
+        assert lines[3].startswith("  Search URL:") and search_url.endswith("/search")
+        statuses = [http(search_url, {"query": f"q{n}"})[0] for n in range(2)]
+        assert statuses == [200, 429]
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=10) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        process.stdout.close()

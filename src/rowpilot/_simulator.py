@@ -13,7 +13,9 @@ Endpoints
 ``GET  /v1/models``            the simulated models; Anthropic's shape when the request
                                carries an ``anthropic-version`` header, else OpenAI's
 ``POST /v1/messages``          Anthropic messages (no streaming)
+``POST /search``               a web-search API with its own rate limit, see Search below
 ``GET  /stats``                counters, see below; ``POST /stats/reset`` zeroes them
+``GET  /stats/admissions``     when each model and the search API let requests in
 
 Errors have each provider's JSON shape: OpenAI ``{"error": {"message", "type", "param",
 "code"}}``, Anthropic ``{"type": "error", "error": {"type", "message"}}``. A wrong or
@@ -100,13 +102,42 @@ the word (as a word, any case) is answered with no content and finish reason
 ``content_filter`` (Anthropic: stop reason ``refusal``), counted under faults as
 ``refused``. In a batch, one such row refuses the whole request, as real filters do.
 
+Search
+------
+``POST /search`` with a JSON body ``{"query": str, "max_results": int}`` (1..20, default
+5) stands for a web-search API (asked as Tavily's is: ``Authorization: Bearer <api_key>``
+when the simulator has one, a 401 otherwise). It answers ``{"query": q, "results":
+[{"title", "url", "snippet", "score"}, ...]}`` (Tavily calls the snippet ``content``),
+``max_results`` entries, each derived from
+blake2b(query + "\\0" + rank) alone (``search_answer``): a domain and a news-like phrase
+picked by the hash, so a test knows every result, and an LLM prompt built from them gets
+a deterministic answer too. Its limit is its own: ``search_rpm`` (a bucket like a model's,
+holding ``window_s`` seconds' worth), 429 with ``retry-after`` and the
+``x-ratelimit-*-requests`` headers when over, whatever the models' buckets hold (and the
+other way round). It waits ``search_latency_ms`` (default: ``latency_ms``) with the same
+jitter, and draws the status and transport faults (``500``, ``503``, ``hang``,
+``reset``, ``malformed``) at the configured rates or from ``x-sim-fault``; the content
+faults do not apply. It is not counted ``in_flight`` nor held to ``max_concurrent``,
+which are the models'.
+
 Stats
 -----
 ``{"requests": {endpoint: {status: n}}, "requests_total", "rate_limited" (429s),
 "concurrency_rejected", "faults": {kind: n}, "tokens": {"input", "output"}, "in_flight",
-"in_flight_max"}``. Endpoints are ``chat.completions``, ``embeddings``, ``messages`` and
-``models``; a connection dropped by a fault counts under status ``dropped``. Resetting the
-stats leaves the rate-limit buckets and the fault draws as they are.
+"in_flight_max"}``. Endpoints are ``chat.completions``, ``embeddings``, ``messages``,
+``models`` and ``search``; a connection dropped by a fault counts under status
+``dropped``. Resetting the stats leaves the rate-limit buckets and the fault draws as they
+are.
+
+Admissions: every request that reaches a rate limit (a model's or the search API's,
+limited or not) is an *arrival* at that resource (the model's name, or ``search``), and an
+*admission* when the limit let it in. ``Simulator.admissions(window_s)`` and ``GET
+/stats/admissions?window_s=W`` give per resource ``{"arrived", "admitted",
+"max_arrived", "max_admitted", "window_s"}``: the most requests that arrived (were let in)
+within any ``W`` seconds, so a test can check that a client kept to a limit by itself
+(arrivals) and that the limit held (admissions). ``&times=1`` adds ``"times"``: each
+admission's seconds since the simulator started. The last 200,000 arrivals per resource
+are kept; resetting the stats clears them.
 """
 
 from __future__ import annotations
@@ -114,6 +145,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import base64
+import collections
 import contextlib
 import hashlib
 import json
@@ -142,7 +174,15 @@ from aiohttp import web
 
 from rowpilot.errors import ConfigError
 
-__all__ = ["DEFAULT_MODELS", "FAULTS", "Simulator", "SimulatorConfig", "serve_forever"]
+__all__ = [
+    "DEFAULT_MODELS",
+    "FAULTS",
+    "SEARCH_RESOURCE",
+    "Simulator",
+    "SimulatorConfig",
+    "search_answer",
+    "serve_forever",
+]
 
 DEFAULT_MODELS: tuple[str, ...] = (
     "gpt-4o-mini",
@@ -163,6 +203,8 @@ FAULTS: tuple[str, ...] = (
     "missing_field",
 )
 _FAULT_RATES = dict(zip(FAULTS, ("error_500", "error_503", *FAULTS[2:]), strict=True))
+SEARCH_RESOURCE = "search"  # the search API's name in the stats and the admissions
+_ARRIVALS_KEPT = 200_000  # per resource: enough for any test or benchmark, bounded for a server
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -195,11 +237,14 @@ class SimulatorConfig:
     default_max_tokens: int = 1024
     embedding_dimensions: int = 64
     refuse_word: str | None = None  # a prompt that mentions it is refused (content filter)
+    search_rpm: float | None = None  # POST /search's own requests/min (None: unlimited)
+    search_latency_ms: float | None = None  # POST /search's median latency (None: latency_ms)
 
     def __post_init__(self) -> None:
         _check_listening(self)
         _check_limits(self)
         _check_faults(self)
+        _check_search(self)
 
     @classmethod
     def from_options(cls, **options: object) -> SimulatorConfig:
@@ -270,6 +315,13 @@ def _check_limits(config: SimulatorConfig) -> None:
     for name in ("latency_ms", "latency_jitter", "hang_seconds"):
         if getattr(config, name) < 0:
             raise ConfigError(f"{name} cannot be negative")
+
+
+def _check_search(config: SimulatorConfig) -> None:
+    if config.search_rpm is not None and config.search_rpm < 1:
+        raise ConfigError("search_rpm must be at least 1", hint="leave it unset for no limit")
+    if config.search_latency_ms is not None and config.search_latency_ms < 0:
+        raise ConfigError("search_latency_ms cannot be negative")
 
 
 def _check_faults(config: SimulatorConfig) -> None:
@@ -735,6 +787,64 @@ def _embedding(text: str, dimensions: int) -> list[float]:
     return [value / norm for value in values]
 
 
+# -- the search API's answers ---------------------------------------------------------------
+
+_SEARCH_DOMAINS = (
+    "news.example.com",
+    "reviews.example.org",
+    "markets.example.net",
+    "encyclopedia.example.org",
+    "trade.example.com",
+    "blog.example.net",
+)
+# News-like phrases; some carry words a sentiment enum would pick (positive, mixed, negative).
+_SEARCH_PHRASES = (
+    "customer reviews are mostly positive",
+    "opinions are mixed after the price rise",
+    "a negative report on delivery times",
+    "sales grew strongly last year",
+    "launched a new product line",
+    "opened stores in three more cities",
+    "won an industry award for design",
+    "faces supply problems this season",
+)
+_MAX_SEARCH_RESULTS = 20
+
+
+def search_answer(query: str, max_results: int = 5) -> dict[str, Any]:
+    """What ``POST /search`` answers for ``query``: ``max_results`` results, each from
+    blake2b(query + "\\0" + rank) alone."""
+    words = query.split()
+    head = " ".join(words[:8])
+    slug = "-".join(re.findall(r"\w+", query.lower())[:6]) or "result"
+    results = []
+    for rank in range(max_results):
+        digest = _digest(f"{query}\0{rank}")
+        domain = _SEARCH_DOMAINS[digest[0] % len(_SEARCH_DOMAINS)]
+        phrase = _SEARCH_PHRASES[digest[1] % len(_SEARCH_PHRASES)]
+        results.append(
+            {
+                "title": f"{head}: {phrase}",
+                "url": f"https://{domain}/{slug}-{digest[2:6].hex()}",
+                "snippet": f"{head} {phrase}, according to {domain}.",
+                "score": round(0.95 - 0.05 * rank - digest[6] / 10_000, 4),
+            }
+        )
+    return {"query": query, "results": results}
+
+
+def _search_ask(body: Mapping[str, Any]) -> tuple[str, int]:
+    query = body.get("query")
+    if not isinstance(query, str) or not query.strip():
+        raise _bad_request(_OPENAI, "query: a non-empty string is required")
+    count = body.get("max_results", 5)
+    if isinstance(count, bool) or not isinstance(count, int):
+        raise _bad_request(_OPENAI, "max_results: an integer is required")
+    if not 1 <= count <= _MAX_SEARCH_RESULTS:
+        raise _bad_request(_OPENAI, f"max_results: between 1 and {_MAX_SEARCH_RESULTS}")
+    return query, count
+
+
 # -- request parsing ------------------------------------------------------------------------
 
 
@@ -948,6 +1058,7 @@ class _Stats:
             self._tokens_in = 0
             self._tokens_out = 0
             self._in_flight_max = self._in_flight
+            self._arrivals: dict[str, collections.deque[tuple[float, bool]]] = {}
 
     def record(self, endpoint: str, response: web.StreamResponse) -> None:
         status = "dropped" if isinstance(response, _Dropped) else str(response.status)
@@ -958,6 +1069,18 @@ class _Stats:
     def fault(self, kind: str) -> None:
         with self._lock:
             self._faults[kind] += 1
+
+    def arrived(self, resource: str, now: float, admitted: bool) -> None:
+        """A request reached ``resource``'s limit at ``now`` and was let in, or not."""
+        with self._lock:
+            arrivals = self._arrivals.get(resource)
+            if arrivals is None:
+                arrivals = self._arrivals[resource] = collections.deque(maxlen=_ARRIVALS_KEPT)
+            arrivals.append((now, admitted))
+
+    def arrivals(self) -> dict[str, list[tuple[float, bool]]]:
+        with self._lock:
+            return {resource: list(times) for resource, times in self._arrivals.items()}
 
     def concurrency_rejected(self) -> None:
         with self._lock:
@@ -996,6 +1119,16 @@ class _Stats:
             }
 
 
+def _max_in_window(times: Sequence[float], window_s: float) -> int:
+    """The most of the sorted ``times`` that fall within any ``window_s`` seconds."""
+    most, first = 0, 0
+    for last, moment in enumerate(times):
+        while moment - times[first] >= window_s:
+            first += 1
+        most = max(most, last - first + 1)
+    return most
+
+
 class _Dice:
     """Reproducible randomness: the n-th request with identical bytes always rolls the same."""
 
@@ -1025,6 +1158,12 @@ class Simulator:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._handlers: set[asyncio.Task[Any]] = set()
+        self._started = time.monotonic()  # admissions are told in seconds since then
+        self._search_bucket = (
+            None
+            if config.search_rpm is None
+            else _TokenBucket(config.search_rpm, config.window_s, self._started)
+        )
 
     # -- lifecycle --
 
@@ -1131,12 +1270,37 @@ class Simulator:
     def anthropic_base_url(self) -> str:
         return self.url
 
+    @property
+    def search_url(self) -> str:
+        return f"{self.url}/search"
+
     def stats(self) -> dict[str, Any]:
         """The counters of ``GET /stats`` (see the module docstring)."""
         return self._stats.snapshot()
 
     def reset_stats(self) -> None:
         self._stats.reset()
+
+    def admissions(self, window_s: float = 1.0, *, times: bool = False) -> dict[str, Any]:
+        """Per resource (a model's name, or ``search``): requests that arrived at its limit
+        and were admitted, and the most of each within any ``window_s`` seconds; with
+        ``times``, each admission's seconds since the simulator started."""
+        if not window_s > 0:
+            raise ValueError(f"window_s must be positive, not {window_s!r}")
+        view: dict[str, Any] = {}
+        for resource, arrivals in sorted(self._stats.arrivals().items()):
+            arrived = [moment for moment, _ in arrivals]
+            admitted = [moment for moment, let_in in arrivals if let_in]
+            view[resource] = {
+                "arrived": len(arrived),
+                "admitted": len(admitted),
+                "max_arrived": _max_in_window(arrived, window_s),
+                "max_admitted": _max_in_window(admitted, window_s),
+                "window_s": window_s,
+            }
+            if times:
+                view[resource]["times"] = [round(t - self._started, 6) for t in admitted]
+        return view
 
     # -- routing --
 
@@ -1150,6 +1314,8 @@ class Simulator:
                 web.get("/v1/models", self._models),
                 web.get("/stats", self._get_stats),
                 web.post("/stats/reset", self._reset_stats),
+                web.post("/search", self._search),
+                web.get("/stats/admissions", self._get_admissions),
             ]
         )
         return app
@@ -1190,6 +1356,71 @@ class Simulator:
     async def _reset_stats(self, request: web.Request) -> web.StreamResponse:
         self.reset_stats()
         return web.json_response(self.stats())
+
+    async def _get_admissions(self, request: web.Request) -> web.StreamResponse:
+        try:
+            window_s = float(request.query.get("window_s", "1"))
+            view = self.admissions(window_s, times=request.query.get("times") in ("1", "true"))
+        except ValueError:
+            return _OPENAI.error(400, "window_s: a positive number of seconds is required")
+        return web.json_response(view)
+
+    # -- the search API --
+
+    async def _search(self, request: web.Request) -> web.StreamResponse:
+        with self._tracked(request):
+            try:
+                response = await self._search_answer(request)
+            except _Reject as reject:
+                response = reject.response
+        self._stats.record(SEARCH_RESOURCE, response)
+        return response
+
+    async def _search_answer(self, request: web.Request) -> web.StreamResponse:
+        self._authorize(request, _OPENAI)  # a bearer token, as Tavily's clients send it
+        raw = await request.read()
+        body = _json_object(_OPENAI, raw)
+        query, max_results = _search_ask(body)
+        self._request_ids += 1
+        call = _Call(
+            request,
+            _OPENAI,
+            body,
+            raw,
+            SEARCH_RESOURCE,
+            _forced_fault(request),
+            f"sim{self._request_ids:08d}",
+        )
+        headers = self._take_search_limit(call)
+        rng = self._dice.roll(request.path, raw)
+        draw, factor = rng.random(), rng.lognormvariate(0.0, self.config.latency_jitter)
+        latency_ms = self.config.search_latency_ms
+        latency_ms = self.config.latency_ms if latency_ms is None else latency_ms
+        if latency_ms > 0:
+            await asyncio.sleep(latency_ms * factor / 1000)
+        fault = call.forced_fault or _pick_fault(self.config, draw)
+        failed = await self._fail(call, None if fault == "none" else fault, headers)
+        if failed is not None:
+            return failed
+        return self._ok(call, search_answer(query, max_results), headers)
+
+    def _take_search_limit(self, call: _Call) -> dict[str, str]:
+        """The search API's own bucket: one request per call, whatever the models hold."""
+        now = time.monotonic()
+        bucket = self._search_bucket
+        if bucket is None:
+            self._stats.arrived(SEARCH_RESOURCE, now, admitted=True)
+            return {}
+        wait = bucket.wait(1.0, now)
+        if wait <= 0:
+            bucket.take(1.0, now)
+        self._stats.arrived(SEARCH_RESOURCE, now, admitted=wait <= 0)
+        state = _LimitState("requests", bucket.limit, bucket.remaining(now), bucket.until_full(now))
+        headers = _OPENAI.limit_headers([state])
+        if wait > 0:
+            refusal = _Refusal("requests", bucket.limit, 1.0, wait)
+            raise _Reject(_rate_limited(call, refusal, headers))
+        return headers
 
     # -- one model request --
 
@@ -1288,6 +1519,7 @@ class Simulator:
         if limits is None:
             limits = self._limits[call.model] = _ModelLimits(self.config, now)
         refusal = limits.admit(tokens, now)
+        self._stats.arrived(call.model, now, admitted=refusal is None)
         headers = call.provider.limit_headers(limits.states(now))
         if refusal is not None:
             raise _Reject(_rate_limited(call, refusal, headers))
@@ -1415,6 +1647,7 @@ async def _serve(config: SimulatorConfig) -> None:
     print(f"rowpilot simulator listening on {simulator.url}", flush=True)
     print(f"  OpenAI base URL:    {simulator.openai_base_url}", flush=True)
     print(f"  Anthropic base URL: {simulator.anthropic_base_url}", flush=True)
+    print(f"  Search URL:         {simulator.search_url}", flush=True)
     print("Press Ctrl-C to stop.", flush=True)
     try:
         await asyncio.Event().wait()
