@@ -500,10 +500,13 @@ def label(
     epilog=_example(
         "rowpilot estimate job.toml --sample 20",
         "rowpilot estimate job.toml --sample 50 --workers 16",
+        "rowpilot estimate brands.toml --sample 5 --base-url http://127.0.0.1:8900/v1",
     )
 )
 def estimate(
-    job: Annotated[str, typer.Argument(help="A TOML job file of a prompt task.")],
+    job: Annotated[
+        str, typer.Argument(help="A TOML job file: a prompt task, or a Python task's steps.")
+    ],
     sample: Annotated[
         int, typer.Option(help="Items to run for real (journaled, not paid again).")
     ] = 20,
@@ -512,9 +515,16 @@ def estimate(
     ] = None,
     rpm: RpmOption = None,
     tpm: TpmOption = None,
+    base_url: BaseUrlOption = None,
+    limit: Annotated[int | None, typer.Option(help="Project the first N rows only.")] = None,
+    state: Annotated[
+        Path | None, typer.Option(help="State directory [the job's]; the sample stays done there.")
+    ] = None,
 ) -> None:
-    """Run a sample of a prompt job, then project the whole job's cost and time."""
-    settings = _settings_from(job, {"workers": workers, "rpm": rpm, "tpm": tpm})
+    """Run a sample of a prompt job or of a Python task (its ctx.llm and ctx.call steps),
+    then project the whole job's cost and time."""
+    flags = {"workers": workers, "rpm": rpm, "tpm": tpm, "base_url": base_url, "limit": limit}
+    settings = _settings_from(job, {**flags, "state": state})
     settings["command"] = _resume_command(None)
     settings.setdefault("progress", False)
     _sample(build_config(settings), sample)
@@ -885,6 +895,7 @@ def doctor(
     epilog=_example(
         "rowpilot simulate --port 8900 --rpm 6000 --tpm 2000000 --latency-ms 300",
         "rowpilot simulate --error-503 0.02 --hang 0.01 --api-key sk-sim-local",
+        "rowpilot simulate --rpm 500 --search-rpm 100 --search-latency-ms 400",
     )
 )
 def simulate(
@@ -913,8 +924,15 @@ def simulate(
     refuse_word: Annotated[
         str | None, typer.Option(help="Refuse (content filter) every prompt with this word.")
     ] = None,
+    search_rpm: Annotated[
+        float | None, typer.Option(help="Requests per minute of POST /search, its own limit.")
+    ] = None,
+    search_latency_ms: Annotated[
+        float | None, typer.Option(help="Median latency of POST /search [--latency-ms].")
+    ] = None,
 ) -> None:
-    """Serve a local OpenAI/Anthropic-compatible API to rehearse jobs against (no cost)."""
+    """Serve a local OpenAI/Anthropic-compatible API and a search API (POST /search) to
+    rehearse jobs against (no cost)."""
     options = dict(locals())
     from rowpilot._simulator import SimulatorConfig, serve_forever
 
