@@ -170,6 +170,25 @@ def test_steps_back_when_more_workers_give_nothing() -> None:
     assert run.window(throughput=100, latency=0.08) is None  # holds the plateau
 
 
+def test_a_slow_task_growth_is_judged_only_once_its_items_finish() -> None:
+    run = sizer(start=8)
+    run.window(throughput=6, latency=1.3)
+    assert run.sizer.workers == 12
+    # One second later the new workers' items are still running: not judged yet.
+    assert run.window(throughput=6, latency=1.3) is None
+    assert run.sizer.workers == 12
+    decision = run.window(throughput=9, latency=1.3, seconds=3.0)  # settled: 1.5x, kept
+    assert decision is not None and decision.new == 18
+
+
+def test_a_known_rate_bound_is_reached_in_one_step() -> None:
+    run = sizer(start=8)
+    rates = Rates(rpm=3000, calls=100, call_seconds=130.0)  # 50/s x 1.3 s x 1.2 = 78
+    decision = run.window(throughput=6, latency=1.3, rates=rates)
+    assert decision is not None and decision.new == 78
+    assert "the rate's bound" in decision.why
+
+
 def test_idle_workers_are_not_grown() -> None:
     run = sizer(start=8)
     assert run.window(throughput=50, latency=0.05, busy=0.3) is None

@@ -79,6 +79,7 @@ ITEM_MEMORY_MB = 64.0  # one worker's working memory, assumed for the start
 _CUT = 0.75  # the count's cut on 429s or memory pressure
 _GROWTH = 1.5
 _GAIN_SHARE = 0.3  # of the ideal gain of a growth step, the least that keeps it
+_SETTLE = 2.5  # item latencies a growth step runs before its gain is judged
 _BUSY = 0.8  # mean share of workers running for the count to be the limit
 _PRESSURE = 0.9  # of --max-memory, from which the resident size is pressure
 _LOW_MEMORY = 0.05  # of the machine's memory available, below which it is pressure
@@ -233,6 +234,7 @@ class WorkerSizer:
         self._samples = 0
         self._hold_until = -math.inf
         self._probe: _Probe | None = None
+        self._latency: float | None = None  # the last window's mean item latency
 
     def note(self, running: float) -> None:
         """How many workers are running now; the busy share is their mean over a window."""
@@ -258,6 +260,11 @@ class WorkerSizer:
             and elapsed < 5 * self.period
         ):
             return None  # too few items to judge: the window grows
+        settle = _SETTLE * self._latency if self._latency is not None else 0.0
+        if self._probe is not None and not limited and pressure is None and elapsed < settle:
+            # A growth step shows in throughput only once the items it admitted finish:
+            # judged sooner, a slow task's growth always looks like no gain.
+            return None
         seconds = reading.task_seconds - since.task_seconds
         window = _Window(
             elapsed=elapsed,
@@ -269,6 +276,8 @@ class WorkerSizer:
         )
         self._since = reading
         self._running_sum, self._samples = 0.0, 0
+        if window.latency is not None:
+            self._latency = window.latency
         new, why = self._decide(reading, since, window)
         new = min(self.ceiling, max(1, new))
         if new == self.workers:
@@ -306,13 +315,18 @@ class WorkerSizer:
         if w.finished == 0:
             return current, ""  # busy, but nothing finished: no evidence that more would help
         grown = max(current + 1, math.ceil(current * _GROWTH))
+        if ceiling_why.startswith("rpm"):
+            # A known rate and a measured latency say how many are needed (Little's law):
+            # go there at once rather than by halves, each of which must settle first.
+            grown = max(grown, ceiling)
         grown = min(grown, ceiling)
         self._probe = _Probe(current, throughput)
         in_flight = throughput * (w.latency or 0.0)
+        target = f" (the rate's bound: {ceiling_why})" if ceiling_why.startswith("rpm") else ""
         return grown, (
             f"{min(1.0, w.busy):.0%} of {current} workers busy: {throughput:.1f} items/s x "
             f"{w.latency or 0.0:.3f} s = {in_flight:.1f} in flight (Little's law), "
-            f"no 429s or memory pressure: trying {grown}"
+            f"no 429s or memory pressure: trying {grown}{target}"
         )
 
     def _ceiling(self, now: Reading, since: Reading, latency: float | None) -> tuple[int, str]:
