@@ -611,3 +611,16 @@ def test_grouped_tasks_commit_each_row_and_a_failing_group_runs_row_by_row(
         assert by_key[f"k{i:02d}"].output == {"upper": f"TEXT {i}"}
     assert ["k00", "k01", "k02", "k03"] in task.groups  # grouped calls...
     assert ["k06"] in task.groups  # ...and the failed group's rows alone
+
+
+def test_the_summary_gives_shares_and_the_average_item() -> None:
+    from rowpilot._result import Summary
+
+    summary = Summary(
+        run_id="r", state="s", status="completed_with_failures", total=40, done=30, failed=10,
+        skipped=0, skipped_failed=0, pending=0, retries=0, elapsed=2.0, items_per_second=20.0,
+        task_seconds=20.0, speedup=10.0, cost_usd=0.5, calls=40,
+    )  # fmt: skip
+    first, second = summary.lines()[:2]
+    assert first.endswith("of 40 (75.0% ok, 25.0% failed)")
+    assert "0.50s per item on average" in second and "speed-up 10.0x" in second

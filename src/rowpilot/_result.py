@@ -68,14 +68,21 @@ class Summary:
                 f"nothing to do: all {self.skipped:,} items were done before",
                 f"state: {self.state}",
             ]
+        finished = self.done + self.failed
+        shares = (
+            f" ({self.done / finished:.1%} ok, {self.failed / finished:.1%} failed)"
+            if finished
+            else ""
+        )
         lines = [
             f"{self.status.replace('_', ' ')}: {self.done:,} done, {self.failed:,} failed, "
-            f"{self.skipped:,} skipped (done before){total}",
+            f"{self.skipped:,} skipped (done before){total}{shares}",
             f"elapsed {self.elapsed:.2f}s, {self.items_per_second:,.1f} items/s"
             + (
                 ""
-                if self.batched  # a row's task time is its batch's: no sum to speak of
-                else f", task time {self.task_seconds:.2f}s, parallel speed-up {self.speedup:.1f}x"
+                if self.batched or not finished  # a batched row's task time is its batch's
+                else f", {self.task_seconds / finished:.2f}s per item on average, "
+                f"task time {self.task_seconds:.2f}s, parallel speed-up {self.speedup:.1f}x"
             ),
         ]
         if self.stop_reason:
