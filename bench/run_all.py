@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 
 BENCHMARKS = (
+    "bench_brand.py",
+    "bench_embed.py",
     "bench_engine.py",
     "bench_llm.py",
     "bench_local_executor.py",

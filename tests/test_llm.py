@@ -370,6 +370,7 @@ def test_a_bad_key_fails_before_any_item_with_one_line(sim: Simulator, tmp_path:
     assert len(lines) == 1
     assert lines[0].startswith("rowpilot: error: preflight check failed")
     assert "401" in lines[0]
+    assert lines[0].count("hint:") == 1
     assert sum(sim.stats()["requests"].get("chat.completions", {}).values()) == 0
     assert not (tmp_path / ".rowpilot").exists()
 

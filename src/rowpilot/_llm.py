@@ -221,7 +221,9 @@ class LLMSession:
         try:
             models = await self.client.preflight()
         except ProviderError as error:
-            raise ProviderSetupError(f"preflight check failed: {error}", hint=error.hint) from None
+            # The provider error's own text carries its hint: said once, as the setup's.
+            detail = str(error).replace(f" (hint: {error.hint})", "") if error.hint else error
+            raise ProviderSetupError(f"preflight check failed: {detail}", hint=error.hint) from None
         # Anthropic lists dated ids (claude-haiku-4-5-20251001) a page at a time: an alias
         # may be missing from the page, and a wrong name still fails on the first call.
         if self.provider.kind == "openai" and models and not _offers(models, self.model):

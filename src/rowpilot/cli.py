@@ -285,7 +285,7 @@ def _run_and_report(settings: dict[str, Any]) -> None:
 def _report(result: Result, config: JobConfig) -> None:
     for line in [*result.summary.lines(), *result.written]:
         print(line)
-    if config.labels and result.summary.done:
+    if config.labels and (result.summary.done or result.summary.skipped):  # the job's labels
         from rowpilot._labels import label_summary
 
         registry = Registry(result.state)
