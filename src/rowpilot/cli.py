@@ -320,26 +320,21 @@ def _labels_in(text: str) -> list[str]:
     return [label.strip() for label in text.split(",") if label.strip()]
 
 
-def _workers(text: str) -> int | str:
+def _count_or_auto(text: str, flag: str, hint: str) -> int | str:
     if text == "auto":
         return text
     try:
         return int(text)
     except ValueError:
-        raise ConfigError(
-            f"--workers {text!r} is not a number", hint="give items at once, or auto"
-        ) from None
+        raise ConfigError(f"{flag} {text!r} is not a number", hint=hint) from None
+
+
+def _workers(text: str) -> int | str:
+    return _count_or_auto(text, "--workers", "give items at once, or auto")
 
 
 def _batch_size(text: str) -> int | str:
-    if text == "auto":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise ConfigError(
-            f"--batch-size {text!r} is not a number", hint="give rows per request, or auto"
-        ) from None
+    return _count_or_auto(text, "--batch-size", "give rows per request, or auto")
 
 
 def _param(text: str) -> tuple[str, Any]:
