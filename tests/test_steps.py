@@ -556,3 +556,20 @@ def test_a_long_path_keeps_its_file_name_in_the_error() -> None:
     path = "/very/long/absolute/path/to/the/data/folder/of/opportunity/OPP-007/email.txt"
     error = SubItemError.of({0: (path, ValueError("bad"))}, total=1)
     assert "OPP-007/email.txt'" in str(error)
+
+
+def test_the_speed_up_leaves_out_waits_for_rate_limits(sim: Simulator, tmp_path: Path) -> None:
+    api = Recorder(seconds=0.05)
+
+    async def task(row: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
+        return await ctx.call("api", api, row["id"])  # type: ignore[no-any-return]
+
+    result = run(
+        sim, task, brands(40), tmp_path / "state", workers=16, limits={"api": {"rpm": 1200}}
+    )
+    summary = result.summary
+    # 20 calls/s with 16 workers: most of each item's time is its wait for the limit.
+    assert summary.waited_seconds > summary.task_seconds / 2
+    work = summary.task_seconds - summary.waited_seconds
+    assert summary.speedup == pytest.approx(work / summary.elapsed, rel=0.01)
+    assert "waiting for rate limits" in summary.lines()[1]

@@ -402,7 +402,8 @@ async def _run_locked(
     try:
         with _signals_to(scheduler):
             end = await scheduler.run(_chunks(job))
-        summary = _summary(job, run_id, counters, end, scheduler.stop_message)
+        waited = _limit_waits(session, steps)
+        summary = _summary(job, run_id, counters, end, scheduler.stop_message, waited)
         run_row.update(
             ended_at=time.time(), status=summary.status, summary=json.dumps(summary.as_dict())
         )
@@ -495,8 +496,22 @@ def _run_row(job: PreparedJob, run_id: str) -> dict[str, Any]:
     }
 
 
+def _limit_waits(session: LLMSession | None, steps: Steps | None) -> float:
+    """Seconds items spent waiting for rate-limited resources: part of their task time,
+    and no part of what a loop of one item at a time would take."""
+    waited = steps.waited_seconds() if steps is not None else 0.0
+    if session is not None:
+        waited += float(session.resource.stats()["waited_seconds"])
+    return waited
+
+
 def _summary(
-    job: PreparedJob, run_id: str, c: Counters, end: RunEnd, stop_reason: str | None
+    job: PreparedJob,
+    run_id: str,
+    c: Counters,
+    end: RunEnd,
+    stop_reason: str | None,
+    waited: float = 0.0,
 ) -> Summary:
     elapsed = time.monotonic() - c.started_at
     pending = None if c.total is None else max(0, c.total - c.finished)
@@ -522,7 +537,8 @@ def _summary(
         elapsed=elapsed,
         items_per_second=(c.done + c.failed) / elapsed if elapsed > 0 else 0.0,
         task_seconds=c.task_seconds,
-        speedup=c.task_seconds / elapsed if elapsed > 0 else 0.0,
+        speedup=max(0.0, c.task_seconds - waited) / elapsed if elapsed > 0 else 0.0,
+        waited_seconds=waited,
         stop_reason=stop_reason,
         causes={cause: n for cause, n in c.causes.items() if n > 0},
         calls=c.calls,

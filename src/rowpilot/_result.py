@@ -22,7 +22,8 @@ EXIT_INTERRUPTED = 130
 
 @dataclass(frozen=True)
 class Summary:
-    """The figures of one run. ``speedup`` is the sum of task time over wall time."""
+    """The figures of one run. ``speedup`` is the task time, less the waits for rate limits
+    (``waited_seconds``), over the wall time: what one item at a time would take."""
 
     run_id: str
     state: str
@@ -47,6 +48,7 @@ class Summary:
     batched: bool = False  # rows were computed or asked in batches
     rate_limited: int = 0  # 429s the provider answered (each waited its turn again)
     splits: int = 0  # batches asked again in halves for missing or invalid rows
+    waited_seconds: float = 0.0  # of task_seconds, spent waiting for rate-limited resources
 
     @property
     def exit_code(self) -> int:
@@ -82,7 +84,8 @@ class Summary:
                 ""
                 if self.batched or not finished  # a batched row's task time is its batch's
                 else f", {self.task_seconds / finished:.2f}s per item on average, "
-                f"task time {self.task_seconds:.2f}s, parallel speed-up {self.speedup:.1f}x"
+                f"task time {self.task_seconds:.2f}s{self._waits()}, "
+                f"parallel speed-up {self.speedup:.1f}x"
             ),
         ]
         if self.stop_reason:
@@ -112,6 +115,11 @@ class Summary:
             lines.append(f"{self.pending:,} items not processed yet")
         lines.append(f"state: {self.state}")
         return lines
+
+    def _waits(self) -> str:
+        if self.waited_seconds < 0.005:
+            return ""
+        return f" ({self.waited_seconds:.2f}s of it waiting for rate limits)"
 
 
 class Result:

@@ -173,6 +173,12 @@ class Steps:
             return None
         return Rates(rpm=tightest, calls=finished, call_seconds=counters.task_seconds)
 
+    def waited_seconds(self) -> float:
+        """Seconds steps waited for their resources' limits, over the run."""
+        resources = [resource for resource, _ in self._resources.values()]
+        resources += [session.resource for session in self._sessions.values()]
+        return sum(float(resource.stats()["waited_seconds"]) for resource in resources)
+
     def resource(self, name: str) -> Resource:
         """The named resource's limiter (for tests and the summary)."""
         return self._resource(name)[0]
