@@ -573,3 +573,24 @@ def test_the_speed_up_leaves_out_waits_for_rate_limits(sim: Simulator, tmp_path:
     work = summary.task_seconds - summary.waited_seconds
     assert summary.speedup == pytest.approx(work / summary.elapsed, rel=0.01)
     assert "waiting for rate limits" in summary.lines()[1]
+
+
+def test_a_plain_python_task_does_not_load_the_provider_sdks(tmp_path: Path) -> None:
+    # They take over a second to import: a task that never calls a model must not pay it.
+    script = textwrap.dedent(
+        f"""
+        import sys
+        import rowpilot
+
+        def task(row, ctx):
+            return {{"n": row["n"] * 2}}
+
+        rows = [{{"n": n}} for n in range(3)]
+        rowpilot.run(task, rows, state={str(tmp_path / "state")!r}, progress=False)
+        print(sorted(name for name in ("openai", "anthropic") if name in sys.modules))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "[]"

@@ -229,7 +229,7 @@ def label(
 
 def default_label_model(env_file: PathLike | None = None) -> str:
     """``openai/gpt-4o-mini`` when an OpenAI key is at hand, else the bundled local model."""
-    from rowpilot._llm import load_environ
+    from rowpilot._environ import load_environ
 
     environ = load_environ(Path(env_file) if env_file is not None else None)
     return "openai/gpt-4o-mini" if environ.get("OPENAI_API_KEY") else "local/wordllama"

@@ -31,14 +31,10 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
-
-from dotenv import dotenv_values
 
 from rowpilot._config import JobConfig
 from rowpilot._cost import (
@@ -49,6 +45,7 @@ from rowpilot._cost import (
     parse_price_overrides,
     worst_case_cost,
 )
+from rowpilot._environ import load_environ
 from rowpilot._events import EventLog
 from rowpilot._items import encode_output
 from rowpilot._labels import label_names, split_label
@@ -786,18 +783,3 @@ def _custom_providers(table: Mapping[str, Mapping[str, Any]]) -> dict[str, Provi
             )
         providers[name] = ProviderSpec(name, kind, str(entry["base_url"]), entry.get("api_key_env"))
     return providers
-
-
-def load_environ(env_file: Path | None) -> dict[str, str]:
-    """The process environment over the ``.env`` file's values (the real environment wins).
-
-    The values stay in this mapping: nothing is written to ``os.environ``, so a key read
-    here reaches the SDK client and nothing else.
-    """
-    path = env_file if env_file is not None else Path(".env")
-    values: dict[str, str] = {}
-    if env_file is not None and not path.is_file():
-        raise ConfigError(f"env file {path} does not exist", hint="check --env-file")
-    if path.is_file():
-        values = {k: v for k, v in dotenv_values(path).items() if v is not None}
-    return {**values, **os.environ}

@@ -50,6 +50,7 @@ from pydantic import BaseModel
 
 from rowpilot._config import JobConfig
 from rowpilot._cost import Budget
+from rowpilot._environ import load_environ
 from rowpilot._events import EventLog
 from rowpilot._limits import Limits, Resource
 from rowpilot._progress import Counters
@@ -82,7 +83,6 @@ class Steps:
     """The run-wide side of ``ctx``: sessions, resources, the shared budget, task logs."""
 
     def __init__(self, config: JobConfig, environ: Mapping[str, str] | None = None) -> None:
-        from rowpilot._llm import load_environ  # the SDKs load only for jobs that call them
 
         self.config = config
         self.budget = Budget(config.budget)
