@@ -279,11 +279,7 @@ async def _sample_task(
 
 def _step_limits(steps: Steps) -> dict[str, Limits]:
     """The limits each resource of the run ended with, by ctx.call name or model."""
-    # Steps has no public listing of what a run used; the estimate is its only reader.
-    found = {name: resource.limits for name, (resource, _) in steps._resources.items()}
-    for model, session in steps._sessions.items():
-        found[model] = session.resource.limits
-    return found
+    return {name: resource.limits for name, resource in steps.resources().items()}
 
 
 def _project_task(

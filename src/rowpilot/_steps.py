@@ -159,10 +159,8 @@ class Steps:
         latency, so Little's law sizes the workers per item, whatever each item calls."""
         counters = self._counters
         finished = counters.done + counters.failed
-        resources = [resource for resource, _ in self._resources.values()]
-        resources += [session.resource for session in self._sessions.values()]
         tightest: float | None = None
-        for resource in resources:
+        for resource in self.resources().values():
             stats = resource.stats()
             rpm = stats["effective_rpm"] or resource.limits.rpm
             if not rpm or not stats["requests"] or not finished:
@@ -175,9 +173,13 @@ class Steps:
 
     def waited_seconds(self) -> float:
         """Seconds steps waited for their resources' limits, over the run."""
-        resources = [resource for resource, _ in self._resources.values()]
-        resources += [session.resource for session in self._sessions.values()]
-        return sum(float(resource.stats()["waited_seconds"]) for resource in resources)
+        return sum(float(r.stats()["waited_seconds"]) for r in self.resources().values())
+
+    def resources(self) -> dict[str, Resource]:
+        """Every resource the run's steps used: ctx.call names, and models for ctx.llm."""
+        found = {name: resource for name, (resource, _) in self._resources.items()}
+        found.update({model: session.resource for model, session in self._sessions.items()})
+        return found
 
     def resource(self, name: str) -> Resource:
         """The named resource's limiter (for tests and the summary)."""
