@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import rowpilot
@@ -266,6 +266,15 @@ windows = st.lists(
 
 @settings(max_examples=300, deadline=None)
 @given(st.integers(1, 300), st.integers(1, 300), windows)
+@example(  # a growth step still settling must not wait out a rate's bound below it
+    start=1,
+    ceiling=2,
+    steps=[
+        (0.0, 1.0, 1.0, 0, None, None),
+        (1.0, 1.0, 1.0, 0, None, None),
+        (1.0, 1.0, 0.0, 0, None, 1.0),
+    ],
+)
 def test_property_the_count_stays_in_bounds_and_obeys_the_signals(
     start: int, ceiling: int, steps: list[Step]
 ) -> None:

@@ -260,12 +260,15 @@ class WorkerSizer:
             and elapsed < 5 * self.period
         ):
             return None  # too few items to judge: the window grows
+        seconds = reading.task_seconds - since.task_seconds
         settle = _SETTLE * self._latency if self._latency is not None else 0.0
         if self._probe is not None and not limited and pressure is None and elapsed < settle:
             # A growth step shows in throughput only once the items it admitted finish:
-            # judged sooner, a slow task's growth always looks like no gain.
-            return None
-        seconds = reading.task_seconds - since.task_seconds
+            # judged sooner, a slow task's growth always looks like no gain. The window
+            # grows, unless the count is above a ceiling, which is never waited out.
+            latency = seconds / finished if finished > 0 else None
+            if self.workers <= self._ceiling(reading, since, latency)[0]:
+                return None
         window = _Window(
             elapsed=elapsed,
             finished=finished,

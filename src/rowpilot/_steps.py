@@ -156,7 +156,8 @@ class Steps:
     def item_rates(self) -> Rates | None:
         """For ``--workers auto``: the item pace the tightest rate-limited resource allows
         (its rpm over the calls an item has made of it so far), with the items' own
-        latency, so Little's law sizes the workers per item, whatever each item calls."""
+        latency less their waits at the limits, so Little's law sizes the workers per
+        item, whatever each item calls."""
         counters = self._counters
         finished = counters.done + counters.failed
         tightest: float | None = None
@@ -169,7 +170,10 @@ class Steps:
             tightest = items_per_minute if tightest is None else min(tightest, items_per_minute)
         if tightest is None:
             return None
-        return Rates(rpm=tightest, calls=finished, call_seconds=counters.task_seconds)
+        # The items' time less their waits at the limits: Little's law wants the service
+        # time. With the waits in, more workers wait longer, which would ask for more still.
+        working = max(0.0, counters.task_seconds - self.waited_seconds())
+        return Rates(rpm=tightest, calls=finished, call_seconds=working)
 
     def waited_seconds(self) -> float:
         """Seconds steps waited for their resources' limits, over the run."""
