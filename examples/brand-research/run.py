@@ -38,7 +38,7 @@ from rowpilot._simulator import SEARCH_RESOURCE, Simulator, SimulatorConfig
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
-SIMULATOR_KEY = "sk-simulator-placeholder"  # the simulator's key: no real key goes near it
+SIMULATOR_KEY = "simulator-placeholder-key"  # the simulator's key: no real key goes near it
 LLM_LATENCY_MS = 3000  # a structured analysis of ~1,000 prompt tokens
 SEARCH_LATENCY_MS = 800  # a web search
 WINDOW_S = 10  # the window in which the limits are checked at the simulator

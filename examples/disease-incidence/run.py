@@ -45,7 +45,7 @@ MARKER = ".disease-incidence-example"  # marks an out/ folder this script may cl
 # The simulator takes any key; the subprocesses get this placeholder, never a real key.
 ENV = {
     **{k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")},
-    "OPENAI_API_KEY": "sk-simulator-placeholder",
+    "OPENAI_API_KEY": "simulator-placeholder-key",
     "PYTHONUNBUFFERED": "1",
 }
 

@@ -28,7 +28,7 @@ from label_reviews import LABEL_NAMES, MODEL, cli_command, label_reviews  # noqa
 from rowpilot._simulator import Simulator, SimulatorConfig  # noqa: E402
 
 # The simulator takes any key; a placeholder keeps a real key from being sent anywhere.
-SIMULATOR_KEY = "sk-simulator-placeholder"
+SIMULATOR_KEY = "simulator-placeholder-key"
 
 
 def main(argv: list[str] | None = None) -> int:

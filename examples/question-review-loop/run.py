@@ -30,7 +30,7 @@ from rowpilot._simulator import Simulator, SimulatorConfig  # noqa: E402
 
 JOB = HERE / "job.toml"
 # The simulator takes any key; a placeholder keeps a real key from being sent anywhere.
-SIMULATOR_KEY = "sk-simulator-placeholder"
+SIMULATOR_KEY = "simulator-placeholder-key"
 
 
 def main(argv: list[str] | None = None) -> int:
