@@ -37,8 +37,32 @@ if TYPE_CHECKING:
     from rowpilot._steps import Steps
 
 
+class _Rest:
+    """What both projections derive from the items left and the bounds on their time."""
+
+    total: int  # items in the job's selection
+    done: int  # items done so far (the sample's included)
+    cost_per_item: float
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.total - self.done)
+
+    @property
+    def cost(self) -> float:
+        return self.remaining * self.cost_per_item
+
+    def bounds(self) -> dict[str, float]:
+        raise NotImplementedError
+
+    @property
+    def parallel_seconds(self) -> float:
+        """The slowest of the bounds: the rest's time with every limit at once."""
+        return max(self.bounds().values())
+
+
 @dataclass(frozen=True)
-class Projection:
+class Projection(_Rest):
     """What the rest of a job should cost and take, from what it has cost and taken."""
 
     total: int  # items in the job's selection
@@ -52,16 +76,8 @@ class Projection:
     limits: Limits
 
     @property
-    def remaining(self) -> int:
-        return max(0, self.total - self.done)
-
-    @property
     def calls_left(self) -> int:
         return math.ceil(self.remaining / max(self.rows_per_call, 1.0))
-
-    @property
-    def cost(self) -> float:
-        return self.remaining * self.cost_per_item
 
     @property
     def sequential_seconds(self) -> float:
@@ -78,10 +94,6 @@ class Projection:
         if self.limits.tpm:
             bounds["tokens/min"] = self.calls_left * self.tokens_per_call / (self.limits.tpm / 60)
         return bounds
-
-    @property
-    def parallel_seconds(self) -> float:
-        return max(self.bounds().values())
 
     def lines(self) -> list[str]:
         bounds = self.bounds()
@@ -205,7 +217,7 @@ class ResourceUse:
 
 
 @dataclass(frozen=True)
-class TaskProjection:
+class TaskProjection(_Rest):
     """A Python task's projection: items, each making its steps' calls."""
 
     total: int
@@ -217,16 +229,8 @@ class TaskProjection:
     resources: tuple[ResourceUse, ...]
 
     @property
-    def remaining(self) -> int:
-        return max(0, self.total - self.done)
-
-    @property
     def calls_left(self) -> int:
         return math.ceil(self.remaining * sum(r.calls_per_item for r in self.resources))
-
-    @property
-    def cost(self) -> float:
-        return self.remaining * self.cost_per_item
 
     @property
     def sequential_seconds(self) -> float:
@@ -237,10 +241,6 @@ class TaskProjection:
         for resource in self.resources:
             bounds.update(resource.bounds(self.remaining))
         return bounds
-
-    @property
-    def parallel_seconds(self) -> float:
-        return max(self.bounds().values())
 
     def lines(self) -> list[str]:
         bounds = self.bounds()
