@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from rowpilot._atomic import atomic_write, check_writable, write_bytes_atomic, write_text_atomic
+from rowpilot._atomic import (
+    atomic_write,
+    check_writable,
+    remove_stale_temps,
+    write_bytes_atomic,
+    write_text_atomic,
+)
 from rowpilot.errors import OutputPathError
 
 RUNNING_AS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
@@ -101,11 +111,21 @@ def test_exception_mid_write_keeps_the_old_file(tmp_path: Path) -> None:
     assert os.listdir(tmp_path) == ["out.csv"]
 
 
-def test_missing_folder_is_an_output_path_error(tmp_path: Path) -> None:
-    target = tmp_path / "missing" / "out.csv"
+def test_missing_folders_are_created(tmp_path: Path) -> None:
+    target = tmp_path / "missing" / "deeper" / "out.csv"
+    write_text_atomic(target, "x")
+    assert target.read_text(encoding="utf-8") == "x"
+    assert os.listdir(target.parent) == ["out.csv"]
+
+
+def test_a_path_through_a_file_is_an_output_path_error(tmp_path: Path) -> None:
+    (tmp_path / "plain").write_text("x", encoding="utf-8")
+    target = tmp_path / "plain" / "sub" / "out.csv"
     with pytest.raises(OutputPathError) as caught:
         write_text_atomic(target, "x")
     assert caught.value.file == str(target)
+    assert isinstance(caught.value.__cause__, OSError)
+    assert os.listdir(tmp_path) == ["plain"]
 
 
 def test_directory_target_is_an_output_path_error_and_cleans_up(tmp_path: Path) -> None:
@@ -127,22 +147,22 @@ def test_check_writable_accepts_new_and_existing_files_and_creates_nothing(
     assert os.listdir(tmp_path) == ["old.csv"]
 
 
-def test_check_writable_missing_parent(tmp_path: Path) -> None:
-    target = tmp_path / "nope" / "out.csv"
-    with pytest.raises(OutputPathError) as caught:
-        check_writable(target, what="failures")
-    error = caught.value
-    assert error.file == str(target)
-    assert error.hint is not None
-    assert "create it" in error.hint
-    assert "failures" in str(error)
-    assert not (tmp_path / "nope").exists()
+def test_check_writable_accepts_missing_folders_and_creates_nothing(tmp_path: Path) -> None:
+    target = tmp_path / "nope" / "deeper" / "out.csv"
+    check_writable(target, what="failures")
+    assert os.listdir(tmp_path) == []
+    # The write that follows the check creates the folders.
+    write_text_atomic(target, "x")
+    assert target.read_text(encoding="utf-8") == "x"
 
 
-def test_check_writable_parent_is_a_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize("under", [(), ("missing",), ("missing", "deeper")])
+def test_check_writable_path_through_a_file(tmp_path: Path, under: tuple[str, ...]) -> None:
     (tmp_path / "plain").write_text("x", encoding="utf-8")
-    with pytest.raises(OutputPathError, match="not a folder"):
-        check_writable(tmp_path / "plain" / "out.csv")
+    target = tmp_path.joinpath("plain", *under, "out.csv")
+    with pytest.raises(OutputPathError, match="not a folder") as caught:
+        check_writable(target)
+    assert str(tmp_path / "plain") in str(caught.value)
 
 
 def test_check_writable_existing_directory(tmp_path: Path) -> None:
@@ -166,12 +186,38 @@ def _read_only_folder(tmp_path: Path) -> Path:
     return folder
 
 
-def test_check_writable_read_only_folder(tmp_path: Path) -> None:
+@pytest.mark.parametrize("under", [(), ("missing",), ("missing", "deeper")])
+def test_check_writable_read_only_folder(tmp_path: Path, under: tuple[str, ...]) -> None:
     folder = _read_only_folder(tmp_path)
+    target = folder.joinpath(*under, "out.csv")
     try:
         with pytest.raises(OutputPathError, match="no permission") as caught:
-            check_writable(folder / "out.csv")
-        assert caught.value.file == str(folder / "out.csv")
+            check_writable(target)
+        assert caught.value.file == str(target)
+        assert caught.value.hint is not None
+        assert str(folder) in caught.value.hint
+    finally:
+        if folder.is_relative_to(tmp_path):
+            folder.chmod(0o755)
+
+
+def test_check_writable_folder_mode(tmp_path: Path) -> None:
+    check_writable(tmp_path / "new" / "items", what="JSON folder", folder=True)
+    (tmp_path / "items").mkdir()
+    check_writable(tmp_path / "items", what="JSON folder", folder=True)
+    (tmp_path / "taken").write_text("x", encoding="utf-8")
+    with pytest.raises(OutputPathError, match="existing file, not a folder"):
+        check_writable(tmp_path / "taken", what="JSON folder", folder=True)
+    with pytest.raises(OutputPathError, match="not a folder"):
+        check_writable(tmp_path / "taken" / "items", what="JSON folder", folder=True)
+    assert sorted(os.listdir(tmp_path)) == ["items", "taken"]
+
+
+def test_check_writable_folder_mode_read_only_folder(tmp_path: Path) -> None:
+    folder = _read_only_folder(tmp_path)
+    try:
+        with pytest.raises(OutputPathError, match="no permission"):
+            check_writable(folder, what="JSON folder", folder=True)
     finally:
         if folder.is_relative_to(tmp_path):
             folder.chmod(0o755)
@@ -184,3 +230,88 @@ def test_check_writable_read_only_file(tmp_path: Path) -> None:
     target.chmod(0o444)
     with pytest.raises(OutputPathError, match="read-only"):
         check_writable(target)
+
+
+# --- errors inside the block ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("code", "hint_part"),
+    [(errno.ENOSPC, "free some space"), (errno.EFBIG, "ulimit"), (errno.EIO, "free space")],
+)
+def test_an_os_error_in_the_block_is_an_output_path_error(
+    tmp_path: Path, code: int, hint_part: str
+) -> None:
+    target = tmp_path / "out.csv"
+    error = OSError(code, os.strerror(code))
+    with pytest.raises(OutputPathError) as caught:
+        _write_then_raise(target, "partial", error)
+    assert caught.value.__cause__ is error
+    assert caught.value.file == str(target)
+    assert os.strerror(code) in caught.value.message
+    assert caught.value.hint is not None
+    assert hint_part in caught.value.hint
+    assert "\n" not in str(caught.value)
+    assert os.listdir(tmp_path) == []
+
+
+# --- temporary files of killed writers --------------------------------------------------
+
+
+def _dead_pid() -> int:
+    # A child that has been waited for is gone; Linux hands out pids in order, so its
+    # pid is not reused within a test.
+    child = subprocess.Popen([sys.executable, "-c", ""])
+    child.wait()
+    return child.pid
+
+
+@pytest.fixture
+def live_pid() -> Iterator[int]:
+    with subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+    ) as child:
+        yield child.pid
+        assert child.stdin is not None
+        child.stdin.close()
+
+
+def test_temporary_name_carries_the_pid(tmp_path: Path) -> None:
+    with atomic_write(tmp_path / "out.csv") as handle:
+        (temp,) = os.listdir(tmp_path)
+        assert Path(handle.name).name == temp
+    assert re.fullmatch(rf"\.out\.csv\.{os.getpid()}\.[a-z0-9_]+\.tmp", temp)
+
+
+def test_next_write_removes_temps_of_dead_writers_only(tmp_path: Path, live_pid: int) -> None:
+    dead = _dead_pid()
+    names = {
+        f".out.csv.{dead}.abcd1234.tmp": False,
+        f".out.csv.{live_pid}.abcd1234.tmp": True,
+        f".out.csv.{os.getpid()}.abcd1234.tmp": True,
+        f".other.csv.{dead}.abcd1234.tmp": True,  # another target's: its own write cleans it
+        ".out.csv.abcd1234.tmp": True,  # no pid: cannot tell whether its writer lives
+        f"out.csv.{dead}.abcd1234.tmp": True,  # not hidden: not a name we ever write
+    }
+    for name in names:
+        (tmp_path / name).write_text("partial", encoding="utf-8")
+    write_text_atomic(tmp_path / "out.csv", "x")
+    kept = {name for name, keep in names.items() if keep}
+    assert set(os.listdir(tmp_path)) == {"out.csv", *kept}
+
+
+def test_remove_stale_temps_of_every_target(tmp_path: Path, live_pid: int) -> None:
+    dead = _dead_pid()
+    for name in ["a.json", "b.c.json", "_index.jsonl"]:
+        (tmp_path / f".{name}.{dead}.x1y2z3w4.tmp").write_text("", encoding="utf-8")
+    (tmp_path / f".a.json.{live_pid}.x1y2z3w4.tmp").write_text("", encoding="utf-8")
+    assert remove_stale_temps(tmp_path) == 3
+    assert os.listdir(tmp_path) == [f".a.json.{live_pid}.x1y2z3w4.tmp"]
+    assert remove_stale_temps(tmp_path / "missing") == 0
+
+
+def test_write_without_sweep_leaves_leftovers(tmp_path: Path) -> None:
+    leftover = tmp_path / f".out.csv.{_dead_pid()}.abcd1234.tmp"
+    leftover.write_text("partial", encoding="utf-8")
+    write_text_atomic(tmp_path / "out.csv", "x", sweep=False)
+    assert leftover.exists()

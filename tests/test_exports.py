@@ -276,9 +276,19 @@ def test_exception_mid_write_leaves_nothing(tmp_path: Path, name: str) -> None:
     assert os.listdir(tmp_path) == []
 
 
-def test_table_into_a_missing_folder_is_an_output_path_error(tmp_path: Path) -> None:
-    with pytest.raises(OutputPathError):
-        write_table(tmp_path / "nope" / "out.csv", factory(SAMPLE), ["id"])
+@pytest.mark.parametrize("name", ["out.csv", "out.jsonl", "out.parquet"])
+def test_table_into_missing_folders_creates_them(tmp_path: Path, name: str) -> None:
+    target = tmp_path / "a" / "b" / name
+    assert write_table(target, factory(SAMPLE), ["id"]) == 3
+    assert os.listdir(target.parent) == [name]
+
+
+def test_table_through_a_file_is_an_output_path_error(tmp_path: Path) -> None:
+    (tmp_path / "plain").write_text("x", encoding="utf-8")
+    with pytest.raises(OutputPathError) as caught:
+        write_table(tmp_path / "plain" / "sub" / "out.csv", factory(SAMPLE), ["id"])
+    assert caught.value.hint is not None
+    assert "not a folder" in caught.value.hint
 
 
 # --- to_dataframe -----------------------------------------------------------------------
