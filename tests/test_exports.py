@@ -21,6 +21,7 @@ from rowpilot._exports import (
     JsonDirReport,
     Records,
     iter_failure_lines,
+    neutralise_cell,
     table_format,
     to_dataframe,
     write_failures,
@@ -153,25 +154,36 @@ def test_csv_cell_formatting(tmp_path: Path) -> None:
         ("@SUM(A1)", "'@SUM(A1)"),
         ("\tx", "'\tx"),
         ("\rx", "'\rx"),
+        ("\nx", "'\nx"),
+        (" =1+1", "' =1+1"),
+        ("\t=cmd", "'\t=cmd"),
+        ("\r\n@SUM(A1)", "'\r\n@SUM(A1)"),
+        ("\u00a0=1+1", "'\u00a0=1+1"),
+        ("\u200b\u3000-x", "'\u200b\u3000-x"),
+        (" -5", "' -5"),
         ("-5", "-5"),
         ("+3.2", "+3.2"),
+        ("+3.2e4", "+3.2e4"),
         ("-1e5", "-1e5"),
+        ("-\u0663", "'-\u0663"),
         ("-", "'-"),
         ("a=1", "a=1"),
+        (" a", " a"),
         ("", ""),
     ],
 )
-def test_formula_guard_on_output_cells(tmp_path: Path, value: str, written: str) -> None:
+def test_formula_guard_on_input_and_output_cells(tmp_path: Path, value: str, written: str) -> None:
+    assert neutralise_cell(value) == written
     target = tmp_path / "out.csv"
     write_table(target, factory([done(0, {"in": value}, {"out": value})]), ["in"])
-    assert read_csv(target)[1] == [value, written]
+    assert read_csv(target)[1] == [written, written]
 
 
-def test_formula_guard_leaves_numbers_and_input_overrides_alone(tmp_path: Path) -> None:
-    record = done(0, {"a": "=input"}, {"n": -5, "x": -2.5})
+def test_formula_guard_leaves_numbers_alone_and_covers_input_overrides(tmp_path: Path) -> None:
+    record = done(0, {"a": "=input"}, {"n": -5, "x": -2.5, "inf": float("-inf")})
     target = tmp_path / "out.csv"
     write_table(target, factory([record]), ["a"])
-    assert read_csv(target)[1] == ["=input", "-5", "-2.5"]
+    assert read_csv(target)[1] == ["'=input", "-5", "-2.5", "'-inf"]
 
 
 csv_text = st.text(
@@ -189,12 +201,7 @@ def test_csv_round_trip(tmp_path: Path, cells: list[tuple[str, str]]) -> None:
     assert rows[0] == ["in", "out"]
     assert len(rows) == len(cells) + 1
     for (input_cell, output_cell), row in zip(cells, rows[1:], strict=True):
-        guarded = output_cell[:1] in set("=+-@\t\r") and not _looks_numeric(output_cell)
-        assert row == [input_cell, "'" + output_cell if guarded else output_cell]
-
-
-def _looks_numeric(text: str) -> bool:
-    return _exports._PLAIN_NUMBER.fullmatch(text) is not None
+        assert row == [neutralise_cell(input_cell), neutralise_cell(output_cell)]
 
 
 def test_jsonl_keeps_native_values(tmp_path: Path) -> None:

@@ -10,6 +10,12 @@ The enriched table has the input columns in the given order (plus input fields n
 there, in first-seen order), then the output fields in first-seen order. An output field
 named like an input column fills that column instead of adding a second one; where an
 item's output lacks that field (or the item failed) the column keeps the input value.
+
+A CSV file is a spreadsheet waiting to be opened, and a spreadsheet runs a cell that starts
+with ``=``, ``+``, ``-`` or ``@`` as a formula (CSV injection). Input cells, keys, output
+cells and every header cell (a task chooses its output field names) may come from anyone,
+so every cell and header cell written to CSV goes through :func:`neutralise_cell`. JSONL and
+Parquet are read by programs, not spreadsheets, and keep every value exactly.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import contextlib
 import csv
 import json
 import re
+import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +45,7 @@ __all__ = [
     "JsonDirReport",
     "Records",
     "iter_failure_lines",
+    "neutralise_cell",
     "table_format",
     "to_dataframe",
     "write_failures",
@@ -55,9 +63,12 @@ _FORMATS_BY_SUFFIX = {
     ".pq": "parquet",
 }
 _FORMAT_ALIASES = {"csv": "csv", "jsonl": "jsonl", "ndjson": "jsonl", "parquet": "parquet"}
-# Spreadsheets run a cell starting with these as a formula (CSV injection).
-_FORMULA_STARTS = frozenset("=+-@\t\r")
-_PLAIN_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+# Spreadsheets run a cell starting with these as a formula (CSV injection), also behind
+# leading blanks; a cell starting with a tab or a line break is quoted whatever follows.
+_FORMULA_STARTS = frozenset("=+-@")
+_BREAK_STARTS = frozenset("\t\r\n")
+# ASCII digits only: "-\u0663" (an Arabic-Indic three) is no number to a spreadsheet.
+_PLAIN_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
@@ -165,9 +176,9 @@ def write_table(
 ) -> int:
     """Write the enriched table to ``path`` atomically; return the number of rows written.
 
-    Failed items are rows with empty output cells unless ``done_only``. CSV guards output
-    cells against formula injection; JSONL keeps nested values native; CSV and Parquet
-    store dict and list values as JSON strings.
+    Failed items are rows with empty output cells unless ``done_only``. CSV passes every
+    cell and header cell through :func:`neutralise_cell`; JSONL keeps nested values native;
+    CSV and Parquet store dict and list values as JSON strings.
     """
     path = Path(path)
     kind = table_format(path, format)
@@ -198,27 +209,50 @@ def to_dataframe(
 # --- CSV --------------------------------------------------------------------------------
 
 
+def neutralise_cell(text: str) -> str:
+    """``text`` as a spreadsheet cell that cannot start a formula.
+
+    A text whose first character after any leading whitespace or control characters is
+    ``=``, ``+``, ``-`` or ``@``, or that starts with a tab, CR or LF, gets a leading ``'``,
+    which spreadsheets take as "this is text"; a plain number such as ``-5`` or
+    ``+3.2e4`` (the whole text, no surrounding space) stays as it is. Removing that one
+    ``'`` gives back the exact text. Meant for every cell and header cell of a file a
+    spreadsheet may open.
+    """
+    if text[:1] in _BREAK_STARTS:
+        return "'" + text
+    first = _first_visible(text)
+    if first in _FORMULA_STARTS and _PLAIN_NUMBER.fullmatch(text) is None:
+        return "'" + text
+    return text
+
+
+def _first_visible(text: str) -> str:
+    # Categories C (control, format: zero-width space, BOM) and Z (every unicode space):
+    # which of these a spreadsheet or its import dialog trims before looking for "="
+    # varies, so all of them are skipped.
+    for char in text:
+        if unicodedata.category(char)[0] not in "CZ":
+            return char
+    return ""
+
+
 def _write_csv(path: Path, columns: list[str], rows: Iterable[ExportRecord]) -> int:
     written = 0
     with atomic_write(path, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(columns)
+        writer.writerow([neutralise_cell(name) for name in columns])
         for record in rows:
-            writer.writerow(_csv_row(columns, record))
+            writer.writerow(
+                [neutralise_cell(_csv_text(value)) for value in _row_values(columns, record)]
+            )
             written += 1
     return written
 
 
-def _csv_row(columns: list[str], record: ExportRecord) -> list[Any]:
-    output = _output_of(record)
-    inputs = record.input
-    return [
-        _guarded_csv_cell(output[name]) if name in output else _csv_cell(inputs.get(name))
-        for name in columns
-    ]
-
-
-def _csv_cell(value: Any) -> Any:
+def _csv_text(value: Any) -> str:
+    # Every cell becomes text here, so the guard sees what the spreadsheet will see:
+    # a float -inf is the text "-inf", which a spreadsheet would run as a formula.
     if isinstance(value, str):
         return value
     if value is None:
@@ -227,14 +261,7 @@ def _csv_cell(value: Any) -> Any:
         return "true" if value else "false"
     if isinstance(value, dict | list) or is_vector(value):
         return _json_text(value)
-    return value
-
-
-def _guarded_csv_cell(value: Any) -> Any:
-    # Only task output is guarded: input cells are the user's own data, written back as is.
-    if isinstance(value, str) and value[:1] in _FORMULA_STARTS:
-        return value if _PLAIN_NUMBER.fullmatch(value) else "'" + value
-    return _csv_cell(value)
+    return str(value)
 
 
 def _json_text(value: Any) -> str:
