@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -169,16 +169,23 @@ HOSTILE_COLUMNS = ["id", "=cmd|' /C calc'!A0", "\r\n@name", "\u00a0-col", "plain
 HOSTILE_OUTPUT = {"=out": "\u3000=1+1", "@field": -5, " +x": float("-inf"), "ok": "\n-2"}
 
 
-def hostile_records() -> list[ExportRecord]:
-    return [
-        record(
-            seq,
-            key,
-            {"id": key, HOSTILE_COLUMNS[1]: f"=A{seq}", HOSTILE_COLUMNS[2]: "@me", "plain": "a"},
-            HOSTILE_OUTPUT,
-        )
-        for seq, key in enumerate(HOSTILE_KEYS)
-    ]
+def hostile_records() -> Iterator[ExportRecord]:
+    return iter(
+        [
+            record(
+                seq,
+                key,
+                {
+                    "id": key,
+                    HOSTILE_COLUMNS[1]: f"=A{seq}",
+                    HOSTILE_COLUMNS[2]: "@me",
+                    "plain": "a",
+                },
+                HOSTILE_OUTPUT,
+            )
+            for seq, key in enumerate(HOSTILE_KEYS)
+        ]
+    )
 
 
 def test_hostile_keys_inputs_and_column_names_end_to_end(tmp_path: Path) -> None:
@@ -212,7 +219,7 @@ def expected_rows(columns: Sequence[str]) -> list[dict[str, Any]]:
     rows = []
     for item in hostile_records():
         values = {name: item.input.get(name) for name in columns}
-        rows.append({**values, **item.output})
+        rows.append({**values, **(item.output or {})})
     return rows
 
 
