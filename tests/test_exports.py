@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -28,7 +30,7 @@ from rowpilot._exports import (
     write_json_dir,
     write_table,
 )
-from rowpilot._filenames import INDEX_FILE_NAME
+from rowpilot._filenames import INDEX_FILE_NAME, KeyFileNamer
 from rowpilot.errors import ConfigError, OutputPathError
 
 
@@ -328,10 +330,12 @@ def test_json_dir_writes_done_items_only(tmp_path: Path) -> None:
     report = write_json_dir(folder, factory(SAMPLE))
     assert report == JsonDirReport(written=2, unchanged=0, total=2)
     assert _json_files(folder) == {
-        "k0.json": {"label": "x", "score": 0.5},
-        "k2.json": {"label": "y", "text": "C!", "tags": ["t1", "t2"]},
+        "k0.json": {"_key": "k0", "label": "x", "score": 0.5},
+        "k2.json": {"_key": "k2", "label": "y", "text": "C!", "tags": ["t1", "t2"]},
     }
-    assert (folder / "k0.json").read_text(encoding="utf-8").endswith("}\n")
+    text = (folder / "k0.json").read_text(encoding="utf-8")
+    assert text.startswith('{\n  "_key": "k0",')
+    assert text.endswith("}\n")
 
 
 def test_json_dir_second_export_is_stable_and_skips_unchanged(tmp_path: Path) -> None:
@@ -350,7 +354,7 @@ def test_json_dir_second_export_is_stable_and_skips_unchanged(tmp_path: Path) ->
     names = {path.name for path in folder.iterdir()}
     assert set(before) <= names
     assert len(names) == 4
-    assert {"n": 99} in _json_files(folder).values()
+    assert {"_key": "b/c", "n": 99} in _json_files(folder).values()
 
 
 def test_json_dir_rewrites_a_deleted_file(tmp_path: Path) -> None:
@@ -372,11 +376,95 @@ def test_json_dir_case_collisions_and_traversal(tmp_path: Path) -> None:
     assert sorted(os.listdir(tmp_path)) == ["items"]
 
 
-def test_json_dir_needs_an_existing_parent(tmp_path: Path) -> None:
-    with pytest.raises(OutputPathError) as caught:
-        write_json_dir(tmp_path / "a" / "b", factory(SAMPLE))
-    assert caught.value.hint is not None
-    assert "create it" in caught.value.hint
+def test_json_dir_creates_missing_parents(tmp_path: Path) -> None:
+    folder = tmp_path / "a" / "b"
+    assert write_json_dir(folder, factory(SAMPLE)).written == 2
+    assert sorted(os.listdir(folder)) == [INDEX_FILE_NAME, "k0.json", "k2.json"]
+
+
+HOSTILE_KEYS = [
+    "Abc",
+    "abc",
+    "ABC",
+    "../etc/passwd",
+    "..",
+    "/abs/path",
+    "a\\b",
+    "CON",
+    "aux.txt",
+    "_index.jsonl",
+    "x" * 5000,
+    "é" * 300,
+    "nul\x00byte",
+    "line\nbreak",
+    "\u2028",
+    "\udcff undecodable byte",
+    "",
+    " ",
+]
+
+
+def test_json_dir_files_carry_their_key_first(tmp_path: Path) -> None:
+    folder = tmp_path / "items"
+    records = [done(seq, {}, {"n": seq}, key=key) for seq, key in enumerate(HOSTILE_KEYS)]
+    assert write_json_dir(folder, factory(records)).written == len(HOSTILE_KEYS)
+    namer = KeyFileNamer.load(folder)
+    for record in records:
+        content = json.loads((folder / namer.file_name(record.key)).read_text(encoding="utf-8"))
+        assert content == {"_key": record.key, "n": record.seq}
+        assert next(iter(content)) == "_key"
+    assert len(_json_files(folder)) == len(HOSTILE_KEYS)
+    assert sorted(os.listdir(tmp_path)) == ["items"]
+
+
+def test_an_output_field_named_key_is_refused_and_renaming_it_works(tmp_path: Path) -> None:
+    folder = tmp_path / "items"
+    with pytest.raises(ConfigError) as caught:
+        write_json_dir(folder, factory([done(0, {}, {"_key": "mine", "n": 1})]))
+    error = caught.value
+    assert (error.column, error.key) == ("_key", "k0")
+    assert error.hint is not None
+    assert "rename" in error.hint
+    assert not (folder / "k0.json").exists()
+
+    write_json_dir(folder, factory([done(0, {}, {"key_": "mine", "n": 1})]))
+    content = json.loads((folder / "k0.json").read_text(encoding="utf-8"))
+    assert content == {"_key": "k0", "key_": "mine", "n": 1}
+
+
+def test_json_dir_rewrites_files_of_the_layout_without_key(tmp_path: Path) -> None:
+    # What an export before the "_key" field left: an unchanged item must not keep it.
+    folder = tmp_path / "items"
+    folder.mkdir()
+    (folder / "k0.json").write_text('{"label": "x", "score": 0.5}\n', encoding="utf-8")
+    entry = {"key": "k0", "file": "k0.json", "fingerprint": "fp-0@1000.0"}
+    (folder / INDEX_FILE_NAME).write_text(json.dumps(entry) + "\n", encoding="utf-8")
+    assert write_json_dir(folder, factory(SAMPLE)) == JsonDirReport(2, 0, 2)
+    assert _json_files(folder)["k0.json"] == {"_key": "k0", "label": "x", "score": 0.5}
+    assert write_json_dir(folder, factory(SAMPLE)) == JsonDirReport(0, 2, 2)
+
+
+def test_json_dir_removes_temps_of_dead_writers_only(tmp_path: Path) -> None:
+    folder = tmp_path / "items"
+    folder.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", ""])
+    dead.wait()
+    with subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+    ) as alive:
+        leftovers = {
+            f".k0.json.{dead.pid}.abc123_x.tmp": False,
+            f".{INDEX_FILE_NAME}.{dead.pid}.q1w2e3r4.tmp": False,
+            f".k2.json.{alive.pid}.abc123_x.tmp": True,
+            f".k2.json.{os.getpid()}.zzzzzzzz.tmp": True,
+        }
+        for name in leftovers:
+            (folder / name).write_text("partial", encoding="utf-8")
+        write_json_dir(folder, factory(SAMPLE))
+        assert alive.stdin is not None
+        alive.stdin.close()
+    kept = {name for name, live in leftovers.items() if live}
+    assert set(os.listdir(folder)) == {INDEX_FILE_NAME, "k0.json", "k2.json", *kept}
 
 
 def test_json_dir_over_a_file_is_an_output_path_error(tmp_path: Path) -> None:

@@ -16,6 +16,9 @@ with ``=``, ``+``, ``-`` or ``@`` as a formula (CSV injection). Input cells, key
 cells and every header cell (a task chooses its output field names) may come from anyone,
 so every cell and header cell written to CSV goes through :func:`neutralise_cell`. JSONL and
 Parquet are read by programs, not spreadsheets, and keep every value exactly.
+
+The JSON folder holds one file per done item: its key as the leading field ``"_key"``,
+then the output fields, so the key survives even where the file name is a hash.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rowpilot._atomic import atomic_write, write_text_atomic
+from rowpilot._atomic import atomic_write, remove_stale_temps, write_text_atomic
 from rowpilot._filenames import KeyFileNamer
 from rowpilot._items import is_vector
 from rowpilot.errors import ConfigError, OutputPathError
@@ -40,6 +43,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 __all__ = [
+    "KEY_FIELD",
     "PARQUET_BATCH_ROWS",
     "ExportRecord",
     "JsonDirReport",
@@ -69,6 +73,10 @@ _FORMULA_STARTS = frozenset("=+-@")
 _BREAK_STARTS = frozenset("\t\r\n")
 # ASCII digits only: "-\u0663" (an Arabic-Indic three) is no number to a spreadsheet.
 _PLAIN_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+# The JSON folder's own field; bump the tag when the file layout changes, so the next
+# export rewrites files that an older layout left unchanged.
+KEY_FIELD = "_key"
+_JSON_LAYOUT = "k1"
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
@@ -396,13 +404,17 @@ def _write_parquet(path: Path, layout: _Layout, rows: Iterable[ExportRecord]) ->
 
 
 def write_json_dir(directory: Path, records: Records) -> JsonDirReport:
-    """Write each done item's output to its own JSON file in ``directory``.
+    """Write each done item to its own JSON file in ``directory``, created if missing.
 
-    File names come from :class:`KeyFileNamer` and stay the same across exports. A file
-    whose item fingerprint is unchanged since the last export is not rewritten.
+    Each file holds an object: the item's key as ``"_key"``, then its output fields; an
+    output field named ``_key`` is a :class:`ConfigError`. File names come from
+    :class:`KeyFileNamer` and stay the same across exports. A file whose item fingerprint
+    is unchanged since the last export is not rewritten. Temporary files that a killed
+    export left in the folder are removed first.
     """
     directory = Path(directory)
     _prepare_directory(directory)
+    remove_stale_temps(directory)
     namer = KeyFileNamer.load(directory)
     written = unchanged = 0
     try:
@@ -422,14 +434,8 @@ def write_json_dir(directory: Path, records: Records) -> JsonDirReport:
 
 
 def _prepare_directory(directory: Path) -> None:
-    if not directory.parent.is_dir():
-        raise OutputPathError(
-            f"the folder to create the export folder in does not exist: {directory.parent}",
-            hint=f"create it first (mkdir -p {directory.parent})",
-            file=str(directory),
-        )
     try:
-        directory.mkdir(exist_ok=True)
+        directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputPathError(
             f"cannot create the export folder: {exc.strerror or exc}",
@@ -439,17 +445,43 @@ def _prepare_directory(directory: Path) -> None:
 
 
 def _write_item_file(directory: Path, namer: KeyFileNamer, record: ExportRecord) -> bool:
+    document = _item_document(directory, record)
     target = directory / namer.file_name(record.key)
     if namer.fingerprint(record.key) == _version(record) and _holds_data(target):
         return False
-    text = json.dumps(_output_of(record), indent=2, ensure_ascii=False, default=_plain) + "\n"
     # No fsync per file: thousands of fsyncs take seconds, and this folder is a view that
     # can be rebuilt from the registry. The rename still keeps every file whole while the
     # machine runs; after a power cut a file may come back empty, which _holds_data
-    # catches so the next export rewrites it.
-    write_text_atomic(target, text, fsync=False)
+    # catches so the next export rewrites it. No sweep per file either: the folder was
+    # swept once, and a listing per file would make an export quadratic.
+    write_text_atomic(target, _json_document(document), fsync=False, sweep=False)
     namer.set_fingerprint(record.key, _version(record))
     return True
+
+
+def _item_document(directory: Path, record: ExportRecord) -> dict[str, Any]:
+    output = _output_of(record)
+    if KEY_FIELD in output:
+        raise ConfigError(
+            f"the task's output has a field named {KEY_FIELD!r}, which the JSON folder "
+            "keeps for the item's key",
+            hint=f"rename the task's {KEY_FIELD!r} field (e.g. to 'key_'), then export again",
+            file=str(directory),
+            column=KEY_FIELD,
+            key=record.key,
+        )
+    return {KEY_FIELD: record.key, **output}
+
+
+def _json_document(value: dict[str, Any]) -> str:
+    text = json.dumps(value, indent=2, ensure_ascii=False, default=_plain)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        # A key read with surrogateescape holds lone surrogates, which UTF-8 cannot
+        # encode; JSON's \u escapes can, and read back to the same string.
+        text = json.dumps(value, indent=2, ensure_ascii=True, default=_plain)
+    return text + "\n"
 
 
 def _holds_data(path: Path) -> bool:
@@ -493,5 +525,6 @@ def write_failures(path: Path, records: Records) -> int:
 
 
 def _version(record: ExportRecord) -> str:
-    # The input fingerprint alone misses a forced redo that changed the output.
-    return f"{record.fingerprint}@{record.finished_at!r}"
+    # The input fingerprint alone misses a forced redo that changed the output; the
+    # layout tag makes files written in an older layout count as changed.
+    return f"{_JSON_LAYOUT}:{record.fingerprint}@{record.finished_at!r}"
