@@ -243,6 +243,18 @@ def test_the_rate_limiters_wait_is_not_latency() -> None:
     assert run.sizer.workers == 6
 
 
+def test_a_settling_growth_takes_its_ceiling_from_the_last_look() -> None:
+    run = sizer(start=4, min_items=1)
+    grown = run.window(throughput=4, latency=1.0)  # a growth step, settling for 2.5 s
+    assert grown is not None and grown.new == 6
+    assert run.window(throughput=4, latency=1.0, rates=Rates(rpm=600)) is None  # 12 needed
+    # The calls got fast: 10/s x 0.25 s x 1.2 = 3 in flight. Over the whole window (0.625 s
+    # a call) it would be 8, and the 6 workers would stay.
+    decision = run.window(throughput=4, latency=0.25, rates=Rates(rpm=600))
+    assert decision is not None and decision.new == 3
+    assert "Little's law" in decision.why
+
+
 def test_max_concurrent_is_a_ceiling() -> None:
     run = sizer(start=30)
     decision = run.window(throughput=100, latency=0.1, rates=Rates(rpm=None, max_concurrent=5))
@@ -274,6 +286,21 @@ windows = st.lists(
         (1.0, 1.0, 1.0, 0, None, None),
         (1.0, 1.0, 0.0, 0, None, 1.0),
     ],
+)
+@example(  # the window spans the looks of a settling growth step: the bound is the last look's
+    start=1,
+    ceiling=2,
+    steps=[
+        (1.0, 1.0, 1.0, 0, None, None),
+        (0.0, 1.0, 0.0, 0, None, None),
+        (1.0, 1.0, 0.0, 0, None, None),
+        (1.0, 0.5, 0.0, 0, None, 67.0),  # 0.5 s: 1 in flight; the window's 0.75 s said 2
+    ],
+)
+@example(  # float noise of the run's totals must not round a whole need up (1.0000000000000004)
+    start=2,
+    ceiling=2,
+    steps=[(3.0, 1.1, 0.0, 0, None, None), (1.0, 1.0, 0.0, 0, None, 50.0)],
 )
 def test_property_the_count_stays_in_bounds_and_obeys_the_signals(
     start: int, ceiling: int, steps: list[Step]

@@ -30,8 +30,13 @@ groups for the local model's tasks.
 3. above the ceiling: down to it. The ceiling is ``--max-workers``, the model's
    ``max_concurrent``, and for a known rate Little's law again with the *measured*
    latency: ``rpm / 60 x latency x 1.2``, where latency is the mean time of the calls that
-   ended in the window, from their admission by the rate limiter to their answer (the
-   wait for the limiter is not latency: counting it would let a queue justify itself).
+   ended since the last look, from their admission by the rate limiter to their answer
+   (the wait for the limiter is not latency: counting it would let a queue justify
+   itself). Since the last look, not over the window: while a growth step settles, the
+   window spans several looks, and the calls of its first ones ran at the old count; a
+   ceiling is judged on the freshest measure at every look, never waited out. The need is
+   rounded to a millionth of a worker before it is rounded up: the float noise of the
+   run's totals must not add a worker.
 4. the last step was a growth: keep it only if throughput rose by at least 30 % of the
    ideal (a step from 8 to 12 workers should give 1.5x the items/s; it must give at least
    1.15x); else go back and hold for ``plateau_hold`` before probing again.
@@ -84,11 +89,15 @@ _BUSY = 0.8  # mean share of workers running for the count to be the limit
 _PRESSURE = 0.9  # of --max-memory, from which the resident size is pressure
 _LOW_MEMORY = 0.05  # of the machine's memory available, below which it is pressure
 _DECAY = 0.9  # of the learned per-item memory, per sample that shows less
+_NEED_DIGITS = 6  # Little's-law needs are rounded to a millionth of a worker
 
 
 def littles_law_bound(rpm: float, latency: float, margin: float = RATE_MARGIN) -> int:
     """Requests in flight that ``rpm`` keeps busy when each takes ``latency`` seconds."""
-    return max(1, math.ceil(rpm / 60.0 * max(0.0, latency) * (1.0 + margin)))
+    need = rpm / 60.0 * max(0.0, latency) * (1.0 + margin)
+    # A latency differenced from the run's totals is off in its last bits: 5.000000000001
+    # is 5 workers, not 6.
+    return max(1, math.ceil(round(need, _NEED_DIGITS)))
 
 
 # -- the start ------------------------------------------------------------------------------
@@ -230,6 +239,7 @@ class WorkerSizer:
         self.plateau_hold = plateau_hold
         self._clock = clock
         self._since = Reading(now=clock(), finished=0, task_seconds=0.0, rate_limited=0)
+        self._look = self._since  # the last look: the window's start, or a settling look
         self._running_sum = 0.0
         self._samples = 0
         self._hold_until = -math.inf
@@ -260,28 +270,28 @@ class WorkerSizer:
             and elapsed < 5 * self.period
         ):
             return None  # too few items to judge: the window grows
-        seconds = reading.task_seconds - since.task_seconds
         settle = _SETTLE * self._latency if self._latency is not None else 0.0
-        if self._probe is not None and not limited and pressure is None and elapsed < settle:
+        ceiling = self._ceiling(reading, self._freshest(reading))
+        settling = self._probe is not None and not limited and pressure is None
+        if settling and elapsed < settle and self.workers <= ceiling[0]:
             # A growth step shows in throughput only once the items it admitted finish:
             # judged sooner, a slow task's growth always looks like no gain. The window
             # grows, unless the count is above a ceiling, which is never waited out.
-            latency = seconds / finished if finished > 0 else None
-            if self.workers <= self._ceiling(reading, since, latency)[0]:
-                return None
+            self._look = reading
+            return None
         window = _Window(
             elapsed=elapsed,
             finished=finished,
-            latency=seconds / finished if finished > 0 else None,
+            latency=_latency(since, reading),
             busy=self._running_sum / self._samples / self.workers if self._samples else 0.0,
             limited=limited,
             pressure=pressure,
         )
-        self._since = reading
+        self._since = self._look = reading
         self._running_sum, self._samples = 0.0, 0
         if window.latency is not None:
             self._latency = window.latency
-        new, why = self._decide(reading, since, window)
+        new, why = self._decide(reading, window, ceiling)
         new = min(self.ceiling, max(1, new))
         if new == self.workers:
             return None
@@ -289,9 +299,9 @@ class WorkerSizer:
         self.workers = new
         return decision
 
-    def _decide(self, now: Reading, since: Reading, w: _Window) -> tuple[int, str]:
+    def _decide(self, now: Reading, w: _Window, bound: tuple[int, str]) -> tuple[int, str]:
         current = self.workers
-        ceiling, ceiling_why = self._ceiling(now, since, w.latency)
+        ceiling, ceiling_why = bound
         if w.limited or w.pressure is not None:
             self._hold_until = now.now + self.cooldown
             self._probe = None
@@ -332,8 +342,14 @@ class WorkerSizer:
             f"no 429s or memory pressure: trying {grown}{target}"
         )
 
-    def _ceiling(self, now: Reading, since: Reading, latency: float | None) -> tuple[int, str]:
+    def _freshest(self, now: Reading) -> Reading:
+        """Where the ceiling's measure starts: the last look, unless nothing ended since."""
+        return self._look if now.finished > self._look.finished else self._since
+
+    def _ceiling(self, now: Reading, since: Reading) -> tuple[int, str]:
+        """The count not to exceed, and why, measured on what ended between the readings."""
         ceiling, why = self.ceiling, f"--max-workers {self.ceiling}"
+        latency = _latency(since, now)
         rates = now.rates
         if rates is None:
             return ceiling, why
@@ -361,6 +377,12 @@ class WorkerSizer:
         if r.available_mb is not None and r.total_mb and r.available_mb < _LOW_MEMORY * r.total_mb:
             return f"{r.available_mb:.0f} MB of the machine's {r.total_mb:.0f} MB available"
         return None
+
+
+def _latency(since: Reading, now: Reading) -> float | None:
+    """The mean task time of the items that finished between two readings."""
+    finished = now.finished - since.finished
+    return (now.task_seconds - since.task_seconds) / finished if finished > 0 else None
 
 
 @dataclass(frozen=True)
