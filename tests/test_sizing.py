@@ -533,7 +533,7 @@ def test_a_cap_below_the_baseline_runs_one_item_at_a_time(tmp_path: Path) -> Non
         time.sleep(0.01)
         with lock:
             running -= 1
-        return {"n": row["n"]}
+        return {"seen": row["n"]}
 
     rows = [{"n": i} for i in range(20)]
     result = rowpilot.run(counted, rows, workers=8, max_memory=1, state=tmp_path / "s")
