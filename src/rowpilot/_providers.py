@@ -30,6 +30,7 @@ import httpx2
 import openai
 import pydantic
 
+from rowpilot._secrets import REDACTED, redact_secret, redact_urls
 from rowpilot.errors import (
     BadRequestError,
     ConfigError,
@@ -66,9 +67,6 @@ __all__ = [
 ]
 
 
-_REDACTED = "[REDACTED]"
-
-
 # --------------------------------------------------------------------------- errors
 
 
@@ -76,9 +74,8 @@ _REDACTED = "[REDACTED]"
 
 
 def _redact(text: str, secret: str | None) -> str:
-    if secret and secret in text:
-        return text.replace(secret, _REDACTED)
-    return text
+    """The key (when long enough to be one) and any URL's credentials, replaced."""
+    return redact_urls(redact_secret(text, secret))
 
 
 def _scrub(exc: BaseException, secret: str | None) -> None:
@@ -453,7 +450,8 @@ class ChatClient:
     def __repr__(self) -> str:
         return (
             f"ChatClient(provider={self.spec.name!r}, kind={self.spec.kind!r}, "
-            f"model={self.model!r}, base_url={self.spec.base_url!r}, api_key={_REDACTED!r})"
+            f"model={self.model!r}, base_url={redact_urls(self.spec.base_url or '')!r}, "
+            f"api_key={REDACTED!r})"
         )
 
     def _map(self, exc: BaseException) -> ProviderError:
