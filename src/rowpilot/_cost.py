@@ -30,6 +30,8 @@ The rules:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import math
 from collections.abc import Mapping
@@ -412,10 +414,16 @@ class Budget:
     """A hard cap on what one run spends: reserve the worst case before a call, settle after.
 
     ``spent + reserved`` never passes the limit through ``reserve``; only a settlement above
-    its reservation (counted in ``overshoot_usd``; callers reserve true upper bounds, so it
-    should never happen) can push ``spent`` past it. Settling or releasing a reservation a
-    second time does nothing. ``exhausted`` becomes true at the first refused reservation and
-    stays true: the run should admit no more items; the calls in flight finish and settle.
+    its reservation (counted in ``overshoot_usd``: a cost known only after the call, such as
+    a ``ctx.call`` whose ``cost`` is a function, can exceed its ``max_cost``) can push
+    ``spent`` past it, and then no reservation fits any more. Settling or releasing a
+    reservation a second time does nothing.
+
+    ``hold`` is what calls use: a reservation that does not fit *waits* while others are
+    open, since most settle far below their worst case and free room; it gives up only
+    when nothing is open (or the limit is already spent) and the amount still does not
+    fit. So many workers use the budget nearly to its end instead of stopping at the
+    first worst case that does not fit beside the others in flight.
     """
 
     def __init__(self, limit_usd: float | None, *, spent: float = 0.0) -> None:
@@ -434,7 +442,7 @@ class Budget:
         self._reserved = 0
         self._overshoot = 0
         self._open: set[Reservation] = set()
-        self._exhausted = False
+        self._waiters: list[asyncio.Future[None]] = []
 
     @property
     def limit(self) -> float | None:
@@ -461,19 +469,36 @@ class Budget:
         return _dollars(self._overshoot)
 
     @property
-    def exhausted(self) -> bool:
-        return self._exhausted
+    def in_flight(self) -> int:
+        """Reservations open now (calls under way)."""
+        return len(self._open)
 
     def reserve(self, amount: float) -> Reservation | None:
-        """Hold ``amount`` for a call; ``None`` (and ``exhausted``) if it would pass the limit."""
+        """Hold ``amount`` for a call now, or ``None`` if it would pass the limit."""
         units = _units(amount, "a reservation")
         if self._limit is not None and self._spent + self._reserved + units > self._limit:
-            self._exhausted = True
             return None
         reservation = Reservation(float(amount), units)
         self._reserved += units
         self._open.add(reservation)
         return reservation
+
+    async def hold(self, amount: float) -> Reservation | None:
+        """Hold ``amount``, waiting while open reservations may still free room; ``None``
+        when it cannot fit: nothing else is open, or the limit is spent already."""
+        while True:
+            reservation = self.reserve(amount)
+            if reservation is not None:
+                return reservation
+            if not self._open or self._over():
+                return None
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
 
     def settle(self, reservation: Reservation, actual: float) -> None:
         """The call cost ``actual``: free its reservation and count the cost as spent."""
@@ -493,7 +518,37 @@ class Budget:
             return False
         self._open.discard(reservation)
         self._reserved -= reservation._units
+        self._wake()
         return True
+
+    def _wake(self) -> None:
+        # Every waiter tries again: the freed room may fit a smaller one but not the first.
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _over(self) -> bool:
+        return self._limit is not None and self._spent >= self._limit
+
+    def refusal(self, amount: float, what: str) -> str:
+        """Why ``amount`` for ``what`` cannot be held, in figures that add up as shown."""
+        # Rounded as running totals, so that the parts add up to the total as shown.
+        limit = _cents100(self.limit or 0.0)
+        spent = _cents100(self.spent)
+        committed = _cents100(self.spent + self.reserved)
+        if spent > limit:
+            return (
+                f"budget reached: ${spent} spent of ${limit}: a cost known only after its "
+                f"call passed the budget by ${spent - limit}"
+            )
+        held = committed - spent
+        left = max(Decimal(0), limit - committed)
+        parts = f"${spent} spent" + (f" + ${held} held by calls in flight" if held else "")
+        return (
+            f"budget reached: {parts} + ${left} left = ${limit}; the next {what} could cost "
+            f"up to ${_cents100(amount)}"
+        )
 
     def describe(self) -> str:
         """``$0.42 of $1.00``, or ``$0.42 (no limit)``."""
@@ -504,5 +559,10 @@ class Budget:
     def __repr__(self) -> str:
         return (
             f"Budget(limit={self.limit!r}, spent={self.spent!r}, reserved={self.reserved!r}, "
-            f"exhausted={self._exhausted!r})"
+            f"open={len(self._open)})"
         )
+
+
+def _cents100(amount: float) -> Decimal:
+    """Dollars to 1/100 of a cent, so that shown figures add up exactly."""
+    return _decimal(amount).quantize(Decimal("0.0001"))

@@ -130,6 +130,11 @@ class PromptSpec:
         return "prompt-" + hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
+class BudgetShort(RunStop):
+    """A request's worst case does not fit what the budget has left (nothing else is in
+    flight to free room): a batch is asked again in halves, a single row stops the run."""
+
+
 class PromptTask:
     """The built-in task of ``--prompt``: render the row, ask the model, return the fields."""
 
@@ -147,6 +152,11 @@ class PromptTask:
     def rows_per_worker(self) -> int:
         """A worker carries a batch: ``--workers`` counts requests at once."""
         return self.spec.batch_size
+
+    @property
+    def output_fields(self) -> tuple[str, ...]:
+        """The fields every row's answer has: checked against the input columns up front."""
+        return tuple(self.spec.schema.field_names)
 
     async def __call__(self, row: dict[str, Any], ctx: Any) -> dict[str, Any]:
         if self.session is None:
@@ -386,6 +396,12 @@ class LLMSession:
             # and the others get their answers.
             await self._split(rows, len(rows), str(error))
             return
+        except BudgetShort:
+            # The batch's worst case no longer fits what the budget has left; smaller
+            # requests may, so the budget is used to its end rather than a batch short.
+            half = len(rows) // 2
+            await asyncio.gather(self.run_batch(rows[:half]), self.run_batch(rows[half:]))
+            return
         for row in rows:
             if row.key in parsed.answer.valid:
                 _resolve(row, parsed.answer.valid[row.key])
@@ -486,13 +502,9 @@ class LLMSession:
             if self.price is not None
             else 0.0
         )
-        reservation = self.budget.reserve(worst)
+        reservation = await self.budget.hold(worst)
         if reservation is None:
-            raise RunStop(
-                "budget",
-                f"budget reached: {self.budget.describe()} spent or reserved, and the next "
-                f"request could cost up to ${worst:.4f}",
-            )
+            raise BudgetShort("budget", self.budget.refusal(worst, "request"))
         try:
             async with self._requests:
                 completion, seconds = await self._within_limits(request, max_tokens, params)

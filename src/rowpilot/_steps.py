@@ -42,7 +42,6 @@ import re
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -59,6 +58,7 @@ from rowpilot._registry import CallRecord, Registry
 from rowpilot._retry import RetryPolicy
 from rowpilot._sizing import Rates
 from rowpilot._task import ItemUsage, RunStop, StepTrail
+from rowpilot._threads import ThreadPool, run_sync
 from rowpilot.errors import (
     ConfigError,
     ProviderConnectionError,
@@ -98,9 +98,7 @@ class Steps:
         # Sub-items of sync functions run here, not in the scheduler's pool, whose threads
         # may all be parents waiting on their sub-items. Nesting adds blocked threads, not
         # running ones: the worker slots bound those.
-        self._sub_pool = ThreadPoolExecutor(
-            max_workers=max(4, 4 * config.workers_at_most), thread_name_prefix="rowpilot-sub"
-        )
+        self._sub_pool = ThreadPool(max(4, 4 * config.workers_at_most), name="rowpilot-sub")
         self._logs: dict[str, IO[str]] = {}
         self._log_lock = threading.Lock()
         self._log_prefix: Path | None = None
@@ -135,7 +133,7 @@ class Steps:
     async def aclose(self) -> None:
         for session in self._sessions.values():
             await session.aclose()
-        self._sub_pool.shutdown(wait=False, cancel_futures=True)
+        self._sub_pool.shutdown()
         with self._log_lock:
             for handle in self._logs.values():
                 handle.close()
@@ -256,8 +254,10 @@ class Steps:
         kwargs: Mapping[str, Any],
         *,
         cost: float | Callable[[Any], float] | None,
+        max_cost: float | None = None,
         journal: bool,
     ) -> Any:
+        _check_cost(name, cost, max_cost)
         label = _callable_name(fn)
         step_key = trail.next_key(_call_signature(name, label, args, kwargs)) if journal else ""
         if step_key and self.config.cache:
@@ -267,7 +267,9 @@ class Steps:
                 usage.cost_usd += cached.cost_usd
                 self._counters.cached += 1
                 return json.loads(cached.response)
-        result, spent, seconds = await self._call_with_retries(name, fn, args, kwargs, cost)
+        result, spent, seconds = await self._call_with_retries(
+            name, fn, args, kwargs, cost, max_cost
+        )
         usage.calls += 1
         usage.cost_usd += spent
         if not step_key:
@@ -297,6 +299,7 @@ class Steps:
         args: Sequence[Any],
         kwargs: Mapping[str, Any],
         cost: float | Callable[[Any], float] | None,
+        max_cost: float | None,
     ) -> tuple[Any, float, float]:
         resource, policy = self._resource(name)
         attempt = 0
@@ -304,7 +307,7 @@ class Steps:
         while True:
             attempt += 1
             try:
-                return await self._paid_call(resource, fn, args, kwargs, cost, name)
+                return await self._paid_call(resource, fn, args, kwargs, cost, max_cost, name)
             except RateLimitError:
                 limited += 1
                 self._counters.rate_limited += 1
@@ -331,16 +334,13 @@ class Steps:
         args: Sequence[Any],
         kwargs: Mapping[str, Any],
         cost: float | Callable[[Any], float] | None,
+        max_cost: float | None,
         name: str,
     ) -> tuple[Any, float, float]:
-        worst = float(cost) if isinstance(cost, int | float) else 0.0
-        reservation = self.budget.reserve(worst)
+        worst = float(cost) if isinstance(cost, int | float) else float(max_cost or 0.0)
+        reservation = await self.budget.hold(worst)
         if reservation is None:
-            raise RunStop(
-                "budget",
-                f"budget reached: {self.budget.describe()} spent or reserved, and the next "
-                f"{name} call costs ${worst:.4f}",
-            )
+            raise RunStop("budget", self.budget.refusal(worst, f"{name} call"))
         spent = 0.0
         try:
             async with resource.slot(0) as permit:
@@ -368,8 +368,7 @@ class Steps:
     ) -> Any:
         if inspect.iscoroutinefunction(fn):
             return await fn(*args, **kwargs)
-        loop = asyncio.get_running_loop()
-        value = await loop.run_in_executor(self._sub_pool, functools.partial(fn, *args, **kwargs))
+        value = await run_sync(self._sub_pool, functools.partial(fn, *args, **kwargs))
         if inspect.isawaitable(value):  # a sync wrapper around a coroutine function
             return await value
         return value
@@ -567,6 +566,20 @@ def _retry_after_of(exc: BaseException) -> float | None:
         except (AttributeError, TypeError, ValueError):
             return None
     return None
+
+
+def _check_cost(
+    name: str, cost: float | Callable[[Any], float] | None, max_cost: float | None
+) -> None:
+    """A cost known only after the call cannot be reserved before it: its ceiling can."""
+    if callable(cost) and max_cost is None:
+        raise ConfigError(
+            f"ctx.call({name!r}, ..., cost=<function>) needs max_cost=: the most one call can "
+            "cost, reserved from the budget before the call",
+            hint="pass max_cost=0.01 (USD) beside cost=..., or a fixed cost=0.001",
+        )
+    if max_cost is not None and (not isinstance(max_cost, int | float) or max_cost < 0):
+        raise ConfigError(f"ctx.call({name!r}): max_cost must be a number of USD >= 0")
 
 
 def _callable_name(fn: Callable[..., Any]) -> str:
