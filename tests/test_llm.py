@@ -52,7 +52,8 @@ def expected_labels(text: str) -> dict[str, Any]:
 
 
 def registry_rows(state: Path, query: str) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(state / REGISTRY_FILE) as db:
+    # Read-only: a poll must never create the file (an empty registry.sqlite is refused).
+    with sqlite3.connect(f"file:{state / REGISTRY_FILE}?mode=ro", uri=True) as db:
         return db.execute(query).fetchall()
 
 
@@ -657,9 +658,11 @@ def test_run_estimate_asks_unless_yes(sim: Simulator, tmp_path: Path) -> None:
         [ROWPILOT, "run", "job.toml", "--estimate", "--sample", "5", "--no-progress"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
     )  # fmt: skip
-    assert declined.returncode == 0
+    # Nothing to ask at: refused before the sample is paid for, in one line.
+    assert declined.returncode == 2
     assert "pass --yes" in declined.stderr
-    assert "cost: $" in declined.stdout
+    assert "cost: $" not in declined.stdout
+    assert sum(sim.stats()["requests"].get("chat.completions", {}).values()) == 0
     accepted = subprocess.run(
         [ROWPILOT, "run", "job.toml", "--estimate", "--sample", "5", "--yes", "--no-progress"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,

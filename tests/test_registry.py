@@ -22,7 +22,7 @@ from rowpilot._registry import (
 )
 from rowpilot.errors import StateError
 
-TABLES = {"meta", "runs", "items", "migrations", "calls", "answers"}
+TABLES = {"meta", "runs", "items", "migrations", "calls", "answers", "crashes"}
 
 
 # -- helpers -------------------------------------------------------------------------------
@@ -276,7 +276,7 @@ def test_insert_or_replace_keeps_one_row_per_key(registry: Registry) -> None:
 
     rows = registry.db().execute("SELECT key, status, output FROM items").fetchall()
     assert rows == [("a", "done", '{"v": 2}')]
-    assert registry.counts() == {"done": 1, "failed": 0}
+    assert registry.counts() == {"done": 1, "failed": 0, "stale": 0}
 
 
 def test_records_in_seq_order_and_filtered_by_status(registry: Registry) -> None:
@@ -311,9 +311,9 @@ def test_journal_mode_is_wal(registry: Registry, state: Path) -> None:
 
 def test_counts(registry: Registry) -> None:
     registry.commit([])
-    assert registry.counts() == {"done": 0, "failed": 0}
+    assert registry.counts() == {"done": 0, "failed": 0, "stale": 0}
     registry.commit([outcome("a", 0), outcome("b", 1), outcome("c", 2, "failed")])
-    assert registry.counts() == {"done": 2, "failed": 1}
+    assert registry.counts() == {"done": 2, "failed": 1, "stale": 0}
 
 
 def test_runs_after_commit_with_a_run_and_update_run(registry: Registry) -> None:

@@ -40,6 +40,7 @@ def outcome(key: str, status: str, finished_at: float, value: str = "", seq: int
         finished_at=finished_at,
         task_seconds=1.0,
         run_id="run",
+        task_version="v1",
     )
 
 
@@ -141,7 +142,7 @@ def test_merge_brings_runs_and_meta_and_counts_for_status(
     try:
         assert [run["run_id"] for run in registry.runs()] == ["run-a", "run-b"]
         assert registry.meta()["task_version"] == "v1"
-        assert registry.counts() == {"done": 5, "failed": 1}
+        assert registry.counts() == {"done": 5, "failed": 1, "stale": 0}
     finally:
         registry.close()
     summary = status(into)

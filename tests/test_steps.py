@@ -471,7 +471,7 @@ PIPELINE = textwrap.dedent(
 
 def journal(state: Path) -> dict[str, str]:
     try:
-        with sqlite3.connect(state / REGISTRY_FILE) as db:
+        with sqlite3.connect(f"file:{state / REGISTRY_FILE}?mode=ro", uri=True) as db:
             return dict(db.execute("SELECT call_key, run_id FROM calls").fetchall())
     except sqlite3.OperationalError:
         return {}
@@ -583,7 +583,7 @@ def test_a_plain_python_task_does_not_load_the_provider_sdks(tmp_path: Path) -> 
         import rowpilot
 
         def task(row, ctx):
-            return {{"n": row["n"] * 2}}
+            return {{"doubled": row["n"] * 2}}
 
         rows = [{{"n": n}} for n in range(3)]
         rowpilot.run(task, rows, state={str(tmp_path / "state")!r}, progress=False)

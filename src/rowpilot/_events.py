@@ -14,6 +14,23 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from rowpilot._items import encode_output
+from rowpilot.errors import StateError
+
+NOTICES = logging.getLogger("rowpilot")
+"""Warnings for the user (a folder's skipped symlinks, a crashed run found): the CLI prints
+them as ``rowpilot: warning: ...``; a library caller sees them through logging."""
+
+
+def warn(message: str) -> None:
+    NOTICES.warning(message)
+
+
+class _QuietFileHandler(logging.FileHandler):
+    """A text log that, once the disk is full, stops instead of printing a traceback for
+    every line (logging's default)."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        self.close()
 
 
 class EventLog:
@@ -31,12 +48,18 @@ class EventLog:
             self._open(directory)
 
     def _open(self, directory: Path) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         self.jsonl_path = directory / f"{stamp}-{self.run_id}.jsonl"
         self.text_path = directory / f"{stamp}-{self.run_id}.log"
-        self._jsonl = self.jsonl_path.open("a", encoding="utf-8")
-        handler = logging.FileHandler(self.text_path, encoding="utf-8")
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            self._jsonl = self.jsonl_path.open("a", encoding="utf-8")
+            handler = _QuietFileHandler(self.text_path, encoding="utf-8")
+        except OSError as exc:
+            raise StateError(
+                f"cannot write the run's log in {directory}: {exc.strerror or exc}",
+                hint="check that the state folder is writable and the disk has room",
+            ) from exc
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         self.logger.addHandler(handler)
 
@@ -45,8 +68,14 @@ class EventLog:
     ) -> None:
         record = {"ts": round(time.time(), 6), "event": event, "run_id": self.run_id, **data}
         if self._jsonl is not None:
-            self._jsonl.write(encode_output(record) + "\n")
-            self._jsonl.flush()
+            try:
+                self._jsonl.write(encode_output(record) + "\n")
+                self._jsonl.flush()
+            except OSError as exc:
+                # A full disk: the log is lost, not the run (its registry write fails next,
+                # with an error that says so).
+                self._jsonl = None
+                warn(f"the event log {self.jsonl_path} cannot be written any more: {exc}")
         self.logger.log(level, "%s %s", event, message or json.dumps(data, default=str))
 
     def task_logger(self) -> logging.Logger:

@@ -6,6 +6,7 @@ a stale lock behind.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -13,7 +14,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from rowpilot.errors import StateLockedError
+from rowpilot.errors import StateError, StateLockedError
 
 LOCK_FILE = "lock"
 
@@ -27,8 +28,11 @@ class StateLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise _unusable(self.directory, exc) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -39,9 +43,13 @@ class StateLock:
                 hint="wait for it to finish or stop it; to run side by side, give each run "
                 "its own --state (or use --shard K/N) and `rowpilot merge` them after",
             ) from None
-        os.ftruncate(fd, 0)
         info = {"pid": os.getpid(), "started_at": time.time(), "command": self.command}
-        os.write(fd, json.dumps(info).encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps(info).encode())
+        except OSError as exc:
+            os.close(fd)
+            raise _unusable(self.directory, exc) from exc
         self._fd = fd
 
     def release(self) -> None:
@@ -63,12 +71,38 @@ class StateLock:
         self.release()
 
 
+def _unusable(directory: Path, exc: OSError) -> StateError:
+    """The state folder cannot hold a lock: say why in one line."""
+    if isinstance(exc, FileExistsError | NotADirectoryError):
+        return StateError(
+            f"the state path {directory} is (or runs through) a file, not a folder",
+            hint="pass --state with a folder",
+        )
+    if isinstance(exc, IsADirectoryError):
+        return StateError(
+            f"{directory / LOCK_FILE} is a folder: it is where rowpilot keeps its lock",
+            hint=f"move {directory / LOCK_FILE} away, or pass --state with another folder",
+        )
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return StateError(
+            f"the state folder {directory} is read-only",
+            hint="make it writable, or pass --state with a writable folder",
+        )
+    return StateError(
+        f"cannot lock the state folder {directory}: {exc.strerror or exc}",
+        hint="check the disk and the folder, or pass --state with another folder",
+    )
+
+
 def is_locked(directory: Path) -> bool:
     """True while a run holds the directory."""
     path = directory / LOCK_FILE
-    if not path.exists():
+    if not path.is_file():
         return False
-    fd = os.open(path, os.O_RDONLY)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # unreadable: no run of ours could hold it either
+        return False
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -10,17 +10,20 @@ does no work leaves no state behind.
 from __future__ import annotations
 
 import contextlib
+import errno
+import functools
 import json
+import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from rowpilot._exports import ExportRecord
-from rowpilot._items import decode_output
+from rowpilot._items import decode_output, fingerprint
 from rowpilot.errors import StateError
 
 REGISTRY_FILE = "registry.sqlite"
@@ -50,6 +53,7 @@ class Outcome:
     input_tokens: int = 0
     output_tokens: int = 0
     calls: int = 0  # provider calls made for this item (a batch call counts for each row)
+    task_version: str | None = None  # the task version that produced it
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,21 +172,65 @@ _CALL_JOURNAL = """
         """
 
 
+def _add_versions_and_crashes(db: sqlite3.Connection) -> None:
+    # Each item remembers the task version that produced it, so exports and status can
+    # tell current outputs from stale ones; crashes counts the process deaths a key was
+    # in flight for (see Registry.record_crash).
+    db.execute("ALTER TABLE items ADD COLUMN task_version TEXT")
+    db.execute(
+        """
+        CREATE TABLE crashes (
+            key TEXT PRIMARY KEY,
+            in_flight INTEGER NOT NULL,
+            alone INTEGER NOT NULL,
+            last_run TEXT NOT NULL
+        )
+        """
+    )
+    _backfill_versions(db)
+
+
+def _backfill_versions(db: sqlite3.Connection) -> None:
+    """Older items: the version whose fingerprint matches theirs (None if none does)."""
+    versions = {v for (v,) in db.execute("SELECT DISTINCT task_version FROM runs") if v}
+    versions |= {v for (v,) in db.execute("SELECT value FROM meta WHERE name = 'task_version'")}
+    last = 0
+    while versions:
+        rows = db.execute(
+            "SELECT rowid, fingerprint, input FROM items WHERE rowid > ? ORDER BY rowid LIMIT 5000",
+            (last,),
+        ).fetchall()
+        if not rows:
+            return
+        last = rows[-1][0]
+        found = [(_version_of(fp, text, versions), rowid) for rowid, fp, text in rows]
+        db.executemany("UPDATE items SET task_version = ? WHERE rowid = ?", found)
+
+
+def _version_of(item_fingerprint: str, input_json: str, versions: Iterable[str]) -> str | None:
+    return next((v for v in versions if fingerprint(v, input_json) == item_fingerprint), None)
+
+
 # Append-only: never edit or reorder a released migration; add a new one at the end.
 MIGRATIONS: tuple[tuple[str, Callable[[sqlite3.Connection], None]], ...] = (
     ("0001_create_tables", _create_tables),
     ("0002_call_journal", _add_call_journal),
+    ("0003_versions_and_crashes", _add_versions_and_crashes),
 )
 
 
 def connect(path: Path) -> sqlite3.Connection:
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    _configure(db)
+    return db
+
+
+def _configure(db: sqlite3.Connection) -> None:
     db.execute("PRAGMA journal_mode=WAL")
     # NORMAL in WAL mode: a commit survives a killed process (not a power cut) without an
     # fsync per transaction, which is what lets small batches commit cheaply.
     db.execute("PRAGMA synchronous=NORMAL")
     db.execute("PRAGMA busy_timeout=10000")
-    return db
 
 
 @contextmanager
@@ -214,32 +262,174 @@ def migrate(db: sqlite3.Connection) -> None:
                 db.execute("INSERT INTO migrations VALUES (?, ?)", (name, time.time()))
 
 
+def _pending_migrations(db: sqlite3.Connection) -> list[str]:
+    applied = {row[0] for row in db.execute("SELECT name FROM migrations")}
+    return [name for name, _ in MIGRATIONS if name not in applied]
+
+
+# -- errors ---------------------------------------------------------------------------------
+
+_DISK_FULL = ("database or disk is full", "no space left")
+_DAMAGED = ("malformed", "not a database", "file is encrypted")
+_READ_ONLY = ("readonly database", "read-only file system", "permission denied")
+
+
+def state_error(exc: BaseException, path: Path, doing: str) -> StateError:
+    """A registry or state-folder failure as one line that says what to do."""
+    text = str(exc).lower()
+    code = getattr(exc, "errno", None)
+    if code == errno.ENOSPC or any(part in text for part in _DISK_FULL):
+        return StateError(
+            f"cannot {doing} {path}: the disk is full",
+            hint="free some space, then run the same command again: everything committed "
+            "so far is kept",
+        )
+    if any(part in text for part in _DAMAGED):
+        return StateError(
+            f"{path} is damaged or is not a rowpilot registry ({exc})",
+            hint="restore it from a copy (sqlite3 registry.sqlite .recover saves what is "
+            "readable), or point --state at another folder",
+        )
+    if code in (errno.EROFS, errno.EACCES, errno.EPERM) or any(p in text for p in _READ_ONLY):
+        return StateError(
+            f"cannot {doing} {path}: its folder is read-only",
+            hint="make the state folder writable, or pass --state with a writable folder",
+        )
+    return StateError(
+        f"cannot {doing} {path}: {exc}",
+        hint="check the disk and the state folder, then run the same command again",
+    )
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _mapped(doing: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
+    """Registry methods raise StateError (one line, exit 2), never a raw sqlite3 error."""
+
+    def decorate(method: Callable[_P, _R]) -> Callable[_P, _R]:
+        @functools.wraps(method)
+        def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+            try:
+                return method(*args, **kwargs)
+            except (sqlite3.Error, OSError) as exc:
+                registry = args[0]
+                assert isinstance(registry, Registry)
+                raise state_error(exc, registry.path, doing) from exc
+
+        return wrapper
+
+    return decorate
+
+
 class Registry:
-    """The registry of one state directory."""
+    """The registry of one state directory.
+
+    The file only ever exists whole: a new registry is built (every migration applied) in
+    a temporary file that is renamed into place, so an existing ``registry.sqlite`` that
+    is empty or lacks rowpilot's tables is someone else's file and is refused, never
+    mistaken for a new job (which would redo, and pay for, every done row). On a
+    read-only filesystem it is opened immutable, for reading only.
+    """
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.path = directory / REGISTRY_FILE
         self._db: sqlite3.Connection | None = None
+        self._current: frozenset[str] | None = None
 
     @property
     def exists(self) -> bool:
         return self._db is not None or self.path.exists()
 
     def _connection(self, *, create: bool) -> sqlite3.Connection | None:
-        if self._db is None and (create or self.path.exists()):
-            if create:
-                self.directory.mkdir(parents=True, exist_ok=True)
-            try:
-                db = connect(self.path)
-                migrate(db)
-                self._db = db
-            except sqlite3.DatabaseError as exc:
-                raise StateError(
-                    f"{self.path} is not a readable rowpilot registry: {exc}",
-                    hint="point --state at another directory",
-                ) from exc
+        if self._db is None:
+            if not self.path.exists():
+                if not create:
+                    return None
+                self._create()
+            self._db = self._open_existing()
         return self._db
+
+    def _create(self) -> None:
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise state_error(exc, self.directory, "create the state folder") from exc
+        temp = self.directory / f".{REGISTRY_FILE}.{os.getpid()}.new"
+        try:
+            temp.unlink(missing_ok=True)
+            db = sqlite3.connect(temp, isolation_level=None)
+            try:
+                migrate(db)
+            finally:
+                db.close()
+            os.replace(temp, self.path)
+        except (sqlite3.Error, OSError) as exc:
+            with contextlib.suppress(OSError):
+                temp.unlink(missing_ok=True)
+            raise state_error(exc, self.path, "create the registry") from exc
+
+    def _open_existing(self) -> sqlite3.Connection:
+        try:
+            if self.path.stat().st_size == 0:
+                raise self._not_a_registry("it is empty")
+            if read_only_folder(self.directory):
+                return self._open_immutable()
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            try:
+                self._check_tables(db)
+                _configure(db)
+                migrate(db)
+            except BaseException:
+                db.close()
+                raise
+            return db
+        except sqlite3.DatabaseError as exc:
+            raise StateError(
+                f"{self.path} is not a readable rowpilot registry: {exc}",
+                hint="point --state at another directory",
+            ) from exc
+        except OSError as exc:
+            raise state_error(exc, self.path, "open the registry") from exc
+
+    def _open_immutable(self) -> sqlite3.Connection:
+        """A registry on a read-only filesystem: SQLite cannot make its WAL index there."""
+        wal = self.path.with_name(REGISTRY_FILE + "-wal")
+        if wal.exists() and wal.stat().st_size > 0:
+            raise StateError(
+                f"{self.path} is on a read-only filesystem and has writes not yet folded in "
+                f"({wal.name})",
+                hint="copy the state folder somewhere writable and point at the copy",
+            )
+        db = sqlite3.connect(
+            f"file:{self.path}?immutable=1",
+            uri=True,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+        self._check_tables(db)
+        if _pending_migrations(db):
+            db.close()
+            raise StateError(
+                f"{self.path} was written by an older rowpilot and is on a read-only filesystem",
+                hint="open it once where it can be written (rowpilot status there), or copy "
+                "the state folder somewhere writable",
+            )
+        return db
+
+    def _check_tables(self, db: sqlite3.Connection) -> None:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+        if "migrations" not in tables:
+            raise self._not_a_registry("it has no rowpilot tables")
+
+    def _not_a_registry(self, why: str) -> StateError:
+        return StateError(
+            f"{self.path} is not a rowpilot registry: {why}",
+            hint="point --state at the job's own folder; if this file is a leftover, move "
+            "it away and run again (only a missing registry starts a new job)",
+        )
 
     def db(self) -> sqlite3.Connection:
         """The connection to an existing registry (StateError if there is none)."""
@@ -252,7 +442,9 @@ class Registry:
         if self._db is not None:
             self._db.close()
             self._db = None
+        self._current = None
 
+    @_mapped("read the registry")
     def lookup(self, keys: Sequence[str]) -> dict[str, PriorState]:
         db = self._connection(create=False)
         if db is None:
@@ -268,14 +460,17 @@ class Registry:
                 found[key] = PriorState(fp, status, finished)
         return found
 
+    @_mapped("write the registry")
     def commit(
         self,
         outcomes: Sequence[Outcome],
         *,
         meta: dict[str, str] | None = None,
         run: dict[str, Any] | None = None,
+        cleared: Sequence[str] = (),
     ) -> None:
-        """Commit outcomes (and optionally metadata and a run row) in one transaction."""
+        """Commit outcomes (and optionally metadata and a run row) in one transaction;
+        ``cleared`` keys lose their crash record (they ended, one way or the other)."""
         db = self._connection(create=True)
         assert db is not None
         with atomic(db):
@@ -284,7 +479,12 @@ class Registry:
             if run:
                 _upsert_run(db, run)
             db.executemany(_INSERT_ITEM, [_outcome_row(o) for o in outcomes])
+            if cleared:
+                db.executemany("DELETE FROM crashes WHERE key = ?", [(k,) for k in cleared])
+        if run or meta:
+            self._current = None
 
+    @_mapped("write the registry")
     def journal(self, call: CallRecord, answers: Sequence[RowAnswer] = ()) -> None:
         """Record a completed call (and the row answers read from it) in one transaction.
 
@@ -318,6 +518,7 @@ class Registry:
                 ],
             )
 
+    @_mapped("read the registry")
     def cached_call(self, call_key: str) -> CallRecord | None:
         db = self._connection(create=False)
         if db is None:
@@ -329,6 +530,7 @@ class Registry:
         ).fetchone()
         return CallRecord(*row) if row is not None else None
 
+    @_mapped("read the registry")
     def cached_answers(self, row_keys: Sequence[str]) -> dict[str, RowAnswer]:
         db = self._connection(create=False)
         if db is None:
@@ -342,6 +544,7 @@ class Registry:
                 found[row[0]] = RowAnswer(*row)
         return found
 
+    @_mapped("read the registry")
     def spending(self) -> dict[str, float]:
         """What the job's provider calls cost: calls, tokens and USD, over every run."""
         db = self._connection(create=False)
@@ -358,6 +561,7 @@ class Registry:
             "cost_usd": cost,
         }
 
+    @_mapped("read the registry")
     def call_profile(self) -> dict[str, float]:
         """Averages over the journaled calls and paid items, for estimates."""
         db = self._connection(create=False)
@@ -380,6 +584,7 @@ class Registry:
             "cost_per_item": cost or 0.0,
         }
 
+    @_mapped("write the registry")
     def forget_failures(self, run_id: str, cause: str) -> int:
         """Delete this run's failures of one cause: they go back to pending (an aborted run)."""
         db = self._connection(create=False)
@@ -392,12 +597,60 @@ class Registry:
             )
         return cursor.rowcount
 
+    @_mapped("write the registry")
     def update_run(self, run: dict[str, Any]) -> None:
         db = self._connection(create=False)
         if db is not None:
             with atomic(db):
                 _upsert_run(db, run)
+            self._current = None
 
+    # -- crashes --------------------------------------------------------------------------
+
+    @_mapped("read the registry")
+    def crash_counts(self) -> dict[str, tuple[int, int]]:
+        """Keys in flight when the process died before: ``(crashes, crashes alone)``."""
+        db = self._connection(create=False)
+        if db is None:
+            return {}
+        rows = db.execute("SELECT key, in_flight, alone FROM crashes").fetchall()
+        return {key: (in_flight, alone) for key, in_flight, alone in rows}
+
+    @_mapped("write the registry")
+    def record_crash(self, run: dict[str, Any], keys: Sequence[str]) -> None:
+        """A run that died (SIGKILL, a segfault, os._exit) with ``keys`` in flight: each
+        gets one crash, counted as alone when it was the only one; the run is closed as
+        crashed, in the same transaction, so a crash is never counted twice."""
+        db = self._connection(create=True)
+        assert db is not None
+        alone = 1 if len(keys) == 1 else 0
+        with atomic(db):
+            _upsert_run(db, run)
+            db.executemany(
+                "INSERT INTO crashes VALUES (?, 1, ?, ?) ON CONFLICT (key) DO UPDATE SET"
+                " in_flight = in_flight + 1, alone = alone + excluded.alone,"
+                " last_run = excluded.last_run",
+                [(key, alone, run["run_id"]) for key in keys],
+            )
+        self._current = None
+
+    @_mapped("read the registry")
+    def committed_by(self, run_id: str, keys: Sequence[str]) -> set[str]:
+        """Which of ``keys`` have an outcome committed by run ``run_id``."""
+        db = self._connection(create=False)
+        if db is None:
+            return set()
+        found: set[str] = set()
+        for start in range(0, len(keys), _LOOKUP_CHUNK):
+            chunk = keys[start : start + _LOOKUP_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            query = f"SELECT key FROM items WHERE run_id = ? AND key IN ({marks})"
+            found.update(key for (key,) in self.db().execute(query, [run_id, *chunk]))
+        return found
+
+    # -- reading --------------------------------------------------------------------------
+
+    @_mapped("read the registry")
     def meta(self) -> dict[str, str]:
         return dict(self.db().execute("SELECT name, value FROM meta").fetchall())
 
@@ -405,42 +658,97 @@ class Registry:
         columns: list[str] = json.loads(self.meta().get("input_columns", "[]"))
         return columns
 
+    @_mapped("read the registry")
+    def current_versions(self) -> frozenset[str]:
+        """The task versions whose outputs are current: the version of each shard's latest
+        run (one version, unless shards run with different code were merged here).
+
+        A run that changes the task makes every item of an older version stale at once,
+        also those outside its --limit: they are pending until redone."""
+        if self._current is None:
+            latest: dict[Any, str] = {}
+            query = "SELECT task_version, settings FROM runs ORDER BY started_at"
+            for version, settings in self.db().execute(query):
+                shard = json.loads(settings).get("shard") if settings else None
+                if version:
+                    latest[shard] = version
+            if not latest:  # no run row: the version the meta names, if any
+                meta = self.meta().get("task_version")
+                latest = {None: meta} if meta else {}
+            self._current = frozenset(latest.values())
+        return self._current
+
+    def _version_filter(self, include_stale: bool) -> tuple[str, list[str]]:
+        versions = sorted(self.current_versions())
+        if include_stale or not versions:
+            return "1", []
+        return f"task_version IN ({','.join('?' * len(versions))})", versions
+
+    @_mapped("read the registry")
     def counts(self) -> dict[str, int]:
-        rows = self.db().execute("SELECT status, count(*) FROM items GROUP BY status").fetchall()
-        counts = {"done": 0, "failed": 0}
-        counts.update(dict(rows))
+        """Current items by status, and ``stale``: items done or failed by another version."""
+        current, params = self._version_filter(include_stale=False)
+        query = f"SELECT ({current}) AS fresh, status, count(*) FROM items GROUP BY fresh, status"
+        counts = {"done": 0, "failed": 0, "stale": 0}
+        for fresh, status, count in self.db().execute(query, params):
+            counts["stale" if not fresh else status] += count
         return counts
 
+    @_mapped("read the registry")
     def runs(self) -> list[dict[str, Any]]:
         cursor = self.db().execute("SELECT * FROM runs ORDER BY started_at")
         names = [d[0] for d in cursor.description]
         return [dict(zip(names, row, strict=True)) for row in cursor]
 
-    def records(self, *, status: str | None = None) -> Iterator[ExportRecord]:
-        """Every item as an export record, in source order."""
-        query = (
-            "SELECT key, seq, status, input, output, error, error_type, attempts, fingerprint,"
-            " finished_at, cause, cost_usd FROM items"
-        )
-        params: tuple[str, ...] = ()
+    def records(
+        self, *, status: str | None = None, include_stale: bool = False
+    ) -> Iterator[ExportRecord]:
+        """Every current item as an export record, in source order (``include_stale``:
+        also the items an older task version produced)."""
+        where, params = self._version_filter(include_stale)
         if status is not None:
-            query += " WHERE status = ?"
-            params = (status,)
-        for row in self.db().execute(query + " ORDER BY seq, key", params):
-            yield _record(row)
+            where += " AND status = ?"
+            params = [*params, status]
+        query = f"SELECT {_RECORD_COLUMNS} FROM items WHERE {where} ORDER BY seq, key"
+        yield from self._rows(query, params, _record)
 
-    def failures(self) -> Iterator[tuple[ExportRecord, str | None]]:
+    def failures(self, *, include_stale: bool = False) -> Iterator[tuple[ExportRecord, str | None]]:
         """Failed items with their tracebacks."""
+        where, params = self._version_filter(include_stale)
         query = (
-            "SELECT key, seq, status, input, output, error, error_type, attempts, fingerprint,"
-            " finished_at, cause, cost_usd, traceback FROM items WHERE status = 'failed'"
-            " ORDER BY seq, key"
+            f"SELECT {_RECORD_COLUMNS}, traceback FROM items WHERE {where} AND"
+            " status = 'failed' ORDER BY seq, key"
         )
-        for row in self.db().execute(query):
-            yield _record(row[:12]), row[12]
+        yield from self._rows(query, params, lambda row: (_record(row[:-1]), row[-1]))
+
+    def _rows(
+        self, query: str, params: Sequence[Any], make: Callable[[tuple[Any, ...]], _R]
+    ) -> Iterator[_R]:
+        try:
+            for row in self.db().execute(query, params):
+                yield make(row)
+        except sqlite3.Error as exc:
+            raise state_error(exc, self.path, "read the registry") from exc
+
+
+def read_only_folder(directory: Path) -> bool:
+    """Whether the folder cannot be written (a read-only mount, or no permission)."""
+    try:
+        return bool(os.statvfs(directory).f_flag & os.ST_RDONLY) or not os.access(
+            directory, os.W_OK
+        )
+    except OSError:
+        return False
+
+
+_RECORD_COLUMNS = (
+    "key, seq, status, input, output, error, error_type, attempts, fingerprint, finished_at,"
+    " cause, cost_usd, task_version"
+)
 
 
 def _record(row: tuple[Any, ...]) -> ExportRecord:
+    """An export record from the ``_RECORD_COLUMNS`` of a row (the version is left out)."""
     key, seq, status, input_json, output_json, error, error_type, attempts, fp, finished = row[:10]
     cause, cost = row[10:12]
     return ExportRecord(
@@ -462,9 +770,9 @@ def _record(row: tuple[Any, ...]) -> ExportRecord:
 _ITEM_COLUMNS = (
     "key, seq, fingerprint, status, attempts, input, output, error, error_type, traceback,"
     " started_at, finished_at, task_seconds, run_id, cause, cost_usd, input_tokens,"
-    " output_tokens, calls"
+    " output_tokens, calls, task_version"
 )
-_INSERT_ITEM = f"INSERT OR REPLACE INTO items ({_ITEM_COLUMNS}) VALUES ({','.join('?' * 19)})"
+_INSERT_ITEM = f"INSERT OR REPLACE INTO items ({_ITEM_COLUMNS}) VALUES ({','.join('?' * 20)})"
 
 
 def _outcome_row(o: Outcome) -> tuple[Any, ...]:
@@ -488,6 +796,7 @@ def _outcome_row(o: Outcome) -> tuple[Any, ...]:
         o.input_tokens,
         o.output_tokens,
         o.calls,
+        o.task_version,
     )
 
 

@@ -136,7 +136,7 @@ def answered(sim: Simulator) -> dict[str, int]:
 
 
 def registry_rows(state: Path, query: str) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(state / REGISTRY_FILE) as db:
+    with sqlite3.connect(f"file:{state / REGISTRY_FILE}?mode=ro", uri=True) as db:
         return db.execute(query).fetchall()
 
 

@@ -160,7 +160,7 @@ def test_simulate_reviews_every_question_in_one_command(tmp_path: Path) -> None:
 def journal(state: Path) -> dict[str, str]:
     """Journaled steps (call key -> run id) of a registry another process writes."""
     try:
-        with sqlite3.connect(state / REGISTRY_FILE) as db:
+        with sqlite3.connect(f"file:{state / REGISTRY_FILE}?mode=ro", uri=True) as db:
             return dict(db.execute("SELECT call_key, run_id FROM calls").fetchall())
     except sqlite3.OperationalError:
         return {}
