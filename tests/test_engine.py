@@ -16,7 +16,7 @@ import pytest
 import rowpilot
 from rowpilot._config import build_config
 from rowpilot._engine import run_sync
-from rowpilot.errors import DuplicateKeyError, TaskOutputError
+from rowpilot.errors import DuplicateKeyError
 
 if TYPE_CHECKING:
     from conftest import CallsReader, WriteCsv
@@ -494,23 +494,42 @@ def test_generator_source_with_duplicate_keys(tmp_path: Path) -> None:
 # -- the registry appears with the first commit ----------------------------------------------
 
 
-def test_a_task_output_error_leaves_no_state(tmp_path: Path, write_csv: WriteCsv) -> None:
-    source = data_csv(write_csv, tmp_path, count=6)
-    state = tmp_path / "state"
-    with pytest.raises(TaskOutputError, match="returned a str"):
-        rowpilot.run(returns_str, source, key="id", workers=WORKERS, state=state)
-    assert not state.exists()
+def unstorable_for_two(row: dict[str, Any]) -> Any:
+    if row["id"] == "k01":
+        return None
+    if row["id"] == "k02":
+        return {"tags": {"a", "b"}}  # a set: not a JSON value
+    return {"upper": row["text"].upper()}
 
 
-def test_a_task_output_error_leaves_an_existing_registry_unchanged(
+def test_a_value_that_cannot_be_stored_fails_its_item_and_the_run_goes_on(
     tmp_path: Path, write_csv: WriteCsv
 ) -> None:
-    source = data_csv(write_csv, tmp_path, count=6)
+    source = data_csv(write_csv, tmp_path, count=12)
+    result = rowpilot.run(unstorable_for_two, source, key="id", workers=WORKERS, state=tmp_path)
+    assert (result.summary.done, result.summary.failed) == (10, 2)
+    assert result.summary.causes == {"invalid_output": 2}
+    errors = {record.key: record.error or "" for record in result.failures()}
+    assert "returned a NoneType" in errors["k01"]
+    assert "set" in errors["k02"]
+    assert result.summary.exit_code == 1  # completed with failures, not a stopped run
+
+
+def test_every_output_invalid_stops_early_and_leaves_the_rows_pending(
+    tmp_path: Path, write_csv: WriteCsv
+) -> None:
+    source = data_csv(write_csv, tmp_path, count=40)
     state = tmp_path / "state"
-    rowpilot.run(upper, source, key="id", workers=WORKERS, state=state)
+    rowpilot.run(upper, source, key="id", workers=WORKERS, state=state, limit=3)
     before = registry_items(state)
-    with pytest.raises(TaskOutputError):
-        rowpilot.run(returns_str, source, key="id", workers=WORKERS, state=state)
+    result = rowpilot.run(returns_str, source, key="id", workers=WORKERS, state=state)
+    assert result.summary.status == "aborted"
+    assert result.summary.exit_code == 2
+    assert result.summary.stop_reason is not None
+    assert "the first 5 items all failed alike" in result.summary.stop_reason
+    assert "returned a str" in result.summary.stop_reason
+    assert result.summary.done + result.summary.failed < 40  # it stopped early
+    # The failures that decided it were never committed: the rows are as they were.
     assert registry_items(state) == before
 
 

@@ -273,18 +273,32 @@ def test_source_version_is_stable_and_changes_with_the_body(write_module: WriteM
     assert load_task("rp_v1:task").version == version
     assert source_version(load_task("rp_v1:task").fn) == version
 
-    # The same function with other code and comments around it: the same version.
-    write_module(
-        "rp_v2.py", f"# a comment\nimport os\n\n\n{FUNCTION}\n\ndef other(row):\n    pass\n"
-    )
+    # Comments and blank lines do not count, in the function or around it.
+    write_module("rp_v2.py", f"# a comment\n\n\n{FUNCTION}\n\n# the end\n")
     assert load_task("rp_v2:task").version == version
     assert load_task("rp_v2.py:task").version == version
+    write_module("rp_v4.py", FUNCTION.replace("return", "# cheaper model\n    return"))
+    assert load_task("rp_v4:task").version == version
 
     # Any change inside the function body: a new version.
     write_module("rp_v3.py", FUNCTION.replace("len(row)", "len(row) + 1"))
     assert load_task("rp_v3:task").version != version
-    write_module("rp_v4.py", FUNCTION.replace("return", "# cheaper model\n    return"))
-    assert load_task("rp_v4:task").version != version
+
+
+def test_the_version_covers_the_helpers_and_constants_of_the_task_module(
+    write_module: WriteModule,
+) -> None:
+    """Editing a helper the entry function calls (or a prompt constant) is a new task."""
+    body = "PROMPT = 'Label: {}'\n\ndef helper(text):\n    return PROMPT.format(text)\n\n"
+    body += "def task(row):\n    return {'prompt': helper(row['text'])}\n"
+    write_module("rp_h1.py", body)
+    write_module("rp_h2.py", body.replace("PROMPT.format(text)", "PROMPT.format(text.strip())"))
+    write_module("rp_h3.py", body.replace("'Label: {}'", "'Classify: {}'"))
+    write_module("rp_h4.py", body + "\ndef another(row):\n    return {}\n")
+    versions = {load_task(f"rp_h{n}:task").version for n in (1, 2, 3, 4)}
+    assert len(versions) == 4
+    # Two entry points of one module are two tasks.
+    assert load_task("rp_h4:another").version != load_task("rp_h4:task").version
 
 
 def test_source_version_of_objects_without_source() -> None:

@@ -11,7 +11,6 @@ row fell in, nor on the worker count (the tests compare 1 and 4 workers).
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -50,10 +49,9 @@ class _LocalTask:
     def _outputs(self, computed: np.ndarray) -> list[dict[str, Any]]:
         raise NotImplementedError
 
-    async def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
-        loop = asyncio.get_running_loop()
-        outputs = await loop.run_in_executor(None, self.batch_call, [row])
-        return outputs[0]
+    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+        # Sync: the scheduler runs it in its own pool (daemon threads, --timeout).
+        return self.batch_call([row])[0]
 
 
 class EmbedTask(_LocalTask):
@@ -81,6 +79,10 @@ class EmbedTask(_LocalTask):
             return dedupe_vectors(texts, batch_size=len(texts))
         return embed_texts(texts, batch_size=len(texts))
 
+    @property
+    def output_fields(self) -> tuple[str, ...]:
+        return ("embedding",)
+
     def _outputs(self, computed: np.ndarray) -> list[dict[str, Any]]:
         return [{"embedding": vector} for vector in computed]
 
@@ -104,6 +106,11 @@ class LocalLabelTask(_LocalTask):
 
         described = [f"{label.name}:{label.description}" for label in self.labels]
         return _version("label", MODEL, self.template.template, str(self.threshold), *described)
+
+    @property
+    def output_fields(self) -> tuple[str, ...]:
+        names = [label.name for label in self.labels]
+        return (*names, *(f"{name}_score" for name in names))
 
     def _compute(self, texts: list[str]) -> np.ndarray:
         from rowpilot._local import embed_texts, label_scores

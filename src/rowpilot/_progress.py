@@ -24,6 +24,7 @@ class Counters:
     retries: int = 0
     running: int = 0
     task_seconds: float = 0.0
+    cpu_seconds: float = 0.0  # of sync tasks' time, their threads' CPU time
     started_at: float = 0.0
     causes: Counter[str] = field(default_factory=Counter)  # failed items by cause class
     calls: int = 0  # provider calls paid for in this run

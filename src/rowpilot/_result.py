@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -49,6 +50,9 @@ class Summary:
     rate_limited: int = 0  # 429s the provider answered (each waited its turn again)
     splits: int = 0  # batches asked again in halves for missing or invalid rows
     waited_seconds: float = 0.0  # of task_seconds, spent waiting for rate-limited resources
+    cpu_seconds: float = 0.0  # of task_seconds, sync tasks' threads on the CPU
+    workers: int | None = None  # the most items that ran at once (--workers, or auto's cap)
+    dropped: int = 0  # rows whose key repeated an earlier row's (--dedupe first)
 
     @property
     def exit_code(self) -> int:
@@ -65,6 +69,11 @@ class Summary:
 
     def lines(self) -> list[str]:
         total = f" of {self.total:,}" if self.total is not None else ""
+        if self.total == 0:
+            return [
+                "nothing selected: the selection (--rows, --shard, --limit) holds no rows",
+                f"state: {self.state}",
+            ]
         if self.status == "completed" and not self.done and not self.pending:
             return [
                 f"nothing to do: all {self.skipped:,} items were done before",
@@ -84,8 +93,7 @@ class Summary:
                 ""
                 if self.batched or not finished  # a batched row's task time is its batch's
                 else f", {self.task_seconds / finished:.2f}s per item on average, "
-                f"task time {self.task_seconds:.2f}s{self._waits()}, "
-                f"parallel speed-up {self.speedup:.1f}x"
+                f"task time {self.task_seconds:.2f}s{self._waits()}{self._speedup()}"
             ),
         ]
         if self.stop_reason:
@@ -111,10 +119,31 @@ class Summary:
             )
         if self.retries:
             lines.append(f"{self.retries:,} retries")
+        if self.dropped:
+            lines.append(
+                f"{self.dropped:,} rows repeat an earlier row's key and were left out "
+                "(--dedupe first)"
+            )
         if self.pending:
             lines.append(f"{self.pending:,} items not processed yet")
         lines.append(f"state: {self.state}")
         return lines
+
+    @property
+    def speedup_meaningful(self) -> bool:
+        """False for CPU-bound sync work (threads take turns under the GIL, so their task
+        times overlap without running at once) and past the worker count (time counted
+        twice, as a fan-out of sub-items can)."""
+        cpu_bound = self.task_seconds > 0 and self.cpu_seconds >= 0.5 * self.task_seconds
+        beyond = self.workers is not None and self.speedup > 1.05 * self.workers
+        return not cpu_bound and not beyond
+
+    def _speedup(self) -> str:
+        if self.speedup_meaningful:
+            return f", parallel speed-up {self.speedup:.1f}x"
+        if self.task_seconds > 0 and self.cpu_seconds >= 0.5 * self.task_seconds:
+            return ", CPU-bound (Python threads take turns: no parallel speed-up to show)"
+        return ""
 
     def _waits(self) -> str:
         if self.waited_seconds < 0.005:
@@ -139,7 +168,8 @@ class Result:
         return registry if registry.exists else None
 
     def __iter__(self) -> Iterator[ExportRecord]:
-        """Every item of the job in source order: key, status, input, output, error."""
+        """Every current item of the job in source order: key, status, input, output,
+        error (items an older version of the task produced are left out)."""
         registry = self._registry()
         if registry is None:
             return
@@ -148,15 +178,17 @@ class Result:
         finally:
             registry.close()
 
-    def to_pandas(self, *, done_only: bool = False) -> pd.DataFrame:
-        """The whole job's enriched table (input columns, then output columns)."""
+    def to_pandas(self, *, done_only: bool = False, include_stale: bool = False) -> pd.DataFrame:
+        """The whole job's enriched table (input columns, then output columns); with
+        ``include_stale``, also the items an older version of the task produced."""
         registry = self._registry()
         if registry is None:
             import pandas as pd
 
             return pd.DataFrame()
         try:
-            return to_dataframe(registry.records, registry.input_columns(), done_only=done_only)
+            records = functools.partial(registry.records, include_stale=include_stale)
+            return to_dataframe(records, registry.input_columns(), done_only=done_only)
         finally:
             registry.close()
 

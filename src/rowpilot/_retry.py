@@ -11,7 +11,14 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from rowpilot.errors import ConfigError, ItemTimeoutError, ProviderError, TaskOutputError, UserError
+from rowpilot.errors import (
+    ConfigError,
+    ItemTimeoutError,
+    OutputCollisionError,
+    ProviderError,
+    TaskOutputError,
+    UserError,
+)
 
 DEFAULT_RETRY_ON: tuple[type[BaseException], ...] = (
     ConnectionError,
@@ -84,4 +91,8 @@ def failure_cause(error: BaseException) -> str:
         return error.cause
     if isinstance(error, ItemTimeoutError | TimeoutError):
         return "timeout"
+    if isinstance(error, OutputCollisionError):
+        return "output_collision"
+    if isinstance(error, TaskOutputError):
+        return "invalid_output"
     return "task_error"

@@ -32,13 +32,14 @@ import collections
 import contextlib
 import enum
 import functools
+import re
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from rowpilot._crashes import PROCESS_CRASH, CrashPolicy, InFlightLog, Verdict
 from rowpilot._events import EventLog
 from rowpilot._items import Item, encode_json, fingerprint
 from rowpilot._machine import memory_mb, rss_mb
@@ -47,11 +48,14 @@ from rowpilot._registry import Outcome, PriorState, Registry
 from rowpilot._retry import RetryPolicy, failure_cause
 from rowpilot._sizing import Admit, AutoWorkers, MemoryGate, Reading, WorkerSizer
 from rowpilot._task import Ctx, ItemUsage, RunStop, StepTrail, Task, output_json
+from rowpilot._threads import Abandoned, CallTimeout, ThreadPool, run_sync
 from rowpilot.errors import (
     ItemTimeoutError,
+    OutputCollisionError,
     ProviderError,
     RowpilotError,
     SourceFormatError,
+    TaskOutputError,
     UserError,
 )
 
@@ -80,6 +84,10 @@ class RunSettings:
     group: int = 1  # rows per call of a task's batch_call (workers counts rows, not calls)
     auto: AutoWorkers | None = None  # --workers auto: ``workers`` is where it starts
     max_memory: float | None = None  # MB of resident memory above which admission waits
+    # Names no output field may take (input columns, the key column among them), and why.
+    reserved: Mapping[str, str] = field(default_factory=dict)
+    output_prefix: str = ""  # put before every output field name (--output-prefix)
+    keep_going: bool = False  # no early stop when the first items all fail alike
 
     @property
     def window(self) -> int:
@@ -173,6 +181,8 @@ class Scheduler:
         progress: ProgressView,
         counters: Counters,
         first_commit: FirstCommit,
+        crashes: CrashPolicy | None = None,
+        inflight: InFlightLog | None = None,
     ) -> None:
         self.task = task
         self.registry = registry
@@ -182,7 +192,11 @@ class Scheduler:
         self.progress = progress
         self.counters = counters
         self._first_commit: FirstCommit | None = first_commit
-        self._window = Slots(settings.window)
+        self._probe: list[tuple[str, ...]] | None = None if settings.keep_going else []
+        self._held: list[Outcome] = []  # failures on probation until the probe decides
+        # While the probe decides, the window has room for the failures it holds back.
+        self._probe_room = 0 if self._probe is None else PROBE
+        self._window = Slots(settings.window + self._probe_room)
         self._workers = Slots(settings.workers)
         self._batch_call: Callable[[list[dict[str, Any]]], list[Any]] | None = getattr(
             task.fn, "batch_call", None
@@ -192,9 +206,10 @@ class Scheduler:
         self._buffer: list[Outcome] = []
         self._uncommitted = 0  # admitted items whose outcome is not committed yet
         self._flush_timer: asyncio.TimerHandle | None = None
-        self._pool = ThreadPoolExecutor(
-            max_workers=settings.most_workers, thread_name_prefix="rowpilot"
-        )
+        # Daemon threads; a call stuck past --timeout is written off and its thread
+        # replaced (up to as many again), so it neither starves the others nor keeps the
+        # process alive at exit.
+        self._pool = ThreadPool(settings.most_workers, max_abandoned=settings.most_workers)
         self._sizer: WorkerSizer | None = None
         if settings.auto is not None:
             self._sizer = WorkerSizer(
@@ -211,8 +226,15 @@ class Scheduler:
         self._end = RunEnd.INTERRUPTED  # what a stop means, unless a budget or abort says
         self.stop_message: str | None = None
         self._abort_cause: str | None = None
-        self._probe: list[tuple[str, str]] | None = []  # (cause, type) until a success
         self.steps: Steps | None = None  # a Python task's ctx.llm/call/map, when attached
+        self._crashes = crashes
+        self._inflight = inflight
+        self._running_keys: set[str] = set()  # admitted, outcome not committed yet
+        self._idle = asyncio.Event()  # set while nothing is admitted and uncommitted
+        self._idle.set()
+        self._suspects_running = False  # suspects of earlier crashes are in flight
+        self._suspect_room = 0  # more suspects that may join the group in flight
+        self._cleared: list[str] = []  # suspects that ended: their crash records go
 
     @property
     def workers(self) -> Slots:
@@ -269,14 +291,9 @@ class Scheduler:
             await self._drain()
         finally:
             ticker.cancel()
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool.shutdown()
         if self._fatal is not None:
             raise self._fatal
-        if self._abort_cause is not None:
-            # Failures of a run-level cause say nothing of their rows: back to pending.
-            forgotten = self.registry.forget_failures(self.run_id, self._abort_cause)
-            self.counters.failed -= forgotten
-            self.counters.causes[self._abort_cause] -= forgotten
         return self._end if self._stopping else RunEnd.COMPLETED
 
     async def _until_admitted(self, admission: asyncio.Task[None]) -> None:
@@ -298,6 +315,12 @@ class Scheduler:
         group: list[Item] = []
         for items in chunks:
             for item in self._to_do(items):
+                verdict = self._verdict(item)
+                if verdict in (Verdict.GROUP, Verdict.ALONE) or self._suspects_running:
+                    if group:  # rows gathered for a group call must not run beside it
+                        self._spawn_group(group)
+                        group = []
+                    await self._suspect_turn(verdict)
                 await self._window.acquire()
                 if self._gate is not None:
                     await self._memory_room(self._gate)
@@ -306,10 +329,13 @@ class Scheduler:
                     for _ in group:
                         self._window.release()
                     return
-                if self._batch_call is None:
+                if verdict is Verdict.FAIL:
+                    self._fail_crashed(item)
+                elif self._batch_call is None or verdict is not Verdict.RUN:
                     self._spawn(item)
                     continue
-                group.append(item)
+                else:
+                    group.append(item)
                 if len(group) >= self.settings.group:
                     self._spawn_group(group)
                     group = []
@@ -318,12 +344,69 @@ class Scheduler:
                 group = []
             await asyncio.sleep(0)  # let outcomes, timers and the progress bar run
 
+    # -- suspects of earlier crashes (see rowpilot._crashes) ----------------------------
+
+    def _verdict(self, item: Item) -> Verdict:
+        return Verdict.RUN if self._crashes is None else self._crashes.verdict(item.key)
+
+    async def _suspect_turn(self, verdict: Verdict) -> None:
+        """Suspects never run beside ordinary items: a group of them (or one alone, when
+        its next crash would be its last) runs with nothing else in flight."""
+        if verdict is Verdict.GROUP and self._suspect_room > 0:
+            self._suspect_room -= 1
+            return
+        await self._quiet()
+        suspect = verdict in (Verdict.GROUP, Verdict.ALONE)
+        self._suspects_running = suspect
+        size = self._crashes.group_size if self._crashes is not None else 1
+        self._suspect_room = size - 1 if verdict is Verdict.GROUP else 0
+
+    async def _quiet(self) -> None:
+        """Until every admitted item is committed."""
+        while self._uncommitted:
+            self._idle.clear()
+            await self._idle.wait()
+
+    def _fail_crashed(self, item: Item) -> None:
+        """A key that crashed the process too often fails without running (it holds the
+        window slot it was admitted with, like any outcome)."""
+        assert self._crashes is not None
+        message = self._crashes.failure(item.key)
+        self._encode(item)
+        self._uncommitted += 1
+        self._idle.clear()
+        now = time.time()
+        outcome = Outcome(
+            key=item.key,
+            seq=item.seq,
+            fingerprint=item.fingerprint,
+            input_json=item.input_json,
+            status="failed",
+            attempts=self._crashes.counts[item.key][0],
+            output_json=None,
+            error=f"ProcessCrash: {message}",
+            error_type="ProcessCrash",
+            traceback=None,
+            started_at=now,
+            finished_at=now,
+            task_seconds=0.0,
+            run_id=self.run_id,
+            cause=PROCESS_CRASH,
+            task_version=self.task.version,
+        )
+        self.events.emit("item.failed", key=item.key, row=item.seq, cause=PROCESS_CRASH)
+        self._record(outcome)
+
     def _to_do(self, items: list[Item]) -> list[Item]:
         for item in items:
-            item.input_json = _encode_row(item)
-            item.fingerprint = fingerprint(self.task.version, item.input_json)
+            self._encode(item)
         prior = self.registry.lookup([item.key for item in items])
         return [item for item in items if self._needs_work(item, prior.get(item.key))]
+
+    def _encode(self, item: Item) -> None:
+        if not item.fingerprint:
+            item.input_json = _encode_row(item)
+            item.fingerprint = fingerprint(self.task.version, item.input_json)
 
     def _needs_work(self, item: Item, prior: PriorState | None) -> bool:
         if prior is None or prior.fingerprint != item.fingerprint:
@@ -340,8 +423,31 @@ class Scheduler:
         return False
 
     def _spawn(self, item: Item) -> None:
-        self._uncommitted += 1
+        self._started([item])
         self._track(self._process(item))
+
+    def _started(self, items: list[Item]) -> None:
+        """Admitted: counted as in flight, and logged before they can run, so a run that
+        dies leaves which keys it had in flight (rowpilot._crashes)."""
+        self._uncommitted += len(items)
+        self._idle.clear()
+        keys = [item.key for item in items]
+        self._running_keys.update(keys)
+        if self._inflight is not None:
+            self._inflight.started(keys, self._running_keys)
+
+    def _settled(self, keys: list[str]) -> None:
+        """Committed (or dropped, to run again on resume): no longer in flight."""
+        self._uncommitted -= len(keys)
+        self._settle_uncommitted(keys)
+
+    def _settle_uncommitted(self, keys: list[str]) -> None:
+        """Keys no longer counted as uncommitted give back their window slots."""
+        self._running_keys.difference_update(keys)
+        for _ in keys:
+            self._window.release()
+        if self._uncommitted == 0:
+            self._idle.set()
 
     def _track(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)
@@ -349,7 +455,7 @@ class Scheduler:
         task.add_done_callback(self._tasks.discard)
 
     def _spawn_group(self, group: list[Item]) -> None:
-        self._uncommitted += len(group)
+        self._started(group)
         self._track(self._process_group(group))
 
     async def _process_group(self, group: list[Item]) -> None:
@@ -361,9 +467,8 @@ class Scheduler:
             clock = time.perf_counter()
             self.counters.running += len(group)
             try:
-                loop = asyncio.get_running_loop()
-                call = functools.partial(self._call_group, [item.fields for item in group])
-                outputs = await loop.run_in_executor(self._pool, call)
+                rows = [item.fields for item in group]
+                outputs = await run_sync(self._pool, self._call_group, rows)
             except Exception:  # any row may be the cause: each is tried on its own below
                 outputs = None
             finally:
@@ -384,7 +489,7 @@ class Scheduler:
         outputs = self._batch_call(rows)
         if len(outputs) != len(rows):
             raise ValueError(f"batch_call gave {len(outputs)} outputs for {len(rows)} rows")
-        return [output_json(value, task=self.task.name, key="") for value in outputs]
+        return [self._output(value, "") for value in outputs]
 
     async def _drain(self) -> None:
         while self._tasks and not self._hard_stop.is_set():
@@ -401,7 +506,10 @@ class Scheduler:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._flush()
+        if self._held and self._abort_cause is None:
+            self._end_probe(commit_held=True)  # fewer than PROBE outcomes: they stand
+        if not (isinstance(self._fatal, UserError) and self._first_commit is not None):
+            self._flush()  # a user error before the first commit leaves the state untouched
 
     async def _tick(self) -> None:
         while True:
@@ -451,7 +559,7 @@ class Scheduler:
         rows = decision.new * self.settings.group
         self._workers.resize(rows)
         self._groups.resize(decision.new)
-        self._window.resize(self.settings.window_of(rows))
+        self._window.resize(self.settings.window_of(rows) + self._probe_room)
         c.workers = decision.new
         self.events.emit(
             "workers.adjusted",
@@ -512,8 +620,7 @@ class Scheduler:
             self._fail_run(error)
         finally:
             if not handed_over:
-                self._uncommitted -= 1
-                self._window.release()
+                self._settled([item.key])
                 self._maybe_flush()
 
     async def _attempts(self, item: Item) -> Outcome | None:
@@ -521,15 +628,14 @@ class Scheduler:
         task_seconds = 0.0
         attempt = 0
         usage = ItemUsage()
+        trace: str | None = None
         while True:
             attempt += 1
             async with self._workers:
                 clock = time.perf_counter()
                 self.counters.running += 1
                 try:
-                    output = output_json(
-                        await self._call(item, attempt, usage), task=self.task.name, key=item.key
-                    )
+                    value = await self._call(item, attempt, usage)
                     error: Exception | None = None
                 except (UserError, RunStop):
                     raise
@@ -539,6 +645,8 @@ class Scheduler:
                 finally:
                     self.counters.running -= 1
                     task_seconds += time.perf_counter() - clock
+            if error is None:
+                output, error, trace = self._checked_output(value, item.key)
             if error is None:
                 return self._outcome(
                     item, "done", attempt, started, task_seconds, usage, output=output
@@ -555,6 +663,27 @@ class Scheduler:
                 return None  # retried on resume rather than recorded as failed
             await self._wait_to_retry(item, error, attempt)
 
+    def _checked_output(self, value: Any, key: str) -> tuple[str | None, Exception | None, None]:
+        """The task's return value encoded, or the reason it cannot be stored: the item
+        fails (cause invalid_output), the run goes on. An output field named like an input
+        column stops the run instead while nothing of it is committed: every row would
+        collide the same way."""
+        try:
+            return self._output(value, key), None, None
+        except TaskOutputError as error:
+            if isinstance(error, OutputCollisionError) and self._first_commit is not None:
+                raise
+            return None, error, None
+
+    def _output(self, value: Any, key: str) -> str:
+        return output_json(
+            value,
+            task=self.task.name,
+            key=key,
+            prefix=self.settings.output_prefix,
+            taken=self.settings.reserved,
+        )
+
     async def _call(self, item: Item, attempt: int, usage: ItemUsage) -> Any:
         trail = StepTrail() if self.steps is not None else None
         ctx = Ctx(
@@ -562,11 +691,9 @@ class Scheduler:
         )
         arguments = self.task.arguments(item.fields, ctx)
         call: Awaitable[Any]
-        if self.task.is_async:
-            call = self.task.fn(*arguments)
-        else:
-            loop = asyncio.get_running_loop()
-            call = loop.run_in_executor(self._pool, functools.partial(self.task.fn, *arguments))
+        if not self.task.is_async:
+            return await self._in_thread(functools.partial(self.task.fn, *arguments), item, attempt)
+        call = self.task.fn(*arguments)
         if self.settings.timeout is None:
             return await call
         deadline = asyncio.timeout(self.settings.timeout)
@@ -580,6 +707,32 @@ class Scheduler:
                     key=item.key,
                 ) from None
             raise
+
+    async def _in_thread(self, call: Callable[[], Any], item: Item, attempt: int) -> Any:
+        """A sync task's call in the pool, its --timeout counted from when it starts (not
+        while it waits for a thread). Its thread's CPU time is counted, to tell CPU-bound
+        work (threads take turns under the GIL) from waiting work."""
+        timeout = self.settings.timeout
+        try:
+            value, cpu = await run_sync(self._pool, _cpu_timed, call, timeout=timeout)
+        except CallTimeout as stuck:
+            if stuck.abandoned is Abandoned.AT_BOUND:
+                self._too_many_stuck()
+            raise ItemTimeoutError(
+                f"attempt {attempt} ran past --timeout {stuck.seconds:g}s", key=item.key
+            ) from None
+        self.counters.cpu_seconds += cpu
+        return value
+
+    def _too_many_stuck(self) -> None:
+        """Threads cannot be stopped: past the bound, stuck calls would take every slot."""
+        stuck = self._pool.statistics().abandoned
+        self._stop_for(
+            RunEnd.ABORTED,
+            f"{stuck} calls of the task are stuck past --timeout {self.settings.timeout:g}s "
+            "and Python cannot stop their threads; the rest is left pending (find why the "
+            "task hangs on those rows: rowpilot failures lists the timed-out keys)",
+        )
 
     async def _wait_to_retry(self, item: Item, error: Exception, attempt: int) -> None:
         # A provider that said when to come back is believed (capped by the policy's ceiling).
@@ -643,39 +796,76 @@ class Scheduler:
             input_tokens=usage.input_tokens,
             output_tokens=usage.output_tokens,
             calls=usage.calls,
+            task_version=self.task.version,
         )
 
     # -- committing ---------------------------------------------------------------------
 
     def _record(self, outcome: Outcome) -> None:
-        self._buffer.append(outcome)
         self.counters.task_seconds += outcome.task_seconds
+        if outcome.status == "failed" and outcome.cause == self._abort_cause:
+            # The run's cause, not the row's: the row stays pending, as it was.
+            self._uncommitted -= 1
+            self._settle_uncommitted([outcome.key])
+            return
+        if self._on_probation(outcome):
+            # Not committed until the probe decides: if the job is broken, these rows go
+            # back to pending exactly as they were (an older done output is not lost).
+            self._held.append(outcome)
+            self._uncommitted -= 1
+            if self._uncommitted == 0:
+                self._idle.set()
+        else:
+            self._buffer.append(outcome)
         self._watch_probe(outcome)
         self._maybe_flush()
 
+    def _on_probation(self, outcome: Outcome) -> bool:
+        return self._probe is not None and outcome.status == "failed"
+
     def _watch_probe(self, outcome: Outcome) -> None:
-        """Abort when the first ``PROBE`` outcomes all failed with one provider cause."""
+        """Stop the run when its first ``PROBE`` outcomes all failed alike: the same
+        provider cause, or the same error (type and message) from the task, whatever its
+        kind. Those rows go back to pending (the job, not the rows, is broken)."""
         if self._probe is None:
             return
-        if outcome.status == "done" or outcome.cause not in _PROBED_CAUSES:
-            self._probe = None  # the job works (or fails row by row): no early stop
+        if outcome.status == "done" or outcome.cause == PROCESS_CRASH:
+            self._end_probe(commit_held=True)  # the job works (or fails row by row)
             return
-        self._probe.append((outcome.cause or "", outcome.error_type or ""))
-        if len(self._probe) >= PROBE:
-            if len(set(self._probe)) == 1 and self._abort_cause is None:
-                self._abort_cause = self._probe[0][0]
-                self._stop_for(
-                    RunEnd.ABORTED,
-                    f"the first {PROBE} items all failed alike ({self._probe[0][0]}): "
-                    f"{outcome.error}",
-                )
-                self._hard_stop.set()
-            self._probe = None
+        self._probe.append(_likeness(outcome))
+        if len(self._probe) < PROBE:
+            return
+        alike = len(set(self._probe)) == 1 and self._abort_cause is None
+        self._end_probe(commit_held=not alike)
+        if alike:
+            cause = self._abort_cause = outcome.cause or "task_error"
+            # Where the task raised; a provider's error says where on its own.
+            where = _last_frame(outcome.traceback) if cause not in _PROBED_CAUSES else ""
+            self._stop_for(
+                RunEnd.ABORTED,
+                f"the first {PROBE} items all failed alike ({cause}): {outcome.error}"
+                + (f" ({where})" if where else "")
+                + "; they are left pending (pass --keep-going if only these rows are bad)",
+            )
+            self._hard_stop.set()
+
+    def _end_probe(self, *, commit_held: bool) -> None:
+        """The probe decided: its held failures are committed, or dropped (pending)."""
+        self._probe = None
+        held, self._held = self._held, []
+        if commit_held and held:
+            self._uncommitted += len(held)
+            self._idle.clear()
+            self._buffer.extend(held)
+        elif held:
+            self._settle_uncommitted([outcome.key for outcome in held])
+        self._window.resize(self._window.capacity - self._probe_room)
+        self._probe_room = 0
 
     def _maybe_flush(self) -> None:
         if not self._buffer:
             return
-        nothing_running = len(self._buffer) >= self._uncommitted
+        nothing_running = len(self._buffer) >= self._uncommitted  # held ones are not counted
         if nothing_running or len(self._buffer) >= self._workers.capacity:
             self._flush()
         elif self._flush_timer is None:
@@ -702,17 +892,45 @@ class Scheduler:
             else:
                 self.counters.failed += 1
                 self.counters.causes[outcome.cause or "task_error"] += 1
-        self._uncommitted -= len(batch)
-        for _ in batch:
-            self._window.release()
+        self._settled([outcome.key for outcome in batch])
 
     def _commit(self, batch: list[Outcome]) -> None:
+        crashes = self._crashes.counts if self._crashes is not None else {}
+        cleared = [outcome.key for outcome in batch if outcome.key in crashes]
         if self._first_commit is not None:
             meta, run = self._first_commit()
-            self.registry.commit(batch, meta=meta, run=run)
+            self.registry.commit(batch, meta=meta, run=run, cleared=cleared)
             self._first_commit = None
         else:
-            self.registry.commit(batch)
+            self.registry.commit(batch, cleared=cleared)
+
+
+def _cpu_timed(call: Callable[[], Any]) -> tuple[Any, float]:
+    started = time.thread_time()
+    value = call()
+    return value, time.thread_time() - started
+
+
+def _likeness(outcome: Outcome) -> tuple[str, ...]:
+    """What makes two failures alike: a provider's cause and error class (their messages
+    name the row), or a task error's class and message, with the item's key taken out."""
+    cause = outcome.cause or "task_error"
+    if cause in _PROBED_CAUSES:
+        return (cause, outcome.error_type or "")
+    message = (outcome.error or "").replace(outcome.key, "<key>") if outcome.key else ""
+    return (cause, outcome.error_type or "", message or outcome.error or "")
+
+
+_FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)')
+
+
+def _last_frame(trace: str | None) -> str:
+    """``tasks.py line 12, in classify``: where the task raised, from its traceback."""
+    frames = _FRAME.findall(trace or "")
+    if not frames:
+        return ""
+    path, line, function = frames[-1]
+    return f"{path.rsplit('/', 1)[-1]} line {line}, in {function}"
 
 
 def _encode_row(item: Item) -> str:

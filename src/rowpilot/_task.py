@@ -12,10 +12,12 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
+import io
 import logging
 import sys
 import threading
 import time
+import tokenize
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from rowpilot._items import encode_output
-from rowpilot.errors import TaskLoadError, TaskOutputError
+from rowpilot.errors import OutputCollisionError, TaskLoadError, TaskOutputError
 
 if TYPE_CHECKING:
     from rowpilot._steps import Steps
@@ -117,16 +119,27 @@ class Ctx:
         fn: Callable[..., Any],
         *args: Any,
         cost: float | Callable[[Any], float] | None = None,
+        max_cost: float | None = None,
         journal: bool = True,
         **kwargs: Any,
     ) -> Any:
         """Call ``fn(*args, **kwargs)`` under ``resource``'s limits and retry policy
-        (``[limits.NAME]``). ``cost`` (USD, or a function of the result) counts against
-        the budget. With ``journal`` (the default) the arguments and the result must be
-        JSON values; the result is returned as its JSON round trip."""
+        (``[limits.NAME]``). ``cost`` (USD) counts against the budget: a number is reserved
+        before the call; a function of the result needs ``max_cost``, which is reserved
+        before the call and settled with what the function says after it. With
+        ``journal`` (the default) the arguments and the result must be JSON values; the
+        result is returned as its JSON round trip."""
         steps, trail = self._steps()
         return await steps.call(
-            self.usage, trail, resource, fn, args, kwargs, cost=cost, journal=journal
+            self.usage,
+            trail,
+            resource,
+            fn,
+            args,
+            kwargs,
+            cost=cost,
+            max_cost=max_cost,
+            journal=journal,
         )
 
     async def map(
@@ -191,12 +204,15 @@ class Ctx:
         fn: Callable[..., Any],
         *args: Any,
         cost: float | Callable[[Any], float] | None = None,
+        max_cost: float | None = None,
         journal: bool = True,
         **kwargs: Any,
     ) -> Any:
         """``ctx.call`` for a sync task (``fn`` runs in a worker thread)."""
         loop = self._steps()[0].loop
-        call = self.call(resource, fn, *args, cost=cost, journal=journal, **kwargs)
+        call = self.call(
+            resource, fn, *args, cost=cost, max_cost=max_cost, journal=journal, **kwargs
+        )
         return run_blocking(loop, call)
 
     def map_sync(
@@ -354,13 +370,41 @@ def _public_names(module: Any) -> str:
 
 
 def source_version(fn: TaskFn) -> str:
-    """The task version: a hash of the function's source code."""
+    """The task version: a hash of the code of the module that defines the task.
+
+    The whole module counts, not only the entry function: its helpers, sub-item functions
+    and prompt constants are part of what the task does. Comments and blank lines do not
+    count. Other modules it imports do not either: after editing one, pass
+    ``--task-version`` (or ``--force``). A function with no source file (a notebook cell,
+    a REPL) is known by its own source."""
     target = fn if inspect.isfunction(fn) or inspect.ismethod(fn) else type(fn)
-    try:
-        text = inspect.getsource(target)
-    except (OSError, TypeError):
-        text = f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', repr(fn))}"
+    module = _module_code(inspect.getmodule(target))
+    # The entry point's name too: two tasks of one module are two tasks.
+    text = f"{module}\x00{target.__qualname__}" if module else _own_source(fn, target)
     return hashlib.blake2b(text.encode("utf-8"), digest_size=8).hexdigest()
+
+
+def _module_code(module: Any) -> str | None:
+    """The module's tokens without comments or blank lines, or None without a source."""
+    if module is None or not getattr(module, "__file__", None):
+        return None
+    try:
+        source = inspect.getsource(module)
+        tokens = tokenize.generate_tokens(io.StringIO(source).readline)
+        return "\x00".join(
+            f"{token.type}:{'' if token.type == tokenize.INDENT else token.string}"
+            for token in tokens
+            if token.type not in (tokenize.COMMENT, tokenize.NL)
+        )
+    except (OSError, TypeError, SyntaxError, tokenize.TokenError):
+        return None
+
+
+def _own_source(fn: TaskFn, target: Any) -> str:
+    try:
+        return inspect.getsource(target)
+    except (OSError, TypeError):
+        return f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', repr(fn))}"
 
 
 def _is_async(fn: TaskFn) -> bool:
@@ -395,8 +439,20 @@ def _model_fields(model: BaseModel, *, task: str, key: str) -> dict[str, Any]:
         ) from exc
 
 
-def output_json(value: Any, *, task: str, key: str) -> str:
-    """Check what a task returned and encode it; anything but a dict or model is an error."""
+def output_json(
+    value: Any,
+    *,
+    task: str,
+    key: str,
+    prefix: str = "",
+    taken: Mapping[str, str] | None = None,
+) -> str:
+    """Check what a task returned and encode it; anything but a dict or model is an error.
+
+    Field names get ``prefix``; a name in ``taken`` (an input column, the key column among
+    them, or a field the exports keep for themselves; the value says which) is an
+    OutputCollisionError: in a table it would overwrite that.
+    """
     if isinstance(value, BaseModel):
         value = _model_fields(value, task=task, key=key)
     if not isinstance(value, dict):
@@ -411,6 +467,16 @@ def output_json(value: Any, *, task: str, key: str) -> str:
             f"task {task} returned a dict with non-text field names for key {key!r}",
             key=key,
             hint="use str keys; they become the output column names",
+        )
+    if prefix:
+        value = {prefix + name: field for name, field in value.items()}
+    clash = next((name for name in value if name in (taken or {})), None)
+    if clash is not None:
+        raise OutputCollisionError(
+            f"task {task} returned the field {clash!r} for key {key!r}, and that name is "
+            f"{(taken or {})[clash]}: the output would overwrite it",
+            key=key,
+            column=clash,
         )
     try:
         return encode_output(value)

@@ -15,6 +15,7 @@ RowpilotError                   base of everything rowpilot raises on purpose
 │   │   └── DuplicateKeyError       the same key on several rows (see ``--dedupe first``)
 │   ├── TaskLoadError           the task path does not import or names nothing callable
 │   ├── TaskOutputError         the task returned something that is not a dict or a model
+│   │   └── OutputCollisionError    an output field is named like an input column
 │   ├── OutputPathError         an output path cannot be written
 │   ├── StateError              the state directory is unusable
 │   │   └── StateLockedError    another run holds the state directory
@@ -51,6 +52,7 @@ __all__ = [
     "ItemTimeoutError",
     "KeyColumnError",
     "ModelNotFoundError",
+    "OutputCollisionError",
     "OutputPathError",
     "OutputTruncatedError",
     "ProviderAuthError",
@@ -190,6 +192,16 @@ class TaskLoadError(UserError):
 
 class TaskOutputError(UserError):
     """The task returned something that is not a dict or a pydantic model."""
+
+
+class OutputCollisionError(TaskOutputError):
+    """An output field is named like an input column: in a table it would overwrite the
+    input (the key included). Pass ``--output-prefix`` to name the outputs apart."""
+
+    default_hint = (
+        "rename the field, or pass --output-prefix out_ (output_prefix= in Python) to prefix "
+        "every output field"
+    )
 
 
 class OutputPathError(UserError):
