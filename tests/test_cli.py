@@ -73,7 +73,8 @@ def test_run_writes_csv_jsonl_parquet_and_json_dir(job: Path, cli: Cli) -> None:
     files = sorted(path.name for path in (job / "results").glob("*.json"))
     assert files == [f"{key}.json" for key in KEYS]
     assert json.loads((job / "results" / "k03.json").read_text(encoding="utf-8")) == {
-        "upper": "TEXT 3"
+        "_key": "k03",
+        "upper": "TEXT 3",
     }
 
     second = ok(cli(*run_args(), "--state", "state", "-o", "out.jsonl"))
@@ -323,14 +324,19 @@ BAD_INPUTS = [
         ["tasks.py:NOT_CALLABLE", "not callable"],
     ),
     BadInput(
-        "task-returns-str",
-        run_args(task="tasks.py:returns_str"),
-        ["returns_str", "returned a str", "for key 'k0"],
+        "output-through-a-file",
+        [*run_args(), "-o", "data.csv/out.csv"],
+        ["data.csv/out.csv", "data.csv"],
     ),
     BadInput(
-        "output-folder-missing",
-        [*run_args(), "-o", "nodir/out.csv"],
-        ["nodir/out.csv", "does not exist"],
+        "output-format-unknown",
+        [*run_args(), "-o", "out.txt"],
+        ["out.txt", "cannot tell the table format", ".csv"],
+    ),
+    BadInput(
+        "rows-past-the-end",
+        [*run_args(), "--rows", "100:200"],
+        ["--rows 100:200", "past the end", "6 rows"],
     ),
 ]
 
@@ -371,9 +377,23 @@ def test_bad_input_leaves_an_existing_state_unchanged(
     assert registry_items(job / "state") == before
 
 
+def test_a_task_that_returns_a_str_for_every_row_stops_early_leaving_the_state_unchanged(
+    job: Path, cli: Cli, good_state: Path
+) -> None:
+    shutil.copytree(good_state, job / "state")
+    before = registry_items(job / "state")
+    result = cli(*run_args(task="tasks.py:returns_str"), "--state", "state", "--force")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert "stopped: the first 5 items all failed alike" in result.stdout
+    assert "returns_str returned a str" in result.stdout
+    assert "--keep-going" in result.stdout
+    assert registry_items(job / "state") == before  # the forced redo left nothing behind
+
+
 @pytest.mark.parametrize(
     "case",
-    [case for case in BAD_INPUTS if case.id in ("missing-input", "task-returns-str")],
+    [case for case in BAD_INPUTS if case.id in ("missing-input", "task-module-raises")],
     ids=lambda case: case.id,
 )
 def test_debug_prints_the_traceback(job: Path, cli: Cli, case: BadInput) -> None:

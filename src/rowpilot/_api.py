@@ -47,6 +47,10 @@ def run(
     encoding: str | None = None,
     format: str | None = None,
     dedupe: Literal["first"] | None = None,
+    trust_quotes: bool = False,
+    follow_symlinks: bool = False,
+    output_prefix: str = "",
+    keep_going: bool = False,
     grace: float = 30.0,
     progress: bool | None = False,
     **prompt: Any,
@@ -61,6 +65,14 @@ def run(
 
         result = rowpilot.run(classify, "reviews.csv", key="id", workers=16)
         df = result.to_pandas()
+
+    Output fields may not be named like input columns (a table would lose the input):
+    ``output_prefix="out_"`` names them apart. The first items all failing alike stop
+    the run early with their rows left pending, unless ``keep_going``.
+
+    A DataFrame or another in-memory source gets its own state, named by a hash of its
+    columns and keys (``.rowpilot/<name>-<hash>``), so two different frames never share
+    one; pass ``state=`` to choose the folder.
 
     ``workers="auto"`` sizes the run from the CPUs, memory, rate limits and measured
     throughput, and keeps adjusting it (at most ``max_workers``); ``max_memory`` (MB) holds
@@ -100,6 +112,10 @@ def run(
         "encoding": encoding,
         "format": format,
         "dedupe": dedupe,
+        "trust_quotes": trust_quotes,
+        "follow_symlinks": follow_symlinks,
+        "output_prefix": output_prefix,
+        "keep_going": keep_going,
         "grace": grace,
         "progress": progress,
         **_prompt_settings(prompt),

@@ -10,6 +10,8 @@ A job file has four tables; relative paths in it are relative to the file:
     encoding = "utf-8"           # optional
     format = "csv"               # optional; default: from the suffix
     dedupe = "first"             # optional; keep each key's first row
+    trust_quotes = false         # optional; CSV cells spanning lines that look like rows
+    follow_symlinks = false      # optional; folder: read symlinks that lead outside it
 
     [task]
     function = "tasks.py:analyse"
@@ -38,7 +40,8 @@ A job file has four tables; relative paths in it are relative to the file:
     budget = 5.0                 # USD this run may spend at most
     rpm = 500                    # the model's requests/min (else learned from the headers)
     tpm = 200000                 # tokens/min
-    cache = true                 # reuse journaled answers (false: pay again)
+    cache = true                 # reuse journaled answers and steps (false: ask again)
+    keep_going = false           # true: no early stop when the first items fail alike
 
     [limits."openai/gpt-4o-mini"]   # named limits: provider or provider/model
     rpm = 500
@@ -53,6 +56,7 @@ A job file has four tables; relative paths in it are relative to the file:
     api_key_env = "LOCAL_API_KEY"
 
     [output]
+    prefix = "out_"              # optional; put before every output field name
     path = "enriched.csv"        # .csv, .jsonl or .parquet
     json_dir = "results"         # one JSON file per key
     failures = "failures.jsonl"
@@ -77,6 +81,8 @@ _SECTIONS: dict[str, dict[str, str]] = {
         "encoding": "encoding",
         "format": "format",
         "dedupe": "dedupe",
+        "trust_quotes": "trust_quotes",
+        "follow_symlinks": "follow_symlinks",
     },
     "task": {
         "function": "task",
@@ -123,9 +129,11 @@ _SECTIONS: dict[str, dict[str, str]] = {
             "max_concurrent",
             "cache",
             "env_file",
+            "keep_going",
         )
     },
     "output": {
+        "prefix": "output_prefix",
         "path": "output",
         "json_dir": "json_dir",
         "failures": "failures",
@@ -150,6 +158,8 @@ class JobConfig(BaseModel):
     format: str | None = None
     encoding: str | None = None
     dedupe: Literal["first"] | None = None
+    trust_quotes: bool = False  # CSV: read quoted cells that span lines as they are
+    follow_symlinks: bool = False  # folder: also read files that symlinks lead out to
     task_version: str | None = None
     workers: Annotated[int, Field(ge=1, le=10_000)] | Literal["auto"] = 8
     max_workers: int = Field(256, ge=1, le=10_000)  # the ceiling of workers="auto"
@@ -170,6 +180,8 @@ class JobConfig(BaseModel):
     json_dir: Path | None = None
     failures: Path | None = None
     grace: float = Field(30.0, ge=0)
+    keep_going: bool = False  # no early stop when the first items all fail alike
+    output_prefix: str = ""  # before every output field name, apart from the inputs
     progress: bool | None = None
     command: str | None = None
     # prompt tasks

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rowpilot._exports import neutralise_cell, table_format
 from rowpilot._registry import Registry
 
 if TYPE_CHECKING:
@@ -68,15 +69,21 @@ def clusters_table(state: Path, threshold: float) -> tuple[pd.DataFrame, DedupeR
     return frame, report
 
 
+def _guarded(value: Any) -> Any:
+    return neutralise_cell(value) if isinstance(value, str) else value
+
+
 def write_frame(frame: pd.DataFrame, path: Path) -> None:
     """A DataFrame to CSV, JSONL or Parquet by the file's suffix, atomically."""
     from rowpilot._atomic import atomic_write
-    from rowpilot._exports import table_format
 
     kind = table_format(path)
     if kind == "csv":
+        # Spreadsheets run formulas: every cell and header gets the exports' guard.
+        guarded = frame.apply(lambda column: column.map(_guarded))
+        guarded.columns = [neutralise_cell(str(name)) for name in frame.columns]
         with atomic_write(path, "w", newline="") as handle:
-            frame.to_csv(handle, index=False)
+            guarded.to_csv(handle, index=False)
     elif kind == "jsonl":
         with atomic_write(path, "w", newline="\n") as handle:
             frame.to_json(handle, orient="records", lines=True, force_ascii=False)

@@ -26,32 +26,37 @@ from typing import TYPE_CHECKING, Any
 
 from rowpilot._atomic import check_writable
 from rowpilot._config import JobConfig
-from rowpilot._events import EventLog
-from rowpilot._exports import write_failures, write_json_dir, write_table
+from rowpilot._crashes import CrashPolicy, InFlightLog, recover
+from rowpilot._events import EventLog, warn
+from rowpilot._exports import KEY_FIELD, table_format, write_failures, write_json_dir, write_table
 from rowpilot._items import (
     FirstOccurrence,
     Item,
     Keyer,
     OnlineDuplicateCheck,
+    PeekedSource,
     ScanReport,
     Selection,
+    count_repeats,
     duplicate_key_error,
     parse_rows,
     parse_shard,
     scan,
     selected_items,
+    source_identity,
 )
-from rowpilot._lock import StateLock
+from rowpilot._lock import LOCK_FILE, StateLock
 from rowpilot._machine import read_machine, rss_mb
 from rowpilot._progress import Counters, ProgressView, default_view
-from rowpilot._registry import Registry
+from rowpilot._registry import Registry, read_only_folder
 from rowpilot._result import Result, Summary
 from rowpilot._retry import DEFAULT_RETRY_ON, RetryPolicy, exception_types
 from rowpilot._scheduler import RunEnd, RunSettings, Scheduler
 from rowpilot._sizing import AutoWorkers, Rates, TaskKind, choose_workers
 from rowpilot._sources import Source, open_source
+from rowpilot._state import check_key_definition, key_definition
 from rowpilot._task import Task, load_task
-from rowpilot.errors import UserError
+from rowpilot.errors import OutputCollisionError, StateError, UserError
 
 if TYPE_CHECKING:
     from rowpilot._llm import LLMSession, PromptTask
@@ -78,31 +83,65 @@ class PreparedJob:
 def prepare(config: JobConfig) -> PreparedJob:
     """Everything that can be checked before touching state, checked."""
     task = _load_task(config)
-    batch_size = 1
     selection = Selection(
         rows=parse_rows(config.rows) if config.rows else None,
         shard=parse_shard(config.shard) if config.shard else None,
         limit=config.limit,
     )
     _check_outputs(config)
-    source = open_source(config.source, format=config.format, encoding=config.encoding)
+    source = open_source(
+        config.source,
+        format=config.format,
+        encoding=config.encoding,
+        trust_quotes=config.trust_quotes,
+        follow_symlinks=config.follow_symlinks,
+    )
+    if not source.reiterable:
+        source = PeekedSource(source)  # its first chunk names its state
     keyer = Keyer(source, config.key)
     template = _template_of(task)
     columns = source.columns()
     if template is not None and columns is not None:
         template.check(columns)
-    batch_size = _rows_per_worker(task)
     report = _validate(source, keyer, selection, config) if source.reiterable else None
-    return PreparedJob(
-        config=config,
-        task=task,
-        source=source,
-        keyer=keyer,
-        selection=selection,
-        state=state_directory(config, task, source, selection),
-        settings=_settings(config, batch_size, auto_workers(config, task)),
-        scan=report,
-    )
+    inputs = report.columns if report is not None else (columns or [])
+    reserved = _reserved_names(config, inputs)
+    _check_output_fields(task, reserved, config.output_prefix)
+    state = _state_of(config, task, source, keyer, inputs)
+    check_state_folder(state)
+    _announce(source)
+    settings = _settings(config, _rows_per_worker(task), auto_workers(config, task))
+    settings = dataclasses.replace(settings, reserved=reserved)
+    return PreparedJob(config, task, source, keyer, selection, state, settings, report)
+
+
+def _reserved_names(config: JobConfig, inputs: list[str]) -> dict[str, str]:
+    """Names an output field may not take, and what holds each."""
+    reserved = dict.fromkeys(inputs, "an input column")
+    if config.json_dir is not None:
+        reserved[KEY_FIELD] = "the key's field in each --json-dir file"
+    return reserved
+
+
+def _announce(source: Source) -> None:
+    """What the source skipped or doubts, as warnings (symlinks out of a folder)."""
+    notices = getattr(source, "notices", None)
+    for notice in notices() if callable(notices) else []:
+        warn(notice)
+
+
+def _check_output_fields(task: Task, reserved: dict[str, str], prefix: str) -> None:
+    """A built-in task knows its output fields: a clash with an input column fails now,
+    before anything is paid, not at the first answer."""
+    fields = getattr(task.fn, "output_fields", None)
+    if fields is None:
+        return
+    clash = next((prefix + name for name in fields if prefix + name in reserved), None)
+    if clash is not None:
+        raise OutputCollisionError(
+            f"the output field {clash!r} is {reserved[clash]}: the output would overwrite it",
+            column=clash,
+        )
 
 
 def _load_task(config: JobConfig) -> Task:
@@ -211,11 +250,14 @@ def _prompt_task(task: Task) -> PromptTask | None:
 
 
 def _check_outputs(config: JobConfig) -> None:
+    """Every output is checked before the first item: its folder, and a table's format."""
     for path, what in ((config.output, "output"), (config.failures, "failures report")):
         if path is not None:
             check_writable(path, what=what)
-    if config.json_dir is not None and not config.json_dir.is_dir():
-        check_writable(config.json_dir, what="JSON folder")
+    if config.output is not None:
+        table_format(config.output)
+    if config.json_dir is not None:
+        check_writable(config.json_dir, what="JSON folder", folder=True)
     if config.vectors is not None:
         from rowpilot._vectors import check_vector_target
 
@@ -228,6 +270,8 @@ def _validate(source: Source, keyer: Keyer, selection: Selection, config: JobCon
         error = duplicate_key_error(source, keyer, selection, report.duplicate_hashes)
         if error is not None:
             raise error
+    if report.duplicate_hashes:
+        report.dropped = count_repeats(source, keyer, selection, report.duplicate_hashes)
     return report
 
 
@@ -256,6 +300,8 @@ def _settings(
         force_before=force_before,
         retry_failed=config.retry_failed,
         grace=config.grace,
+        output_prefix=config.output_prefix,
+        keep_going=config.keep_going,
     )
 
 
@@ -266,13 +312,24 @@ def job_name(config: JobConfig, task: Task, source: Source) -> str:
     return f"{stem}-{task.name.rsplit('.', 1)[-1]}"
 
 
-def state_directory(config: JobConfig, task: Task, source: Source, selection: Selection) -> Path:
-    """``--state``, else ``.rowpilot/<job name>/`` (``shard-K-of-N`` below it for a shard)."""
+def _state_of(
+    config: JobConfig, task: Task, source: Source, keyer: Keyer, columns: list[str]
+) -> Path:
+    # An in-memory source has no name of its own: its content names its state.
+    in_memory = not isinstance(config.source, str | os.PathLike)
+    identity = source_identity(source, keyer, columns) if in_memory else None
+    return state_directory(config, job_name(config, task, source), identity)
+
+
+def state_directory(config: JobConfig, name: str, identity: str | None = None) -> Path:
+    """The one place that names a job's state: ``--state``, else ``.rowpilot/<name>``
+    (``<name>-<identity>`` for an in-memory source; ``shard-K-of-N`` below it for a
+    shard). Every command that finds a state from a job file comes here."""
     if config.state is not None:
         return config.state
-    directory = STATE_ROOT / _safe_dir_name(job_name(config, task, source))
-    if selection.shard is not None:
-        k, n = selection.shard
+    directory = STATE_ROOT / _safe_dir_name(f"{name}-{identity}" if identity else name)
+    if config.shard:
+        k, n = parse_shard(config.shard)
         directory = directory / f"shard-{k}-of-{n}"
     return directory
 
@@ -280,6 +337,34 @@ def state_directory(config: JobConfig, task: Task, source: Source, selection: Se
 def _safe_dir_name(name: str) -> str:
     cleaned = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("._")
     return cleaned or "job"
+
+
+def check_state_folder(state: Path) -> None:
+    """Refuse a state path that can never work, before any work: a file, a read-only or
+    unwritable folder (or the nearest existing folder above a new one)."""
+    if state.exists() and not state.is_dir():
+        raise StateError(
+            f"the state path {state} is a file, not a folder",
+            hint="pass --state with a folder (it is created if new)",
+        )
+    lock = state / LOCK_FILE
+    if lock.exists() and not lock.is_file():
+        raise StateError(
+            f"{lock} is not a file: it is where rowpilot keeps its lock",
+            hint=f"move {lock} away, or pass --state with another folder",
+        )
+    existing = next((p for p in (state, *state.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise StateError(
+            f"the state path {state} runs through {existing}, which is a file",
+            hint="pass --state with a folder",
+        )
+    if read_only_folder(existing):
+        raise StateError(
+            f"the state folder {existing} is read-only",
+            hint="make it writable, or pass --state with a writable folder "
+            "(status, export and verify can still read it)",
+        )
 
 
 async def execute(
@@ -347,6 +432,7 @@ async def _execute(
     registry = Registry(job.state)
     remove_state = False
     try:
+        check_key_definition(registry, job.keyer.key_column)
         view = progress or default_view(job.config.progress)
         summary = await _run_locked(job, registry, view, session, steps)
         written = _write_outputs(job.config, registry) if registry.exists else []
@@ -370,13 +456,17 @@ async def _run_locked(
     steps: Steps | None,
 ) -> Summary:
     run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
-    counters = Counters(total=job.scan.total if job.scan else None, started_at=time.monotonic())
+    total = job.scan.to_run if job.scan else None
+    counters = Counters(total=total, started_at=time.monotonic())
     events = EventLog(job.state / "logs", run_id)
     prompt = _prompt_task(job.task)
     if session is not None and prompt is not None:
         session.attach(registry, counters, events, run_id)
         prompt.session = session
     run_row = _run_row(job, run_id)
+    crashes = _crash_policy(job, registry, run_id, events)
+    inflight = InFlightLog(job.state, run_row)
+    inflight.open()
     scheduler = Scheduler(
         task=job.task,
         registry=registry,
@@ -386,6 +476,8 @@ async def _run_locked(
         progress=progress,
         counters=counters,
         first_commit=lambda: (_meta(job), run_row),
+        crashes=crashes,
+        inflight=inflight,
     )
     if steps is not None:
         steps.attach(registry, counters, events, run_id, scheduler.workers)
@@ -412,11 +504,40 @@ async def _run_locked(
     except BaseException as exc:
         progress.stop(counters, final=False)
         events.emit("run.error", error=f"{type(exc).__name__}: {exc}")
+        _close_run_on_error(registry, run_row)
         raise
     finally:
+        inflight.close()  # any end that reaches here is orderly: nothing is in flight
         events.close()
     progress.stop(counters)
     return summary
+
+
+def _crash_policy(
+    job: PreparedJob, registry: Registry, run_id: str, events: EventLog
+) -> CrashPolicy | None:
+    """Runs that died before this one: their in-flight keys become suspects."""
+    recovery = recover(registry, job.state, run_id)
+    notice = recovery.notice()
+    if notice is not None:
+        warn(notice)
+        events.emit("run.recovered", runs=recovery.runs, keys=recovery.keys, message=notice)
+    counts = registry.crash_counts()
+    return CrashPolicy(job.config.max_attempts, counts) if counts else None
+
+
+def _close_run_on_error(registry: Registry, run_row: dict[str, Any]) -> None:
+    """A run that ends in an error is not left "running" (if it got as far as a row)."""
+    if registry.exists and any(run["run_id"] == run_row["run_id"] for run in _runs(registry)):
+        with contextlib.suppress(UserError):
+            registry.update_run({**run_row, "ended_at": time.time(), "status": "error"})
+
+
+def _runs(registry: Registry) -> list[dict[str, Any]]:
+    try:
+        return registry.runs()
+    except UserError:
+        return []
 
 
 def _chunks(job: PreparedJob) -> Iterator[list[Item]]:
@@ -466,6 +587,8 @@ def _meta(job: PreparedJob) -> dict[str, str]:
         "job_name": job.state.name,
         "source": job.source.name,
         "key_column": job.config.key or "",
+        "key_definition": key_definition(job.keyer.key_column),
+        "output_prefix": job.config.output_prefix,
         "input_columns": json.dumps(columns),
         "task": job.task.name,
         "task_version": job.task.version,
@@ -480,7 +603,8 @@ def _run_row(job: PreparedJob, run_id: str) -> dict[str, Any]:
         "rows": job.config.rows,
         "shard": job.config.shard,
         "limit": job.config.limit,
-        "total": job.scan.total if job.scan else None,
+        "total": job.scan.to_run if job.scan else None,
+        "dropped_duplicates": job.scan.dropped if job.scan else 0,
         "source": job.source.name,
         "key": job.config.key,
     }
@@ -539,6 +663,9 @@ def _summary(
         task_seconds=c.task_seconds,
         speedup=max(0.0, c.task_seconds - waited) / elapsed if elapsed > 0 else 0.0,
         waited_seconds=waited,
+        cpu_seconds=c.cpu_seconds,
+        workers=job.settings.most_workers,
+        dropped=job.scan.dropped if job.scan else 0,
         stop_reason=stop_reason,
         causes={cause: n for cause, n in c.causes.items() if n > 0},
         calls=c.calls,

@@ -10,6 +10,7 @@ import base64
 import datetime as dt
 import decimal
 import hashlib
+import itertools
 import json
 import math
 from array import array
@@ -250,11 +251,18 @@ def selected_items(
 
 @dataclass
 class ScanReport:
-    """What the validation pass learned: the count, the columns, repeated keys."""
+    """What the validation pass learned: the count, the columns, repeated keys, and (with
+    ``--dedupe first``) how many rows repeat an earlier row's key and are left out."""
 
     total: int
     columns: list[str]
     duplicate_hashes: frozenset[int] = field(default_factory=frozenset)
+    dropped: int = 0
+
+    @property
+    def to_run(self) -> int:
+        """The items a run covers: the selection less the repeated keys left out."""
+        return self.total - self.dropped
 
 
 def scan(source: Source, keyer: Keyer, selection: Selection) -> ScanReport:
@@ -268,7 +276,72 @@ def scan(source: Source, keyer: Keyer, selection: Selection) -> ScanReport:
         if len(columns) == 0 or source.columns() is None:
             for item in items:
                 columns.update(dict.fromkeys(item.fields))
+    if total == 0 and selection.rows is not None:
+        _check_row_range(source, selection.rows)
     return ScanReport(total, list(columns), _repeated(hashes))
+
+
+def _check_row_range(source: Source, rows: tuple[int | None, int | None]) -> None:
+    """``--rows`` that starts at or past the end is a mistake, not "nothing to do"."""
+    count = sum(len(chunk) for chunk in source.chunks())
+    start, stop = rows
+    if start is not None and start >= count:
+        shown = f"{start}:{'' if stop is None else stop}"
+        raise ConfigError(
+            f"--rows {shown} starts past the end: the input has {count:,} rows "
+            f"(0:{count} selects them all)",
+            file=source.name,
+            hint=f"give a range within 0:{count}",
+        )
+
+
+def count_repeats(
+    source: Source, keyer: Keyer, selection: Selection, suspects: frozenset[int]
+) -> int:
+    """Rows whose key an earlier row already had (the rows ``--dedupe first`` leaves out)."""
+    if not suspects:
+        return 0
+    admits = FirstOccurrence(suspects).admits
+    return sum(
+        not admits(item) for items in selected_items(source, keyer, selection) for item in items
+    )
+
+
+def source_identity(source: Source, keyer: Keyer, columns: list[str]) -> str:
+    """A short hash of an in-memory source's columns and keys: its state's name, so that
+    two different frames never share a state and the same frame always finds its own.
+
+    A one-shot iterator is known by its first chunk only (it cannot be read twice)."""
+    digest = hashlib.blake2b(encode_json(sorted(columns)).encode("utf-8"), digest_size=5)
+    first = source.first_chunk if isinstance(source, PeekedSource) else None
+    chunks = [first] if first is not None else source.chunks()
+    for chunk in chunks:
+        for row in chunk:
+            key = keyer.item(row).key
+            digest.update(key.encode("utf-8", "surrogatepass") + b"\0")
+    return digest.hexdigest()
+
+
+class PeekedSource:
+    """A one-shot source whose first chunk is read ahead (to name its state), then given
+    back as the first chunk of the one pass it allows."""
+
+    reiterable = False
+
+    def __init__(self, source: Source, size: int = 1024) -> None:
+        self.name = source.name
+        self._source = source
+        self._chunks = source.chunks(size)
+        self.first_chunk: list[Row] = next(self._chunks, [])
+        self._size = size
+
+    def columns(self) -> list[str] | None:
+        return self._source.columns()
+
+    def chunks(self, size: int = 1024) -> Iterator[list[Row]]:
+        if size != self._size:
+            raise ValueError(f"a peeked source is read in chunks of {self._size}, not {size}")
+        return itertools.chain([self.first_chunk], self._chunks)
 
 
 def _repeated(hashes: array[int]) -> frozenset[int]:

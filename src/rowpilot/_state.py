@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import sqlite3
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rowpilot._items import (
+    FirstOccurrence,
     Item,
     Keyer,
     Selection,
+    count_repeats,
     duplicate_key_error,
     encode_json,
     fingerprint,
@@ -18,16 +23,54 @@ from rowpilot._items import (
     selected_items,
 )
 from rowpilot._lock import StateLock, is_locked
-from rowpilot._registry import Registry, atomic
+from rowpilot._registry import REGISTRY_FILE, Registry, atomic
 from rowpilot._sources import Source
 from rowpilot.errors import StateError
 
 _SHOWN = 10
 
 
+def key_definition(key_column: str | None) -> str:
+    """How a job keys its rows, as recorded in its registry's meta."""
+    return f"column:{key_column}" if key_column is not None else "row-number"
+
+
+def check_key_definition(registry: Registry, key_column: str | None) -> None:
+    """A state keyed one way is never read or resumed keyed another: every done row would
+    look new (run again, and paid again) and exports would hold each row twice."""
+    if not registry.exists:
+        return
+    meta = registry.meta()
+    recorded = meta.get("key_definition")
+    if recorded is None:  # written before the key definition was recorded
+        legacy = meta.get("key_column")
+        if not legacy:  # the row number, or a folder's path: what no --key gives
+            return
+        recorded = key_definition(legacy)
+    current = key_definition(key_column)
+    if recorded != current:
+        raise StateError(
+            f"{registry.directory} keys its rows by {_described(recorded)}, but this keys "
+            f"them by {_described(current)}",
+            hint=f"pass {_flag(recorded)} to use that state, or --state NEW_FOLDER to start "
+            "a new one",
+        )
+
+
+def _described(definition: str) -> str:
+    kind, _, column = definition.partition(":")
+    return f"the column {column!r}" if kind == "column" else "row number"
+
+
+def _flag(definition: str) -> str:
+    kind, _, column = definition.partition(":")
+    return f"--key {column}" if kind == "column" else "no --key"
+
+
 @dataclass(frozen=True)
 class StateStatus:
-    """One state directory at a glance."""
+    """One state directory at a glance. ``stale`` items were done (or failed) by an older
+    version of the task: they count as pending until the current version redoes them."""
 
     state: str
     running: bool
@@ -37,10 +80,22 @@ class StateStatus:
     runs: int
     last_run: dict[str, Any] | None
     spending: dict[str, float] = field(default_factory=dict)
+    stale: int = 0
 
     @property
     def pending(self) -> int | None:
         return None if self.total is None else max(0, self.total - self.done - self.failed)
+
+
+def find_states(root: Path) -> list[Path]:
+    """Every state directory under ``root`` (shards included), in name order."""
+    if not root.is_dir():
+        return []
+    found = (path.parent for path in root.rglob(REGISTRY_FILE) if path.is_file())
+    # Hidden folders are rowpilot's own work in progress (an unfinished merge).
+    return sorted(
+        p for p in found if not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
 
 
 def status(directory: Path) -> StateStatus:
@@ -68,23 +123,27 @@ def status(directory: Path) -> StateStatus:
         runs=len(runs),
         last_run=_run_view(last) if last else None,
         spending=spending,
+        stale=counts["stale"],
     )
 
 
 def _total(runs: list[dict[str, Any]]) -> int | None:
-    """The job's size: the last run's selection, or in a merged state of shards the sum of
-    each shard's last run."""
-    totals: list[tuple[str | None, int | None]] = []
+    """The job's size: per shard (a merged state holds several), the largest selection of
+    the runs that covered the same rows as its newest run (a --limit run covers fewer)."""
+    newest: dict[Any, Any] = {}
+    sizes: dict[tuple[Any, Any], int] = {}
     for run in runs:
         settings = json.loads(run["settings"]) if run.get("settings") else {}
-        total = settings.get("total")
-        totals.append((settings.get("shard"), int(total) if total is not None else None))
-    if not totals:
+        if settings.get("total") is None:
+            continue
+        shard, rows = settings.get("shard"), settings.get("rows")
+        newest[shard] = rows
+        sizes[shard, rows] = max(sizes.get((shard, rows), 0), int(settings["total"]))
+    if not newest:
         return None
-    per_shard = {shard: total for shard, total in totals if total is not None}  # newest wins
-    if len(per_shard) > 1 and None not in per_shard:
-        return sum(total for total in per_shard.values() if total is not None)
-    return totals[-1][1]
+    if None in newest:  # the whole job ran here too: its own selection is the size
+        return sizes[None, newest[None]]
+    return sum(sizes[shard, rows] for shard, rows in newest.items())
 
 
 def _run_view(run: dict[str, Any]) -> dict[str, Any]:
@@ -102,28 +161,79 @@ class MergeReport:
 
 
 def merge(sources: list[Path], into: Path) -> MergeReport:
-    """Combine shard registries into one; a key in several keeps its done, newest outcome."""
+    """Combine shard registries into one; a key in several keeps its done, newest outcome.
+
+    The merged registry is built in a hidden folder beside the destination's registry and
+    renamed over it only when whole, so a merge killed at any moment leaves the
+    destination as it was (or, if it was new, with no registry at all)."""
     destination = into.resolve()
     for source in sources:
         _check_mergeable(source, destination)
     with StateLock(into, "rowpilot merge"):
-        target = Registry(into)
-        target.commit([])  # creates the registry if it is new
-        db = target.db()
-        conflicts = 0
-        per_source: dict[str, int] = {}
+        _remove_unfinished_merges(into)
+        building = into / f"{_MERGING}{os.getpid()}"
+        target = _start_from(Registry(into), building)
         try:
-            for source in sources:
-                Registry(source).db().close()  # brings an older registry up to date first
-                db.execute("ATTACH DATABASE ? AS shard", (str(Registry(source).path),))
-                try:
-                    conflicts, per_source[str(source)] = _merge_one(db, conflicts)
-                finally:
-                    db.execute("DETACH DATABASE shard")
-            items = db.execute("SELECT count(*) FROM items").fetchone()[0]
+            conflicts, per_source = _merge_all(target.db(), sources)
+            items = target.db().execute("SELECT count(*) FROM items").fetchone()[0]
+            target.db().execute("PRAGMA wal_checkpoint(TRUNCATE)")  # all in the one file
         finally:
             target.close()
+        _move_into_place(target, Registry(into))
+        shutil.rmtree(building, ignore_errors=True)
     return MergeReport(str(into), items, conflicts, per_source)
+
+
+_MERGING = ".merging-"
+
+
+def _remove_unfinished_merges(into: Path) -> None:
+    """What a killed merge left (we hold the lock: no merge is running)."""
+    for leftover in into.glob(f"{_MERGING}*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _start_from(existing: Registry, building: Path) -> Registry:
+    """A registry in ``building``: a copy of the destination's, or a new one."""
+    target = Registry(building)
+    if not existing.exists:
+        target.commit([])  # creates it, every migration applied
+        return target
+    building.mkdir(parents=True)
+    copy = sqlite3.connect(target.path)
+    try:
+        existing.db().backup(copy)  # a consistent copy, WAL contents included
+    finally:
+        copy.close()
+        existing.close()
+    return target
+
+
+def _merge_all(db: sqlite3.Connection, sources: list[Path]) -> tuple[int, dict[str, int]]:
+    conflicts = 0
+    per_source: dict[str, int] = {}
+    for source in sources:
+        Registry(source).db().close()  # brings an older registry up to date first
+        db.execute("ATTACH DATABASE ? AS shard", (str(Registry(source).path),))
+        try:
+            conflicts, per_source[str(source)] = _merge_one(db, conflicts)
+        finally:
+            db.execute("DETACH DATABASE shard")
+    return conflicts, per_source
+
+
+def _move_into_place(built: Registry, destination: Registry) -> None:
+    """Rename the whole new registry over the destination's. Its old write-ahead log is
+    folded in and removed first: a log left beside the new file would be replayed into
+    it."""
+    if destination.exists:
+        destination.db().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        destination.close()
+    for suffix in ("-wal", "-shm"):
+        Path(f"{destination.path}{suffix}").unlink(missing_ok=True)
+    with open(built.path, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(built.path, destination.path)
 
 
 def _check_mergeable(source: Path, destination: Path) -> None:
@@ -167,7 +277,10 @@ def _merge_one(db: Any, conflicts: int) -> tuple[int, int]:
 
 @dataclass
 class VerifyReport:
-    """A state directory checked against its source: counts, and the first keys of each."""
+    """A state directory checked against its source: counts, and the first keys of each.
+
+    ``dropped`` rows repeat an earlier row's key and were left out on purpose
+    (``--dedupe first``): they are neither expected nor missing."""
 
     expected: int
     done: int = 0
@@ -175,6 +288,7 @@ class VerifyReport:
     missing: int = 0
     stale: int = 0
     extra: int = 0
+    dropped: int = 0
     duplicates: str | None = None
     examples: dict[str, list[str]] = field(
         default_factory=lambda: {"failed": [], "missing": [], "stale": []}
@@ -193,39 +307,55 @@ class VerifyReport:
         return {**asdict(self), "complete": self.complete}
 
 
-def verify(directory: Path, source: Source, keyer: Keyer, selection: Selection) -> VerifyReport:
-    """Every selected source row must be done, once, and current."""
+def verify(
+    directory: Path, source: Source, keyer: Keyer, selection: Selection, *, dedupe: bool = False
+) -> VerifyReport:
+    """Every selected source row must be done, once, and current (with ``dedupe``, every
+    key's first row)."""
     checked = scan(source, keyer, selection)
     report = VerifyReport(expected=checked.total)
-    if checked.duplicate_hashes:
+    if checked.duplicate_hashes and dedupe:
+        report.dropped = count_repeats(source, keyer, selection, checked.duplicate_hashes)
+        report.expected -= report.dropped
+    elif checked.duplicate_hashes:
         error = duplicate_key_error(source, keyer, selection, checked.duplicate_hashes)
         report.duplicates = error.message if error else None
     registry = Registry(directory)
     if not registry.exists:
         raise StateError(f"no registry in {directory}", hint="run the job first, or check --state")
     try:
-        version = registry.meta().get("task_version", "")
+        check_key_definition(registry, keyer.key_column)
+        versions = registry.current_versions()
+        admits = FirstOccurrence(checked.duplicate_hashes if dedupe else frozenset()).admits
         matched = sum(
-            _check_chunk(registry, items, version, report)
+            _check_chunk(registry, [item for item in items if admits(item)], versions, report)
             for items in selected_items(source, keyer, selection)
         )
-        in_registry = sum(registry.counts().values())
+        counts = registry.counts()
+        in_registry = counts["done"] + counts["failed"] + counts["stale"]
     finally:
         registry.close()
     report.extra = max(0, in_registry - matched)
     return report
 
 
-def _check_chunk(registry: Registry, items: list[Item], version: str, report: VerifyReport) -> int:
+def _check_chunk(
+    registry: Registry, items: list[Item], versions: frozenset[str], report: VerifyReport
+) -> int:
     prior = registry.lookup([item.key for item in items])
     for item in items:
         state = prior.get(item.key)
         if state is None:
             report.note("missing", item.key)
+        elif not _current(state.fingerprint, encode_json(item.fields), versions):
+            report.note("stale", item.key)
         elif state.status == "failed":
             report.note("failed", item.key)
-        elif state.fingerprint != fingerprint(version, encode_json(item.fields)):
-            report.note("stale", item.key)
         else:
             report.done += 1
     return len(prior)
+
+
+def _current(item_fingerprint: str, input_json: str, versions: frozenset[str]) -> bool:
+    """Done by a current task version, on the row as the source holds it now."""
+    return any(fingerprint(version, input_json) == item_fingerprint for version in versions)

@@ -5,7 +5,9 @@ Every command's help ends with an example; tests/test_cli_docs.py keeps it that 
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import os
 import shlex
 import sys
@@ -20,11 +22,20 @@ from rowpilot import _state
 from rowpilot._atomic import check_writable
 from rowpilot._config import JobConfig, build_config, read_job_file
 from rowpilot._dedupe import write_frame
-from rowpilot._engine import run_sync
-from rowpilot._exports import ExportRecord, failure_entry, write_json_dir, write_table
+from rowpilot._engine import STATE_ROOT, run_sync, state_directory
+from rowpilot._events import NOTICES
+from rowpilot._exports import (
+    ExportRecord,
+    failure_entry,
+    table_format,
+    write_json_dir,
+    write_table,
+)
 from rowpilot._items import Keyer, Selection, parse_rows, parse_shard
+from rowpilot._lock import is_locked
 from rowpilot._registry import Registry
 from rowpilot._result import Result
+from rowpilot._secrets import REDACTED, redact_args
 from rowpilot._sources import open_source
 from rowpilot.errors import ConfigError, RowpilotError
 
@@ -100,6 +111,35 @@ NoCacheOption = Annotated[
     bool,
     typer.Option(
         "--no-cache", help="Pay again instead of reusing journaled answers.", rich_help_panel=_LLM
+    ),
+]
+CallTimeoutOption = Annotated[
+    float | None,
+    typer.Option(
+        help="Seconds one LLM request may take before it is dropped and retried (default: 60).",
+        rich_help_panel=_LLM,
+    ),
+]
+TrustQuotesOption = Annotated[
+    bool,
+    typer.Option(
+        "--trust-quotes",
+        help="CSV: read quoted cells that span lines as they are, even when their lines look "
+        "like rows (the check for an unclosed quote that swallowed rows is off).",
+    ),
+]
+FollowSymlinksOption = Annotated[
+    bool,
+    typer.Option(
+        "--follow-symlinks",
+        help="Folder: also read files whose symlinks lead outside the folder.",
+    ),
+]
+OutputPrefixOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Put this before every output field name (e.g. out_), so outputs named like "
+        "input columns do not clash with them.",
     ),
 ]
 EnvFileOption = Annotated[
@@ -197,6 +237,16 @@ def run(
         str | None, typer.Option(help="Input format: csv, tsv, jsonl, parquet.")
     ] = None,
     dedupe: Annotated[str | None, typer.Option(help="'first': keep each key's first row.")] = None,
+    trust_quotes: TrustQuotesOption = False,
+    follow_symlinks: FollowSymlinksOption = False,
+    output_prefix: OutputPrefixOption = None,
+    keep_going: Annotated[
+        bool,
+        typer.Option(
+            "--keep-going",
+            help="Do not stop when the first items all fail alike (only those rows are bad).",
+        ),
+    ] = False,
     grace: Annotated[
         float | None, typer.Option(help="Seconds in-flight items get to finish after Ctrl-C [30].")
     ] = None,
@@ -225,6 +275,7 @@ def run(
     batch_size: BatchSizeOption = None,
     max_tokens: MaxTokensOption = None,
     param: ParamOption = None,
+    call_timeout: CallTimeoutOption = None,
     budget: BudgetOption = None,
     rpm: RpmOption = None,
     tpm: TpmOption = None,
@@ -263,7 +314,9 @@ def run(
     result = run_sync(config)
     _report(result, config)
     if result.summary.status == "interrupted":
-        print(f"to resume, run: {settings['command']}")
+        command = settings["command"]
+        again = " (give the [REDACTED] secrets again)" if REDACTED in command else ""
+        print(f"to resume, run: {command}{again}")
         # Everything is committed and closed; a sync task cancelled mid-call still holds
         # its thread, and a normal exit would wait for it.
         sys.stdout.flush()
@@ -358,14 +411,16 @@ def _json_schema_file(path: Path) -> Any:
 
 def _estimated_and_confirmed(config: JobConfig, sample: int, yes: bool) -> bool:
     """Run the sample and print the projection; True when the user wants the rest run."""
+    if not yes and not sys.stdin.isatty():  # asked before the sample is paid for
+        raise ConfigError(
+            "--estimate asks whether to go on, and there is no terminal to ask at",
+            hint="pass --yes to go on without asking, or run `rowpilot estimate` to only estimate",
+        )
     projection = _sample(config, sample)
     if projection.remaining == 0:
         return True  # nothing more to pay for: the run just writes the outputs
     if yes:
         return True
-    if not sys.stdin.isatty():
-        print("not run: pass --yes to go on without a terminal to ask at", file=sys.stderr)
-        return False
     go_on = typer.confirm(
         f"run the remaining {projection.remaining:,} items (about ${projection.cost:,.2f})?"
     )
@@ -389,17 +444,20 @@ def _sample(config: JobConfig, sample: int) -> Any:
     return projection
 
 
+_CHOSEN_FALSE = frozenset({"progress", "cache"})
+
+
 def _settings_from(job_or_source: str, flags: dict[str, Any]) -> dict[str, Any]:
     if job_or_source.endswith(".toml"):
         settings = read_job_file(Path(job_or_source))
     else:
         settings = {"source": job_or_source}
     # An unset flag is None (or False/[] for switches and lists) and leaves the job file's
-    # value; --no-progress is the one False that is a choice.
+    # value; --no-progress and --no-cache are the Falses that are a choice.
     given = {
         k: v
         for k, v in flags.items()
-        if v is not None and v != [] and (v is not False or k == "progress")
+        if v is not None and v != [] and (v is not False or k in _CHOSEN_FALSE)
     }
     settings.update(given)
     return settings
@@ -410,7 +468,8 @@ def _resume_command(force_before: float | None) -> str:
     args = [arg for arg in sys.argv[1:] if arg not in ("--force", "--debug")]
     if force_before is not None and "--force-before" not in args:
         args += ["--force-before", f"{force_before:.6f}"]
-    return shlex.join(["rowpilot", *args])
+    # Stored in the runs table and the lock file, and printed: never with a secret in it.
+    return shlex.join(["rowpilot", *redact_args(args)])
 
 
 # -- label, estimate ----------------------------------------------------------------------
@@ -632,15 +691,25 @@ def dedupe(
 
 @app.command(
     epilog=_example(
-        "rowpilot status .rowpilot/diseases", "rowpilot status .rowpilot/job/shard-* --json"
+        "rowpilot status",
+        "rowpilot status .rowpilot/diseases",
+        "rowpilot status .rowpilot/job/shard-* --json",
     )
 )
 def status(
-    states: Annotated[list[str], typer.Argument(help="State directories or job files.")],
+    states: Annotated[
+        list[str] | None,
+        typer.Argument(help="State directories or job files (default: every job in .rowpilot/)."),
+    ] = None,
     as_json: Json = False,
 ) -> None:
     """Show how far each job (or shard) is, and the total."""
-    found = [_state.status(_state_dir(s)) for s in states]
+    folders = [_state_dir(s) for s in states] if states else _state.find_states(STATE_ROOT)
+    if not folders:
+        raise ConfigError(
+            f"no job states in {STATE_ROOT}/", hint="run a job here first, or name a state folder"
+        )
+    found = [_state.status(folder) for folder in folders]
     if as_json:
         views = [{**vars(f), "pending": f.pending} for f in found]
         print(json.dumps({"states": views, "total": _status_total(found)}, indent=2, default=str))
@@ -666,7 +735,8 @@ def _status_line(f: _state.StateStatus) -> str:
     of = f" of {f.total:,}" if f.total is not None else ""
     last = f.last_run["status"] if f.last_run else "none"
     running = "  RUNNING" if f.running else ""
-    counts = f"done {f.done:,}  failed {f.failed:,}{of}"
+    stale = f"  stale {f.stale:,}" if f.stale else ""
+    counts = f"done {f.done:,}  failed {f.failed:,}{stale}{of}"
     return f"{f.state}  {counts}  runs {f.runs}  last run {last}{running}"
 
 
@@ -679,10 +749,20 @@ def _status_total(found: list[_state.StateStatus]) -> dict[str, Any]:
     }
 
 
+IncludeStaleOption = Annotated[
+    bool,
+    typer.Option(
+        "--include-stale",
+        help="Also the items an older version of the task produced (they count as pending).",
+    ),
+]
+
+
 @app.command(
     epilog=_example(
         "rowpilot export .rowpilot/reviews -o enriched.parquet",
         "rowpilot export job.toml --json-dir results/",
+        "rowpilot export .rowpilot/reviews -o so-far.csv --partial",
     )
 )
 def export(
@@ -690,22 +770,68 @@ def export(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Table to write.")] = None,
     json_dir: Annotated[Path | None, typer.Option(help="Write one JSON file per key here.")] = None,
     done_only: Annotated[bool, typer.Option("--done-only", help="Leave failed items out.")] = False,
+    include_stale: IncludeStaleOption = False,
+    partial: Annotated[
+        bool,
+        typer.Option("--partial", help="Export while a run is still going (what is done so far)."),
+    ] = False,
 ) -> None:
-    """Write the enriched table or per-key JSON files from the registry."""
+    """Write the enriched table or per-key JSON files from the registry.
+
+    While a run of the job is still going, it refuses (exit 1) unless --partial."""
     if output is None and json_dir is None:
         raise ConfigError("nothing to export", hint="pass -o FILE and/or --json-dir DIR")
-    registry = Registry(_state_dir(state))
+    if output is not None:
+        check_writable(output, what="output")
+        table_format(output)
+    folder = _state_dir(state)
+    if not _export_allowed(folder, partial):
+        _exit(1)
+    registry = Registry(folder)
     try:
+        _check_job_key(state, registry)
+        records = functools.partial(registry.records, include_stale=include_stale)
         if output is not None:
-            count = write_table(
-                output, registry.records, registry.input_columns(), done_only=done_only
-            )
+            count = write_table(output, records, registry.input_columns(), done_only=done_only)
             print(f"wrote {count:,} rows to {output}")
         if json_dir is not None:
-            report = write_json_dir(json_dir, lambda: registry.records(status="done"))
+            report = write_json_dir(json_dir, functools.partial(records, status="done"))
             print(f"{json_dir}: {report.written:,} written, {report.unchanged:,} unchanged")
     finally:
         registry.close()
+
+
+def _export_allowed(folder: Path, partial: bool) -> bool:
+    """A live run's state is a moving target: an export of it is partial, and says so."""
+    if not is_locked(folder):
+        return True
+    now = _state.status(folder)
+    of = f" of {now.total:,}" if now.total is not None else ""
+    print(
+        f"rowpilot: the run in {folder} is still going: {now.done:,}{of} done"
+        + (
+            "; exporting what is done so far (--partial)"
+            if partial
+            else " (hint: wait for it to end, or pass --partial to export what is done so far)"
+        ),
+        file=sys.stderr,
+    )
+    return partial
+
+
+def _check_job_key(state_or_job: str, registry: Registry) -> None:
+    """A job file says how it keys its rows: its state must have been keyed the same."""
+    if state_or_job.endswith(".toml"):
+        settings = read_job_file(Path(state_or_job))
+        _state.check_key_definition(registry, _effective_key(settings))
+
+
+def _effective_key(settings: dict[str, Any]) -> str | None:
+    """The key column a job's settings give (a folder's default, ``path``, included)."""
+    key = settings.get("key")
+    if key is None and settings.get("source") and Path(settings["source"]).is_dir():
+        return "path"
+    return str(key) if key is not None else None
 
 
 @app.command(
@@ -717,12 +843,14 @@ def failures(
     with_traceback: Annotated[
         bool, typer.Option("--traceback", help="Include tracebacks.")
     ] = False,
+    include_stale: IncludeStaleOption = False,
 ) -> None:
     """List failed items as JSONL: key, row, error type, error, attempts."""
     registry = Registry(_state_dir(state))
     try:
         lines = [
-            _failure_line(record, trace, with_traceback) for record, trace in registry.failures()
+            _failure_line(record, trace, with_traceback)
+            for record, trace in registry.failures(include_stale=include_stale)
         ]
     finally:
         registry.close()
@@ -754,7 +882,10 @@ def merge(
     into: Annotated[Path, typer.Option(help="State directory to merge into (created if new).")],
     as_json: Json = False,
 ) -> None:
-    """Combine the registries of shards (or row ranges) into one."""
+    """Combine the registries of shards (or row ranges) into one.
+
+    The merge builds a new registry beside the destination and moves it into place only
+    when it is whole: a merge that is killed leaves the destination as it was."""
     report = _state.merge(shards, into)
     if as_json:
         print(json.dumps(vars(report), indent=2))
@@ -780,6 +911,9 @@ def verify(
     rows: Annotated[str | None, typer.Option(help="Row range A:B the job covered.")] = None,
     shard: Annotated[str | None, typer.Option(help="Shard K/N the job covered.")] = None,
     limit: Annotated[int | None, typer.Option(help="The job's --limit.")] = None,
+    dedupe: Annotated[
+        str | None, typer.Option(help="'first': the job kept each key's first row.")
+    ] = None,
     encoding: Annotated[str | None, typer.Option(help="Input encoding.")] = None,
     format: Annotated[str | None, typer.Option(help="Input format.")] = None,
     as_json: Json = False,
@@ -794,14 +928,21 @@ def verify(
         "rows": rows,
         "shard": shard,
         "limit": limit,
+        "dedupe": dedupe,
         "encoding": encoding,
         "format": format,
     }
     settings.update({k: v for k, v in overrides.items() if v is not None})
     if "source" not in settings:
         raise ConfigError("verify needs the source", hint="pass --source FILE or a job file")
+    if settings.get("dedupe") not in (None, "first"):
+        raise ConfigError(f"--dedupe {settings['dedupe']!r} is unknown", hint="use --dedupe first")
     opened = open_source(
-        settings["source"], format=settings.get("format"), encoding=settings.get("encoding")
+        settings["source"],
+        format=settings.get("format"),
+        encoding=settings.get("encoding"),
+        trust_quotes=bool(settings.get("trust_quotes")),
+        follow_symlinks=bool(settings.get("follow_symlinks")),
     )
     selection = Selection(
         rows=parse_rows(settings["rows"]) if settings.get("rows") else None,
@@ -809,7 +950,11 @@ def verify(
         limit=settings.get("limit"),
     )
     report = _state.verify(
-        _state_dir(state_or_job), opened, Keyer(opened, settings.get("key")), selection
+        _state_dir(state_or_job),
+        opened,
+        Keyer(opened, settings.get("key")),
+        selection,
+        dedupe=settings.get("dedupe") == "first",
     )
     _print_verify(report, as_json)
     _exit(0 if report.complete else 1)
@@ -823,6 +968,8 @@ def _print_verify(report: _state.VerifyReport, as_json: bool) -> None:
         f"expected {report.expected:,}  done {report.done:,}  failed {report.failed:,}  "
         f"missing {report.missing:,}  stale {report.stale:,}  not in source {report.extra:,}"
     )
+    if report.dropped:
+        print(f"  {report.dropped:,} rows repeat an earlier row's key (left out: --dedupe first)")
     for kind, keys in report.examples.items():
         if keys:
             print(f"  {kind}: {', '.join(repr(k) for k in keys)}")
@@ -832,27 +979,15 @@ def _print_verify(report: _state.VerifyReport, as_json: bool) -> None:
 
 
 def _state_dir(state_or_job: str) -> Path:
-    """A state directory, or the one a job file's settings point at."""
+    """A state directory, or the one a job file's settings point at (named as a run of
+    that job would name it: rowpilot._engine.state_directory)."""
     if not state_or_job.endswith(".toml"):
         return Path(state_or_job)
     settings = read_job_file(Path(state_or_job))
-    if settings.get("state"):
-        return Path(settings["state"])
-    if "prompt" not in settings and "labels" not in settings:
+    if "prompt" not in settings and "labels" not in settings and "embed" not in settings:
         settings.setdefault("task", "x:y")  # only the name and the shard matter here
     config = build_config(settings)
-    return _default_state(config)
-
-
-def _default_state(config: JobConfig) -> Path:
-    from rowpilot._engine import STATE_ROOT
-
-    name = config.name or "job"
-    path = STATE_ROOT / name
-    if config.shard:
-        k, n = parse_shard(config.shard)
-        path = path / f"shard-{k}-of-{n}"
-    return path
+    return state_directory(config, config.name or "job")
 
 
 # -- doctor -----------------------------------------------------------------------------
@@ -960,11 +1095,20 @@ def _spread_labels(args: list[str]) -> list[str]:
     return spread
 
 
+def _print_warnings() -> None:
+    """The engine's warnings (rowpilot._events.warn) as ``rowpilot: warning: ...`` lines."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("rowpilot: warning: %(message)s"))
+    NOTICES.handlers[:] = [handler]
+    NOTICES.propagate = False
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: one-line errors (exit 2 for user errors) unless --debug."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("ROWPILOT_DEBUG") == "1"
     args = _spread_labels([a for a in args if a != "--debug"])
+    _print_warnings()
     try:
         app(args=args, prog_name="rowpilot")
     except RowpilotError as exc:
