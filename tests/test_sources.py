@@ -8,7 +8,7 @@ import io
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 import rowpilot
 from rowpilot._items import Keyer
-from rowpilot._sources import Row, Source, open_source
+from rowpilot._sources import FolderSource, Row, Source, open_source
 from rowpilot.errors import (
     ConfigError,
     EmptySourceError,
@@ -604,7 +604,7 @@ def test_jsonl_round_trip(tmp_path: Path, records: list[dict[str, str]], ascii_o
 # ----------------------------------------------------------------------------- folder
 
 
-def tree(root: Path, files: dict[str, str | bytes]) -> Path:
+def tree(root: Path, files: Mapping[str, str | bytes]) -> Path:
     """Write ``files`` ('/'-separated relative path -> text or bytes) under ``root``."""
     for relative, content in files.items():
         path = root.joinpath(*relative.split("/"))
@@ -735,11 +735,78 @@ def test_folder_symlinks(tmp_path: Path) -> None:
     (root / "link.txt").symlink_to(outside / "o.txt")
     (root / "loop").symlink_to(root, target_is_directory=True)  # not followed: no cycle
     (root / "dangling.txt").symlink_to(tmp_path / "missing.txt")  # not a file: skipped
-    rows = fields(open_source(root))
+    (root / "out-dir").symlink_to(outside, target_is_directory=True)  # a folder: not followed
+    source = open_source(root, follow_symlinks=True)
+    rows = fields(source)
     assert [(row["path"], row["text"], row["size"]) for row in rows] == [
         ("a.txt", "a", 1),
         ("link.txt", "out", 3),
     ]
+    assert getattr(source, "notices")() == []  # noqa: B009 - not on the Source protocol
+
+
+def test_folder_skips_symlinks_to_files_outside_and_names_them(tmp_path: Path) -> None:
+    outside = tree(tmp_path / "outside", {"secret.txt": "s", "x": "x"})
+    root = tree(tmp_path / "data", {"a.txt": "a", "b/keep.txt": "k"})
+    (root / "a-link.txt").symlink_to(outside / "secret.txt")  # absolute
+    (root / "b" / "c.txt").symlink_to(Path("..", "..", "outside", "x"))  # relative, deeper
+    source = open_source(root)
+    assert isinstance(source, FolderSource)
+    assert [row["path"] for row in fields(source)] == ["a.txt", "b/keep.txt"]
+    assert [row["path"] for row in fields(source)] == ["a.txt", "b/keep.txt"]
+    expected = (
+        f"skipped 2 symlinks that point outside {root}/: a-link.txt -> {outside / 'secret.txt'}, "
+        "b/c.txt -> ../../outside/x (pass --follow-symlinks to read them)"
+    )
+    assert source.notices() == [expected]  # once, though the folder was walked twice
+    # The fix the notice names: follow them.
+    followed = fields(open_source(root, follow_symlinks=True))
+    assert [row["path"] for row in followed] == ["a-link.txt", "a.txt", "b/c.txt", "b/keep.txt"]
+
+
+def test_folder_reads_symlinks_that_stay_inside(tmp_path: Path) -> None:
+    root = tree(tmp_path / "data", {"a.txt": "a", "sub/b.txt": "b"})
+    (root / "sub" / "up.txt").symlink_to(Path("..", "a.txt"))
+    (root / "roundabout.txt").symlink_to(Path("..", "data", "sub", "b.txt"))  # out and back in
+    (root / "chain.txt").symlink_to(root / "roundabout.txt")
+    (tmp_path / "via").symlink_to(root, target_is_directory=True)
+    for folder in (root, tmp_path / "via"):  # the folder itself may be a symlink
+        source = open_source(folder)
+        assert [(row["path"], row["text"]) for row in fields(source)] == [
+            ("a.txt", "a"),
+            ("chain.txt", "b"),
+            ("roundabout.txt", "b"),
+            ("sub/b.txt", "b"),
+            ("sub/up.txt", "a"),
+        ]
+        assert getattr(source, "notices")() == []  # noqa: B009 - not on the Source protocol
+
+
+def test_folder_of_only_symlinks_outside_is_empty_and_says_why(tmp_path: Path) -> None:
+    outside = tree(tmp_path / "outside", {"o.txt": "o"})
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "link.txt").symlink_to(outside / "o.txt")
+    with pytest.raises(EmptySourceError) as caught:
+        open_source(root)
+    assert "only files to read are symlinks that point outside it" in str(caught.value)
+    assert "link.txt -> " in str(caught.value)
+    assert "--follow-symlinks" in str(caught.value)
+    assert fields(open_source(root, follow_symlinks=True))[0]["text"] == "o"
+
+
+def test_folder_notice_names_at_most_ten_symlinks(tmp_path: Path) -> None:
+    outside = tree(tmp_path / "outside", {"o.txt": "o"})
+    root = tree(tmp_path / "data", {"a.txt": "a"})
+    for number in range(12):
+        (root / f"l{number:02d}.txt").symlink_to(outside / "o.txt")
+    source = FolderSource(str(root), "utf-8")
+    assert len(fields(source)) == 1
+    [notice] = source.notices()
+    assert notice.startswith("skipped 12 symlinks that point outside")
+    assert "l09.txt" in notice
+    assert "l10.txt" not in notice
+    assert " and 2 more (pass --follow-symlinks to read them)" in notice
 
 
 def test_folder_file_name_that_is_not_utf8(tmp_path: Path) -> None:

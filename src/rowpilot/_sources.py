@@ -22,6 +22,9 @@ Where errors are raised:
   items that are not mappings. A pass that finds no rows at all (a long file of blank
   lines, an empty generator) raises EmptySourceError. Calling ``chunks()`` a second time
   on a one-shot iterator raises ConfigError at the call.
+
+What is skipped without an error is told by ``FolderSource.notices()`` (symlinks that
+point outside the folder), for the caller to print as warnings.
 """
 
 from __future__ import annotations
@@ -116,6 +119,7 @@ def open_source(
     format: str | None = None,
     encoding: str | None = None,
     trust_quotes: bool = False,
+    follow_symlinks: bool = False,
 ) -> Source:
     """Open ``source`` for reading. ``format`` and ``encoding`` only apply to paths.
 
@@ -124,11 +128,12 @@ def open_source(
     :class:`FolderSource` (one row per file); there ``format`` selects the files to read:
     a glob ("*.json") or a suffix ("json").
     ``trust_quotes`` reads a CSV file's quoted values that span lines even where they look
-    like swallowed rows (see :class:`CsvSource`).
+    like swallowed rows (see :class:`CsvSource`). ``follow_symlinks`` reads a folder's
+    symlinks to files outside it (see :class:`FolderSource`).
     See the module docstring for which errors are raised here and which from ``chunks()``.
     """
     if isinstance(source, str | os.PathLike):
-        options = _FileOptions(format, encoding, trust_quotes)
+        options = _FileOptions(format, encoding, trust_quotes, follow_symlinks)
         return _open_file(os.fspath(source), options)
     pandas = sys.modules.get("pandas")  # a DataFrame caller has pandas loaded already
     if pandas is not None and isinstance(source, pandas.DataFrame):
@@ -146,12 +151,15 @@ class _FileOptions:
     format: str | None
     encoding: str | None
     trust_quotes: bool
+    follow_symlinks: bool
 
 
 def _open_file(name: str, options: _FileOptions) -> Source:
     text_encoding = _checked_encoding(options.encoding or DEFAULT_ENCODING)
     if os.path.isdir(name):
-        return FolderSource(name, text_encoding, pattern=options.format)
+        return FolderSource(
+            name, text_encoding, pattern=options.format, follow_symlinks=options.follow_symlinks
+        )
     chosen_format = _checked_format(options.format)
     _require_file(name)
     file_format = chosen_format or _format_from_suffix(name)
@@ -915,6 +923,7 @@ class JsonlSource:
 # ---------------------------------------------------------------------------- folder
 
 FOLDER_COLUMNS = ["path", "name", "suffix", "size", "text"]
+SHOWN = 10  # symlinks named in a notice; more are counted
 FOLDER_HINT = (
     "pass --encoding with the files' real encoding, or read only the text files with "
     "--format (a glob such as '*.json', or a suffix)"
@@ -935,7 +944,10 @@ class FolderSource:
     is the sort of the paths' component lists, the same on every platform and every run).
     Names starting with "." are skipped, files and folders alike: a state directory kept
     inside the folder (``.rowpilot``) or an editor's swap file is not input. Symlinks to
-    files are read; symlinks to folders are not followed (they could loop). ``pattern``
+    files in the folder are read; a symlink to a file outside it (its resolved path is not
+    under the folder's) is skipped, so that a link cannot pull ``/etc/passwd`` into the
+    run, and named by ``notices()``; ``follow_symlinks=True`` (``--follow-symlinks``)
+    reads those too. Symlinks to folders are never followed (they could loop). ``pattern``
     keeps only matching files: a glob matched case-sensitively against the file name, or
     against the relative path when it holds a "/"; or a bare suffix ("json", ".json"),
     matched in any case.
@@ -950,11 +962,21 @@ class FolderSource:
     reiterable = True
     default_key = "path"
 
-    def __init__(self, path: str, encoding: str, pattern: str | None = None) -> None:
+    def __init__(
+        self,
+        path: str,
+        encoding: str,
+        pattern: str | None = None,
+        *,
+        follow_symlinks: bool = False,
+    ) -> None:
         self.name = path
         self._encoding = encoding
         self._match = _file_matcher(pattern)
         self._pattern = pattern
+        self._follow_symlinks = follow_symlinks
+        self._real_path = os.path.realpath(path)
+        self._outside: dict[str, str] = {}  # skipped symlinks, relative path -> target
         if next(self._files(), None) is None:  # stops at the first file: cheap on any tree
             raise self._empty()
 
@@ -964,7 +986,20 @@ class FolderSource:
     def chunks(self, size: int = 1024) -> Iterator[list[Row]]:
         return _chunked(self._rows(), _checked_size(size), self._empty())
 
+    def notices(self) -> list[str]:
+        """One-line warnings about what the passes so far skipped: symlinks to files outside
+        the folder (each named once, however many passes saw it)."""
+        if not self._outside:
+            return []
+        return [_outside_notice(self.name, self._outside)]
+
     def _empty(self) -> EmptySourceError:
+        if self._outside:
+            return EmptySourceError(
+                "is a folder whose only files to read are symlinks that point outside it",
+                file=self.name,
+                hint=_outside_notice(self.name, self._outside),
+            )
         if self._pattern is None:
             return EmptySourceError(
                 "is a folder with no files to read (names starting with '.' are skipped)",
@@ -1026,8 +1061,17 @@ class FolderSource:
                 yield from self._walk(entry.path, relative + "/")
             elif self._match(relative):
                 size = _file_size(entry)
-                if size is not None:
+                if size is not None and not self._points_outside(entry, relative):
                     yield _FileEntry(relative, entry.path, size)
+
+    def _points_outside(self, entry: os.DirEntry[str], relative: str) -> bool:
+        """Whether ``entry`` is a symlink to skip; if so, remember it for ``notices()``."""
+        if self._follow_symlinks or not entry.is_symlink():
+            return False  # a walked entry that is no symlink is in the folder
+        if _is_within(os.path.realpath(entry.path), self._real_path):
+            return False
+        self._outside.setdefault(relative, _link_target(entry.path))
+        return True
 
     def _listing(self, folder: str) -> list[os.DirEntry[str]]:
         """The folder's visible entries in name order (one directory's names in memory)."""
@@ -1041,6 +1085,31 @@ class FolderSource:
                 hint="check its permissions",
             ) from None
         return sorted(visible, key=lambda entry: entry.name)
+
+
+def _is_within(path: str, folder: str) -> bool:
+    try:
+        return os.path.commonpath([path, folder]) == folder
+    except ValueError:  # on another drive (Windows)
+        return False
+
+
+def _link_target(path: str) -> str:
+    """The target as the link holds it (``../x``), to show the user what they wrote."""
+    try:
+        return os.readlink(path)
+    except OSError:  # replaced since it was listed
+        return os.path.realpath(path)
+
+
+def _outside_notice(folder: str, links: dict[str, str]) -> str:
+    shown = ", ".join(f"{path} -> {target}" for path, target in islice(links.items(), SHOWN))
+    more = f" and {len(links) - SHOWN} more" if len(links) > SHOWN else ""
+    what = "symlink that points" if len(links) == 1 else "symlinks that point"
+    return (
+        f"skipped {len(links)} {what} outside {folder.rstrip('/')}/: {shown}{more} "
+        "(pass --follow-symlinks to read them)"
+    )
 
 
 def _file_matcher(pattern: str | None) -> Callable[[str], bool]:
