@@ -431,6 +431,150 @@ def test_dedupe_first_fixes_duplicate_keys(job: Path, cli: Cli) -> None:
     ]
 
 
+def test_dedupe_first_reports_left_out_rows_and_verify_agrees(job: Path, cli: Cli) -> None:
+    (job / "dup.csv").write_bytes(DUPLICATES)
+    fixed = ok(cli(*run_args("dup.csv"), "--state", "state", "--dedupe", "first"))
+    assert "2 rows repeat an earlier row's key" in fixed.stdout
+    assert "not processed yet" not in fixed.stdout
+    checked = ok(cli("verify", "state", "--source", "dup.csv", "--key", "id", "--dedupe", "first"))
+    assert "expected 3  done 3" in checked.stdout
+    assert "stale 0" in checked.stdout
+    assert checked.stdout.rstrip().endswith("complete")
+
+
+# -- the key a state was made with (issue 10, item 3) ----------------------------------------
+
+
+def test_a_run_export_or_verify_keyed_another_way_is_refused(job: Path, cli: Cli) -> None:
+    ok(cli(*run_args(), "--state", "state", "--limit", "3"))
+    before = registry_items(job / "state")
+    unkeyed = ["run", "data.csv", "--task", "tasks.py:upper", "--state", "state", "-o", "o.csv"]
+    line = assert_one_error_line(cli(*unkeyed), ["state", "the column 'id'", "row number"])
+    assert "--key id" in line and "--state" in line
+    assert registry_items(job / "state") == before
+    assert not (job / "o.csv").exists()
+    assert_one_error_line(cli("verify", "state", "--source", "data.csv"), ["the column 'id'"])
+    assert_one_error_line(
+        cli("verify", "state", "--source", "data.csv", "--key", "text"), ["the column 'text'"]
+    )
+    (job / "job.toml").write_text(
+        'name = "j"\n[source]\npath = "data.csv"\nkey = "text"\n'
+        '[task]\nfunction = "tasks.py:upper"\n[run]\nstate = "state"\n',
+        encoding="utf-8",
+    )
+    assert_one_error_line(cli("export", "job.toml", "-o", "x.csv"), ["the column 'text'"])
+    # The same key goes on where it stopped.
+    resumed = ok(cli(*run_args(), "--state", "state", "-o", "out.csv"))
+    assert "3 done" in resumed.stdout and "3 skipped" in resumed.stdout
+    assert [row[0] for row in read_csv(job / "out.csv")[1:]] == KEYS
+
+
+# -- export while a run is going (item 8) ----------------------------------------------------
+
+
+def test_export_of_a_live_run_says_so_and_needs_partial(
+    job: Path, cli: Cli, write_csv: WriteCsv
+) -> None:
+    import subprocess
+    import sys
+
+    write_csv(
+        job / "slow.csv", ["id", "text", "sleep"], [[f"s{i:02d}", "t", "0.3"] for i in range(60)]
+    )
+    rowpilot = str(Path(sys.executable).parent / "rowpilot")
+    command = [rowpilot, "run", "slow.csv", "--task", "tasks.py:sleepy", "--key", "id"]
+    running = subprocess.Popen(
+        [*command, "--workers", "2", "--state", "state", "--no-progress"],
+        cwd=job,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_rows(job / "state", 2)
+        refused = cli("export", "state", "-o", "now.csv")
+        assert refused.returncode == 1
+        assert "is still going" in refused.stderr and "--partial" in refused.stderr
+        assert not (job / "now.csv").exists()
+        partial = ok(cli("export", "state", "-o", "now.csv", "--partial"))
+        assert "is still going" in partial.stderr
+        assert 2 <= len(read_csv(job / "now.csv")) - 1 < 60
+    finally:
+        running.kill()
+        running.wait(timeout=60)
+
+
+def jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def wait_for_rows(state: Path, count: int, timeout: float = 60.0) -> None:
+    """Until another process's registry holds ``count`` items (read-only: never creates it)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            uri = f"file:{state / 'registry.sqlite'}?mode=ro"
+            with closing(sqlite3.connect(uri, uri=True)) as db:
+                if db.execute("SELECT count(*) FROM items").fetchone()[0] >= count:
+                    return
+        except sqlite3.OperationalError:
+            pass
+        time.sleep(0.02)
+    raise AssertionError(f"{state} never held {count} items")
+
+
+# -- folders: symlinks out of them are not followed by default (item 17) -------------------
+
+
+def test_a_symlink_out_of_the_folder_is_skipped_with_a_warning(
+    tmp_path: Path, cli: Cli, tasks_file: Path
+) -> None:
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "a.txt").write_text("inside", encoding="utf-8")
+    secret = tmp_path / "outside.txt"
+    secret.write_text("a secret outside the folder", encoding="utf-8")
+    (folder / "b.txt").symlink_to(secret)
+    base = ["run", "docs", "--task", f"{tasks_file}:upper", "--state"]
+    skipped = ok(cli(*base, "s1", "-o", "s1.jsonl"))
+    assert "b.txt" in skipped.stderr and "--follow-symlinks" in skipped.stderr
+    assert [row["path"] for row in jsonl(tmp_path / "s1.jsonl")] == ["a.txt"]
+    followed = ok(cli(*base, "s2", "-o", "s2.jsonl", "--follow-symlinks"))
+    assert "b.txt" not in followed.stderr
+    assert {row["path"]: row["upper"] for row in jsonl(tmp_path / "s2.jsonl")} == {
+        "a.txt": "INSIDE",
+        "b.txt": "A SECRET OUTSIDE THE FOLDER",
+    }
+
+
+# -- secrets in the command line (item 18) -------------------------------------------------
+
+
+def test_credentials_in_a_url_are_never_stored_or_printed(job: Path, cli: Cli) -> None:
+    secret = "hunter2-very-secret"
+    url = f"http://alice:{secret}@127.0.0.1:9/v1"
+    # --base-url is kept only by prompt tasks, but the command line is stored whatever it
+    # carries: a plain task run with it must not write the password anywhere.
+    result = cli(*run_args(), "--state", "state", "--base-url", url)
+    everything = result.stdout + result.stderr
+    for path in (job / "state").rglob("*"):
+        if path.is_file():
+            everything += path.read_bytes().decode("utf-8", "replace")
+    with closing(sqlite3.connect(job / "state" / "registry.sqlite")) as db:
+        everything += " ".join(row[0] or "" for row in db.execute("SELECT command FROM runs"))
+    assert secret not in everything
+    assert "alice" not in everything
+    assert "[REDACTED]@127.0.0.1:9" in everything
+
+
+def test_json_dir_creates_its_folders_and_each_file_carries_its_key(job: Path, cli: Cli) -> None:
+    ok(cli(*run_args(), "--state", "state", "--json-dir", "out/per/key"))
+    files = sorted((job / "out" / "per" / "key").glob("*.json"))
+    assert len(files) == len(KEYS)
+    assert sorted(json.loads(f.read_text(encoding="utf-8"))["_key"] for f in files) == KEYS
+
+
 def test_simulate_serves_the_openai_api_on_loopback(tmp_path: Path) -> None:
     import json as json_module
     import signal

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 import rowpilot
 from rowpilot._config import build_config
 from rowpilot._engine import run_sync
-from rowpilot.errors import DuplicateKeyError
+from rowpilot.errors import DuplicateKeyError, OutputCollisionError
 
 if TYPE_CHECKING:
     from conftest import CallsReader, WriteCsv
@@ -643,3 +644,230 @@ def test_the_summary_gives_shares_and_the_average_item() -> None:
     first, second = summary.lines()[:2]
     assert first.endswith("of 40 (75.0% ok, 25.0% failed)")
     assert "0.50s per item on average" in second and "speed-up 10.0x" in second
+
+
+# -- outputs never overwrite inputs (issue 10, item 2) --------------------------------------
+
+
+def echoes_the_key(row: dict[str, Any]) -> dict[str, Any]:
+    return {"id": "OUT-ID", "text": row["text"].upper()}
+
+
+def clashes_from_row_3(row: dict[str, Any]) -> dict[str, Any]:
+    if row["id"] == "k03":
+        return {"text": "overwritten"}
+    return {"upper": row["text"].upper()}
+
+
+def test_an_output_named_like_an_input_column_stops_the_run_before_its_first_commit(
+    tmp_path: Path, write_csv: WriteCsv
+) -> None:
+    source = data_csv(write_csv, tmp_path, count=8)
+    state = tmp_path / "state"
+    with pytest.raises(OutputCollisionError, match="'id'") as caught:
+        rowpilot.run(echoes_the_key, source, key="id", workers=WORKERS, state=state)
+    assert caught.value.column == "id"
+    assert "--output-prefix" in (caught.value.hint or "")
+    assert not state.exists()  # nothing was committed: no state is left
+
+
+def test_output_prefix_names_outputs_apart_and_the_key_column_is_never_overwritten(
+    tmp_path: Path, write_csv: WriteCsv
+) -> None:
+    source = data_csv(write_csv, tmp_path, count=8)
+    result = rowpilot.run(
+        echoes_the_key, source, key="id", workers=WORKERS, state=tmp_path, output_prefix="out_"
+    )
+    frame = result.to_pandas()
+    assert list(frame.columns) == ["id", "text", "out_id", "out_text"]
+    assert list(frame["id"]) == [f"k{i:02d}" for i in range(8)]
+    assert set(frame["out_id"]) == {"OUT-ID"}
+
+
+def test_a_later_row_whose_output_clashes_fails_with_that_cause(
+    tmp_path: Path, write_csv: WriteCsv
+) -> None:
+    source = data_csv(write_csv, tmp_path, count=30)
+    # One worker: the clashing row comes after the first commit.
+    result = rowpilot.run(clashes_from_row_3, source, key="id", workers=1, state=tmp_path)
+    assert (result.summary.done, result.summary.failed) == (29, 1)
+    assert result.summary.causes == {"output_collision": 1}
+    (failure,) = result.failures()
+    assert failure.key == "k03"
+    assert "'text'" in (failure.error or "")
+    assert {record.input["text"] for record in result if record.key == "k03"} == {"text 3"}
+
+
+# -- in-memory sources have a state of their own (item 4) -----------------------------------
+
+
+def test_two_different_dataframes_never_share_a_state(tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.chdir(tmp_path)
+    first = pd.DataFrame({"id": [f"a{i}" for i in range(50)], "text": ["x"] * 50})
+    second = pd.DataFrame({"id": [f"b{i}" for i in range(20)], "text": ["y"] * 20})
+    one = rowpilot.run(upper, first, key="id", workers=WORKERS)
+    two = rowpilot.run(upper, second, key="id", workers=WORKERS)
+    assert one.state != two.state
+    assert sorted(two.to_pandas()["id"]) == sorted(second["id"])
+    assert len(two.to_pandas()) == 20
+    # The same frame again finds its own state: everything was done before.
+    again = rowpilot.run(upper, first.copy(), key="id", workers=WORKERS)
+    assert again.state == one.state
+    assert (again.summary.done, again.summary.skipped) == (0, 50)
+
+
+def test_label_on_two_dataframes_returns_each_frames_own_rows(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    first = pd.DataFrame({"text": [f"great product {i}" for i in range(30)]})
+    second = pd.DataFrame({"text": [f"terrible service {i}" for i in range(12)]})
+    labels = ["praise", "complaint"]
+    one = rowpilot.label(first, text_column="text", labels=labels, model="local/wordllama")
+    two = rowpilot.label(second, text_column="text", labels=labels, model="local/wordllama")
+    assert len(one) == 30
+    assert len(two) == 12
+    assert list(two["text"]) == list(second["text"])
+
+
+# -- stale outputs are left out (item 5) ---------------------------------------------------
+
+
+def spam_label(row: dict[str, Any]) -> dict[str, Any]:
+    return {"spam": "1" in row["text"], "urgent": False}
+
+
+def complaint_label(row: dict[str, Any]) -> dict[str, Any]:
+    return {"complaint": "2" in row["text"]}
+
+
+def test_a_changed_task_makes_older_outputs_stale_until_redone(
+    tmp_path: Path, write_csv: WriteCsv
+) -> None:
+    source = data_csv(write_csv, tmp_path, count=60)
+    state = tmp_path / "state"
+    rowpilot.run(spam_label, source, key="id", workers=WORKERS, state=state, task_version="a")
+    newer = rowpilot.run(
+        complaint_label, source, key="id", workers=WORKERS, state=state, limit=10, task_version="b"
+    )
+    frame = newer.to_pandas()
+    assert len(frame) == 10  # only the current version's outputs
+    assert list(frame.columns) == ["id", "text", "complaint"]
+    everything = newer.to_pandas(include_stale=True)
+    assert len(everything) == 60
+    assert {"spam", "urgent", "complaint"} <= set(everything.columns)
+    from rowpilot._state import status
+
+    now = status(state)
+    assert (now.done, now.stale, now.total, now.pending) == (10, 50, 60, 50)
+    # The rest of the job under the new version redoes exactly the stale rows.
+    rest = rowpilot.run(
+        complaint_label, source, key="id", workers=WORKERS, state=state, task_version="b"
+    )
+    assert (rest.summary.done, rest.summary.skipped) == (50, 10)
+    assert status(state).stale == 0
+
+
+# -- early stop for every task kind (item 11) ----------------------------------------------
+
+
+def looks_up_a_missing_field(row: dict[str, Any]) -> dict[str, Any]:
+    return {"label": row["label"]}
+
+
+async def async_looks_up_a_missing_field(row: dict[str, Any]) -> dict[str, Any]:
+    await asyncio.sleep(0)
+    return {"label": row["label"]}
+
+
+@pytest.mark.parametrize(
+    "task", [looks_up_a_missing_field, async_looks_up_a_missing_field], ids=["sync", "async"]
+)
+def test_a_task_that_fails_on_every_row_stops_after_the_first_five_with_its_frame(
+    tmp_path: Path, write_csv: WriteCsv, task: Any
+) -> None:
+    source = data_csv(write_csv, tmp_path, count=2000)
+    result = rowpilot.run(task, source, key="id", workers=WORKERS, state=tmp_path / "state")
+    summary = result.summary
+    assert summary.status == "aborted"
+    assert summary.exit_code == 2
+    reason = summary.stop_reason or ""
+    assert "KeyError: 'label'" in reason
+    assert "test_engine.py line" in reason and "looks_up_a_missing_field" in reason
+    assert summary.done + summary.failed <= 5 + 2 * WORKERS  # not 2,000 failures
+    assert summary.failed == 0  # the rows are left pending
+    assert summary.pending == 2000
+
+
+def test_keep_going_runs_every_row_even_when_the_first_ones_fail_alike(
+    tmp_path: Path, write_csv: WriteCsv
+) -> None:
+    source = data_csv(write_csv, tmp_path, count=12)
+    result = rowpilot.run(
+        looks_up_a_missing_field,
+        source,
+        key="id",
+        workers=WORKERS,
+        state=tmp_path / "state",
+        keep_going=True,
+    )
+    assert (result.summary.status, result.summary.failed) == ("failed", 12)
+
+
+# -- the summary's speed-up (item 22) -------------------------------------------------------
+
+
+def burns_cpu(row: dict[str, Any]) -> dict[str, Any]:
+    total = 0
+    for n in range(800_000):  # about 30 ms of pure Python: the GIL is the bottleneck
+        total += n * n
+    return {"total": total}
+
+
+def test_a_sync_tasks_cpu_time_is_counted(tmp_path: Path, write_csv: WriteCsv) -> None:
+    started = time.thread_time()
+    burns_cpu({})
+    one = time.thread_time() - started  # what one item costs, measured alone
+    source = data_csv(write_csv, tmp_path, count=20)
+    result = rowpilot.run(burns_cpu, source, key="id", workers=8, state=tmp_path / "state")
+    # CPU time, unlike wall time, does not grow when eight threads take turns.
+    assert 0.5 * 20 * one <= result.summary.cpu_seconds <= 2 * 20 * one
+    assert result.summary.task_seconds > result.summary.cpu_seconds
+
+
+def summary_of(**figures: Any) -> Any:
+    from rowpilot._result import Summary
+
+    base: dict[str, Any] = {
+        "run_id": "r", "state": "s", "status": "completed", "total": 20, "done": 20,
+        "failed": 0, "skipped": 0, "skipped_failed": 0, "pending": 0, "retries": 0,
+        "items_per_second": 20.0, "workers": 8,
+    }  # fmt: skip
+    return Summary(**{**base, **figures})
+
+
+def test_the_speedup_is_left_out_for_cpu_bound_work_and_past_the_worker_count() -> None:
+    # Eight threads of pure Python: their task times add up to 8x the wall time, but
+    # they took turns on one core.
+    cpu_bound = summary_of(elapsed=1.0, task_seconds=8.0, speedup=8.0, cpu_seconds=0.9)
+    assert cpu_bound.cpu_bound and not cpu_bound.speedup_meaningful
+    second = cpu_bound.lines()[1]
+    assert "parallel speed-up" not in second and "CPU-bound" in second
+    # Waiting work (I/O) on eight workers: the speed-up stands.
+    waiting = summary_of(elapsed=1.0, task_seconds=7.5, speedup=7.5, cpu_seconds=0.05)
+    assert "parallel speed-up 7.5x" in waiting.lines()[1]
+    # Past the worker count the figure cannot be a speed-up (time counted twice).
+    beyond = summary_of(elapsed=1.0, task_seconds=30.0, speedup=30.0, cpu_seconds=0.0)
+    assert "speed-up" not in beyond.lines()[1]
+
+
+def test_dedupe_first_counts_the_rows_it_leaves_out_as_such(tmp_path: Path) -> None:
+    rows = [{"id": f"k{i % 7}", "text": f"t{i}"} for i in range(10)]  # 3 repeats
+    result = rowpilot.run(
+        upper, rows, key="id", workers=WORKERS, state=tmp_path / "state", dedupe="first"
+    )
+    summary = result.summary
+    assert (summary.total, summary.done, summary.dropped, summary.pending) == (7, 7, 3, 0)
+    text = "\n".join(summary.lines())
+    assert "3 rows repeat an earlier row's key" in text
+    assert "not processed yet" not in text

@@ -30,7 +30,7 @@ import rowpilot
 from rowpilot import Ctx
 from rowpilot._registry import REGISTRY_FILE
 from rowpilot._simulator import Simulator, SimulatorConfig
-from rowpilot.errors import SubItemError, TaskOutputError
+from rowpilot.errors import ConfigError, SubItemError, TaskOutputError
 
 ROWPILOT = str(Path(sys.executable).parent / "rowpilot")
 CANARY = "sk-" + "canary-5be0e1d2c3a4f607"
@@ -343,6 +343,65 @@ def test_llm_and_call_costs_share_one_budget(sim: Simulator, tmp_path: Path) -> 
         result = run(sim, task, brands(50), state, budget=budget, workers=3)
         assert result.summary.status == "budget_reached"
         assert result.summary.cost_usd <= budget
+
+
+def test_a_cost_known_only_after_the_call_needs_its_ceiling(sim: Simulator, tmp_path: Path) -> None:
+    async def task(row: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
+        return await ctx.call("api", Recorder(), row["id"], cost=lambda result: 0.001)  # type: ignore[no-any-return]
+
+    with pytest.raises(ConfigError, match="max_cost") as caught:
+        run(sim, task, brands(5), tmp_path / "state", budget=0.01)
+    assert "max_cost=" in (caught.value.hint or "")
+
+
+def test_a_late_cost_past_its_ceiling_stops_the_run_at_once(sim: Simulator, tmp_path: Path) -> None:
+    api = Recorder()
+
+    async def task(row: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
+        # Each call really costs twice what the task said it could: 0.002 of a 0.001 ceiling.
+        return await ctx.call("api", api, row["id"], cost=lambda result: 0.002, max_cost=0.001)  # type: ignore[no-any-return]
+
+    result = run(sim, task, brands(200), tmp_path / "state", budget=0.01, workers=32)
+    assert result.summary.status == "budget_reached"
+    # Reservations of 0.001 let at most 10 calls at a time go out before any settled; each
+    # settles at 0.002, and once the limit is passed no further call is let out: the
+    # over-run is at most one in-flight window's worth of misjudged costs.
+    assert len(api.starts) <= 10 + 10
+    assert result.summary.cost_usd == pytest.approx(0.002 * len(api.starts))
+    assert result.summary.cost_usd <= 0.01 + 0.001 * 10 + 1e-12
+    assert "passed the budget" in (result.summary.stop_reason or "")
+
+
+def test_a_cost_function_within_its_ceiling_never_passes_the_budget(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    api = Recorder()
+
+    async def task(row: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
+        return await ctx.call("api", api, row["id"], cost=lambda result: 0.0007, max_cost=0.001)  # type: ignore[no-any-return]
+
+    result = run(sim, task, brands(200), tmp_path / "state", budget=0.01, workers=32)
+    assert result.summary.status == "budget_reached"
+    assert result.summary.cost_usd <= 0.01
+    # Holds wait for the calls in flight to settle below their ceiling: the run uses the
+    # budget to its end: after 13 calls of 0.0007 (0.0091), a 14th ceiling of 0.001 does
+    # not fit in the 0.01.
+    assert len(api.starts) == 13
+
+
+def test_no_cache_asks_every_step_again(sim: Simulator, tmp_path: Path) -> None:
+    api = Recorder()
+
+    async def task(row: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
+        found = await ctx.call("api", api, row["id"])
+        return {"a": await ctx.llm(f"Write about {found['query']}")}
+
+    first = run(sim, task, brands(6), tmp_path / "state", workers=2)
+    assert (first.summary.done, chat_answered(sim), len(api.starts)) == (6, 6, 6)
+    replayed = run(sim, task, brands(6), tmp_path / "state", workers=2, force=True)
+    assert (replayed.summary.done, chat_answered(sim), len(api.starts)) == (6, 6, 6)
+    asked = run(sim, task, brands(6), tmp_path / "state", workers=2, force=True, cache=False)
+    assert (asked.summary.done, chat_answered(sim), len(api.starts)) == (6, 12, 12)
 
 
 # -- ctx.map ----------------------------------------------------------------------------

@@ -426,7 +426,7 @@ async def _execute(
     session: LLMSession | None,
     steps: Steps | None,
 ) -> Result:
-    created = not job.state.exists()
+    created = _first_missing(job.state)
     lock = StateLock(job.state, job.config.command or "")
     lock.acquire()
     registry = Registry(job.state)
@@ -438,14 +438,24 @@ async def _execute(
         written = _write_outputs(job.config, registry) if registry.exists else []
     except UserError:
         # A user error before the first commit leaves no state behind, as it found it.
-        remove_state = created and not registry.exists
+        remove_state = created is not None and not registry.exists
         raise
     finally:
         registry.close()
         lock.release()
-        if remove_state:
-            shutil.rmtree(job.state, ignore_errors=True)
+        if remove_state and created is not None:
+            shutil.rmtree(created, ignore_errors=True)
     return Result(summary, job.state, written)
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost folder of ``path`` that does not exist yet (what a run creates)."""
+    missing = None
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        missing = folder
+    return missing
 
 
 async def _run_locked(

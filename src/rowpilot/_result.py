@@ -130,19 +130,23 @@ class Summary:
         return lines
 
     @property
+    def cpu_bound(self) -> bool:
+        """The task's threads kept a core busy: Python threads then take turns (the GIL),
+        and their task times overlap without running at the same time."""
+        return self.elapsed > 0 and self.cpu_seconds >= 0.5 * self.elapsed
+
+    @property
     def speedup_meaningful(self) -> bool:
-        """False for CPU-bound sync work (threads take turns under the GIL, so their task
-        times overlap without running at once) and past the worker count (time counted
-        twice, as a fan-out of sub-items can)."""
-        cpu_bound = self.task_seconds > 0 and self.cpu_seconds >= 0.5 * self.task_seconds
+        """False for CPU-bound sync work, and past the worker count (time counted twice,
+        as a fan-out of sub-items can)."""
         beyond = self.workers is not None and self.speedup > 1.05 * self.workers
-        return not cpu_bound and not beyond
+        return not self.cpu_bound and not beyond
 
     def _speedup(self) -> str:
         if self.speedup_meaningful:
             return f", parallel speed-up {self.speedup:.1f}x"
-        if self.task_seconds > 0 and self.cpu_seconds >= 0.5 * self.task_seconds:
-            return ", CPU-bound (Python threads take turns: no parallel speed-up to show)"
+        if self.cpu_bound:
+            return ", CPU-bound (Python threads took turns on one core: no speed-up to show)"
         return ""
 
     def _waits(self) -> str:
