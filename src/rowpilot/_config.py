@@ -198,7 +198,7 @@ class JobConfig(BaseModel):
     structured: bool = True
     repair_attempts: int = Field(2, ge=0, le=10)
     batch_size: int | Literal["auto"] = 1
-    call_timeout: float = Field(120.0, gt=0)
+    call_timeout: float = Field(60.0, gt=0)  # seconds one LLM request may take
     budget: float | None = Field(None, gt=0)
     rpm: float | None = Field(None, gt=0)
     tpm: float | None = Field(None, gt=0)

@@ -83,10 +83,11 @@ TextColumnOption = Annotated[
 ]
 BatchSizeOption = Annotated[
     str | None,
-    typer.Option(help="Rows per request (N or auto) [1].", rich_help_panel=_LLM),
+    typer.Option(help="Rows per request (N or auto) (default: 1).", rich_help_panel=_LLM),
 ]
 MaxTokensOption = Annotated[
-    int | None, typer.Option(help="Answer tokens per row at most [512].", rich_help_panel=_LLM)
+    int | None,
+    typer.Option(help="Answer tokens per row at most (default: 512).", rich_help_panel=_LLM),
 ]
 ParamOption = Annotated[
     list[str] | None,
@@ -124,8 +125,9 @@ TrustQuotesOption = Annotated[
     bool,
     typer.Option(
         "--trust-quotes",
-        help="CSV: read quoted cells that span lines as they are, even when their lines look "
-        "like rows (the check for an unclosed quote that swallowed rows is off).",
+        help="CSV: read quoted values that span lines as they are, even where their lines look "
+        "like rows or the file's quotes do not pair up (a quote never closed, or followed by a "
+        "stray character, is still an error).",
     ),
 ]
 FollowSymlinksOption = Annotated[
@@ -143,7 +145,7 @@ OutputPrefixOption = Annotated[
     ),
 ]
 EnvFileOption = Annotated[
-    Path | None, typer.Option(help="File of API keys [./.env].", rich_help_panel=_LLM)
+    Path | None, typer.Option(help="File of API keys (default: ./.env).", rich_help_panel=_LLM)
 ]
 SampleOption = Annotated[
     int, typer.Option(help="Items the estimate runs for real.", rich_help_panel=_LLM)
@@ -182,11 +184,11 @@ def run(
             "--workers",
             "-w",
             help="Items at once, or auto: sized from the CPUs, memory, rate limits and "
-            "throughput, and adjusted during the run [8].",
+            "throughput, and adjusted during the run (default: 8).",
         ),
     ] = None,
     max_workers: Annotated[
-        int | None, typer.Option(help="The most workers auto may use [256].")
+        int | None, typer.Option(help="The most workers auto may use (default: 256).")
     ] = None,
     max_memory: Annotated[
         float | None,
@@ -211,7 +213,13 @@ def run(
         bool, typer.Option("--retry-failed", help="Retry items that failed in earlier runs.")
     ] = False,
     timeout: Annotated[float | None, typer.Option(help="Seconds per attempt.")] = None,
-    max_attempts: Annotated[int | None, typer.Option(help="Attempts per item [3].")] = None,
+    max_attempts: Annotated[
+        int | None, typer.Option(help="Attempts per item (default: 3).")
+    ] = None,
+    retry_delay: Annotated[
+        float | None,
+        typer.Option(help="Seconds of backoff before the first retry; doubles each time (0.5)."),
+    ] = None,
     retry_on: Annotated[
         list[str] | None,
         typer.Option(
@@ -223,7 +231,7 @@ def run(
         str | None, typer.Option(help="Version of the task (default: a hash of its source).")
     ] = None,
     state: Annotated[
-        Path | None, typer.Option(help="State directory [.rowpilot/<job name>].")
+        Path | None, typer.Option(help="State directory (default: .rowpilot/<job name>).")
     ] = None,
     name: Annotated[str | None, typer.Option(help="Job name (names the state directory).")] = None,
     output: Annotated[
@@ -232,7 +240,7 @@ def run(
     ] = None,
     json_dir: Annotated[Path | None, typer.Option(help="Write one JSON file per key here.")] = None,
     failures: Annotated[Path | None, typer.Option(help="Write failed items as JSONL.")] = None,
-    encoding: Annotated[str | None, typer.Option(help="Input encoding [utf-8].")] = None,
+    encoding: Annotated[str | None, typer.Option(help="Input encoding (default: utf-8).")] = None,
     format: Annotated[
         str | None, typer.Option(help="Input format: csv, tsv, jsonl, parquet.")
     ] = None,
@@ -248,7 +256,8 @@ def run(
         ),
     ] = False,
     grace: Annotated[
-        float | None, typer.Option(help="Seconds in-flight items get to finish after Ctrl-C [30].")
+        float | None,
+        typer.Option(help="Seconds in-flight items get to finish after Ctrl-C (default: 30)."),
     ] = None,
     progress: Annotated[
         bool | None,
@@ -494,7 +503,8 @@ def label(
     model: Annotated[
         str | None,
         typer.Option(
-            help="provider/model [openai/gpt-4o-mini with an OPENAI_API_KEY, else local/wordllama]."
+            help="provider/model (default: openai/gpt-4o-mini with an OPENAI_API_KEY, else "
+            "local/wordllama)."
         ),
     ] = None,
     base_url: BaseUrlOption = None,
@@ -512,7 +522,7 @@ def label(
     no_cache: NoCacheOption = False,
     env_file: EnvFileOption = None,
     state: Annotated[
-        Path | None, typer.Option(help="State directory [.rowpilot/<input>-labels].")
+        Path | None, typer.Option(help="State directory (default: .rowpilot/<input>-labels).")
     ] = None,
     progress: ProgressOption = None,
 ) -> None:
@@ -572,7 +582,8 @@ def estimate(
     base_url: BaseUrlOption = None,
     limit: Annotated[int | None, typer.Option(help="Project the first N rows only.")] = None,
     state: Annotated[
-        Path | None, typer.Option(help="State directory [the job's]; the sample stays done there.")
+        Path | None,
+        typer.Option(help="State directory (default: the job's); the sample stays done there."),
     ] = None,
 ) -> None:
     """Run a sample of a prompt job or of a Python task (its ctx.llm and ctx.call steps),
@@ -620,7 +631,7 @@ def embed(
     model: Annotated[str, typer.Option(help="The embedding model.")] = "local/wordllama",
     limit: Annotated[int | None, typer.Option(help="Only the first N rows.")] = None,
     state: Annotated[
-        Path | None, typer.Option(help="State directory [.rowpilot/<input>-embed].")
+        Path | None, typer.Option(help="State directory (default: .rowpilot/<input>-embed).")
     ] = None,
     progress: ProgressOption = None,
 ) -> None:
@@ -662,7 +673,7 @@ def dedupe(
     threshold: ThresholdOption = None,
     workers: Annotated[int, typer.Option("--workers", "-w", help="Batches at once.")] = 1,
     state: Annotated[
-        Path | None, typer.Option(help="State directory [.rowpilot/<input>-dedupe].")
+        Path | None, typer.Option(help="State directory (default: .rowpilot/<input>-dedupe).")
     ] = None,
     progress: ProgressOption = None,
 ) -> None:
@@ -1058,7 +1069,7 @@ def simulate(
         float | None, typer.Option(help="Requests per minute of POST /search, its own limit.")
     ] = None,
     search_latency_ms: Annotated[
-        float | None, typer.Option(help="Median latency of POST /search [--latency-ms].")
+        float | None, typer.Option(help="Median latency of POST /search (default: --latency-ms).")
     ] = None,
 ) -> None:
     """Serve a local OpenAI/Anthropic-compatible API and a search API (POST /search) to
@@ -1095,6 +1106,28 @@ def _spread_labels(args: list[str]) -> list[str]:
     return spread
 
 
+def command() -> Any:
+    """The click command behind ``app``, with flags shown without a type: typer labels a
+    switch such as --force or --help ``<bool>``, which reads as a value to pass."""
+    root = typer.main.get_command(app)
+    for sub in getattr(root, "commands", {}).values():
+        for param in sub.params:
+            if getattr(param, "is_flag", False):
+                param.metavar = ""
+        sub.get_help_option = _without_type(sub.get_help_option)
+    return root
+
+
+def _without_type(get_help_option: Any) -> Any:
+    def wrapped(ctx: Any) -> Any:
+        option = get_help_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+    return wrapped
+
+
 def _print_warnings() -> None:
     """The engine's warnings (rowpilot._events.warn) as ``rowpilot: warning: ...`` lines."""
     handler = logging.StreamHandler(sys.stderr)
@@ -1110,7 +1143,7 @@ def main(argv: list[str] | None = None) -> None:
     args = _spread_labels([a for a in args if a != "--debug"])
     _print_warnings()
     try:
-        app(args=args, prog_name="rowpilot")
+        command().main(args=args, prog_name="rowpilot")
     except RowpilotError as exc:
         if debug:
             traceback.print_exc()
