@@ -1,0 +1,76 @@
+"""rowpilot._secrets: what is stored and printed never carries a secret (issue 10, item 18)."""
+
+from __future__ import annotations
+
+import string
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from rowpilot._providers import map_openai_error
+from rowpilot._secrets import (
+    MIN_SECRET_CHARS,
+    REDACTED,
+    SECRET_FLAGS,
+    redact_args,
+    redact_secret,
+    redact_urls,
+)
+
+SECRETS = st.text(string.ascii_letters + string.digits + "-_.~!$&'()*+,;=%", min_size=8)
+HOSTS = st.sampled_from(["127.0.0.1:8900", "api.example.com", "[::1]:9", "host"])
+
+
+@given(user=st.text(string.ascii_letters, min_size=1), password=SECRETS, host=HOSTS)
+def test_property_url_credentials_never_survive(user: str, password: str, host: str) -> None:
+    url = f"http://{user}:{password}@{host}/v1"
+    for args in (["--base-url", url], [f"--base-url={url}"], ["run", "job.toml", url]):
+        shown = " ".join(redact_args(args))
+        assert password not in shown
+        assert f"{REDACTED}@{host}/v1" in shown
+
+
+@given(
+    flag=st.sampled_from(sorted(SECRET_FLAGS)),
+    value=SECRETS,
+    before=st.lists(st.sampled_from(["run", "job.toml", "--workers", "4", "--no-progress"])),
+)
+def test_property_secret_flag_values_never_survive(
+    flag: str, value: str, before: list[str]
+) -> None:
+    for args in ([*before, flag, value], [*before, f"{flag}={value}"]):
+        redacted = redact_args(args)
+        assert value not in " ".join(redacted).replace(REDACTED, "")
+        assert redacted[: len(before)] == before  # the rest of the command is kept as it was
+
+
+def test_urls_without_credentials_and_other_words_are_kept() -> None:
+    args = ["run", "job.toml", "--base-url", "http://127.0.0.1:8900/v1", "--name", "a@b"]
+    assert redact_args(args) == args
+    assert redact_urls("see https://example.com/x?y=1") == "see https://example.com/x?y=1"
+
+
+@given(text=st.text(min_size=1), key=st.text(min_size=1, max_size=MIN_SECRET_CHARS - 1))
+def test_property_a_key_too_short_to_be_one_never_blanks_text(text: str, key: str) -> None:
+    assert redact_secret(text, key) == text
+
+
+@given(
+    key=st.text(string.ascii_letters + string.digits + "-_", min_size=MIN_SECRET_CHARS),
+    around=st.lists(st.text(max_size=20), max_size=4),
+)
+def test_property_a_plausible_key_never_survives(key: str, around: list[str]) -> None:
+    text = key.join(around) if len(around) > 1 else f"{''.join(around)}{key}"
+    assert key not in redact_secret(text, key).replace(REDACTED, "")
+
+
+def test_a_one_letter_key_leaves_a_provider_error_readable() -> None:
+    import httpx2  # the HTTP client the openai SDK is built on
+    import openai
+
+    request = httpx2.Request("POST", "http://127.0.0.1:9/v1/chat/completions")
+    response = httpx2.Response(400, request=request, json={"error": {"message": "a bad param"}})
+    error = openai.BadRequestError("a bad param", response=response, body=None)
+    mapped = map_openai_error(error, provider="openai", model="gpt-4o-mini", secret="a")
+    assert "a bad param" in str(mapped)
+    assert REDACTED not in str(mapped)
