@@ -65,7 +65,7 @@ class InFlightLog:
 
     def started(self, keys: Iterable[str], running: Iterable[str]) -> None:
         """``keys`` are about to run; ``running`` are all keys in flight (for compaction)."""
-        self._write(b"".join(_line(key) for key in keys))
+        self._write(_lines(keys))
         if self._size > _COMPACT_BYTES:
             self._compact(running)
 
@@ -84,7 +84,7 @@ class InFlightLog:
 
     def _compact(self, running: Iterable[str]) -> None:
         # A new file renamed over the old: a crash mid-way leaves one or the other whole.
-        data = self._header + b"".join(_line(key) for key in running)
+        data = self._header + _lines(running)
         temp = self.path.with_suffix(".compacting")
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
         os.write(fd, data)
@@ -98,6 +98,15 @@ class InFlightLog:
 def _line(value: Any) -> bytes:
     # JSON: a key may hold a newline.
     return (json.dumps(value, ensure_ascii=False) + "\n").encode("utf-8", "surrogatepass")
+
+
+def _lines(keys: Iterable[str]) -> bytes:
+    """Keys as JSON strings, a line each (the C encoder: this is on every item's path)."""
+    text = "".join(f"{_quoted(key)}\n" for key in keys)
+    return text.encode("utf-8", "surrogatepass")
+
+
+_quoted = json.encoder.encode_basestring
 
 
 @dataclass(frozen=True)

@@ -136,6 +136,11 @@ class Slots:
         for _ in range(grown):
             self.release()
 
+    @property
+    def ready(self) -> bool:
+        """An acquire now would not wait."""
+        return self._free > 0 and not self._waiters
+
     async def acquire(self) -> None:
         if self._free > 0 and not self._waiters:
             self._free -= 1
@@ -230,6 +235,7 @@ class Scheduler:
         self._crashes = crashes
         self._inflight = inflight
         self._running_keys: set[str] = set()  # admitted, outcome not committed yet
+        self._unlogged: list[str] = []  # admitted, not yet in the in-flight log
         self._idle = asyncio.Event()  # set while nothing is admitted and uncommitted
         self._idle.set()
         self._suspects_running = False  # suspects of earlier crashes are in flight
@@ -312,37 +318,57 @@ class Scheduler:
             await asyncio.sleep(_PROGRESS_PERIOD)
 
     async def _admit(self, chunks: Iterator[list[Item]]) -> None:
+        try:
+            await self._admit_all(chunks)
+        finally:
+            self._log_started()  # the last keys admitted, before their tasks start
+
+    async def _admit_all(self, chunks: Iterator[list[Item]]) -> None:
         group: list[Item] = []
         for items in chunks:
             for item in self._to_do(items):
                 verdict = self._verdict(item)
-                if verdict in (Verdict.GROUP, Verdict.ALONE) or self._suspects_running:
-                    if group:  # rows gathered for a group call must not run beside it
-                        self._spawn_group(group)
-                        group = []
-                    await self._suspect_turn(verdict)
-                await self._window.acquire()
-                if self._gate is not None:
-                    await self._memory_room(self._gate)
+                group = await self._make_room(verdict, group)
                 if self._stopping:  # a stop while waiting for a slot admits nothing more
                     self._window.release()
                     for _ in group:
                         self._window.release()
                     return
-                if verdict is Verdict.FAIL:
-                    self._fail_crashed(item)
-                elif self._batch_call is None or verdict is not Verdict.RUN:
-                    self._spawn(item)
-                    continue
-                else:
-                    group.append(item)
-                if len(group) >= self.settings.group:
-                    self._spawn_group(group)
-                    group = []
+                group = self._place(item, verdict, group)
             if group:  # the end of a chunk: do not wait for the next read to fill a group
                 self._spawn_group(group)
                 group = []
+            self._log_started()
             await asyncio.sleep(0)  # let outcomes, timers and the progress bar run
+
+    async def _make_room(self, verdict: Verdict, group: list[Item]) -> list[Item]:
+        """A suspect waits for its turn; every item for a window slot (and memory). The
+        keys admitted so far are logged before any wait, since their tasks can start."""
+        if verdict in (Verdict.GROUP, Verdict.ALONE) or self._suspects_running:
+            if group:  # rows gathered for a group call must not run beside a suspect
+                self._spawn_group(group)
+                group = []
+            self._log_started()
+            await self._suspect_turn(verdict)
+        if not self._window.ready or self._gate is not None:
+            self._log_started()
+        await self._window.acquire()
+        if self._gate is not None:
+            await self._memory_room(self._gate)
+        return group
+
+    def _place(self, item: Item, verdict: Verdict, group: list[Item]) -> list[Item]:
+        """Start the admitted item (or add it to the group being gathered)."""
+        if verdict is Verdict.FAIL:
+            self._fail_crashed(item)
+        elif self._batch_call is None or verdict is not Verdict.RUN:
+            self._spawn(item)
+        else:
+            group.append(item)
+            if len(group) >= self.settings.group:
+                self._spawn_group(group)
+                return []
+        return group
 
     # -- suspects of earlier crashes (see rowpilot._crashes) ----------------------------
 
@@ -427,14 +453,22 @@ class Scheduler:
         self._track(self._process(item))
 
     def _started(self, items: list[Item]) -> None:
-        """Admitted: counted as in flight, and logged before they can run, so a run that
-        dies leaves which keys it had in flight (rowpilot._crashes)."""
+        """Admitted: counted as in flight; logged (by ``_log_started``) before admission
+        next yields to the loop, so before they can run."""
         self._uncommitted += len(items)
         self._idle.clear()
         keys = [item.key for item in items]
         self._running_keys.update(keys)
         if self._inflight is not None:
-            self._inflight.started(keys, self._running_keys)
+            self._unlogged.extend(keys)
+
+    def _log_started(self) -> None:
+        """One write for the keys admitted since the last: a run that dies leaves which
+        keys it had in flight (rowpilot._crashes). Their tasks only start once admission
+        yields to the loop, and admission calls this before every point where it does."""
+        if self._inflight is not None and self._unlogged:
+            self._inflight.started(self._unlogged, self._running_keys)
+        self._unlogged = []
 
     def _settled(self, keys: list[str]) -> None:
         """Committed (or dropped, to run again on resume): no longer in flight."""
