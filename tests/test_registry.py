@@ -157,9 +157,9 @@ def test_a_file_that_is_not_sqlite_raises_state_error(state: Path) -> None:
     (state / REGISTRY_FILE).write_bytes(b"this is not a database, just some text\n" * 200)
     registry = Registry(state)
     try:
-        with pytest.raises(StateError, match="not a readable rowpilot registry"):
+        with pytest.raises(StateError, match="damaged or is not a rowpilot registry"):
             registry.lookup(["a"])
-        with pytest.raises(StateError, match="not a readable rowpilot registry"):
+        with pytest.raises(StateError, match="damaged or is not a rowpilot registry"):
             registry.commit([outcome("a", 0)])
     finally:
         registry.close()

@@ -257,11 +257,6 @@ def test_a_full_disk_stops_the_run_in_one_line_and_keeps_what_was_committed(
     assert ok(results["status_after"]).startswith(f"disk/state  done {MANY}  failed 0 of {MANY}")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: src/rowpilot/_crashes.py InFlightLog.open()/_write let OSError(ENOSPC) out "
-    "unmapped, and _engine._run_locked opens it outside its try (traceback, exit 1)",
-)
 def test_running_again_on_a_disk_that_is_still_full_is_one_line(
     job: Path, many: list[str], namespace: Namespace
 ) -> None:
@@ -284,11 +279,6 @@ def test_running_again_on_a_disk_that_is_still_full_is_one_line(
     assert "ended without closing" not in results["again"].stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: src/rowpilot/_events.py _QuietFileHandler.handleError calls close(), whose "
-    "flush raises the same OSError(ENOSPC) out of EventLog.emit (traceback, exit 1)",
-)
 def test_a_text_log_that_fills_the_disk_does_not_crash_the_run(
     job: Path, namespace: Namespace
 ) -> None:
@@ -328,11 +318,6 @@ def test_a_damaged_items_page_is_one_line_that_says_restore(
     assert not (job / "x.csv").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: src/rowpilot/_registry.py Registry._open_existing maps sqlite3.DatabaseError "
-    "to its own 'not a readable rowpilot registry' line, not state_error's damaged/.recover one",
-)
 @pytest.mark.parametrize("command", DAMAGED_COMMANDS)
 def test_a_damaged_schema_page_is_one_line_that_says_restore(
     job: Path, state: Path, cli: Cli, command: str
@@ -596,3 +581,17 @@ def test_an_output_on_a_read_only_mount_fails_before_the_first_item(
     one_error_line(results["json_dir"], "ro/results")
     assert calls(job) == []
     assert not (job / "state").exists()
+
+
+def test_status_without_arguments_shows_the_readable_states_beside_a_broken_one(
+    job: Path, cli: Cli
+) -> None:
+    ok(cli(*RESUME, "--name", "fine"))
+    broken = job / ".rowpilot" / "broken"
+    broken.mkdir(parents=True)
+    (broken / "registry.sqlite").write_bytes(b"")
+    shown = cli("status")
+    assert shown.returncode == 2
+    assert f".rowpilot/fine  done {len(KEYS)}" in shown.stdout
+    (line,) = shown.stderr.splitlines()
+    assert line.startswith("rowpilot: error:") and "is not a rowpilot registry" in line

@@ -197,7 +197,7 @@ def check_writable(path: Path, *, what: str = "output", folder: bool = False) ->
     if not os.path.isdir(ancestor):
         raise OutputPathError(
             f"the {what} path runs through {ancestor}, which is a file, not a folder",
-            hint=f"choose an {what} path inside a folder",
+            hint=f"choose a path inside a folder for the {what}",
             file=str(path),
         )
     if folder:

@@ -39,7 +39,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from rowpilot._registry import Registry
+from rowpilot._registry import Registry, state_error
 
 INFLIGHT_DIR = "inflight"
 _COMPACT_BYTES = 1 << 20  # rewrite the file with the keys still in flight past this size
@@ -59,8 +59,12 @@ class InFlightLog:
         self._size = 0
 
     def open(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+            self._fd = os.open(self.path, flags, 0o644)
+        except OSError as exc:
+            raise state_error(exc, self.path, "write") from exc
         self._write(self._header)
 
     def started(self, keys: Iterable[str], running: Iterable[str]) -> None:
@@ -79,7 +83,10 @@ class InFlightLog:
 
     def _write(self, data: bytes) -> None:
         if self._fd is not None and data:
-            os.write(self._fd, data)
+            try:
+                os.write(self._fd, data)
+            except OSError as exc:
+                raise state_error(exc, self.path, "write") from exc
             self._size += len(data)
 
     def _compact(self, running: Iterable[str]) -> None:

@@ -476,7 +476,6 @@ async def _run_locked(
     run_row = _run_row(job, run_id)
     crashes = _crash_policy(job, registry, run_id, events)
     inflight = InFlightLog(job.state, run_row)
-    inflight.open()
     scheduler = Scheduler(
         task=job.task,
         registry=registry,
@@ -502,6 +501,7 @@ async def _run_locked(
     )
     progress.start(counters)
     try:
+        inflight.open()  # in the try: a full disk here closes the run like any other error
         with _signals_to(scheduler):
             end = await scheduler.run(_chunks(job))
         waited = _limit_waits(session, steps)

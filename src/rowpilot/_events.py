@@ -7,6 +7,7 @@ the record of each item; the log says what happened and when.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -29,8 +30,18 @@ class _QuietFileHandler(logging.FileHandler):
     """A text log that, once the disk is full, stops instead of printing a traceback for
     every line (logging's default)."""
 
+    _broken = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self._broken:
+            super().emit(record)
+
     def handleError(self, record: logging.LogRecord) -> None:
-        self.close()
+        self._broken = True
+        stream, self.stream = self.stream, None
+        if stream is not None:
+            with contextlib.suppress(OSError):
+                stream.close()  # its flush fails again; the file is closed all the same
 
 
 class EventLog:

@@ -386,12 +386,7 @@ class Registry:
                 db.close()
                 raise
             return db
-        except sqlite3.DatabaseError as exc:
-            raise StateError(
-                f"{self.path} is not a readable rowpilot registry: {exc}",
-                hint="point --state at another directory",
-            ) from exc
-        except OSError as exc:
+        except (sqlite3.DatabaseError, OSError) as exc:
             raise state_error(exc, self.path, "open the registry") from exc
 
     def _open_immutable(self) -> sqlite3.Connection:

@@ -37,7 +37,7 @@ from rowpilot._registry import Registry
 from rowpilot._result import Result
 from rowpilot._secrets import REDACTED, redact_args
 from rowpilot._sources import open_source
-from rowpilot.errors import ConfigError, RowpilotError
+from rowpilot.errors import ConfigError, RowpilotError, UserError
 
 app = typer.Typer(
     name="rowpilot",
@@ -720,10 +720,15 @@ def status(
         raise ConfigError(
             f"no job states in {STATE_ROOT}/", hint="run a job here first, or name a state folder"
         )
-    found = [_state.status(folder) for folder in folders]
+    found, broken = _statuses(folders)
+    if broken and not found:
+        raise broken[0]
+    for error in broken:  # one unreadable state must not hide the others
+        print(f"rowpilot: error: {error}", file=sys.stderr)
     if as_json:
         views = [{**vars(f), "pending": f.pending} for f in found]
         print(json.dumps({"states": views, "total": _status_total(found)}, indent=2, default=str))
+        _exit(2 if broken else 0)
         return
     for f in found:
         print(_status_line(f))
@@ -740,6 +745,19 @@ def status(
             f"TOTAL  done {total['done']:,}  failed {total['failed']:,}"
             + (f"  of {total['total']:,}" if total["total"] is not None else "")
         )
+    if broken:
+        _exit(2)
+
+
+def _statuses(folders: list[Path]) -> tuple[list[_state.StateStatus], list[RowpilotError]]:
+    found: list[_state.StateStatus] = []
+    broken: list[RowpilotError] = []
+    for folder in folders:
+        try:
+            found.append(_state.status(folder))
+        except UserError as error:
+            broken.append(error)
+    return found, broken
 
 
 def _status_line(f: _state.StateStatus) -> str:
