@@ -614,3 +614,24 @@ def test_simulate_serves_the_openai_api_on_loopback(tmp_path: Path) -> None:
         process.send_signal(signal.SIGTERM)
         process.communicate(timeout=20)
     assert process.returncode == -signal.SIGTERM
+
+
+def test_a_label_run_with_other_labels_exports_and_counts_only_its_own(
+    tmp_path: Path, cli: Cli, write_csv: WriteCsv
+) -> None:
+    """The issue's case: a full run with some labels, then other labels on 20 rows."""
+    rows = [[f"r{i:03d}", f"the parcel came late, item {i}"] for i in range(120)]
+    write_csv(tmp_path / "data.csv", ["id", "text"], rows)
+    label = ["label", "data.csv", "--key", "id", "--text-column", "text"]
+    label += ["--model", "local/wordllama", "--state", "state"]
+    ok(cli(*label, "--labels", "shipping", "praise", "-o", "first.csv"))
+    second = ok(cli(*label, "--labels", "complaint", "spam", "--limit", "20", "-o", "out.csv"))
+    table = read_csv(tmp_path / "out.csv")
+    assert table[0] == ["id", "text", "complaint", "spam", "complaint_score", "spam_score"]
+    assert len(table) == 1 + 20
+    assert "labels over 20 labelled rows" in second.stdout
+    shown = ok(cli("status", "state"))
+    assert "done 20  failed 0  stale 100 of 120" in shown.stdout
+    everything = ok(cli("export", "state", "-o", "all.csv", "--include-stale"))
+    assert "wrote 120 rows" in everything.stdout
+    assert {"shipping", "praise", "complaint", "spam"} <= set(read_csv(tmp_path / "all.csv")[0])

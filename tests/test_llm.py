@@ -882,3 +882,23 @@ def test_a_refused_row_does_not_sink_its_batch(keyed_env: None, tmp_path: Path) 
             assert record.output == expected_labels(by_key[record.key]), record.key
     assert result.summary.causes == {"content_filter": 2}
     assert result.summary.splits > 0
+
+
+@pytest.mark.slow
+def test_call_timeout_drops_a_hanging_request_and_asks_again(tmp_path: Path) -> None:
+    """A request that never answers (the simulator hangs for 10 minutes) costs a run
+    --call-timeout seconds, not the default's minute or the hang's ten: the run ends."""
+    write_rows(tmp_path / "data.csv", 30)
+    config = SimulatorConfig(api_key=CANARY, latency_ms=5, hang=0.15, hang_seconds=600, seed=3)
+    with Simulator(config) as simulator:
+        done = subprocess.run(
+            [ROWPILOT, "run", "data.csv", "--key", "id", "--prompt", "Summarise: {text}",
+             "--model", MODEL, "--base-url", simulator.openai_base_url, "--workers", "8",
+             "--call-timeout", "1", "--max-attempts", "6", "--no-progress"],
+            cwd=tmp_path, env=cli_env(CANARY), capture_output=True, text=True, timeout=240,
+        )  # fmt: skip
+        hung = simulator.stats()["faults"].get("hang", 0)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "completed: 30 done" in done.stdout
+    assert hung >= 1  # some requests did hang, and were dropped and asked again
+    assert "retries" in done.stdout

@@ -653,3 +653,56 @@ def test_a_plain_python_task_does_not_load_the_provider_sdks(tmp_path: Path) -> 
         [sys.executable, "-c", script], capture_output=True, text=True, check=True
     )
     assert done.stdout.strip() == "[]"
+
+
+# -- the issue's CLI cases (issue 10, items 11 and 24) ----------------------------------
+
+WRITER = textwrap.dedent(
+    """
+    async def write(row, ctx):
+        draft = await ctx.llm(f"Draft about {row['name']}")
+        return {"draft": draft}
+
+    async def write_then_break(row, ctx):
+        draft = await ctx.llm(f"Draft about {row['name']}")
+        return {"draft": draft, "label": row["label"]}  # KeyError: the rows have no label
+    """
+)
+
+
+def cli_steps(tmp_path: Path, sim: Simulator, task: str, *extra: str) -> Any:
+    (tmp_path / "writer.py").write_text(WRITER, encoding="utf-8")
+    (tmp_path / "data.jsonl").write_text(
+        "".join(json.dumps(row) + "\n" for row in brands(300)), encoding="utf-8"
+    )
+    command = [
+        ROWPILOT, "run", "data.jsonl", "--task", f"writer.py:{task}", "--key", "id",
+        "--model", MODEL, "--base-url", sim.openai_base_url, "--workers", "4",
+        "--state", "state", "--no-progress", *extra,
+    ]  # fmt: skip
+    env = {**os.environ, "OPENAI_API_KEY": CANARY}
+    return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+
+
+def test_force_no_cache_from_the_cli_asks_every_step_again(sim: Simulator, tmp_path: Path) -> None:
+    first = cli_steps(tmp_path, sim, "write", "--limit", "10")
+    assert first.returncode == 0, first.stderr
+    assert chat_answered(sim) == 10
+    replayed = cli_steps(tmp_path, sim, "write", "--limit", "10", "--force")
+    assert replayed.returncode == 0, replayed.stderr
+    assert chat_answered(sim) == 10  # --force alone replays the journaled steps
+    asked = cli_steps(tmp_path, sim, "write", "--limit", "10", "--force", "--no-cache")
+    assert asked.returncode == 0, asked.stderr
+    assert chat_answered(sim) == 20  # --no-cache is not dropped on its way to the steps
+
+
+def test_a_task_failing_alike_after_a_paid_step_stops_after_the_first_few(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    done = cli_steps(tmp_path, sim, "write_then_break")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "the first 5 items all failed alike (task_error): KeyError: 'label'" in done.stdout
+    assert "writer.py line 8, in write_then_break" in done.stdout
+    assert chat_answered(sim) < 20  # not 300 paid requests for 300 failures
+    # The steps paid for are journaled: the fixed task would not pay for them again.
+    assert len(journal(tmp_path / "state")) == chat_answered(sim)

@@ -881,7 +881,11 @@ class Scheduler:
                 + (f" ({where})" if where else "")
                 + "; they are left pending (pass --keep-going if only these rows are bad)",
             )
-            self._hard_stop.set()
+            if cause in _PROBED_CAUSES:
+                # The provider refuses every call alike: cancel the rest at once. A task's
+                # own error lets the items in flight finish, so the steps they paid for
+                # are journaled for the fixed task to replay.
+                self._hard_stop.set()
 
     def _end_probe(self, *, commit_held: bool) -> None:
         """The probe decided: its held failures are committed, or dropped (pending)."""
