@@ -884,28 +884,6 @@ async def call_all(
 
 
 @pytest.mark.slow
-def test_paced_calls_get_no_429s_at_the_rpm_limit() -> None:
-    with Simulator(SimulatorConfig(api_key=KEY, rpm=4800, latency_ms=20)) as sim:
-        resource = Resource("sim", Limits(rpm=4800), learn=False)
-        outcome = run_real(call_all(sim, resource, 160))
-        stats = sim.stats()
-    assert stats["rate_limited"] == 0
-    assert outcome.limited == 0
-    assert len(outcome.times) == 160
-
-
-@pytest.mark.slow
-def test_paced_calls_get_no_429s_at_the_tpm_limit() -> None:
-    config = SimulatorConfig(api_key=KEY, rpm=10_000, tpm=600_000, latency_ms=20)
-    with Simulator(config) as sim:
-        resource = Resource("sim", Limits(rpm=10_000, tpm=600_000), learn=False)
-        outcome = run_real(call_all(sim, resource, 120, chars=400, max_tokens=50))
-        stats = sim.stats()
-    assert stats["rate_limited"] == 0
-    assert set(outcome.costs) == {150}  # 400 characters are 100 tokens, + max_tokens
-
-
-@pytest.mark.slow
 def test_limits_are_learned_from_the_simulator_headers() -> None:
     config = SimulatorConfig(api_key=KEY, rpm=4800, tpm=1_000_000, latency_ms=20)
     with Simulator(config) as sim:

@@ -6,6 +6,7 @@ import asyncio
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -579,5 +580,10 @@ def test_auto_follows_a_models_rate_by_littles_law(
     assert chosen["workers"] == littles_law_bound(1200, 2.0) == 48
     adjusted = log_events(tmp_path / "s", "workers.adjusted")
     assert adjusted and "Little's law" in adjusted[0]["why"]
-    # 20 calls/s x 0.2 s (plus the loopback's time) x 1.2: about 5, never near 48 again.
-    assert all(e["new"] <= 8 for e in adjusted)
+    assert adjusted[0]["new"] < 48  # the first look at the measured calls cuts
+    # 20 calls/s x 0.2 s (plus the loopback's time) x 1.2 is about 5; on a loaded machine
+    # the measured latency is longer and so is the bound. Each cut obeys its own measure.
+    for event in adjusted:
+        found = re.search(r"rpm 1200 x ([0-9.]+) s latency", event["why"])
+        if found is not None:
+            assert event["new"] <= littles_law_bound(1200, float(found.group(1)) + 0.005)
