@@ -198,11 +198,6 @@ def test_sigkill_several_times_then_resume_runs_each_item_once(job: Path) -> Non
     assert _suspects(job) == 0
 
 
-@pytest.mark.xfail(
-    reason="_scheduler.Scheduler._needs_work skips a suspect that has an outcome already "
-    "(done before a killed --force run) without clearing its crash record; the _cleared "
-    "list meant for it is never used, so crash counts pile up across unrelated runs"
-)
 def test_a_killed_rerun_leaves_no_crash_record_on_rows_that_are_not_run_again(
     job: Path,
 ) -> None:

@@ -261,8 +261,7 @@ def test_sync_calls_that_never_return_time_out_and_the_cli_exits(tmp_path: Path)
 
     result = _run_hanging_job(tmp_path)
 
-    # 1, or 2 while the run is still reported aborted (see the xfail test below).
-    assert result.returncode in (1, 2), result.stderr
+    assert result.returncode == 1, result.stderr
     assert "state: state" in result.stdout, "no summary"
     assert "failed by cause: timeout 4" in result.stdout
     failed = _failures(tmp_path)
@@ -276,11 +275,6 @@ def test_sync_calls_that_never_return_time_out_and_the_cli_exits(tmp_path: Path)
     assert all(calls[key] == 1 for key in keys if key not in hung)
 
 
-@pytest.mark.xfail(
-    reason="_scheduler._in_thread aborts the run at the first call past the pool's "
-    "max_abandoned (here the 5th of 8 stuck calls), although the job then completes: "
-    "exit 2, 'aborted ... the rest is left pending' with nothing pending"
-)
 def test_hung_calls_within_the_attempts_end_as_completed_with_failures(tmp_path: Path) -> None:
     _job(tmp_path, rows=40)
 
@@ -291,11 +285,6 @@ def test_hung_calls_within_the_attempts_end_as_completed_with_failures(tmp_path:
     assert result.returncode == 1
 
 
-@pytest.mark.xfail(
-    run=False,  # it runs into the safety timeout: remove this once fixed
-    reason="_scheduler._too_many_stuck stops the run without a hard stop: rows queued "
-    "behind stuck threads can never start, and the run waits out --grace for them",
-)
 def test_a_run_stopped_for_stuck_calls_does_not_wait_out_the_grace(tmp_path: Path) -> None:
     _job(tmp_path, rows=40)
 

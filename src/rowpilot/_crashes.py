@@ -19,12 +19,16 @@ lost), and no library knows the registry's invariants.
   crash, alone when the next crash would be their last. A key that reaches
   ``max_attempts`` crashes, the last one alone, fails with cause ``process_crash``
   without running again, and the job goes on. So one poison row among many ends the job
-  after at most ``max_attempts + 1`` invocations, and a row that was merely in flight
-  beside it is never blamed past its one shared crash: it runs again and is done.
+  after at most ``max(max_attempts, 2) + 1`` invocations (the first crash is shared, the
+  last must be alone), and a row that was merely in flight beside it is never blamed past
+  its one shared crash: it runs again and is done.
 
 A SIGKILL from outside looks the same as a crash (nothing can tell them apart), so a
-killed run's in-flight keys also run first as suspects on resume; they complete and their
-crash records are cleared.
+killed run's in-flight keys ("in flight" is admitted and not committed: up to the window,
+not only the rows running) also run apart as suspects on resume; they complete and their
+crash records are cleared, as are those of suspects that turn out to be done already.
+Only a row that is in flight at ``max_attempts`` kills, the last time alone, is failed:
+``--retry-failed`` runs it again.
 """
 
 from __future__ import annotations
@@ -128,8 +132,8 @@ class Recovery:
             return None
         return (
             f"{self.runs} earlier run(s) ended without closing (killed, or the process "
-            f"crashed) with {self.keys:,} item(s) in flight; those run first, apart from the "
-            "others, so a row that kills the process is found and failed "
+            f"crashed) with {self.keys:,} item(s) in flight; those run apart from the others "
+            "as they come, so a row that kills the process is found and failed "
             f"(cause {PROCESS_CRASH}) instead of stopping every resume"
         )
 
@@ -150,6 +154,9 @@ def recover(registry: Registry, state: Path, this_run: str) -> Recovery:
             keys += len(in_flight)
         with contextlib.suppress(OSError):
             path.unlink()
+    for leftover in (state / INFLIGHT_DIR).glob("*.compacting"):  # a compaction cut short
+        with contextlib.suppress(OSError):
+            leftover.unlink()
     _close_stale_runs(registry, this_run)
     return Recovery(runs, keys)
 

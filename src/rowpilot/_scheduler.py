@@ -241,6 +241,8 @@ class Scheduler:
         self._suspects_running = False  # suspects of earlier crashes are in flight
         self._suspect_room = 0  # more suspects that may join the group in flight
         self._cleared: list[str] = []  # suspects that ended: their crash records go
+        self._admitted_all = False  # the source was read to its end
+        self._left_pending = 0  # admitted items that ended without an outcome
 
     @property
     def workers(self) -> Slots:
@@ -300,7 +302,15 @@ class Scheduler:
             self._pool.shutdown()
         if self._fatal is not None:
             raise self._fatal
-        return self._end if self._stopping else RunEnd.COMPLETED
+        if self._stopping and not self._nothing_left():
+            return self._end
+        self.stop_message = None  # a stop after the last outcome stopped nothing
+        return RunEnd.COMPLETED
+
+    def _nothing_left(self) -> bool:
+        """Every row of the selection was admitted and got its outcome: a stop asked for
+        after that stopped nothing."""
+        return self._admitted_all and self._uncommitted == 0 and self._left_pending == 0
 
     async def _until_admitted(self, admission: asyncio.Task[None]) -> None:
         stop_wait = asyncio.create_task(self._wait_for_stop())
@@ -340,6 +350,7 @@ class Scheduler:
                 group = []
             self._log_started()
             await asyncio.sleep(0)  # let outcomes, timers and the progress bar run
+        self._admitted_all = True
 
     async def _make_room(self, verdict: Verdict, group: list[Item]) -> list[Item]:
         """A suspect waits for its turn; every item for a window slot (and memory). The
@@ -444,9 +455,16 @@ class Scheduler:
             if self.settings.retry_failed:
                 return True
             self.counters.skipped_failed += 1
+            self._clear_if_suspect(item.key)
             return False
         self.counters.skipped += 1
+        self._clear_if_suspect(item.key)
         return False
+
+    def _clear_if_suspect(self, key: str) -> None:
+        """A suspect that will not run (its outcome stands): its crash record goes."""
+        if self._crashes is not None and key in self._crashes.counts:
+            self._cleared.append(key)
 
     def _spawn(self, item: Item) -> None:
         self._started([item])
@@ -654,6 +672,7 @@ class Scheduler:
             self._fail_run(error)
         finally:
             if not handed_over:
+                self._left_pending += 1
                 self._settled([item.key])
                 self._maybe_flush()
 
@@ -750,13 +769,19 @@ class Scheduler:
         try:
             value, cpu = await run_sync(self._pool, _cpu_timed, call, timeout=timeout)
         except CallTimeout as stuck:
-            if stuck.abandoned is Abandoned.AT_BOUND:
+            if stuck.abandoned is Abandoned.AT_BOUND and self._no_thread_left():
                 self._too_many_stuck()
             raise ItemTimeoutError(
                 f"attempt {attempt} ran past --timeout {stuck.seconds:g}s", key=item.key
             ) from None
         self.counters.cpu_seconds += cpu
         return value
+
+    def _no_thread_left(self) -> bool:
+        """Stuck calls past the bound keep their slots: when they hold every one, nothing
+        waiting for a thread can ever start."""
+        stats = self._pool.statistics()
+        return stats.abandoned - stats.max_abandoned >= stats.capacity
 
     def _too_many_stuck(self) -> None:
         """Threads cannot be stopped: past the bound, stuck calls would take every slot."""
@@ -767,6 +792,7 @@ class Scheduler:
             "and Python cannot stop their threads; the rest is left pending (find why the "
             "task hangs on those rows: rowpilot failures lists the timed-out keys)",
         )
+        self._hard_stop.set()  # rows waiting for a thread can never get one
 
     async def _wait_to_retry(self, item: Item, error: Exception, attempt: int) -> None:
         # A provider that said when to come back is believed (capped by the policy's ceiling).
@@ -840,6 +866,7 @@ class Scheduler:
         if outcome.status == "failed" and outcome.cause == self._abort_cause:
             # The run's cause, not the row's: the row stays pending, as it was.
             self._uncommitted -= 1
+            self._left_pending += 1
             self._settle_uncommitted([outcome.key])
             return
         if self._on_probation(outcome):
@@ -896,6 +923,7 @@ class Scheduler:
             self._idle.clear()
             self._buffer.extend(held)
         elif held:
+            self._left_pending += len(held)
             self._settle_uncommitted([outcome.key for outcome in held])
         self._window.resize(self._window.capacity - self._probe_room)
         self._probe_room = 0
@@ -914,7 +942,7 @@ class Scheduler:
         if self._flush_timer is not None:
             self._flush_timer.cancel()
             self._flush_timer = None
-        if not self._buffer:
+        if not self._buffer and not self._cleared:
             return
         batch, self._buffer = self._buffer, []
         try:
@@ -935,6 +963,8 @@ class Scheduler:
     def _commit(self, batch: list[Outcome]) -> None:
         crashes = self._crashes.counts if self._crashes is not None else {}
         cleared = [outcome.key for outcome in batch if outcome.key in crashes]
+        cleared += self._cleared
+        self._cleared = []
         if self._first_commit is not None:
             meta, run = self._first_commit()
             self.registry.commit(batch, meta=meta, run=run, cleared=cleared)

@@ -114,6 +114,8 @@ def status(directory: Path) -> StateStatus:
     finally:
         registry.close()
     last = runs[-1] if runs else None
+    if last is not None and last["status"] == "running" and not running:
+        last = {**last, "status": "crashed"}  # nothing holds the lock: its process is gone
     return StateStatus(
         state=str(directory),
         running=running,
