@@ -30,10 +30,13 @@ lint: $(VENV)/.dev-installed
 	$(BIN)/ruff format --check src tests bench examples
 	$(BIN)/mypy
 
-# Branch coverage, CLI subprocesses included; the threshold only ever rises.
+# Branch coverage, CLI subprocesses and xdist workers included; the threshold only ever
+# rises. Four workers on two cores: most tests wait on subprocesses and sockets; each
+# file stays on one worker, so a module fixture (an example run) runs once.
+PYTEST_WORKERS ?= 4
 test: lint
 	rm -f .coverage .coverage.*
-	$(BIN)/coverage run -m pytest -q -p no:cacheprovider
+	$(BIN)/coverage run -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadfile
 	$(BIN)/coverage combine -q
 	$(BIN)/coverage report --skip-covered --fail-under=92
 
