@@ -23,7 +23,8 @@ import pytest
 
 from rowpilot._simulator import _row_object
 
-pytestmark = pytest.mark.slow
+# One xdist worker runs the whole module, so its module fixture is built once.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("disease-example")]
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "disease-incidence"
 ROWPILOT = str(Path(sys.executable).parent / "rowpilot")

@@ -27,7 +27,8 @@ import pytest
 import rowpilot
 from rowpilot._simulator import Simulator, SimulatorConfig
 
-pytestmark = pytest.mark.slow
+# One xdist worker runs the whole module, so its module fixture is built once.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("opportunity-example")]
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "opportunity-files"
 ROWPILOT = str(Path(sys.executable).parent / "rowpilot")
