@@ -31,12 +31,12 @@ lint: $(VENV)/.dev-installed
 	$(BIN)/mypy
 
 # Branch coverage, CLI subprocesses and xdist workers included; the threshold only ever
-# rises. Four workers on two cores: most tests wait on subprocesses and sockets. A module
-# with a costly module fixture (an example's run) is an xdist_group: one worker runs it.
+# rises. Four workers on two cores: most tests wait on subprocesses and sockets; each
+# file stays on one worker, so a module fixture (an example run) runs once.
 PYTEST_WORKERS ?= 4
 test: lint
 	rm -f .coverage .coverage.*
-	$(BIN)/coverage run -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadgroup
+	$(BIN)/coverage run -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadfile
 	$(BIN)/coverage combine -q
 	$(BIN)/coverage report --skip-covered --fail-under=92
 

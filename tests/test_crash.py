@@ -26,8 +26,7 @@ import pytest
 from rowpilot._items import encode_json, fingerprint
 from rowpilot._registry import Outcome, Registry
 
-# One xdist worker runs the whole module, so its module fixture is built once.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("crash-shards")]
+pytestmark = pytest.mark.slow
 
 ROWPILOT = str(Path(sys.executable).parent / "rowpilot")
 ROWS = 600

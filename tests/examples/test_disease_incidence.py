@@ -23,8 +23,7 @@ import pytest
 
 from rowpilot._simulator import _row_object
 
-# One xdist worker runs the whole module, so its module fixture is built once.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("disease-example")]
+pytestmark = pytest.mark.slow
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "disease-incidence"
 ROWPILOT = str(Path(sys.executable).parent / "rowpilot")

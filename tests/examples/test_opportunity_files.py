@@ -27,8 +27,7 @@ import pytest
 import rowpilot
 from rowpilot._simulator import Simulator, SimulatorConfig
 
-# One xdist worker runs the whole module, so its module fixture is built once.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("opportunity-example")]
+pytestmark = pytest.mark.slow
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "opportunity-files"
 ROWPILOT = str(Path(sys.executable).parent / "rowpilot")
