@@ -271,7 +271,7 @@ def test_many_workers_use_the_budget_nearly_to_its_end(tmp_path: Path, budget: f
     with (tmp_path / "data.csv").open("w", newline="") as out:
         writer = csv.writer(out)
         writer.writerow(["id", "text"])
-        for i in range(3000):
+        for i in range(1200):  # more than either budget buys (about 520 rows at $0.02)
             writer.writerow([f"r{i}", " ".join(rng.choice(words) for _ in range(150))[:800]])
     with Simulator(SimulatorConfig(api_key=CANARY, latency_ms=30)) as simulator:
         done = subprocess.run(

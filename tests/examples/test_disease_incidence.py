@@ -23,7 +23,9 @@ import pytest
 
 from rowpilot._simulator import _row_object
 
-pytestmark = pytest.mark.slow
+# A whole example runs in the module fixture: on a busy machine, under coverage, it can
+# take longer than the suite's 120 s guard against hangs.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(360)]
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "disease-incidence"
 ROWPILOT = str(Path(sys.executable).parent / "rowpilot")
