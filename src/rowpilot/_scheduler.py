@@ -141,6 +141,11 @@ class Slots:
         """An acquire now would not wait."""
         return self._free > 0 and not self._waiters
 
+    def take(self) -> None:
+        """Acquire a slot that is ``ready``, without the coroutine (the admission hot path)."""
+        assert self.ready
+        self._free -= 1
+
     async def acquire(self) -> None:
         if self._free > 0 and not self._waiters:
             self._free -= 1
@@ -338,7 +343,10 @@ class Scheduler:
         for items in chunks:
             for item in self._to_do(items):
                 verdict = self._verdict(item)
-                group = await self._make_room(verdict, group)
+                if verdict is Verdict.RUN and self._plain_admission():
+                    self._window.take()
+                else:
+                    group = await self._make_room(verdict, group)
                 if self._stopping:  # a stop while waiting for a slot admits nothing more
                     self._window.release()
                     for _ in group:
@@ -351,6 +359,10 @@ class Scheduler:
             self._log_started()
             await asyncio.sleep(0)  # let outcomes, timers and the progress bar run
         self._admitted_all = True
+
+    def _plain_admission(self) -> bool:
+        """A slot is free and nothing else must be waited for: no suspects, no memory cap."""
+        return self._window.ready and not self._suspects_running and self._gate is None
 
     async def _make_room(self, verdict: Verdict, group: list[Item]) -> list[Item]:
         """A suspect waits for its turn; every item for a window slot (and memory). The
@@ -409,7 +421,6 @@ class Scheduler:
         window slot it was admitted with, like any outcome)."""
         assert self._crashes is not None
         message = self._crashes.failure(item.key)
-        self._encode(item)
         self._uncommitted += 1
         self._idle.clear()
         now = time.time()
@@ -435,15 +446,12 @@ class Scheduler:
         self._record(outcome)
 
     def _to_do(self, items: list[Item]) -> list[Item]:
+        version = self.task.version
         for item in items:
-            self._encode(item)
+            item.input_json = _encode_row(item)
+            item.fingerprint = fingerprint(version, item.input_json)
         prior = self.registry.lookup([item.key for item in items])
         return [item for item in items if self._needs_work(item, prior.get(item.key))]
-
-    def _encode(self, item: Item) -> None:
-        if not item.fingerprint:
-            item.input_json = _encode_row(item)
-            item.fingerprint = fingerprint(self.task.version, item.input_json)
 
     def _needs_work(self, item: Item, prior: PriorState | None) -> bool:
         if prior is None or prior.fingerprint != item.fingerprint:
@@ -467,7 +475,13 @@ class Scheduler:
             self._cleared.append(key)
 
     def _spawn(self, item: Item) -> None:
-        self._started([item])
+        # _started for one item, written out: this runs for every item.
+        self._uncommitted += 1
+        if self._uncommitted == 1:
+            self._idle.clear()
+        self._running_keys.add(item.key)
+        if self._inflight is not None:
+            self._unlogged.append(item.key)
         self._track(self._process(item))
 
     def _started(self, items: list[Item]) -> None:
@@ -722,7 +736,14 @@ class Scheduler:
         column stops the run instead while nothing of it is committed: every row would
         collide the same way."""
         try:
-            return self._output(value, key), None, None
+            encoded = output_json(
+                value,
+                task=self.task.name,
+                key=key,
+                prefix=self.settings.output_prefix,
+                taken=self.settings.reserved,
+            )
+            return encoded, None, None
         except TaskOutputError as error:
             if isinstance(error, OutputCollisionError) and self._first_commit is not None:
                 raise

@@ -470,11 +470,11 @@ def output_json(
         )
     if prefix:
         value = {prefix + name: field for name, field in value.items()}
-    clash = next((name for name in value if name in (taken or {})), None)
-    if clash is not None:
+    if taken and not taken.keys().isdisjoint(value):  # a set operation: on every item
+        clash = next(name for name in value if name in taken)
         raise OutputCollisionError(
             f"task {task} returned the field {clash!r} for key {key!r}, and that name is "
-            f"{(taken or {})[clash]}: the output would overwrite it",
+            f"{taken[clash]}: the output would overwrite it",
             key=key,
             column=clash,
         )
