@@ -12,6 +12,7 @@ from pathlib import Path
 
 BENCHMARKS = (
     "bench_brand.py",
+    "bench_budget.py",
     "bench_embed.py",
     "bench_engine.py",
     "bench_llm.py",
