@@ -75,7 +75,9 @@ SAMPLE = [
     failed(1, {"id": "008", "text": "b", "note": "extra"}),
     done(2, {"id": "009", "text": "c"}, {"label": "y", "text": "C!", "tags": ["t1", "t2"]}),
 ]
-SAMPLE_COLUMNS = ["id", "text", "note", "label", "score", "tags"]
+# Row 2's output "text" clashes with the input column (a registry an older rowpilot wrote):
+# the input keeps its column, the output gets "output.text".
+SAMPLE_COLUMNS = ["id", "text", "note", "label", "score", "output.text", "tags"]
 
 
 def read_csv(path: Path) -> list[list[str]]:
@@ -121,14 +123,26 @@ def test_unknown_format_is_a_config_error(name: str, format: str | None) -> None
 # --- the enriched table -----------------------------------------------------------------
 
 
-def test_csv_layout_failed_rows_and_override(tmp_path: Path) -> None:
+def test_csv_layout_failed_rows_and_a_clash_that_never_overwrites_an_input(
+    tmp_path: Path,
+) -> None:
     target = tmp_path / "out.csv"
     assert write_table(target, factory(SAMPLE), ["id", "text"]) == 3
     assert read_csv(target) == [
         SAMPLE_COLUMNS,
-        ["007", " a ", "", "x", "0.5", ""],
-        ["008", "b", "extra", "", "", ""],
-        ["009", "C!", "", "y", "", '["t1", "t2"]'],
+        ["007", " a ", "", "x", "0.5", "", ""],
+        ["008", "b", "extra", "", "", "", ""],
+        ["009", "c", "", "y", "", "C!", '["t1", "t2"]'],
+    ]
+
+
+def test_an_output_named_like_the_key_column_never_replaces_the_key(tmp_path: Path) -> None:
+    records = [done(i, {"id": f"k{i}", "text": "t"}, {"id": "OUT-ID"}) for i in range(3)]
+    target = tmp_path / "out.csv"
+    write_table(target, factory(records), ["id", "text"])
+    assert read_csv(target) == [
+        ["id", "text", "output.id"],
+        *[[f"k{i}", "t", "OUT-ID"] for i in range(3)],
     ]
 
 
@@ -136,7 +150,7 @@ def test_done_only_drops_failed_rows_and_their_columns(tmp_path: Path) -> None:
     target = tmp_path / "out.csv"
     assert write_table(target, factory(SAMPLE), ["id", "text"], done_only=True) == 2
     rows = read_csv(target)
-    assert rows[0] == ["id", "text", "label", "score", "tags"]
+    assert rows[0] == ["id", "text", "label", "score", "output.text", "tags"]
     assert [row[0] for row in rows[1:]] == ["007", "009"]
 
 
@@ -209,15 +223,17 @@ def test_csv_round_trip(tmp_path: Path, cells: list[tuple[str, str]]) -> None:
 def test_jsonl_keeps_native_values(tmp_path: Path) -> None:
     target = tmp_path / "out.jsonl"
     assert write_table(target, factory(SAMPLE), ["id", "text"]) == 3
+    nothing = {"output.text": None, "tags": None}
     assert read_jsonl(target) == [
-        {"id": "007", "text": " a ", "note": None, "label": "x", "score": 0.5, "tags": None},
-        {"id": "008", "text": "b", "note": "extra", "label": None, "score": None, "tags": None},
+        {"id": "007", "text": " a ", "note": None, "label": "x", "score": 0.5, **nothing},
+        {"id": "008", "text": "b", "note": "extra", "label": None, "score": None, **nothing},
         {
             "id": "009",
-            "text": "C!",
+            "text": "c",
             "note": None,
             "label": "y",
             "score": None,
+            "output.text": "C!",
             "tags": ["t1", "t2"],
         },
     ]
@@ -228,15 +244,17 @@ def test_parquet_reads_back_as_the_expected_rows(tmp_path: Path) -> None:
     assert write_table(target, factory(SAMPLE), ["id", "text"]) == 3
     table = pq.read_table(target)
     assert table.column_names == SAMPLE_COLUMNS
+    nothing = {"output.text": None, "tags": None}
     assert table.to_pylist() == [
-        {"id": "007", "text": " a ", "note": None, "label": "x", "score": 0.5, "tags": None},
-        {"id": "008", "text": "b", "note": "extra", "label": None, "score": None, "tags": None},
+        {"id": "007", "text": " a ", "note": None, "label": "x", "score": 0.5, **nothing},
+        {"id": "008", "text": "b", "note": "extra", "label": None, "score": None, **nothing},
         {
             "id": "009",
-            "text": "C!",
+            "text": "c",
             "note": None,
             "label": "y",
             "score": None,
+            "output.text": "C!",
             "tags": '["t1", "t2"]',
         },
     ]

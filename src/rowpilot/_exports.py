@@ -7,9 +7,10 @@ file is written through :func:`~rowpilot._atomic.atomic_write`, so an interrupte
 never leaves a half-written file.
 
 The enriched table has the input columns in the given order (plus input fields not named
-there, in first-seen order), then the output fields in first-seen order. An output field
-named like an input column fills that column instead of adding a second one; where an
-item's output lacks that field (or the item failed) the column keeps the input value.
+there, in first-seen order), then the output fields in first-seen order. An input column
+always holds the input, the key above all: a run refuses an output field named like an
+input column, and should a registry hold one (written by an older rowpilot), it goes to
+its own column ``output.<name>`` rather than over the input.
 
 A CSV file is a spreadsheet waiting to be opened, and a spreadsheet runs a cell that starts
 with ``=``, ``+``, ``-`` or ``@`` as a formula (CSV injection). Input cells, keys, output
@@ -130,27 +131,43 @@ def _output_of(record: ExportRecord) -> dict[str, Any]:
     return record.output if record.status == "done" and record.output is not None else {}
 
 
+CLASHED = "output."
+"""The column of an output field named like an input column (older registries only)."""
+
+
 def _discover_layout(
     records: Records, input_columns: Sequence[str], done_only: bool, with_kinds: bool = False
 ) -> _Layout:
     # dicts as ordered sets: first-seen order, O(1) membership.
     inputs = dict.fromkeys(input_columns)
     outputs: dict[str, None] = {}
-    kinds: dict[str, str] = {}
+    input_kinds: dict[str, str] = {}
+    output_kinds: dict[str, str] = {}
     for record in _included(records, done_only):
         output = _output_of(record)
         inputs.update(dict.fromkeys(record.input))
         outputs.update(dict.fromkeys(output))
         if with_kinds:
-            _merge_row_kinds(kinds, record.input, output)
-    columns = [*inputs, *(name for name in outputs if name not in inputs)]
-    return _Layout(columns, kinds)
+            _merge_kinds(input_kinds, record.input)
+            _merge_kinds(output_kinds, output)
+    renamed = {name: CLASHED + name if name in inputs else name for name in outputs}
+    kinds = {**input_kinds, **{renamed[name]: kind for name, kind in output_kinds.items()}}
+    return _Layout([*inputs, *renamed.values()], kinds)
 
 
 def _row_values(columns: Sequence[str], record: ExportRecord) -> list[Any]:
     output = _output_of(record)
-    inputs = record.input
-    return [output[name] if name in output else inputs.get(name) for name in columns]
+    return [_cell(name, record.input, output) for name in columns]
+
+
+def _cell(name: str, inputs: dict[str, Any], output: dict[str, Any]) -> Any:
+    if name in inputs:
+        return inputs[name]
+    if name in output:
+        return output[name]
+    if name.startswith(CLASHED):
+        return output.get(name[len(CLASHED) :])
+    return None
 
 
 def table_format(path: Path, format: str | None = None) -> str:
@@ -323,12 +340,9 @@ def _merge_kind(current: str | None, value: Any) -> str | None:
     return "float" if {current, kind} == {"int", "float"} else "str"
 
 
-def _merge_row_kinds(kinds: dict[str, str], inputs: dict[str, Any], output: dict[str, Any]) -> None:
-    for name, value in output.items():
+def _merge_kinds(kinds: dict[str, str], fields: dict[str, Any]) -> None:
+    for name, value in fields.items():
         _merge_column_kind(kinds, name, value)
-    for name, value in inputs.items():
-        if name not in output:
-            _merge_column_kind(kinds, name, value)
 
 
 def _merge_column_kind(kinds: dict[str, str], name: str, value: Any) -> None:
