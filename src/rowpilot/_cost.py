@@ -468,11 +468,6 @@ class Budget:
         """How much settled costs exceeded their reservations, in total."""
         return _dollars(self._overshoot)
 
-    @property
-    def in_flight(self) -> int:
-        """Reservations open now (calls under way)."""
-        return len(self._open)
-
     def reserve(self, amount: float) -> Reservation | None:
         """Hold ``amount`` for a call now, or ``None`` if it would pass the limit."""
         units = _units(amount, "a reservation")

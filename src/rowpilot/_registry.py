@@ -580,19 +580,6 @@ class Registry:
         }
 
     @_mapped("write the registry")
-    def forget_failures(self, run_id: str, cause: str) -> int:
-        """Delete this run's failures of one cause: they go back to pending (an aborted run)."""
-        db = self._connection(create=False)
-        if db is None:
-            return 0
-        with atomic(db):
-            cursor = db.execute(
-                "DELETE FROM items WHERE run_id = ? AND status = 'failed' AND cause = ?",
-                (run_id, cause),
-            )
-        return cursor.rowcount
-
-    @_mapped("write the registry")
     def update_run(self, run: dict[str, Any]) -> None:
         db = self._connection(create=False)
         if db is not None:

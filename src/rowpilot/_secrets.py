@@ -53,7 +53,3 @@ def redact_args(args: Sequence[str]) -> list[str]:
             continue
         redacted.append(redact_urls(arg))
     return redacted
-
-
-def has_redactions(args: Sequence[str]) -> bool:
-    return any(REDACTED in arg for arg in args)
