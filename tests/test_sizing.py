@@ -575,7 +575,10 @@ def test_auto_follows_a_models_rate_by_littles_law(
         )
     assert result.summary.status == "completed"
     assert result.summary.done == 80
-    assert result.summary.rate_limited == 0
+    # Real time against the real simulator: a stalled machine can bunch the paced calls
+    # into a 429 or two (test_limits proves zero exactly, on a virtual clock); a storm
+    # (the 48 workers the start assumed, unsized) would be dozens.
+    assert result.summary.rate_limited <= 2
     (chosen,) = log_events(tmp_path / "s", "workers.chosen")
     assert chosen["workers"] == littles_law_bound(1200, 2.0) == 48
     adjusted = log_events(tmp_path / "s", "workers.adjusted")
