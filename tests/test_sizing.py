@@ -582,8 +582,10 @@ def test_auto_follows_a_models_rate_by_littles_law(
     (chosen,) = log_events(tmp_path / "s", "workers.chosen")
     assert chosen["workers"] == littles_law_bound(1200, 2.0) == 48
     adjusted = log_events(tmp_path / "s", "workers.adjusted")
-    assert adjusted and "Little's law" in adjusted[0]["why"]
-    assert adjusted[0]["new"] < 48  # the first look at the measured calls cuts
+    # The first look cuts: by Little's law, or (a 429 of the opening burst on a busy
+    # machine) for the 429, with Little's law bounding what follows.
+    assert adjusted and adjusted[0]["new"] < 48
+    assert any("Little's law" in event["why"] for event in adjusted)
     # 20 calls/s x 0.2 s (plus the loopback's time) x 1.2 is about 5; on a loaded machine
     # the measured latency is longer and so is the bound. Each cut obeys its own measure.
     for event in adjusted:
