@@ -12,8 +12,9 @@ import pytest
 
 import rowpilot
 from rowpilot._config import build_config, read_job_file
-from rowpilot._engine import _load_task, auto_workers
+from rowpilot._engine import auto_workers
 from rowpilot._machine import cpu_count
+from rowpilot.tasks._factory import build_task
 
 SRC = str(Path(rowpilot.__file__).resolve().parents[1])
 # Fake keys, assembled so that secret scanners do not take this file for a leak.
@@ -146,7 +147,7 @@ def test_a_jobs_settings_without_touching_state(
     assert tree(tmp_path) == before  # no state directory, no log, nothing written
     monkeypatch.chdir(tmp_path)  # the job's paths are relative to it; the state to the cwd
     config = build_config(read_job_file(Path("jobs/job.toml")))
-    expected = auto_workers(config, _load_task(config))
+    expected = auto_workers(config, build_task(config))
     assert expected is not None
     assert report["job"]["workers_start"] == expected.workers
     assert report["job"]["workers_max"] == 40

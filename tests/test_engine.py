@@ -18,6 +18,7 @@ import rowpilot
 from rowpilot._config import build_config
 from rowpilot._engine import run_sync
 from rowpilot.errors import DuplicateKeyError, OutputCollisionError
+from rowpilot.tasks._base import Task
 
 if TYPE_CHECKING:
     from conftest import CallsReader, WriteCsv
@@ -595,9 +596,12 @@ def test_summary_speedup_is_task_time_over_wall_time(write_csv: WriteCsv, tmp_pa
     assert summary.speedup > 5  # 20 workers on 50 ms sleeps
 
 
-class GroupedUpper:
+class GroupedUpper(Task):
     """A task with a batch_call, as the built-in local tasks have: groups of rows at once."""
 
+    name = "grouped_upper"
+    version = "1"
+    groups_rows = True
     rows_per_worker = 4
 
     def __init__(self) -> None:
@@ -609,7 +613,7 @@ class GroupedUpper:
             raise ValueError("a bad row in the group")
         return [{"upper": row["text"].upper()} for row in rows]
 
-    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+    def call(self, row: dict[str, Any], ctx: Any) -> dict[str, Any]:
         return self.batch_call([row])[0]
 
 

@@ -16,8 +16,11 @@ import numpy as np
 import pytest
 from pydantic import BaseModel, ConfigDict
 
-from rowpilot._task import Ctx, Task, load_task, output_json, source_version
+from rowpilot._ctx import Ctx
 from rowpilot.errors import TaskLoadError, TaskOutputError
+from rowpilot.tasks._output import output_json
+from rowpilot.tasks._python import PythonTask as Task
+from rowpilot.tasks._python import load_task, source_version
 
 TASKS = """\
 import asyncio

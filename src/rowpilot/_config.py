@@ -73,6 +73,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rowpilot.errors import ConfigError
+from rowpilot.tasks._base import Task
 
 _SECTIONS: dict[str, dict[str, str]] = {
     "source": {
@@ -152,7 +153,8 @@ class JobConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, frozen=True)
 
     source: Any
-    task: str | Callable[..., Any] | None = None
+    # A Task instance is a task of the user's own kind (rowpilot.Task), taken as it is.
+    task: str | Task | Callable[..., Any] | None = None
     name: str | None = None
     key: str | None = None
     format: str | None = None

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from rowpilot._config import JobConfig, build_config, read_job_file
-from rowpilot._items import parse_shard
 from rowpilot._machine import read_machine
 from rowpilot.errors import RowpilotError
 
@@ -107,90 +106,58 @@ def _names_set_in(path: Path) -> set[str]:
 
 
 def _job(path: Path, config: JobConfig) -> dict[str, Any]:
-    state = _state_directory(config)
+    from rowpilot._engine import state_directory
+
+    state = state_directory(config, config.name or "job")  # a job file names its job
     found: dict[str, Any] = {
         "file": str(path),
-        "task": _task_text(config),
         "max_memory_mb": config.max_memory,
-        "limits": _limits(config),
+        "limits": dict(config.limits),
         "state": str(state),
         "state_exists": state.is_dir(),
         "last_run": _last_run(state),
     }
-    found.update(_workers(config))
+    found.update(_task(config))
     return found
 
 
-def _task_text(config: JobConfig) -> str:
-    if config.is_local:
-        return f"local model {config.model or 'local/wordllama'}"
-    if config.is_prompt:
-        return f"prompt task on {config.model}"
-    return str(config.task)
+def _task(config: JobConfig) -> dict[str, Any]:
+    """What the job's task is, its limits, and the workers a run would start with, and
+    why, computed as the engine does."""
+    from rowpilot._engine import auto_workers
+    from rowpilot.tasks._factory import build_task
 
-
-def _workers(config: JobConfig) -> dict[str, Any]:
-    """The workers a run would start with, and why, computed as the engine does."""
-    from rowpilot._engine import _load_task, _rows_per_worker, auto_workers
-
+    limits: dict[str, dict[str, Any]] = {name: dict(table) for name, table in config.limits.items()}
     try:
-        task = _load_task(config)
+        task = build_task(config)
     except RowpilotError as error:
-        return {"task_error": str(error), "workers": config.workers, "workers_why": None}
-    rows = _rows_per_worker(task)
+        return {
+            "task": str(config.task or config.model),
+            "limits": limits,
+            "task_error": str(error),
+            "workers": config.workers,
+            "workers_why": None,
+        }
+    known = task.limits()
+    if known is not None:
+        limits[config.model or task.name] = {
+            "rpm": known.rpm,
+            "tpm": known.tpm,
+            "max_concurrent": known.max_concurrent,
+        }
+    rows = task.rows_per_worker
     per = f", each carrying up to {rows} rows" if rows > 1 else ""
+    found = {"task": task.describe(), "limits": limits, "task_kind": task.sizing}
     auto = auto_workers(config, task)
     if auto is None:
-        return {
-            "workers": config.workers,
-            "workers_why": f"given{per}",
-            "task_kind": _kind(task),
-        }
+        return {**found, "workers": config.workers, "workers_why": f"given{per}"}
     return {
+        **found,
         "workers": "auto",
         "workers_start": auto.workers,
         "workers_max": auto.ceiling,
         "workers_why": auto.why + per,
-        "task_kind": _kind(task),
     }
-
-
-def _kind(task: Any) -> str:
-    from rowpilot._engine import _prompt_task, _task_kind
-
-    return _task_kind(task, _prompt_task(task))
-
-
-def _limits(config: JobConfig) -> dict[str, dict[str, Any]]:
-    """Limits per resource: each ``[limits]`` table, and the prompt model's as merged."""
-    found: dict[str, dict[str, Any]] = {name: dict(table) for name, table in config.limits.items()}
-    if config.is_prompt and config.model:
-        from rowpilot._llm import build_prompt_spec
-
-        try:
-            spec = build_prompt_spec(config, environ={})  # limits only: no key is read
-        except RowpilotError:
-            return found  # the task's own error is reported with the workers
-        limits = spec.limits
-        found[spec.model] = {
-            "rpm": limits.rpm,
-            "tpm": limits.tpm,
-            "max_concurrent": limits.max_concurrent,
-        }
-    return found
-
-
-def _state_directory(config: JobConfig) -> Path:
-    """Where ``rowpilot run`` keeps this job's state (a job file always names the job)."""
-    from rowpilot._engine import STATE_ROOT, _safe_dir_name
-
-    if config.state is not None:
-        return config.state
-    directory = STATE_ROOT / _safe_dir_name(config.name or "job")
-    if config.shard:
-        k, n = parse_shard(config.shard)
-        directory = directory / f"shard-{k}-of-{n}"
-    return directory
 
 
 def _last_run(state: Path) -> dict[str, Any] | None:

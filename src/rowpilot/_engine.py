@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import functools
 import json
 import os
 import shutil
@@ -22,7 +21,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rowpilot._atomic import check_writable
 from rowpilot._config import JobConfig
@@ -52,16 +51,14 @@ from rowpilot._registry import Registry, read_only_folder
 from rowpilot._result import Result, Summary
 from rowpilot._retry import DEFAULT_RETRY_ON, RetryPolicy, exception_types
 from rowpilot._scheduler import RunEnd, RunSettings, Scheduler
-from rowpilot._sizing import AutoWorkers, Rates, TaskKind, choose_workers
+from rowpilot._sizing import AutoWorkers, choose_workers
+from rowpilot._slots import Slots
 from rowpilot._sources import Source, open_source
 from rowpilot._state import check_key_definition, key_definition
-from rowpilot._task import Task, load_task
 from rowpilot.errors import OutputCollisionError, StateError, UserError
-
-if TYPE_CHECKING:
-    from rowpilot._llm import LLMSession, PromptTask
-    from rowpilot._prompt import PromptTemplate
-    from rowpilot._steps import Steps
+from rowpilot.executors._local import LocalExecutor
+from rowpilot.tasks._base import RunScope, Task
+from rowpilot.tasks._factory import build_task
 
 STATE_ROOT = Path(".rowpilot")
 
@@ -82,7 +79,7 @@ class PreparedJob:
 
 def prepare(config: JobConfig) -> PreparedJob:
     """Everything that can be checked before touching state, checked."""
-    task = _load_task(config)
+    task = build_task(config)
     selection = Selection(
         rows=parse_rows(config.rows) if config.rows else None,
         shard=parse_shard(config.shard) if config.shard else None,
@@ -99,10 +96,9 @@ def prepare(config: JobConfig) -> PreparedJob:
     if not source.reiterable:
         source = PeekedSource(source)  # its first chunk names its state
     keyer = Keyer(source, config.key)
-    template = _template_of(task)
     columns = source.columns()
-    if template is not None and columns is not None:
-        template.check(columns)
+    if columns is not None:
+        task.check_columns(columns)
     report = _validate(source, keyer, selection, config) if source.reiterable else None
     inputs = report.columns if report is not None else (columns or [])
     reserved = _reserved_names(config, inputs)
@@ -110,7 +106,7 @@ def prepare(config: JobConfig) -> PreparedJob:
     state = _state_of(config, task, source, keyer, inputs)
     check_state_folder(state)
     _announce(source)
-    settings = _settings(config, _rows_per_worker(task), auto_workers(config, task))
+    settings = _settings(config, task.rows_per_worker, auto_workers(config, task))
     settings = dataclasses.replace(settings, reserved=reserved)
     return PreparedJob(config, task, source, keyer, selection, state, settings, report)
 
@@ -133,7 +129,7 @@ def _announce(source: Source) -> None:
 def _check_output_fields(task: Task, reserved: dict[str, str], prefix: str) -> None:
     """A built-in task knows its output fields: a clash with an input column fails now,
     before anything is paid, not at the first answer."""
-    fields = getattr(task.fn, "output_fields", None)
+    fields = task.output_fields
     if fields is None:
         return
     clash = next((prefix + name for name in fields if prefix + name in reserved), None)
@@ -144,109 +140,22 @@ def _check_output_fields(task: Task, reserved: dict[str, str], prefix: str) -> N
         )
 
 
-def _load_task(config: JobConfig) -> Task:
-    if config.is_local:
-        return _local_task(config)
-    if config.is_prompt:
-        # Imported here: the SDKs cost a CLI start that runs a plain function nothing.
-        from rowpilot._llm import PromptTask, build_prompt_spec
-
-        spec = build_prompt_spec(config)
-        return Task.from_callable(PromptTask(spec), config.task_version or spec.version())
-    if isinstance(config.task, str):
-        return load_task(config.task, config.task_version)
-    assert config.task is not None  # build_config checked that there is a task
-    return Task.from_callable(config.task, config.task_version)
-
-
-def _local_task(config: JobConfig) -> Task:
-    from rowpilot._local_tasks import EmbedTask, LocalLabelTask, check_local_model
-
-    assert config.text_column is not None  # build_config checked it
-    fn: EmbedTask | LocalLabelTask
-    if config.embed:
-        fn = EmbedTask(config.text_column, config.embed_batch, normalise=config.normalise)
-    else:
-        from rowpilot._local import DEFAULT_THRESHOLD
-
-        check_local_model(config.model or "")
-        threshold = config.threshold if config.threshold is not None else DEFAULT_THRESHOLD
-        fn = LocalLabelTask(config.text_column, config.labels or [], threshold, config.embed_batch)
-    return Task.from_callable(fn, config.task_version or fn.version())
-
-
-def _template_of(task: Task) -> PromptTemplate | None:
-    """The template of a built-in task (prompt or local), to check against the columns."""
-    template = getattr(task.fn, "template", None)
-    if template is None:
-        return None
-    from rowpilot._prompt import PromptTemplate
-
-    return template if isinstance(template, PromptTemplate) else None
-
-
-def _rows_per_worker(task: Task) -> int:
-    """Rows one worker carries at once: a batch for built-in tasks that batch, else one."""
-    rows = getattr(task.fn, "rows_per_worker", 1)
-    return rows if isinstance(rows, int) and rows >= 1 else 1
-
-
 def auto_workers(config: JobConfig, task: Task) -> AutoWorkers | None:
     """``--workers auto``: where this machine, task and limits say to start; None if fixed."""
     if config.workers != "auto":
         return None
-    prompt = _prompt_task(task)
     machine = read_machine()
     choice = choose_workers(
-        _task_kind(task, prompt),
+        task.sizing,
         cpus=machine.cpus,
         available_mb=machine.available_mb,
         max_workers=config.max_workers,
         max_memory_mb=config.max_memory,
         rss_mb=rss_mb(),
-        limits=prompt.spec.limits if prompt is not None else None,
+        limits=task.limits(),
     )
-    # The session exists only once the run does; the rates are read from it then.
-    rates = functools.partial(_prompt_rates, prompt) if prompt is not None else None
-    return AutoWorkers.of(choice, rates)
-
-
-def _task_kind(task: Task, prompt: PromptTask | None) -> TaskKind:
-    if prompt is not None:
-        return "prompt"
-    if getattr(task.fn, "batch_call", None) is not None:
-        return "grouped"
-    return "async" if task.is_async else "sync"
-
-
-def _prompt_rates(prompt: PromptTask) -> Rates | None:
-    """The model's pace as its resource holds it now (learned limits and 429 cuts included)."""
-    if prompt.session is None:
-        return None
-    resource = prompt.session.resource
-    stats, limits = resource.stats(), resource.limits
-    return Rates(
-        rpm=stats["effective_rpm"] or limits.rpm,
-        max_concurrent=limits.max_concurrent,
-        calls=stats["calls_ended"],
-        call_seconds=stats["call_seconds"],
-    )
-
-
-def _with_step_rates(settings: RunSettings, steps: Steps | None) -> RunSettings:
-    """--workers auto on a Python task: its ctx resources' limits bound the workers."""
-    auto = settings.auto
-    if steps is None or auto is None or auto.rates is not None:
-        return settings
-    return dataclasses.replace(settings, auto=dataclasses.replace(auto, rates=steps.item_rates))
-
-
-def _prompt_task(task: Task) -> PromptTask | None:
-    if "rowpilot._llm" not in sys.modules:
-        return None
-    from rowpilot._llm import PromptTask
-
-    return task.fn if isinstance(task.fn, PromptTask) else None
+    # The task's pace is known only once the run is under way: read when the sizer asks.
+    return AutoWorkers.of(choice, task.rates)
 
 
 def _check_outputs(config: JobConfig) -> None:
@@ -367,65 +276,20 @@ def check_state_folder(state: Path) -> None:
         )
 
 
-async def execute(
-    job: PreparedJob, progress: ProgressView | None = None, session: LLMSession | None = None
-) -> Result:
+async def execute(job: PreparedJob, progress: ProgressView | None = None) -> Result:
     """Run a prepared job to its end (or until stopped) and write its outputs.
 
-    A prompt task gets its own LLM session, unless the caller passes one it owns (and has
-    preflight-checked), as ``rowpilot estimate`` does to read the limits it learned.
+    The task checks its keys and models before the state is touched, and is closed at the
+    end; what its sessions learned (limits) stays readable on ``job.task`` afterwards.
     """
-    if session is not None:
-        return await _execute(job, progress, session, None)
-    own = await _llm_session(job)
-    steps = await _steps(job) if own is None else None
     try:
-        return await _execute(job, progress, own, steps)
+        await job.task.preflight()
+        return await _execute(job, progress)
     finally:
-        if own is not None:
-            await own.aclose()
-        if steps is not None:
-            await steps.aclose()
+        await job.task.close()
 
 
-async def _llm_session(job: PreparedJob) -> LLMSession | None:
-    """A prompt task's session, preflight-checked before the state is touched."""
-    prompt = _prompt_task(job.task)
-    if prompt is None:
-        return None
-    from rowpilot._llm import LLMSession
-
-    session = LLMSession(prompt.spec)
-    try:
-        await session.preflight()
-    except BaseException:
-        await session.aclose()
-        raise
-    return session
-
-
-async def _steps(job: PreparedJob) -> Steps | None:
-    """A Python task's ctx steps; the job's own model preflight-checked before the state
-    is touched (a bad key fails here, once, not on every item)."""
-    if job.config.is_prompt or job.config.is_local:
-        return None
-    from rowpilot._steps import Steps
-
-    steps = Steps(job.config)
-    try:
-        await steps.preflight()
-    except BaseException:
-        await steps.aclose()
-        raise
-    return steps
-
-
-async def _execute(
-    job: PreparedJob,
-    progress: ProgressView | None,
-    session: LLMSession | None,
-    steps: Steps | None,
-) -> Result:
+async def _execute(job: PreparedJob, progress: ProgressView | None) -> Result:
     created = _first_missing(job.state)
     lock = StateLock(job.state, job.config.command or "")
     lock.acquire()
@@ -434,7 +298,7 @@ async def _execute(
     try:
         check_key_definition(registry, job.keyer.key_column)
         view = progress or default_view(job.config.progress)
-        summary = await _run_locked(job, registry, view, session, steps)
+        summary = await _run_locked(job, registry, view)
         written = _write_outputs(job.config, registry) if registry.exists else []
     except UserError:
         # A user error before the first commit leaves no state behind, as it found it.
@@ -458,39 +322,32 @@ def _first_missing(path: Path) -> Path | None:
     return missing
 
 
-async def _run_locked(
-    job: PreparedJob,
-    registry: Registry,
-    progress: ProgressView,
-    session: LLMSession | None,
-    steps: Steps | None,
-) -> Summary:
+async def _run_locked(job: PreparedJob, registry: Registry, progress: ProgressView) -> Summary:
     run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     total = job.scan.to_run if job.scan else None
     counters = Counters(total=total, started_at=time.monotonic())
     events = EventLog(job.state / "logs", run_id)
-    prompt = _prompt_task(job.task)
-    if session is not None and prompt is not None:
-        session.attach(registry, counters, events, run_id)
-        prompt.session = session
+    workers = Slots(job.settings.workers)  # the scheduler's, shared with ctx.map sub-items
+    steps = await job.task.open(RunScope(registry, counters, events, run_id, workers))
     run_row = _run_row(job, run_id)
     crashes = _crash_policy(job, registry, run_id, events)
     inflight = InFlightLog(job.state, run_row)
+    executor = LocalExecutor(job.settings.most_workers)
     scheduler = Scheduler(
         task=job.task,
+        executor=executor,
         registry=registry,
         run_id=run_id,
-        settings=_with_step_rates(job.settings, steps),
+        settings=job.settings,
         events=events,
         progress=progress,
         counters=counters,
         first_commit=lambda: (_meta(job), run_row),
         crashes=crashes,
         inflight=inflight,
+        steps=steps,
+        workers=workers,
     )
-    if steps is not None:
-        steps.attach(registry, counters, events, run_id, scheduler.workers)
-        scheduler.steps = steps
     events.emit(
         "run.started",
         task=job.task.name,
@@ -504,7 +361,7 @@ async def _run_locked(
         inflight.open()  # in the try: a full disk here closes the run like any other error
         with _signals_to(scheduler):
             end = await scheduler.run(_chunks(job))
-        waited = _limit_waits(session, steps)
+        waited = job.task.waited_seconds()
         summary = _summary(job, run_id, counters, end, scheduler.stop_message, waited)
         run_row.update(
             ended_at=time.time(), status=summary.status, summary=json.dumps(summary.as_dict())
@@ -517,6 +374,7 @@ async def _run_locked(
         _close_run_on_error(registry, run_row)
         raise
     finally:
+        executor.close()
         inflight.close()  # any end that reaches here is orderly: nothing is in flight
         events.close()
     progress.stop(counters)
@@ -630,15 +488,6 @@ def _run_row(job: PreparedJob, run_id: str) -> dict[str, Any]:
     }
 
 
-def _limit_waits(session: LLMSession | None, steps: Steps | None) -> float:
-    """Seconds items spent waiting for rate-limited resources: part of their task time,
-    and no part of what a loop of one item at a time would take."""
-    waited = steps.waited_seconds() if steps is not None else 0.0
-    if session is not None:
-        waited += float(session.resource.stats()["waited_seconds"])
-    return waited
-
-
 def _summary(
     job: PreparedJob,
     run_id: str,
@@ -684,7 +533,7 @@ def _summary(
         budget_usd=c.budget_usd,
         rate_limited=c.rate_limited,
         splits=c.splits,
-        batched=_rows_per_worker(job.task) > 1,
+        batched=job.task.rows_per_worker > 1,
     )
 
 

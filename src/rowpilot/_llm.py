@@ -34,7 +34,7 @@ import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rowpilot._config import JobConfig
 from rowpilot._cost import (
@@ -67,6 +67,7 @@ from rowpilot._prompt import (
 )
 from rowpilot._providers import ChatClient, Completion, ProviderSpec, parse_model
 from rowpilot._registry import CallRecord, Registry, RowAnswer
+from rowpilot._sizing import Rates
 from rowpilot._task import ItemUsage, RunStop
 from rowpilot._tokens import TokenEstimator, upper_bound_tokens
 from rowpilot.errors import (
@@ -78,6 +79,13 @@ from rowpilot.errors import (
     ProviderSetupError,
     RateLimitError,
 )
+from rowpilot.tasks._base import RunScope, Task
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from rowpilot._ctx import Ctx
+    from rowpilot._projection import Projection
 
 RATE_LIMIT_WAITS = 8  # 429s one call sits out before its item's attempt fails
 BATCH_LINGER = 0.02  # seconds a partial batch waits for more rows
@@ -135,34 +143,93 @@ class BudgetShort(RunStop):
     flight to free room): a batch is asked again in halves, a single row stops the run."""
 
 
-class PromptTask:
-    """The built-in task of ``--prompt``: render the row, ask the model, return the fields."""
+class PromptTask(Task):
+    """The built-in task of ``--prompt``: render the row, ask the model, return the fields.
 
-    __qualname__ = "prompt"
+    Its session (client, limits, budget, cache) is made and checked in ``preflight``,
+    attached to the run in ``open``; its batches ride on ``--workers``: a worker carries
+    a batch, so ``--workers`` counts requests at once."""
 
-    def __init__(self, spec: PromptSpec) -> None:
+    name = "prompt"
+    is_async = True
+    sizing = "prompt"
+
+    def __init__(self, spec: PromptSpec, version: str | None = None) -> None:
         self.spec = spec
-        self.session: LLMSession | None = None
+        self.version = version or spec.version()
+        self.rows_per_worker = spec.batch_size
+        # Every row's answer has these: checked against the input columns up front.
+        self.output_fields = tuple(spec.schema.field_names)
+        self._session: LLMSession | None = None
 
-    @property
-    def template(self) -> PromptTemplate:
-        return self.spec.template
+    def describe(self) -> str:
+        return f"prompt task on {self.spec.model}"
 
-    @property
-    def rows_per_worker(self) -> int:
-        """A worker carries a batch: ``--workers`` counts requests at once."""
-        return self.spec.batch_size
+    def check_columns(self, columns: Sequence[str]) -> None:
+        self.spec.template.check(list(columns))
 
-    @property
-    def output_fields(self) -> tuple[str, ...]:
-        """The fields every row's answer has: checked against the input columns up front."""
-        return tuple(self.spec.schema.field_names)
+    def limits(self) -> Limits:
+        return self.spec.limits
 
-    async def __call__(self, row: dict[str, Any], ctx: Any) -> dict[str, Any]:
-        if self.session is None:
-            raise RuntimeError("the prompt task runs inside a rowpilot run only")
+    def rates(self) -> Rates | None:
+        """The model's pace as its resource holds it now (learned limits and 429 cuts
+        included)."""
+        if self._session is None:
+            return None
+        resource = self._session.resource
+        stats, limits = resource.stats(), resource.limits
+        return Rates(
+            rpm=stats["effective_rpm"] or limits.rpm,
+            max_concurrent=limits.max_concurrent,
+            calls=stats["calls_ended"],
+            call_seconds=stats["call_seconds"],
+        )
+
+    async def preflight(self) -> None:
+        session = LLMSession(self.spec)
+        try:
+            await session.preflight()
+        except BaseException:
+            await session.aclose()
+            raise
+        self._session = session
+
+    async def open(self, scope: RunScope) -> None:
+        self._live().attach(scope.registry, scope.counters, scope.events, scope.run_id)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.aclose()
+
+    def waited_seconds(self) -> float:
+        if self._session is None:
+            return 0.0
+        return float(self._session.resource.stats()["waited_seconds"])
+
+    def resource_limits(self) -> dict[str, Limits]:
+        if self._session is None:
+            return {}
+        return {self.spec.model: self._session.resource.limits}
+
+    def check_estimable(self) -> None:
+        return None
+
+    def project(self, state: Path, total: int, *, workers: int) -> Projection:
+        from rowpilot._projection import project_calls
+
+        limits = self.resource_limits().get(self.spec.model, self.spec.limits)
+        return project_calls(
+            state, total, workers=workers, max_tokens=self.spec.max_tokens, limits=limits
+        )
+
+    async def call(self, row: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
         text = self.spec.template.render(row)
-        return await self.session.answer(ctx.key, text, ctx.usage)
+        return await self._live().answer(ctx.key, text, ctx.usage)
+
+    def _live(self) -> LLMSession:
+        if self._session is None:
+            raise RuntimeError("the prompt task runs inside a rowpilot run only")
+        return self._session
 
 
 @dataclass(eq=False)

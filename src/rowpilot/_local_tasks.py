@@ -17,29 +17,45 @@ from typing import TYPE_CHECKING, Any
 
 from rowpilot._prompt import PromptTemplate
 from rowpilot.errors import ConfigError
+from rowpilot.tasks._base import Task
 
 if TYPE_CHECKING:
     import numpy as np
 
+    from rowpilot._ctx import Ctx
+
 LOCAL_PROVIDER = "local"
 
 
-class _LocalTask:
+class _LocalTask(Task):
     """What the built-in local tasks share: a row's text, and the call on a group of rows.
 
     The scheduler calls ``batch_call`` on groups of ``rows_per_worker`` rows in its thread
-    pool; ``__call__`` (one row, in a thread too) is for a group whose call failed.
+    pool; ``call`` (one row, in a thread too) is for a group whose call failed.
     """
+
+    groups_rows = True
+    sizing = "grouped"
 
     def __init__(self, text_column: str, batch: int) -> None:
         self.template = PromptTemplate.column(text_column)
-        self.batch = batch
+        self.rows_per_worker = batch
 
-    @property
-    def rows_per_worker(self) -> int:
-        return self.batch
+    def describe(self) -> str:
+        from rowpilot._local import MODEL
 
-    def batch_call(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return f"local model {LOCAL_PROVIDER}/{MODEL}"
+
+    def check_columns(self, columns: Sequence[str]) -> None:
+        self.template.check(list(columns))
+
+    def check_estimable(self) -> None:
+        raise ConfigError(
+            "the local model costs nothing and has no rate limits to estimate",
+            hint="estimates are for prompt jobs and Python tasks that call providers",
+        )
+
+    def batch_call(self, rows: list[dict[str, Any]]) -> list[Any]:
         texts = [self.template.render(row) for row in rows]
         return self._outputs(self._compute(texts))
 
@@ -49,7 +65,7 @@ class _LocalTask:
     def _outputs(self, computed: np.ndarray) -> list[dict[str, Any]]:
         raise NotImplementedError
 
-    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+    def call(self, row: dict[str, Any], ctx: Ctx) -> Any:
         # Sync: the scheduler runs it in its own pool (daemon threads, --timeout).
         return self.batch_call([row])[0]
 
@@ -61,16 +77,20 @@ class EmbedTask(_LocalTask):
     and the spelling of the text with case, accents and punctuation taken out.
     """
 
-    __qualname__ = "embed"
+    name = "embed"
+    output_fields = ("embedding",)
+    vector_field = "embedding"
 
-    def __init__(self, text_column: str, batch: int, *, normalise: bool) -> None:
-        super().__init__(text_column, batch)
-        self.normalise = normalise
-
-    def version(self) -> str:
+    def __init__(
+        self, text_column: str, batch: int, *, normalise: bool, version: str | None = None
+    ) -> None:
         from rowpilot._local import MODEL
 
-        return _version("embed", MODEL, self.template.template, str(self.normalise))
+        super().__init__(text_column, batch)
+        self.normalise = normalise
+        self.version = version or _version(
+            "embed", MODEL, self.template.template, str(self.normalise)
+        )
 
     def _compute(self, texts: list[str]) -> np.ndarray:
         from rowpilot._local import dedupe_vectors, embed_texts
@@ -79,10 +99,6 @@ class EmbedTask(_LocalTask):
             return dedupe_vectors(texts, batch_size=len(texts))
         return embed_texts(texts, batch_size=len(texts))
 
-    @property
-    def output_fields(self) -> tuple[str, ...]:
-        return ("embedding",)
-
     def _outputs(self, computed: np.ndarray) -> list[dict[str, Any]]:
         return [{"embedding": vector} for vector in computed]
 
@@ -90,27 +106,28 @@ class EmbedTask(_LocalTask):
 class LocalLabelTask(_LocalTask):
     """Zero-shot labels by similarity: a boolean and a score column per label."""
 
-    __qualname__ = "label"
+    name = "label"
 
     def __init__(
-        self, text_column: str, labels: Sequence[str], threshold: float, batch: int
+        self,
+        text_column: str,
+        labels: Sequence[str],
+        threshold: float,
+        batch: int,
+        *,
+        version: str | None = None,
     ) -> None:
-        from rowpilot._local import parse_labels
+        from rowpilot._local import MODEL, parse_labels
 
         super().__init__(text_column, batch)
         self.labels = parse_labels(labels)
         self.threshold = threshold
-
-    def version(self) -> str:
-        from rowpilot._local import MODEL
-
-        described = [f"{label.name}:{label.description}" for label in self.labels]
-        return _version("label", MODEL, self.template.template, str(self.threshold), *described)
-
-    @property
-    def output_fields(self) -> tuple[str, ...]:
         names = [label.name for label in self.labels]
-        return (*names, *(f"{name}_score" for name in names))
+        self.output_fields = (*names, *(f"{name}_score" for name in names))
+        described = [f"{label.name}:{label.description}" for label in self.labels]
+        self.version = version or _version(
+            "label", MODEL, self.template.template, str(self.threshold), *described
+        )
 
     def _compute(self, texts: list[str]) -> np.ndarray:
         from rowpilot._local import embed_texts, label_scores

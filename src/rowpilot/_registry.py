@@ -579,6 +579,22 @@ class Registry:
             "cost_per_item": cost or 0.0,
         }
 
+    def step_profile(self) -> tuple[int, float | None, int, float | None, list[Any]]:
+        """For a Python task's estimate: paid items and their mean cost, done items and
+        their mean task time, and the journal's calls per (provider, model, plain)."""
+        db = self.db()
+        paid, cost = db.execute(
+            "SELECT count(*), avg(cost_usd) FROM items WHERE status = 'done' AND calls > 0"
+        ).fetchone()
+        done, task_seconds = db.execute(
+            "SELECT count(*), avg(task_seconds) FROM items WHERE status = 'done'"
+        ).fetchone()
+        journal = db.execute(
+            "SELECT provider, model, finish_reason = 'ok' AND input_tokens = 0, count(*),"
+            " sum(coalesce(seconds, 0)), sum(input_tokens) FROM calls GROUP BY 1, 2, 3"
+        ).fetchall()
+        return paid, cost, done, task_seconds, journal
+
     @_mapped("write the registry")
     def update_run(self, run: dict[str, Any]) -> None:
         db = self._connection(create=False)

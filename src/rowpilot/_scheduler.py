@@ -28,18 +28,17 @@ Written by hand because it is the product's core. Its rules:
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import enum
-import functools
 import re
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rowpilot._crashes import PROCESS_CRASH, CrashPolicy, InFlightLog, Verdict
+from rowpilot._ctx import Ctx, StepRunner
 from rowpilot._events import EventLog
 from rowpilot._items import Item, encode_json, fingerprint
 from rowpilot._machine import memory_mb, rss_mb
@@ -47,8 +46,9 @@ from rowpilot._progress import Counters, ProgressView
 from rowpilot._registry import Outcome, PriorState, Registry
 from rowpilot._retry import RetryPolicy, failure_cause
 from rowpilot._sizing import Admit, AutoWorkers, MemoryGate, Reading, WorkerSizer
-from rowpilot._task import Ctx, ItemUsage, RunStop, StepTrail, Task, output_json
-from rowpilot._threads import Abandoned, CallTimeout, ThreadPool, run_sync
+from rowpilot._slots import Slots
+from rowpilot._task import ItemUsage, RunStop, StepTrail
+from rowpilot._threads import Abandoned, CallTimeout
 from rowpilot.errors import (
     ItemTimeoutError,
     OutputCollisionError,
@@ -58,9 +58,9 @@ from rowpilot.errors import (
     TaskOutputError,
     UserError,
 )
-
-if TYPE_CHECKING:
-    from rowpilot._steps import Steps
+from rowpilot.executors._base import Executor
+from rowpilot.tasks._base import Task
+from rowpilot.tasks._output import output_json
 
 _ERROR_CHARS = 1000
 _PROGRESS_PERIOD = 0.1
@@ -114,69 +114,6 @@ class RunEnd(enum.Enum):
 FirstCommit = Callable[[], tuple[dict[str, str], dict[str, Any]]]
 
 
-class Slots:
-    """A FIFO counting semaphore whose release is O(1).
-
-    ``asyncio.Semaphore.release`` (3.11) walks its waiters past the ones already woken:
-    with thousands of items waiting, as batched tasks make them, that walk was most of a
-    run's time. Here a release hands its slot to the first waiter still waiting, or keeps it.
-    """
-
-    def __init__(self, value: int) -> None:
-        self.capacity = value
-        self._free = value  # below zero after a shrink: releases repay it before anyone wakes
-        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
-
-    def resize(self, capacity: int) -> None:
-        """Growing wakes waiters at once; shrinking takes effect as held slots come back."""
-        grown = capacity - self.capacity
-        self.capacity = capacity
-        if grown < 0:
-            self._free += grown
-        for _ in range(grown):
-            self.release()
-
-    @property
-    def ready(self) -> bool:
-        """An acquire now would not wait."""
-        return self._free > 0 and not self._waiters
-
-    def take(self) -> None:
-        """Acquire a slot that is ``ready``, without the coroutine (the admission hot path)."""
-        assert self.ready
-        self._free -= 1
-
-    async def acquire(self) -> None:
-        if self._free > 0 and not self._waiters:
-            self._free -= 1
-            return
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        try:
-            await waiter
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                self.release()  # the slot arrived with the cancellation: pass it on
-            raise
-
-    def release(self) -> None:
-        if self._free < 0:
-            self._free += 1
-            return
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
-        self._free += 1
-
-    async def __aenter__(self) -> None:
-        await self.acquire()
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.release()
-
-
 class Scheduler:
     """Runs one job's selected items against its registry."""
 
@@ -184,6 +121,7 @@ class Scheduler:
         self,
         *,
         task: Task,
+        executor: Executor,
         registry: Registry,
         run_id: str,
         settings: RunSettings,
@@ -193,8 +131,11 @@ class Scheduler:
         first_commit: FirstCommit,
         crashes: CrashPolicy | None = None,
         inflight: InFlightLog | None = None,
+        steps: StepRunner | None = None,
+        workers: Slots | None = None,
     ) -> None:
         self.task = task
+        self._executor = executor
         self.registry = registry
         self.run_id = run_id
         self.settings = settings
@@ -207,19 +148,13 @@ class Scheduler:
         # While the probe decides, the window has room for the failures it holds back.
         self._probe_room = 0 if self._probe is None else PROBE
         self._window = Slots(settings.window + self._probe_room)
-        self._workers = Slots(settings.workers)
-        self._batch_call: Callable[[list[dict[str, Any]]], list[Any]] | None = getattr(
-            task.fn, "batch_call", None
-        )
+        # The run's worker slots, shared with the steps' ctx.map sub-items when given.
+        self._workers = workers if workers is not None else Slots(settings.workers)
         self._groups = Slots(max(1, settings.workers // settings.group))
         self._tasks: set[asyncio.Task[None]] = set()
         self._buffer: list[Outcome] = []
         self._uncommitted = 0  # admitted items whose outcome is not committed yet
         self._flush_timer: asyncio.TimerHandle | None = None
-        # Daemon threads; a call stuck past --timeout is written off and its thread
-        # replaced (up to as many again), so it neither starves the others nor keeps the
-        # process alive at exit.
-        self._pool = ThreadPool(settings.most_workers, max_abandoned=settings.most_workers)
         self._sizer: WorkerSizer | None = None
         if settings.auto is not None:
             self._sizer = WorkerSizer(
@@ -236,7 +171,7 @@ class Scheduler:
         self._end = RunEnd.INTERRUPTED  # what a stop means, unless a budget or abort says
         self.stop_message: str | None = None
         self._abort_cause: str | None = None
-        self.steps: Steps | None = None  # a Python task's ctx.llm/call/map, when attached
+        self._steps = steps  # where ctx.llm/call/map go (a Python task's Steps)
         self._crashes = crashes
         self._inflight = inflight
         self._running_keys: set[str] = set()  # admitted, outcome not committed yet
@@ -304,7 +239,6 @@ class Scheduler:
             await self._drain()
         finally:
             ticker.cancel()
-            self._pool.shutdown()
         if self._fatal is not None:
             raise self._fatal
         if self._stopping and not self._nothing_left():
@@ -384,7 +318,7 @@ class Scheduler:
         """Start the admitted item (or add it to the group being gathered)."""
         if verdict is Verdict.FAIL:
             self._fail_crashed(item)
-        elif self._batch_call is None or verdict is not Verdict.RUN:
+        elif not self.task.groups_rows or verdict is not Verdict.RUN:
             self._spawn(item)
         else:
             group.append(item)
@@ -526,7 +460,6 @@ class Scheduler:
 
     async def _process_group(self, group: list[Item]) -> None:
         """One batch_call for the group; its rows alone again if the call raises."""
-        assert self._batch_call is not None
         started = time.time()
         outputs: list[str] | None = None
         async with self._groups:
@@ -534,7 +467,7 @@ class Scheduler:
             self.counters.running += len(group)
             try:
                 rows = [item.fields for item in group]
-                outputs = await run_sync(self._pool, self._call_group, rows)
+                outputs = await self._executor.submit_group(self.task, rows, self._output)
             except Exception:  # any row may be the cause: each is tried on its own below
                 outputs = None
             finally:
@@ -548,14 +481,6 @@ class Scheduler:
             self._record(
                 self._outcome(item, "done", 1, started, seconds, ItemUsage(), output=output)
             )
-
-    def _call_group(self, rows: list[dict[str, Any]]) -> list[str]:
-        """Runs in the pool: the task's batch call, its outputs checked and encoded there."""
-        assert self._batch_call is not None
-        outputs = self._batch_call(rows)
-        if len(outputs) != len(rows):
-            raise ValueError(f"batch_call gave {len(outputs)} outputs for {len(rows)} rows")
-        return [self._output(value, "") for value in outputs]
 
     async def _drain(self) -> None:
         while self._tasks and not self._hard_stop.is_set():
@@ -749,7 +674,7 @@ class Scheduler:
                 raise
             return None, error, None
 
-    def _output(self, value: Any, key: str) -> str:
+    def _output(self, value: Any, key: str = "") -> str:
         return output_json(
             value,
             task=self.task.name,
@@ -759,59 +684,31 @@ class Scheduler:
         )
 
     async def _call(self, item: Item, attempt: int, usage: ItemUsage) -> Any:
-        trail = StepTrail() if self.steps is not None else None
+        trail = StepTrail() if self._steps is not None else None
         ctx = Ctx(
-            self.run_id, item.key, item.seq, attempt, self._task_logger, usage, self.steps, trail
+            self.run_id, item.key, item.seq, attempt, self._task_logger, usage, self._steps, trail
         )
-        arguments = self.task.arguments(item.fields, ctx)
-        call: Awaitable[Any]
-        if not self.task.is_async:
-            return await self._in_thread(functools.partial(self.task.fn, *arguments), item, attempt)
-        call = self.task.fn(*arguments)
-        if self.settings.timeout is None:
-            return await call
-        deadline = asyncio.timeout(self.settings.timeout)
-        try:
-            async with deadline:
-                return await call
-        except TimeoutError:
-            if deadline.expired():
-                raise ItemTimeoutError(
-                    f"attempt {attempt} ran past --timeout {self.settings.timeout:g}s",
-                    key=item.key,
-                ) from None
-            raise
-
-    async def _in_thread(self, call: Callable[[], Any], item: Item, attempt: int) -> Any:
-        """A sync task's call in the pool, its --timeout counted from when it starts (not
-        while it waits for a thread). Its thread's CPU time is counted, to tell CPU-bound
-        work (threads take turns under the GIL) from waiting work."""
         timeout = self.settings.timeout
         try:
-            value, cpu = await run_sync(self._pool, _cpu_timed, call, timeout=timeout)
+            ran = await self._executor.submit(self.task, item.fields, ctx, timeout=timeout)
         except CallTimeout as stuck:
-            if stuck.abandoned is Abandoned.AT_BOUND and self._no_thread_left():
+            if stuck.abandoned is Abandoned.AT_BOUND and self._executor.exhausted:
                 self._too_many_stuck()
             raise ItemTimeoutError(
                 f"attempt {attempt} ran past --timeout {stuck.seconds:g}s", key=item.key
             ) from None
-        self.counters.cpu_seconds += cpu
-        return value
-
-    def _no_thread_left(self) -> bool:
-        """Stuck calls past the bound keep their slots: when they hold every one, nothing
-        waiting for a thread can ever start."""
-        stats = self._pool.statistics()
-        return stats.abandoned - stats.max_abandoned >= stats.capacity
+        self.counters.cpu_seconds += ran.cpu_seconds
+        return ran.value
 
     def _too_many_stuck(self) -> None:
         """Threads cannot be stopped: past the bound, stuck calls would take every slot."""
-        stuck = self._pool.statistics().abandoned
+        assert self.settings.timeout is not None
         self._stop_for(
             RunEnd.ABORTED,
-            f"{stuck} calls of the task are stuck past --timeout {self.settings.timeout:g}s "
-            "and Python cannot stop their threads; the rest is left pending (find why the "
-            "task hangs on those rows: rowpilot failures lists the timed-out keys)",
+            f"{self._executor.stuck} calls of the task are stuck past --timeout "
+            f"{self.settings.timeout:g}s and Python cannot stop their threads; the rest is "
+            "left pending (find why the task hangs on those rows: rowpilot failures lists "
+            "the timed-out keys)",
         )
         self._hard_stop.set()  # rows waiting for a thread can never get one
 
@@ -992,12 +889,6 @@ class Scheduler:
             self._first_commit = None
         else:
             self.registry.commit(batch, cleared=cleared)
-
-
-def _cpu_timed(call: Callable[[], Any]) -> tuple[Any, float]:
-    started = time.thread_time()
-    value = call()
-    return value, time.thread_time() - started
 
 
 def _likeness(outcome: Outcome) -> tuple[str, ...]:

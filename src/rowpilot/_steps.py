@@ -43,16 +43,16 @@ import threading
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel
 
 from rowpilot._config import JobConfig
 from rowpilot._cost import Budget
+from rowpilot._ctx import run_blocking
 from rowpilot._environ import load_environ
 from rowpilot._events import EventLog
 from rowpilot._limits import Limits, Resource
-from rowpilot._progress import Counters
 from rowpilot._prompt import OutputSchema, conversation_request, schema_of
 from rowpilot._registry import CallRecord, Registry
 from rowpilot._retry import RetryPolicy
@@ -71,7 +71,10 @@ from rowpilot.errors import (
 
 if TYPE_CHECKING:
     from rowpilot._llm import LLMSession
-    from rowpilot._scheduler import Slots
+    from rowpilot._slots import Slots
+    from rowpilot.tasks._base import RunScope
+
+T = TypeVar("T")
 
 _RESOURCE_SETTINGS = frozenset({"rpm", "max_concurrent", "max_attempts", "retry_delay"})
 _LOG_KIND = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,39}")
@@ -80,21 +83,33 @@ _TEXT = "answer"  # the field a schema-less answer comes back in (OutputSchema.t
 
 
 class Steps:
-    """The run-wide side of ``ctx``: sessions, resources, the shared budget, task logs."""
+    """The run-wide side of ``ctx`` (a ``StepRunner``): sessions, resources, the shared
+    budget, task logs. Made when the run opens, with the sessions ``preflight_sessions``
+    checked before the state was touched."""
 
-    def __init__(self, config: JobConfig, environ: Mapping[str, str] | None = None) -> None:
-
+    def __init__(
+        self,
+        config: JobConfig,
+        scope: RunScope,
+        *,
+        budget: Budget | None = None,
+        environ: Mapping[str, str] | None = None,
+        sessions: Mapping[str, LLMSession] | None = None,
+    ) -> None:
         self.config = config
-        self.budget = Budget(config.budget)
+        self.budget = budget if budget is not None else Budget(config.budget)
         self._environ = environ if environ is not None else load_environ(config.env_file)
-        self._sessions: dict[str, LLMSession] = {}
         self._resources: dict[str, tuple[Resource, RetryPolicy]] = {}
-        self._registry: Registry | None = None
-        self._counters = Counters()
-        self._events: EventLog | None = None
-        self._run_id = ""
-        self._workers: Slots | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._registry = scope.registry
+        self._counters = scope.counters
+        self._events: EventLog | None = scope.events
+        self._run_id = scope.run_id
+        self._workers = scope.workers
+        self._loop = asyncio.get_running_loop()
+        scope.counters.budget_usd = config.budget
+        self._sessions: dict[str, LLMSession] = {}
+        for model, session in (sessions or {}).items():
+            self._attach(model, session)
         # Sub-items of sync functions run here, not in the scheduler's pool, whose threads
         # may all be parents waiting on their sub-items. Nesting adds blocked threads, not
         # running ones: the worker slots bound those.
@@ -102,33 +117,18 @@ class Steps:
         self._logs: dict[str, IO[str]] = {}
         self._log_lock = threading.Lock()
         self._log_prefix: Path | None = None
+        if scope.events.jsonl_path is not None:
+            self._log_prefix = scope.events.jsonl_path.with_suffix("")
 
-    # -- around the run ----------------------------------------------------------------
+    def _attach(self, model: str, session: LLMSession) -> LLMSession:
+        session.attach(self._registry, self._counters, self.events, self._run_id)
+        self._sessions[model] = session
+        return session
 
-    async def preflight(self) -> None:
-        """The job's own model, checked once before any item (a bad key fails here)."""
-        if self.config.model is not None:
-            await self._session(self.config.model).preflight()
-
-    def attach(
-        self,
-        registry: Registry,
-        counters: Counters,
-        events: EventLog,
-        run_id: str,
-        workers: Slots,
-    ) -> None:
-        self._registry = registry
-        self._counters = counters
-        self._events = events
-        self._run_id = run_id
-        self._workers = workers
-        self._loop = asyncio.get_running_loop()
-        counters.budget_usd = self.config.budget
-        for session in self._sessions.values():
-            session.attach(registry, counters, events, run_id)
-        if events.jsonl_path is not None:
-            self._log_prefix = events.jsonl_path.with_suffix("")
+    @property
+    def events(self) -> EventLog:
+        assert self._events is not None
+        return self._events
 
     async def aclose(self) -> None:
         for session in self._sessions.values():
@@ -139,17 +139,13 @@ class Steps:
                 handle.close()
             self._logs.clear()
 
-    @property
-    def registry(self) -> Registry:
-        if self._registry is None:
-            raise RuntimeError("ctx steps work inside a rowpilot run")
-        return self._registry
+    def blocking(self, step: Coroutine[Any, Any, T]) -> T:
+        """A step from a sync task's thread, run on the run's loop."""
+        return run_blocking(self._loop, step)
 
     @property
-    def loop(self) -> asyncio.AbstractEventLoop:
-        if self._loop is None:
-            raise RuntimeError("ctx steps work inside a rowpilot run")
-        return self._loop
+    def registry(self) -> Registry:
+        return self._registry
 
     def item_rates(self) -> Rates | None:
         """For ``--workers auto``: the item pace the tightest rate-limited resource allows
@@ -233,13 +229,9 @@ class Steps:
     def _session(self, model: str) -> LLMSession:
         session = self._sessions.get(model)
         if session is None:
-            from rowpilot._llm import LLMSession, build_step_spec
-
-            spec = build_step_spec(self.config, model, self._environ, self.config.workers_at_most)
-            session = LLMSession(spec, budget=self.budget)
-            if self._registry is not None and self._events is not None:
-                session.attach(self._registry, self._counters, self._events, self._run_id)
-            self._sessions[model] = session
+            session = self._attach(
+                model, step_session(self.config, model, self._environ, self.budget)
+            )
         return session
 
     # -- ctx.call ---------------------------------------------------------------------
@@ -437,7 +429,6 @@ class Steps:
         the others each on a slot of the run's pool while one is free. The parent's slot
         always comes back, so the sub-items finish even when every other slot is held by
         a parent waiting on its own sub-items."""
-        assert self._workers is not None
         pool = self._workers
         running: set[asyncio.Task[None]] = set()
         on_own_slot: asyncio.Task[None] | None = None
@@ -500,6 +491,34 @@ class Steps:
 
 
 # -- helpers --------------------------------------------------------------------------------
+
+
+def step_session(
+    config: JobConfig, model: str, environ: Mapping[str, str], budget: Budget
+) -> LLMSession:
+    """A ctx.llm session for ``model``, sharing the task's budget."""
+    from rowpilot._llm import LLMSession, build_step_spec
+
+    spec = build_step_spec(config, model, environ, config.workers_at_most)
+    return LLMSession(spec, budget=budget)
+
+
+async def preflight_sessions(
+    config: JobConfig,
+) -> tuple[Budget, dict[str, str], dict[str, LLMSession]]:
+    """Before the state is touched: the budget a Python task's steps share, its keys, and
+    the job's own model (if it names one) checked with one cheap call."""
+    budget = Budget(config.budget)
+    environ = dict(load_environ(config.env_file))
+    if config.model is None:
+        return budget, environ, {}
+    session = step_session(config, config.model, environ, budget)
+    try:
+        await session.preflight()
+    except BaseException:
+        await session.aclose()
+        raise
+    return budget, environ, {config.model: session}
 
 
 def _build_resource(name: str, config: JobConfig) -> tuple[Resource, RetryPolicy]:

@@ -48,6 +48,7 @@ class Abandoned(enum.Enum):
     FINISHED = "finished"  # it had returned: its future holds its outcome
     REPLACED = "replaced"  # written off: a new thread may take its slot
     AT_BOUND = "at_bound"  # written off, but max_abandoned are stuck already: it keeps its slot
+    CANCELLED = "cancelled"  # an async call, cancelled at its deadline: nothing is left running
 
 
 class CallTimeout(Exception):

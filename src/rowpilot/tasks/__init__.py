@@ -1,0 +1,1 @@
+"""Tasks: every kind of work over rows behind one interface (``_base.Task``)."""
