@@ -20,9 +20,6 @@ from hypothesis import strategies as st
 
 from rowpilot._prompt import (
     BatchAnswer,
-    OutputSchema,
-    OutputValidationError,
-    PromptTemplate,
     Request,
     batch_request,
     parse_batch,
@@ -32,6 +29,7 @@ from rowpilot._prompt import (
     single_request,
 )
 from rowpilot._providers import ChatClient, ProviderSpec
+from rowpilot._schema import OutputSchema, OutputValidationError
 from rowpilot._simulator import (
     _INSTRUCTION,
     _TAGGED,
@@ -43,6 +41,7 @@ from rowpilot._simulator import (
     _tagged_rows,
     _untagged_text,
 )
+from rowpilot._template import PromptTemplate
 from rowpilot.errors import ConfigError, KeyColumnError
 
 FIELDS = {"title": "str", "pages": "int", "score": "float", "done": "bool", "tags": "list"}

@@ -50,7 +50,8 @@ from rowpilot._progress import Counters, ProgressView, default_view
 from rowpilot._registry import Registry, read_only_folder
 from rowpilot._result import Result, Summary
 from rowpilot._retry import DEFAULT_RETRY_ON, RetryPolicy, exception_types
-from rowpilot._scheduler import RunEnd, RunSettings, Scheduler
+from rowpilot._run_settings import RunEnd, RunSettings
+from rowpilot._scheduler import Scheduler
 from rowpilot._sizing import AutoWorkers, choose_workers
 from rowpilot._slots import Slots
 from rowpilot._sources import Source, open_source

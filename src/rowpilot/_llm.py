@@ -53,22 +53,20 @@ from rowpilot._limits import Limits, Resource
 from rowpilot._progress import Counters
 from rowpilot._prompt import (
     BatchAnswer,
-    OutputSchema,
-    OutputValidationError,
-    PromptTemplate,
     Request,
     batch_request,
     parse_batch,
     parse_single,
     repair_request,
     row_cache_key,
-    schema_of,
     single_request,
 )
 from rowpilot._providers import ChatClient, Completion, ProviderSpec, parse_model
 from rowpilot._registry import CallRecord, Registry, RowAnswer
+from rowpilot._schema import OutputSchema, OutputValidationError, schema_of
 from rowpilot._sizing import Rates
 from rowpilot._task import ItemUsage, RunStop
+from rowpilot._template import PromptTemplate
 from rowpilot._tokens import TokenEstimator, upper_bound_tokens
 from rowpilot.errors import (
     ConfigError,

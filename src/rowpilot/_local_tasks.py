@@ -15,7 +15,7 @@ import hashlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from rowpilot._prompt import PromptTemplate
+from rowpilot._template import PromptTemplate
 from rowpilot.errors import ConfigError
 from rowpilot.tasks._base import Task
 

@@ -29,12 +29,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
-import re
 import time
 import traceback
-from collections.abc import Callable, Coroutine, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 from rowpilot._crashes import PROCESS_CRASH, CrashPolicy, InFlightLog, Verdict
@@ -42,10 +39,12 @@ from rowpilot._ctx import Ctx, StepRunner
 from rowpilot._events import EventLog
 from rowpilot._items import Item, encode_json, fingerprint
 from rowpilot._machine import memory_mb, rss_mb
+from rowpilot._probe import PROBE, PROBED_CAUSES, abort_message, likeness
 from rowpilot._progress import Counters, ProgressView
 from rowpilot._registry import Outcome, PriorState, Registry
-from rowpilot._retry import RetryPolicy, failure_cause
-from rowpilot._sizing import Admit, AutoWorkers, MemoryGate, Reading, WorkerSizer
+from rowpilot._retry import failure_cause
+from rowpilot._run_settings import RunEnd, RunSettings
+from rowpilot._sizing import Admit, MemoryGate, Reading, WorkerSizer
 from rowpilot._slots import Slots
 from rowpilot._task import ItemUsage, RunStop, StepTrail
 from rowpilot._threads import Abandoned, CallTimeout
@@ -65,50 +64,7 @@ from rowpilot.tasks._output import output_json
 _ERROR_CHARS = 1000
 _PROGRESS_PERIOD = 0.1
 _MEMORY_POLL = 0.01  # seconds between looks at the resident size while admission waits
-PROBE = 5  # the first outcomes that, all failing alike, abort the run
 _RUN_LEVEL_CAUSES = frozenset({"auth", "not_found"})
-_PROBED_CAUSES = frozenset({"bad_request", "connection", "server", "timeout", "rate_limit"})
-
-
-@dataclass(frozen=True)
-class RunSettings:
-    """How a run schedules its items."""
-
-    workers: int = 8
-    timeout: float | None = None
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    force_before: float | None = None  # redo items finished before this time (--force)
-    retry_failed: bool = False
-    grace: float = 30.0
-    flush_interval: float = 0.05
-    group: int = 1  # rows per call of a task's batch_call (workers counts rows, not calls)
-    auto: AutoWorkers | None = None  # --workers auto: ``workers`` is where it starts
-    max_memory: float | None = None  # MB of resident memory above which admission waits
-    # Names no output field may take (input columns, the key column among them), and why.
-    reserved: Mapping[str, str] = field(default_factory=dict)
-    output_prefix: str = ""  # put before every output field name (--output-prefix)
-    keep_going: bool = False  # no early stop when the first items all fail alike
-
-    @property
-    def window(self) -> int:
-        return self.window_of(self.workers)
-
-    def window_of(self, workers: int) -> int:
-        # Grouped rows get four groups' worth, so one group can be read, one computed and
-        # one committed at the same time.
-        return (2 if self.group == 1 else 4) * workers
-
-    @property
-    def most_workers(self) -> int:
-        """Rows that may ever run at once (the thread pool's size)."""
-        return self.workers if self.auto is None else self.auto.ceiling * self.group
-
-
-class RunEnd(enum.Enum):
-    COMPLETED = "completed"
-    INTERRUPTED = "interrupted"
-    BUDGET = "budget_reached"
-    ABORTED = "aborted"
 
 
 FirstCommit = Callable[[], tuple[dict[str, str], dict[str, Any]]]
@@ -811,22 +767,15 @@ class Scheduler:
         if outcome.status == "done" or outcome.cause == PROCESS_CRASH:
             self._end_probe(commit_held=True)  # the job works (or fails row by row)
             return
-        self._probe.append(_likeness(outcome))
+        self._probe.append(likeness(outcome))
         if len(self._probe) < PROBE:
             return
         alike = len(set(self._probe)) == 1 and self._abort_cause is None
         self._end_probe(commit_held=not alike)
         if alike:
             cause = self._abort_cause = outcome.cause or "task_error"
-            # Where the task raised; a provider's error says where on its own.
-            where = _last_frame(outcome.traceback) if cause not in _PROBED_CAUSES else ""
-            self._stop_for(
-                RunEnd.ABORTED,
-                f"the first {PROBE} items all failed alike ({cause}): {outcome.error}"
-                + (f" ({where})" if where else "")
-                + "; they are left pending (pass --keep-going if only these rows are bad)",
-            )
-            if cause in _PROBED_CAUSES:
+            self._stop_for(RunEnd.ABORTED, abort_message(outcome, cause))
+            if cause in PROBED_CAUSES:
                 # The provider refuses every call alike: cancel the rest at once. A task's
                 # own error lets the items in flight finish, so the steps they paid for
                 # are journaled for the fixed task to replay.
@@ -889,28 +838,6 @@ class Scheduler:
             self._first_commit = None
         else:
             self.registry.commit(batch, cleared=cleared)
-
-
-def _likeness(outcome: Outcome) -> tuple[str, ...]:
-    """What makes two failures alike: a provider's cause and error class (their messages
-    name the row), or a task error's class and message, with the item's key taken out."""
-    cause = outcome.cause or "task_error"
-    if cause in _PROBED_CAUSES:
-        return (cause, outcome.error_type or "")
-    message = (outcome.error or "").replace(outcome.key, "<key>") if outcome.key else ""
-    return (cause, outcome.error_type or "", message or outcome.error or "")
-
-
-_FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)')
-
-
-def _last_frame(trace: str | None) -> str:
-    """``tasks.py line 12, in classify``: where the task raised, from its traceback."""
-    frames = _FRAME.findall(trace or "")
-    if not frames:
-        return ""
-    path, line, function = frames[-1]
-    return f"{path.rsplit('/', 1)[-1]} line {line}, in {function}"
 
 
 def _encode_row(item: Item) -> str:

@@ -53,9 +53,10 @@ from rowpilot._ctx import run_blocking
 from rowpilot._environ import load_environ
 from rowpilot._events import EventLog
 from rowpilot._limits import Limits, Resource
-from rowpilot._prompt import OutputSchema, conversation_request, schema_of
+from rowpilot._prompt import conversation_request
 from rowpilot._registry import CallRecord, Registry
 from rowpilot._retry import RetryPolicy
+from rowpilot._schema import OutputSchema, schema_of
 from rowpilot._sizing import Rates
 from rowpilot._task import ItemUsage, RunStop, StepTrail
 from rowpilot._threads import ThreadPool, run_sync
