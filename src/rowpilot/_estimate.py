@@ -24,6 +24,7 @@ from rowpilot._engine import execute, prepare
 from rowpilot._progress import ProgressView
 from rowpilot._projection import Projection, ResourceUse, TaskProjection
 from rowpilot._result import Result
+from rowpilot.tasks._factory import build_task
 
 __all__ = ["Projection", "ResourceUse", "TaskProjection", "sample_and_project"]
 
@@ -33,8 +34,8 @@ async def sample_and_project(
 ) -> tuple[Result, Projection | TaskProjection]:
     """Run the first ``sample`` items of the job for real; project the rest from them and
     from the limits the task's resources ended the sample with (learned ones included)."""
+    build_task(config).check_estimable()  # before the source is read: say it at once
     whole = prepare(config)
-    whole.task.check_estimable()
     limit = sample if config.limit is None else min(sample, config.limit)
     sampled = prepare(config.model_copy(update={"limit": limit}))
     result = await execute(sampled, progress)
