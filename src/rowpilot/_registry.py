@@ -579,6 +579,32 @@ class Registry:
             "cost_per_item": cost or 0.0,
         }
 
+    @_mapped("merge a registry")
+    def merge_from(self, shard: Path) -> tuple[int, int]:
+        """Fold the shard registry at ``shard`` into this one, in one transaction: a key in
+        both keeps its done, newest outcome. Returns (keys in both, the shard's items)."""
+        db = self.db()
+        db.execute("ATTACH DATABASE ? AS shard", (str(shard),))
+        try:
+            return _merge_shard(db)
+        finally:
+            db.execute("DETACH DATABASE shard")
+
+    def item_count(self) -> int:
+        return int(self.db().execute("SELECT count(*) FROM items").fetchone()[0])
+
+    def checkpoint(self) -> None:
+        """Fold the write-ahead log into the file (a file moved or copied is then whole)."""
+        self.db().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def copy_to(self, path: Path) -> None:
+        """A consistent copy of the registry at ``path``, its WAL contents included."""
+        copy = sqlite3.connect(path)
+        try:
+            self.db().backup(copy)
+        finally:
+            copy.close()
+
     def step_profile(self) -> tuple[int, float | None, int, float | None, list[Any]]:
         """For a Python task's estimate: paid items and their mean cost, done items and
         their mean task time, and the journal's calls per (provider, model, plain)."""
@@ -816,3 +842,33 @@ def _upsert_run(db: sqlite3.Connection, run: dict[str, Any]) -> None:
     values = [run.get(name) for name in _RUN_COLUMNS]
     marks = ",".join("?" * len(_RUN_COLUMNS))
     db.execute(f"INSERT OR REPLACE INTO runs ({','.join(_RUN_COLUMNS)}) VALUES ({marks})", values)
+
+
+def _merge_shard(db: sqlite3.Connection) -> tuple[int, int]:
+    with atomic(db):
+        conflicts = db.execute(
+            "SELECT count(*) FROM shard.items s JOIN main.items m ON m.key = s.key"
+        ).fetchone()[0]
+        count = db.execute("SELECT count(*) FROM shard.items").fetchone()[0]
+        db.execute(
+            """
+            INSERT INTO main.items SELECT * FROM shard.items WHERE true
+            ON CONFLICT (key) DO UPDATE SET
+                seq = excluded.seq, fingerprint = excluded.fingerprint, status = excluded.status,
+                attempts = excluded.attempts, input = excluded.input, output = excluded.output,
+                error = excluded.error, error_type = excluded.error_type,
+                traceback = excluded.traceback, started_at = excluded.started_at,
+                finished_at = excluded.finished_at, task_seconds = excluded.task_seconds,
+                run_id = excluded.run_id, cause = excluded.cause,
+                cost_usd = excluded.cost_usd, input_tokens = excluded.input_tokens,
+                output_tokens = excluded.output_tokens, calls = excluded.calls
+            WHERE (excluded.status = 'done' AND items.status != 'done')
+               OR (excluded.status = items.status AND excluded.finished_at > items.finished_at)
+            """
+        )
+        db.execute("INSERT OR IGNORE INTO main.runs SELECT * FROM shard.runs")
+        db.execute("INSERT OR IGNORE INTO main.meta SELECT * FROM shard.meta")
+        # Paid calls stay journaled in the merged registry: re-running there never pays again.
+        db.execute("INSERT OR IGNORE INTO main.calls SELECT * FROM shard.calls")
+        db.execute("INSERT OR IGNORE INTO main.answers SELECT * FROM shard.answers")
+    return int(conflicts), int(count)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sqlite3
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from rowpilot._items import (
     selected_items,
 )
 from rowpilot._lock import StateLock, is_locked
-from rowpilot._registry import REGISTRY_FILE, Registry, atomic
+from rowpilot._registry import REGISTRY_FILE, Registry
 from rowpilot._sources import Source
 from rowpilot.errors import StateError
 
@@ -176,9 +175,9 @@ def merge(sources: list[Path], into: Path) -> MergeReport:
         building = into / f"{_MERGING}{os.getpid()}"
         target = _start_from(Registry(into), building)
         try:
-            conflicts, per_source = _merge_all(target.db(), sources)
-            items = target.db().execute("SELECT count(*) FROM items").fetchone()[0]
-            target.db().execute("PRAGMA wal_checkpoint(TRUNCATE)")  # all in the one file
+            conflicts, per_source = _merge_all(target, sources)
+            items = target.item_count()
+            target.checkpoint()  # all in the one file
         finally:
             target.close()
         _move_into_place(target, Registry(into))
@@ -202,25 +201,21 @@ def _start_from(existing: Registry, building: Path) -> Registry:
         target.commit([])  # creates it, every migration applied
         return target
     building.mkdir(parents=True)
-    copy = sqlite3.connect(target.path)
     try:
-        existing.db().backup(copy)  # a consistent copy, WAL contents included
+        existing.copy_to(target.path)
     finally:
-        copy.close()
         existing.close()
     return target
 
 
-def _merge_all(db: sqlite3.Connection, sources: list[Path]) -> tuple[int, dict[str, int]]:
+def _merge_all(target: Registry, sources: list[Path]) -> tuple[int, dict[str, int]]:
     conflicts = 0
     per_source: dict[str, int] = {}
     for source in sources:
-        Registry(source).db().close()  # brings an older registry up to date first
-        db.execute("ATTACH DATABASE ? AS shard", (str(Registry(source).path),))
-        try:
-            conflicts, per_source[str(source)] = _merge_one(db, conflicts)
-        finally:
-            db.execute("DETACH DATABASE shard")
+        shard = Registry(source)
+        shard.db().close()  # brings an older registry up to date first
+        clashed, per_source[str(source)] = target.merge_from(shard.path)
+        conflicts += clashed
     return conflicts, per_source
 
 
@@ -229,7 +224,7 @@ def _move_into_place(built: Registry, destination: Registry) -> None:
     folded in and removed first: a log left beside the new file would be replayed into
     it."""
     if destination.exists:
-        destination.db().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        destination.checkpoint()
         destination.close()
     for suffix in ("-wal", "-shm"):
         Path(f"{destination.path}{suffix}").unlink(missing_ok=True)
@@ -245,36 +240,6 @@ def _check_mergeable(source: Path, destination: Path) -> None:
         raise StateError(f"no registry in {source}", hint="check the shard directories")
     if is_locked(source):
         raise StateError(f"{source} is still running", hint="wait for the run to finish first")
-
-
-def _merge_one(db: Any, conflicts: int) -> tuple[int, int]:
-    with atomic(db):
-        conflicts += db.execute(
-            "SELECT count(*) FROM shard.items s JOIN main.items m ON m.key = s.key"
-        ).fetchone()[0]
-        count = db.execute("SELECT count(*) FROM shard.items").fetchone()[0]
-        db.execute(
-            """
-            INSERT INTO main.items SELECT * FROM shard.items WHERE true
-            ON CONFLICT (key) DO UPDATE SET
-                seq = excluded.seq, fingerprint = excluded.fingerprint, status = excluded.status,
-                attempts = excluded.attempts, input = excluded.input, output = excluded.output,
-                error = excluded.error, error_type = excluded.error_type,
-                traceback = excluded.traceback, started_at = excluded.started_at,
-                finished_at = excluded.finished_at, task_seconds = excluded.task_seconds,
-                run_id = excluded.run_id, cause = excluded.cause,
-                cost_usd = excluded.cost_usd, input_tokens = excluded.input_tokens,
-                output_tokens = excluded.output_tokens, calls = excluded.calls
-            WHERE (excluded.status = 'done' AND items.status != 'done')
-               OR (excluded.status = items.status AND excluded.finished_at > items.finished_at)
-            """
-        )
-        db.execute("INSERT OR IGNORE INTO main.runs SELECT * FROM shard.runs")
-        db.execute("INSERT OR IGNORE INTO main.meta SELECT * FROM shard.meta")
-        # Paid calls stay journaled in the merged registry: re-running there never pays again.
-        db.execute("INSERT OR IGNORE INTO main.calls SELECT * FROM shard.calls")
-        db.execute("INSERT OR IGNORE INTO main.answers SELECT * FROM shard.answers")
-    return conflicts, count
 
 
 @dataclass
