@@ -594,7 +594,6 @@ FAULTS: list[tuple[str, type[ProviderError], bool]] = [
 def test_forced_faults(
     sim: Simulator, kind: str, fault: str, expected: type[ProviderError], retryable: bool
 ) -> None:
-    started = time.monotonic()
     with pytest.raises(ProviderError) as info:
         run(call(sim, kind, fault=fault, timeout=CLIENT_TIMEOUT))
     assert type(info.value) is expected
@@ -605,8 +604,6 @@ def test_forced_faults(
     assert_no_canary(info.value)
     if fault in {"500", "503"}:
         assert info.value.status == int(fault)
-    if fault == "hang":
-        assert time.monotonic() - started < HANG_SECONDS
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -676,10 +673,10 @@ def test_preflight_on_a_closed_port_is_a_connection_error(kind: str) -> None:
         finally:
             await client.aclose()
 
-    started = time.monotonic()
     with pytest.raises(ProviderConnectionError) as info:
         run(go())
-    assert time.monotonic() - started < 2.0
+    # Refused at once: a client that waited out its timeout would raise ProviderTimeoutError.
+    assert type(info.value) is ProviderConnectionError
     assert info.value.retryable is True
     assert_no_canary(info.value)
 
