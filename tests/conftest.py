@@ -9,6 +9,7 @@ import io
 import os
 import subprocess
 import sys
+import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -102,6 +103,16 @@ class Cli(Protocol):
     def __call__(
         self, *args: str | os.PathLike[str], cwd: Path | None = None, debug: bool = False
     ) -> subprocess.CompletedProcess[str]: ...
+
+
+def wait_until(condition: Callable[[], bool], what: str = "it", timeout: float = 60) -> None:
+    """Poll ``condition`` until it holds: a test waits on a state, never on a guessed delay.
+    The timeout only turns a hang into a failure; nothing is asserted about time."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {timeout:g} s for {what} in vain")
+        time.sleep(0.005)
 
 
 @pytest.fixture

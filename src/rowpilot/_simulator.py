@@ -1287,6 +1287,12 @@ class Simulator:
     def reset_stats(self) -> None:
         self._stats.reset()
 
+    @property
+    def handling(self) -> int:
+        """Requests being handled now (model calls and searches, admitted or not), so that
+        a caller can wait until a killed client's requests are done instead of sleeping."""
+        return len(self._handlers)
+
     def admissions(self, window_s: float = 1.0, *, times: bool = False) -> dict[str, Any]:
         """Per resource (a model's name, or ``search``): requests that arrived at its limit
         and were admitted, and the most of each within any ``window_s`` seconds; with
