@@ -50,8 +50,12 @@ CANARY = "sk-" + "canary-0123456789abcdef"
 GPT = "gpt-4o-mini"
 CLAUDE = "claude-haiku-4-5"
 KINDS = ("openai", "anthropic")
-HANG_SECONDS = 0.6
-CLIENT_TIMEOUT = 0.25
+# A hang outlasts any test (the simulator's stop cancels it); only the client's timeout can
+# end it. Every other fault gets a timeout no loaded machine reaches, so it cannot be
+# mistaken for one.
+HANG_SECONDS = 600.0
+HANG_TIMEOUT = 0.5
+CLIENT_TIMEOUT = 60.0
 
 ERROR_CLASSES: tuple[type[ProviderError], ...] = (
     ProviderError,
@@ -594,8 +598,9 @@ FAULTS: list[tuple[str, type[ProviderError], bool]] = [
 def test_forced_faults(
     sim: Simulator, kind: str, fault: str, expected: type[ProviderError], retryable: bool
 ) -> None:
+    timeout = HANG_TIMEOUT if fault == "hang" else CLIENT_TIMEOUT
     with pytest.raises(ProviderError) as info:
-        run(call(sim, kind, fault=fault, timeout=CLIENT_TIMEOUT))
+        run(call(sim, kind, fault=fault, timeout=timeout))
     assert type(info.value) is expected
     assert info.value.retryable is retryable
     assert info.value.provider == spec_for(sim, kind).name
