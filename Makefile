@@ -31,12 +31,15 @@ lint: $(VENV)/.dev-installed
 	$(BIN)/mypy
 
 # Branch coverage, CLI subprocesses and xdist workers included; the threshold only ever
-# rises. Four workers on two cores: most tests wait on subprocesses and sockets; each
-# file stays on one worker, so a module fixture (an example run) runs once.
-PYTEST_WORKERS ?= 4
+# rises. Two workers on two cores: the CLI tests now run in-process, so the suite is bound
+# by CPU, not by waiting on subprocesses, and more workers only contend; each file stays
+# on one worker, so a module fixture (an example run) runs once. The 15 slowest tests are
+# printed so that a test growing slow is seen in CI.
+PYTEST_WORKERS ?= 2
 test: lint
 	rm -f .coverage .coverage.*
-	$(BIN)/coverage run -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadfile
+	$(BIN)/coverage run -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadfile \
+		--durations=15
 	$(BIN)/coverage combine -q
 	$(BIN)/coverage report --skip-covered --fail-under=92
 

@@ -15,6 +15,7 @@ BENCHMARKS = (
     "bench_budget.py",
     "bench_embed.py",
     "bench_engine.py",
+    "bench_examples.py",
     "bench_llm.py",
     "bench_local_executor.py",
     "bench_vectors.py",

@@ -1,18 +1,25 @@
-"""Shared fixtures: CSV writing, the real ``rowpilot`` command, and a tasks module on disk."""
+"""Shared fixtures: CSV writing, the ``rowpilot`` command (in-process through its entry
+point, or as a real process), one simulator for the session, and a tasks module on disk."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterable, Sequence
+import time
+import traceback
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
 
 import rowpilot
+from rowpilot._events import NOTICES
+from rowpilot._simulator import Simulator, SimulatorConfig
 
 ROWPILOT = str(Path(sys.executable).parent / "rowpilot")
 
@@ -98,6 +105,16 @@ class Cli(Protocol):
     ) -> subprocess.CompletedProcess[str]: ...
 
 
+def wait_until(condition: Callable[[], bool], what: str = "it", timeout: float = 60) -> None:
+    """Poll ``condition`` until it holds: a test waits on a state, never on a guessed delay.
+    The timeout only turns a hang into a failure; nothing is asserted about time."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {timeout:g} s for {what} in vain")
+        time.sleep(0.005)
+
+
 @pytest.fixture
 def write_csv() -> WriteCsv:
     """``write_csv(path, header, rows)``: a real CSV file (csv module quoting), returns path."""
@@ -132,9 +149,85 @@ def run_cli(
     )
 
 
+# Modules a run may import that a fresh process would import again: a task file or module
+# from the test's folder. Everything under these roots (the interpreter, rowpilot) stays.
+_KEPT_ROOTS = tuple(str(Path(p).resolve()) for p in {sys.prefix, sys.base_prefix, _SRC})
+
+
+def invoke_cli(
+    *args: str | os.PathLike[str], cwd: Path, debug: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """Run ``rowpilot.cli.main`` in this process as the console script would run in ``cwd``:
+    stdout and stderr captured, the exit code from ``SystemExit``, an uncaught exception a
+    traceback and exit 1. What a run leaves behind in the process (cwd, sys.path, the task
+    modules it imported, the warnings handler) is put back, so each call starts fresh."""
+    from rowpilot.cli import main
+
+    argv = [os.fspath(arg) for arg in args] + (["--debug"] if debug else [])
+    out, err = io.StringIO(), io.StringIO()
+    restored = _process_state_restored(cwd, argv)
+    with restored, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = _exit_code_of(main, argv)
+    return subprocess.CompletedProcess(["rowpilot", *argv], code, out.getvalue(), err.getvalue())
+
+
+def _exit_code_of(main: Callable[[list[str]], None], argv: list[str]) -> int:
+    try:
+        main(argv)
+    except SystemExit as exc:
+        if exc.code is None or isinstance(exc.code, int):
+            return exc.code or 0
+        print(exc.code, file=sys.stderr)  # what the interpreter does with a message
+        return 1
+    except Exception:
+        traceback.print_exc()
+        return 1
+    return 0
+
+
+@contextlib.contextmanager
+def _process_state_restored(cwd: Path, argv: list[str]) -> Iterator[None]:
+    before_cwd, before_path, before_modules = os.getcwd(), list(sys.path), set(sys.modules)
+    before_argv, sys.argv = sys.argv, [ROWPILOT, *argv]  # the resume command is read from it
+    handlers, propagate = list(NOTICES.handlers), NOTICES.propagate
+    debug = os.environ.pop("ROWPILOT_DEBUG", None)
+    os.chdir(cwd)
+    try:
+        yield
+    finally:
+        os.chdir(before_cwd)
+        sys.argv = before_argv
+        sys.path[:] = before_path
+        for name in set(sys.modules) - before_modules:
+            if _loaded_from_outside(sys.modules[name]):
+                del sys.modules[name]
+        NOTICES.handlers[:] = handlers
+        NOTICES.propagate = propagate
+        if debug is not None:
+            os.environ["ROWPILOT_DEBUG"] = debug
+
+
+def _loaded_from_outside(module: object) -> bool:
+    file = getattr(module, "__file__", None)
+    return file is not None and not str(Path(file).resolve()).startswith(_KEPT_ROOTS)
+
+
 @pytest.fixture
 def cli(tmp_path: Path) -> Cli:
-    """Run the real ``rowpilot`` console script in ``tmp_path``; returns the CompletedProcess."""
+    """Run the ``rowpilot`` command in-process in ``tmp_path``; returns a CompletedProcess."""
+
+    def run(
+        *args: str | os.PathLike[str], cwd: Path | None = None, debug: bool = False
+    ) -> subprocess.CompletedProcess[str]:
+        return invoke_cli(*args, cwd=cwd or tmp_path, debug=debug)
+
+    return run
+
+
+@pytest.fixture
+def cli_process(tmp_path: Path) -> Cli:
+    """Run the real ``rowpilot`` console script in ``tmp_path``: for what only a process
+    shows (signals, the exit code the shell sees, ``os._exit``, interpreter start-up)."""
 
     def run(
         *args: str | os.PathLike[str], cwd: Path | None = None, debug: bool = False
@@ -182,6 +275,37 @@ def good_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with (folder / "data.csv").open("w", newline="", encoding="utf-8") as handle:
         csv.writer(handle).writerows([["id", "text"], *GOOD_ROWS])
     run = ["run", "data.csv", "--task", "tasks.py:upper", "--key", "id", "--workers", "4"]
-    result = run_cli(*run, "--state", "state", cwd=folder)
+    result = invoke_cli(*run, "--state", "state", cwd=folder)
     assert result.returncode == 0, result.stderr
     return folder / "state"
+
+
+class Simulators(Protocol):
+    def __call__(self, config: SimulatorConfig) -> Simulator: ...
+
+
+@pytest.fixture(scope="session")
+def _running_simulators() -> Iterator[dict[SimulatorConfig, Simulator]]:
+    running: dict[SimulatorConfig, Simulator] = {}
+    try:
+        yield running
+    finally:
+        for simulator in running.values():
+            simulator.stop_in_thread()
+
+
+@pytest.fixture
+def simulator_for(_running_simulators: dict[SimulatorConfig, Simulator]) -> Simulators:
+    """``simulator_for(config)``: a running simulator, reset so that it is as fresh as a new
+    one, started once per session for each config (a server start per test added up)."""
+
+    def get(config: SimulatorConfig) -> Simulator:
+        simulator = _running_simulators.get(config)
+        if simulator is None:
+            simulator = _running_simulators[config] = Simulator(config)
+            simulator.start_in_thread()
+        else:
+            simulator.reset()
+        return simulator
+
+    return get

@@ -1,4 +1,7 @@
-"""The ``rowpilot`` command, run as a real subprocess in a temporary folder."""
+"""The ``rowpilot`` command in a temporary folder: in-process through its entry point
+(``cli``), and as a real process (``cli_process``) where only a process can show it: the
+exit codes the shell sees, a traceback with --debug, ``simulate`` stopped by SIGTERM, an
+export while another process runs."""
 
 from __future__ import annotations
 
@@ -403,6 +406,32 @@ def test_debug_prints_the_traceback(job: Path, cli: Cli, case: BadInput) -> None
     assert "Traceback (most recent call last)" in result.stderr
     assert result.stderr.splitlines()[-1].startswith("rowpilot: error:")
     assert not (job / "state").exists()
+
+
+@pytest.mark.parametrize(
+    ("case", "debug"),
+    [(case, debug) for case in BAD_INPUTS if case.id == "task-module-raises" for debug in (0, 1)],
+    ids=["one-line", "debug"],
+)
+def test_a_real_process_exits_2_with_one_line_or_the_traceback(
+    job: Path, cli_process: Cli, case: BadInput, debug: int
+) -> None:
+    case.setup(job)
+    result = cli_process(*case.args, "--state", "state", debug=bool(debug))
+    if debug:
+        assert result.returncode == 2
+        assert "Traceback (most recent call last)" in result.stderr
+        assert result.stderr.splitlines()[-1].startswith("rowpilot: error:")
+    else:
+        assert_one_error_line(result, case.names)
+
+
+def test_a_real_process_exits_0_then_1_when_items_failed(job: Path, cli_process: Cli) -> None:
+    ok(cli_process(*run_args(), "--state", "good"))
+    (job / "fail_keys.txt").write_text("k02\n", encoding="utf-8")
+    failed = cli_process(*run_args(task="tasks.py:fail_listed"), "--state", "bad")
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert "5 done, 1 failed" in failed.stdout
 
 
 def test_the_encoding_hint_fixes_a_latin1_file(job: Path, cli: Cli) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import closing
@@ -61,9 +62,26 @@ def value_error_once(row: dict[str, Any], ctx: rowpilot.Ctx) -> dict[str, Any]:
     return {"attempt": ctx.attempt}
 
 
-async def sleeps_five_seconds(row: dict[str, Any]) -> dict[str, Any]:
-    await asyncio.sleep(5)
-    return {"slept": True}
+CUT_SHORT: list[str] = []  # keys whose call the timeout cancelled
+
+
+async def waits_until_cancelled(row: dict[str, Any]) -> dict[str, Any]:
+    """Never returns by itself: only a timeout that cancels it ends the item."""
+    try:
+        await asyncio.Event().wait()
+    except asyncio.CancelledError:
+        CUT_SHORT.append(row["id"])
+        raise
+    return {"returned": True}
+
+
+RELEASE = threading.Event()
+
+
+def blocks_until_released(row: dict[str, Any]) -> dict[str, Any]:
+    """A sync call stuck until the test releases it: a run that waited for it would hang."""
+    RELEASE.wait()
+    return {"returned": True}
 
 
 def returns_str(row: dict[str, Any]) -> Any:
@@ -356,8 +374,9 @@ def test_value_error_is_retried_through_the_public_api(tmp_path: Path) -> None:
 
 
 def test_timeout_fails_an_async_task_that_sleeps_too_long(tmp_path: Path) -> None:
+    CUT_SHORT.clear()
     result = rowpilot.run(
-        sleeps_five_seconds,
+        waits_until_cancelled,
         rows_of(2),
         key="id",
         workers=WORKERS,
@@ -365,7 +384,7 @@ def test_timeout_fails_an_async_task_that_sleeps_too_long(tmp_path: Path) -> Non
         timeout=0.2,
         max_attempts=1,
     )
-    assert result.summary.elapsed < 3
+    assert sorted(CUT_SHORT) == sorted(record.key for record in result)  # cancelled, not awaited
     assert result.summary.failed == 2
     for record in result:
         assert record.status == "failed"
@@ -373,12 +392,16 @@ def test_timeout_fails_an_async_task_that_sleeps_too_long(tmp_path: Path) -> Non
         assert record.attempts == 1
 
 
-def test_timeout_fails_a_sync_task_and_is_retried(tmp_path: Path, tasks_file: Path) -> None:
-    rows = [{"id": "slow", "sleep": 1.0}]
-    result = fast_retry_run(
-        f"{tasks_file}:sleepy", rows, tmp_path / "state", timeout=0.2, max_attempts=2
-    )
-    assert result.summary.elapsed < 1.0
+def test_timeout_fails_a_sync_task_and_is_retried(tmp_path: Path) -> None:
+    # The call never returns while the run lasts: the run must write it off, twice, and end
+    # without waiting for its thread (a run that waited would hang here).
+    RELEASE.clear()
+    try:
+        result = fast_retry_run(
+            blocks_until_released, [{"id": "slow"}], tmp_path / "state", timeout=0.2, max_attempts=2
+        )
+    finally:
+        RELEASE.set()
     (record,) = list(result)
     assert (record.status, record.error_type, record.attempts) == (
         "failed",

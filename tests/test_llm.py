@@ -17,7 +17,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import pandas as pd
 import pytest
 
 import rowpilot
+from conftest import Simulators, wait_until
 from rowpilot._registry import REGISTRY_FILE
 from rowpilot._simulator import Simulator, SimulatorConfig, _row_object
 from rowpilot.errors import OutputCollisionError
@@ -109,9 +109,9 @@ def keyed_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def sim() -> Iterator[Simulator]:
-    with Simulator(SimulatorConfig(api_key=CANARY, latency_ms=5)) as simulator:
-        yield simulator
+def sim(simulator_for: Simulators) -> Simulator:
+    """The session's simulator for this file's key, reset as if new."""
+    return simulator_for(SimulatorConfig(api_key=CANARY, latency_ms=5))
 
 
 def check_outputs(result: rowpilot.Result, rows: list[dict[str, str]]) -> None:
@@ -377,7 +377,7 @@ def test_sigkill_then_resume_repeats_no_completed_call(tmp_path: Path) -> None:
         process.wait(timeout=10)
         assert process.stderr is not None
         process.stderr.close()
-        time.sleep(0.3)  # requests in flight at the kill finish at the simulator
+        wait_until(lambda: simulator.handling == 0, "the requests in flight at the kill")
         calls_at_kill = registry_rows(state, "SELECT count(*) FROM calls")[0][0]
         answers_at_kill = registry_rows(state, "SELECT count(*) FROM answers")[0][0]
         answered_at_kill = chat_answered(simulator)

@@ -50,8 +50,12 @@ CANARY = "sk-" + "canary-0123456789abcdef"
 GPT = "gpt-4o-mini"
 CLAUDE = "claude-haiku-4-5"
 KINDS = ("openai", "anthropic")
-HANG_SECONDS = 0.6
-CLIENT_TIMEOUT = 0.25
+# A hang outlasts any test (the simulator's stop cancels it); only the client's timeout can
+# end it. Every other fault gets a timeout no loaded machine reaches, so it cannot be
+# mistaken for one.
+HANG_SECONDS = 600.0
+HANG_TIMEOUT = 0.5
+CLIENT_TIMEOUT = 60.0
 
 ERROR_CLASSES: tuple[type[ProviderError], ...] = (
     ProviderError,
@@ -594,9 +598,9 @@ FAULTS: list[tuple[str, type[ProviderError], bool]] = [
 def test_forced_faults(
     sim: Simulator, kind: str, fault: str, expected: type[ProviderError], retryable: bool
 ) -> None:
-    started = time.monotonic()
+    timeout = HANG_TIMEOUT if fault == "hang" else CLIENT_TIMEOUT
     with pytest.raises(ProviderError) as info:
-        run(call(sim, kind, fault=fault, timeout=CLIENT_TIMEOUT))
+        run(call(sim, kind, fault=fault, timeout=timeout))
     assert type(info.value) is expected
     assert info.value.retryable is retryable
     assert info.value.provider == spec_for(sim, kind).name
@@ -605,8 +609,6 @@ def test_forced_faults(
     assert_no_canary(info.value)
     if fault in {"500", "503"}:
         assert info.value.status == int(fault)
-    if fault == "hang":
-        assert time.monotonic() - started < HANG_SECONDS
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -676,10 +678,10 @@ def test_preflight_on_a_closed_port_is_a_connection_error(kind: str) -> None:
         finally:
             await client.aclose()
 
-    started = time.monotonic()
     with pytest.raises(ProviderConnectionError) as info:
         run(go())
-    assert time.monotonic() - started < 2.0
+    # Refused at once: a client that waited out its timeout would raise ProviderTimeoutError.
+    assert type(info.value) is ProviderConnectionError
     assert info.value.retryable is True
     assert_no_canary(info.value)
 

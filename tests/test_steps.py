@@ -19,7 +19,6 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ import pytest
 from pydantic import BaseModel
 
 import rowpilot
+from conftest import Simulators, wait_until
 from rowpilot import Ctx
 from rowpilot._registry import REGISTRY_FILE
 from rowpilot._simulator import Simulator, SimulatorConfig
@@ -44,9 +44,9 @@ def keyed_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def sim() -> Iterator[Simulator]:
-    with Simulator(SimulatorConfig(api_key=CANARY, latency_ms=5)) as simulator:
-        yield simulator
+def sim(simulator_for: Simulators) -> Simulator:
+    """The session's simulator for this file's key, reset as if new."""
+    return simulator_for(SimulatorConfig(api_key=CANARY, latency_ms=5))
 
 
 def chat_answered(sim: Simulator) -> int:
@@ -569,7 +569,7 @@ def test_sigkill_inside_multi_step_tasks_then_resume_repeats_no_step(tmp_path: P
                 time.sleep(0.005)
             process.send_signal(signal.SIGKILL)
             process.wait(timeout=10)
-        time.sleep(0.3)  # requests in flight at the last kill finish at the simulator
+        wait_until(lambda: simulator.handling == 0, "the requests in flight at the kill")
         before = journal(state)
         answered = chat_answered(simulator)
         resumed = subprocess.run(command(state), cwd=tmp_path, env=env, capture_output=True)

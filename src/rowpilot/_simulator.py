@@ -1150,19 +1150,25 @@ class Simulator:
     def __init__(self, config: SimulatorConfig = SimulatorConfig()) -> None:
         self.config = config
         self._stats = _Stats()
-        self._dice = _Dice(config.seed)
-        self._limits: dict[str, _ModelLimits] = {}
-        self._request_ids = 0
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._handlers: set[asyncio.Task[Any]] = set()
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every request so far, as a fresh server would: counters, the dice, rate
+        buckets, request ids. The socket stays open, so one server can serve many tests."""
+        self._stats.reset()
+        self._dice = _Dice(self.config.seed)
+        self._limits: dict[str, _ModelLimits] = {}
+        self._request_ids = 0
         self._started = time.monotonic()  # admissions are told in seconds since then
         self._search_bucket = (
             None
-            if config.search_rpm is None
-            else _TokenBucket(config.search_rpm, config.window_s, self._started)
+            if self.config.search_rpm is None
+            else _TokenBucket(self.config.search_rpm, self.config.window_s, self._started)
         )
 
     # -- lifecycle --
@@ -1280,6 +1286,12 @@ class Simulator:
 
     def reset_stats(self) -> None:
         self._stats.reset()
+
+    @property
+    def handling(self) -> int:
+        """Requests being handled now (model calls and searches, admitted or not), so that
+        a caller can wait until a killed client's requests are done instead of sleeping."""
+        return len(self._handlers)
 
     def admissions(self, window_s: float = 1.0, *, times: bool = False) -> dict[str, Any]:
         """Per resource (a model's name, or ``search``): requests that arrived at its limit

@@ -29,6 +29,7 @@ from typing import Any
 
 import pytest
 
+from conftest import wait_until
 from rowpilot._registry import REGISTRY_FILE
 from rowpilot._simulator import (
     Simulator,
@@ -277,7 +278,7 @@ def test_sigkill_mid_run_then_resume_repeats_no_journaled_step(
     process.wait(timeout=10)
     assert process.stderr is not None
     process.stderr.close()
-    time.sleep(0.5)  # requests in flight at the kill finish at the simulator
+    wait_until(lambda: sim.handling == 0, "the requests in flight at the kill")
     steps_at_kill = journaled(state)
     requests_at_kill = sum(answered(sim).values())
     assert 12 <= steps_at_kill < 80

@@ -1,7 +1,7 @@
 """examples/disease-incidence end to end: its run.py against the simulator, ten real CLI
 shard processes side by side, one failed on purpose and rerun alone, merge and verify.
 
-The example runs in a copy of its folder with 3,000 diseases instead of 15,000 (process
+The example runs in a copy of its folder with 400 diseases instead of 15,000 (process
 start-up, not rows, is most of its time). Expected answers come from the simulator's own
 rule for each row's prompt, so the tests prove that every JSON file holds its own key's
 answer.
@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(360)]
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "disease-incidence"
 ROWPILOT = str(Path(sys.executable).parent / "rowpilot")
-COUNT = 3000
+COUNT = 400
 SHARDS = 10
 FAILING = 7
 REFUSED = "carcinoma"
@@ -51,14 +51,14 @@ def query(state: Path, sql: str) -> list[tuple[Any, ...]]:
 
 @pytest.fixture(scope="module")
 def example(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """A copy of the example after `run.py --simulate --count 3000`, and what it printed."""
+    """A copy of the example after `run.py --simulate --count 400`, and what it printed."""
     folder = tmp_path_factory.mktemp("disease") / "disease-incidence"
     shutil.copytree(
         EXAMPLE, folder, ignore=shutil.ignore_patterns("out", "diseases.csv", "__pycache__")
     )
     env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
     done = subprocess.run(
-        [sys.executable, "run.py", "--simulate", "--count", str(COUNT), "--latency-ms", "100"],
+        [sys.executable, "run.py", "--simulate", "--count", str(COUNT), "--latency-ms", "5"],
         cwd=folder,
         env=env,
         capture_output=True,

@@ -12,13 +12,13 @@ import math
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 
+from conftest import Simulators
 from rowpilot._simulator import Simulator, SimulatorConfig, _row_object
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "label-reviews"
@@ -52,9 +52,9 @@ def chat_answered(sim: Simulator) -> int:
 
 
 @pytest.fixture
-def sim() -> Iterator[Simulator]:
-    with Simulator(SimulatorConfig(api_key=CANARY, latency_ms=20)) as simulator:
-        yield simulator
+def sim(simulator_for: Simulators) -> Simulator:
+    """The session's simulator for this file's key, reset as if new."""
+    return simulator_for(SimulatorConfig(api_key=CANARY, latency_ms=5))
 
 
 def run_example(

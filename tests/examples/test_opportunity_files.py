@@ -64,7 +64,7 @@ def env_without_keys() -> dict[str, str]:
 
 def start_example(folder: Path, workers: int) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "run.py", "--simulate", "--workers", str(workers), "--latency-ms", "30"],
+        [sys.executable, "run.py", "--simulate", "--workers", str(workers), "--latency-ms", "5"],
         cwd=folder,
         env=env_without_keys(),
         stdout=subprocess.PIPE,

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
+from conftest import wait_until
 from rowpilot._registry import REGISTRY_FILE
 from rowpilot._simulator import (
     Simulator,
@@ -187,7 +188,7 @@ def test_sigkill_then_resume_repeats_no_llm_call(tmp_path: Path) -> None:
             time.sleep(0.005)
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=10)
-        time.sleep(0.3)  # calls in flight at the kill finish at the simulator
+        wait_until(lambda: sim.handling == 0, "the calls in flight at the kill")
         before = journal(out / "state")
         asked_before = chat_answered(sim)
         assert 30 <= len(before) < 90
