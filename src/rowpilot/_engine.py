@@ -53,10 +53,10 @@ from rowpilot._result import Result, Summary
 from rowpilot._retry import DEFAULT_RETRY_ON, RetryPolicy, exception_types
 from rowpilot._scheduler import RunEnd, RunSettings, Scheduler
 from rowpilot._sizing import AutoWorkers, Rates, TaskKind, choose_workers
-from rowpilot._sources import Source, open_source
 from rowpilot._state import check_key_definition, key_definition
 from rowpilot._task import Task, load_task
 from rowpilot.errors import OutputCollisionError, StateError, UserError
+from rowpilot.sources import Source, open_source
 
 if TYPE_CHECKING:
     from rowpilot._llm import LLMSession, PromptTask
