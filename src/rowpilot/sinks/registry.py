@@ -8,12 +8,11 @@ call; see "How to add a sink" in docs/architecture.md.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rowpilot._targets import normal_schemes, normal_suffixes, scheme_of, suffix_of
 from rowpilot.sinks.base import Sink, SinkFactory, SinkOptions
 from rowpilot.sinks.failures import FailuresSink
 from rowpilot.sinks.json_folder import JsonFolderSink
@@ -22,8 +21,6 @@ from rowpilot.sinks.table import table_sink
 
 if TYPE_CHECKING:
     from rowpilot._config import JobConfig
-
-_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
 @dataclass(frozen=True)
@@ -46,8 +43,8 @@ def register_sink(
     :func:`unregister_sink`."""
     kind = SinkKind(
         factory,
-        suffixes=tuple("." + suffix.lower().lstrip(".") for suffix in suffixes),
-        schemes=tuple(scheme.lower().removesuffix("://") for scheme in schemes),
+        suffixes=normal_suffixes(suffixes),
+        schemes=normal_schemes(schemes),
     )
     _KINDS.append(kind)
     return kind
@@ -89,15 +86,14 @@ def sinks_for(config: JobConfig, *, vector_field: str) -> list[Sink]:
 
 
 def _kind_for_scheme(name: str) -> SinkKind | None:
-    found = _SCHEME.match(name)
-    if found is None:
+    scheme = scheme_of(name)
+    if scheme is None:
         return None
-    scheme = found.group(1).lower()
     return next((kind for kind in reversed(_KINDS) if scheme in kind.schemes), None)
 
 
 def _kind_for_suffix(name: str) -> SinkKind | None:
-    suffix = Path(name).suffix.lower()
+    suffix = suffix_of(name)
     return next((kind for kind in reversed(_KINDS) if suffix in kind.suffixes), None)
 
 

@@ -11,13 +11,12 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
-import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rowpilot._targets import normal_schemes, normal_suffixes, scheme_of, suffix_of
 from rowpilot.errors import ConfigError, SourceNotFoundError
 from rowpilot.sources.base import DEFAULT_ENCODING, Opener, Source, SourceOptions
 from rowpilot.sources.csv import open_csv, open_tsv
@@ -28,9 +27,6 @@ from rowpilot.sources.parquet import open_parquet
 
 if TYPE_CHECKING:  # imported where used: the CLI starts without loading pandas
     import pandas as pd
-
-# RFC 3986 scheme followed by "//": a Windows drive ("C:\\data.csv") is no URL.
-_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
 @dataclass(frozen=True)
@@ -60,8 +56,8 @@ def register_source(
     kind = SourceKind(
         opener,
         formats=tuple(_lowered(formats if formats is not None else _bare(suffixes))),
-        suffixes=tuple("." + suffix.lower().lstrip(".") for suffix in suffixes),
-        schemes=tuple(scheme.lower().removesuffix("://") for scheme in schemes),
+        suffixes=normal_suffixes(suffixes),
+        schemes=normal_schemes(schemes),
     )
     _KINDS.append(kind)
     return kind
@@ -132,10 +128,9 @@ def _open_path(name: str, options: SourceOptions) -> Source:
 
 
 def _kind_for_scheme(name: str) -> SourceKind | None:
-    found = _SCHEME.match(name)
-    if found is None:
+    scheme = scheme_of(name)
+    if scheme is None:
         return None
-    scheme = found.group(1).lower()
     # An unregistered scheme stays a path, as it always was: "no such file" names it.
     return next((kind for kind in reversed(_KINDS) if scheme in kind.schemes), None)
 
@@ -152,7 +147,7 @@ def _kind_for_format(format: str | None) -> SourceKind | None:
 
 
 def _kind_for_suffix(name: str) -> SourceKind:
-    suffix = Path(name).suffix.lower()
+    suffix = suffix_of(name)
     found = next((kind for kind in reversed(_KINDS) if suffix in kind.suffixes), None)
     if found is not None:
         return found
