@@ -27,8 +27,8 @@ from rowpilot._items import (
     scan,
     selected_items,
 )
-from rowpilot._sources import Source, open_source
 from rowpilot.errors import ConfigError, KeyColumnError
+from rowpilot.sources import Source, open_source
 
 # -- helpers -------------------------------------------------------------------------------
 

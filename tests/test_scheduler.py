@@ -17,8 +17,8 @@ from rowpilot._registry import Registry
 from rowpilot._retry import RetryPolicy
 from rowpilot._run_settings import RunEnd, RunSettings
 from rowpilot._scheduler import Scheduler
-from rowpilot._sources import open_source
 from rowpilot.executors._local import LocalExecutor
+from rowpilot.sources import open_source
 from rowpilot.tasks._base import Task
 from rowpilot.tasks._python import PythonTask
 

@@ -1,4 +1,4 @@
-"""Tests for rowpilot._sources: every input format, its errors, and round trips."""
+"""Tests for rowpilot.sources: every input format, its errors, and round trips."""
 
 from __future__ import annotations
 
@@ -22,7 +22,6 @@ from hypothesis import strategies as st
 
 import rowpilot
 from rowpilot._items import Keyer
-from rowpilot._sources import FolderSource, Row, Source, open_source
 from rowpilot.errors import (
     ConfigError,
     EmptySourceError,
@@ -31,6 +30,7 @@ from rowpilot.errors import (
     SourceFormatError,
     SourceNotFoundError,
 )
+from rowpilot.sources import FolderSource, Row, Source, open_source
 
 # ---------------------------------------------------------------------------- helpers
 

@@ -19,17 +19,9 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import rowpilot
-from rowpilot._sources import (
-    CsvSource,
-    Row,
-    Source,
-    _Loose,
-    _Quoted,
-    _QuoteScanner,
-    _RecordEnd,
-    open_source,
-)
 from rowpilot.errors import SourceFormatError
+from rowpilot.sources import CsvSource, Row, Source, open_source
+from rowpilot.sources.csv import _Loose, _Quoted, _QuoteScanner, _RecordEnd
 
 # ---------------------------------------------------------------------------- helpers
 

@@ -12,9 +12,9 @@ import rowpilot
 from rowpilot._items import Keyer, Selection
 from rowpilot._lock import StateLock
 from rowpilot._registry import Outcome, Registry
-from rowpilot._sources import open_source
 from rowpilot._state import VerifyReport, merge, status, verify
 from rowpilot.errors import StateError
+from rowpilot.sources import open_source
 
 if TYPE_CHECKING:
     from conftest import WriteCsv

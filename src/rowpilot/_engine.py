@@ -23,11 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rowpilot._atomic import check_writable
 from rowpilot._config import JobConfig
 from rowpilot._crashes import CrashPolicy, InFlightLog, recover
 from rowpilot._events import EventLog, warn
-from rowpilot._exports import KEY_FIELD, table_format, write_failures, write_json_dir, write_table
+from rowpilot._exports import KEY_FIELD
 from rowpilot._items import (
     FirstOccurrence,
     Item,
@@ -54,10 +53,11 @@ from rowpilot._run_settings import RunEnd, RunSettings
 from rowpilot._scheduler import Scheduler
 from rowpilot._sizing import AutoWorkers, choose_workers
 from rowpilot._slots import Slots
-from rowpilot._sources import Source, open_source
 from rowpilot._state import check_key_definition, key_definition
 from rowpilot.errors import OutputCollisionError, StateError, UserError
 from rowpilot.executors._local import LocalExecutor
+from rowpilot.sinks import Sink, sinks_for
+from rowpilot.sources import Source, open_source
 from rowpilot.tasks._base import RunScope, Task
 from rowpilot.tasks._factory import build_task
 
@@ -76,6 +76,7 @@ class PreparedJob:
     state: Path
     settings: RunSettings
     scan: ScanReport | None
+    sinks: list[Sink]
 
 
 def prepare(config: JobConfig) -> PreparedJob:
@@ -86,7 +87,8 @@ def prepare(config: JobConfig) -> PreparedJob:
         shard=parse_shard(config.shard) if config.shard else None,
         limit=config.limit,
     )
-    _check_outputs(config)
+    sinks = sinks_for(config, vector_field=task.vector_field)
+    _check_outputs(sinks)
     source = open_source(
         config.source,
         format=config.format,
@@ -109,7 +111,7 @@ def prepare(config: JobConfig) -> PreparedJob:
     _announce(source)
     settings = _settings(config, task.rows_per_worker, auto_workers(config, task))
     settings = dataclasses.replace(settings, reserved=reserved)
-    return PreparedJob(config, task, source, keyer, selection, state, settings, report)
+    return PreparedJob(config, task, source, keyer, selection, state, settings, report, sinks)
 
 
 def _reserved_names(config: JobConfig, inputs: list[str]) -> dict[str, str]:
@@ -159,19 +161,10 @@ def auto_workers(config: JobConfig, task: Task) -> AutoWorkers | None:
     return AutoWorkers.of(choice, task.rates)
 
 
-def _check_outputs(config: JobConfig) -> None:
-    """Every output is checked before the first item: its folder, and a table's format."""
-    for path, what in ((config.output, "output"), (config.failures, "failures report")):
-        if path is not None:
-            check_writable(path, what=what)
-    if config.output is not None:
-        table_format(config.output)
-    if config.json_dir is not None:
-        check_writable(config.json_dir, what="JSON folder", folder=True)
-    if config.vectors is not None:
-        from rowpilot._vectors import check_vector_target
-
-        check_vector_target(config.vectors)
+def _check_outputs(sinks: list[Sink]) -> None:
+    """Every output is checked before the first item: its folder, its format."""
+    for sink in sinks:
+        sink.check()
 
 
 def _validate(source: Source, keyer: Keyer, selection: Selection, config: JobConfig) -> ScanReport:
@@ -300,7 +293,7 @@ async def _execute(job: PreparedJob, progress: ProgressView | None) -> Result:
         check_key_definition(registry, job.keyer.key_column)
         view = progress or default_view(job.config.progress)
         summary = await _run_locked(job, registry, view)
-        written = _write_outputs(job.config, registry) if registry.exists else []
+        written = _write_outputs(job.sinks, registry) if registry.exists else []
     except UserError:
         # A user error before the first commit leaves no state behind, as it found it.
         remove_state = created is not None and not registry.exists
@@ -538,45 +531,9 @@ def _summary(
     )
 
 
-def _write_outputs(config: JobConfig, registry: Registry) -> list[str]:
+def _write_outputs(sinks: list[Sink], registry: Registry) -> list[str]:
     """Write the outputs the job asked for; say what was written where."""
-    written: list[str] = []
-    if config.output is not None:
-        count = write_table(config.output, registry.records, registry.input_columns())
-        written.append(f"table: {config.output} ({count:,} rows)")
-    if config.json_dir is not None:
-        report = write_json_dir(config.json_dir, lambda: registry.records(status="done"))
-        written.append(
-            f"JSON files: {config.json_dir}/ ({report.total:,} keys, "
-            f"{report.written:,} written now)"
-        )
-    if config.failures is not None:
-        count = write_failures(config.failures, lambda: registry.records(status="failed"))
-        written.append(f"failures: {config.failures} ({count:,} items)")
-    if config.vectors is not None:
-        written.append(_write_vector_store(config, registry))
-    return written
-
-
-def _write_vector_store(config: JobConfig, registry: Registry) -> str:
-    from rowpilot._vectors import VectorRow, parse_vector_target, write_vectors
-
-    target = parse_vector_target(config.vectors or "")
-    column = config.text_column or ""
-    rows = (
-        VectorRow(
-            key=record.key,
-            fingerprint=record.fingerprint,
-            vector=(record.output or {})["embedding"],
-            fields={column: record.input.get(column)} if column else {},
-        )
-        for record in registry.records(status="done")
-    )
-    report = write_vectors(target, rows, insert_batch=config.insert_batch)
-    return (
-        f"vectors: {config.vectors} ({report.inserted:,} inserted, {report.updated:,} "
-        f"replaced, {report.unchanged:,} unchanged)"
-    )
+    return [sink.write(registry) for sink in sinks]
 
 
 def run_sync(config: JobConfig, progress: ProgressView | None = None) -> Result:

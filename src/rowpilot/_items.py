@@ -18,8 +18,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from rowpilot._sources import Row, Source
 from rowpilot.errors import ConfigError, DuplicateKeyError, KeyColumnError
+from rowpilot.sources import Row, Source
 
 _DUPLICATES_SHOWN = 5
 

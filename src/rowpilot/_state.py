@@ -23,8 +23,8 @@ from rowpilot._items import (
 )
 from rowpilot._lock import StateLock, is_locked
 from rowpilot._registry import REGISTRY_FILE, Registry
-from rowpilot._sources import Source
 from rowpilot.errors import StateError
+from rowpilot.sources import Source
 
 _SHOWN = 10
 

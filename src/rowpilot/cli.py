@@ -36,8 +36,8 @@ from rowpilot._lock import is_locked
 from rowpilot._registry import Registry
 from rowpilot._result import Result
 from rowpilot._secrets import REDACTED, redact_args
-from rowpilot._sources import open_source
 from rowpilot.errors import ConfigError, RowpilotError, UserError
+from rowpilot.sources import open_source
 
 app = typer.Typer(
     name="rowpilot",

@@ -1,0 +1,36 @@
+"""Sinks: the outputs a job writes from the registry after a run (a table file, a folder of
+JSON files, the failures report, a LanceDB vector table).
+
+Each implements :class:`Sink`: ``check()`` before the first item, ``write(registry)`` at
+the end. ``sinks_for(config)`` builds a job's list; ``register_sink`` adds a kind of
+``--output`` by suffix or URL scheme. One module per kind: ``table``, ``json_folder``,
+``failures``, ``lancedb``.
+"""
+
+from rowpilot.sinks.base import Sink, SinkFactory, SinkOptions
+from rowpilot.sinks.failures import FailuresSink
+from rowpilot.sinks.json_folder import JsonFolderSink
+from rowpilot.sinks.lancedb import LanceDBSink
+from rowpilot.sinks.registry import (
+    SinkKind,
+    open_sink,
+    register_sink,
+    sinks_for,
+    unregister_sink,
+)
+from rowpilot.sinks.table import TableSink
+
+__all__ = [
+    "FailuresSink",
+    "JsonFolderSink",
+    "LanceDBSink",
+    "Sink",
+    "SinkFactory",
+    "SinkKind",
+    "SinkOptions",
+    "TableSink",
+    "open_sink",
+    "register_sink",
+    "sinks_for",
+    "unregister_sink",
+]

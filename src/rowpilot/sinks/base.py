@@ -1,0 +1,39 @@
+"""The seam every output implements (:class:`Sink`), and what a sink's factory is given."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, TypeAlias
+
+if TYPE_CHECKING:
+    from rowpilot._registry import Registry
+
+
+class Sink(Protocol):
+    """An output derived from the registry after a run: it can always be written again.
+
+    ``check()`` runs before the first item and raises the one-line user error that would
+    stop the write (a folder that cannot be made, a format it cannot tell, a missing
+    extra), creating nothing. ``write(registry)`` writes from the registry's current
+    records and returns what it wrote, for the run's summary ("table: out.csv (3 rows)").
+    """
+
+    name: str  # what it writes to, for messages: a path or URL
+
+    def check(self) -> None: ...
+
+    def write(self, registry: Registry) -> str: ...
+
+
+@dataclass(frozen=True)
+class SinkOptions:
+    """The job's settings a sink may need besides its path or URL."""
+
+    vector_field: str | None = None  # the task's output field holding each item's vector
+    text_column: str | None = None  # the input column kept beside each vector
+    insert_batch: int = 1000  # rows per vector-store commit
+
+
+SinkFactory: TypeAlias = Callable[[str, SinkOptions], Sink]
+"""Makes a sink for a path or URL; creates nothing (``check()`` and ``write()`` do the work)."""
