@@ -20,7 +20,6 @@ from hypothesis import strategies as st
 
 import rowpilot
 from rowpilot._limits import Limits
-from rowpilot._scheduler import Slots
 from rowpilot._sizing import (
     ASYNC_START,
     ITEM_MEMORY_MB,
@@ -32,6 +31,7 @@ from rowpilot._sizing import (
     choose_workers,
     littles_law_bound,
 )
+from rowpilot._slots import Slots
 
 SRC = str(Path(rowpilot.__file__).resolve().parents[1])
 

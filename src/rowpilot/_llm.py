@@ -67,8 +67,8 @@ from rowpilot._prompt import (
 )
 from rowpilot._providers import ChatClient, Completion, ProviderSpec, parse_model
 from rowpilot._registry import CallRecord, Registry, RowAnswer
-from rowpilot._task import ItemUsage, RunStop
 from rowpilot._tokens import TokenEstimator, upper_bound_tokens
+from rowpilot._values import ItemUsage, RunStop
 from rowpilot.errors import (
     ConfigError,
     ContentFilterError,

@@ -28,7 +28,6 @@ Written by hand because it is the product's core. Its rules:
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import enum
 import functools
@@ -47,8 +46,10 @@ from rowpilot._progress import Counters, ProgressView
 from rowpilot._registry import Outcome, PriorState, Registry
 from rowpilot._retry import RetryPolicy, failure_cause
 from rowpilot._sizing import Admit, AutoWorkers, MemoryGate, Reading, WorkerSizer
-from rowpilot._task import Ctx, ItemUsage, RunStop, StepTrail, Task, output_json
+from rowpilot._slots import Slots
+from rowpilot._task import Ctx, Task, output_json
 from rowpilot._threads import Abandoned, CallTimeout, ThreadPool, run_sync
+from rowpilot._values import ItemUsage, RunStop, StepTrail
 from rowpilot.errors import (
     ItemTimeoutError,
     OutputCollisionError,
@@ -112,69 +113,6 @@ class RunEnd(enum.Enum):
 
 
 FirstCommit = Callable[[], tuple[dict[str, str], dict[str, Any]]]
-
-
-class Slots:
-    """A FIFO counting semaphore whose release is O(1).
-
-    ``asyncio.Semaphore.release`` (3.11) walks its waiters past the ones already woken:
-    with thousands of items waiting, as batched tasks make them, that walk was most of a
-    run's time. Here a release hands its slot to the first waiter still waiting, or keeps it.
-    """
-
-    def __init__(self, value: int) -> None:
-        self.capacity = value
-        self._free = value  # below zero after a shrink: releases repay it before anyone wakes
-        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
-
-    def resize(self, capacity: int) -> None:
-        """Growing wakes waiters at once; shrinking takes effect as held slots come back."""
-        grown = capacity - self.capacity
-        self.capacity = capacity
-        if grown < 0:
-            self._free += grown
-        for _ in range(grown):
-            self.release()
-
-    @property
-    def ready(self) -> bool:
-        """An acquire now would not wait."""
-        return self._free > 0 and not self._waiters
-
-    def take(self) -> None:
-        """Acquire a slot that is ``ready``, without the coroutine (the admission hot path)."""
-        assert self.ready
-        self._free -= 1
-
-    async def acquire(self) -> None:
-        if self._free > 0 and not self._waiters:
-            self._free -= 1
-            return
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        try:
-            await waiter
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                self.release()  # the slot arrived with the cancellation: pass it on
-            raise
-
-    def release(self) -> None:
-        if self._free < 0:
-            self._free += 1
-            return
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
-        self._free += 1
-
-    async def __aenter__(self) -> None:
-        await self.acquire()
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.release()
 
 
 class Scheduler:

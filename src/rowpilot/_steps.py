@@ -57,8 +57,9 @@ from rowpilot._prompt import OutputSchema, conversation_request, schema_of
 from rowpilot._registry import CallRecord, Registry
 from rowpilot._retry import RetryPolicy
 from rowpilot._sizing import Rates
-from rowpilot._task import ItemUsage, RunStop, StepTrail
+from rowpilot._slots import Slots
 from rowpilot._threads import ThreadPool, run_sync
+from rowpilot._values import ItemUsage, RunStop, StepTrail
 from rowpilot.errors import (
     ConfigError,
     ProviderConnectionError,
@@ -71,7 +72,6 @@ from rowpilot.errors import (
 
 if TYPE_CHECKING:
     from rowpilot._llm import LLMSession
-    from rowpilot._scheduler import Slots
 
 _RESOURCE_SETTINGS = frozenset({"rpm", "max_concurrent", "max_attempts", "retry_delay"})
 _LOG_KIND = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,39}")

@@ -7,7 +7,6 @@ model whose fields become output columns.
 from __future__ import annotations
 
 import asyncio
-import collections
 import hashlib
 import importlib
 import importlib.util
@@ -15,7 +14,6 @@ import inspect
 import io
 import logging
 import sys
-import threading
 import time
 import tokenize
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
@@ -26,40 +24,13 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from rowpilot._items import encode_output
+from rowpilot._values import ItemUsage, StepTrail
 from rowpilot.errors import OutputCollisionError, TaskLoadError, TaskOutputError
 
 if TYPE_CHECKING:
     from rowpilot._steps import Steps
 
 TaskFn = Callable[..., Any]
-
-
-@dataclass
-class ItemUsage:
-    """What one item's provider calls used, over all its attempts."""
-
-    calls: int = 0
-    cached: int = 0  # answers found in the call cache: not paid again
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cost_usd: float = 0.0
-
-
-@dataclass
-class StepTrail:
-    """One item attempt's count of identical steps: the n-th identical step of a replay
-    gets the n-th one's journal key, so a loop that asks the same twice gets two answers
-    and a replay gets them back in order."""
-
-    seen: collections.Counter[str] = field(default_factory=collections.Counter)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def next_key(self, signature: str) -> str:
-        with self.lock:  # sync sub-items may ask from several threads at once
-            occurrence = self.seen[signature]
-            self.seen[signature] += 1
-        text = f"rowpilot-step-1\0{signature}\0{occurrence}"
-        return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=20).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -247,19 +218,6 @@ def run_blocking(loop: asyncio.AbstractEventLoop, step: Coroutine[Any, Any, Any]
             "the *_sync ctx methods are for sync tasks; in an async task, await ctx.llm(...)"
         )
     return asyncio.run_coroutine_threadsafe(step, loop).result()
-
-
-class RunStop(BaseException):
-    """Raised by a task to end the run without recording the item (it stays pending).
-
-    The LLM layer raises it when the budget cannot cover another call. A BaseException,
-    like ``asyncio.CancelledError``: a task's own ``except Exception`` must not swallow
-    the stop and carry on spending.
-    """
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,56 @@
+"""Leaf value types shared by the engine, the scheduler and the steps: what an item used,
+the count of its identical steps, and the stop that ends a run.
+
+Kept apart from ``_task`` (the ``Ctx`` facade) so that the modules that use these
+values need not import the task layer, which imports them back.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import threading
+from dataclasses import dataclass, field
+
+__all__ = ["ItemUsage", "RunStop", "StepTrail"]
+
+
+@dataclass
+class ItemUsage:
+    """What one item's provider calls used, over all its attempts."""
+
+    calls: int = 0
+    cached: int = 0  # answers found in the call cache: not paid again
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+
+
+@dataclass
+class StepTrail:
+    """One item attempt's count of identical steps: the n-th identical step of a replay
+    gets the n-th one's journal key, so a loop that asks the same twice gets two answers
+    and a replay gets them back in order."""
+
+    seen: collections.Counter[str] = field(default_factory=collections.Counter)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def next_key(self, signature: str) -> str:
+        with self.lock:  # sync sub-items may ask from several threads at once
+            occurrence = self.seen[signature]
+            self.seen[signature] += 1
+        text = f"rowpilot-step-1\0{signature}\0{occurrence}"
+        return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=20).hexdigest()
+
+
+class RunStop(BaseException):
+    """Raised by a task to end the run without recording the item (it stays pending).
+
+    The LLM layer raises it when the budget cannot cover another call. A BaseException,
+    like ``asyncio.CancelledError``: a task's own ``except Exception`` must not swallow
+    the stop and carry on spending.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
