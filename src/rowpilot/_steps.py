@@ -51,7 +51,7 @@ from rowpilot._config import JobConfig
 from rowpilot._cost import Budget
 from rowpilot._environ import load_environ
 from rowpilot._events import EventLog
-from rowpilot._limits import Limits, Resource
+from rowpilot._limits import Limits, Resource, parse_retry_after
 from rowpilot._progress import Counters
 from rowpilot._prompt import OutputSchema, conversation_request, schema_of
 from rowpilot._registry import CallRecord, Registry
@@ -556,15 +556,17 @@ def _status_of(exc: BaseException) -> int | None:
 
 
 def _retry_after_of(exc: BaseException) -> float | None:
+    """What the error's headers (its own or its response's) ask to wait, whatever kind of
+    headers object its HTTP library has (httpx, requests, aiohttp, urllib)."""
     for holder in (exc, getattr(exc, "response", None)):
         headers = getattr(holder, "headers", None)
         if headers is None:
             continue
         try:
-            value = headers.get("retry-after") or headers.get("Retry-After")
-            return max(0.0, float(value)) if value is not None else None
+            named = {str(name): str(value) for name, value in headers.items()}
         except (AttributeError, TypeError, ValueError):
             return None
+        return parse_retry_after(named)
     return None
 
 
