@@ -87,6 +87,16 @@ def _scrub(exc: BaseException, secret: str | None) -> None:
             exc.message = _redact(message, secret)  # type: ignore[attr-defined]
 
 
+# Raised before a byte of the request left: the provider cannot have billed the call.
+_NEVER_SENT = (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.PoolTimeout)
+
+
+def _was_sent(exc: BaseException) -> bool:
+    """False when the SDK's exception, or the transport error it wraps, says the request
+    never left (the SDKs chain the httpx2 error as ``__cause__``)."""
+    return not any(isinstance(e, _NEVER_SENT) for e in (exc, exc.__cause__, exc.__context__))
+
+
 def _response_of(exc: BaseException) -> httpx2.Response | None:
     response = getattr(exc, "response", None)
     return response if isinstance(response, httpx2.Response) else None
@@ -234,7 +244,14 @@ def _build(
     if not isinstance(message, str) or not message:
         message = str(exc) or type(exc).__name__
     message = _redact(f"{type(exc).__name__}: {message}", secret)
-    error = cls(message, provider=provider, model=model, status=status, retry_after=retry_after)
+    error = cls(
+        message,
+        provider=provider,
+        model=model,
+        status=status,
+        retry_after=retry_after,
+        sent=_was_sent(exc),
+    )
     if response is not None:
         # The rate-limit headers a 429 carries teach the limiter; only these are kept, so
         # nothing the provider echoed (never the key) rides along.
