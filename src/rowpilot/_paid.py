@@ -138,6 +138,8 @@ class PaidCall:
             attempt += 1
             try:
                 return await self._once(send, worst, what, cost, journal, tokens, answered)
+            except RateLimitError:
+                raise  # waited out RATE_LIMIT_WAITS times already: not one more attempt
             except ProviderError as error:
                 if not error.retryable or attempt >= self.policy.max_attempts:
                     raise
