@@ -39,7 +39,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import NoReturn, TypeVar
+from typing import Generic, NoReturn, TypeVar
 
 from rowpilot._cost import Budget, Reservation
 from rowpilot._limits import Permit, Resource
@@ -95,6 +95,19 @@ _ONE_ATTEMPT = RetryPolicy(max_attempts=1)
 
 
 @dataclass(frozen=True)
+class _Call(Generic[T, R]):
+    """One call's specifics, as ``PaidCall.__call__`` takes them."""
+
+    send: Callable[[], Awaitable[T]]
+    worst: float
+    what: str
+    cost: Callable[[T], float]
+    journal: Callable[[T, float, float], R]
+    tokens: int
+    answered: Callable[[T, Permit], None]
+
+
+@dataclass(frozen=True)
 class PaidCall:
     """A resource's paid calls under the run's budget (see the module docstring).
 
@@ -133,11 +146,12 @@ class PaidCall:
         resource's tpm, and ``answered(result, permit)`` settles the permit (with the
         real tokens and the response's rate-limit headers, where the caller has them).
         """
+        call = _Call(send, worst, what, cost, journal, tokens, answered)
         attempt = 0
         while True:
             attempt += 1
             try:
-                return await self._once(send, worst, what, cost, journal, tokens, answered)
+                return await self._once(call)
             except RateLimitError:
                 raise  # waited out RATE_LIMIT_WAITS times already: not one more attempt
             except ProviderError as error:
@@ -148,37 +162,29 @@ class PaidCall:
                     self.on_retry(attempt, delay, error)
                 await self.sleep(delay)
 
-    async def _once(
-        self,
-        send: Callable[[], Awaitable[T]],
-        worst: float,
-        what: str,
-        cost: Callable[[T], float],
-        journal: Callable[[T, float, float], R],
-        tokens: int,
-        answered: Callable[[T, Permit], None],
-    ) -> R:
+    async def _once(self, call: _Call[T, R]) -> R:
         """One attempt: reserve, call within the limits, journal, settle."""
-        reservation = await self._reserve(worst, what)
+        reservation = await self._reserve(call.worst, call.what)
         sent = False
 
         async def sending() -> T:
             nonlocal sent
             sent = True
-            return await send()
+            return await call.send()
 
         try:
             async with self._gated():
-                result, seconds = await self._within_limits(sending, tokens, answered)
+                result, seconds = await self._within_limits(sending, call.tokens, call.answered)
         except BaseException as error:
-            self.budget.settle(reservation, failure_cost(error, worst) if sent else 0.0)
+            charge = failure_cost(error, call.worst) if sent else 0.0
+            self.budget.settle(reservation, charge)
             raise
-        spent = worst  # a cost function that fails leaves the worst case charged
+        spent = call.worst  # a cost function that fails leaves the worst case charged
         try:
-            spent = cost(result)
+            spent = call.cost(result)
             self.counters.calls += 1
             self.counters.cost_usd += spent
-            return journal(result, spent, seconds)
+            return call.journal(result, spent, seconds)
         finally:
             self.budget.settle(reservation, spent)
 
