@@ -27,7 +27,10 @@ plain Python is limited, retried, priced, journaled and resumable:
 The budget is one: LLM costs (reserved at their worst case) and ``ctx.call`` costs (a
 number is reserved before the call, a function of the result is charged after it) share
 it, and a step that would pass it raises ``RunStop``: the run ends with "budget reached"
-and the item stays pending.
+and the item stays pending. Both kinds of call take the one paid-call path
+(``rowpilot._paid``), so a failed ``ctx.call`` is charged by the same rule as a failed
+LLM call: $0 when never sent or answered with an error status, its worst case when its
+fate is unknown.
 """
 
 from __future__ import annotations
