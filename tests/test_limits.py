@@ -12,6 +12,7 @@ learned limits) does not depend on the machine's speed.
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import itertools
 import math
 import selectors
@@ -33,6 +34,7 @@ from rowpilot._limits import (
     parse_duration,
     parse_quotas,
     parse_reset_time,
+    parse_retry_after,
 )
 from rowpilot._providers import ChatClient, ProviderSpec, RateLimitError
 from rowpilot._simulator import Simulator, SimulatorConfig
@@ -220,6 +222,64 @@ def test_parse_reset_time_never_raises(text: str) -> None:
 def test_parse_reset_time_reads_any_rfc3339_moment(moment: datetime) -> None:
     seconds = parse_reset_time(moment.isoformat(), NOW)
     assert seconds is None or 0 <= seconds <= 86_400
+
+
+_NOW_UNIX = 1_750_000_000.0  # a fixed "now" for HTTP dates: whole seconds, as they are
+_DAY = 86_400
+
+
+def _any_case(name: str) -> st.SearchStrategy[str]:
+    return st.lists(st.booleans(), min_size=len(name), max_size=len(name)).map(
+        lambda upper: "".join(c.upper() if u else c for c, u in zip(name, upper, strict=True))
+    )
+
+
+@given(st.integers(0, _DAY * 1000).map(lambda ms: ms / 1000), _any_case("retry-after"))
+def test_retry_after_reads_seconds_under_any_name_case(seconds: float, name: str) -> None:
+    assert parse_retry_after({name: f"{seconds:.3f}"}) == pytest.approx(seconds)
+
+
+@given(st.integers(0, _DAY), _any_case("retry-after"))
+def test_retry_after_reads_an_http_date(offset: int, name: str) -> None:
+    date = email.utils.formatdate(_NOW_UNIX + offset, usegmt=True)
+    assert parse_retry_after({name: date}, now=_NOW_UNIX) == offset
+
+
+def test_retry_after_of_a_date_already_past_is_zero() -> None:
+    date = email.utils.formatdate(_NOW_UNIX - 30, usegmt=True)
+    assert parse_retry_after({"Retry-After": date}, now=_NOW_UNIX) == 0.0
+
+
+@given(st.integers(0, _DAY * 1000), st.integers(0, _DAY), _any_case("retry-after-ms"))
+def test_retry_after_ms_wins_over_retry_after(ms: int, seconds: int, name: str) -> None:
+    headers = {name: str(ms), "Retry-After": str(seconds)}
+    assert parse_retry_after(headers) == pytest.approx(ms / 1000)
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"retry-after-ms": "soon", "retry-after": "3"}, 3.0),  # unreadable ms: the other one
+        ({"retry-after": "-1"}, None),
+        ({"retry-after": "inf"}, None),
+        ({"retry-after": "nan"}, None),
+        ({"retry-after": str(_DAY + 1)}, None),  # over a day: malformed, not a limit
+        ({"retry-after": "soon"}, None),
+        ({"x-other": "1"}, None),
+        ({}, None),
+        (None, None),
+    ],
+)
+def test_retry_after_that_does_not_say(
+    headers: dict[str, str] | None, expected: float | None
+) -> None:
+    assert parse_retry_after(headers) == expected
+
+
+@given(st.dictionaries(st.sampled_from(["retry-after", "Retry-After-Ms", "x"]), st.text()))
+def test_retry_after_never_raises_and_stays_in_range(headers: dict[str, str]) -> None:
+    seconds = parse_retry_after(headers, now=_NOW_UNIX)
+    assert seconds is None or 0 <= seconds <= _DAY
 
 
 def test_openai_headers_make_quotas() -> None:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-from rowpilot._task import ItemUsage, StepTrail
+from rowpilot._values import ItemUsage, StepTrail
 
 T = TypeVar("T")
 

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
 import math
 import re
 import time
@@ -60,6 +61,7 @@ __all__ = [
     "parse_duration",
     "parse_quotas",
     "parse_reset_time",
+    "parse_retry_after",
 ]
 
 Kind = Literal["requests", "tokens"]
@@ -193,14 +195,41 @@ def parse_quotas(headers: Mapping[str, str], now: datetime | None = None) -> lis
     return [q for q in quotas if (q.limit, q.remaining, q.reset_s) != (None, None, None)]
 
 
-def _retry_after(headers: Mapping[str, str] | None) -> float | None:
-    """Seconds from ``retry-after-ms`` or ``retry-after`` (seconds only; dates are rare)."""
+def parse_retry_after(headers: Mapping[str, str] | None, now: float | None = None) -> float | None:
+    """Seconds to wait that a response's headers ask for, or None if they do not say.
+
+    The one reader of Retry-After for providers, the limiter and ``ctx.call``: header
+    names in any case; ``retry-after-ms`` (OpenAI's) first, then ``retry-after`` as
+    seconds or as an HTTP date (counted from ``now``, a Unix time, default the clock's).
+    A negative, unreadable or absurd (over a day) value counts as not said.
+    """
     if not headers:
         return None
-    milliseconds = _number(headers.get("retry-after-ms"))
-    if milliseconds is not None:
-        return _wait(milliseconds / 1000.0)
-    return _wait(_number(headers.get("retry-after")))
+    named = {str(name).lower(): value for name, value in headers.items()}
+    milliseconds = _number(named.get("retry-after-ms"))
+    seconds = _wait(milliseconds / 1000.0) if milliseconds is not None else None
+    if seconds is not None:
+        return seconds
+    return _retry_after_value(named.get("retry-after"), now)
+
+
+def _retry_after_value(text: str | None, now: float | None) -> float | None:
+    if text is None:
+        return None
+    seconds = _number(text)
+    if seconds is not None:
+        return _wait(seconds)
+    try:
+        moment = email.utils.parsedate_to_datetime(text.strip())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    try:
+        left = moment.timestamp() - (time.time() if now is None else now)
+    except (OverflowError, ValueError, OSError):
+        return None
+    return _wait(max(0.0, left))  # a date already past: the provider is ready now
 
 
 # -- buckets --------------------------------------------------------------------------------
@@ -481,7 +510,7 @@ class Resource:
             self._read_headers(headers, now)
         wait = _wait(retry_after)
         if wait is None:
-            wait = _retry_after(headers)
+            wait = parse_retry_after(headers)
         self._pause(now, _DEFAULT_RETRY_AFTER if wait is None else wait)
         for bucket in self._buckets.values():
             bucket.drain(now)  # the provider's bucket is empty: no burst after the pause

@@ -1,6 +1,7 @@
 """Prompt tasks: an LLM call per row, or per batch of rows, at the provider's ceiling.
 
-One call's path, in this order:
+One call's path, in this order (steps 2 to 5 are ``rowpilot._paid``, the one path every
+paid call takes, ``ctx.call``'s too, with the billing rule for failed calls):
 
 1. **cache**: a row whose answer was journaled before (in this run or an earlier one,
    whatever batch it came in) is answered from the registry; a request sent before is
@@ -31,8 +32,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -49,7 +49,8 @@ from rowpilot._environ import load_environ
 from rowpilot._events import EventLog
 from rowpilot._items import encode_output
 from rowpilot._labels import label_names, split_label
-from rowpilot._limits import Limits, Resource
+from rowpilot._limits import Limits, Permit, Resource
+from rowpilot._paid import BudgetShort, PaidCall
 from rowpilot._progress import Counters
 from rowpilot._prompt import (
     BatchAnswer,
@@ -65,9 +66,9 @@ from rowpilot._providers import ChatClient, Completion, ProviderSpec, parse_mode
 from rowpilot._registry import CallRecord, Registry, RowAnswer
 from rowpilot._schema import OutputSchema, OutputValidationError, schema_of
 from rowpilot._sizing import Rates
-from rowpilot._task import ItemUsage, RunStop
 from rowpilot._template import PromptTemplate
 from rowpilot._tokens import TokenEstimator, upper_bound_tokens
+from rowpilot._values import ItemUsage, RunStop
 from rowpilot.errors import (
     ConfigError,
     ContentFilterError,
@@ -75,7 +76,6 @@ from rowpilot.errors import (
     OutputTruncatedError,
     ProviderError,
     ProviderSetupError,
-    RateLimitError,
 )
 from rowpilot.tasks._base import RunScope, Task
 
@@ -85,14 +85,10 @@ if TYPE_CHECKING:
     from rowpilot._ctx import Ctx
     from rowpilot._projection import Projection
 
-RATE_LIMIT_WAITS = 8  # 429s one call sits out before its item's attempt fails
 BATCH_LINGER = 0.02  # seconds a partial batch waits for more rows
 MAX_REQUEST_TOKENS = 16_384  # cap on a batch request's max_tokens
 AUTO_BATCH_TOKENS = 3_000  # --batch-size auto: prompt tokens per request
 AUTO_BATCH_ROWS = 50  # --batch-size auto: rows per request at most
-# Failures after which the provider may have done (and billed) the work: the budget
-# counts them at their worst case; the others (429, 4xx, 5xx) were refused, not billed.
-_MAYBE_BILLED = frozenset({"timeout", "connection", "invalid_output"})
 
 
 @dataclass(frozen=True)
@@ -134,11 +130,6 @@ class PromptSpec:
         }
         text = json.dumps(determining, sort_keys=True, default=str)
         return "prompt-" + hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
-
-
-class BudgetShort(RunStop):
-    """A request's worst case does not fit what the budget has left (nothing else is in
-    flight to free room): a batch is asked again in halves, a single row stops the run."""
 
 
 class PromptTask(Task):
@@ -508,10 +499,13 @@ class LLMSession:
                     row.usage.cached += 1
                 self._counters.cached += len(rows)
                 return _Parsed(parse(cached.response), cached.response, cached.finish_reason)
-        completion, cost, seconds = await self._paid(request, max_tokens, shape.params)
-        parsed = _Parsed(parse(completion.text), completion.text, completion.finish_reason)
-        self._journal(call_key, rows, completion, parsed, cost, seconds)
-        return parsed
+
+        def journal(completion: Completion, cost: float, seconds: float) -> _Parsed:
+            parsed = _Parsed(parse(completion.text), completion.text, completion.finish_reason)
+            self._journal(call_key, rows, completion, parsed, cost, seconds)
+            return parsed
+
+        return await self._paid(request, max_tokens, shape.params, journal)
 
     def _journal(
         self,
@@ -559,62 +553,47 @@ class LLMSession:
         self.registry.journal(record, answers)
 
     async def _paid(
-        self, request: Request, max_tokens: int, params: Mapping[str, Any]
-    ) -> tuple[Completion, float, float]:
-        """A call under the budget: reserve its worst case, settle with its real cost."""
-        worst = (
-            worst_case_cost(self.price, upper_bound_tokens(request.texts()), max_tokens)
-            if self.price is not None
-            else 0.0
-        )
-        reservation = await self.budget.hold(worst)
-        if reservation is None:
-            raise BudgetShort("budget", self.budget.refusal(worst, "request"))
-        try:
-            async with self._requests:
-                completion, seconds = await self._within_limits(request, max_tokens, params)
-        except ProviderError as error:
-            self.budget.settle(reservation, worst if error.cause in _MAYBE_BILLED else 0.0)
-            raise
-        except BaseException:
-            self.budget.settle(reservation, worst)  # cancelled mid-call: maybe billed
-            raise
-        cost = cost_usd(self.price, completion.input_tokens, completion.output_tokens)
-        self.budget.settle(reservation, cost)
-        self._counters.calls += 1
-        self._counters.cost_usd += cost
-        return completion, cost, seconds
-
-    async def _within_limits(
-        self, request: Request, max_tokens: int, params: Mapping[str, Any]
-    ) -> tuple[Completion, float]:
-        """The call inside a resource slot, and how long it took; a 429 slows the resource
-        and waits again."""
+        self,
+        request: Request,
+        max_tokens: int,
+        params: Mapping[str, Any],
+        journal: Callable[[Completion, float, float], _Parsed],
+    ) -> _Parsed:
+        """The request through the one paid-call path (``rowpilot._paid``): its worst case
+        reserved, the model's limits, the call, ``journal``, then its real cost settled."""
         messages = len(request.messages) + (1 if request.system else 0)
         chars = request.chars()
-        tokens = self.estimator.estimate(chars, messages) + max_tokens
-        for wait in range(RATE_LIMIT_WAITS):
-            async with self.resource.slot(tokens) as permit:
-                started = time.perf_counter()
-                try:
-                    completion = await self.client.complete(
-                        request.messages,
-                        system=request.system,
-                        max_tokens=max_tokens,
-                        json_schema=request.json_schema,
-                        params=dict(params),
-                    )
-                except RateLimitError as error:
-                    permit.rate_limited(error.retry_after, error.headers)
-                    self._counters.rate_limited += 1
-                    if wait == RATE_LIMIT_WAITS - 1:
-                        raise
-                    continue
-                seconds = time.perf_counter() - started
-                permit.settle(completion.input_tokens + max_tokens, completion.headers)
-                self.estimator.observe(chars, messages, completion.input_tokens)
-                return completion, seconds
-        raise AssertionError("unreachable")  # the loop returns or raises
+
+        def answered(completion: Completion, permit: Permit) -> None:
+            permit.settle(completion.input_tokens + max_tokens, completion.headers)
+            self.estimator.observe(chars, messages, completion.input_tokens)
+
+        def send() -> Awaitable[Completion]:
+            return self.client.complete(
+                request.messages,
+                system=request.system,
+                max_tokens=max_tokens,
+                json_schema=request.json_schema,
+                params=dict(params),
+            )
+
+        paid = PaidCall(self.resource, self.budget, self._counters, gate=self._requests)
+        return await paid(
+            send,
+            worst=self._worst_case(request, max_tokens),
+            what="request",
+            cost=lambda completion: cost_usd(
+                self.price, completion.input_tokens, completion.output_tokens
+            ),
+            journal=journal,
+            tokens=self.estimator.estimate(chars, messages) + max_tokens,
+            answered=answered,
+        )
+
+    def _worst_case(self, request: Request, max_tokens: int) -> float:
+        if self.price is None:
+            return 0.0
+        return worst_case_cost(self.price, upper_bound_tokens(request.texts()), max_tokens)
 
     def _emit(self, event: str, **fields: Any) -> None:
         if self._events is not None:

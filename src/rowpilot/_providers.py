@@ -16,11 +16,8 @@ is echoed back (and in the SDK exception chained as ``__cause__``).
 from __future__ import annotations
 
 import contextlib
-import email.utils
 import json
-import math
 import os
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, cast
@@ -30,6 +27,7 @@ import httpx2
 import openai
 import pydantic
 
+from rowpilot._limits import parse_retry_after
 from rowpilot._secrets import REDACTED, redact_secret, redact_urls
 from rowpilot.errors import (
     BadRequestError,
@@ -89,30 +87,14 @@ def _scrub(exc: BaseException, secret: str | None) -> None:
             exc.message = _redact(message, secret)  # type: ignore[attr-defined]
 
 
-def _retry_after(headers: Mapping[str, str] | None) -> float | None:
-    """Seconds from ``retry-after-ms`` or ``retry-after`` (seconds or an HTTP date)."""
-    if headers is None:
-        return None
-    value = headers.get("retry-after-ms")
-    if value is not None:
-        try:
-            seconds = float(value) / 1000.0
-        except ValueError:
-            seconds = math.nan
-        if math.isfinite(seconds) and seconds >= 0:
-            return seconds
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            moment = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        seconds = max(0.0, moment.timestamp() - time.time())
-    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+# Raised before a byte of the request left: the provider cannot have billed the call.
+_NEVER_SENT = (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.PoolTimeout)
+
+
+def _was_sent(exc: BaseException) -> bool:
+    """False when the SDK's exception, or the transport error it wraps, says the request
+    never left (the SDKs chain the httpx2 error as ``__cause__``)."""
+    return not any(isinstance(e, _NEVER_SENT) for e in (exc, exc.__cause__, exc.__context__))
 
 
 def _response_of(exc: BaseException) -> httpx2.Response | None:
@@ -257,12 +239,19 @@ def _build(
     status = _status_code(exc)
     if status is None and response is not None:
         status = response.status_code
-    retry_after = _retry_after(response.headers) if response is not None else None
+    retry_after = parse_retry_after(response.headers) if response is not None else None
     message = _body_message(getattr(exc, "body", None)) or getattr(exc, "message", None)
     if not isinstance(message, str) or not message:
         message = str(exc) or type(exc).__name__
     message = _redact(f"{type(exc).__name__}: {message}", secret)
-    error = cls(message, provider=provider, model=model, status=status, retry_after=retry_after)
+    error = cls(
+        message,
+        provider=provider,
+        model=model,
+        status=status,
+        retry_after=retry_after,
+        sent=_was_sent(exc),
+    )
     if response is not None:
         # The rate-limit headers a 429 carries teach the limiter; only these are kept, so
         # nothing the provider echoed (never the key) rides along.
@@ -465,7 +454,7 @@ class ChatClient:
             _redact(message, self._secret),
             provider=self.spec.name,
             model=self.model,
-            retry_after=_retry_after(headers),
+            retry_after=parse_retry_after(headers),
         )
 
     async def complete(

@@ -46,8 +46,8 @@ from rowpilot._retry import failure_cause
 from rowpilot._run_settings import RunEnd, RunSettings
 from rowpilot._sizing import Admit, MemoryGate, Reading, WorkerSizer
 from rowpilot._slots import Slots
-from rowpilot._task import ItemUsage, RunStop, StepTrail
 from rowpilot._threads import Abandoned, CallTimeout
+from rowpilot._values import ItemUsage, RunStop, StepTrail
 from rowpilot.errors import (
     ItemTimeoutError,
     OutputCollisionError,

@@ -1,9 +1,15 @@
-"""Slots: the FIFO counting semaphore the scheduler and ``ctx.map`` share."""
+"""``Slots``: the counting semaphore that bounds the window and the workers.
+
+Its own module because the scheduler and ``ctx.map`` (in ``_steps``) both hold its slots,
+and neither should import the other for it.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import collections
+
+__all__ = ["Slots"]
 
 
 class Slots:

@@ -27,7 +27,10 @@ plain Python is limited, retried, priced, journaled and resumable:
 The budget is one: LLM costs (reserved at their worst case) and ``ctx.call`` costs (a
 number is reserved before the call, a function of the result is charged after it) share
 it, and a step that would pass it raises ``RunStop``: the run ends with "budget reached"
-and the item stays pending.
+and the item stays pending. Both kinds of call take the one paid-call path
+(``rowpilot._paid``), so a failed ``ctx.call`` is charged by the same rule as a failed
+LLM call: $0 when never sent or answered with an error status, its worst case when its
+fate is unknown.
 """
 
 from __future__ import annotations
@@ -40,7 +43,6 @@ import inspect
 import json
 import re
 import threading
-import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TypeVar
@@ -52,34 +54,33 @@ from rowpilot._cost import Budget
 from rowpilot._ctx import run_blocking
 from rowpilot._environ import load_environ
 from rowpilot._events import EventLog
-from rowpilot._limits import Limits, Resource
+from rowpilot._limits import Limits, Resource, parse_retry_after
+from rowpilot._paid import PaidCall
 from rowpilot._prompt import conversation_request
 from rowpilot._registry import CallRecord, Registry
 from rowpilot._retry import RetryPolicy
 from rowpilot._schema import OutputSchema, schema_of
 from rowpilot._sizing import Rates
-from rowpilot._task import ItemUsage, RunStop, StepTrail
+from rowpilot._slots import Slots
 from rowpilot._threads import ThreadPool, run_sync
+from rowpilot._values import ItemUsage, StepTrail
 from rowpilot.errors import (
     ConfigError,
     ProviderConnectionError,
     ProviderError,
     ProviderTimeoutError,
-    RateLimitError,
     SubItemError,
     TaskOutputError,
 )
 
 if TYPE_CHECKING:
     from rowpilot._llm import LLMSession
-    from rowpilot._slots import Slots
     from rowpilot.tasks._base import RunScope
 
 T = TypeVar("T")
 
 _RESOURCE_SETTINGS = frozenset({"rpm", "max_concurrent", "max_attempts", "retry_delay"})
 _LOG_KIND = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,39}")
-_RATE_LIMIT_WAITS = 8  # 429s one ctx.call sits out, like an LLM call, before it fails
 _TEXT = "answer"  # the field a schema-less answer comes back in (OutputSchema.text)
 
 
@@ -260,101 +261,56 @@ class Steps:
                 usage.cost_usd += cached.cost_usd
                 self._counters.cached += 1
                 return json.loads(cached.response)
-        result, spent, seconds = await self._call_with_retries(
-            name, fn, args, kwargs, cost, max_cost
-        )
-        usage.calls += 1
-        usage.cost_usd += spent
-        if not step_key:
-            return result
-        text = _journal_text(result, name, label)
-        self.registry.journal(
-            CallRecord(
-                call_key=step_key,
-                provider=name,
-                model=label,
-                run_id=self._run_id,
-                rows=1,
-                response=text,
-                finish_reason="ok",
-                input_tokens=0,
-                output_tokens=0,
-                cost_usd=spent,
-                seconds=seconds,
-            )
-        )
-        return json.loads(text)
-
-    async def _call_with_retries(
-        self,
-        name: str,
-        fn: Callable[..., Any],
-        args: Sequence[Any],
-        kwargs: Mapping[str, Any],
-        cost: float | Callable[[Any], float] | None,
-        max_cost: float | None,
-    ) -> tuple[Any, float, float]:
-        resource, policy = self._resource(name)
-        attempt = 0
-        limited = 0
-        while True:
-            attempt += 1
-            try:
-                return await self._paid_call(resource, fn, args, kwargs, cost, max_cost, name)
-            except RateLimitError:
-                limited += 1
-                self._counters.rate_limited += 1
-                if limited >= _RATE_LIMIT_WAITS:
-                    raise
-                attempt -= 1  # the resource waited for it: a 429 is not a failed attempt
-            except ProviderError as error:
-                if not error.retryable or attempt >= policy.max_attempts:
-                    raise
-                delay = policy.delay(attempt, at_least=error.retry_after or 0.0)
-                self._emit(
-                    "step.retry",
-                    resource=name,
-                    attempt=attempt,
-                    delay=round(delay, 3),
-                    error=str(error),
-                )
-                await asyncio.sleep(delay)
-
-    async def _paid_call(
-        self,
-        resource: Resource,
-        fn: Callable[..., Any],
-        args: Sequence[Any],
-        kwargs: Mapping[str, Any],
-        cost: float | Callable[[Any], float] | None,
-        max_cost: float | None,
-        name: str,
-    ) -> tuple[Any, float, float]:
         worst = float(cost) if isinstance(cost, int | float) else float(max_cost or 0.0)
-        reservation = await self.budget.hold(worst)
-        if reservation is None:
-            raise RunStop("budget", self.budget.refusal(worst, f"{name} call"))
-        spent = 0.0
-        try:
-            async with resource.slot(0) as permit:
-                started = time.perf_counter()
-                try:
-                    result = await self._invoke(fn, args, kwargs)
-                except Exception as exc:
-                    error = provider_error_of(exc, name)
-                    if error is None:
-                        raise
-                    if isinstance(error, RateLimitError):
-                        permit.rate_limited(error.retry_after, error.headers)
-                    raise error from exc
-                seconds = time.perf_counter() - started
-                permit.settle()
-            spent = float(cost(result)) if callable(cost) else worst
-        finally:
-            self.budget.settle(reservation, spent)
-        self._counters.calls += 1
-        self._counters.cost_usd += spent
-        return result, spent, seconds
+
+        def journaled(result: Any, spent: float, seconds: float) -> Any:
+            usage.calls += 1
+            usage.cost_usd += spent
+            if not step_key:
+                return result
+            text = _journal_text(result, name, label)
+            self.registry.journal(
+                CallRecord(
+                    call_key=step_key,
+                    provider=name,
+                    model=label,
+                    run_id=self._run_id,
+                    rows=1,
+                    response=text,
+                    finish_reason="ok",
+                    input_tokens=0,
+                    output_tokens=0,
+                    cost_usd=spent,
+                    seconds=seconds,
+                )
+            )
+            return json.loads(text)
+
+        return await self._paid(name)(
+            functools.partial(self._invoke, fn, args, kwargs),
+            worst=worst,
+            what=f"{name} call",
+            cost=lambda result: float(cost(result)) if callable(cost) else worst,
+            journal=journaled,
+        )
+
+    def _paid(self, name: str) -> PaidCall:
+        """The one paid-call path, with the resource's own limits, retry policy and
+        errors read from what a ``ctx.call`` function raises."""
+        resource, policy = self._resource(name)
+        return PaidCall(
+            resource,
+            self.budget,
+            self._counters,
+            policy=policy,
+            errors=functools.partial(provider_error_of, resource=name),
+            on_retry=functools.partial(self._retrying, name),
+        )
+
+    def _retrying(self, name: str, attempt: int, delay: float, error: ProviderError) -> None:
+        self._emit(
+            "step.retry", resource=name, attempt=attempt, delay=round(delay, 3), error=str(error)
+        )
 
     async def _invoke(
         self, fn: Callable[..., Any], args: Sequence[Any], kwargs: Mapping[str, Any]
@@ -562,7 +518,8 @@ def provider_error_of(exc: BaseException, resource: str) -> ProviderError | None
     if isinstance(exc, TimeoutError):
         return ProviderTimeoutError(message, provider=resource)
     if isinstance(exc, ConnectionError):
-        return ProviderConnectionError(message, provider=resource)
+        refused = isinstance(exc, ConnectionRefusedError)  # nothing left: nothing to bill
+        return ProviderConnectionError(message, provider=resource, sent=not refused)
     return None
 
 
@@ -576,15 +533,17 @@ def _status_of(exc: BaseException) -> int | None:
 
 
 def _retry_after_of(exc: BaseException) -> float | None:
+    """What the error's headers (its own or its response's) ask to wait, whatever kind of
+    headers object its HTTP library has (httpx, requests, aiohttp, urllib)."""
     for holder in (exc, getattr(exc, "response", None)):
         headers = getattr(holder, "headers", None)
         if headers is None:
             continue
         try:
-            value = headers.get("retry-after") or headers.get("Retry-After")
-            return max(0.0, float(value)) if value is not None else None
+            named = {str(name): str(value) for name, value in headers.items()}
         except (AttributeError, TypeError, ValueError):
             return None
+        return parse_retry_after(named)
     return None
 
 

@@ -291,7 +291,9 @@ class ProviderError(RowpilotError):
 
     ``provider`` and ``model`` say which call, ``status`` is the HTTP status when there was
     a response, ``retry_after`` the seconds the provider asked to wait (``None`` if it did
-    not say). ``retryable`` and ``cause`` are class attributes.
+    not say). ``sent`` is False when the request never left this machine (the connection
+    was refused, no connection was free), so the provider cannot have billed it.
+    ``retryable`` and ``cause`` are class attributes.
     """
 
     cause: Cause = "bad_request"
@@ -305,6 +307,7 @@ class ProviderError(RowpilotError):
         model: str | None = None,
         status: int | None = None,
         retry_after: float | None = None,
+        sent: bool = True,
         hint: str | None = None,
         file: str | None = None,
         row: int | None = None,
@@ -317,6 +320,7 @@ class ProviderError(RowpilotError):
         self.model = model
         self.status = status
         self.retry_after = retry_after
+        self.sent = sent
         self.headers: dict[str, str] = {}  # the response's rate-limit headers, if any
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -326,6 +330,7 @@ class ProviderError(RowpilotError):
             model=self.model,
             status=self.status,
             retry_after=self.retry_after,
+            sent=self.sent,
         )
         return (_rebuild_provider_error, (type(self), self.message, state))
 

@@ -1,7 +1,8 @@
-"""Value types every layer of a run shares: an item's usage, its step trail, a run stop.
+"""Leaf value types shared by the engine, the scheduler and the steps: what an item used,
+the count of its identical steps, and the stop that ends a run.
 
-A leaf module (it imports nothing of rowpilot's): the task seam, the scheduler, the LLM
-layer and the steps all use these, and none of them may import another for a value.
+Kept apart from ``_task`` (the ``Ctx`` facade) so that the modules that use these
+values need not import the task layer, which imports them back.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import collections
 import hashlib
 import threading
 from dataclasses import dataclass, field
+
+__all__ = ["ItemUsage", "RunStop", "StepTrail"]
 
 
 @dataclass
