@@ -1,115 +1,23 @@
-"""Options several commands share."""
+"""The commands' options, built from the settings table (rowpilot._settings), and the
+command class that still takes a renamed flag's old spelling."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer import _click as click
+from typer.core import TyperCommand
+
+from rowpilot import _settings
 
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
-_LLM = "Prompt tasks"
 SourceArgument = Annotated[str, typer.Argument(help="The input (CSV, TSV, JSONL, Parquet).")]
-ProgressOption = Annotated[
-    bool | None, typer.Option("--progress/--no-progress", help="Show progress.")
-]
-ModelOption = Annotated[
-    str | None,
-    typer.Option(help="provider/model, e.g. openai/gpt-4o-mini.", rich_help_panel=_LLM),
-]
-ThresholdOption = Annotated[
-    float | None,
-    typer.Option(help="Similarity from which a label applies, or rows are duplicates (-1..1)."),
-]
-BaseUrlOption = Annotated[
-    str | None,
-    typer.Option(
-        help="Another address for the model's provider, e.g. http://127.0.0.1:8900/v1 "
-        "(rowpilot simulate).",
-        rich_help_panel=_LLM,
-    ),
-]
-LabelsOption = Annotated[
-    list[str] | None,
-    typer.Option(
-        help="Labels to decide per row, one true/false column each: --labels a b c.",
-        rich_help_panel=_LLM,
-    ),
-]
-TextColumnOption = Annotated[
-    str | None, typer.Option(help="The column --labels reads.", rich_help_panel=_LLM)
-]
-BatchSizeOption = Annotated[
-    str | None,
-    typer.Option(help="Rows per request (N or auto) (default: 1).", rich_help_panel=_LLM),
-]
-MaxTokensOption = Annotated[
-    int | None,
-    typer.Option(help="Answer tokens per row at most (default: 512).", rich_help_panel=_LLM),
-]
-ParamOption = Annotated[
-    list[str] | None,
-    typer.Option(help="Model parameter name=value (repeatable).", rich_help_panel=_LLM),
-]
-BudgetOption = Annotated[
-    float | None,
-    typer.Option(help="USD this run may spend; it stops before passing it.", rich_help_panel=_LLM),
-]
-RpmOption = Annotated[
-    float | None,
-    typer.Option(help="Requests/min of the model (default: learned).", rich_help_panel=_LLM),
-]
-TpmOption = Annotated[
-    float | None,
-    typer.Option(help="Tokens/min of the model (default: learned).", rich_help_panel=_LLM),
-]
-MaxConcurrentOption = Annotated[
-    int | None, typer.Option(help="Requests in flight at most.", rich_help_panel=_LLM)
-]
-NoCacheOption = Annotated[
-    bool,
-    typer.Option(
-        "--no-cache", help="Pay again instead of reusing journaled answers.", rich_help_panel=_LLM
-    ),
-]
-CallTimeoutOption = Annotated[
-    float | None,
-    typer.Option(
-        help="Seconds one LLM request may take before it is dropped and retried (default: 60).",
-        rich_help_panel=_LLM,
-    ),
-]
-TrustQuotesOption = Annotated[
-    bool,
-    typer.Option(
-        "--trust-quotes",
-        help="CSV: read quoted values that span lines as they are, even where their lines look "
-        "like rows or the file's quotes do not pair up (a quote never closed, or followed by a "
-        "stray character, is still an error).",
-    ),
-]
-FollowSymlinksOption = Annotated[
-    bool,
-    typer.Option(
-        "--follow-symlinks",
-        help="Folder: also read files whose symlinks lead outside the folder.",
-    ),
-]
-OutputPrefixOption = Annotated[
-    str | None,
-    typer.Option(
-        help="Put this before every output field name (e.g. out_), so outputs named like "
-        "input columns do not clash with them.",
-    ),
-]
-EnvFileOption = Annotated[
-    Path | None, typer.Option(help="File of API keys (default: ./.env).", rich_help_panel=_LLM)
-]
 SampleOption = Annotated[
-    int, typer.Option(help="Items the estimate runs for real.", rich_help_panel=_LLM)
+    int,
+    typer.Option(help="Items the estimate runs for real.", rich_help_panel=_settings.PROMPT_PANEL),
 ]
-
-
 IncludeStaleOption = Annotated[
     bool,
     typer.Option(
@@ -117,3 +25,41 @@ IncludeStaleOption = Annotated[
         help="Also the items an older version of the task produced (they count as pending).",
     ),
 ]
+SchemaFile = Path  # on the command line the schema is a file of JSON
+
+
+def option(name: str, command: str) -> Any:
+    """The typer option of setting ``name`` on ``command``: its flag, help and default
+    from the table. The Python default of an option stays None (or False): unset, it
+    leaves the job file's value, and the table's default applies after."""
+    setting = _settings.BY_NAME[name]
+    flags = [_flag_names(setting), *([setting.short] if setting.short else [])]
+    return typer.Option(
+        *flags,
+        help=setting.help_for(command),
+        rich_help_panel=setting.panel,
+        show_default=False,
+    )
+
+
+def _flag_names(setting: _settings.Setting) -> str:
+    if setting.default is True or (setting.name == "progress"):
+        return f"{setting.flag}/--no-{setting.flag[2:]}"  # a switch that is on unless turned off
+    return setting.flag
+
+
+class SettingsCommand(TyperCommand):
+    """A command that reads a renamed flag's old spelling as the new one, with a warning."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        aliases = _settings.flag_aliases(self.name or "")
+        return super().parse_args(ctx, [_current(arg, aliases) for arg in args])
+
+
+def _current(arg: str, aliases: dict[str, str]) -> str:
+    flag, equals, value = arg.partition("=")
+    new = aliases.get(flag)
+    if new is None:
+        return arg
+    _settings.deprecated(flag, new)
+    return new + equals + value

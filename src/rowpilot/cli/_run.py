@@ -8,48 +8,30 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 
+from rowpilot import _settings
 from rowpilot._config import JobConfig, build_config, read_job_file
 from rowpilot._engine import run_sync
 from rowpilot._registry import Registry
 from rowpilot._result import Result
 from rowpilot._secrets import REDACTED, redact_args
 from rowpilot.cli._app import _example, _exit, app
-from rowpilot.cli._options import (
-    _LLM,
-    BaseUrlOption,
-    BatchSizeOption,
-    BudgetOption,
-    CallTimeoutOption,
-    EnvFileOption,
-    FollowSymlinksOption,
-    LabelsOption,
-    MaxConcurrentOption,
-    MaxTokensOption,
-    ModelOption,
-    NoCacheOption,
-    OutputPrefixOption,
-    ParamOption,
-    RpmOption,
-    SampleOption,
-    TextColumnOption,
-    TpmOption,
-    TrustQuotesOption,
-)
+from rowpilot.cli._options import SampleOption, SchemaFile, SettingsCommand, option
 from rowpilot.errors import ConfigError
 
 # -- run ------------------------------------------------------------------------------
 
 
 @app.command(
+    cls=SettingsCommand,
     epilog=_example(
         "rowpilot run reviews.csv --task tasks.py:classify --key id --workers 16 -o out.csv",
         "rowpilot run job.toml --limit 10",
         "rowpilot run big.jsonl --task tasks.py:fetch --workers auto --max-memory 2000",
-    )
+    ),
 )
 def run(
     job_or_source: Annotated[
@@ -58,137 +40,74 @@ def run(
             help="A TOML job file, or the input (CSV, TSV, JSONL, Parquet).", show_default=False
         ),
     ],
-    task: Annotated[
-        str | None,
-        typer.Option("--task", "-t", help="module:function or path/to/file.py:function."),
-    ] = None,
-    key: Annotated[str | None, typer.Option(help="Key column (default: the row number).")] = None,
-    workers: Annotated[
-        str | None,
-        typer.Option(
-            "--workers",
-            "-w",
-            help="Items at once, or auto: sized from the CPUs, memory, rate limits and "
-            "throughput, and adjusted during the run (default: 8).",
-        ),
-    ] = None,
-    max_workers: Annotated[
-        int | None, typer.Option(help="The most workers auto may use (default: 256).")
-    ] = None,
-    max_memory: Annotated[
-        float | None,
-        typer.Option(
-            help="MB of resident memory above which no new item is admitted (in-flight ones "
-            "go on; with nothing in flight, one at a time)."
-        ),
-    ] = None,
-    limit: Annotated[int | None, typer.Option(help="Only the first N selected rows.")] = None,
-    rows: Annotated[str | None, typer.Option(help="Row range A:B (0-based, B excluded).")] = None,
-    shard: Annotated[
-        str | None, typer.Option(help="Shard K/N (1-based), split by key hash.")
-    ] = None,
-    force: Annotated[bool, typer.Option("--force", help="Redo every selected item.")] = False,
+    task: Annotated[str | None, option("task", "run")] = None,
+    key: Annotated[str | None, option("key", "run")] = None,
+    workers: Annotated[str | None, option("workers", "run")] = None,
+    max_workers: Annotated[int | None, option("max_workers", "run")] = None,
+    max_memory: Annotated[float | None, option("max_memory", "run")] = None,
+    limit: Annotated[int | None, option("limit", "run")] = None,
+    rows: Annotated[str | None, option("rows", "run")] = None,
+    shard: Annotated[str | None, option("shard", "run")] = None,
+    force: Annotated[bool, option("force", "run")] = False,
     force_before: Annotated[
         float | None,
         typer.Option(
             "--force-before", hidden=True, help="Redo items finished before this UNIX time."
         ),
     ] = None,
-    retry_failed: Annotated[
-        bool, typer.Option("--retry-failed", help="Retry items that failed in earlier runs.")
-    ] = False,
-    timeout: Annotated[float | None, typer.Option(help="Seconds per attempt.")] = None,
-    max_attempts: Annotated[
-        int | None, typer.Option(help="Attempts per item (default: 3).")
-    ] = None,
-    retry_delay: Annotated[
-        float | None,
-        typer.Option(help="Seconds of backoff before the first retry; doubles each time (0.5)."),
-    ] = None,
-    retry_on: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="Exception type to retry (repeatable; default: timeouts and connection errors; "
-            "Exception retries all)."
-        ),
-    ] = None,
-    task_version: Annotated[
-        str | None, typer.Option(help="Version of the task (default: a hash of its source).")
-    ] = None,
-    state: Annotated[
-        Path | None, typer.Option(help="State directory (default: .rowpilot/<job name>).")
-    ] = None,
-    name: Annotated[str | None, typer.Option(help="Job name (names the state directory).")] = None,
-    output: Annotated[
-        Path | None,
-        typer.Option("--output", "-o", help="Write the enriched table (.csv, .jsonl, .parquet)."),
-    ] = None,
-    json_dir: Annotated[Path | None, typer.Option(help="Write one JSON file per key here.")] = None,
-    failures: Annotated[Path | None, typer.Option(help="Write failed items as JSONL.")] = None,
-    encoding: Annotated[str | None, typer.Option(help="Input encoding (default: utf-8).")] = None,
-    format: Annotated[
-        str | None, typer.Option(help="Input format: csv, tsv, jsonl, parquet.")
-    ] = None,
-    dedupe: Annotated[str | None, typer.Option(help="'first': keep each key's first row.")] = None,
-    trust_quotes: TrustQuotesOption = False,
-    follow_symlinks: FollowSymlinksOption = False,
-    output_prefix: OutputPrefixOption = None,
-    keep_going: Annotated[
-        bool,
-        typer.Option(
-            "--keep-going",
-            help="Do not stop when the first items all fail alike (only those rows are bad).",
-        ),
-    ] = False,
-    grace: Annotated[
-        float | None,
-        typer.Option(help="Seconds in-flight items get to finish after Ctrl-C (default: 30)."),
-    ] = None,
-    progress: Annotated[
-        bool | None,
-        typer.Option(
-            "--progress/--no-progress", help="Show progress (default: a bar on a terminal)."
-        ),
-    ] = None,
-    model: ModelOption = None,
-    base_url: BaseUrlOption = None,
-    prompt: Annotated[
-        str | None,
-        typer.Option(
-            help="Prompt template with {column} fields: a prompt task, no code.",
-            rich_help_panel=_LLM,
-        ),
-    ] = None,
-    system: Annotated[str | None, typer.Option(help="System prompt.", rich_help_panel=_LLM)] = None,
-    labels: LabelsOption = None,
-    text_column: TextColumnOption = None,
-    schema: Annotated[
-        Path | None,
-        typer.Option(help="JSON Schema file of each row's answer.", rich_help_panel=_LLM),
-    ] = None,
-    batch_size: BatchSizeOption = None,
-    max_tokens: MaxTokensOption = None,
-    param: ParamOption = None,
-    call_timeout: CallTimeoutOption = None,
-    budget: BudgetOption = None,
-    rpm: RpmOption = None,
-    tpm: TpmOption = None,
-    max_concurrent: MaxConcurrentOption = None,
-    no_cache: NoCacheOption = False,
-    env_file: EnvFileOption = None,
+    retry_failed: Annotated[bool, option("retry_failed", "run")] = False,
+    timeout: Annotated[float | None, option("timeout", "run")] = None,
+    max_attempts: Annotated[int | None, option("max_attempts", "run")] = None,
+    retry_delay: Annotated[float | None, option("retry_delay", "run")] = None,
+    retry_on: Annotated[list[str] | None, option("retry_on", "run")] = None,
+    task_version: Annotated[str | None, option("task_version", "run")] = None,
+    state: Annotated[Path | None, option("state", "run")] = None,
+    name: Annotated[str | None, option("name", "run")] = None,
+    output: Annotated[Path | None, option("output", "run")] = None,
+    json_dir: Annotated[Path | None, option("json_dir", "run")] = None,
+    failures: Annotated[Path | None, option("failures", "run")] = None,
+    encoding: Annotated[str | None, option("encoding", "run")] = None,
+    format: Annotated[str | None, option("format", "run")] = None,
+    duplicates: Annotated[str | None, option("duplicates", "run")] = None,
+    trust_quotes: Annotated[bool, option("trust_quotes", "run")] = False,
+    follow_symlinks: Annotated[bool, option("follow_symlinks", "run")] = False,
+    output_prefix: Annotated[str | None, option("output_prefix", "run")] = None,
+    keep_going: Annotated[bool, option("keep_going", "run")] = False,
+    grace: Annotated[float | None, option("grace", "run")] = None,
+    progress: Annotated[bool | None, option("progress", "run")] = None,
+    model: Annotated[str | None, option("model", "run")] = None,
+    base_url: Annotated[str | None, option("base_url", "run")] = None,
+    prompt: Annotated[str | None, option("prompt", "run")] = None,
+    system: Annotated[str | None, option("system", "run")] = None,
+    labels: Annotated[list[str] | None, option("labels", "run")] = None,
+    text_column: Annotated[str | None, option("text_column", "run")] = None,
+    schema: Annotated[SchemaFile | None, option("schema", "run")] = None,
+    batch_size: Annotated[str | None, option("batch_size", "run")] = None,
+    max_tokens: Annotated[int | None, option("max_tokens", "run")] = None,
+    params: Annotated[list[str] | None, option("params", "run")] = None,
+    call_timeout: Annotated[float | None, option("call_timeout", "run")] = None,
+    budget: Annotated[float | None, option("budget", "run")] = None,
+    rpm: Annotated[float | None, option("rpm", "run")] = None,
+    tpm: Annotated[float | None, option("tpm", "run")] = None,
+    max_concurrent: Annotated[int | None, option("max_concurrent", "run")] = None,
+    cache: Annotated[bool | None, option("cache", "run")] = None,
+    env_file: Annotated[Path | None, option("env_file", "run")] = None,
     estimate: Annotated[
         bool,
         typer.Option(
             "--estimate",
             help="Run a sample first, print the projected cost and time, and ask to go on.",
-            rich_help_panel=_LLM,
+            rich_help_panel=_settings.PROMPT_PANEL,
         ),
     ] = False,
     sample: SampleOption = 20,
     yes: Annotated[
         bool,
         typer.Option(
-            "--yes", "-y", help="Go on after --estimate without asking.", rich_help_panel=_LLM
+            "--yes",
+            "-y",
+            help="Go on after --estimate without asking.",
+            rich_help_panel=_settings.PROMPT_PANEL,
         ),
     ] = False,
 ) -> None:
@@ -196,8 +115,6 @@ def run(
     flags = {
         k: v for k, v in locals().items() if k not in ("job_or_source", "estimate", "sample", "yes")
     }
-    if workers is not None:
-        flags["workers"] = _workers(workers)
     settings = _settings_from(job_or_source, _llm_flags(flags))
     if settings.pop("force", False):
         settings["force_before"] = time.time()
@@ -246,10 +163,11 @@ def _report(result: Result, config: JobConfig) -> None:
 
 def _llm_flags(flags: dict[str, Any]) -> dict[str, Any]:
     """Flags of prompt tasks, turned into settings."""
-    flags["cache"] = False if flags.pop("no_cache", False) else None
+    if flags.get("workers") is not None:
+        flags["workers"] = _workers(flags["workers"])
     if flags.get("batch_size") is not None:
         flags["batch_size"] = _batch_size(flags["batch_size"])
-    params = flags.pop("param", None)
+    params = flags.pop("params", None)
     if params:
         flags["params"] = dict(_param(text) for text in params)
     schema = flags.pop("schema", None)
@@ -267,27 +185,29 @@ def _labels_in(text: str) -> list[str]:
     return [label.strip() for label in text.split(",") if label.strip()]
 
 
-def _count_or_auto(text: str, flag: str, hint: str) -> int | str:
+def _count_or_auto(text: str, flag: str, hint: str) -> int | Literal["auto"]:
     if text == "auto":
-        return text
+        return "auto"
     try:
         return int(text)
     except ValueError:
         raise ConfigError(f"{flag} {text!r} is not a number", hint=hint) from None
 
 
-def _workers(text: str) -> int | str:
-    return _count_or_auto(text, "--workers", "give items at once, or auto")
+def _workers(text: str) -> int | Literal["auto"]:
+    return _count_or_auto(text, "--workers", "give task calls at once, or auto")
 
 
-def _batch_size(text: str) -> int | str:
+def _batch_size(text: str) -> int | Literal["auto"]:
     return _count_or_auto(text, "--batch-size", "give rows per request, or auto")
 
 
 def _param(text: str) -> tuple[str, Any]:
     name, sep, value = text.partition("=")
     if not sep or not name.strip():
-        raise ConfigError(f"--param {text!r} is not name=value", hint="e.g. --param temperature=0")
+        raise ConfigError(
+            f"--params {text!r} is not name=value", hint="e.g. --params temperature=0"
+        )
     try:
         return name.strip(), json.loads(value)
     except json.JSONDecodeError:
@@ -367,11 +287,12 @@ def _resume_command(force_before: float | None) -> str:
 
 
 @app.command(
+    cls=SettingsCommand,
     epilog=_example(
         "rowpilot estimate job.toml --sample 20",
         "rowpilot estimate job.toml --sample 50 --workers 16",
         "rowpilot estimate brands.toml --sample 5 --base-url http://127.0.0.1:8900/v1",
-    )
+    ),
 )
 def estimate(
     job: Annotated[
@@ -380,22 +301,18 @@ def estimate(
     sample: Annotated[
         int, typer.Option(help="Items to run for real (journaled, not paid again).")
     ] = 20,
-    workers: Annotated[
-        int | None, typer.Option("--workers", "-w", help="Workers to project for.")
-    ] = None,
-    rpm: RpmOption = None,
-    tpm: TpmOption = None,
-    base_url: BaseUrlOption = None,
-    limit: Annotated[int | None, typer.Option(help="Project the first N rows only.")] = None,
-    state: Annotated[
-        Path | None,
-        typer.Option(help="State directory (default: the job's); the sample stays done there."),
-    ] = None,
+    workers: Annotated[str | None, option("workers", "estimate")] = None,
+    rpm: Annotated[float | None, option("rpm", "estimate")] = None,
+    tpm: Annotated[float | None, option("tpm", "estimate")] = None,
+    base_url: Annotated[str | None, option("base_url", "estimate")] = None,
+    limit: Annotated[int | None, option("limit", "estimate")] = None,
+    state: Annotated[Path | None, option("state", "estimate")] = None,
 ) -> None:
     """Run a sample of a prompt job or of a Python task (its ctx.llm and ctx.call steps),
-    then project the whole job's cost and time."""
+    then project the whole job's cost and time. The sample's items stay done in the job's
+    state."""
     flags = {"workers": workers, "rpm": rpm, "tpm": tpm, "base_url": base_url, "limit": limit}
-    settings = _settings_from(job, {**flags, "state": state})
+    settings = _settings_from(job, _llm_flags({**flags, "state": state}))
     settings["command"] = _resume_command(None)
     settings.setdefault("progress", False)
     _sample(build_config(settings), sample)

@@ -26,10 +26,7 @@ from rowpilot._lock import is_locked
 from rowpilot._registry import Registry
 from rowpilot._sources import open_source
 from rowpilot.cli._app import _example, _exit, app
-from rowpilot.cli._options import (
-    IncludeStaleOption,
-    Json,
-)
+from rowpilot.cli._options import IncludeStaleOption, Json, SettingsCommand, option
 from rowpilot.errors import ConfigError, RowpilotError, UserError
 
 # -- status, export, failures -----------------------------------------------------------
@@ -254,26 +251,27 @@ def merge(
 
 
 @app.command(
+    cls=SettingsCommand,
     epilog=_example(
         "rowpilot verify job.toml",
         "rowpilot verify .rowpilot/diseases-all --source diseases.csv --key cui",
-    )
+    ),
 )
 def verify(
     state_or_job: Annotated[str, typer.Argument(help="State directory or job file.")],
     source: Annotated[str | None, typer.Option(help="The input (default: the job file's).")] = None,
-    key: Annotated[str | None, typer.Option(help="Key column.")] = None,
-    rows: Annotated[str | None, typer.Option(help="Row range A:B the job covered.")] = None,
-    shard: Annotated[str | None, typer.Option(help="Shard K/N the job covered.")] = None,
-    limit: Annotated[int | None, typer.Option(help="The job's --limit.")] = None,
-    dedupe: Annotated[
-        str | None, typer.Option(help="'first': the job kept each key's first row.")
-    ] = None,
-    encoding: Annotated[str | None, typer.Option(help="Input encoding.")] = None,
-    format: Annotated[str | None, typer.Option(help="Input format.")] = None,
+    key: Annotated[str | None, option("key", "verify")] = None,
+    rows: Annotated[str | None, option("rows", "verify")] = None,
+    shard: Annotated[str | None, option("shard", "verify")] = None,
+    limit: Annotated[int | None, option("limit", "verify")] = None,
+    duplicates: Annotated[str | None, option("duplicates", "verify")] = None,
+    encoding: Annotated[str | None, option("encoding", "verify")] = None,
+    format: Annotated[str | None, option("format", "verify")] = None,
     as_json: Json = False,
 ) -> None:
-    """Check the registry against the source; exit 1 unless every row is done, once."""
+    """Check the registry against the source; exit 1 unless every row is done, once.
+
+    The selection's options (--key, --rows, --duplicates, ...) are the ones the job ran with."""
     settings: dict[str, Any] = (
         read_job_file(Path(state_or_job)) if state_or_job.endswith(".toml") else {}
     )
@@ -283,7 +281,7 @@ def verify(
         "rows": rows,
         "shard": shard,
         "limit": limit,
-        "dedupe": dedupe,
+        "duplicates": duplicates,
         "encoding": encoding,
         "format": format,
     }
@@ -291,7 +289,9 @@ def verify(
     if "source" not in settings:
         raise ConfigError("verify needs the source", hint="pass --source FILE or a job file")
     if settings.get("dedupe") not in (None, "first"):
-        raise ConfigError(f"--dedupe {settings['dedupe']!r} is unknown", hint="use --dedupe first")
+        raise ConfigError(
+            f"--dedupe {settings['dedupe']!r} is unknown", hint="use --duplicates first"
+        )
     opened = open_source(
         settings["source"],
         format=settings.get("format"),
@@ -309,7 +309,7 @@ def verify(
         opened,
         Keyer(opened, settings.get("key")),
         selection,
-        dedupe=settings.get("dedupe") == "first",
+        dedupe=settings.get("duplicates") == "first",
     )
     _print_verify(report, as_json)
     _exit(0 if report.complete else 1)
@@ -324,7 +324,9 @@ def _print_verify(report: _state.VerifyReport, as_json: bool) -> None:
         f"missing {report.missing:,}  stale {report.stale:,}  not in source {report.extra:,}"
     )
     if report.dropped:
-        print(f"  {report.dropped:,} rows repeat an earlier row's key (left out: --dedupe first)")
+        print(
+            f"  {report.dropped:,} rows repeat an earlier row's key (left out: --duplicates first)"
+        )
     for kind, keys in report.examples.items():
         if keys:
             print(f"  {kind}: {', '.join(repr(k) for k in keys)}")

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from rowpilot.cli._app import _example, app
-from rowpilot.cli._options import EnvFileOption, Json
+from rowpilot.cli._options import Json, option
 
 # -- doctor -----------------------------------------------------------------------------
 
@@ -24,7 +24,7 @@ def doctor(
     job: Annotated[
         Path | None, typer.Argument(help="A TOML job file: show the settings it would run with.")
     ] = None,
-    env_file: EnvFileOption = None,
+    env_file: Annotated[Path | None, option("env_file", "doctor")] = None,
     as_json: Json = False,
 ) -> None:
     """Show the machine, which provider keys are set (never their values), and the workers,
