@@ -194,7 +194,7 @@ def _check_task_kind(config: JobConfig) -> None:
         raise ConfigError("the local tasks need the text's column", hint="pass --text-column NAME")
     if config.vectors is not None and not config.embed:
         raise ConfigError(
-            "only rowpilot embed writes vectors", hint="drop --to, or use rowpilot embed"
+            "only rowpilot embed writes vectors", hint="drop --vectors, or use rowpilot embed"
         )
     if config.task is None and not prompt_given:
         raise ConfigError(
