@@ -311,7 +311,7 @@ BAD_INPUTS = [
     BadInput(
         "duplicate-keys",
         run_args("dup.csv"),
-        ["dup.csv", "'k00'", "'k01'", "--dedupe first"],
+        ["dup.csv", "'k00'", "'k01'", "--duplicates first"],
         _write_bytes("dup.csv", DUPLICATES),
     ),
     BadInput("task-file-missing", run_args(task="nothere.py:upper"), ["nothere.py"]),

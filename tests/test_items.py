@@ -298,7 +298,7 @@ def test_scan_finds_duplicate_keys_and_the_error_lists_them_with_rows() -> None:
     assert error.column == "id"
     assert error.file == "<iterable>"
     assert error.hint is not None
-    assert "--dedupe first" in error.hint
+    assert "--duplicates first" in error.hint
 
 
 def test_duplicate_key_error_shows_five_and_counts_the_rest() -> None:

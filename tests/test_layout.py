@@ -50,8 +50,11 @@ def _imported(name: str, path: Path, modules: dict[str, Path]) -> Iterator[str]:
             if node.level:
                 anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join([*anchor, base] if base else anchor)
-            yield base
-            yield from (f"{base}.{alias.name}" for alias in node.names)
+            for alias in node.names:
+                # ``from pkg import module`` imports that module; ``from pkg import name``,
+                # the package that defines the name.
+                submodule = f"{base}.{alias.name}"
+                yield submodule if submodule in modules else base
 
 
 def _graph() -> dict[str, set[str]]:

@@ -737,7 +737,7 @@ def test_prompt_settings_errors_are_one_line(sim: Simulator, tmp_path: Path) -> 
         (["--prompt", "Say {text}"], "needs a model"),
         (["--prompt", "Say {text}", "--model", "gpt-4o"], "does not name its provider"),
         (["--prompt", "Say {text}", "--model", MODEL, "--batch-size", "x"], "--batch-size"),
-        (["--prompt", "Say {text}", "--model", MODEL, "--param", "oops"], "name=value"),
+        (["--prompt", "Say {text}", "--model", MODEL, "--params", "oops"], "name=value"),
         (["--task", "t.py:f", "--prompt", "{text}", "--model", MODEL], "both a task"),
     ]
     for args, message in cases:

@@ -396,7 +396,7 @@ def test_bad_input_to_local_tasks(tmp_path: Path) -> None:
             ],
             "cannot answer a prompt",
         ),
-        (["embed", "data.csv", "--text-column", "text", "--to", "lance://x"], "lancedb://"),
+        (["embed", "data.csv", "--text-column", "text", "--vectors", "lance://x"], "lancedb://"),
     ]
     for args, message in cases:
         done = cli(*args, cwd=tmp_path)

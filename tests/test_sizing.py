@@ -429,7 +429,7 @@ def test_a_job_file_and_the_cli_take_auto(tmp_path: Path) -> None:
     bad = cli(tmp_path, "run", "job.toml", "--workers", "many")
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == [
-        "rowpilot: error: --workers 'many' is not a number (hint: give items at once, or auto)"
+        "rowpilot: error: --workers 'many' is not a number (hint: give task calls at once, or auto)"
     ]
 
 

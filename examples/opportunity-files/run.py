@@ -10,7 +10,7 @@ the real `rowpilot` command in subprocesses:
    with a schema), and the entities are consolidated per opportunity;
 2. the entities of every opportunity, flattened to one row per mention, go through
    `rowpilot dedupe`: clusters of the same entity across the run, one canonical row each;
-3. `rowpilot embed ... --to lancedb://...` with the bundled local model, batched inserts:
+3. `rowpilot embed ... --vectors lancedb://...` with the bundled local model, batched inserts:
    one vector per canonical entity, and one per opportunity (its title and description);
 4. a nearest-neighbour query on the opportunities table.
 
@@ -238,7 +238,7 @@ def main() -> None:
         "16",
         "--workers",
         workers,
-        "--to",
+        "--vectors",
         f"lancedb://{relative(vectors)}/entities",
         "--state",
         relative(out / "state" / "embed-entities"),
@@ -262,7 +262,7 @@ def main() -> None:
         "8",
         "--workers",
         workers,
-        "--to",
+        "--vectors",
         f"lancedb://{relative(vectors)}/opportunities",
         "--state",
         relative(out / "state" / "embed-opportunities"),

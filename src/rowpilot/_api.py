@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, Unpack
 
+from rowpilot import _settings
 from rowpilot._config import build_config
 from rowpilot._engine import run_sync
 from rowpilot._result import Result
@@ -20,12 +21,22 @@ if TYPE_CHECKING:
 PathLike = str | os.PathLike[str]
 
 
+Workers = int | Literal["auto"]
+BatchSize = int | Literal["auto"]
+
+
+class _RunRenamed(TypedDict, total=False):
+    """run()'s old keywords, kept for one release (rowpilot._settings has the new names)."""
+
+    dedupe: Literal["first"] | None
+
+
 def run(
     task: Callable[..., Any] | str | None = None,
     source: PathLike | Iterable[Mapping[str, Any]] | Any = None,
     *,
     key: str | None = None,
-    workers: int | Literal["auto"] = 8,
+    workers: Workers = 8,
     max_workers: int = 256,
     max_memory: float | None = None,
     state: PathLike | None = None,
@@ -46,14 +57,42 @@ def run(
     failures: PathLike | None = None,
     encoding: str | None = None,
     format: str | None = None,
-    dedupe: Literal["first"] | None = None,
+    duplicates: Literal["first"] | None = None,
     trust_quotes: bool = False,
     follow_symlinks: bool = False,
     output_prefix: str = "",
     keep_going: bool = False,
     grace: float = 30.0,
     progress: bool | None = False,
-    **prompt: Any,
+    model: str | None = None,
+    base_url: str | None = None,
+    prompt: str | None = None,
+    system: str | None = None,
+    schema: type[Any] | Mapping[str, Any] | None = None,
+    fields: Mapping[str, str] | None = None,
+    labels: list[str] | None = None,
+    text_column: str | None = None,
+    max_tokens: int | None = None,
+    params: Mapping[str, Any] | None = None,
+    structured: bool = True,
+    repair_attempts: int = 2,
+    batch_size: BatchSize = 1,
+    call_timeout: float = 60.0,
+    embed: bool = False,
+    embed_batch: int = 512,
+    threshold: float | None = None,
+    budget: float | None = None,
+    rpm: float | None = None,
+    tpm: float | None = None,
+    max_concurrent: int | None = None,
+    cache: bool = True,
+    env_file: PathLike | None = None,
+    vectors: str | None = None,
+    insert_batch: int = 1000,
+    limits: Mapping[str, Mapping[str, float]] | None = None,
+    prices: Mapping[str, Any] | None = None,
+    providers: Mapping[str, Mapping[str, Any]] | None = None,
+    **renamed: Unpack[_RunRenamed],
 ) -> Result:
     """Run ``task`` over every row of ``source``; resume where an earlier run stopped.
 
@@ -66,6 +105,9 @@ def run(
         result = rowpilot.run(classify, "reviews.csv", key="id", workers=16)
         df = result.to_pandas()
 
+    Every keyword is a setting of the job, named as its CLI flag and TOML key are (the
+    table in rowpilot._settings, listed in docs/settings.md).
+
     Output fields may not be named like input columns (a table would lose the input):
     ``output_prefix="out_"`` names them apart. The first items all failing alike stop
     the run early with their rows left pending, unless ``keep_going``.
@@ -74,15 +116,15 @@ def run(
     columns and keys (``.rowpilot/<name>-<hash>``), so two different frames never share
     one; pass ``state=`` to choose the folder.
 
-    ``workers="auto"`` sizes the run from the CPUs, memory, rate limits and measured
-    throughput, and keeps adjusting it (at most ``max_workers``); ``max_memory`` (MB) holds
-    back new items while the process's resident memory is above it.
+    ``workers`` is how many task calls run at once (a call is one row, or one batch of
+    rows where rows are batched); ``workers="auto"`` sizes the run from the CPUs, memory,
+    rate limits and measured throughput, and keeps adjusting it (at most ``max_workers``);
+    ``max_memory`` (MB) holds back new items while the process's resident memory is above
+    it.
 
-    Without a task, it runs a prompt: ``prompt`` (a template with ``{column}`` fields),
-    ``model`` ("openai/gpt-4o-mini"), and optionally ``base_url``, ``system``, ``schema``
-    (a pydantic model or a JSON Schema dict), ``fields``, ``labels``/``text_column``,
-    ``batch_size``, ``max_tokens``, ``params``, ``budget``, ``rpm``, ``tpm``,
-    ``max_concurrent``, ``cache``, ``limits``, ``prices``, ``providers``, ``env_file``::
+    Without a task, it runs a prompt: ``prompt`` (a template with ``{column}`` fields) and
+    ``model`` ("openai/gpt-4o-mini"), or the local model's tasks (``embed=True`` with
+    ``text_column``, and ``vectors="lancedb://PATH/TABLE"`` to write the vectors)::
 
         rowpilot.run(source="reviews.csv", key="id", model="openai/gpt-4o-mini",
                      prompt="Sentiment of: {text}", fields={"sentiment": "pos|neg|mixed"},
@@ -90,45 +132,35 @@ def run(
     """
     if source is None:
         raise ConfigError("no source given", hint="pass source=PATH or a DataFrame")
-    settings: dict[str, Any] = {
-        "task": task,
-        "source": source,
-        "key": key,
-        "workers": workers,
-        "max_workers": max_workers,
-        "max_memory": max_memory,
-        "name": name,
-        "limit": limit,
-        "rows": _range_text(rows, ":"),
-        "shard": _range_text(shard, "/"),
-        "force": force,
-        "retry_failed": retry_failed,
-        "timeout": timeout,
-        "max_attempts": max_attempts,
-        "retry_on": retry_on,
-        "retry_delay": retry_delay,
-        "max_retry_delay": max_retry_delay,
-        "task_version": task_version,
-        "encoding": encoding,
-        "format": format,
-        "dedupe": dedupe,
-        "trust_quotes": trust_quotes,
-        "follow_symlinks": follow_symlinks,
-        "output_prefix": output_prefix,
-        "keep_going": keep_going,
-        "grace": grace,
-        "progress": progress,
-        **_prompt_settings(prompt),
-    }
-    for field, value in (
-        ("state", state),
-        ("output", output),
-        ("json_dir", json_dir),
-        ("failures", failures),
-    ):
-        if value is not None:
-            settings[field] = Path(value)
-    return run_sync(build_config(settings))
+    given = _settings.renamed({**renamed, **_explicit(locals())}, "run")
+    return run_sync(build_config(_as_config(given)))
+
+
+def _explicit(given: Mapping[str, Any]) -> dict[str, Any]:
+    return {name: value for name, value in given.items() if name != "renamed"}
+
+
+_MAPPINGS = ("params", "limits", "prices", "providers", "fields")
+_PATHS = ("state", "output", "json_dir", "failures", "env_file")
+
+
+def _as_config(given: Mapping[str, Any]) -> dict[str, Any]:
+    """Keyword settings as JobConfig's fields: paths as paths, ranges as text."""
+    settings: dict[str, Any] = {}
+    for name, value in given.items():
+        if value is None and name in (*_MAPPINGS, *_PATHS):
+            continue
+        setting = _settings.BY_NAME.get(name)
+        settings[setting.config_field if setting else name] = value
+    for name in _PATHS:
+        if name in settings:
+            settings[name] = Path(settings[name])
+    for name in _MAPPINGS:
+        if name in settings:
+            settings[name] = dict(settings[name])
+    settings["rows"] = _range_text(settings.get("rows"), ":")
+    settings["shard"] = _range_text(settings.get("shard"), "/")
+    return settings
 
 
 def _range_text(value: str | tuple[Any, Any] | None, separator: str) -> str | None:
@@ -138,49 +170,8 @@ def _range_text(value: str | tuple[Any, Any] | None, separator: str) -> str | No
     return f"{'' if first is None else first}{separator}{'' if second is None else second}"
 
 
-_PROMPT_SETTINGS = frozenset(
-    {
-        "model",
-        "base_url",
-        "prompt",
-        "system",
-        "fields",
-        "labels",
-        "text_column",
-        "batch_size",
-        "max_tokens",
-        "params",
-        "structured",
-        "repair_attempts",
-        "call_timeout",
-        "threshold",
-        "embed_batch",
-        "budget",
-        "rpm",
-        "tpm",
-        "max_concurrent",
-        "cache",
-        "env_file",
-        "limits",
-        "prices",
-        "providers",
-    }
-)
-
-
-def _prompt_settings(given: Mapping[str, Any]) -> dict[str, Any]:
-    settings = dict(given)
-    if "schema" in settings:
-        settings["output_schema"] = settings.pop("schema")
-    unknown = set(settings) - _PROMPT_SETTINGS - {"output_schema"}
-    if unknown:
-        raise ConfigError(
-            f"run() got an unknown setting {sorted(unknown)[0]!r}",
-            hint="see help(rowpilot.run) for the settings",
-        )
-    if settings.get("env_file") is not None:
-        settings["env_file"] = Path(settings["env_file"])
-    return settings
+class _LabelRenamed(TypedDict, total=False):
+    instructions: str | None
 
 
 def label(
@@ -189,16 +180,24 @@ def label(
     text_column: str,
     labels: list[str],
     model: str | None = None,
-    batch_size: int | str = 10,
-    workers: int = 4,
+    base_url: str | None = None,
+    threshold: float | None = None,
+    batch_size: BatchSize = 10,
+    workers: Workers = 4,
     key: str | None = None,
-    instructions: str | None = None,
+    system: str | None = None,
+    limit: int | None = None,
+    budget: float | None = None,
+    rpm: float | None = None,
+    tpm: float | None = None,
+    cache: bool = True,
+    env_file: PathLike | None = None,
     output: PathLike | None = None,
     state: PathLike | None = None,
     name: str | None = None,
     summary: bool = True,
     progress: bool | None = False,
-    **settings: Any,
+    **renamed: Unpack[_LabelRenamed],
 ) -> pd.DataFrame:
     """Add one boolean column per label to a table of texts; return the enriched table.
 
@@ -212,25 +211,14 @@ def label(
         df = rowpilot.label("comments.csv", text_column="text",
                             labels=["racist", "sexist", "homophobic"], batch_size=10)
     """
+    given = _settings.renamed({**renamed, **_explicit(locals())}, "label")
+    del given["summary"]
+    if model is None:
+        given["model"] = default_label_model(env_file)
+    given["name"] = name or _job_name(source, "labels")
+    result = run(**given)
     from rowpilot._labels import label_summary
 
-    if model is None:
-        model = default_label_model(settings.get("env_file"))
-    result = run(
-        source=source,
-        key=key,
-        workers=workers,
-        state=state,
-        name=name or _job_name(source, "labels"),
-        output=output,
-        progress=progress,
-        model=model,
-        text_column=text_column,
-        labels=labels,
-        batch_size=batch_size,
-        system=instructions,
-        **settings,
-    )
     frame = result.to_pandas()
     counts = label_summary(result, labels)
     frame.attrs["label_summary"] = {
@@ -251,42 +239,35 @@ def default_label_model(env_file: PathLike | None = None) -> str:
     return "openai/gpt-4o-mini" if environ.get("OPENAI_API_KEY") else "local/wordllama"
 
 
+class _EmbedRenamed(TypedDict, total=False):
+    to: str | None
+
+
 def embed(
     source: PathLike | Iterable[Mapping[str, Any]] | Any,
     *,
     text_column: str,
     key: str | None = None,
-    to: str | None = None,
+    vectors: str | None = None,
     output: PathLike | None = None,
     embed_batch: int = 512,
     insert_batch: int = 1000,
-    workers: int = 1,
+    workers: Workers = 1,
+    limit: int | None = None,
     state: PathLike | None = None,
     name: str | None = None,
     progress: bool | None = False,
+    **renamed: Unpack[_EmbedRenamed],
 ) -> Result:
-    """Embed a text column with the bundled local model; ``to="lancedb://PATH/TABLE"`` also
-    writes the vectors to LanceDB (keyed: a re-run never duplicates one). Example::
+    """Embed a text column with the bundled local model; ``vectors="lancedb://PATH/TABLE"``
+    also writes the vectors to LanceDB (keyed: a re-run never duplicates one). Example::
 
         result = rowpilot.embed("docs.csv", key="id", text_column="body")
         vectors = result.to_pandas()["embedding"]
     """
-    settings: dict[str, Any] = {
-        "source": source,
-        "embed": True,
-        "text_column": text_column,
-        "key": key,
-        "vectors": to,
-        "embed_batch": embed_batch,
-        "insert_batch": insert_batch,
-        "workers": workers,
-        "name": name or _job_name(source, "embed"),
-        "progress": progress,
-    }
-    for field, value in (("state", state), ("output", output)):
-        if value is not None:
-            settings[field] = Path(value)
-    return run_sync(build_config(settings))
+    given = _settings.renamed({**renamed, **_explicit(locals())}, "embed")
+    given["name"] = name or _job_name(source, "embed")
+    return run(embed=True, **given)
 
 
 def dedupe(
@@ -295,7 +276,7 @@ def dedupe(
     text_column: str,
     key: str | None = None,
     threshold: float | None = None,
-    workers: int = 1,
+    workers: Workers = 1,
     state: PathLike | None = None,
     name: str | None = None,
     progress: bool | None = False,

@@ -9,7 +9,7 @@ A job file has four tables; relative paths in it are relative to the file:
     key = "cui"                  # optional; default: the row number
     encoding = "utf-8"           # optional
     format = "csv"               # optional; default: from the suffix
-    dedupe = "first"             # optional; keep each key's first row
+    duplicates = "first"         # optional; keep each key's first row (default: error)
     trust_quotes = false         # optional; CSV cells spanning lines that look like rows
     follow_symlinks = false      # optional; folder: read symlinks that lead outside it
 
@@ -72,78 +72,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from rowpilot import _settings
 from rowpilot.errors import ConfigError
 from rowpilot.tasks._base import Task
 
-_SECTIONS: dict[str, dict[str, str]] = {
-    "source": {
-        "path": "source",
-        "key": "key",
-        "encoding": "encoding",
-        "format": "format",
-        "dedupe": "dedupe",
-        "trust_quotes": "trust_quotes",
-        "follow_symlinks": "follow_symlinks",
-    },
-    "task": {
-        "function": "task",
-        "version": "task_version",
-        "model": "model",
-        "prompt": "prompt",
-        "system": "system",
-        "schema": "output_schema",
-        "fields": "fields",
-        "labels": "labels",
-        "text_column": "text_column",
-        "max_tokens": "max_tokens",
-        "params": "params",
-        "structured": "structured",
-        "repair_attempts": "repair_attempts",
-        "batch_size": "batch_size",
-        "call_timeout": "call_timeout",
-        "base_url": "base_url",
-        "embed": "embed",
-        "embed_batch": "embed_batch",
-        "threshold": "threshold",
-    },
-    "run": {
-        name: name
-        for name in (
-            "workers",
-            "max_workers",
-            "max_memory",
-            "timeout",
-            "max_attempts",
-            "retry_on",
-            "retry_delay",
-            "max_retry_delay",
-            "rows",
-            "shard",
-            "limit",
-            "state",
-            "grace",
-            "force",
-            "retry_failed",
-            "budget",
-            "rpm",
-            "tpm",
-            "max_concurrent",
-            "cache",
-            "env_file",
-            "keep_going",
-        )
-    },
-    "output": {
-        "prefix": "output_prefix",
-        "path": "output",
-        "json_dir": "json_dir",
-        "failures": "failures",
-        "vectors": "vectors",
-        "insert_batch": "insert_batch",
-    },
-}
-# Tables whose keys are names of the user's (a provider, a model), taken whole.
-_NAMED_TABLES = {"limits", "prices", "providers"}
 _PATH_FIELDS = {"source", "state", "output", "json_dir", "failures", "env_file"}
 
 
@@ -159,7 +91,7 @@ class JobConfig(BaseModel):
     key: str | None = None
     format: str | None = None
     encoding: str | None = None
-    dedupe: Literal["first"] | None = None
+    duplicates: Literal["first"] | None = None  # a repeated key: keep the first row
     trust_quotes: bool = False  # CSV: read quoted cells that span lines as they are
     follow_symlinks: bool = False  # folder: also read files that symlinks lead out to
     task_version: str | None = None
@@ -264,7 +196,7 @@ def _check_task_kind(config: JobConfig) -> None:
         raise ConfigError("the local tasks need the text's column", hint="pass --text-column NAME")
     if config.vectors is not None and not config.embed:
         raise ConfigError(
-            "only rowpilot embed writes vectors", hint="drop --to, or use rowpilot embed"
+            "only rowpilot embed writes vectors", hint="drop --vectors, or use rowpilot embed"
         )
     if config.task is None and not prompt_given:
         raise ConfigError(
@@ -295,15 +227,16 @@ def read_job_file(path: Path) -> dict[str, Any]:
 
 
 def _section(path: Path, section: str, table: Any) -> dict[str, Any]:
-    if section in _NAMED_TABLES and isinstance(table, dict):
+    if section in _settings.NAMED_TABLES and isinstance(table, dict):
         return {section: table}
-    fields = _SECTIONS.get(section)
-    if fields is None or not isinstance(table, dict):
+    if section not in _settings.sections() or not isinstance(table, dict):
+        tables = [*_settings.sections(), *_settings.NAMED_TABLES]
         raise ConfigError(
             f"{path}: unknown table [{section}]",
-            hint="the tables are [source], [task], [run], [output], [limits], [prices] "
-            "and [providers]",
+            hint=f"the tables are {', '.join(f'[{name}]' for name in tables)}",
         )
+    fields = _settings.toml_keys(section)
+    table = _renamed_keys(path, section, table)
     unknown = set(table) - set(fields)
     if unknown:
         raise ConfigError(
@@ -311,6 +244,15 @@ def _section(path: Path, section: str, table: Any) -> dict[str, Any]:
             hint=f"[{section}] takes {', '.join(sorted(fields))}",
         )
     return {fields[name]: value for name, value in table.items()}
+
+
+def _renamed_keys(path: Path, section: str, table: dict[str, Any]) -> dict[str, Any]:
+    renamed = dict(table)
+    for old, setting in _settings.toml_aliases(section).items():
+        if old in renamed:
+            _settings.deprecated(f"{path}: [{section}] {old}", setting.toml_key)
+            renamed[setting.toml_key] = renamed.pop(old)
+    return renamed
 
 
 def _resolve_paths(settings: dict[str, Any], base: Path) -> dict[str, Any]:

@@ -169,7 +169,7 @@ def _check_outputs(sinks: list[Sink]) -> None:
 
 def _validate(source: Source, keyer: Keyer, selection: Selection, config: JobConfig) -> ScanReport:
     report = scan(source, keyer, selection)
-    if report.duplicate_hashes and config.dedupe is None:
+    if report.duplicate_hashes and config.duplicates is None:
         error = duplicate_key_error(source, keyer, selection, report.duplicate_hashes)
         if error is not None:
             raise error
@@ -404,7 +404,7 @@ def _runs(registry: Registry) -> list[dict[str, Any]]:
 
 def _chunks(job: PreparedJob) -> Iterator[list[Item]]:
     if job.scan is None:
-        check = OnlineDuplicateCheck(job.source, job.keyer, job.config.dedupe == "first")
+        check = OnlineDuplicateCheck(job.source, job.keyer, job.config.duplicates == "first")
         admits = check.admits
     else:
         admits = FirstOccurrence(job.scan.duplicate_hashes).admits

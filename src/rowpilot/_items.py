@@ -252,7 +252,7 @@ def selected_items(
 @dataclass
 class ScanReport:
     """What the validation pass learned: the count, the columns, repeated keys, and (with
-    ``--dedupe first``) how many rows repeat an earlier row's key and are left out."""
+    ``--duplicates first``) how many rows repeat an earlier row's key and are left out."""
 
     total: int
     columns: list[str]
@@ -298,7 +298,7 @@ def _check_row_range(source: Source, rows: tuple[int | None, int | None]) -> Non
 def count_repeats(
     source: Source, keyer: Keyer, selection: Selection, suspects: frozenset[int]
 ) -> int:
-    """Rows whose key an earlier row already had (the rows ``--dedupe first`` leaves out)."""
+    """Rows whose key an earlier row already had (the rows ``--duplicates first`` leaves out)."""
     if not suspects:
         return 0
     admits = FirstOccurrence(suspects).admits
@@ -378,12 +378,12 @@ def duplicate_key_error(
         f"{len(repeats)} duplicate key(s): {shown}{more}",
         file=source.name,
         column=keyer.key_column,
-        hint="make the keys unique, or pass --dedupe first to keep each key's first row",
+        hint="make the keys unique, or pass --duplicates first to keep each key's first row",
     )
 
 
 class FirstOccurrence:
-    """With ``--dedupe first``: lets through only the first row of each repeated key."""
+    """With ``--duplicates first``: lets through only the first row of each repeated key."""
 
     def __init__(self, suspects: frozenset[int]) -> None:
         self._suspects = suspects
@@ -417,5 +417,5 @@ class OnlineDuplicateCheck:
             f"duplicate key {item.key!r} at rows {first} and {item.seq}",
             file=self._source.name,
             column=self._keyer.key_column,
-            hint="make the keys unique, or pass dedupe='first' to keep each key's first row",
+            hint="make the keys unique, or pass duplicates='first' to keep each key's first row",
         )

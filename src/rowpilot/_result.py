@@ -52,7 +52,7 @@ class Summary:
     waited_seconds: float = 0.0  # of task_seconds, spent waiting for rate-limited resources
     cpu_seconds: float = 0.0  # of task_seconds, sync tasks' threads on the CPU
     workers: int | None = None  # the most items that ran at once (--workers, or auto's cap)
-    dropped: int = 0  # rows whose key repeated an earlier row's (--dedupe first)
+    dropped: int = 0  # rows whose key repeated an earlier row's (--duplicates first)
 
     @property
     def exit_code(self) -> int:
@@ -122,7 +122,7 @@ class Summary:
         if self.dropped:
             lines.append(
                 f"{self.dropped:,} rows repeat an earlier row's key and were left out "
-                "(--dedupe first)"
+                "(--duplicates first)"
             )
         if self.pending:
             lines.append(f"{self.pending:,} items not processed yet")

@@ -247,7 +247,7 @@ class VerifyReport:
     """A state directory checked against its source: counts, and the first keys of each.
 
     ``dropped`` rows repeat an earlier row's key and were left out on purpose
-    (``--dedupe first``): they are neither expected nor missing."""
+    (``--duplicates first``): they are neither expected nor missing."""
 
     expected: int
     done: int = 0

@@ -12,7 +12,7 @@ RowpilotError                   base of everything rowpilot raises on purpose
 │   │   ├── SourceFormatError       a ragged CSV row, a JSONL line that is not an object, ...
 │   │   ├── EmptySourceError        no header, or a header and no rows
 │   │   ├── KeyColumnError          the key column is unknown, or a row has no key value
-│   │   └── DuplicateKeyError       the same key on several rows (see ``--dedupe first``)
+│   │   └── DuplicateKeyError       the same key on several rows (see ``--duplicates first``)
 │   ├── TaskLoadError           the task path does not import or names nothing callable
 │   ├── TaskOutputError         the task returned something that is not a dict or a model
 │   │   └── OutputCollisionError    an output field is named like an input column

@@ -1,0 +1,92 @@
+"""The ``rowpilot`` command: thin commands over the library.
+
+Every command's help ends with an example; tests/test_cli_docs.py keeps it that way. One
+module per concept registers its commands on ``app`` (importing it is what registers
+them): ``_run`` (run, estimate), ``_local_commands`` (label, embed, dedupe),
+``_state_commands`` (status, export, failures, merge, verify), ``_tool_commands``
+(doctor, simulate).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+from typing import Any
+
+import typer
+
+from rowpilot._events import NOTICES
+from rowpilot.cli import (  # noqa: F401  (importing a command module registers its commands)
+    _local_commands,
+    _run,
+    _state_commands,
+    _tool_commands,
+)
+from rowpilot.cli._app import app
+from rowpilot.errors import RowpilotError
+
+
+def _spread_labels(args: list[str]) -> list[str]:
+    """``--labels a b c`` as click reads it: ``--labels a --labels b --labels c``."""
+    spread: list[str] = []
+    in_labels = False
+    for arg in args:
+        if arg == "--labels":
+            in_labels = True
+            continue
+        if in_labels and not arg.startswith("-"):
+            spread += ["--labels", arg]
+            continue
+        in_labels = False
+        spread.append(arg)
+    return spread
+
+
+def command() -> Any:
+    """The click command behind ``app``, with flags shown without a type: typer labels a
+    switch such as --force or --help ``<bool>``, which reads as a value to pass."""
+    root = typer.main.get_command(app)
+    for sub in getattr(root, "commands", {}).values():
+        for param in sub.params:
+            if getattr(param, "is_flag", False):
+                param.metavar = ""
+        sub.get_help_option = _without_type(sub.get_help_option)
+    return root
+
+
+def _without_type(get_help_option: Any) -> Any:
+    def wrapped(ctx: Any) -> Any:
+        option = get_help_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+    return wrapped
+
+
+def _print_warnings() -> None:
+    """The engine's warnings (rowpilot._events.warn) as ``rowpilot: warning: ...`` lines."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("rowpilot: warning: %(message)s"))
+    NOTICES.handlers[:] = [handler]
+    NOTICES.propagate = False
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: one-line errors (exit 2 for user errors) unless --debug."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("ROWPILOT_DEBUG") == "1"
+    args = _spread_labels([a for a in args if a != "--debug"])
+    _print_warnings()
+    try:
+        command().main(args=args, prog_name="rowpilot")
+    except RowpilotError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"rowpilot: error: {exc}", file=sys.stderr)
+        raise SystemExit(exc.exit_code) from None
+
+
+__all__ = ["app", "main"]

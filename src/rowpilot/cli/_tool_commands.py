@@ -1,0 +1,90 @@
+"""Commands that run no job: ``doctor`` and ``simulate``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from rowpilot.cli._app import _example, app
+from rowpilot.cli._options import Json, option
+
+# -- doctor -----------------------------------------------------------------------------
+
+
+@app.command(
+    epilog=_example(
+        "rowpilot doctor",
+        "rowpilot doctor job.toml --json",
+    )
+)
+def doctor(
+    job: Annotated[
+        Path | None, typer.Argument(help="A TOML job file: show the settings it would run with.")
+    ] = None,
+    env_file: Annotated[Path | None, option("env_file", "doctor")] = None,
+    as_json: Json = False,
+) -> None:
+    """Show the machine, which provider keys are set (never their values), and the workers,
+    memory cap, limits and state directory a job would run with; runs nothing."""
+    from rowpilot._doctor import diagnose, lines
+
+    report = diagnose(job, env_file)
+    if as_json:
+        print(json.dumps(report, indent=2, default=str))
+        return
+    for line in lines(report):
+        print(line)
+
+
+# -- simulate ---------------------------------------------------------------------------
+
+
+@app.command(
+    epilog=_example(
+        "rowpilot simulate --port 8900 --rpm 6000 --tpm 2000000 --latency-ms 300",
+        "rowpilot simulate --error-503 0.02 --hang 0.01 --api-key sk-sim-local",
+        "rowpilot simulate --rpm 500 --search-rpm 100 --search-latency-ms 400",
+    )
+)
+def simulate(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0 picks a free one).")] = 8900,
+    api_key: Annotated[str | None, typer.Option(help="Require this key (default: any).")] = None,
+    models: Annotated[str | None, typer.Option(help="Comma-separated model names.")] = None,
+    latency_ms: Annotated[float | None, typer.Option(help="Median latency in ms.")] = None,
+    latency_jitter: Annotated[
+        float | None, typer.Option(help="Lognormal sigma of latency.")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for latency and faults.")] = None,
+    rpm: Annotated[float | None, typer.Option(help="Requests per minute, per model.")] = None,
+    tpm: Annotated[float | None, typer.Option(help="Tokens per minute, per model.")] = None,
+    max_concurrent: Annotated[int | None, typer.Option(help="Requests in flight at most.")] = None,
+    error_500: Annotated[float | None, typer.Option(help="Share of requests answered 500.")] = None,
+    error_503: Annotated[float | None, typer.Option(help="Share answered 503.")] = None,
+    hang: Annotated[float | None, typer.Option(help="Share that hang, then drop.")] = None,
+    reset: Annotated[float | None, typer.Option(help="Share whose connection is reset.")] = None,
+    malformed: Annotated[float | None, typer.Option(help="Share with a non-JSON body.")] = None,
+    bad_content: Annotated[
+        float | None, typer.Option(help="Share whose JSON answer is not JSON.")
+    ] = None,
+    missing_field: Annotated[
+        float | None, typer.Option(help="Share whose JSON answer misses a field or row.")
+    ] = None,
+    refuse_word: Annotated[
+        str | None, typer.Option(help="Refuse (content filter) every prompt with this word.")
+    ] = None,
+    search_rpm: Annotated[
+        float | None, typer.Option(help="Requests per minute of POST /search, its own limit.")
+    ] = None,
+    search_latency_ms: Annotated[
+        float | None, typer.Option(help="Median latency of POST /search (default: --latency-ms).")
+    ] = None,
+) -> None:
+    """Serve a local OpenAI/Anthropic-compatible API and a search API (POST /search) to
+    rehearse jobs against (no cost)."""
+    options = dict(locals())
+    from rowpilot._simulator import SimulatorConfig, serve_forever
+
+    serve_forever(SimulatorConfig.from_options(**options))
