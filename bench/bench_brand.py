@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples" / "br
 from _common import DATA, ROWPILOT, machine
 from make_data import write_brands  # the example's own generator: the same brands, more
 
-from rowpilot._simulator import Simulator, SimulatorConfig
+from rowpilot.simulator.server import Simulator, SimulatorConfig
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "brand-research"
 

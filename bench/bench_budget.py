@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from _common import ROWPILOT, machine
 
-from rowpilot._simulator import Simulator, SimulatorConfig
+from rowpilot.simulator.server import Simulator, SimulatorConfig
 
 KEY = "bench-" + "simulator-key"
 WORDS = [

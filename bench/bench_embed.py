@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import machine, make_csv
 
 import rowpilot
-from rowpilot._local import embed_texts, load_model
+from rowpilot.local_model.model import embed_texts, load_model
 
 CHUNK = 512
 

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from _common import machine
 
-from rowpilot._local import (
+from rowpilot.local_model.model import (
     DEFAULT_DEDUPE_THRESHOLD,
     dedupe_clusters,
     dedupe_vectors,

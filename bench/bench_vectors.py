@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from _common import machine
 
-import rowpilot._vectors as sink
-from rowpilot._vectors import SinkReport, VectorRow, VectorTarget, nearest, write_vectors
+import rowpilot.sinks.vectors as sink
+from rowpilot.sinks.vectors import SinkReport, VectorRow, VectorTarget, nearest, write_vectors
 
 DIM = 256
 

@@ -18,8 +18,8 @@ from typing import Any, Protocol
 import pytest
 
 import rowpilot
-from rowpilot._events import NOTICES
-from rowpilot._simulator import Simulator, SimulatorConfig
+from rowpilot.engine.events import NOTICES
+from rowpilot.simulator.server import Simulator, SimulatorConfig
 
 ROWPILOT = str(Path(sys.executable).parent / "rowpilot")
 

@@ -12,9 +12,9 @@ import pytest
 
 import rowpilot
 from rowpilot._config import build_config, read_job_file
-from rowpilot._engine import auto_workers
-from rowpilot._machine import cpu_count
-from rowpilot.tasks._factory import build_task
+from rowpilot.engine.job import auto_workers
+from rowpilot.engine.machine import cpu_count
+from rowpilot.tasks.factory import build_task
 
 SRC = str(Path(rowpilot.__file__).resolve().parents[1])
 # Fake keys, assembled so that secret scanners do not take this file for a leak.

@@ -7,7 +7,6 @@ import string
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rowpilot._providers import map_openai_error
 from rowpilot._secrets import (
     MIN_SECRET_CHARS,
     REDACTED,
@@ -16,6 +15,7 @@ from rowpilot._secrets import (
     redact_secret,
     redact_urls,
 )
+from rowpilot.llm.providers import map_openai_error
 
 SECRETS = st.text(string.ascii_letters + string.digits + "-_.~!$&'()*+,;=%", min_size=8)
 HOSTS = st.sampled_from(["127.0.0.1:8900", "api.example.com", "[::1]:9", "host"])

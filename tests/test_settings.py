@@ -16,8 +16,8 @@ import pytest
 import rowpilot
 from rowpilot import _settings, cli
 from rowpilot._config import JobConfig, read_job_file
-from rowpilot._events import NOTICES
 from rowpilot._settings import SETTINGS, Setting
+from rowpilot.engine.events import NOTICES
 
 TOML_SETTINGS = [s for s in SETTINGS if s.section is not None]
 COMMANDS = sorted({command for s in SETTINGS for command in s.commands})

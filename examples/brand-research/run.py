@@ -34,7 +34,7 @@ from typing import Any
 
 from dotenv import dotenv_values
 
-from rowpilot._simulator import SEARCH_RESOURCE, Simulator, SimulatorConfig
+from rowpilot.simulator.server import SEARCH_RESOURCE, Simulator, SimulatorConfig
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent

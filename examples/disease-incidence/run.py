@@ -33,7 +33,7 @@ from pathlib import Path
 import compare
 from make_data import write_diseases
 
-from rowpilot._simulator import Simulator, SimulatorConfig
+from rowpilot.simulator.server import Simulator, SimulatorConfig
 
 HERE = Path(__file__).resolve().parent
 SHARDS = 10

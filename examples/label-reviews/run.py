@@ -25,7 +25,7 @@ sys.path.insert(0, str(HERE))  # label_reviews.py, also when run from another fo
 
 from label_reviews import LABEL_NAMES, MODEL, cli_command, label_reviews  # noqa: E402
 
-from rowpilot._simulator import Simulator, SimulatorConfig  # noqa: E402
+from rowpilot.simulator.server import Simulator, SimulatorConfig  # noqa: E402
 
 # The simulator takes any key; a placeholder keeps a real key from being sent anywhere.
 SIMULATOR_KEY = "simulator-placeholder-key"

@@ -31,7 +31,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from rowpilot._simulator import Simulator, SimulatorConfig
+from rowpilot.simulator.server import Simulator, SimulatorConfig
 
 HERE = Path(__file__).resolve().parent
 MODEL = "openai/gpt-4o-mini"

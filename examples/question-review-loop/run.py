@@ -26,7 +26,7 @@ sys.path.insert(0, str(HERE))  # review.py, also when run from another folder
 
 from review import Settings, read_settings  # noqa: E402
 
-from rowpilot._simulator import Simulator, SimulatorConfig  # noqa: E402
+from rowpilot.simulator.server import Simulator, SimulatorConfig  # noqa: E402
 
 JOB = HERE / "job.toml"
 # The simulator takes any key; a placeholder keeps a real key from being sent anywhere.

@@ -2,9 +2,9 @@
 
 from rowpilot import errors
 from rowpilot._api import dedupe, embed, label, run
-from rowpilot._ctx import Ctx
-from rowpilot._exports import ExportRecord as ItemRecord
 from rowpilot._result import Result, Summary
+from rowpilot.sinks.exports import ExportRecord as ItemRecord
+from rowpilot.tasks.ctx import Ctx
 
 __all__ = [
     "Ctx",

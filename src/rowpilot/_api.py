@@ -9,14 +9,14 @@ from typing import TYPE_CHECKING, Any, Literal, TypedDict, Unpack
 
 from rowpilot import _settings
 from rowpilot._config import build_config
-from rowpilot._engine import run_sync
 from rowpilot._result import Result
+from rowpilot.engine.job import run_sync
 from rowpilot.errors import ConfigError
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from rowpilot._dedupe import DedupeReport
+    from rowpilot.local_model.dedupe import DedupeReport
 
 PathLike = str | os.PathLike[str]
 
@@ -217,7 +217,7 @@ def label(
         given["model"] = default_label_model(env_file)
     given["name"] = name or _job_name(source, "labels")
     result = run(**given)
-    from rowpilot._labels import label_summary
+    from rowpilot.llm.labels import label_summary
 
     frame = result.to_pandas()
     counts = label_summary(result, labels)
@@ -233,7 +233,7 @@ def label(
 
 def default_label_model(env_file: PathLike | None = None) -> str:
     """``openai/gpt-4o-mini`` when an OpenAI key is at hand, else the bundled local model."""
-    from rowpilot._environ import load_environ
+    from rowpilot.llm.environ import load_environ
 
     environ = load_environ(Path(env_file) if env_file is not None else None)
     return "openai/gpt-4o-mini" if environ.get("OPENAI_API_KEY") else "local/wordllama"
@@ -289,8 +289,8 @@ def dedupe(
 
         frame, report = rowpilot.dedupe("companies.csv", key="id", text_column="name")
     """
-    from rowpilot._dedupe import clusters_table
-    from rowpilot._local import DEFAULT_DEDUPE_THRESHOLD
+    from rowpilot.local_model.dedupe import clusters_table
+    from rowpilot.local_model.model import DEFAULT_DEDUPE_THRESHOLD
 
     settings: dict[str, Any] = {
         "source": source,

@@ -74,7 +74,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rowpilot import _settings
 from rowpilot.errors import ConfigError
-from rowpilot.tasks._base import Task
+from rowpilot.tasks.base import Task
 
 _PATH_FIELDS = {"source", "state", "output", "json_dir", "failures", "env_file"}
 

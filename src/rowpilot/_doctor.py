@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from rowpilot._config import JobConfig, build_config, read_job_file
-from rowpilot._machine import read_machine
+from rowpilot.engine.machine import read_machine
 from rowpilot.errors import RowpilotError
 
 EXTRAS = ("lancedb", "ray")
@@ -68,7 +68,7 @@ def _version() -> str:
 
 def _keys(env_file: Path | None, custom: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Each provider's key: set or not, and where. Only names and booleans leave here."""
-    from rowpilot._providers import KNOWN_PROVIDERS
+    from rowpilot.llm.providers import KNOWN_PROVIDERS
 
     wanted: dict[str, str] = {}
     for name, spec in KNOWN_PROVIDERS.items():
@@ -106,7 +106,7 @@ def _names_set_in(path: Path) -> set[str]:
 
 
 def _job(path: Path, config: JobConfig) -> dict[str, Any]:
-    from rowpilot._engine import state_directory
+    from rowpilot.engine.job import state_directory
 
     state = state_directory(config, config.name or "job")  # a job file names its job
     found: dict[str, Any] = {
@@ -124,8 +124,8 @@ def _job(path: Path, config: JobConfig) -> dict[str, Any]:
 def _task(config: JobConfig) -> dict[str, Any]:
     """What the job's task is, its limits, and the workers a run would start with, and
     why, computed as the engine does."""
-    from rowpilot._engine import auto_workers
-    from rowpilot.tasks._factory import build_task
+    from rowpilot.engine.job import auto_workers
+    from rowpilot.tasks.factory import build_task
 
     limits: dict[str, dict[str, Any]] = {name: dict(table) for name, table in config.limits.items()}
     try:

@@ -20,11 +20,11 @@ tokens/min and max_concurrent bounds the parallel time.
 from __future__ import annotations
 
 from rowpilot._config import JobConfig
-from rowpilot._engine import execute, prepare
-from rowpilot._progress import ProgressView
 from rowpilot._projection import Projection, ResourceUse, TaskProjection
 from rowpilot._result import Result
-from rowpilot.tasks._factory import build_task
+from rowpilot.engine.job import execute, prepare
+from rowpilot.engine.progress import ProgressView
+from rowpilot.tasks.factory import build_task
 
 __all__ = ["Projection", "ResourceUse", "TaskProjection", "sample_and_project"]
 

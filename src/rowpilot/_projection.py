@@ -8,9 +8,9 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from rowpilot._limits import Limits
-from rowpilot._registry import Registry
 from rowpilot.errors import ConfigError
+from rowpilot.llm.limits import Limits
+from rowpilot.state.registry import Registry
 
 
 class _Rest:

@@ -8,8 +8,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rowpilot._exports import ExportRecord, to_dataframe
-from rowpilot._registry import Registry
+from rowpilot.sinks.exports import ExportRecord, to_dataframe
+from rowpilot.state.registry import Registry
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from dataclasses import field as _field
 from typing import Any
 
-from rowpilot._events import warn
+from rowpilot.engine.events import warn
 
 PROMPT_PANEL = "Prompt tasks"
 WORKERS_HELP = (

@@ -30,8 +30,7 @@ from typing import Any
 import pytest
 
 from conftest import wait_until
-from rowpilot._registry import REGISTRY_FILE
-from rowpilot._simulator import (
+from rowpilot.simulator.server import (
     Simulator,
     SimulatorConfig,
     _row_object,
@@ -39,6 +38,7 @@ from rowpilot._simulator import (
     _untagged_text,
     search_answer,
 )
+from rowpilot.state.registry import REGISTRY_FILE
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "brand-research"
 ROWPILOT = str(Path(sys.executable).parent / "rowpilot")
@@ -365,7 +365,7 @@ def test_run_py_without_keys_says_which_are_missing(tmp_path: Path) -> None:
 
 def test_a_task_projection_is_bound_by_its_tightest_limit() -> None:
     from rowpilot._estimate import ResourceUse, TaskProjection
-    from rowpilot._limits import Limits
+    from rowpilot.llm.limits import Limits
 
     model = ResourceUse("openai/gpt-4o-mini", 1.0, 3.0, 1_300.0, Limits(rpm=500, tpm=20_000))
     search = ResourceUse("search", 1.0, 0.8, 0.0, Limits(rpm=100, max_concurrent=2))

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from rowpilot._simulator import _row_object
+from rowpilot.simulator.server import _row_object
 
 # A whole example runs in the module fixture: on a busy machine, under coverage, it can
 # take longer than the suite's 120 s guard against hangs.

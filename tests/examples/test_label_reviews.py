@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from conftest import Simulators
-from rowpilot._simulator import Simulator, SimulatorConfig, _row_object
+from rowpilot.simulator.server import Simulator, SimulatorConfig, _row_object
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "label-reviews"
 RUN = EXAMPLE / "run.py"

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 import rowpilot
-from rowpilot._simulator import Simulator, SimulatorConfig
+from rowpilot.simulator.server import Simulator, SimulatorConfig
 
 # A whole example runs in the module fixture: on a busy machine, under coverage, it can
 # take longer than the suite's 120 s guard against hangs.
@@ -175,7 +175,7 @@ def test_entities_are_consolidated_across_the_run(runs: dict[int, tuple[Path, st
 def test_vectors_in_lancedb_one_per_key_and_neighbours_by_topic(
     runs: dict[int, tuple[Path, str]],
 ) -> None:
-    from rowpilot._vectors import nearest, parse_vector_target
+    from rowpilot.sinks.vectors import nearest, parse_vector_target
 
     folder, printed = runs[4]
     rows = {row["id"]: row for row in manifest()}

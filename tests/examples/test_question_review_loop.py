@@ -25,14 +25,14 @@ import pytest
 from pydantic import BaseModel
 
 from conftest import wait_until
-from rowpilot._registry import REGISTRY_FILE
-from rowpilot._simulator import (
+from rowpilot.simulator.server import (
     Simulator,
     SimulatorConfig,
     _row_object,
     _schema_fields,
     _untagged_text,
 )
+from rowpilot.state.registry import REGISTRY_FILE
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "question-review-loop"
 QUESTIONS = EXAMPLE / "questions"

@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
-from rowpilot._ctx import Ctx
-from rowpilot._threads import Abandoned, CallTimeout
-from rowpilot.executors._base import Executor
-from rowpilot.executors._local import LocalExecutor
-from rowpilot.tasks._base import Task
-from rowpilot.tasks._python import PythonTask
+from rowpilot.executors.base import Executor
+from rowpilot.executors.local import LocalExecutor
+from rowpilot.executors.threads import Abandoned, CallTimeout
+from rowpilot.tasks.base import Task
+from rowpilot.tasks.ctx import Ctx
+from rowpilot.tasks.python import PythonTask
 
 EXECUTORS: dict[str, Callable[[int], Executor]] = {"local": LocalExecutor}
 NO_TIMEOUT = None

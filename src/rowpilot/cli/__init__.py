@@ -17,7 +17,6 @@ from typing import Any
 
 import typer
 
-from rowpilot._events import NOTICES
 from rowpilot.cli import (  # noqa: F401  (importing a command module registers its commands)
     _local_commands,
     _run,
@@ -25,6 +24,7 @@ from rowpilot.cli import (  # noqa: F401  (importing a command module registers 
     _tool_commands,
 )
 from rowpilot.cli._app import app
+from rowpilot.engine.events import NOTICES
 from rowpilot.errors import RowpilotError
 
 
@@ -67,7 +67,7 @@ def _without_type(get_help_option: Any) -> Any:
 
 
 def _print_warnings() -> None:
-    """The engine's warnings (rowpilot._events.warn) as ``rowpilot: warning: ...`` lines."""
+    """The engine's warnings (rowpilot.engine.events.warn) as ``rowpilot: warning: ...`` lines."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("rowpilot: warning: %(message)s"))
     NOTICES.handlers[:] = [handler]

@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from rowpilot import _settings
-from rowpilot._atomic import check_writable
-from rowpilot._dedupe import write_frame
 from rowpilot.cli._app import _example, app
 from rowpilot.cli._options import SettingsCommand, SourceArgument, option
 from rowpilot.cli._run import _llm_flags, _run_and_report, _workers
+from rowpilot.local_model.dedupe import write_frame
+from rowpilot.sinks.atomic import check_writable
 
 # -- label ------------------------------------------------------------------------------
 
@@ -105,7 +105,7 @@ def embed(
 ) -> None:
     """Embed a text column with the bundled local model (256 numbers per row, no API)."""
     given = _with_defaults(dict(locals()), "embed")
-    from rowpilot._local_tasks import check_local_model  # after locals(): not a setting
+    from rowpilot.local_model.tasks import check_local_model  # after locals(): not a setting
 
     check_local_model(given.pop("model"))
     given.update(embed=True, name=f"{Path(source).stem}-embed")

@@ -14,13 +14,13 @@ import typer
 
 from rowpilot import _settings
 from rowpilot._config import JobConfig, build_config, read_job_file
-from rowpilot._engine import run_sync
-from rowpilot._registry import Registry
 from rowpilot._result import Result
 from rowpilot._secrets import REDACTED, redact_args
 from rowpilot.cli._app import _example, _exit, app
 from rowpilot.cli._options import SampleOption, SchemaFile, SettingsCommand, option
+from rowpilot.engine.job import run_sync
 from rowpilot.errors import ConfigError
+from rowpilot.state.registry import Registry
 
 # -- run ------------------------------------------------------------------------------
 
@@ -150,7 +150,7 @@ def _report(result: Result, config: JobConfig) -> None:
     for line in [*result.summary.lines(), *result.written]:
         print(line)
     if config.labels and (result.summary.done or result.summary.skipped):  # the job's labels
-        from rowpilot._labels import label_summary
+        from rowpilot.llm.labels import label_summary
 
         registry = Registry(result.state)
         try:

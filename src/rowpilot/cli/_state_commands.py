@@ -10,24 +10,24 @@ from typing import Annotated, Any
 
 import typer
 
-from rowpilot import _state
-from rowpilot._atomic import check_writable
 from rowpilot._config import build_config, read_job_file
-from rowpilot._engine import STATE_ROOT, state_directory
-from rowpilot._exports import (
+from rowpilot.cli._app import _example, _exit, app
+from rowpilot.cli._options import IncludeStaleOption, Json, SettingsCommand, option
+from rowpilot.engine.items import Keyer, Selection, parse_rows, parse_shard
+from rowpilot.engine.job import STATE_ROOT, state_directory
+from rowpilot.errors import ConfigError, RowpilotError, UserError
+from rowpilot.sinks.atomic import check_writable
+from rowpilot.sinks.exports import (
     ExportRecord,
     failure_entry,
     table_format,
     write_json_dir,
     write_table,
 )
-from rowpilot._items import Keyer, Selection, parse_rows, parse_shard
-from rowpilot._lock import is_locked
-from rowpilot._registry import Registry
-from rowpilot.cli._app import _example, _exit, app
-from rowpilot.cli._options import IncludeStaleOption, Json, SettingsCommand, option
-from rowpilot.errors import ConfigError, RowpilotError, UserError
 from rowpilot.sources import open_source
+from rowpilot.state import operations as _state
+from rowpilot.state.lock import is_locked
+from rowpilot.state.registry import Registry
 
 # -- status, export, failures -----------------------------------------------------------
 
@@ -210,7 +210,7 @@ def failures(
     if output is None:
         sys.stdout.write(text)
     else:
-        from rowpilot._atomic import write_text_atomic
+        from rowpilot.sinks.atomic import write_text_atomic
 
         write_text_atomic(output, text)
         print(f"wrote {len(lines):,} failures to {output}", file=sys.stderr)
@@ -337,7 +337,7 @@ def _print_verify(report: _state.VerifyReport, as_json: bool) -> None:
 
 def _state_dir(state_or_job: str) -> Path:
     """A state directory, or the one a job file's settings point at (named as a run of
-    that job would name it: rowpilot._engine.state_directory)."""
+    that job would name it: rowpilot.engine.job.state_directory)."""
     if not state_or_job.endswith(".toml"):
         return Path(state_or_job)
     settings = read_job_file(Path(state_or_job))

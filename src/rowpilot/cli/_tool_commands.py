@@ -85,6 +85,6 @@ def simulate(
     """Serve a local OpenAI/Anthropic-compatible API and a search API (POST /search) to
     rehearse jobs against (no cost)."""
     options = dict(locals())
-    from rowpilot._simulator import SimulatorConfig, serve_forever
+    from rowpilot.simulator.server import SimulatorConfig, serve_forever
 
     serve_forever(SimulatorConfig.from_options(**options))

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TypeAlias
 
 if TYPE_CHECKING:
-    from rowpilot._registry import Registry
+    from rowpilot.state.registry import Registry
 
 
 class Sink(Protocol):

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rowpilot._atomic import check_writable
-from rowpilot._exports import write_json_dir
+from rowpilot.sinks.atomic import check_writable
+from rowpilot.sinks.exports import write_json_dir
 
 if TYPE_CHECKING:
-    from rowpilot._registry import Registry
+    from rowpilot.state.registry import Registry
 
 
 class JsonFolderSink:

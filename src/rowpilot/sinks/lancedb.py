@@ -9,8 +9,8 @@ from rowpilot.errors import ConfigError
 from rowpilot.sinks.base import SinkOptions
 
 if TYPE_CHECKING:
-    from rowpilot._registry import Registry
-    from rowpilot._vectors import VectorRow
+    from rowpilot.sinks.vectors import VectorRow
+    from rowpilot.state.registry import Registry
 
 
 class LanceDBSink:
@@ -31,12 +31,12 @@ class LanceDBSink:
         self._insert_batch = insert_batch
 
     def check(self) -> None:
-        from rowpilot._vectors import check_vector_target
+        from rowpilot.sinks.vectors import check_vector_target
 
         check_vector_target(self.name)
 
     def write(self, registry: Registry) -> str:
-        from rowpilot._vectors import parse_vector_target, write_vectors
+        from rowpilot.sinks.vectors import parse_vector_target, write_vectors
 
         target = parse_vector_target(self.name)
         report = write_vectors(target, self._rows(registry), insert_batch=self._insert_batch)
@@ -46,7 +46,7 @@ class LanceDBSink:
         )
 
     def _rows(self, registry: Registry) -> Iterator[VectorRow]:
-        from rowpilot._vectors import VectorRow
+        from rowpilot.sinks.vectors import VectorRow
 
         column = self._text_column or ""
         for record in registry.records(status="done"):

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rowpilot._atomic import check_writable
-from rowpilot._exports import table_format, write_table
+from rowpilot.sinks.atomic import check_writable
 from rowpilot.sinks.base import SinkOptions
+from rowpilot.sinks.exports import table_format, write_table
 
 if TYPE_CHECKING:
-    from rowpilot._registry import Registry
+    from rowpilot.state.registry import Registry
 
 
 class TableSink:

@@ -1,0 +1,554 @@
+"""The engine: from a job's settings to a finished run.
+
+Order matters for the promise that bad input leaves the state untouched: the task is
+loaded, the outputs checked and the whole selection read once (the validation pass)
+before the state directory is locked; the registry file itself appears only with the
+first committed outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rowpilot._config import JobConfig
+from rowpilot._result import Result, Summary
+from rowpilot.engine.crashes import CrashPolicy, InFlightLog, recover
+from rowpilot.engine.events import EventLog, warn
+from rowpilot.engine.items import (
+    FirstOccurrence,
+    Item,
+    Keyer,
+    OnlineDuplicateCheck,
+    PeekedSource,
+    ScanReport,
+    Selection,
+    count_repeats,
+    duplicate_key_error,
+    parse_rows,
+    parse_shard,
+    scan,
+    selected_items,
+    source_identity,
+)
+from rowpilot.engine.machine import read_machine, rss_mb
+from rowpilot.engine.progress import Counters, ProgressView, default_view
+from rowpilot.engine.retry import DEFAULT_RETRY_ON, RetryPolicy, exception_types
+from rowpilot.engine.scheduler import Scheduler
+from rowpilot.engine.settings import RunEnd, RunSettings
+from rowpilot.engine.sizing import AutoWorkers, choose_workers
+from rowpilot.engine.slots import Slots
+from rowpilot.errors import OutputCollisionError, StateError, UserError
+from rowpilot.executors.local import LocalExecutor
+from rowpilot.sinks import Sink, sinks_for
+from rowpilot.sinks.exports import KEY_FIELD
+from rowpilot.sources import Source, open_source
+from rowpilot.state.lock import LOCK_FILE, StateLock
+from rowpilot.state.operations import check_key_definition, key_definition
+from rowpilot.state.registry import Registry, read_only_folder
+from rowpilot.tasks.base import RunScope, Task
+from rowpilot.tasks.factory import build_task
+
+STATE_ROOT = Path(".rowpilot")
+
+
+@dataclass
+class PreparedJob:
+    """A job whose task, source, selection and outputs have all been checked."""
+
+    config: JobConfig
+    task: Task
+    source: Source
+    keyer: Keyer
+    selection: Selection
+    state: Path
+    settings: RunSettings
+    scan: ScanReport | None
+    sinks: list[Sink]
+
+
+def prepare(config: JobConfig) -> PreparedJob:
+    """Everything that can be checked before touching state, checked."""
+    task = build_task(config)
+    selection = Selection(
+        rows=parse_rows(config.rows) if config.rows else None,
+        shard=parse_shard(config.shard) if config.shard else None,
+        limit=config.limit,
+    )
+    sinks = sinks_for(config, vector_field=task.vector_field)
+    _check_outputs(sinks)
+    source = open_source(
+        config.source,
+        format=config.format,
+        encoding=config.encoding,
+        trust_quotes=config.trust_quotes,
+        follow_symlinks=config.follow_symlinks,
+    )
+    if not source.reiterable:
+        source = PeekedSource(source)  # its first chunk names its state
+    keyer = Keyer(source, config.key)
+    columns = source.columns()
+    if columns is not None:
+        task.check_columns(columns)
+    report = _validate(source, keyer, selection, config) if source.reiterable else None
+    inputs = report.columns if report is not None else (columns or [])
+    reserved = _reserved_names(config, inputs)
+    _check_output_fields(task, reserved, config.output_prefix)
+    state = _state_of(config, task, source, keyer, inputs)
+    check_state_folder(state)
+    _announce(source)
+    settings = _settings(config, task.rows_per_worker, auto_workers(config, task))
+    settings = dataclasses.replace(settings, reserved=reserved)
+    return PreparedJob(config, task, source, keyer, selection, state, settings, report, sinks)
+
+
+def _reserved_names(config: JobConfig, inputs: list[str]) -> dict[str, str]:
+    """Names an output field may not take, and what holds each."""
+    reserved = dict.fromkeys(inputs, "an input column")
+    if config.json_dir is not None:
+        reserved[KEY_FIELD] = "the key's field in each --json-dir file"
+    return reserved
+
+
+def _announce(source: Source) -> None:
+    """What the source skipped or doubts, as warnings (symlinks out of a folder)."""
+    notices = getattr(source, "notices", None)
+    for notice in notices() if callable(notices) else []:
+        warn(notice)
+
+
+def _check_output_fields(task: Task, reserved: dict[str, str], prefix: str) -> None:
+    """A built-in task knows its output fields: a clash with an input column fails now,
+    before anything is paid, not at the first answer."""
+    fields = task.output_fields
+    if fields is None:
+        return
+    clash = next((prefix + name for name in fields if prefix + name in reserved), None)
+    if clash is not None:
+        raise OutputCollisionError(
+            f"the output field {clash!r} is {reserved[clash]}: the output would overwrite it",
+            column=clash,
+        )
+
+
+def auto_workers(config: JobConfig, task: Task) -> AutoWorkers | None:
+    """``--workers auto``: where this machine, task and limits say to start; None if fixed."""
+    if config.workers != "auto":
+        return None
+    machine = read_machine()
+    choice = choose_workers(
+        task.sizing,
+        cpus=machine.cpus,
+        available_mb=machine.available_mb,
+        max_workers=config.max_workers,
+        max_memory_mb=config.max_memory,
+        rss_mb=rss_mb(),
+        limits=task.limits(),
+    )
+    # The task's pace is known only once the run is under way: read when the sizer asks.
+    return AutoWorkers.of(choice, task.rates)
+
+
+def _check_outputs(sinks: list[Sink]) -> None:
+    """Every output is checked before the first item: its folder, its format."""
+    for sink in sinks:
+        sink.check()
+
+
+def _validate(source: Source, keyer: Keyer, selection: Selection, config: JobConfig) -> ScanReport:
+    report = scan(source, keyer, selection)
+    if report.duplicate_hashes and config.duplicates is None:
+        error = duplicate_key_error(source, keyer, selection, report.duplicate_hashes)
+        if error is not None:
+            raise error
+    if report.duplicate_hashes:
+        report.dropped = count_repeats(source, keyer, selection, report.duplicate_hashes)
+    return report
+
+
+def _settings(
+    config: JobConfig, batch_size: int = 1, auto: AutoWorkers | None = None
+) -> RunSettings:
+    retry_on = exception_types(config.retry_on) if config.retry_on is not None else DEFAULT_RETRY_ON
+    policy = RetryPolicy(
+        max_attempts=config.max_attempts,
+        base_delay=config.retry_delay,
+        max_delay=config.max_retry_delay,
+        retry_on=retry_on,
+    )
+    force_before = config.force_before
+    if config.force and force_before is None:
+        force_before = time.time()
+    workers = config.workers_at_most if auto is None else auto.workers
+    return RunSettings(
+        # With batching, --workers counts requests at once; each request carries a batch.
+        workers=workers * batch_size,
+        group=batch_size,
+        auto=auto,
+        max_memory=config.max_memory,
+        timeout=config.timeout,
+        retry=policy,
+        force_before=force_before,
+        retry_failed=config.retry_failed,
+        grace=config.grace,
+        output_prefix=config.output_prefix,
+        keep_going=config.keep_going,
+    )
+
+
+def job_name(config: JobConfig, task: Task, source: Source) -> str:
+    if config.name:
+        return config.name
+    stem = Path(source.name).stem if isinstance(config.source, str | os.PathLike) else "data"
+    return f"{stem}-{task.name.rsplit('.', 1)[-1]}"
+
+
+def _state_of(
+    config: JobConfig, task: Task, source: Source, keyer: Keyer, columns: list[str]
+) -> Path:
+    # An in-memory source has no name of its own: its content names its state.
+    in_memory = not isinstance(config.source, str | os.PathLike)
+    identity = source_identity(source, keyer, columns) if in_memory else None
+    return state_directory(config, job_name(config, task, source), identity)
+
+
+def state_directory(config: JobConfig, name: str, identity: str | None = None) -> Path:
+    """The one place that names a job's state: ``--state``, else ``.rowpilot/<name>``
+    (``<name>-<identity>`` for an in-memory source; ``shard-K-of-N`` below it for a
+    shard). Every command that finds a state from a job file comes here."""
+    if config.state is not None:
+        return config.state
+    directory = STATE_ROOT / _safe_dir_name(f"{name}-{identity}" if identity else name)
+    if config.shard:
+        k, n = parse_shard(config.shard)
+        directory = directory / f"shard-{k}-of-{n}"
+    return directory
+
+
+def _safe_dir_name(name: str) -> str:
+    cleaned = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("._")
+    return cleaned or "job"
+
+
+def check_state_folder(state: Path) -> None:
+    """Refuse a state path that can never work, before any work: a file, a read-only or
+    unwritable folder (or the nearest existing folder above a new one)."""
+    if state.exists() and not state.is_dir():
+        raise StateError(
+            f"the state path {state} is a file, not a folder",
+            hint="pass --state with a folder (it is created if new)",
+        )
+    lock = state / LOCK_FILE
+    if lock.exists() and not lock.is_file():
+        raise StateError(
+            f"{lock} is not a file: it is where rowpilot keeps its lock",
+            hint=f"move {lock} away, or pass --state with another folder",
+        )
+    existing = next((p for p in (state, *state.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise StateError(
+            f"the state path {state} runs through {existing}, which is a file",
+            hint="pass --state with a folder",
+        )
+    if read_only_folder(existing):
+        raise StateError(
+            f"the state folder {existing} is read-only",
+            hint="make it writable, or pass --state with a writable folder "
+            "(status, export and verify can still read it)",
+        )
+
+
+async def execute(job: PreparedJob, progress: ProgressView | None = None) -> Result:
+    """Run a prepared job to its end (or until stopped) and write its outputs.
+
+    The task checks its keys and models before the state is touched, and is closed at the
+    end; what its sessions learned (limits) stays readable on ``job.task`` afterwards.
+    """
+    try:
+        await job.task.preflight()
+        return await _execute(job, progress)
+    finally:
+        await job.task.close()
+
+
+async def _execute(job: PreparedJob, progress: ProgressView | None) -> Result:
+    created = _first_missing(job.state)
+    lock = StateLock(job.state, job.config.command or "")
+    lock.acquire()
+    registry = Registry(job.state)
+    remove_state = False
+    try:
+        check_key_definition(registry, job.keyer.key_column)
+        view = progress or default_view(job.config.progress)
+        summary = await _run_locked(job, registry, view)
+        written = _write_outputs(job.sinks, registry) if registry.exists else []
+    except UserError:
+        # A user error before the first commit leaves no state behind, as it found it.
+        remove_state = created is not None and not registry.exists
+        raise
+    finally:
+        registry.close()
+        lock.release()
+        if remove_state and created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+    return Result(summary, job.state, written)
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost folder of ``path`` that does not exist yet (what a run creates)."""
+    missing = None
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        missing = folder
+    return missing
+
+
+async def _run_locked(job: PreparedJob, registry: Registry, progress: ProgressView) -> Summary:
+    run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    total = job.scan.to_run if job.scan else None
+    counters = Counters(total=total, started_at=time.monotonic())
+    events = EventLog(job.state / "logs", run_id)
+    workers = Slots(job.settings.workers)  # the scheduler's, shared with ctx.map sub-items
+    steps = await job.task.open(RunScope(registry, counters, events, run_id, workers))
+    run_row = _run_row(job, run_id)
+    crashes = _crash_policy(job, registry, run_id, events)
+    inflight = InFlightLog(job.state, run_row)
+    executor = LocalExecutor(job.settings.most_workers)
+    scheduler = Scheduler(
+        task=job.task,
+        executor=executor,
+        registry=registry,
+        run_id=run_id,
+        settings=job.settings,
+        events=events,
+        progress=progress,
+        counters=counters,
+        first_commit=lambda: (_meta(job), run_row),
+        crashes=crashes,
+        inflight=inflight,
+        steps=steps,
+        workers=workers,
+    )
+    events.emit(
+        "run.started",
+        task=job.task.name,
+        version=job.task.version,
+        total=counters.total,
+        state=str(job.state),
+        workers=job.settings.workers,
+    )
+    progress.start(counters)
+    try:
+        inflight.open()  # in the try: a full disk here closes the run like any other error
+        with _signals_to(scheduler):
+            end = await scheduler.run(_chunks(job))
+        waited = job.task.waited_seconds()
+        summary = _summary(job, run_id, counters, end, scheduler.stop_message, waited)
+        run_row.update(
+            ended_at=time.time(), status=summary.status, summary=json.dumps(summary.as_dict())
+        )
+        registry.update_run(run_row)
+        events.emit("run.finished", **summary.as_dict())
+    except BaseException as exc:
+        progress.stop(counters, final=False)
+        events.emit("run.error", error=f"{type(exc).__name__}: {exc}")
+        _close_run_on_error(registry, run_row)
+        raise
+    finally:
+        executor.close()
+        inflight.close()  # any end that reaches here is orderly: nothing is in flight
+        events.close()
+    progress.stop(counters)
+    return summary
+
+
+def _crash_policy(
+    job: PreparedJob, registry: Registry, run_id: str, events: EventLog
+) -> CrashPolicy | None:
+    """Runs that died before this one: their in-flight keys become suspects."""
+    recovery = recover(registry, job.state, run_id)
+    notice = recovery.notice()
+    if notice is not None:
+        warn(notice)
+        events.emit("run.recovered", runs=recovery.runs, keys=recovery.keys, message=notice)
+    counts = registry.crash_counts()
+    return CrashPolicy(job.config.max_attempts, counts) if counts else None
+
+
+def _close_run_on_error(registry: Registry, run_row: dict[str, Any]) -> None:
+    """A run that ends in an error is not left "running" (if it got as far as a row)."""
+    if registry.exists and any(run["run_id"] == run_row["run_id"] for run in _runs(registry)):
+        with contextlib.suppress(UserError):
+            registry.update_run({**run_row, "ended_at": time.time(), "status": "error"})
+
+
+def _runs(registry: Registry) -> list[dict[str, Any]]:
+    try:
+        return registry.runs()
+    except UserError:
+        return []
+
+
+def _chunks(job: PreparedJob) -> Iterator[list[Item]]:
+    if job.scan is None:
+        check = OnlineDuplicateCheck(job.source, job.keyer, job.config.duplicates == "first")
+        admits = check.admits
+    else:
+        admits = FirstOccurrence(job.scan.duplicate_hashes).admits
+    for items in selected_items(job.source, job.keyer, job.selection):
+        yield [item for item in items if admits(item)]
+
+
+@contextlib.contextmanager
+def _signals_to(scheduler: Scheduler) -> Iterator[None]:
+    """SIGINT/SIGTERM stop the run gracefully; a second one cancels in-flight items."""
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+
+    def on_signal() -> None:
+        if scheduler.stopping:
+            print("\nrowpilot: cancelling in-flight items", file=sys.stderr, flush=True)
+        else:
+            print(
+                f"\nrowpilot: stopping; waiting up to {scheduler.settings.grace:g}s for "
+                f"{scheduler.in_flight} in-flight item(s) (Ctrl-C again to cancel them)",
+                file=sys.stderr,
+                flush=True,
+            )
+        scheduler.request_stop()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, on_signal)
+            installed.append(sig)
+        except (ValueError, RuntimeError, NotImplementedError):
+            pass  # not the main thread: the caller keeps its own signal handling
+    try:
+        yield
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+def _meta(job: PreparedJob) -> dict[str, str]:
+    columns = job.scan.columns if job.scan else (job.source.columns() or [])
+    return {
+        "job_name": job.state.name,
+        "source": job.source.name,
+        "key_column": job.config.key or "",
+        "key_definition": key_definition(job.keyer.key_column),
+        "output_prefix": job.config.output_prefix,
+        "input_columns": json.dumps(columns),
+        "task": job.task.name,
+        "task_version": job.task.version,
+    }
+
+
+def _run_row(job: PreparedJob, run_id: str) -> dict[str, Any]:
+    settings = {
+        "workers": job.settings.workers,
+        "workers_auto": job.settings.auto.why if job.settings.auto is not None else None,
+        "max_memory": job.config.max_memory,
+        "rows": job.config.rows,
+        "shard": job.config.shard,
+        "limit": job.config.limit,
+        "total": job.scan.to_run if job.scan else None,
+        "dropped_duplicates": job.scan.dropped if job.scan else 0,
+        "source": job.source.name,
+        "key": job.config.key,
+    }
+    return {
+        "run_id": run_id,
+        "started_at": time.time(),
+        "status": "running",
+        "command": job.config.command,
+        "pid": os.getpid(),
+        "task": job.task.name,
+        "task_version": job.task.version,
+        "settings": json.dumps(settings),
+    }
+
+
+def _summary(
+    job: PreparedJob,
+    run_id: str,
+    c: Counters,
+    end: RunEnd,
+    stop_reason: str | None,
+    waited: float = 0.0,
+) -> Summary:
+    elapsed = time.monotonic() - c.started_at
+    pending = None if c.total is None else max(0, c.total - c.finished)
+    if end is not RunEnd.COMPLETED:
+        status = end.value
+    elif c.failed and not c.done:
+        status = "failed"
+    elif c.failed or c.skipped_failed:
+        status = "completed_with_failures"
+    else:
+        status = "completed"
+    return Summary(
+        run_id=run_id,
+        state=str(job.state),
+        status=status,
+        total=c.total,
+        done=c.done,
+        failed=c.failed,
+        skipped=c.skipped,
+        skipped_failed=c.skipped_failed,
+        pending=pending,
+        retries=c.retries,
+        elapsed=elapsed,
+        items_per_second=(c.done + c.failed) / elapsed if elapsed > 0 else 0.0,
+        task_seconds=c.task_seconds,
+        speedup=max(0.0, c.task_seconds - waited) / elapsed if elapsed > 0 else 0.0,
+        waited_seconds=waited,
+        cpu_seconds=c.cpu_seconds,
+        workers=job.settings.most_workers,
+        dropped=job.scan.dropped if job.scan else 0,
+        stop_reason=stop_reason,
+        causes={cause: n for cause, n in c.causes.items() if n > 0},
+        calls=c.calls,
+        cached=c.cached,
+        cost_usd=c.cost_usd,
+        budget_usd=c.budget_usd,
+        rate_limited=c.rate_limited,
+        splits=c.splits,
+        batched=job.task.rows_per_worker > 1,
+    )
+
+
+def _write_outputs(sinks: list[Sink], registry: Registry) -> list[str]:
+    """Write the outputs the job asked for; say what was written where."""
+    return [sink.write(registry) for sink in sinks]
+
+
+def run_sync(config: JobConfig, progress: ProgressView | None = None) -> Result:
+    """The sync face: run the async engine, in a helper thread if a loop already runs here."""
+    job = prepare(config)
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(execute(job, progress))
+    return _run_in_thread(job, progress)
+
+
+def _run_in_thread(job: PreparedJob, progress: ProgressView | None) -> Result:
+    # Inside a running loop (Jupyter), asyncio.run cannot nest: use a fresh loop elsewhere.
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, execute(job, progress)).result()

@@ -1,0 +1,841 @@
+"""Prompt tasks: an LLM call per row, or per batch of rows, at the provider's ceiling.
+
+One call's path, in this order (steps 2 to 5 are ``rowpilot.llm.paid``, the one path every
+paid call takes, ``ctx.call``'s too, with the billing rule for failed calls):
+
+1. **cache**: a row whose answer was journaled before (in this run or an earlier one,
+   whatever batch it came in) is answered from the registry; a request sent before is
+   replayed from its journaled response. Neither is paid again.
+2. **budget**: the worst case (a hard upper bound of the prompt's tokens plus max_tokens,
+   at the model's price) is reserved; when it does not fit, the run stops with "budget
+   reached" and the row stays pending.
+3. **limits**: a slot of the provider/model resource (rpm, tpm, concurrency), paced just
+   under the provider's limits; a 429 slows the whole resource and the call waits its turn
+   again, at most ``RATE_LIMIT_WAITS`` times.
+4. **the call**, through the official SDK with its own retries off.
+5. **journal**: the response, its usage and cost are committed together with the row
+   answers read from it, before anything uses them; the reservation is then settled with
+   the real cost.
+6. **parse**: each row's answer is validated against the schema. A batch's missing or
+   invalid rows are asked again in halves (bisection) down to single rows; a single row's
+   invalid answer gets ``repair_attempts`` repair calls, then fails with the validation
+   error.
+
+Other failures (5xx, timeouts, resets, malformed bodies) raise a ``ProviderError`` and the
+scheduler retries the item under its policy; a batch's failure is each of its rows'.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import json
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from rowpilot._config import JobConfig
+from rowpilot.engine.events import EventLog
+from rowpilot.engine.items import encode_output
+from rowpilot.engine.progress import Counters
+from rowpilot.engine.sizing import Rates
+from rowpilot.errors import (
+    ConfigError,
+    ContentFilterError,
+    InvalidOutputError,
+    OutputTruncatedError,
+    ProviderError,
+    ProviderSetupError,
+)
+from rowpilot.llm.cost import (
+    Budget,
+    Price,
+    cost_usd,
+    find_price,
+    parse_price_overrides,
+    worst_case_cost,
+)
+from rowpilot.llm.environ import load_environ
+from rowpilot.llm.labels import label_names, split_label
+from rowpilot.llm.limits import Limits, Permit, Resource
+from rowpilot.llm.paid import BudgetShort, PaidCall
+from rowpilot.llm.prompt import (
+    BatchAnswer,
+    Request,
+    batch_request,
+    parse_batch,
+    parse_single,
+    repair_request,
+    row_cache_key,
+    single_request,
+)
+from rowpilot.llm.providers import ChatClient, Completion, ProviderSpec, parse_model
+from rowpilot.llm.schema import OutputSchema, OutputValidationError, schema_of
+from rowpilot.llm.template import PromptTemplate
+from rowpilot.llm.tokens import TokenEstimator, upper_bound_tokens
+from rowpilot.state.registry import CallRecord, Registry, RowAnswer
+from rowpilot.tasks.base import RunScope, Task
+from rowpilot.tasks.values import ItemUsage, RunStop
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from rowpilot._projection import Projection
+    from rowpilot.tasks.ctx import Ctx
+
+BATCH_LINGER = 0.02  # seconds a partial batch waits for more rows
+MAX_REQUEST_TOKENS = 16_384  # cap on a batch request's max_tokens
+AUTO_BATCH_TOKENS = 3_000  # --batch-size auto: prompt tokens per request
+AUTO_BATCH_ROWS = 50  # --batch-size auto: rows per request at most
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    """Everything a prompt task needs, checked; the task's version is a hash of it."""
+
+    model: str  # provider/model
+    template: PromptTemplate
+    system: str | None
+    schema: OutputSchema
+    max_tokens: int  # per row
+    params: Mapping[str, Any]
+    batch_size: int  # rows per request at most (1: no batching)
+    batch_tokens: int | None  # close a batch at this many estimated prompt tokens
+    structured: bool
+    repair_attempts: int
+    cache: bool
+    budget: float | None
+    limits: Limits
+    prices: Mapping[str, Price]
+    providers: Mapping[str, ProviderSpec]
+    call_timeout: float
+    workers: int  # requests at once
+    environ: Mapping[str, str] = field(repr=False, compare=False)  # holds keys: never shown
+
+    @property
+    def batching(self) -> bool:
+        return self.batch_size > 1
+
+    def version(self) -> str:
+        determining = {
+            "model": self.model,
+            "template": self.template.template,
+            "system": self.system,
+            "schema": self.schema.fingerprint(),
+            "max_tokens": self.max_tokens,
+            "params": dict(self.params),
+            "structured": self.structured,
+        }
+        text = json.dumps(determining, sort_keys=True, default=str)
+        return "prompt-" + hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+class PromptTask(Task):
+    """The built-in task of ``--prompt``: render the row, ask the model, return the fields.
+
+    Its session (client, limits, budget, cache) is made and checked in ``preflight``,
+    attached to the run in ``open``; its batches ride on ``--workers``: a worker carries
+    a batch, so ``--workers`` counts requests at once."""
+
+    name = "prompt"
+    is_async = True
+    sizing = "prompt"
+
+    def __init__(self, spec: PromptSpec, version: str | None = None) -> None:
+        self.spec = spec
+        self.version = version or spec.version()
+        self.rows_per_worker = spec.batch_size
+        # Every row's answer has these: checked against the input columns up front.
+        self.output_fields = tuple(spec.schema.field_names)
+        self._session: LLMSession | None = None
+
+    def describe(self) -> str:
+        return f"prompt task on {self.spec.model}"
+
+    def check_columns(self, columns: Sequence[str]) -> None:
+        self.spec.template.check(list(columns))
+
+    def limits(self) -> Limits:
+        return self.spec.limits
+
+    def rates(self) -> Rates | None:
+        """The model's pace as its resource holds it now (learned limits and 429 cuts
+        included)."""
+        if self._session is None:
+            return None
+        resource = self._session.resource
+        stats, limits = resource.stats(), resource.limits
+        return Rates(
+            rpm=stats["effective_rpm"] or limits.rpm,
+            max_concurrent=limits.max_concurrent,
+            calls=stats["calls_ended"],
+            call_seconds=stats["call_seconds"],
+        )
+
+    async def preflight(self) -> None:
+        session = LLMSession(self.spec)
+        try:
+            await session.preflight()
+        except BaseException:
+            await session.aclose()
+            raise
+        self._session = session
+
+    async def open(self, scope: RunScope) -> None:
+        self._live().attach(scope.registry, scope.counters, scope.events, scope.run_id)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.aclose()
+
+    def waited_seconds(self) -> float:
+        if self._session is None:
+            return 0.0
+        return float(self._session.resource.stats()["waited_seconds"])
+
+    def resource_limits(self) -> dict[str, Limits]:
+        if self._session is None:
+            return {}
+        return {self.spec.model: self._session.resource.limits}
+
+    def check_estimable(self) -> None:
+        return None
+
+    def project(self, state: Path, total: int, *, workers: int) -> Projection:
+        from rowpilot._projection import project_calls
+
+        limits = self.resource_limits().get(self.spec.model, self.spec.limits)
+        return project_calls(
+            state, total, workers=workers, max_tokens=self.spec.max_tokens, limits=limits
+        )
+
+    async def call(self, row: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
+        text = self.spec.template.render(row)
+        return await self._live().answer(ctx.key, text, ctx.usage)
+
+    def _live(self) -> LLMSession:
+        if self._session is None:
+            raise RuntimeError("the prompt task runs inside a rowpilot run only")
+        return self._session
+
+
+@dataclass(eq=False)
+class _Row:
+    """One row waiting for its answer: alone, or in a batch."""
+
+    key: str
+    text: str
+    row_key: str  # its cache key, the same in any batch
+    usage: ItemUsage
+    future: asyncio.Future[dict[str, Any]] | None = None
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """How one request is asked: its max_tokens, SDK params, whether the cache may answer,
+    and a salt that makes a step's call keys its own (empty for prompt tasks)."""
+
+    max_tokens: int
+    params: Mapping[str, Any]
+    cache: bool
+    salt: str = ""
+
+
+@dataclass(frozen=True)
+class _Parsed:
+    answer: BatchAnswer
+    text: str
+    finish_reason: str
+
+
+class LLMSession:
+    """The run-wide side of provider calls: client, limits, budget, call cache and costs."""
+
+    def __init__(self, spec: PromptSpec, budget: Budget | None = None) -> None:
+        self.spec = spec
+        self.provider, self.model = parse_model(spec.model, spec.providers)
+        self.client = ChatClient(
+            self.provider, self.model, timeout=spec.call_timeout, environ=spec.environ
+        )
+        self.price = find_price(self.provider.name, self.model, spec.prices)
+        if spec.budget is not None and self.price is None:
+            raise ConfigError(
+                f"--budget needs a price, and none is known for {spec.model}",
+                hint=f'add [prices."{spec.model}"] input = ..., output = ... '
+                "(USD per million tokens) to the job file",
+            )
+        self.resource = Resource(spec.model, spec.limits)
+        self.estimator = TokenEstimator()
+        # A task's ctx.llm calls to several models share one budget with its ctx.call costs.
+        self.budget = budget if budget is not None else Budget(spec.budget)
+        self._requests = asyncio.Semaphore(spec.workers)
+        self._batcher = _Batcher(self) if spec.batching else None
+        self._registry: Registry | None = None
+        self._counters = Counters()
+        self._events: EventLog | None = None
+        self._run_id = ""
+
+    # -- around the run ----------------------------------------------------------------
+
+    async def preflight(self) -> None:
+        """One cheap call before any item: a bad key, model or endpoint fails here."""
+        try:
+            models = await self.client.preflight()
+        except ProviderError as error:
+            # The provider error's own text carries its hint: said once, as the setup's.
+            detail = str(error).replace(f" (hint: {error.hint})", "") if error.hint else error
+            raise ProviderSetupError(f"preflight check failed: {detail}", hint=error.hint) from None
+        # Anthropic lists dated ids (claude-haiku-4-5-20251001) a page at a time: an alias
+        # may be missing from the page, and a wrong name still fails on the first call.
+        if self.provider.kind == "openai" and models and not _offers(models, self.model):
+            shown = ", ".join(sorted(models)[:8])
+            raise ProviderSetupError(
+                f"provider {self.provider.name!r} does not offer model {self.model!r}",
+                hint=f"it offers: {shown}{', ...' if len(models) > 8 else ''}",
+            )
+
+    def attach(self, registry: Registry, counters: Counters, events: EventLog, run_id: str) -> None:
+        self._registry = registry
+        self._counters = counters
+        self._events = events
+        self._run_id = run_id
+        counters.budget_usd = self.spec.budget
+
+    async def aclose(self) -> None:
+        if self._batcher is not None:
+            await self._batcher.cancel()
+        await self.client.aclose()
+
+    @property
+    def registry(self) -> Registry:
+        if self._registry is None:
+            raise RuntimeError("the session is not attached to a run")
+        return self._registry
+
+    # -- one row -----------------------------------------------------------------------
+
+    async def answer(self, key: str, text: str, usage: ItemUsage) -> dict[str, Any]:
+        """The validated answer for one row."""
+        spec = self.spec
+        row_key = row_cache_key(
+            self.provider.name,
+            self.model,
+            spec.system,
+            text,
+            spec.schema,
+            spec.params,
+            spec.max_tokens,
+        )
+        if spec.cache:
+            hit = self.registry.cached_answers([row_key]).get(row_key)
+            if hit is not None:
+                self._counted_hit(usage, hit)
+                answer: dict[str, Any] = json.loads(hit.output)
+                return answer
+        row = _Row(key, text, row_key, usage)
+        if self._batcher is None:
+            return await self._single(row)
+        return await self._batcher.submit(row)
+
+    def _counted_hit(self, usage: ItemUsage, hit: RowAnswer) -> None:
+        usage.cached += 1
+        usage.cost_usd += hit.cost_usd  # what the answer cost when it was paid for
+        usage.input_tokens += hit.input_tokens
+        usage.output_tokens += hit.output_tokens
+        self._counters.cached += 1
+
+    async def _single(self, row: _Row) -> dict[str, Any]:
+        spec = self.spec
+        request = single_request(
+            spec.system, row.text, spec.schema, key=row.key, structured=spec.structured
+        )
+        return await self._repaired(request, row, spec.schema, self._shape(1))
+
+    async def step(
+        self,
+        request: Request,
+        schema: OutputSchema,
+        *,
+        key: str,
+        step_key: str,
+        usage: ItemUsage,
+        max_tokens: int,
+        params: Mapping[str, Any],
+        cache: bool,
+    ) -> dict[str, Any]:
+        """A task's own call (``ctx.llm``): replayed from the journal when the same step
+        was answered before, else asked, repaired if need be, and journaled under
+        ``step_key`` before it is returned."""
+        if cache:
+            hit = self.registry.cached_answers([step_key]).get(step_key)
+            if hit is not None:
+                self._counted_hit(usage, hit)
+                answer: dict[str, Any] = json.loads(hit.output)
+                return answer
+        row = _Row(key, "", step_key, usage)
+        shape = _Shape(max_tokens, params, cache, salt=step_key)
+        return await self._repaired(request, row, schema, shape)
+
+    async def _repaired(
+        self, request: Request, row: _Row, schema: OutputSchema, shape: _Shape
+    ) -> dict[str, Any]:
+        """One row's valid answer: the request, then up to ``repair_attempts`` repairs."""
+        spec = self.spec
+        problem = ""
+        for repair in range(spec.repair_attempts + 1):
+            parsed = await self._ask(request, [row], _single_parser(row.key, schema), shape)
+            valid = parsed.answer.valid.get(row.key)
+            if valid is not None:
+                return valid
+            problem = parsed.answer.problems.get(row.key, "no answer")
+            if parsed.finish_reason == "length":
+                raise OutputTruncatedError(
+                    f"the answer for key {row.key!r} stopped at max_tokens="
+                    f"{shape.max_tokens} before it was complete",
+                    provider=self.provider.name,
+                    model=self.model,
+                    key=row.key,
+                )
+            if repair < spec.repair_attempts:
+                self._emit("item.repair", key=row.key, problem=problem, repair=repair + 1)
+                request = repair_request(request, parsed.text, problem)
+        error = InvalidOutputError(
+            f"the answer for key {row.key!r} is still invalid after "
+            f"{spec.repair_attempts} repair request(s): {problem}",
+            provider=self.provider.name,
+            model=self.model,
+            key=row.key,
+            hint="loosen the schema, give the model clearer instructions, or raise repair_attempts",
+        )
+        error.retryable = False  # the repairs were the retries
+        raise error
+
+    # -- batches -----------------------------------------------------------------------
+
+    async def run_batch(self, rows: list[_Row]) -> None:
+        """Answer every row's future: with its answer, or with the error that stopped it."""
+        try:
+            await self._batch(rows)
+        except asyncio.CancelledError:
+            for row in rows:
+                if row.future is not None and not row.future.done():
+                    row.future.cancel()
+            raise
+        except (Exception, RunStop) as error:  # a provider failure or a budget stop
+            for row in rows:
+                if row.future is not None and not row.future.done():
+                    row.future.set_exception(error)
+
+    async def _batch(self, rows: list[_Row]) -> None:
+        if len(rows) == 1:
+            _resolve(rows[0], await self._single(rows[0]))
+            return
+        spec = self.spec
+        keys = [row.key for row in rows]
+        request = batch_request(
+            spec.system,
+            [(row.key, row.text) for row in rows],
+            spec.schema,
+            structured=spec.structured,
+        )
+        try:
+            parsed = await self._ask(
+                request,
+                rows,
+                lambda text: parse_batch(text, keys, spec.schema),
+                self._shape(len(rows)),
+            )
+        except ContentFilterError as error:
+            # A filter refuses the whole request for one row's sake: halves find that row,
+            # and the others get their answers.
+            await self._split(rows, len(rows), str(error))
+            return
+        except BudgetShort:
+            # The batch's worst case no longer fits what the budget has left; smaller
+            # requests may, so the budget is used to its end rather than a batch short.
+            half = len(rows) // 2
+            await asyncio.gather(self.run_batch(rows[:half]), self.run_batch(rows[half:]))
+            return
+        for row in rows:
+            if row.key in parsed.answer.valid:
+                _resolve(row, parsed.answer.valid[row.key])
+        left = [row for row in rows if row.key not in parsed.answer.valid]
+        if left:
+            await self._split(left, len(rows), next(iter(parsed.answer.problems.values()), ""))
+
+    async def _split(self, left: list[_Row], asked: int, problem: str) -> None:
+        """Ask again for the rows a batch did not answer, in two halves."""
+        self._counters.splits += 1
+        self._emit("batch.split", rows=asked, missing=len(left), example=problem)
+        half = len(left) // 2
+        await asyncio.gather(self.run_batch(left[:half]), self.run_batch(left[half:]))
+
+    # -- one request -------------------------------------------------------------------
+
+    def _shape(self, rows: int) -> _Shape:
+        """A prompt task's request for ``rows`` rows: the spec's params and cache."""
+        spec = self.spec
+        max_tokens = min(spec.max_tokens * rows, max(MAX_REQUEST_TOKENS, spec.max_tokens))
+        return _Shape(max_tokens, spec.params, spec.cache)
+
+    async def _ask(
+        self,
+        request: Request,
+        rows: Sequence[_Row],
+        parse: Callable[[str], BatchAnswer],
+        shape: _Shape,
+    ) -> _Parsed:
+        """One request's parsed answer: replayed from the journal, or paid for and journaled."""
+        max_tokens = shape.max_tokens
+        call_key = request.cache_key(self.provider.name, self.model, shape.params, max_tokens)
+        if shape.salt:  # a step's calls are its own: an identical step elsewhere is another
+            call_key = _salted(call_key, shape.salt)
+        if shape.cache:
+            cached = self.registry.cached_call(call_key)
+            if cached is not None:
+                for row in rows:
+                    row.usage.cached += 1
+                self._counters.cached += len(rows)
+                return _Parsed(parse(cached.response), cached.response, cached.finish_reason)
+
+        def journal(completion: Completion, cost: float, seconds: float) -> _Parsed:
+            parsed = _Parsed(parse(completion.text), completion.text, completion.finish_reason)
+            self._journal(call_key, rows, completion, parsed, cost, seconds)
+            return parsed
+
+        return await self._paid(request, max_tokens, shape.params, journal)
+
+    def _journal(
+        self,
+        call_key: str,
+        rows: Sequence[_Row],
+        completion: Completion,
+        parsed: _Parsed,
+        cost: float,
+        seconds: float,
+    ) -> None:
+        shares = _shares([len(row.text) for row in rows])
+        answers = []
+        for row, share in zip(rows, shares, strict=True):
+            tokens_in = round(completion.input_tokens * share)
+            tokens_out = round(completion.output_tokens * share)
+            row.usage.calls += 1
+            row.usage.cost_usd += cost * share
+            row.usage.input_tokens += tokens_in
+            row.usage.output_tokens += tokens_out
+            valid = parsed.answer.valid.get(row.key)
+            if valid is not None:
+                answers.append(
+                    RowAnswer(
+                        row.row_key,
+                        call_key,
+                        encode_output(valid),
+                        cost * share,
+                        tokens_in,
+                        tokens_out,
+                    )
+                )
+        record = CallRecord(
+            call_key=call_key,
+            provider=self.provider.name,
+            model=self.model,
+            run_id=self._run_id,
+            rows=len(rows),
+            response=completion.text,
+            finish_reason=completion.finish_reason,
+            input_tokens=completion.input_tokens,
+            output_tokens=completion.output_tokens,
+            cost_usd=cost,
+            seconds=seconds,
+        )
+        self.registry.journal(record, answers)
+
+    async def _paid(
+        self,
+        request: Request,
+        max_tokens: int,
+        params: Mapping[str, Any],
+        journal: Callable[[Completion, float, float], _Parsed],
+    ) -> _Parsed:
+        """The request through the one paid-call path (``rowpilot.llm.paid``): its worst case
+        reserved, the model's limits, the call, ``journal``, then its real cost settled."""
+        messages = len(request.messages) + (1 if request.system else 0)
+        chars = request.chars()
+
+        def answered(completion: Completion, permit: Permit) -> None:
+            permit.settle(completion.input_tokens + max_tokens, completion.headers)
+            self.estimator.observe(chars, messages, completion.input_tokens)
+
+        def send() -> Awaitable[Completion]:
+            return self.client.complete(
+                request.messages,
+                system=request.system,
+                max_tokens=max_tokens,
+                json_schema=request.json_schema,
+                params=dict(params),
+            )
+
+        paid = PaidCall(self.resource, self.budget, self._counters, gate=self._requests)
+        return await paid(
+            send,
+            worst=self._worst_case(request, max_tokens),
+            what="request",
+            cost=lambda completion: cost_usd(
+                self.price, completion.input_tokens, completion.output_tokens
+            ),
+            journal=journal,
+            tokens=self.estimator.estimate(chars, messages) + max_tokens,
+            answered=answered,
+        )
+
+    def _worst_case(self, request: Request, max_tokens: int) -> float:
+        if self.price is None:
+            return 0.0
+        return worst_case_cost(self.price, upper_bound_tokens(request.texts()), max_tokens)
+
+    def _emit(self, event: str, **fields: Any) -> None:
+        if self._events is not None:
+            self._events.emit(event, **fields)
+
+
+class _Batcher:
+    """Gathers rows into requests: full at ``batch_size`` rows (or the token budget), or
+    ``BATCH_LINGER`` seconds after the first row arrived."""
+
+    def __init__(self, session: LLMSession) -> None:
+        self._session = session
+        self._pending: list[_Row] = []
+        self._pending_tokens = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._running: set[asyncio.Task[None]] = set()
+
+    async def submit(self, row: _Row) -> dict[str, Any]:
+        row.future = asyncio.get_running_loop().create_future()
+        self._pending.append(row)
+        self._pending_tokens += self._session.estimator.estimate(len(row.text))
+        spec = self._session.spec
+        full = len(self._pending) >= spec.batch_size or (
+            spec.batch_tokens is not None and self._pending_tokens >= spec.batch_tokens
+        )
+        if full:
+            self._flush()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(BATCH_LINGER, self._flush)
+        return await row.future
+
+    def _flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        rows = [row for row in self._pending if row.future is not None and not row.future.done()]
+        self._pending, self._pending_tokens = [], 0
+        if rows:
+            task = asyncio.create_task(self._session.run_batch(rows))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        for task in list(self._running):
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*self._running, return_exceptions=True)
+
+
+def _resolve(row: _Row, answer: dict[str, Any]) -> None:
+    if row.future is not None and not row.future.done():
+        row.future.set_result(answer)
+
+
+def _single_parser(key: str, schema: OutputSchema) -> Callable[[str], BatchAnswer]:
+    def parse(text: str) -> BatchAnswer:
+        try:
+            return BatchAnswer(valid={key: parse_single(text, schema)}, problems={})
+        except OutputValidationError as error:
+            return BatchAnswer(valid={}, problems={key: str(error)})
+
+    return parse
+
+
+def _salted(call_key: str, salt: str) -> str:
+    return hashlib.blake2b(f"{call_key}:{salt}".encode(), digest_size=20).hexdigest()
+
+
+def _shares(weights: Sequence[int]) -> list[float]:
+    """Each row's share of a call's cost: by its text's length."""
+    total = sum(weights)
+    if total <= 0:
+        return [1 / len(weights)] * len(weights)
+    return [weight / total for weight in weights]
+
+
+def _offers(models: Sequence[str], model: str) -> bool:
+    return any(name == model or name.startswith(model + "-") for name in models)
+
+
+# -- from a job's settings ---------------------------------------------------------------
+
+DEFAULT_MAX_TOKENS = 512
+LABEL_SYSTEM = (
+    "You label texts. For each label, answer true when it applies to the text, else false."
+)
+
+
+def build_prompt_spec(config: JobConfig, environ: Mapping[str, str] | None = None) -> PromptSpec:
+    """The prompt task a job describes, with every setting checked (ConfigError if not)."""
+    if config.model is None:
+        raise ConfigError(
+            "a prompt task needs a model",
+            hint="pass --model provider/model, e.g. openai/gpt-4o-mini",
+        )
+    providers = _custom_providers(config.providers)
+    spec, model = parse_model(config.model, providers)
+    if config.base_url is not None:
+        spec = dataclasses.replace(spec, base_url=config.base_url)
+        providers[spec.name] = spec
+    auto = config.batch_size == "auto"
+    return PromptSpec(
+        model=config.model,
+        template=_template(config),
+        system=_system(config),
+        schema=_schema(config),
+        max_tokens=config.max_tokens or DEFAULT_MAX_TOKENS,
+        params=dict(config.params),
+        batch_size=AUTO_BATCH_ROWS if auto else int(config.batch_size),
+        batch_tokens=AUTO_BATCH_TOKENS if auto else None,
+        structured=config.structured,
+        repair_attempts=config.repair_attempts,
+        cache=config.cache,
+        budget=config.budget,
+        limits=_limits(config, spec.name, model),
+        prices=parse_price_overrides(config.prices),
+        providers=providers,
+        call_timeout=config.call_timeout,
+        workers=config.workers_at_most,  # auto: the scheduler sizes below this
+        environ=environ if environ is not None else load_environ(config.env_file),
+    )
+
+
+def build_step_spec(
+    config: JobConfig, model: str, environ: Mapping[str, str], workers: int
+) -> PromptSpec:
+    """The session settings for a Python task's ``ctx.llm`` calls to ``model``.
+
+    The job's ``--base-url`` goes to the provider of the job's own model, and ``--rpm``,
+    ``--tpm`` and ``--max-concurrent`` limit that model; other models take their
+    ``[limits]`` tables only.
+    """
+    providers = _custom_providers(config.providers)
+    spec, name = parse_model(model, providers)
+    default = config.model is not None and model == config.model
+    if config.base_url is not None and config.model is not None:
+        default_provider, _ = parse_model(config.model, providers)
+        if default_provider.name == spec.name:
+            spec = dataclasses.replace(spec, base_url=config.base_url)
+            providers[spec.name] = spec
+    return PromptSpec(
+        model=model,
+        template=PromptTemplate.column("ctx.llm"),  # never rendered: the task writes prompts
+        system=None,
+        schema=OutputSchema.text(),
+        max_tokens=config.max_tokens or DEFAULT_MAX_TOKENS,
+        params=dict(config.params),
+        batch_size=1,
+        batch_tokens=None,
+        structured=config.structured,
+        repair_attempts=config.repair_attempts,
+        cache=config.cache,
+        budget=config.budget,
+        limits=_limits(config, spec.name, name, flags=default),
+        prices=parse_price_overrides(config.prices),
+        providers=providers,
+        call_timeout=config.call_timeout,
+        workers=workers,
+        environ=environ,
+    )
+
+
+def _template(config: JobConfig) -> PromptTemplate:
+    if config.prompt is not None:
+        return PromptTemplate(config.prompt)
+    if config.text_column is None:
+        raise ConfigError(
+            "labels need the column that holds the text", hint="pass --text-column NAME"
+        )
+    return PromptTemplate.column(config.text_column)
+
+
+def _system(config: JobConfig) -> str | None:
+    if config.labels is None:
+        return config.system
+    system = config.system if config.system is not None else LABEL_SYSTEM
+    described = [split_label(label) for label in config.labels if ":" in label]
+    if described:  # "name: description" labels: the model is told what each name means
+        system += "\nWhat the labels mean:\n" + "\n".join(
+            f"- {name}: {description}" for name, description in described
+        )
+    return system
+
+
+def _schema(config: JobConfig) -> OutputSchema:
+    given = [
+        name
+        for name, value in (
+            ("schema", config.output_schema),
+            ("fields", config.fields),
+            ("labels", config.labels),
+        )
+        if value is not None
+    ]
+    if len(given) > 1:
+        raise ConfigError(
+            f"the output is described twice ({' and '.join(given)})",
+            hint="give one of schema, fields or labels",
+        )
+    if config.labels is not None:
+        return OutputSchema.from_labels(label_names(config.labels))
+    if config.fields is not None:
+        return OutputSchema.from_fields(config.fields)
+    return schema_of(config.output_schema)
+
+
+def _limits(config: JobConfig, provider: str, model: str, *, flags: bool = True) -> Limits:
+    """Flags win over ``[limits."provider/model"]``, which wins over ``[limits.provider]``."""
+    merged: dict[str, float] = {}
+    for name in (provider, f"{provider}/{model}"):
+        table = config.limits.get(name, {})
+        unknown = set(table) - {"rpm", "tpm", "max_concurrent"}
+        if unknown:
+            raise ConfigError(
+                f"[limits.{name!r}] has an unknown setting {sorted(unknown)[0]!r}",
+                hint="limits take rpm, tpm and max_concurrent",
+            )
+        merged.update(table)
+    for name in ("rpm", "tpm", "max_concurrent"):
+        value = getattr(config, name) if flags else None
+        if value is not None:
+            merged[name] = value
+    concurrent = merged.get("max_concurrent")
+    return Limits(
+        rpm=merged.get("rpm"),
+        tpm=merged.get("tpm"),
+        max_concurrent=int(concurrent) if concurrent is not None else None,
+    )
+
+
+def _custom_providers(table: Mapping[str, Mapping[str, Any]]) -> dict[str, ProviderSpec]:
+    providers = {}
+    for name, entry in table.items():
+        unknown = set(entry) - {"base_url", "api_key_env", "kind"}
+        kind = entry.get("kind", "openai")
+        if unknown or kind not in ("openai", "anthropic") or not entry.get("base_url"):
+            raise ConfigError(
+                f"[providers.{name}] must give base_url (and may give api_key_env, kind)",
+                hint='e.g. base_url = "http://127.0.0.1:8000/v1", api_key_env = "MY_KEY", '
+                'kind = "openai" or "anthropic"',
+            )
+        providers[name] = ProviderSpec(name, kind, str(entry["base_url"]), entry.get("api_key_env"))
+    return providers

@@ -1,0 +1,1 @@
+"""A local OpenAI/Anthropic-compatible server for tests, benchmarks and rehearsals. Internal."""

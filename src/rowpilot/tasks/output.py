@@ -1,0 +1,71 @@
+"""What a task returns, checked and encoded for the registry."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel
+
+from rowpilot.engine.items import encode_output
+from rowpilot.errors import OutputCollisionError, TaskOutputError
+
+
+def _model_fields(model: BaseModel, *, task: str, key: str) -> dict[str, Any]:
+    try:
+        return model.model_dump(mode="json")
+    except Exception as exc:  # pydantic's serialisation errors have no common public base
+        raise TaskOutputError(
+            f"task {task} returned a model that cannot be stored for key {key!r}: {exc}",
+            key=key,
+            hint="give the model JSON-compatible fields",
+        ) from exc
+
+
+def output_json(
+    value: Any,
+    *,
+    task: str,
+    key: str,
+    prefix: str = "",
+    taken: Mapping[str, str] | None = None,
+) -> str:
+    """Check what a task returned and encode it; anything but a dict or model is an error.
+
+    Field names get ``prefix``; a name in ``taken`` (an input column, the key column among
+    them, or a field the exports keep for themselves; the value says which) is an
+    OutputCollisionError: in a table it would overwrite that.
+    """
+    if isinstance(value, BaseModel):
+        value = _model_fields(value, task=task, key=key)
+    if not isinstance(value, dict):
+        raise TaskOutputError(
+            f"task {task} returned a {type(value).__name__} for key {key!r}, not a dict",
+            key=key,
+            hint="return a dict such as {'label': ...} or a pydantic model "
+            "({} if there is no output)",
+        )
+    if not all(isinstance(name, str) for name in value):
+        raise TaskOutputError(
+            f"task {task} returned a dict with non-text field names for key {key!r}",
+            key=key,
+            hint="use str keys; they become the output column names",
+        )
+    if prefix:
+        value = {prefix + name: field for name, field in value.items()}
+    if taken and not taken.keys().isdisjoint(value):  # a set operation: on every item
+        clash = next(name for name in value if name in taken)
+        raise OutputCollisionError(
+            f"task {task} returned the field {clash!r} for key {key!r}, and that name is "
+            f"{taken[clash]}: the output would overwrite it",
+            key=key,
+            column=clash,
+        )
+    try:
+        return encode_output(value)
+    except (TypeError, ValueError) as exc:
+        raise TaskOutputError(
+            f"task {task} returned a value that cannot be stored for key {key!r}: {exc}",
+            key=key,
+            hint="return JSON-compatible values (str, numbers, bools, lists, dicts)",
+        ) from exc

@@ -1,0 +1,396 @@
+"""Tests for rowpilot.engine.items: --rows/--shard, keys, hashing, selection, duplicates."""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from rowpilot.engine.items import (
+    FirstOccurrence,
+    Item,
+    Keyer,
+    Selection,
+    duplicate_key_error,
+    encode_json,
+    fingerprint,
+    key_hash,
+    parse_rows,
+    parse_shard,
+    scan,
+    selected_items,
+)
+from rowpilot.errors import ConfigError, KeyColumnError
+from rowpilot.sources import Source, open_source
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def source_of(keys: list[Any], column: str = "id") -> Source:
+    return open_source([{column: key, "text": f"text {i}"} for i, key in enumerate(keys)])
+
+
+def selected(
+    source: Source, selection: Selection, key: str | None = "id", chunk_size: int = 1024
+) -> list[Item]:
+    chunks = list(selected_items(source, Keyer(source, key), selection, chunk_size))
+    assert all(chunks), "no empty chunks"
+    assert all(len(chunk) <= chunk_size for chunk in chunks)
+    return [item for chunk in chunks for item in chunk]
+
+
+def keys_of(items: list[Item]) -> list[str]:
+    return [item.key for item in items]
+
+
+def in_shard(key: str, k: int, n: int) -> bool:
+    return key_hash(key) % n == k - 1
+
+
+KEYS = [f"id-{i:03d}" for i in range(40)]
+
+
+# -- parse_rows / parse_shard --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("0:10", (0, 10)),
+        (":5", (None, 5)),
+        ("3:", (3, None)),
+        (":", (None, None)),
+        ("7:7", (7, 7)),
+        (" 2 : 4 ", (2, 4)),
+        ("0:1516", (0, 1516)),
+    ],
+)
+def test_parse_rows(text: str, expected: tuple[int | None, int | None]) -> None:
+    assert parse_rows(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "hint"),
+    [
+        ("5", "A:B"),
+        ("", "A:B"),
+        ("a:b", "A:B"),
+        ("1.5:3", "A:B"),
+        ("1:2:3", "A:B"),
+        ("-1:3", "0 <= A <= B"),
+        ("5:3", "0 <= A <= B"),
+    ],
+)
+def test_parse_rows_rejects_bad_ranges_with_a_hint(text: str, hint: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_rows(text)
+    assert repr(text) in caught.value.message
+    assert caught.value.hint is not None
+    assert hint in caught.value.hint
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), [("1/3", (1, 3)), ("3/3", (3, 3)), ("1/1", (1, 1)), ("10/12", (10, 12))]
+)
+def test_parse_shard(text: str, expected: tuple[int, int]) -> None:
+    assert parse_shard(text) == expected
+
+
+@pytest.mark.parametrize("text", ["0/3", "4/3", "a/b", "-1/3", "1/0", "3", "/3", "1/", "", "1-3"])
+def test_parse_shard_rejects_bad_shards_with_a_hint(text: str) -> None:
+    with pytest.raises(ConfigError, match="is not a shard") as caught:
+        parse_shard(text)
+    assert caught.value.hint is not None
+    assert "K/N" in caught.value.hint
+
+
+# -- key_hash and fingerprint --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "expected"),
+    [
+        ("k1", 1162140698545385420),
+        ("", 6510301506637419378),
+        ("hello", 4511043874410912595),
+        ("id-000042", 7818930968146519394),
+        ("ключ-é", 7810614237863502526),
+        ("\ud800", 3748893510854247457),  # a lone surrogate from a JSON file still hashes
+    ],
+)
+def test_key_hash_is_pinned(key: str, expected: int) -> None:
+    # Shards are assigned by this hash: a new hash function would silently move keys
+    # between the shards of a user's job that is already half done.
+    assert key_hash(key) == expected
+    assert 0 <= key_hash(key) < 2**63
+
+
+def test_fingerprint_is_pinned() -> None:
+    # A new fingerprint would mark every done item stale and pay for all of it again.
+    input_json = encode_json({"text": "hello", "id": "k1"})
+    assert input_json == '{"id":"k1","text":"hello"}'
+    assert fingerprint("v1", input_json) == "d33e6ce49fdc6225256d75ac96740a5a"
+
+
+def test_fingerprint_changes_with_the_task_version_or_any_cell() -> None:
+    row = {"id": "k1", "text": "hello", "n": 3}
+    base = fingerprint("v1", encode_json(row))
+    assert fingerprint("v1", encode_json(dict(reversed(row.items())))) == base
+    assert fingerprint("v2", encode_json(row)) != base
+    changed = {
+        fingerprint("v1", encode_json({**row, name: value}))
+        for name, value in [("id", "k2"), ("text", "hello "), ("n", 4), ("n", "3"), ("new", None)]
+    }
+    assert base not in changed
+    assert len(changed) == 5
+    # The separator keeps the version and the input apart.
+    assert fingerprint("v1", "x") != fingerprint("v", "1x")
+
+
+# -- selection -----------------------------------------------------------------------------
+
+
+@given(
+    keys=st.lists(st.text(min_size=1, max_size=10), unique=True, min_size=1, max_size=40),
+    n=st.integers(1, 8),
+)
+def test_shards_partition_the_keys_exactly(keys: list[str], n: int) -> None:
+    source = source_of(keys)
+    shards = [
+        keys_of(selected(source, Selection(shard=(k, n)), chunk_size=7)) for k in range(1, n + 1)
+    ]
+    assert sorted(key for shard in shards for key in shard) == sorted(keys)
+    for k, shard in enumerate(shards, start=1):
+        assert shard == [key for key in keys if in_shard(key, k, n)]  # source order
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 1024])
+def test_selection_applies_rows_then_shard_then_limit_in_source_order(chunk_size: int) -> None:
+    source = source_of(KEYS)
+    selection = Selection(rows=(5, 35), shard=(2, 3), limit=4)
+    expected = [key for seq, key in enumerate(KEYS) if 5 <= seq < 35 and in_shard(key, 2, 3)][:4]
+    assert len(expected) == 4
+
+    items = selected(source, selection, chunk_size=chunk_size)
+
+    assert keys_of(items) == expected
+    assert [item.seq for item in items] == [KEYS.index(key) for key in expected]
+    assert all(item.fields["id"] == item.key for item in items)
+
+
+def test_selection_rows_limit_and_shard_alone() -> None:
+    source = source_of(KEYS)
+    assert keys_of(selected(source, Selection())) == KEYS
+    assert keys_of(selected(source, Selection(rows=(None, 3)))) == KEYS[:3]
+    assert keys_of(selected(source, Selection(rows=(38, None)))) == KEYS[38:]
+    assert keys_of(selected(source, Selection(rows=(50, 60)))) == []
+    assert keys_of(selected(source, Selection(rows=(4, 4)))) == []
+    assert keys_of(selected(source, Selection(limit=5), chunk_size=2)) == KEYS[:5]
+    assert keys_of(selected(source, Selection(limit=100))) == KEYS
+    # The limit counts rows of the shard, not rows of the file.
+    sharded = [key for key in KEYS if in_shard(key, 1, 2)]
+    assert keys_of(selected(source, Selection(shard=(1, 2), limit=3))) == sharded[:3]
+
+
+def test_limit_zero_selects_nothing() -> None:
+    # `--limit 0` passes config validation (ge=0), so it must mean "no rows".
+    assert keys_of(selected(source_of(KEYS), Selection(limit=0))) == []
+
+
+def test_without_a_key_column_the_row_number_is_the_key() -> None:
+    source = source_of(["x", "y", "z"])
+    items = selected(source, Selection(rows=(1, None)), key=None)
+    assert [(item.seq, item.key) for item in items] == [(1, "1"), (2, "2")]
+
+
+def test_key_values_that_are_not_strings() -> None:
+    source = source_of([7, True, 1.5, {"b": 1, "a": 2}, "7.0"])
+    assert keys_of(selected(source, Selection())) == ["7", "True", "1.5", '{"a":2,"b":1}', "7.0"]
+
+
+# -- Keyer errors --------------------------------------------------------------------------
+
+
+def test_unknown_key_column_names_the_columns(tmp_path: Path) -> None:
+    path = tmp_path / "data.csv"
+    path.write_text("id,text,score\nk1,a,1\n", encoding="utf-8")
+    source = open_source(path)
+    with pytest.raises(KeyColumnError, match="no such key column") as caught:
+        Keyer(source, "ID")
+    error = caught.value
+    assert error.column == "ID"
+    assert error.file == str(path)
+    assert error.hint == "the columns are 'id', 'text', 'score'"
+
+
+def test_unknown_key_column_of_an_iterable_names_the_first_rows_columns() -> None:
+    source = open_source([{"name": "a", "text": "x"}, {"name": "b", "text": "y"}])
+    keyer = Keyer(source, "id")  # the columns of an iterable are not known up front
+    with pytest.raises(KeyColumnError, match="no such key column") as caught:
+        list(selected_items(source, keyer, Selection()))
+    assert caught.value.hint == "the columns are 'name', 'text'"
+
+
+def test_a_later_row_without_the_key_column_names_the_row() -> None:
+    source = open_source([{"id": "a"}, {"id": "b"}, {"text": "no id"}])
+    with pytest.raises(KeyColumnError, match="this row has no key column") as caught:
+        selected(source, Selection())
+    assert (caught.value.row, caught.value.column) == (2, "id")
+    assert "row 2" in str(caught.value)
+
+
+@pytest.mark.parametrize("empty", ["", None, float("nan")], ids=["blank", "none", "nan"])
+def test_an_empty_key_names_the_row(empty: Any) -> None:
+    source = source_of(["a", "b", "c", empty])
+    with pytest.raises(KeyColumnError, match="the key is empty") as caught:
+        selected(source, Selection())
+    assert (caught.value.row, caught.value.column) == (3, "id")
+    assert caught.value.hint is not None
+    assert "drop --key" in caught.value.hint
+
+
+def test_an_empty_key_in_a_csv_names_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "data.csv"
+    path.write_text("id,text\nk1,a\nk2,b\n,c\n", encoding="utf-8")
+    source = open_source(path)
+    with pytest.raises(KeyColumnError, match="the key is empty") as caught:
+        selected(source, Selection())
+    assert (caught.value.row, caught.value.line) == (2, 4)
+    assert str(caught.value).startswith(f"{path} line 4, column 'id': the key is empty")
+
+
+def test_an_empty_key_outside_the_selection_is_not_an_error() -> None:
+    source = source_of(["a", "b", "", "d"])
+    assert keys_of(selected(source, Selection(rows=(0, 2)))) == ["a", "b"]
+
+
+# -- scan, duplicates, dedupe --------------------------------------------------------------
+
+
+def test_scan_counts_rows_and_collects_columns_of_an_iterable() -> None:
+    source = open_source([{"id": "a", "x": 1}, {"id": "b", "y": 2}, {"z": 3, "id": "c"}])
+    report = scan(source, Keyer(source, "id"), Selection())
+    assert report.total == 3
+    assert report.columns == ["id", "x", "y", "z"]
+    assert report.duplicate_hashes == frozenset()
+
+
+def test_scan_finds_duplicate_keys_and_the_error_lists_them_with_rows() -> None:
+    keys = ["a", "b", "a", "c", "b", "a"]
+    source = source_of(keys)
+    keyer = Keyer(source, "id")
+    report = scan(source, keyer, Selection())
+    assert report.total == 6
+    assert report.duplicate_hashes == {key_hash("a"), key_hash("b")}
+
+    error = duplicate_key_error(source, keyer, Selection(), report.duplicate_hashes)
+    assert error is not None
+    assert error.message == (
+        "3 duplicate key(s): 'a' at rows 0 and 2; 'b' at rows 1 and 4; 'a' at rows 0 and 5"
+    )
+    assert error.column == "id"
+    assert error.file == "<iterable>"
+    assert error.hint is not None
+    assert "--duplicates first" in error.hint
+
+
+def test_duplicate_key_error_shows_five_and_counts_the_rest() -> None:
+    keys = [f"k{i}" for i in range(8)] * 2
+    source = source_of(keys)
+    keyer = Keyer(source, "id")
+    report = scan(source, keyer, Selection())
+    error = duplicate_key_error(source, keyer, Selection(), report.duplicate_hashes)
+    assert error is not None
+    assert error.message.startswith("8 duplicate key(s): 'k0' at rows 0 and 8; ")
+    assert "'k4' at rows 4 and 12" in error.message
+    assert "'k5'" not in error.message
+    assert error.message.endswith(" and 3 more")
+
+
+def test_duplicates_outside_the_selection_do_not_count() -> None:
+    source = source_of(["a", "b", "a"])
+    keyer = Keyer(source, "id")
+    assert scan(source, keyer, Selection(rows=(0, 2))).duplicate_hashes == frozenset()
+    assert scan(source, keyer, Selection(limit=2)).duplicate_hashes == frozenset()
+
+
+def test_hashes_that_only_collide_are_not_duplicates() -> None:
+    source = source_of(["a", "b", "c"])
+    keyer = Keyer(source, "id")
+    suspects = frozenset({key_hash("a"), key_hash("c")})
+    assert duplicate_key_error(source, keyer, Selection(), suspects) is None
+
+
+def test_first_occurrence_keeps_only_the_first_row_of_each_key() -> None:
+    keys = ["a", "b", "a", "c", "b", "a", "d"]
+    source = source_of(keys)
+    keyer = Keyer(source, "id")
+    first = FirstOccurrence(scan(source, keyer, Selection()).duplicate_hashes)
+    kept = [item for item in selected(source, Selection()) if first.admits(item)]
+    assert [(item.seq, item.key) for item in kept] == [(0, "a"), (1, "b"), (3, "c"), (6, "d")]
+
+    without_suspects = FirstOccurrence(frozenset())
+    assert all(without_suspects.admits(item) for item in selected(source, Selection()))
+
+
+# -- encode_json ---------------------------------------------------------------------------
+
+
+def test_encode_json_is_canonical() -> None:
+    one = {"b": 1, "a": {"d": [1, {"y": 2, "x": 1}], "c": "é"}}
+    other = {"a": {"c": "é", "d": [1, {"x": 1, "y": 2}]}, "b": 1}
+    assert encode_json(one) == encode_json(other) == '{"a":{"c":"é","d":[1,{"x":1,"y":2}]},"b":1}'
+
+
+@given(st.dictionaries(st.text(max_size=5), st.integers() | st.text(max_size=5), max_size=8))
+def test_encode_json_ignores_key_order(row: dict[str, Any]) -> None:
+    assert encode_json(dict(reversed(row.items()))) == encode_json(row)
+    assert json.loads(encode_json(row)) == row
+
+
+def test_encode_json_handles_datetime_decimal_bytes_and_numpy() -> None:
+    row = {
+        "when": dt.datetime(2024, 1, 2, 3, 4, 5, 600, tzinfo=dt.UTC),
+        "naive": dt.datetime(2024, 1, 2, 3, 4, 5),
+        "day": dt.date(2024, 2, 29),
+        "time": dt.time(23, 59, 1),
+        "price": decimal.Decimal("1.10"),
+        "blob": b"\x00\xffrow",
+        "n": np.int64(7),
+        "x": np.float32(0.5),
+        "v": np.array([1, 2]),
+        "one": np.array(["z"]),
+    }
+    assert json.loads(encode_json(row)) == {
+        "when": "2024-01-02T03:04:05.000600+00:00",
+        "naive": "2024-01-02T03:04:05",
+        "day": "2024-02-29",
+        "time": "23:59:01",
+        "price": "1.10",
+        "blob": "AP9yb3c=",
+        "n": 7,
+        "x": 0.5,
+        "v": [1, 2],
+        "one": ["z"],  # an array of one is still a list, not a scalar
+    }
+
+
+def test_encode_json_refuses_unknown_types() -> None:
+    with pytest.raises(TypeError, match="set is not JSON serialisable"):
+        encode_json({"s": {1, 2}})
+
+
+def test_a_folder_is_keyed_by_its_relative_paths_without_key(tmp_path: Path) -> None:
+    (tmp_path / "docs" / "sub").mkdir(parents=True)
+    (tmp_path / "docs" / "b.txt").write_text("bee")
+    (tmp_path / "docs" / "sub" / "a.txt").write_text("ay")
+    keyer = Keyer(open_source(tmp_path / "docs"), None)
+    keys = [keyer.item(row).key for chunk in keyer.source.chunks() for row in chunk]
+    assert sorted(keys) == ["b.txt", "sub/a.txt"]

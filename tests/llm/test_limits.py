@@ -1,0 +1,966 @@
+"""Tests for rowpilot.llm.limits: pacing, FIFO admission, 429 adaptation and learning from headers.
+
+No test here reads the wall clock or sleeps to wait for another task. The timing tests run
+on ``VirtualTime``, an event loop whose clock jumps to the next timer whenever every task
+waits: a resource on that clock waits exactly what it computed, in no real time, however
+loaded the machine. The adaptation rules use a clock the test moves by hand. Against a
+provider's limits, ``Provider`` plays the simulator's buckets in-process on the same clock.
+The last group drives the real simulator through ChatClient: what it asserts (counts,
+learned limits) does not depend on the machine's speed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import itertools
+import math
+import selectors
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, tzinfo
+from typing import Any, TypeVar
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rowpilot.errors import ConfigError
+from rowpilot.llm.limits import (
+    Limits,
+    Permit,
+    Quota,
+    Resource,
+    parse_duration,
+    parse_quotas,
+    parse_reset_time,
+    parse_retry_after,
+)
+from rowpilot.llm.providers import ChatClient, ProviderSpec, RateLimitError
+from rowpilot.llm.tokens import TokenEstimator
+from rowpilot.simulator.server import Simulator, SimulatorConfig
+
+T = TypeVar("T")
+
+KEY = "sk-" + "limits-test"
+GPT = "gpt-4o-mini"
+NOW = datetime(2030, 1, 1, tzinfo=UTC)
+NO_LIMITS = Limits()
+FAST = Limits(rpm=60_000)
+
+
+class VirtualTime(asyncio.SelectorEventLoop):
+    """An event loop on a virtual clock: when every task waits, the clock jumps to the next
+    timer. Sleeps and a resource's waits take no real time and never depend on the load."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.idle_waiters: list[asyncio.Future[None]] = []
+        super().__init__(_JumpingSelector(self))
+
+    def time(self) -> float:
+        return self.now
+
+
+class _JumpingSelector(selectors.DefaultSelector):
+    """Never blocks: where a real loop would wait for its next timer, the clock moves there."""
+
+    def __init__(self, loop: VirtualTime) -> None:
+        super().__init__()
+        self._loop = loop
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        events = super().select(0)
+        if events or timeout == 0:
+            return events  # something can run now: the clock stands still
+        loop = self._loop
+        if loop.idle_waiters:  # every task waits: ``idle()`` returns before time moves
+            for waiter in loop.idle_waiters:
+                waiter.set_result(None)
+            loop.idle_waiters.clear()
+            return []
+        if timeout is None:
+            raise RuntimeError("every task waits and no timer is set: a deadlock")
+        loop.now += timeout
+        return []
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` on virtual time."""
+    with asyncio.Runner(loop_factory=VirtualTime) as runner:
+        return runner.run(coro)
+
+
+def run_real(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` on the real clock: for the simulator, whose sockets are real."""
+    return asyncio.run(coro)
+
+
+async def idle() -> None:
+    """Let every other task run until it waits (for a lock, an event or a timer)."""
+    loop = asyncio.get_running_loop()
+    assert isinstance(loop, VirtualTime)
+    waiter = loop.create_future()
+    loop.idle_waiters.append(waiter)
+    await waiter
+
+
+def loop_clock() -> Callable[[], float]:
+    """The running loop's (virtual) clock, for a resource that sleeps on that loop."""
+    return asyncio.get_running_loop().time
+
+
+class FakeClock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def fake_resource(limits: Limits = NO_LIMITS, **options: Any) -> tuple[Resource, FakeClock]:
+    clock = FakeClock()
+    return Resource("test", limits, clock=clock, **options), clock
+
+
+async def report(resource: Resource, tokens: int, how: Callable[[Permit], None]) -> None:
+    async with resource.slot(tokens) as permit:
+        how(permit)
+
+
+# --------------------------------------------------------------------------- limits
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"rpm": 0}, {"tpm": -1.0}, {"rpm": math.inf}, {"tpm": math.nan}, {"max_concurrent": 0}],
+)
+def test_limits_must_be_positive(options: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError):
+        Limits(**options)
+
+
+@pytest.mark.parametrize("options", [{"headroom": 0.0}, {"headroom": 1.5}, {"burst_seconds": 0}])
+def test_resource_options_are_checked(options: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="must be"):
+        Resource("x", **options)
+
+
+# --------------------------------------------------------------------------- header parsers
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("1s", 1.0),
+        ("6m0s", 360.0),
+        ("350ms", 0.35),
+        ("1.2s", 1.2),
+        ("1m30.5s", 90.5),
+        ("2h", 7200.0),
+        ("1h2m3s", 3723.0),
+        ("0s", 0.0),
+        ("1.5", 1.5),
+        (" 20ms ", 0.02),
+        ("250us", 0.00025),
+    ],
+)
+def test_durations_parse(text: str, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "s", "abc", "-1s", "1x", "nan", "inf", "1e5s", "1..2s", "1 s", "s1", "25h0m0s", None],
+)
+def test_malformed_durations_are_none(text: str | None) -> None:
+    assert parse_duration(text) is None
+
+
+@given(st.text(max_size=80))
+def test_parse_duration_never_raises(text: str) -> None:
+    seconds = parse_duration(text)
+    assert seconds is None or 0 <= seconds <= 86_400
+
+
+@given(
+    st.integers(0, 23), st.integers(0, 59), st.integers(0, 59_999), st.integers(0, 999), st.data()
+)
+def test_durations_round_trip(hours: int, minutes: int, millis: int, ms: int, data: Any) -> None:
+    parts = [(hours, "h"), (minutes, "m"), (millis / 1000, "s"), (ms, "ms")]
+    kept = [part for part in parts if data.draw(st.booleans())] or [(ms, "ms")]
+    text = "".join(f"{value:g}{unit}" for value, unit in kept)
+    expected = sum(value * {"h": 3600, "m": 60, "s": 1, "ms": 0.001}[unit] for value, unit in kept)
+    assert parse_duration(text) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("2030-01-01T00:00:01Z", 1.0),
+        ("2030-01-01T00:00:00.500Z", 0.5),
+        ("2030-01-01T01:00:02+01:00", 2.0),
+        ("2030-01-01T00:00:03", 3.0),  # no zone: UTC
+        ("2029-12-31T23:59:00Z", 0.0),  # past: now
+        ("1.5s", 1.5),
+    ],
+)
+def test_reset_times_parse(text: str, seconds: float) -> None:
+    assert parse_reset_time(text, NOW) == pytest.approx(seconds)
+
+
+@given(st.text(max_size=80))
+def test_parse_reset_time_never_raises(text: str) -> None:
+    seconds = parse_reset_time(text, NOW)
+    assert seconds is None or 0 <= seconds <= 86_400
+
+
+@given(st.datetimes(timezones=st.timezones()))
+def test_parse_reset_time_reads_any_rfc3339_moment(moment: datetime) -> None:
+    seconds = parse_reset_time(moment.isoformat(), NOW)
+    assert seconds is None or 0 <= seconds <= 86_400
+
+
+_NOW_UNIX = 1_750_000_000.0  # a fixed "now" for HTTP dates: whole seconds, as they are
+_DAY = 86_400
+
+
+def _any_case(name: str) -> st.SearchStrategy[str]:
+    return st.lists(st.booleans(), min_size=len(name), max_size=len(name)).map(
+        lambda upper: "".join(c.upper() if u else c for c, u in zip(name, upper, strict=True))
+    )
+
+
+@given(st.integers(0, _DAY * 1000).map(lambda ms: ms / 1000), _any_case("retry-after"))
+def test_retry_after_reads_seconds_under_any_name_case(seconds: float, name: str) -> None:
+    assert parse_retry_after({name: f"{seconds:.3f}"}) == pytest.approx(seconds)
+
+
+@given(st.integers(0, _DAY), _any_case("retry-after"))
+def test_retry_after_reads_an_http_date(offset: int, name: str) -> None:
+    date = email.utils.formatdate(_NOW_UNIX + offset, usegmt=True)
+    assert parse_retry_after({name: date}, now=_NOW_UNIX) == offset
+
+
+def test_retry_after_of_a_date_already_past_is_zero() -> None:
+    date = email.utils.formatdate(_NOW_UNIX - 30, usegmt=True)
+    assert parse_retry_after({"Retry-After": date}, now=_NOW_UNIX) == 0.0
+
+
+@given(st.integers(0, _DAY * 1000), st.integers(0, _DAY), _any_case("retry-after-ms"))
+def test_retry_after_ms_wins_over_retry_after(ms: int, seconds: int, name: str) -> None:
+    headers = {name: str(ms), "Retry-After": str(seconds)}
+    assert parse_retry_after(headers) == pytest.approx(ms / 1000)
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"retry-after-ms": "soon", "retry-after": "3"}, 3.0),  # unreadable ms: the other one
+        ({"retry-after": "-1"}, None),
+        ({"retry-after": "inf"}, None),
+        ({"retry-after": "nan"}, None),
+        ({"retry-after": str(_DAY + 1)}, None),  # over a day: malformed, not a limit
+        ({"retry-after": "soon"}, None),
+        ({"x-other": "1"}, None),
+        ({}, None),
+        (None, None),
+    ],
+)
+def test_retry_after_that_does_not_say(
+    headers: dict[str, str] | None, expected: float | None
+) -> None:
+    assert parse_retry_after(headers) == expected
+
+
+@given(st.dictionaries(st.sampled_from(["retry-after", "Retry-After-Ms", "x"]), st.text()))
+def test_retry_after_never_raises_and_stays_in_range(headers: dict[str, str]) -> None:
+    seconds = parse_retry_after(headers, now=_NOW_UNIX)
+    assert seconds is None or 0 <= seconds <= _DAY
+
+
+def test_openai_headers_make_quotas() -> None:
+    headers = {
+        "x-ratelimit-limit-requests": "500",
+        "x-ratelimit-remaining-requests": "499",
+        "x-ratelimit-reset-requests": "120ms",
+        "x-ratelimit-limit-tokens": "30000",
+        "x-ratelimit-remaining-tokens": "29000",
+        "x-ratelimit-reset-tokens": "2s",
+    }
+    assert parse_quotas(headers) == [
+        Quota("requests", 500.0, 499.0, 0.12),
+        Quota("tokens", 30000.0, 29000.0, 2.0),
+    ]
+
+
+def test_anthropic_headers_make_quotas() -> None:
+    headers = {
+        "anthropic-ratelimit-requests-limit": "50",
+        "anthropic-ratelimit-requests-remaining": "49",
+        "anthropic-ratelimit-requests-reset": "2030-01-01T00:00:01Z",
+        "anthropic-ratelimit-input-tokens-limit": "40000",
+        "anthropic-ratelimit-output-tokens-limit": "8000",
+        "anthropic-ratelimit-output-tokens-remaining": "7000",
+    }
+    assert parse_quotas(headers, NOW) == [
+        Quota("requests", 50.0, 49.0, 1.0),
+        Quota("tokens", 40000.0, None, None),
+        Quota("tokens", 8000.0, 7000.0, None),
+    ]
+
+
+def test_malformed_header_values_are_left_out() -> None:
+    headers = {
+        "x-ratelimit-limit-requests": "lots",
+        "x-ratelimit-remaining-requests": "-3",
+        "x-ratelimit-reset-requests": "soon",
+        "x-ratelimit-limit-tokens": "0",
+        "x-ratelimit-remaining-tokens": "nan",
+    }
+    assert parse_quotas(headers) == []
+
+
+HEADER_NAMES = (
+    [
+        f"x-ratelimit-{field}-{kind}"
+        for field in ("limit", "remaining", "reset")
+        for kind in ("requests", "tokens")
+    ]
+    + [
+        f"anthropic-ratelimit-{kind}-{field}"
+        for kind in ("requests", "tokens", "input-tokens", "output-tokens")
+        for field in ("limit", "remaining", "reset")
+    ]
+    + ["retry-after", "retry-after-ms"]
+)
+HEADER_VALUES = st.one_of(
+    st.text(max_size=30),
+    st.from_regex(r"\d{1,6}(\.\d{1,3})?(ms|s|m|h)?", fullmatch=True),
+    st.sampled_from(["0", "1", "2030-01-01T00:00:01Z", "1e9", "-1", "inf", "99999999999999999"]),
+)
+HEADERS = st.dictionaries(st.sampled_from(HEADER_NAMES), HEADER_VALUES, max_size=12)
+
+
+@settings(max_examples=200)
+@given(HEADERS, HEADERS, st.none() | st.floats(allow_nan=True, allow_infinity=True))
+def test_arbitrary_headers_never_break_a_resource(
+    first: dict[str, str], second: dict[str, str], retry_after: float | None
+) -> None:
+    resource, clock = fake_resource(Limits(rpm=600))
+    Permit(resource, 10, clock.now, charged=True).settle(25, first)
+    Permit(resource, 10, clock.now, charged=True).rate_limited(retry_after, second)
+    for value in (resource.limits.rpm, resource.limits.tpm):
+        assert value is None or (math.isfinite(value) and value > 0)
+    stats = resource.stats()
+    assert 0 <= stats["paused_seconds"] <= 86_400
+    assert 0.1 <= stats["factor"] <= 1
+
+
+# --------------------------------------------------------------------------- pacing
+
+
+@dataclass
+class Admissions:
+    times: list[float] = field(default_factory=list)
+    costs: list[int] = field(default_factory=list)
+    created: float = 0.0
+    end: float = 0.0
+
+
+def admit_for(limits: Limits, seconds: float, costs: Iterator[int], workers: int = 8) -> Admissions:
+    """Workers taking slots back to back for ``seconds``; what was admitted, and when."""
+
+    async def go() -> Admissions:
+        resource = Resource("x", limits, clock=loop_clock())
+        record = Admissions(created=loop_clock()())
+        record.end = record.created + seconds
+
+        async def worker() -> None:
+            while True:
+                cost = next(costs)
+                async with resource.slot(cost) as permit:
+                    if permit.admitted_at > record.end:
+                        return
+                    record.times.append(permit.admitted_at)
+                    record.costs.append(cost)
+                    permit.settle(cost)
+
+        await asyncio.gather(*(worker() for _ in range(workers)))
+        return record
+
+    return run(go())
+
+
+def assert_never_above(record: Admissions, rate: float, capacity: float) -> None:
+    """In every window, what was admitted fits a full bucket plus the window's refill."""
+    times, costs = record.times, record.costs
+    for i in range(len(times)):
+        total = 0
+        for j in range(i, len(times)):
+            total += costs[j]
+            assert total <= capacity + rate * (times[j] - times[i]) + max(costs) * 1e-6
+
+
+def test_rpm_paces_admissions() -> None:
+    rate, capacity = 6000 * 0.98 / 60, 6000 * 0.98 / 60 * 0.5
+    record = admit_for(Limits(rpm=6000), 1.0, itertools.repeat(1))
+    expected = capacity + rate * 1.0  # the full bucket, then its refill: 49 + 98
+    assert expected - 1 <= len(record.times) <= expected + 1
+    assert_never_above(record, rate, capacity)
+
+
+def test_tpm_paces_admissions() -> None:
+    rate, capacity = 600_000 * 0.98 / 60, 600_000 * 0.98 / 60 * 0.5
+    costs = itertools.cycle([50, 150, 100, 300])
+    record = admit_for(Limits(tpm=600_000), 1.0, costs)
+    expected = capacity + rate * 1.0
+    assert expected - 300 <= sum(record.costs) <= expected + 300  # to within one call
+    assert_never_above(record, rate, capacity)
+
+
+def test_max_concurrent_is_never_exceeded() -> None:
+    async def go() -> int:
+        resource = Resource("x", Limits(max_concurrent=5), learn=False, clock=loop_clock())
+        in_flight = peak = 0
+
+        async def one(i: int) -> None:
+            nonlocal in_flight, peak
+            async with resource.slot(1) as permit:
+                in_flight += 1
+                peak = max(peak, in_flight)
+                await asyncio.sleep(0.001 * (i % 4))
+                in_flight -= 1
+                permit.settle()
+
+        await asyncio.gather(*(one(i) for i in range(60)))
+        assert resource.stats()["in_flight"] == 0
+        return peak
+
+    assert run(go()) == 5
+
+
+def test_a_big_request_is_not_starved_by_small_ones() -> None:
+    async def go() -> tuple[list[int], float]:
+        # 3920 tokens/s into a bucket of 980: the big request needs it full, then owes.
+        clock = loop_clock()
+        resource = Resource("x", Limits(tpm=240_000), burst_seconds=0.25, clock=clock)
+        numbers = itertools.count()
+        admitted: list[int] = []
+        end = clock() + 1.2
+
+        async def small() -> None:
+            while clock() < end:
+                number = next(numbers)
+                async with resource.slot(100) as permit:
+                    admitted.append(number)
+                    permit.settle()
+
+        async def big() -> float:
+            await asyncio.sleep(0.2)  # it comes in while the small ones drain the bucket
+            asked, number = clock(), next(numbers)
+            async with resource.slot(3000):
+                admitted.append(number)
+                return clock() - asked
+
+        waiting = asyncio.create_task(big())
+        await asyncio.gather(*(small() for _ in range(5)))
+        return admitted, await waiting
+
+    admitted, waited = run(go())
+    assert admitted == sorted(admitted)  # first come, first served
+    # At most the 5 small ones queued ahead of it (500 tokens), then a full bucket (980):
+    # smallest-first would have kept it waiting until the small ones stopped, at 1.2 s.
+    assert waited <= (5 * 100 + 980) / 3920 + 1e-9
+
+
+def test_cancelled_waiters_take_nothing() -> None:
+    async def go() -> None:
+        resource = Resource("x", Limits(rpm=60, max_concurrent=1), learn=False, clock=loop_clock())
+        async with resource.slot(1):
+            waiter = asyncio.create_task(resource.slot(1).__aenter__())
+            await idle()  # it waits for the one slot
+            waiter.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiter
+        assert resource.stats()["requests"] == 1
+        assert resource.stats()["in_flight"] == 0
+
+    run(go())
+
+
+# --------------------------------------------------------------------------- 429s
+
+
+def test_a_429_pauses_the_waiters_until_retry_after() -> None:
+    async def go() -> list[float]:
+        clock = loop_clock()
+        resource = Resource("x", Limits(rpm=60_000, max_concurrent=1), clock=clock)
+        waits: list[float] = []
+
+        async def waiter() -> None:
+            async with resource.slot(1):
+                waits.append(clock() - limited_at)
+
+        async with resource.slot(1) as permit:
+            tasks = [asyncio.create_task(waiter()) for _ in range(5)]
+            await idle()  # they queue behind the concurrency limit
+            limited_at = clock()
+            permit.rate_limited(0.3)
+        await asyncio.gather(*tasks)
+        return waits
+
+    waits = run(go())
+    assert len(waits) == 5
+    assert min(waits) == pytest.approx(0.3)  # the pause, to the end
+    # Then one request each from the drained bucket, at the cut rate (735/s).
+    assert max(waits) <= 0.3 + 5 / (60_000 * 0.98 * 0.75 / 60) + 1e-9
+
+
+def test_a_burst_of_429s_cuts_the_rate_once_and_it_recovers() -> None:
+    async def go() -> None:
+        resource, clock = fake_resource(Limits(rpm=6000))
+        full = 6000 * 0.98
+        async with AsyncExitStack() as stack:
+            permits = [await stack.enter_async_context(resource.slot(1)) for _ in range(10)]
+            for permit in permits:
+                permit.rate_limited(0.5)
+        stats = resource.stats()
+        assert (stats["rate_limited"], stats["factor"]) == (10, 0.75)
+        assert stats["effective_rpm"] == pytest.approx(full * 0.75)
+        assert stats["paused_seconds"] == pytest.approx(0.5)
+
+        clock.now += 1.0  # after the pause: a call sent at the new rate is a new signal
+        async with resource.slot(1) as late:
+            await report(resource, 1, lambda permit: permit.rate_limited(None))
+            assert resource.stats()["factor"] == pytest.approx(0.75**2)
+            assert resource.stats()["paused_seconds"] == pytest.approx(1.0)  # the default
+            clock.now += 5.0
+            late.rate_limited(0.1)  # sent before that cut: the same burst
+            assert resource.stats()["factor"] == pytest.approx(0.75**2)
+
+        clock.now += 3.0
+        await report(resource, 1, lambda permit: permit.settle(1))
+        assert resource.stats()["factor"] == pytest.approx(0.75**2 + 3 / 15)
+        clock.now += 20.0
+        await report(resource, 1, lambda permit: permit.settle(1))
+        assert resource.stats()["factor"] == 1.0
+        assert resource.stats()["effective_rpm"] == pytest.approx(full)
+
+    run(go())
+
+
+def test_the_factor_has_a_floor() -> None:
+    async def go() -> None:
+        resource, clock = fake_resource(Limits(tpm=60_000))
+        for _ in range(30):
+            clock.now += 2.0
+            await report(resource, 1, lambda permit: permit.rate_limited(0.0))
+        assert resource.stats()["factor"] == 0.1
+        assert resource.stats()["effective_tpm"] == pytest.approx(60_000 * 0.98 * 0.1)
+
+    run(go())
+
+
+def test_without_rates_a_429_cuts_a_concurrency_cap() -> None:
+    async def go() -> None:
+        resource, clock = fake_resource(learn=False)
+        slots = [resource.slot(1) for _ in range(8)]
+        permits = [await slot.__aenter__() for slot in slots]
+        for permit in permits[:3]:
+            permit.rate_limited(0.0)
+        assert resource.stats()["concurrency_cap"] == 6  # 8 in flight * 0.75, once
+
+        admitted = asyncio.Event()
+
+        async def waiter() -> None:
+            async with resource.slot(1):
+                admitted.set()
+
+        task = asyncio.create_task(waiter())
+        for in_flight in (7, 6, 5):
+            await slots.pop().__aexit__(None, None, None)
+            await idle()
+            assert admitted.is_set() is (in_flight < 6)
+        await task
+        for slot in slots:
+            await slot.__aexit__(None, None, None)
+
+        for _ in range(20):
+            clock.now += 0.1
+            await report(resource, 1, lambda permit: permit.settle())
+        assert resource.stats()["concurrency_cap"] >= 8
+
+    run(go())
+
+
+def test_the_first_call_goes_alone_until_limits_are_known() -> None:
+    async def go() -> None:
+        resource = Resource("x", clock=loop_clock())
+        admitted: list[int] = []
+
+        async def waiter(number: int) -> None:
+            async with resource.slot(10):
+                admitted.append(number)
+                await asyncio.sleep(0.01)  # the call
+
+        async with resource.slot(10) as probe:
+            tasks = [asyncio.create_task(waiter(n)) for n in range(4)]
+            await idle()
+            assert admitted == []
+            probe.settle(10, {"x-ratelimit-limit-requests": "60000"})
+        await asyncio.gather(*tasks)
+        assert admitted == [0, 1, 2, 3]
+        assert resource.limits.rpm == 60000
+        assert resource.stats()["concurrency_cap"] is None
+
+    run(go())
+
+
+# --------------------------------------------------------------------------- learning
+
+
+def test_headers_set_the_limits_when_none_were_given() -> None:
+    async def go() -> None:
+        resource, _ = fake_resource()
+        headers = {"x-ratelimit-limit-requests": "600", "x-ratelimit-limit-tokens": "90000"}
+        await report(resource, 10, lambda permit: permit.settle(10, headers))
+        assert resource.limits == Limits(rpm=600, tpm=90000)
+        assert resource.stats()["learned"] is True
+        assert resource.stats()["effective_rpm"] == pytest.approx(600 * 0.98)
+
+    run(go())
+
+
+def test_the_tightest_anthropic_token_limit_stands_for_tokens() -> None:
+    async def go() -> None:
+        resource, _ = fake_resource()
+        headers = {
+            "anthropic-ratelimit-requests-limit": "50",
+            "anthropic-ratelimit-tokens-limit": "48000",
+            "anthropic-ratelimit-input-tokens-limit": "40000",
+            "anthropic-ratelimit-output-tokens-limit": "8000",
+        }
+        await report(resource, 10, lambda permit: permit.settle(10, headers))
+        assert resource.limits == Limits(rpm=50, tpm=8000)
+
+    run(go())
+
+
+@pytest.mark.parametrize(("header", "rpm", "learned"), [("500", 500, True), ("2000", 1000, False)])
+def test_a_lower_header_limit_wins(header: str, rpm: float, learned: bool) -> None:
+    async def go() -> None:
+        resource, _ = fake_resource(Limits(rpm=1000, max_concurrent=3))
+        headers = {"x-ratelimit-limit-requests": header}
+        await report(resource, 10, lambda permit: permit.settle(10, headers))
+        assert resource.limits == Limits(rpm=rpm, max_concurrent=3)
+        assert resource.stats()["learned"] is learned
+
+    run(go())
+
+
+def test_learn_false_keeps_the_given_limits() -> None:
+    async def go() -> None:
+        resource, _ = fake_resource(Limits(rpm=1000), learn=False)
+        headers = {"x-ratelimit-limit-requests": "10", "x-ratelimit-limit-tokens": "100"}
+        await report(resource, 10, lambda permit: permit.settle(10, headers))
+        assert resource.limits == Limits(rpm=1000)
+
+    run(go())
+
+
+def test_settle_reconciles_the_token_reservation() -> None:
+    async def go() -> None:
+        # 980 tokens/s into a bucket of 490, on a clock that stands still.
+        resource, clock = fake_resource(Limits(tpm=60_000))
+        await report(resource, 400, lambda permit: permit.settle(100))  # 300 back: 390 left
+        admitted = asyncio.Event()
+
+        async def take(tokens: int) -> None:
+            async with resource.slot(tokens):
+                admitted.set()
+
+        await asyncio.wait_for(take(390), 1.0)  # fits only if the 300 came back: 0 left
+        await report(resource, 0, lambda permit: permit.settle(490))  # 490 more: -490
+        admitted.clear()
+        task = asyncio.create_task(take(10))
+        await idle()
+        assert not admitted.is_set()  # in debt, and the clock stands still
+        clock.now += 0.52
+        await asyncio.wait_for(task, 2.0)
+
+    run(go())
+
+
+def pause_after(headers: dict[str, str], limits: Limits = FAST) -> float:
+    """How long the next admission waits after a call settled with ``headers``."""
+
+    async def go() -> float:
+        clock = loop_clock()
+        resource = Resource("x", limits, clock=clock)
+        await report(resource, 100, lambda permit: permit.settle(100, headers))
+        asked = clock()
+        async with resource.slot(100):
+            return clock() - asked
+
+    return run(go())
+
+
+def test_no_remaining_requests_pauses_until_the_reset() -> None:
+    waited = pause_after(
+        {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "300ms"}
+    )
+    assert waited == pytest.approx(0.3)
+
+
+def test_a_known_limit_shortens_the_pause_to_one_request() -> None:
+    waited = pause_after(
+        {
+            "x-ratelimit-limit-requests": "600",  # one request per 0.1 s
+            "x-ratelimit-remaining-requests": "0",
+            "x-ratelimit-reset-requests": "1s",
+        }
+    )
+    assert waited == pytest.approx(0.1)
+
+
+class FrozenWallClock(datetime):
+    """``datetime`` whose ``now`` is NOW: the Anthropic reset times are read against it."""
+
+    @classmethod
+    def now(cls, tz: tzinfo | None = None) -> FrozenWallClock:
+        return cls.fromtimestamp(NOW.timestamp(), tz)
+
+
+def test_anthropic_tokens_below_a_call_pause_until_the_reset_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("rowpilot.llm.limits.datetime", FrozenWallClock)
+    headers = {
+        "anthropic-ratelimit-tokens-remaining": "50",  # a call costs 100
+        "anthropic-ratelimit-tokens-reset": "2030-01-01T00:00:00.300Z",  # NOW + 0.3 s
+    }
+    assert pause_after(headers) == pytest.approx(0.3)
+
+
+def test_enough_remaining_does_not_pause() -> None:
+    headers = {"x-ratelimit-remaining-tokens": "5000", "x-ratelimit-reset-tokens": "5s"}
+    assert pause_after(headers) == 0.0
+
+
+# --------------------------------------------------------------------------- a provider's limits
+
+
+@dataclass
+class Outcome:
+    times: list[float] = field(default_factory=list)  # admissions of the calls that succeeded
+    costs: list[int] = field(default_factory=list)  # their tokens as the provider counts them
+    attempts: int = 0
+    limited: int = 0
+    limited_times: list[float] = field(default_factory=list)  # admissions of the 429s
+
+
+@dataclass
+class ProviderBucket:
+    rate: float  # per second; the bucket holds a second's worth
+    level: float
+    updated: float
+
+    def wait(self, cost: float, now: float) -> float:
+        """Seconds until ``cost`` fits; 0 when it does now."""
+        self.level = min(self.rate, self.level + (now - self.updated) * self.rate)
+        self.updated = now
+        return max(0.0, (cost - self.level) / self.rate)
+
+
+class Provider:
+    """A provider's limits, in-process on the loop's clock, as the simulator keeps them: per
+    limit a bucket that refills continuously at limit/60 per second, holds a second's worth
+    and starts full. A call it has no room for gets a 429 at once, with the wait until it
+    has; one it admits answers ``latency`` seconds later."""
+
+    def __init__(self, limits: Limits, latency: float = 0.02) -> None:
+        self._clock = loop_clock()
+        now = self._clock()
+        per_minute = {"requests": limits.rpm, "tokens": limits.tpm}
+        self._buckets = {
+            kind: ProviderBucket(limit / 60, limit / 60, now)
+            for kind, limit in per_minute.items()
+            if limit is not None
+        }
+        self._latency = latency
+        self.refused = 0
+
+    async def call(self, tokens: int) -> float | None:
+        """One call costing ``tokens``: None once it succeeded, else the 429's retry-after."""
+        now = self._clock()
+        costs = {"requests": 1.0, "tokens": float(tokens)}
+        wait = max(bucket.wait(costs[kind], now) for kind, bucket in self._buckets.items())
+        if wait > 0:
+            self.refused += 1
+            return wait
+        for kind, bucket in self._buckets.items():
+            bucket.level -= costs[kind]
+        await asyncio.sleep(self._latency)
+        return None
+
+
+async def call_through(
+    resource: Resource, provider: Provider, count: int, tokens: int = 66
+) -> Outcome:
+    """``count`` calls through ``resource`` to ``provider``; a 429 is reported and tried again.
+
+    66 tokens: what ``call_all`` sends the simulator, 200 characters and max_tokens 16."""
+    outcome = Outcome()
+
+    async def one() -> None:
+        for _ in range(100):
+            async with resource.slot(tokens) as permit:
+                outcome.attempts += 1
+                retry_after = await provider.call(tokens)
+                if retry_after is None:
+                    permit.settle(tokens)
+                    outcome.times.append(permit.admitted_at)
+                    outcome.costs.append(tokens)
+                    return
+                outcome.limited += 1
+                outcome.limited_times.append(permit.admitted_at)
+                permit.rate_limited(retry_after)
+        raise AssertionError("a call was rate-limited 100 times")
+
+    await asyncio.gather(*(one() for _ in range(count)))
+    return outcome
+
+
+def steady_rate(outcome: Outcome, burst: float, weights: list[int] | None = None) -> float:
+    """Per minute, after the opening burst: what passed over how long."""
+    times = sorted(outcome.times)
+    total = sum(weights) if weights else len(times)
+    return (total - burst) / (times[-1] - times[0]) * 60
+
+
+@pytest.mark.parametrize(
+    ("limits", "tokens", "by_tokens"),
+    [(Limits(rpm=4800), 66, False), (Limits(rpm=10_000, tpm=600_000), 150, True)],
+    ids=["rpm", "tpm"],
+)
+def test_paced_calls_get_no_429s_at_the_providers_limit(
+    limits: Limits, tokens: int, by_tokens: bool
+) -> None:
+    async def go() -> tuple[Outcome, int]:
+        provider = Provider(limits)
+        resource = Resource("p", limits, learn=False, clock=loop_clock())
+        return await call_through(resource, provider, 400, tokens), provider.refused
+
+    outcome, refused = run(go())
+    assert refused == outcome.limited == 0
+    assert len(outcome.times) == 400
+    # Not too cautious either: after the opening burst, the pace is the limit less headroom.
+    limit = (limits.tpm if by_tokens else limits.rpm) or 0
+    weights = outcome.costs if by_tokens else None
+    rate = steady_rate(outcome, burst=limit * 0.98 / 120, weights=weights)
+    assert rate == pytest.approx(limit * 0.98, rel=0.01)
+
+
+def test_429s_slow_a_resource_whose_limit_is_too_high() -> None:
+    """Told 9,600 rpm when the provider allows 4,800: the opening overflows the provider's
+    bucket; the cuts bring the pace under its rate, and from then on 429s are rare."""
+
+    async def go() -> tuple[Outcome, int, dict[str, Any]]:
+        provider = Provider(Limits(rpm=4800))
+        resource = Resource("p", Limits(rpm=9600), learn=False, clock=loop_clock())
+        outcome = await call_through(resource, provider, 800)
+        return outcome, provider.refused, resource.stats()
+
+    outcome, refused, stats = run(go())
+    assert len(outcome.times) == 800  # every call got through in the end
+    assert stats["rate_limited"] == outcome.limited == refused >= 1
+    assert stats["factor"] < 1
+    # Counted per admitted call, in the order of admission: the first 200 (the provider's
+    # bucket 2.5 times over) are the opening, when calls go out at twice its rate until the
+    # 429s come back and the cuts land. After it, the recovery probes above the provider's
+    # rate now and then, and is cut back at once: at most 1 call in 100 gets a 429.
+    attempts = sorted(
+        [(at, False) for at in outcome.times] + [(at, True) for at in outcome.limited_times]
+    )
+    opening, after = attempts[:200], attempts[200:]
+    assert sum(limited for _, limited in opening) <= 20
+    assert sum(limited for _, limited in after) <= len(after) / 100
+
+
+# --------------------------------------------------------------------------- the simulator
+#
+# Real HTTP on the real clock, so nothing below asserts a pace: the pacing promises are
+# proven above on virtual time (their speed on a real machine is bench/bench_llm.py's).
+
+
+def prompt_of(number: int, chars: int) -> str:
+    words = itertools.cycle(["lorem", "ipsum", "dolor", "sit", "amet", str(number)])
+    text = f"row {number}:"
+    while len(text) < chars:
+        text += " " + next(words)
+    return text[:chars]
+
+
+async def call_all(
+    sim: Simulator, resource: Resource, count: int, *, chars: int = 200, max_tokens: int = 16
+) -> Outcome:
+    """``count`` calls through ``resource``; a 429 is reported and the call tried again."""
+    client = ChatClient(ProviderSpec("sim", "openai", sim.openai_base_url, None), GPT, api_key=KEY)
+    estimator = TokenEstimator()
+    outcome = Outcome()
+
+    async def one(number: int) -> None:
+        prompt = prompt_of(number, chars)
+        for _ in range(100):
+            reserve = estimator.estimate(len(prompt)) + max_tokens
+            async with resource.slot(reserve) as permit:
+                outcome.attempts += 1
+                try:
+                    completion = await client.complete(
+                        [{"role": "user", "content": prompt}], max_tokens=max_tokens
+                    )
+                except RateLimitError as exc:
+                    outcome.limited += 1
+                    outcome.limited_times.append(permit.admitted_at)
+                    permit.rate_limited(exc.retry_after)
+                    continue
+                cost = completion.input_tokens + max_tokens
+                permit.settle(cost, completion.headers)
+                estimator.observe(len(prompt), 1, completion.input_tokens)
+                outcome.times.append(permit.admitted_at)
+                outcome.costs.append(cost)
+                return
+        raise AssertionError(f"call {number} was rate-limited 100 times")
+
+    try:
+        await asyncio.gather(*(one(number) for number in range(count)))
+    finally:
+        await client.aclose()
+    return outcome
+
+
+@pytest.mark.slow
+def test_limits_are_learned_from_the_simulator_headers() -> None:
+    config = SimulatorConfig(api_key=KEY, rpm=4800, tpm=1_000_000, latency_ms=20)
+    with Simulator(config) as sim:
+        resource = Resource("sim")
+        outcome = run_real(call_all(sim, resource, 160))
+        stats = sim.stats()
+    assert resource.limits == Limits(rpm=4800, tpm=1_000_000)
+    assert resource.stats()["learned"] is True
+    assert stats["rate_limited"] <= 1
+    assert len(outcome.times) == 160
+
+
+def test_max_concurrent_keeps_the_simulator_from_refusing() -> None:
+    with Simulator(SimulatorConfig(api_key=KEY, max_concurrent=4, latency_ms=10)) as sim:
+        resource = Resource("sim", Limits(max_concurrent=4))
+        outcome = run_real(call_all(sim, resource, 40))
+        stats = sim.stats()
+    assert stats["concurrency_rejected"] == 0
+    assert stats["in_flight_max"] <= 4
+    assert len(outcome.times) == 40
