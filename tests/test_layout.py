@@ -8,6 +8,7 @@ imports count: a cycle held apart by either is still a cycle for whoever changes
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -129,3 +130,19 @@ def _reads_a_task_by_name(node: ast.AST) -> bool:
         and node.func.id in ("getattr", "hasattr")
         and "task" in ast.unparse(node.args[0])
     )
+
+
+SQL = re.compile(r"\b(SELECT|INSERT|UPDATE|DELETE|PRAGMA|ATTACH|CREATE TABLE)\b")
+
+
+@pytest.mark.parametrize(
+    "path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: p.relative_to(PACKAGE).as_posix()
+)
+def test_all_sql_is_in_the_registry_module(path: Path) -> None:
+    if path.relative_to(PACKAGE).as_posix() == "state/registry.py":
+        return
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            assert not SQL.search(node.value), (
+                f"{path.name}:{node.lineno}: SQL outside the registry"
+            )

@@ -757,7 +757,8 @@ def test_a_connection_racing_with_stop_is_closed() -> None:
 
 
 def test_stopping_cancels_a_hang_whose_client_has_gone() -> None:
-    simulator = Simulator(SimulatorConfig(hang_seconds=30))
+    # A stop that waited for the hang would outlast the test's timeout.
+    simulator = Simulator(SimulatorConfig(hang_seconds=3600))
     simulator.start_in_thread()
     try:
         with (
@@ -767,9 +768,7 @@ def test_stopping_cancels_a_hang_whose_client_has_gone() -> None:
             ask(c, "hello", extra_headers=fault("hang"), timeout=0.2)
         assert simulator.stats()["in_flight"] == 1
     finally:
-        started = time.monotonic()
         simulator.stop_in_thread()
-    assert time.monotonic() - started < 5
     assert simulator.stats()["in_flight"] == 0
 
 
