@@ -22,9 +22,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from _common import ROWPILOT, machine, make_csv, run_measured
-from tasks import noop
 
 import rowpilot
+from tasks import noop
 
 WORKERS = 32
 TASK = str(Path(__file__).parent / "tasks.py") + ":noop"
