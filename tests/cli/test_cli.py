@@ -636,7 +636,7 @@ def test_simulate_serves_the_openai_api_on_loopback(tmp_path: Path) -> None:
         request = urllib.request.Request(
             f"{url}/v1/models", headers={"Authorization": "Bearer sk-sim-cli"}
         )
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=120) as response:
             assert response.status == 200
             assert json_module.load(response)["data"]
     finally:

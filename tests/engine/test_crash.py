@@ -170,7 +170,7 @@ def test_sigkill_several_times_then_resume_runs_each_item_once(job: Path) -> Non
         _wait_for_suspects_to_clear(job)
         time.sleep(rng.uniform(0.05, 0.4))
         process.send_signal(signal.SIGKILL)
-        process.communicate(timeout=10)
+        process.communicate(timeout=120)
         for _key, status, output in _integrity(job):
             assert status == "done" and output is not None
     final = subprocess.run(
@@ -206,7 +206,7 @@ def test_a_killed_rerun_leaves_no_crash_record_on_rows_that_are_not_run_again(
     forced = _start(job, "--force", sleep=0.05)
     _wait_for_calls(job, ROWS)
     forced.send_signal(signal.SIGKILL)
-    forced.communicate(timeout=10)
+    forced.communicate(timeout=120)
 
     # Without --force every row is done already: nothing runs, the killed run is closed.
     again = subprocess.run(_command(), cwd=job, capture_output=True, text=True, timeout=120)
@@ -281,7 +281,7 @@ def test_second_run_on_the_same_state_is_refused_while_the_first_runs(job: Path)
         assert "Traceback" not in second.stderr
     finally:
         first.send_signal(signal.SIGKILL)
-        first.communicate(timeout=10)
+        first.communicate(timeout=120)
 
 
 # -- a killed merge ------------------------------------------------------------------------

@@ -275,7 +275,7 @@ def test_sigkill_mid_run_then_resume_repeats_no_journaled_step(
     while time.monotonic() < deadline and journaled(state) < 12:
         time.sleep(0.01)
     process.send_signal(signal.SIGKILL)
-    process.wait(timeout=10)
+    process.wait(timeout=120)
     assert process.stderr is not None
     process.stderr.close()
     wait_until(lambda: sim.handling == 0, "the requests in flight at the kill")

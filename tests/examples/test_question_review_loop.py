@@ -187,7 +187,7 @@ def test_sigkill_then_resume_repeats_no_llm_call(tmp_path: Path) -> None:
             assert process.poll() is None, (tmp_path / "stderr.txt").read_text()
             time.sleep(0.005)
         process.send_signal(signal.SIGKILL)
-        process.wait(timeout=10)
+        process.wait(timeout=120)
         wait_until(lambda: sim.handling == 0, "the calls in flight at the kill")
         before = journal(out / "state")
         asked_before = chat_answered(sim)

@@ -374,7 +374,7 @@ def test_sigkill_then_resume_repeats_no_completed_call(tmp_path: Path) -> None:
         while time.monotonic() < deadline and journaled_calls(state) < 10:
             time.sleep(0.02)
         process.send_signal(signal.SIGKILL)
-        process.wait(timeout=10)
+        process.wait(timeout=120)
         assert process.stderr is not None
         process.stderr.close()
         wait_until(lambda: simulator.handling == 0, "the requests in flight at the kill")
@@ -774,7 +774,7 @@ def test_simulate_then_run_through_the_cli(tmp_path: Path) -> None:
         assert all(json.loads(line)["answer"].startswith("Answer ") for line in lines)
     finally:
         server.send_signal(signal.SIGINT)
-        server.wait(timeout=10)
+        server.wait(timeout=120)
         if server.stdout is not None:
             server.stdout.close()
 

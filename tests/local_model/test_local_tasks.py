@@ -153,7 +153,7 @@ def test_a_killed_embed_into_lancedb_resumes_to_one_vector_per_key(tmp_path: Pat
     while time.monotonic() < deadline and not (tmp_path / "store" / "docs.lance").exists():
         time.sleep(0.005)
     process.send_signal(signal.SIGKILL)
-    process.wait(timeout=10)
+    process.wait(timeout=120)
     assert process.stdout is not None
     process.stdout.close()
     resumed = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)

@@ -77,7 +77,7 @@ def http(
     for name, value in (headers or {}).items():
         request.add_header(name, value)
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=120) as response:
             return response.status, response.headers, response.read()
     except urllib.error.HTTPError as error:
         with error:
@@ -580,7 +580,7 @@ def test_a_body_that_is_not_json_is_a_400(sim: Simulator) -> None:
         headers=AUTH,
     )
     with pytest.raises(urllib.error.HTTPError) as caught:
-        urllib.request.urlopen(request, timeout=10)
+        urllib.request.urlopen(request, timeout=120)
     with caught.value as error:
         assert error.code == 400
         assert json.loads(error.read())["error"]["type"] == "invalid_request_error"
@@ -732,7 +732,7 @@ def test_serve_forever_prints_the_url_and_stops_on_ctrl_c() -> None:
         url = first.rsplit(" ", 1)[1].strip()
         assert http(f"{url}/v1/models")[0] == 200
         process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=10) == 0
+        assert process.wait(timeout=120) == 0
     finally:
         if process.poll() is None:
             process.kill()
@@ -944,7 +944,7 @@ def test_rowpilot_simulate_serves_search_with_its_limit() -> None:
         statuses = [http(search_url, {"query": f"q{n}"})[0] for n in range(2)]
         assert statuses == [200, 429]
         process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=10) == 0
+        assert process.wait(timeout=120) == 0
     finally:
         if process.poll() is None:
             process.kill()

@@ -44,7 +44,7 @@ def holder(tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
     finally:
         if process.poll() is None:
             process.kill()
-        process.communicate(timeout=10)
+        process.communicate(timeout=120)
 
 
 def test_a_second_lock_on_the_same_dir_is_refused_naming_the_pid(tmp_path: Path) -> None:
@@ -114,7 +114,7 @@ def test_a_lock_held_by_a_sigkilled_process_is_free_afterwards(
     assert is_locked(state)
 
     holder.send_signal(signal.SIGKILL)
-    assert holder.wait(timeout=10) == -signal.SIGKILL
+    assert holder.wait(timeout=120) == -signal.SIGKILL
 
     assert not is_locked(state)
     with StateLock(state, "rowpilot run again"):

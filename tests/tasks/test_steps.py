@@ -568,7 +568,7 @@ def test_sigkill_inside_multi_step_tasks_then_resume_repeats_no_step(tmp_path: P
             while time.monotonic() < deadline and len(journal(state)) < target:
                 time.sleep(0.005)
             process.send_signal(signal.SIGKILL)
-            process.wait(timeout=10)
+            process.wait(timeout=120)
         wait_until(lambda: simulator.handling == 0, "the requests in flight at the kill")
         before = journal(state)
         answered = chat_answered(simulator)
