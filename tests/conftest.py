@@ -309,3 +309,15 @@ def simulator_for(_running_simulators: dict[SimulatorConfig, Simulator]) -> Simu
         return simulator
 
     return get
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    """One local Ray per test process (2 CPUs, no dashboard, no usage stats), shared by
+    every Ray test it runs; the executors see it running and neither start nor stop it."""
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()

@@ -29,6 +29,7 @@ A job file has four tables; relative paths in it are relative to the file:
     [run]
     workers = 8                  # or "auto": sized from the machine, limits and throughput
     max_workers = 256            # the most "auto" may use
+    executor = "local"           # or "process" (CPU-bound Python) or "ray"
     max_memory = 2000            # MB resident above which no new item is admitted
     timeout = 60                 # seconds per attempt
     max_attempts = 3
@@ -97,6 +98,9 @@ class JobConfig(BaseModel):
     task_version: str | None = None
     workers: Annotated[int, Field(ge=1, le=10_000)] | Literal["auto"] = 8
     max_workers: int = Field(256, ge=1, le=10_000)  # the ceiling of workers="auto"
+    executor: Literal["local", "process", "ray"] = "local"
+    ray_address: str | None = None
+    ray_workers: int | None = Field(None, ge=1, le=10_000)
     max_memory: float | None = Field(None, gt=0)  # MB of resident memory
     timeout: float | None = Field(None, gt=0)
     max_attempts: int = Field(3, ge=1)

@@ -53,6 +53,7 @@ class Summary:
     cpu_seconds: float = 0.0  # of task_seconds, sync tasks' threads on the CPU
     workers: int | None = None  # the most items that ran at once (--workers, or auto's cap)
     dropped: int = 0  # rows whose key repeated an earlier row's (--duplicates first)
+    executor: str = "threads"  # where the calls ran: "threads", "2 processes", "4 Ray actors"
 
     @property
     def exit_code(self) -> int:
@@ -132,8 +133,10 @@ class Summary:
     @property
     def cpu_bound(self) -> bool:
         """The task's threads kept a core busy: Python threads then take turns (the GIL),
-        and their task times overlap without running at the same time."""
-        return self.elapsed > 0 and self.cpu_seconds >= 0.5 * self.elapsed
+        and their task times overlap without running at the same time. Worker processes
+        and Ray actors each have a core of their own: their times add up for real."""
+        threads = self.executor == "threads"
+        return threads and self.elapsed > 0 and self.cpu_seconds >= 0.5 * self.elapsed
 
     @property
     def speedup_meaningful(self) -> bool:
@@ -144,9 +147,12 @@ class Summary:
 
     def _speedup(self) -> str:
         if self.speedup_meaningful:
-            return f", parallel speed-up {self.speedup:.1f}x"
+            return f", parallel speed-up {self.speedup:.1f}x on {self.executor}"
         if self.cpu_bound:
-            return ", CPU-bound (Python threads took turns on one core: no speed-up to show)"
+            return (
+                ", CPU-bound (Python threads took turns on one core: no speed-up to show; "
+                "--executor process runs it on every core)"
+            )
         return ""
 
     def _waits(self) -> str:

@@ -261,6 +261,27 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("max_workers", 256, "The most workers auto may use.", "run"),
     Setting(
+        "executor",
+        "local",
+        "Where the task's calls run: local (this process; threads for sync tasks), process "
+        "(worker processes, for CPU-bound Python; --workers of them) or ray (Ray actors). "
+        "Prompt tasks keep their HTTP calls in this process.",
+        "run",
+    ),
+    Setting(
+        "ray_address",
+        None,
+        "The Ray cluster for --executor ray: auto (a running one) or ray://host:10001 "
+        "(default: a local Ray with this machine's CPUs).",
+        "run",
+    ),
+    Setting(
+        "ray_workers",
+        None,
+        "Ray actors for --executor ray (default: one per CPU in the cluster).",
+        "run",
+    ),
+    Setting(
         "max_memory",
         None,
         "MB of resident memory above which no new item is admitted (in-flight ones go on; "

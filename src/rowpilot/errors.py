@@ -73,6 +73,7 @@ __all__ = [
     "TaskLoadError",
     "TaskOutputError",
     "UserError",
+    "WorkerCrashError",
 ]
 
 _CONTEXT_FIELDS = ("file", "row", "line", "column", "key")
@@ -227,6 +228,11 @@ class ProviderSetupError(UserError):
 
 class ItemTimeoutError(RowpilotError):
     """One attempt of an item ran past its timeout. Retried like any retryable error."""
+
+
+class WorkerCrashError(RowpilotError):
+    """An item was running in a worker process or Ray actor that died, as many times as
+    an item may (``--max-attempts``): it fails with cause ``process_crash``, never retried."""
 
 
 class SubItemError(RowpilotError):

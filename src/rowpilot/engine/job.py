@@ -51,7 +51,7 @@ from rowpilot.engine.settings import RunEnd, RunSettings
 from rowpilot.engine.sizing import AutoWorkers, choose_workers
 from rowpilot.engine.slots import Slots
 from rowpilot.errors import OutputCollisionError, StateError, UserError
-from rowpilot.executors.local import LocalExecutor
+from rowpilot.executors.choice import ExecutorChoice, choose_executor, open_executor
 from rowpilot.sinks import Sink, sinks_for
 from rowpilot.sinks.exports import KEY_FIELD
 from rowpilot.sources import Source, open_source
@@ -77,6 +77,7 @@ class PreparedJob:
     settings: RunSettings
     scan: ScanReport | None
     sinks: list[Sink]
+    executor: ExecutorChoice
 
 
 def prepare(config: JobConfig) -> PreparedJob:
@@ -109,9 +110,13 @@ def prepare(config: JobConfig) -> PreparedJob:
     state = _state_of(config, task, source, keyer, inputs)
     check_state_folder(state)
     _announce(source)
-    settings = _settings(config, task.rows_per_worker, auto_workers(config, task))
+    executor = choose_executor(config, task)
+    auto = None if executor.remote else auto_workers(config, task)
+    settings = _settings(config, task.rows_per_worker, auto)
     settings = dataclasses.replace(settings, reserved=reserved)
-    return PreparedJob(config, task, source, keyer, selection, state, settings, report, sinks)
+    return PreparedJob(
+        config, task, source, keyer, selection, state, settings, report, sinks, executor
+    )
 
 
 def _reserved_names(config: JobConfig, inputs: list[str]) -> dict[str, str]:
@@ -321,12 +326,18 @@ async def _run_locked(job: PreparedJob, registry: Registry, progress: ProgressVi
     total = job.scan.to_run if job.scan else None
     counters = Counters(total=total, started_at=time.monotonic())
     events = EventLog(job.state / "logs", run_id)
+    executor = open_executor(job.executor, job.config, job.task, threads=job.settings.most_workers)
+    if job.executor.remote:  # the workers' capacity: each busy, with a batch waiting
+        job.settings = dataclasses.replace(job.settings, workers=executor.capacity)
     workers = Slots(job.settings.workers)  # the scheduler's, shared with ctx.map sub-items
-    steps = await job.task.open(RunScope(registry, counters, events, run_id, workers))
+    try:
+        steps = await job.task.open(RunScope(registry, counters, events, run_id, workers))
+    except BaseException:
+        executor.close()
+        raise
     run_row = _run_row(job, run_id)
     crashes = _crash_policy(job, registry, run_id, events)
     inflight = InFlightLog(job.state, run_row)
-    executor = LocalExecutor(job.settings.most_workers)
     scheduler = Scheduler(
         task=job.task,
         executor=executor,
@@ -349,7 +360,10 @@ async def _run_locked(job: PreparedJob, registry: Registry, progress: ProgressVi
         total=counters.total,
         state=str(job.state),
         workers=job.settings.workers,
+        executor=executor.name,
     )
+    if job.executor.remote or job.config.executor != job.executor.kind:
+        events.emit("executor.chosen", executor=executor.name, message=job.executor.why)
     progress.start(counters)
     try:
         inflight.open()  # in the try: a full disk here closes the run like any other error
@@ -357,6 +371,7 @@ async def _run_locked(job: PreparedJob, registry: Registry, progress: ProgressVi
             end = await scheduler.run(_chunks(job))
         waited = job.task.waited_seconds()
         summary = _summary(job, run_id, counters, end, scheduler.stop_message, waited)
+        summary = dataclasses.replace(summary, executor=executor.name, workers=executor.parallel)
         run_row.update(
             ended_at=time.time(), status=summary.status, summary=json.dumps(summary.as_dict())
         )

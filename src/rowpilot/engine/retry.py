@@ -18,6 +18,7 @@ from rowpilot.errors import (
     ProviderError,
     TaskOutputError,
     UserError,
+    WorkerCrashError,
 )
 
 DEFAULT_RETRY_ON: tuple[type[BaseException], ...] = (
@@ -25,7 +26,7 @@ DEFAULT_RETRY_ON: tuple[type[BaseException], ...] = (
     TimeoutError,
     ItemTimeoutError,
 )
-NEVER_RETRIED: tuple[type[BaseException], ...] = (TaskOutputError, UserError)
+NEVER_RETRIED: tuple[type[BaseException], ...] = (TaskOutputError, UserError, WorkerCrashError)
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,8 @@ def failure_cause(error: BaseException) -> str:
         return "timeout"
     if isinstance(error, OutputCollisionError):
         return "output_collision"
+    if isinstance(error, WorkerCrashError):
+        return "process_crash"
     if isinstance(error, TaskOutputError):
         return "invalid_output"
     return "task_error"

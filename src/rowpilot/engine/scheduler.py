@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 import traceback
 from collections.abc import Callable, Coroutine, Iterator
@@ -53,7 +54,7 @@ from rowpilot.errors import (
     TaskOutputError,
     UserError,
 )
-from rowpilot.executors.base import Executor
+from rowpilot.executors.base import Executor, Ran
 from rowpilot.executors.threads import Abandoned, CallTimeout
 from rowpilot.state.registry import Outcome, PriorState, Registry
 from rowpilot.tasks.base import Task
@@ -423,12 +424,15 @@ class Scheduler:
             self.counters.running += len(group)
             try:
                 rows = [item.fields for item in group]
-                outputs = await self._executor.submit_group(self.task, rows, self._output)
+                ran = await self._executor.submit_group(self.task, rows, self._output)
+                outputs = ran.value
             except Exception:  # any row may be the cause: each is tried on its own below
                 outputs = None
             finally:
                 self.counters.running -= len(group)
-            seconds = (time.perf_counter() - clock) / len(group)
+            measured = ran.seconds if outputs is not None else None
+            elapsed = time.perf_counter() - clock if measured is None else measured
+            seconds = elapsed / len(group)
         if outputs is None:
             for item in group:  # they hold their window slots already
                 self._track(self._process(item))
@@ -582,8 +586,10 @@ class Scheduler:
             async with self._workers:
                 clock = time.perf_counter()
                 self.counters.running += 1
+                ran_for: float | None = None  # the executor's own clock, where it has one
                 try:
-                    value = await self._call(item, attempt, usage)
+                    ran = await self._call(item, attempt, usage)
+                    value, ran_for = ran.value, ran.seconds
                     error: Exception | None = None
                 except (UserError, RunStop):
                     raise
@@ -592,7 +598,7 @@ class Scheduler:
                     trace = traceback.format_exc()
                 finally:
                     self.counters.running -= 1
-                    task_seconds += time.perf_counter() - clock
+                    task_seconds += time.perf_counter() - clock if ran_for is None else ran_for
             if error is None:
                 output, error, trace = self._checked_output(value, item.key)
             if error is None:
@@ -630,16 +636,19 @@ class Scheduler:
                 raise
             return None, error, None
 
-    def _output(self, value: Any, key: str = "") -> str:
-        return output_json(
-            value,
+    @property
+    def _output(self) -> Callable[[Any], str]:
+        """A group's encoder: a plain function of the value, so that it pickles to the
+        worker process that runs the group."""
+        return functools.partial(
+            output_json,
             task=self.task.name,
-            key=key,
+            key="",
             prefix=self.settings.output_prefix,
             taken=self.settings.reserved,
         )
 
-    async def _call(self, item: Item, attempt: int, usage: ItemUsage) -> Any:
+    async def _call(self, item: Item, attempt: int, usage: ItemUsage) -> Ran:
         trail = StepTrail() if self._steps is not None else None
         ctx = Ctx(
             self.run_id, item.key, item.seq, attempt, self._task_logger, usage, self._steps, trail
@@ -654,7 +663,7 @@ class Scheduler:
                 f"attempt {attempt} ran past --timeout {stuck.seconds:g}s", key=item.key
             ) from None
         self.counters.cpu_seconds += ran.cpu_seconds
-        return ran.value
+        return ran
 
     def _too_many_stuck(self) -> None:
         """Threads cannot be stopped: past the bound, stuck calls would take every slot."""

@@ -26,10 +26,13 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class Ran:
     """A call that returned: its value, and the CPU seconds its thread spent (0.0 where
-    it ran on the event loop), which tell CPU-bound work from waiting work."""
+    it ran on the event loop), which tell CPU-bound work from waiting work. ``seconds`` is
+    how long it ran where it ran, when that is not this process (a worker's own clock:
+    the driver's would count the call's wait in the worker's queue too)."""
 
     value: Any
     cpu_seconds: float = 0.0
+    seconds: float | None = None
 
 
 class Executor(Protocol):
@@ -42,8 +45,10 @@ class Executor(Protocol):
 
     async def submit_group(
         self, task: Task, rows: list[dict[str, Any]], encode: Callable[[Any], str]
-    ) -> list[str]:
-        """``task.batch_call(rows)``, each output encoded by ``encode`` where it ran."""
+    ) -> Ran:
+        """``task.batch_call(rows)``, each output encoded by ``encode`` where it ran: a
+        ``Ran`` whose value is the list of encoded outputs. ``encode`` pickles, for
+        executors whose workers are other processes."""
         ...
 
     @property
@@ -54,6 +59,22 @@ class Executor(Protocol):
     @property
     def stuck(self) -> int:
         """Calls written off past their timeout and still running."""
+        ...
+
+    @property
+    def capacity(self) -> int:
+        """Rows it can hold at once and keep every worker busy: the scheduler's --workers
+        for an executor of worker processes."""
+        ...
+
+    @property
+    def parallel(self) -> int:
+        """The most calls that run at the same time."""
+        ...
+
+    @property
+    def name(self) -> str:
+        """What the summary calls it: "threads", "2 processes", "4 Ray actors"."""
         ...
 
     def close(self) -> None: ...

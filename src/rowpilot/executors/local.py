@@ -25,6 +25,7 @@ class LocalExecutor:
 
     def __init__(self, threads: int) -> None:
         self._pool = ThreadPool(threads, max_abandoned=threads)
+        self._threads = threads
 
     async def submit(
         self, task: Task, row: dict[str, Any], ctx: Ctx, *, timeout: float | None
@@ -47,8 +48,8 @@ class LocalExecutor:
 
     async def submit_group(
         self, task: Task, rows: list[dict[str, Any]], encode: Callable[[Any], str]
-    ) -> list[str]:
-        return await run_sync(self._pool, _group_call, task, rows, encode)
+    ) -> Ran:
+        return Ran(await run_sync(self._pool, _group_call, task, rows, encode))
 
     @property
     def exhausted(self) -> bool:
@@ -58,6 +59,18 @@ class LocalExecutor:
     @property
     def stuck(self) -> int:
         return self._pool.statistics().abandoned
+
+    @property
+    def capacity(self) -> int:
+        return self._threads
+
+    @property
+    def parallel(self) -> int:
+        return self._threads
+
+    @property
+    def name(self) -> str:
+        return "threads"
 
     def close(self) -> None:
         self._pool.shutdown()

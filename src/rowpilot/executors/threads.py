@@ -49,6 +49,7 @@ class Abandoned(enum.Enum):
     REPLACED = "replaced"  # written off: a new thread may take its slot
     AT_BOUND = "at_bound"  # written off, but max_abandoned are stuck already: it keeps its slot
     CANCELLED = "cancelled"  # an async call, cancelled at its deadline: nothing is left running
+    KILLED = "killed"  # its worker process was killed: nothing is left running
 
 
 class CallTimeout(Exception):
@@ -60,6 +61,8 @@ class CallTimeout(Exception):
         self.abandoned = abandoned
 
     def __str__(self) -> str:
+        if self.abandoned in (Abandoned.CANCELLED, Abandoned.KILLED):
+            return f"the call ran past {self.seconds:g}s and was stopped"
         return f"the call ran past {self.seconds:g}s; its thread cannot be stopped"
 
 

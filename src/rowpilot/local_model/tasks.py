@@ -36,6 +36,7 @@ class _LocalTask(Task):
 
     groups_rows = True
     sizing = "grouped"
+    portable = True  # CPU-bound: the model in each worker process
 
     def __init__(self, text_column: str, batch: int) -> None:
         self.template = PromptTemplate.column(text_column)

@@ -62,6 +62,9 @@ class Task(ABC):
     sizing: TaskKind = "sync"  # how --workers auto makes its first guess
     output_fields: tuple[str, ...] | None = None  # known before the first answer, if at all
     vector_field: str | None = None  # the output a vector store takes, if the task makes one
+    # Its calls may run in another process (--executor process|ray): it pickles without
+    # the run's sessions. A task whose calls are the driver's own HTTP sessions is not.
+    portable: bool = False
 
     @abstractmethod
     def call(self, row: dict[str, Any], ctx: Ctx) -> Any:

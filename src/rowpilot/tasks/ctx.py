@@ -55,6 +55,24 @@ class StepRunner(Protocol):
         journal: bool,
     ) -> Any: ...
 
+    async def call_with(
+        self,
+        usage: ItemUsage,
+        trail: StepTrail,
+        resource: str,
+        label: str,
+        invoke: Callable[[], Coroutine[Any, Any, Any]],
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        *,
+        cost: float | Callable[[Any], float] | None,
+        max_cost: float | None,
+        journal: bool,
+    ) -> Any:
+        """``call`` for a function that runs elsewhere (a worker process): ``invoke``
+        runs it once the permit and the budget are held here."""
+        ...
+
     async def map(
         self,
         subitems: Iterable[Any],

@@ -15,7 +15,9 @@ import inspect
 import io
 import sys
 import tokenize
+import types
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +57,13 @@ class PythonTask(Task):
         self._environ: dict[str, str] = {}
         self._sessions: dict[str, LLMSession] = {}  # preflight-checked before the run
         self._steps: Steps | None = None
+
+    portable = True
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # What a worker process or Ray actor needs: the function and the version, never
+        # the run's sessions, budget or environment (which may hold API keys).
+        return (_rebuilt, (self.fn, self.version))
 
     @classmethod
     def from_callable(cls, fn: TaskFn, version: str | None = None) -> PythonTask:
@@ -125,6 +134,45 @@ class PythonTask(Task):
         return {name: resource.limits for name, resource in self._steps.resources().items()}
 
 
+def _rebuilt(fn: Any, version: str) -> PythonTask:
+    return PythonTask(fn, version=version)
+
+
+@dataclass(frozen=True)
+class TaskModule:
+    """A task file's module as it travels to a worker: its code goes along, so a worker on
+    another machine runs the same code without the file, under the same module name (so
+    the task's functions, classes and exceptions pickle by name both ways)."""
+
+    name: str
+    path: str
+    source: str
+
+    def install(self) -> None:
+        if self.name in sys.modules:
+            return
+        module = types.ModuleType(self.name)
+        module.__file__ = self.path
+        setattr(module, _SOURCE, self.source)
+        sys.modules[self.name] = module
+        folder = str(Path(self.path).parent)
+        if Path(folder).is_dir() and folder not in sys.path:
+            sys.path.insert(0, folder)  # its neighbours, where the folder exists
+        exec(compile(self.source, self.path, "exec"), module.__dict__)
+
+
+def task_modules() -> list[TaskModule]:
+    """Every task file loaded in this process, for workers to install before the task."""
+    return [
+        TaskModule(name, str(module.__file__), getattr(module, _SOURCE))
+        for name, module in list(sys.modules.items())
+        if getattr(module, _SOURCE, None) is not None
+    ]
+
+
+_SOURCE = "__rowpilot_source__"
+
+
 def load_task(
     spec: str, version: str | None = None, *, config: JobConfig | None = None
 ) -> PythonTask:
@@ -168,6 +216,7 @@ def _import_file(target: str) -> Any:
     if spec is None or spec.loader is None:
         raise TaskLoadError(f"cannot import {target}", hint="name a .py file")
     module = importlib.util.module_from_spec(spec)
+    setattr(module, _SOURCE, path.read_text(encoding="utf-8"))  # what a worker will run
     sys.modules[name] = module
     # The task's own folder on the path lets it import its neighbours, as `python file.py` would.
     sys.path.insert(0, str(path.resolve().parent))

@@ -251,8 +251,37 @@ class Steps:
         max_cost: float | None = None,
         journal: bool,
     ) -> Any:
+        return await self.call_with(
+            usage,
+            trail,
+            name,
+            callable_name(fn),
+            functools.partial(self._invoke, fn, args, kwargs),
+            args,
+            kwargs,
+            cost=cost,
+            max_cost=max_cost,
+            journal=journal,
+        )
+
+    async def call_with(
+        self,
+        usage: ItemUsage,
+        trail: StepTrail,
+        name: str,
+        label: str,
+        invoke: Callable[[], Coroutine[Any, Any, Any]],
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        *,
+        cost: float | Callable[[Any], float] | None,
+        max_cost: float | None,
+        journal: bool,
+    ) -> Any:
+        """``ctx.call`` with the function's run left to ``invoke``: here, a thread of this
+        process; for a task in a worker process, the worker itself (``executors.remote``),
+        while the journal, limits, retries and budget stay here."""
         _check_cost(name, cost, max_cost)
-        label = _callable_name(fn)
         step_key = trail.next_key(_call_signature(name, label, args, kwargs)) if journal else ""
         if step_key and self.config.cache:
             cached = self.registry.cached_call(step_key)
@@ -287,7 +316,7 @@ class Steps:
             return json.loads(text)
 
         return await self._paid(name)(
-            functools.partial(self._invoke, fn, args, kwargs),
+            invoke,
             worst=worst,
             what=f"{name} call",
             cost=lambda result: float(cost(result)) if callable(cost) else worst,
@@ -355,7 +384,7 @@ class Steps:
         lanes = min(len(items), workers or len(items))
         results: list[Any] = [None] * len(items)
         failures: dict[int, BaseException] = {}
-        takes_ctx = _takes_two(fn)
+        takes_ctx = takes_two(fn)
 
         async def run(index: int, subitem: Any, slot: Slots | None) -> None:
             arguments = (subitem, ctx) if takes_ctx else (subitem,)
@@ -561,7 +590,8 @@ def _check_cost(
         raise ConfigError(f"ctx.call({name!r}): max_cost must be a number of USD >= 0")
 
 
-def _callable_name(fn: Callable[..., Any]) -> str:
+def callable_name(fn: Callable[..., Any]) -> str:
+    """How the journal names a ``ctx.call`` function: the same in every process."""
     module = getattr(fn, "__module__", None) or ""
     name = getattr(fn, "__qualname__", None) or type(fn).__name__
     return f"{module}.{name}" if module else name
@@ -608,7 +638,8 @@ def _typed_answer(answer: dict[str, Any], given: Any, schema: OutputSchema) -> A
     return answer
 
 
-def _takes_two(fn: Callable[..., Any]) -> bool:
+def takes_two(fn: Callable[..., Any]) -> bool:
+    """Whether a ``ctx.map`` function takes the ctx as well as its sub-item."""
     try:
         parameters = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):

@@ -11,6 +11,7 @@ import collections
 import hashlib
 import threading
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = ["ItemUsage", "RunStop", "StepTrail"]
 
@@ -54,3 +55,7 @@ class RunStop(BaseException):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A stop raised in a worker process crosses back to the driver as itself.
+        return (type(self), (self.reason, str(self)))
