@@ -5,7 +5,9 @@ processes and Ray actors synchronise with the test through files."""
 
 from __future__ import annotations
 
+import json
 import os
+import urllib.request
 import threading
 import time
 from pathlib import Path
@@ -97,3 +99,17 @@ class Lengths(Task):
     def batch_call(self, rows: list[dict[str, Any]]) -> list[Any]:
         where = f"{os.getpid()}:{threading.current_thread().name}"
         return [{"length": len(row["name"]), "where": where} for row in rows]
+
+
+def web_search(url: str, query: str) -> dict[str, Any]:
+    body = json.dumps({"query": query, "max_results": 3}).encode()
+    request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+    # A 429 or 5xx raises HTTPError with its status: the driver's retry policy takes it.
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return {"hits": len(json.loads(response.read())["results"])}
+
+
+async def llm_then_search(row: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
+    await ctx.llm(f"Write about {row['name']}")
+    found = await ctx.call("search", web_search, row["search_url"], row["name"])
+    return {"hits": found["hits"], "pid": os.getpid()}
