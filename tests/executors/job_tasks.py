@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import json
 import os
-import urllib.request
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
