@@ -171,3 +171,61 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
     except OSError:
         return False
+
+
+CLUSTER = textwrap.dedent(
+    """
+    import os, sys
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    doomed = cluster.add_node(num_cpus=1)
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    print(cluster.address, flush=True)
+    for line in sys.stdin:
+        if line.strip() == "kill":
+            cluster.remove_node(doomed)  # its raylet and the actor on it, gone at once
+            print("killed", flush=True)
+        else:
+            break
+    cluster.shutdown()
+    """
+)
+
+
+def test_a_lost_node_loses_nothing_and_repeats_no_paid_call(sim: Simulator, tmp_path: Path) -> None:
+    """Two 1-CPU nodes, an actor on each; one node is taken away mid-run."""
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    cluster = subprocess.Popen(
+        [sys.executable, "-c", CLUSTER],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert cluster.stdin is not None and cluster.stdout is not None
+    try:
+        address = cluster.stdout.readline().strip()
+        assert address, "the cluster did not start"
+        flags = ["--executor", "ray", "--ray-address", address, "--ray-workers", "2"]
+        driver = start(job(tmp_path, sim, *flags), tmp_path)
+        try:
+            wait_until(lambda: len(ran(tmp_path)) >= 30, "30 rows run", timeout=HANG)
+            cluster.stdin.write("kill\n")
+            cluster.stdin.flush()
+            assert cluster.stdout.readline().strip() == "killed"
+            before = len(ran(tmp_path))
+            output, _ = driver.communicate(timeout=HANG)
+        finally:
+            driver.kill()
+        assert driver.returncode == 0, output
+        assert "completed: 160 done, 0 failed" in output
+        check_every_key_done_once(tmp_path, sim)
+        pids = [pid for pid, _ in ran(tmp_path)]
+        assert len(set(pids[:before])) == 2  # both actors worked before the node went
+        assert len(set(pids[before + 2 :])) == 1  # then one: the new actor found no CPU
+    finally:
+        cluster.communicate("stop\n", timeout=HANG)
+        cluster.kill()
