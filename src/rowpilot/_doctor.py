@@ -125,6 +125,7 @@ def _task(config: JobConfig) -> dict[str, Any]:
     """What the job's task is, its limits, and the workers a run would start with, and
     why, computed as the engine does."""
     from rowpilot.engine.job import auto_workers
+    from rowpilot.executors.choice import choose_executor
     from rowpilot.tasks.factory import build_task
 
     limits: dict[str, dict[str, Any]] = {name: dict(table) for name, table in config.limits.items()}
@@ -148,6 +149,13 @@ def _task(config: JobConfig) -> dict[str, Any]:
     rows = task.rows_per_worker
     per = f", each carrying up to {rows} rows" if rows > 1 else ""
     found = {"task": task.describe(), "limits": limits, "task_kind": task.sizing}
+    try:
+        executor = choose_executor(config, task)
+    except RowpilotError as error:
+        return {**found, "executor_error": str(error), "workers": config.workers}
+    found.update(executor=executor.kind, executor_why=executor.why)
+    if executor.remote:
+        return {**found, "workers": executor.workers or "per CPU", "workers_why": executor.why}
     auto = auto_workers(config, task)
     if auto is None:
         return {**found, "workers": config.workers, "workers_why": f"given{per}"}
@@ -227,6 +235,10 @@ def _job_lines(job: Mapping[str, Any]) -> list[str]:
     out = [f"job {job['file']}", f"  task         {job['task']}"]
     if job.get("task_error"):
         out.append(f"  task error   {job['task_error']}")
+    if job.get("executor_error"):
+        out.append(f"  executor     error: {job['executor_error']}")
+    elif job.get("executor"):
+        out.append(f"  executor     {job['executor']}: {job['executor_why']}")
     if job["workers"] == "auto" and "workers_start" not in job:
         out.append("  workers      auto: the start depends on the task, which did not load")
     elif job["workers"] == "auto":

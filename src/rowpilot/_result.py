@@ -140,10 +140,11 @@ class Summary:
 
     @property
     def speedup_meaningful(self) -> bool:
-        """False for CPU-bound sync work, and past the worker count (time counted twice,
-        as a fan-out of sub-items can)."""
+        """False for CPU-bound sync work on threads, below 1.05 (nothing overlapped), and
+        past the worker count (time counted twice, as a fan-out of sub-items can)."""
         beyond = self.workers is not None and self.speedup > 1.05 * self.workers
-        return not self.cpu_bound and not beyond
+        overlapped = self.speedup >= 1.05  # below it nothing ran side by side to speak of
+        return overlapped and not self.cpu_bound and not beyond
 
     def _speedup(self) -> str:
         if self.speedup_meaningful:

@@ -907,6 +907,27 @@ def test_the_speedup_is_left_out_for_cpu_bound_work_and_past_the_worker_count() 
     assert "speed-up" not in beyond.lines()[1]
 
 
+def test_the_speedup_names_the_executor_and_stands_for_cpu_work_in_processes() -> None:
+    # The same CPU-bound figures on threads say why there is no speed-up and what helps.
+    threads = summary_of(elapsed=1.0, task_seconds=1.9, speedup=1.9, cpu_seconds=1.8, workers=2)
+    assert "no speed-up to show; --executor process runs it on every core" in threads.lines()[1]
+    # On two processes each has a core: their times add up for real, and it says where.
+    processes = summary_of(
+        elapsed=1.0, task_seconds=1.9, speedup=1.9, cpu_seconds=1.8, workers=2,
+        executor="2 processes",
+    )  # fmt: skip
+    assert processes.lines()[1].endswith("parallel speed-up 1.9x on 2 processes")
+    actors = summary_of(
+        elapsed=2.0, task_seconds=7.0, speedup=3.5, workers=4, executor="4 Ray actors"
+    )
+    assert actors.lines()[1].endswith("parallel speed-up 3.5x on 4 Ray actors")
+    # Past the number of workers it is no speed-up, wherever they ran.
+    beyond = summary_of(
+        elapsed=1.0, task_seconds=5.0, speedup=5.0, workers=2, executor="2 processes"
+    )
+    assert "speed-up" not in beyond.lines()[1]
+
+
 def test_dedupe_first_counts_the_rows_it_leaves_out_as_such(tmp_path: Path) -> None:
     rows = [{"id": f"k{i % 7}", "text": f"t{i}"} for i in range(10)]  # 3 repeats
     result = rowpilot.run(

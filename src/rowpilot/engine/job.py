@@ -326,7 +326,13 @@ async def _run_locked(job: PreparedJob, registry: Registry, progress: ProgressVi
     total = job.scan.to_run if job.scan else None
     counters = Counters(total=total, started_at=time.monotonic())
     events = EventLog(job.state / "logs", run_id)
-    executor = open_executor(job.executor, job.config, job.task, threads=job.settings.most_workers)
+    try:
+        executor = open_executor(
+            job.executor, job.config, job.task, threads=job.settings.most_workers
+        )
+    except BaseException:
+        events.close()
+        raise
     if job.executor.remote:  # the workers' capacity: each busy, with a batch waiting
         job.settings = dataclasses.replace(job.settings, workers=executor.capacity)
     workers = Slots(job.settings.workers)  # the scheduler's, shared with ctx.map sub-items
@@ -334,6 +340,7 @@ async def _run_locked(job: PreparedJob, registry: Registry, progress: ProgressVi
         steps = await job.task.open(RunScope(registry, counters, events, run_id, workers))
     except BaseException:
         executor.close()
+        events.close()
         raise
     run_row = _run_row(job, run_id)
     crashes = _crash_policy(job, registry, run_id, events)
@@ -363,7 +370,10 @@ async def _run_locked(job: PreparedJob, registry: Registry, progress: ProgressVi
         executor=executor.name,
     )
     if job.executor.remote or job.config.executor != job.executor.kind:
-        events.emit("executor.chosen", executor=executor.name, message=job.executor.why)
+        why = job.executor.why
+        events.emit("executor.chosen", executor=executor.name, why=why, message=why)
+    if job.config.executor != job.executor.kind:
+        warn(job.executor.why)  # asked for workers, runs here: the user must hear why
     progress.start(counters)
     try:
         inflight.open()  # in the try: a full disk here closes the run like any other error

@@ -56,6 +56,9 @@ def choose_executor(config: JobConfig, task: Task) -> ExecutorChoice:
             f"{count} worker processes ({source}): CPU-bound Python runs on every core, and "
             "a call past --timeout is killed with its process",
         )
+    from rowpilot.executors.ray import require_ray
+
+    require_ray()  # not installed: say how, before anything is touched
     where = config.ray_address or "a local Ray started with this machine's CPUs"
     actors = (
         f"{config.ray_workers} actors" if config.ray_workers else "one actor per CPU in the cluster"
