@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -92,3 +93,10 @@ class Grouped(Task):
     def batch_call(self, rows: list[dict[str, Any]]) -> list[Any]:
         where = f"{os.getpid()}:{threading.current_thread().name}"
         return [{"n": len(row["text"]), "where": where} for row in rows[self.short_by :]]
+
+
+def holds_the_gil(row: dict[str, Any]) -> dict[str, Any]:
+    Path(row["started"]).touch()
+    # Catastrophic backtracking: the regex engine runs in C and never lets the GIL go.
+    re.match(r"(a+)+$", "a" * 64 + "b")
+    return {}

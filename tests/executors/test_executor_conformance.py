@@ -241,3 +241,27 @@ def test_a_group_with_too_few_outputs_fails_whole(kind: str) -> None:
         with_executor(
             kind, grouped, lambda ex: ex.submit_group(grouped, [{"text": "a"}] * 3, encode)
         )
+
+
+@pytest.mark.parametrize("kind", REMOTE)
+def test_a_worker_silent_past_the_timeout_is_killed_from_the_driver(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    """A call holding the GIL in C stops the worker's own watchdog too: the driver sees
+    the worker fall silent past the timeout and kills it. (Not on threads: one holding
+    the GIL would hold this very test.)"""
+    if kind == "ray":
+        request.getfixturevalue("ray_session")
+    from rowpilot.executors import remote
+
+    monkeypatch.setattr(remote, "SILENCE_GRACE", 0.2)
+    the_task = task("holds_the_gil")
+    row = {"started": str(tmp_path / "started")}
+
+    async def body(executor: Executor) -> Any:
+        with pytest.raises(CallTimeout) as caught:
+            await executor.submit(the_task, row, ctx(), timeout=0.05)
+        assert (tmp_path / "started").exists()
+        return caught.value
+
+    assert with_executor(kind, the_task, body, workers=1).abandoned is Abandoned.KILLED

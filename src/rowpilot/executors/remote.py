@@ -31,6 +31,7 @@ import collections
 import contextlib
 import dataclasses
 import itertools
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -38,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from rowpilot.errors import ConfigError, RowpilotError, WorkerCrashError
 from rowpilot.executors._wire import Message, WorkerLost, pack, portable, task_blob, unpack
 from rowpilot.executors.base import Ran
+from rowpilot.executors.threads import Abandoned, CallTimeout
 from rowpilot.tasks.values import StepTrail
 
 if TYPE_CHECKING:
@@ -47,6 +49,9 @@ if TYPE_CHECKING:
 _TARGET_BATCH_SECONDS = 0.05
 _MAX_BATCH = 64
 _START_FAILURES = 3  # workers in a row that die before they are ready: the task cannot run
+# A worker silent this long past its call's timeout is stuck where its own watchdog cannot
+# run (a C call holding the GIL): the driver kills it.
+SILENCE_GRACE = 30.0
 
 
 class Link(Protocol):
@@ -89,6 +94,7 @@ class _Worker:
     ready: bool = False
     sent: dict[int, _Work] = field(default_factory=dict)  # in the order sent
     stuck: bool = False  # killed for a timeout: none of its items crashed it
+    heard: float = field(default_factory=time.monotonic)  # its last message, or its start
 
 
 class RemoteExecutor:
@@ -127,6 +133,7 @@ class RemoteExecutor:
         self.deaths = 0
         for _ in range(workers):
             self._spawn()
+        self._watchdog = self._loop.call_later(1.0, self._watch)
 
     # -- the Executor protocol ------------------------------------------------------------
 
@@ -169,6 +176,7 @@ class RemoteExecutor:
 
     def close(self) -> None:
         self._closed = True
+        self._watchdog.cancel()
         for worker in list(self._workers.values()):
             worker.link.kill()
         for work in self._queue:
@@ -206,6 +214,8 @@ class RemoteExecutor:
             if not worker.ready or worker.stuck or not worker.link.alive:
                 continue
             room = self._room_per_worker(batch) - len(worker.sent)
+            if not worker.sent:
+                worker.heard = time.monotonic()  # idle until now: its silence starts here
             taken: list[tuple[int, str, Any]] = []
             while self._queue and len(taken) < min(room, batch):
                 work = self._queue.popleft()
@@ -232,9 +242,25 @@ class RemoteExecutor:
         worker = self._by_link.get(id(link))
         if worker is None:
             return
+        worker.heard = time.monotonic()
         for message in unpack(blob):
             self._handle(worker, message)
         self._dispatch()
+
+    def _watch(self) -> None:
+        """Kill a worker gone silent past its oldest call's timeout (see SILENCE_GRACE):
+        that call fails as a timeout, the others go back to the queue."""
+        now = time.monotonic()
+        for worker in list(self._workers.values()):
+            calls = [w for w in worker.sent.values() if w.what == "call" and not w.future.done()]
+            timeout = calls[0].payload[5] if calls and not self._async else None
+            if worker.stuck or timeout is None or now - worker.heard <= timeout + SILENCE_GRACE:
+                continue
+            worker.stuck = True
+            calls[0].future.set_exception(CallTimeout(timeout, Abandoned.KILLED))
+            worker.link.kill()
+        if not self._closed:
+            self._watchdog = self._loop.call_later(1.0, self._watch)
 
     def _handle(self, worker: _Worker, message: Message) -> None:
         kind = message[0]
