@@ -145,6 +145,12 @@ def connect(address: str | None, cpus: int | None = None) -> bool:
     try:
         ray.init(address=address, log_to_driver=False, configure_logging=False)
     except (ConnectionError, RuntimeError, ValueError) as exc:
+        if "ray[client]" in str(exc):
+            raise ConfigError(
+                f"--ray-address {address} is a Ray Client address, and Ray Client is not installed",
+                hint="pip install 'rowpilot[ray-client]', or run the driver on the cluster "
+                "with --ray-address auto",
+            ) from exc
         raise ConfigError(
             f"cannot reach the Ray cluster at {address}: {exc}",
             hint="start one with `ray start --head`, or leave --ray-address out for a local Ray",
