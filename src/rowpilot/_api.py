@@ -119,6 +119,12 @@ def run(
     columns and keys (``.rowpilot/<name>-<hash>``), so two different frames never share
     one; pass ``state=`` to choose the folder.
 
+    ``executor`` is where the calls run: ``"local"`` (this process: async tasks on its
+    event loop, sync ones in ``workers`` threads), ``"process"`` (``workers`` worker
+    processes, for CPU-bound Python: threads take turns on one core) or ``"ray"`` (Ray
+    actors: ``ray_workers``, on ``ray_address`` or a local Ray); prompt tasks keep their
+    HTTP calls in this process whatever is asked (docs/scaling.md).
+
     ``workers`` is how many task calls run at once (a call is one row, or one batch of
     rows where rows are batched); ``workers="auto"`` sizes the run from the CPUs, memory,
     rate limits and measured throughput, and keeps adjusting it (at most ``max_workers``);
@@ -187,6 +193,7 @@ def label(
     threshold: float | None = None,
     batch_size: BatchSize = 10,
     workers: Workers = 4,
+    executor: Literal["local", "process", "ray"] = "local",
     key: str | None = None,
     system: str | None = None,
     limit: int | None = None,
@@ -256,6 +263,7 @@ def embed(
     embed_batch: int = 512,
     insert_batch: int = 1000,
     workers: Workers = 1,
+    executor: Literal["local", "process", "ray"] = "local",
     limit: int | None = None,
     state: PathLike | None = None,
     name: str | None = None,

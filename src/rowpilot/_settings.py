@@ -267,6 +267,7 @@ SETTINGS: tuple[Setting, ...] = (
         "(worker processes, for CPU-bound Python; --workers of them) or ray (Ray actors). "
         "Prompt tasks keep their HTTP calls in this process.",
         "run",
+        ("run", "label", "embed"),
     ),
     Setting(
         "ray_address",

@@ -213,7 +213,8 @@ def test_a_lost_node_loses_nothing_and_repeats_no_paid_call(sim: Simulator, tmp_
         flags = ["--executor", "ray", "--ray-address", address, "--ray-workers", "2"]
         driver = start(job(tmp_path, sim, *flags), tmp_path)
         try:
-            wait_until(lambda: len(ran(tmp_path)) >= 30, "30 rows run", timeout=HANG)
+            both = lambda: len(ran(tmp_path)) >= 30 and len({p for p, _ in ran(tmp_path)}) == 2  # noqa: E731
+            wait_until(both, "30 rows run by both actors", timeout=HANG)
             cluster.stdin.write("kill\n")
             cluster.stdin.flush()
             assert cluster.stdout.readline().strip() == "killed"
