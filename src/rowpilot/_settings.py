@@ -283,6 +283,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("rows", None, "Row range A:B (0-based, B excluded).", "run", ("run", "verify")),
     Setting("shard", None, "Shard K/N (1-based), split by key hash.", "run", ("run", "verify")),
     Setting(
+        "shard_limits",
+        "split",
+        "How a shard paces: split (1/N of each provider limit, as N shards side by side "
+        "share the account) or full (the whole limit: the shards run one at a time, or on "
+        "accounts of their own).",
+        "run",
+    ),
+    Setting(
         "limit",
         None,
         "Only the first N selected rows.",

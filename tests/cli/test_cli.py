@@ -341,6 +341,11 @@ BAD_INPUTS = [
         [*run_args(), "--rows", "100:200"],
         ["--rows 100:200", "past the end", "6 rows"],
     ),
+    BadInput(
+        "shard-limits-unknown",
+        [*run_args(), "--shard", "1/2", "--shard-limits", "half"],
+        ["shard_limits", "'split'", "'full'"],
+    ),
 ]
 
 

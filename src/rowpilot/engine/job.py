@@ -148,6 +148,7 @@ def auto_workers(config: JobConfig, task: Task) -> AutoWorkers | None:
     if config.workers != "auto":
         return None
     machine = read_machine()
+    limits = task.limits()
     choice = choose_workers(
         task.sizing,
         cpus=machine.cpus,
@@ -155,7 +156,8 @@ def auto_workers(config: JobConfig, task: Task) -> AutoWorkers | None:
         max_workers=config.max_workers,
         max_memory_mb=config.max_memory,
         rss_mb=rss_mb(),
-        limits=task.limits(),
+        # A shard's resources pace at its share: its workers are sized for that pace.
+        limits=limits.shared(config.limits_share) if limits is not None else None,
     )
     # The task's pace is known only once the run is under way: read when the sizer asks.
     return AutoWorkers.of(choice, task.rates)
