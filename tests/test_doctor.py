@@ -138,6 +138,34 @@ def test_a_prompt_jobs_workers_and_limits(tmp_path: Path, prompt_job: Path) -> N
     assert report["task_kind"] == "prompt"
 
 
+def test_a_shards_limits_are_shown_as_its_share(tmp_path: Path, prompt_job: Path) -> None:
+    text = ok(doctor(tmp_path, "prompt.toml", "--shard", "2/4"))
+    assert (
+        "  limits       shard 2/4: pacing at 1/4 of each provider limit "
+        "(--shard-limits full to use the whole limit)\n"
+    ) in text
+    assert (
+        "  limits       openai/gpt-4o-mini: rpm 150 (1/4 of 600), tpm 22500 (1/4 of 90000), "
+        "max_concurrent 2 (1/4 of 10)\n"
+    ) in text
+    assert "  limits       anthropic: rpm 12.5 (1/4 of 50)\n" in text
+    assert "  state        .rowpilot/prompt/shard-2-of-4 (not created yet)" in text
+    report = json.loads(ok(doctor(tmp_path, "prompt.toml", "--shard", "2/4", "--json")))["job"]
+    assert (report["shard"], report["shard_limits"], report["limits_share"]) == (
+        "2/4",
+        "split",
+        0.25,
+    )
+    assert report["limits"]["openai/gpt-4o-mini"]["rpm"] == 600.0  # as given, the share apart
+    assert report["workers_max"] == 2  # auto sizes for the share's max_concurrent
+
+    prompt_job.write_text(prompt_job.read_text().replace("[run]\n", '[run]\nshard = "2/4"\n'))
+    whole = ok(doctor(tmp_path, "prompt.toml", "--shard-limits", "full"))
+    assert "shard 2/4: pacing at the whole of each provider limit" in whole
+    assert "openai/gpt-4o-mini: rpm 600, tpm 90000, max_concurrent 10\n" in whole
+    assert "of 600" not in whole
+
+
 def test_a_jobs_settings_without_touching_state(
     tmp_path: Path, job: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -281,7 +281,13 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("max_retry_delay", 30.0, "The longest backoff between retries, in seconds.", "run", ()),
     Setting("rows", None, "Row range A:B (0-based, B excluded).", "run", ("run", "verify")),
-    Setting("shard", None, "Shard K/N (1-based), split by key hash.", "run", ("run", "verify")),
+    Setting(
+        "shard",
+        None,
+        "Shard K/N (1-based), split by key hash.",
+        "run",
+        ("run", "verify", "doctor"),
+    ),
     Setting(
         "shard_limits",
         "split",
@@ -289,6 +295,7 @@ SETTINGS: tuple[Setting, ...] = (
         "share the account) or full (the whole limit: the shards run one at a time, or on "
         "accounts of their own).",
         "run",
+        ("run", "doctor"),
     ),
     Setting(
         "limit",

@@ -353,6 +353,7 @@ async def _run_locked(job: PreparedJob, registry: Registry, progress: ProgressVi
         workers=job.settings.workers,
     )
     progress.start(counters)
+    _announce_share(job.config, events, progress)
     try:
         inflight.open()  # in the try: a full disk here closes the run like any other error
         with _signals_to(scheduler):
@@ -375,6 +376,32 @@ async def _run_locked(job: PreparedJob, registry: Registry, progress: ProgressVi
         events.close()
     progress.stop(counters)
     return summary
+
+
+def shard_pacing(config: JobConfig) -> str | None:
+    """What a shard's pace is, in a line that names the other choice; None if no shard."""
+    if config.shard is None:
+        return None
+    k, n = parse_shard(config.shard)
+    if config.limits_share == 1.0:
+        return (
+            f"shard {k}/{n}: pacing at the whole of each provider limit "
+            "(--shard-limits split when the shards share one account)"
+        )
+    return (
+        f"shard {k}/{n}: pacing at 1/{n} of each provider limit "
+        "(--shard-limits full to use the whole limit)"
+    )
+
+
+def _announce_share(config: JobConfig, events: EventLog, progress: ProgressView) -> None:
+    """A shard run by hand paces at its share of each provider limit: said once, in the
+    log and above the progress, with the way to the whole limit."""
+    message = shard_pacing(config)
+    if message is None or config.limits_share == 1.0:
+        return  # the whole limit: as any run that is not a shard
+    events.emit("limits.shared", shard=config.shard, share=config.limits_share, message=message)
+    progress.note(message)
 
 
 def _crash_policy(
