@@ -364,6 +364,7 @@ async def _run_locked(job: PreparedJob, registry: Registry, progress: ProgressVi
             ended_at=time.time(), status=summary.status, summary=json.dumps(summary.as_dict())
         )
         registry.update_run(run_row)
+        _log_limits(job.task, events)
         events.emit("run.finished", **summary.as_dict())
     except BaseException as exc:
         progress.stop(counters, final=False)
@@ -402,6 +403,16 @@ def _announce_share(config: JobConfig, events: EventLog, progress: ProgressView)
         return  # the whole limit: as any run that is not a shard
     events.emit("limits.shared", shard=config.shard, share=config.limits_share, message=message)
     progress.note(message)
+
+
+def _log_limits(task: Task, events: EventLog) -> None:
+    """The limits each rate-limited resource ended the run with: learned ones included,
+    times a shard's share (what the run paced at, and ``estimate`` projects from)."""
+    resources = {
+        name: dataclasses.asdict(limits) for name, limits in task.resource_limits().items()
+    }
+    if resources:
+        events.emit("run.limits", resources=resources)
 
 
 def _crash_policy(
