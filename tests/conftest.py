@@ -135,17 +135,34 @@ def write_csv() -> WriteCsv:
     return write
 
 
-def run_cli(
-    *args: str | os.PathLike[str], cwd: Path, debug: bool = False
-) -> subprocess.CompletedProcess[str]:
-    """Run the real ``rowpilot`` console script in ``cwd`` (no shell, 60 s at most)."""
+def _cli_command(
+    args: Sequence[str | os.PathLike[str]], debug: bool
+) -> tuple[list[str], dict[str, str]]:
+    """The real ``rowpilot`` console script's command line and environment."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("ROWPILOT_DEBUG", None)
     command = [ROWPILOT, *(os.fspath(arg) for arg in args)]
     if debug:
         command.append("--debug")
+    return command, env
+
+
+def run_cli(
+    *args: str | os.PathLike[str], cwd: Path, debug: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """Run the real ``rowpilot`` console script in ``cwd`` (no shell, 60 s at most)."""
+    command, env = _cli_command(args, debug)
     return subprocess.run(
         command, cwd=cwd, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def start_cli(*args: str | os.PathLike[str], cwd: Path) -> subprocess.Popen[str]:
+    """Start the real ``rowpilot`` console script in ``cwd`` and return at once: for
+    processes side by side. Read its end with ``communicate(timeout=...)``."""
+    command, env = _cli_command(args, debug=False)
+    return subprocess.Popen(
+        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
 
 

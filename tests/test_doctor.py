@@ -12,6 +12,7 @@ import pytest
 
 import rowpilot
 from rowpilot._config import build_config, read_job_file
+from rowpilot._doctor import diagnose, lines
 from rowpilot.engine.job import auto_workers
 from rowpilot.engine.machine import cpu_count
 from rowpilot.tasks.factory import build_task
@@ -136,6 +137,37 @@ def test_a_prompt_jobs_workers_and_limits(tmp_path: Path, prompt_job: Path) -> N
         "anthropic": {"rpm": 50.0},
     }
     assert report["task_kind"] == "prompt"
+
+
+def test_a_shards_limits_are_shown_as_its_share(
+    tmp_path: Path, prompt_job: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = ok(doctor(tmp_path, "prompt.toml", "--shard", "2/4"))
+    assert (
+        "  limits       shard 2/4: pacing at 1/4 of each provider limit "
+        "(--shard-limits full to use the whole limit)\n"
+    ) in text
+    assert (
+        "  limits       openai/gpt-4o-mini: rpm 150 (1/4 of 600), tpm 22500 (1/4 of 90000), "
+        "max_concurrent 2 (1/4 of 10)\n"
+    ) in text
+    assert "  limits       anthropic: rpm 12.5 (1/4 of 50)\n" in text
+    assert "  state        .rowpilot/prompt/shard-2-of-4 (not created yet)" in text
+
+    monkeypatch.chdir(tmp_path)  # the rest in-process: the same report, without a start-up
+    report = diagnose(Path("prompt.toml"), overrides={"shard": "2/4"})["job"]
+    assert (report["shard"], report["shard_limits"], report["limits_share"]) == (
+        "2/4",
+        "split",
+        0.25,
+    )
+    assert report["limits"]["openai/gpt-4o-mini"]["rpm"] == 600.0  # as given, the share apart
+    assert report["workers_max"] == 2  # auto sizes for the share's max_concurrent
+    prompt_job.write_text(prompt_job.read_text().replace("[run]\n", '[run]\nshard = "2/4"\n'))
+    whole = "\n".join(lines(diagnose(Path("prompt.toml"), overrides={"shard_limits": "full"})))
+    assert "shard 2/4: pacing at the whole of each provider limit" in whole
+    assert "openai/gpt-4o-mini: rpm 600, tpm 90000, max_concurrent 10\n" in whole
+    assert "of 600" not in whole
 
 
 def test_a_jobs_settings_without_touching_state(

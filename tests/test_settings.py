@@ -15,9 +15,10 @@ import pytest
 
 import rowpilot
 from rowpilot import _settings, cli
-from rowpilot._config import JobConfig, read_job_file
+from rowpilot._config import JobConfig, build_config, read_job_file
 from rowpilot._settings import SETTINGS, Setting
 from rowpilot.engine.events import NOTICES
+from rowpilot.errors import ConfigError
 
 TOML_SETTINGS = [s for s in SETTINGS if s.section is not None]
 COMMANDS = sorted({command for s in SETTINGS for command in s.commands})
@@ -183,3 +184,46 @@ def test_workers_takes_auto_on_every_command() -> None:
         args = _required_args(command)
         context = _click_command(command).make_context(command, [*args, "--workers", "auto"])
         assert context.params["workers"] == "auto"
+
+
+@pytest.mark.parametrize(
+    ("shard", "shard_limits", "share"),
+    [
+        (None, "split", 1.0),
+        ("2/4", "split", 0.25),
+        ("3/10", "split", 0.1),
+        ("1/1", "split", 1.0),
+        ("2/4", "full", 1.0),
+        (None, "full", 1.0),
+    ],
+)
+def test_shard_limits_on_each_face_gives_a_shard_its_share(
+    shard: str | None, shard_limits: str, share: float, tmp_path: Path
+) -> None:
+    job = tmp_path / "job.toml"
+    run_table = f'shard = "{shard}"\n' if shard else ""
+    job.write_text(
+        f'[source]\npath = "data.csv"\n[task]\nfunction = "tasks.py:f"\n'
+        f'[run]\n{run_table}shard_limits = "{shard_limits}"\n',
+        encoding="utf-8",
+    )
+    assert build_config(read_job_file(job)).limits_share == pytest.approx(share)
+    flags = [*(["--shard", shard] if shard else []), "--shard-limits", shard_limits]
+    context = _click_command("run").make_context("run", [*_required_args("run"), *flags])
+    assert context.params["shard_limits"] == shard_limits
+    keywords = {"shard": shard, "shard_limits": shard_limits}
+    config = build_config({"source": "data.csv", "task": "tasks.py:f", **keywords})
+    assert config.limits_share == pytest.approx(share)
+
+
+def test_a_shard_splits_the_limits_unless_told_full() -> None:
+    config = build_config({"source": "data.csv", "task": "tasks.py:f", "shard": "2/4"})
+    assert (config.shard_limits, config.limits_share) == ("split", 0.25)
+
+
+def test_an_unknown_shard_limits_value_is_a_one_line_config_error(tmp_path: Path) -> None:
+    half: Any = "half"
+    with pytest.raises(ConfigError, match=r"shard_limits: .*'split' or 'full'") as raised:
+        rowpilot.run(lambda row: {}, [{"a": 1}], shard="1/2", shard_limits=half, state=tmp_path)
+    assert "\n" not in str(raised.value)
+    assert not (tmp_path / "registry.sqlite").exists()

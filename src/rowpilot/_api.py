@@ -47,6 +47,7 @@ def run(
     limit: int | None = None,
     rows: str | tuple[int | None, int | None] | None = None,
     shard: str | tuple[int, int] | None = None,
+    shard_limits: Literal["split", "full"] = "split",
     force: bool = False,
     retry_failed: bool = False,
     timeout: float | None = None,

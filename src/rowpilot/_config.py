@@ -36,6 +36,7 @@ A job file has four tables; relative paths in it are relative to the file:
     retry_on = ["TimeoutError", "ConnectionError"]
     rows = "0:1516"
     shard = "1/10"
+    shard_limits = "split"       # a shard paces at 1/N of each provider limit ("full": all)
     limit = 100
     state = ".rowpilot/diseases"
     budget = 5.0                 # USD this run may spend at most
@@ -74,6 +75,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rowpilot import _settings
+from rowpilot.engine.items import parse_shard
 from rowpilot.errors import ConfigError
 from rowpilot.tasks.base import Task
 
@@ -109,6 +111,7 @@ class JobConfig(BaseModel):
     max_retry_delay: float = Field(30.0, ge=0)
     rows: str | None = None
     shard: str | None = None
+    shard_limits: Literal["split", "full"] = "split"  # a shard's part of each provider limit
     limit: int | None = Field(None, ge=0)
     force: bool = False
     force_before: float | None = None
@@ -158,6 +161,15 @@ class JobConfig(BaseModel):
     def workers_at_most(self) -> int:
         """Workers the run may use at once: the count given, or auto's ceiling."""
         return self.max_workers if self.workers == "auto" else self.workers
+
+    @property
+    def limits_share(self) -> float:
+        """The part of each provider limit the run paces at: 1/N for a shard of N run by
+        hand, which shares the account with the other shards (``shard_limits = "split"``);
+        else the whole limit."""
+        if self.shard is None or self.shard_limits == "full":
+            return 1.0
+        return 1.0 / parse_shard(self.shard)[1]
 
     @property
     def is_prompt(self) -> bool:

@@ -20,15 +20,21 @@ from typing import Any
 
 from rowpilot._config import JobConfig, build_config, read_job_file
 from rowpilot.engine.machine import read_machine
-from rowpilot.errors import RowpilotError
+from rowpilot.errors import ConfigError, RowpilotError
+from rowpilot.llm.limits import Limits
 
 EXTRAS = ("lancedb", "ray")
 _LOG_EVENTS = {"workers.chosen", "workers.adjusted", "admission.paused"}
 
 
-def diagnose(job: Path | None = None, env_file: Path | None = None) -> dict[str, Any]:
-    """The doctor's findings as plain data (what ``--json`` prints)."""
-    settings = read_job_file(job) if job is not None else {}
+def diagnose(
+    job: Path | None = None,
+    env_file: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The doctor's findings as plain data (what ``--json`` prints); ``overrides`` are
+    flags over the job file's settings (``--shard``)."""
+    settings = {**read_job_file(job), **(overrides or {})} if job is not None else {}
     config = build_config(settings) if job is not None else None
     if config is not None and env_file is None:
         env_file = config.env_file
@@ -106,13 +112,17 @@ def _names_set_in(path: Path) -> set[str]:
 
 
 def _job(path: Path, config: JobConfig) -> dict[str, Any]:
-    from rowpilot.engine.job import state_directory
+    from rowpilot.engine.job import shard_pacing, state_directory
 
     state = state_directory(config, config.name or "job")  # a job file names its job
     found: dict[str, Any] = {
         "file": str(path),
         "max_memory_mb": config.max_memory,
         "limits": dict(config.limits),
+        "shard": config.shard,
+        "shard_limits": config.shard_limits,
+        "limits_share": config.limits_share,
+        "shard_pacing": shard_pacing(config),
         "state": str(state),
         "state_exists": state.is_dir(),
         "last_run": _last_run(state),
@@ -255,10 +265,13 @@ def _job_lines(job: Mapping[str, Any]) -> list[str]:
         if memory is not None
         else "  max memory   not set"
     )
+    share = job["limits_share"]
+    if job["shard_pacing"] is not None:
+        out.append(f"  limits       {job['shard_pacing']}")
     if not job["limits"]:
         out.append("  limits       none given")
     for name, limits in job["limits"].items():
-        given = ", ".join(f"{k} {_limit_text(k, v)}" for k, v in limits.items())
+        given = ", ".join(f"{k} {_limit_text(k, v, share)}" for k, v in limits.items())
         out.append(f"  limits       {name}: {given}")
     exists = "exists" if job["state_exists"] else "not created yet"
     out.append(f"  state        {job['state']} ({exists})")
@@ -275,10 +288,32 @@ def _job_lines(job: Mapping[str, Any]) -> list[str]:
     return out
 
 
-def _limit_text(name: str, value: float | None) -> str:
-    if value is not None:
-        return f"{value:g}"
-    return "none" if name == "max_concurrent" else "from the rate-limit headers"
+def _limit_text(name: str, value: float | None, share: float = 1.0) -> str:
+    """A limit as given, and a shard's part of it, by the rule its resources pace by."""
+    part = f"1/{round(1 / share)}"
+    if value is None:
+        if name == "max_concurrent":
+            return "none"
+        return "from the rate-limit headers" + (f" ({part} of them)" if share < 1 else "")
+    shared = _shared(name, value, share) if share < 1 else None
+    return f"{value:g}" if shared is None else f"{shared:g} ({part} of {value:g})"
+
+
+def _shared(name: str, value: float, share: float) -> float | None:
+    """``Limits.shared`` of one limit; None for a setting that is not a limit
+    (``max_attempts``) or a value that is not one (the run says why)."""
+    if name not in ("rpm", "tpm", "max_concurrent"):
+        return None
+    try:
+        given = Limits(
+            rpm=float(value) if name == "rpm" else None,
+            tpm=float(value) if name == "tpm" else None,
+            max_concurrent=int(value) if name == "max_concurrent" else None,
+        )
+    except (ConfigError, TypeError, ValueError):
+        return None
+    shared = getattr(given.shared(share), name)
+    return None if shared is None else float(shared)
 
 
 def _mb(value: float | None) -> str:

@@ -303,7 +303,22 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("max_retry_delay", 30.0, "The longest backoff between retries, in seconds.", "run", ()),
     Setting("rows", None, "Row range A:B (0-based, B excluded).", "run", ("run", "verify")),
-    Setting("shard", None, "Shard K/N (1-based), split by key hash.", "run", ("run", "verify")),
+    Setting(
+        "shard",
+        None,
+        "Shard K/N (1-based), split by key hash.",
+        "run",
+        ("run", "verify", "doctor"),
+    ),
+    Setting(
+        "shard_limits",
+        "split",
+        "How a shard paces: split (1/N of each provider limit, as N shards side by side "
+        "share the account) or full (the whole limit: the shards run one at a time, or on "
+        "accounts of their own).",
+        "run",
+        ("run", "doctor"),
+    ),
     Setting(
         "limit",
         None,

@@ -103,6 +103,26 @@ def test_no_progress_silences_the_progress_lines(job: Path, cli: Cli) -> None:
     assert "completed: 6 done" in quiet.stdout
 
 
+SHARD_NOTE = (
+    "shard 2/4: pacing at 1/4 of each provider limit (--shard-limits full to use the whole limit)"
+)
+
+
+def test_a_shard_says_once_that_it_paces_at_its_share(job: Path, cli: Cli) -> None:
+    split = ok(cli(*run_args(), "--shard", "2/4", "--state", "split"))
+    assert split.stderr.splitlines()[0] == SHARD_NOTE  # above the progress lines
+    assert split.stderr.count("shard 2/4") == 1
+    [log] = (job / "split" / "logs").glob("*.jsonl")
+    events = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()]
+    [shared] = [event for event in events if event["event"] == "limits.shared"]
+    assert (shared["shard"], shared["share"]) == ("2/4", 0.25)
+    assert f"limits.shared {SHARD_NOTE}" in log.with_suffix(".log").read_text(encoding="utf-8")
+
+    full = ok(cli(*run_args(), "--shard", "2/4", "--shard-limits", "full", "--state", "full"))
+    assert "shard 2/4" not in full.stderr  # the whole limit, as a run that is not a shard
+    assert "progress" in full.stderr
+
+
 def test_toml_job_file_with_a_flag_overriding_it(job: Path, cli: Cli, calls: CallsReader) -> None:
     (job / "jobs").mkdir()
     (job / "jobs" / "job.toml").write_text(
@@ -340,6 +360,11 @@ BAD_INPUTS = [
         "rows-past-the-end",
         [*run_args(), "--rows", "100:200"],
         ["--rows 100:200", "past the end", "6 rows"],
+    ),
+    BadInput(
+        "shard-limits-unknown",
+        [*run_args(), "--shard", "1/2", "--shard-limits", "half"],
+        ["shard_limits", "'split'", "'full'"],
     ),
 ]
 

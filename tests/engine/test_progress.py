@@ -26,6 +26,20 @@ def test_rich_bar_renders_with_and_without_a_known_total(total: int | None) -> N
     assert (f"10/{total:,}" if total is not None else "10") in text
 
 
+def test_a_note_is_one_line_above_the_progress_in_either_view() -> None:
+    note = "shard 2/4: pacing at 1/4 of each provider limit [as] *written*"
+    plain = io.StringIO()
+    PlainProgress(plain, interval=3600).note(note)
+    assert plain.getvalue() == note + "\n"
+    out = io.StringIO()
+    view = RichProgress(Console(file=out, force_terminal=True, width=200))
+    counters = Counters(total=3, started_at=time.monotonic())
+    view.start(counters)
+    view.note(note)
+    view.stop(counters)
+    assert note in out.getvalue()  # no markup read into it
+
+
 def test_plain_lines_say_done_of_total_and_stay_silent_after_an_error() -> None:
     out = io.StringIO()
     view = PlainProgress(out, interval=3600)

@@ -143,7 +143,10 @@ def test_limits_must_be_positive(options: dict[str, Any]) -> None:
         Limits(**options)
 
 
-@pytest.mark.parametrize("options", [{"headroom": 0.0}, {"headroom": 1.5}, {"burst_seconds": 0}])
+@pytest.mark.parametrize(
+    "options",
+    [{"headroom": 0.0}, {"headroom": 1.5}, {"burst_seconds": 0}, {"share": 0.0}, {"share": 1.5}],
+)
 def test_resource_options_are_checked(options: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="must be"):
         Resource("x", **options)
@@ -371,11 +374,13 @@ class Admissions:
     end: float = 0.0
 
 
-def admit_for(limits: Limits, seconds: float, costs: Iterator[int], workers: int = 8) -> Admissions:
+def admit_for(
+    limits: Limits, seconds: float, costs: Iterator[int], workers: int = 8, share: float = 1.0
+) -> Admissions:
     """Workers taking slots back to back for ``seconds``; what was admitted, and when."""
 
     async def go() -> Admissions:
-        resource = Resource("x", limits, clock=loop_clock())
+        resource = Resource("x", limits, share=share, clock=loop_clock())
         record = Admissions(created=loop_clock()())
         record.end = record.created + seconds
 
@@ -695,12 +700,12 @@ def test_settle_reconciles_the_token_reservation() -> None:
     run(go())
 
 
-def pause_after(headers: dict[str, str], limits: Limits = FAST) -> float:
+def pause_after(headers: dict[str, str], limits: Limits = FAST, share: float = 1.0) -> float:
     """How long the next admission waits after a call settled with ``headers``."""
 
     async def go() -> float:
         clock = loop_clock()
-        resource = Resource("x", limits, clock=clock)
+        resource = Resource("x", limits, share=share, clock=clock)
         await report(resource, 100, lambda permit: permit.settle(100, headers))
         asked = clock()
         async with resource.slot(100):
@@ -749,6 +754,113 @@ def test_anthropic_tokens_below_a_call_pause_until_the_reset_time(
 def test_enough_remaining_does_not_pause() -> None:
     headers = {"x-ratelimit-remaining-tokens": "5000", "x-ratelimit-reset-tokens": "5s"}
     assert pause_after(headers) == 0.0
+
+
+# --------------------------------------------------------------------------- a share (shards)
+
+
+@pytest.mark.parametrize(
+    ("given", "share", "expected"),
+    [
+        (Limits(rpm=6000, tpm=800_000, max_concurrent=10), 1 / 4, Limits(1500, 200_000, 2)),
+        (Limits(rpm=90, max_concurrent=3), 1 / 4, Limits(rpm=22.5, max_concurrent=1)),
+        (Limits(max_concurrent=98), 1 / 49, Limits(max_concurrent=2)),
+        (Limits(max_concurrent=3), 1 / 3, Limits(max_concurrent=1)),
+        (Limits(rpm=500), 1.0, Limits(rpm=500)),
+    ],
+)
+def test_a_share_of_given_limits_divides_rates_and_rounds_concurrency_down(
+    given: Limits, share: float, expected: Limits
+) -> None:
+    resource, _ = fake_resource(given, share=share)
+    assert resource.limits == given.shared(share)
+    assert resource.limits.rpm == pytest.approx(expected.rpm)
+    assert resource.limits.tpm == pytest.approx(expected.tpm)
+    assert resource.limits.max_concurrent == expected.max_concurrent
+    assert resource.stats()["share"] == share
+
+
+def test_a_share_paces_at_its_part_of_the_given_rpm() -> None:
+    rate = 6000 * 0.98 / 60 / 4
+    record = admit_for(Limits(rpm=6000), 1.0, itertools.repeat(1), share=1 / 4)
+    expected = rate * 0.5 + rate * 1.0  # its own full bucket, then its refill: 12 + 24
+    assert expected - 1 <= len(record.times) <= expected + 1
+    assert_never_above(record, rate, rate * 0.5)
+
+
+def test_a_share_holds_its_part_of_max_concurrent() -> None:
+    async def go() -> int:
+        resource = Resource(
+            "x", Limits(max_concurrent=10), learn=False, share=1 / 4, clock=loop_clock()
+        )
+        in_flight = peak = 0
+
+        async def one() -> None:
+            nonlocal in_flight, peak
+            async with resource.slot(1) as permit:
+                in_flight += 1
+                peak = max(peak, in_flight)
+                await asyncio.sleep(0.001)
+                in_flight -= 1
+                permit.settle()
+
+        await asyncio.gather(*(one() for _ in range(40)))
+        return peak
+
+    assert run(go()) == 2
+
+
+def test_a_share_divides_the_learned_limits() -> None:
+    """The headers report the account's limits: a shard learns its part of them."""
+
+    async def go() -> None:
+        resource, _ = fake_resource(share=1 / 4)
+        headers = {"x-ratelimit-limit-requests": "600", "x-ratelimit-limit-tokens": "90000"}
+        await report(resource, 10, lambda permit: permit.settle(10, headers))
+        assert resource.limits == Limits(rpm=150, tpm=22500)
+        assert resource.stats()["learned"] is True
+        assert resource.stats()["effective_rpm"] == pytest.approx(150 * 0.98)
+
+    run(go())
+
+
+def test_a_share_of_given_and_learned_limits_takes_the_tightest() -> None:
+    async def go() -> None:
+        resource, _ = fake_resource(Limits(rpm=1000, tpm=40_000), share=1 / 2)
+        headers = {"x-ratelimit-limit-requests": "600", "x-ratelimit-limit-tokens": "90000"}
+        await report(resource, 10, lambda permit: permit.settle(10, headers))
+        assert resource.limits == Limits(rpm=300, tpm=20_000)
+
+    run(go())
+
+
+def test_a_share_pauses_until_its_part_of_the_remaining_pays_a_call() -> None:
+    """2 requests left of the account's 600/min: enough for one process, not for its part
+    as one of 4 (half a request). It waits for its part of the refill (150/min) to make up
+    the other half: 0.2 s."""
+    headers = {
+        "x-ratelimit-limit-requests": "600",
+        "x-ratelimit-remaining-requests": "2",
+        "x-ratelimit-reset-requests": "1s",
+    }
+    assert pause_after(headers) == 0.0
+    assert pause_after(headers, share=1 / 4) == pytest.approx(0.2)
+
+
+def test_a_learned_bucket_starts_with_its_part_of_the_remaining() -> None:
+    """2,000 tokens left: a share of 1/4 may take 500 of them, not the full bucket (1,225)."""
+
+    async def go() -> float:
+        clock = loop_clock()
+        resource = Resource("x", share=1 / 4, clock=clock)
+        headers = {"x-ratelimit-limit-tokens": "600000", "x-ratelimit-remaining-tokens": "2000"}
+        await report(resource, 100, lambda permit: permit.settle(100, headers))
+        asked = clock()
+        async with resource.slot(600):
+            return clock() - asked
+
+    rate = 600_000 / 4 * 0.98 / 60  # 2,450 tokens/s
+    assert run(go()) == pytest.approx((600 - 500) / rate)
 
 
 # --------------------------------------------------------------------------- a provider's limits
@@ -807,11 +919,25 @@ class Provider:
         await asyncio.sleep(self._latency)
         return None
 
+    def headers(self) -> dict[str, str]:
+        """What its answers say of its limits, as OpenAI's headers do: the limit per minute,
+        what the bucket holds now, and the time until it is full."""
+        now = self._clock()
+        headers = {}
+        for kind, bucket in self._buckets.items():
+            bucket.wait(0.0, now)  # refilled to now
+            headers[f"x-ratelimit-limit-{kind}"] = f"{bucket.rate * 60:g}"
+            headers[f"x-ratelimit-remaining-{kind}"] = str(max(0, math.floor(bucket.level)))
+            reset = max(0.0, (bucket.rate - bucket.level) / bucket.rate)
+            headers[f"x-ratelimit-reset-{kind}"] = f"{reset:.3f}s"
+        return headers
+
 
 async def call_through(
-    resource: Resource, provider: Provider, count: int, tokens: int = 66
+    resource: Resource, provider: Provider, count: int, tokens: int = 66, *, headers: bool = False
 ) -> Outcome:
     """``count`` calls through ``resource`` to ``provider``; a 429 is reported and tried again.
+    With ``headers``, each report carries the provider's rate-limit headers.
 
     66 tokens: what ``call_all`` sends the simulator, 200 characters and max_tokens 16."""
     outcome = Outcome()
@@ -821,14 +947,15 @@ async def call_through(
             async with resource.slot(tokens) as permit:
                 outcome.attempts += 1
                 retry_after = await provider.call(tokens)
+                said = provider.headers() if headers else None
                 if retry_after is None:
-                    permit.settle(tokens)
+                    permit.settle(tokens, said)
                     outcome.times.append(permit.admitted_at)
                     outcome.costs.append(tokens)
                     return
                 outcome.limited += 1
                 outcome.limited_times.append(permit.admitted_at)
-                permit.rate_limited(retry_after)
+                permit.rate_limited(retry_after, said)
         raise AssertionError("a call was rate-limited 100 times")
 
     await asyncio.gather(*(one() for _ in range(count)))
@@ -863,6 +990,43 @@ def test_paced_calls_get_no_429s_at_the_providers_limit(
     weights = outcome.costs if by_tokens else None
     rate = steady_rate(outcome, burst=limit * 0.98 / 120, weights=weights)
     assert rate == pytest.approx(limit * 0.98, rel=0.01)
+
+
+@pytest.mark.parametrize("given", [True, False], ids=["given", "learned"])
+def test_four_shares_of_one_account_get_no_429s(given: bool) -> None:
+    """Four shards side by side, each a quarter of the account's limit, given or learned
+    from the headers (which report the whole account's limit and remaining): no 429s, and
+    together they still reach the limit less headroom."""
+
+    async def go() -> tuple[list[Outcome], int]:
+        provider = Provider(Limits(rpm=4800))
+        limits = Limits(rpm=4800) if given else NO_LIMITS
+        shards = [
+            Resource(f"shard {k}", limits, learn=not given, share=1 / 4, clock=loop_clock())
+            for k in range(4)
+        ]
+        outcomes = await asyncio.gather(
+            *(call_through(shard, provider, 200, headers=True) for shard in shards)
+        )
+        return list(outcomes), provider.refused
+
+    outcomes, refused = run(go())
+    assert refused == sum(outcome.limited for outcome in outcomes) == 0
+    together = Outcome(times=[at for outcome in outcomes for at in outcome.times])
+    assert len(together.times) == 800
+    assert steady_rate(together, burst=4800 * 0.98 / 120) == pytest.approx(4800 * 0.98, rel=0.03)
+
+
+def test_four_full_shares_of_one_account_storm_it() -> None:
+    """The same four at the account's full limit each: the storm the share prevents."""
+
+    async def go() -> int:
+        provider = Provider(Limits(rpm=4800))
+        shards = [Resource(f"shard {k}", Limits(rpm=4800), clock=loop_clock()) for k in range(4)]
+        await asyncio.gather(*(call_through(shard, provider, 200) for shard in shards))
+        return provider.refused
+
+    assert run(go()) > 20
 
 
 def test_429s_slow_a_resource_whose_limit_is_too_high() -> None:

@@ -7,6 +7,7 @@ every output reached its own row.
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import json
 import os
@@ -26,9 +27,14 @@ import pytest
 
 import rowpilot
 from conftest import Simulators, wait_until
+from rowpilot._config import build_config
+from rowpilot.engine.job import auto_workers
 from rowpilot.errors import OutputCollisionError
+from rowpilot.llm.limits import Limits
+from rowpilot.llm.session import LLMSession, PromptTask
 from rowpilot.simulator.server import Simulator, SimulatorConfig, _row_object
 from rowpilot.state.registry import REGISTRY_FILE
+from rowpilot.tasks.factory import build_task
 
 ROWPILOT = str(Path(sys.executable).parent / "rowpilot")
 
@@ -213,6 +219,35 @@ def test_a_429_storm_is_tamed_without_given_limits(keyed_env: None, tmp_path: Pa
     check_outputs(result, rows)
     assert stats["rate_limited"] <= 0.1 * stats["requests_total"]
     assert result.summary.rate_limited == stats["rate_limited"]
+
+
+def test_a_shards_model_paces_at_its_share_and_auto_sizes_for_it(keyed_env: None) -> None:
+    """Shard 2 of 4: the prompt task's model resource paces at a quarter of its limits,
+    and --workers auto starts within the quarter's max_concurrent."""
+    settings = {
+        "source": "data.csv",
+        "model": MODEL,
+        "prompt": "Say {text}",
+        "rpm": 6000,
+        "tpm": 1_000_000,
+        "max_concurrent": 10,
+        "workers": "auto",
+        "env_file": None,
+    }
+    config = build_config({**settings, "shard": "2/4"})
+    task = build_task(config)
+    assert isinstance(task, PromptTask)
+    assert task.limits() == Limits(rpm=6000, tpm=1_000_000, max_concurrent=10)  # as given
+    session = LLMSession(task.spec)
+    try:
+        assert session.resource.limits == Limits(rpm=1500, tpm=250_000, max_concurrent=2)
+    finally:
+        asyncio.run(session.aclose())
+    auto = auto_workers(config, task)
+    assert auto is not None and auto.ceiling == 2
+    whole = build_config({**settings, "shard": "2/4", "shard_limits": "full"})
+    auto = auto_workers(whole, build_task(whole))
+    assert auto is not None and auto.ceiling == 10
 
 
 # -- budget --------------------------------------------------------------------------

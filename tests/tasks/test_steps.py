@@ -28,9 +28,13 @@ from pydantic import BaseModel
 import rowpilot
 from conftest import Simulators, wait_until
 from rowpilot import Ctx
+from rowpilot._config import build_config
 from rowpilot.errors import ConfigError, SubItemError, TaskOutputError
+from rowpilot.llm.cost import Budget
+from rowpilot.llm.limits import Limits
 from rowpilot.simulator.server import Simulator, SimulatorConfig
 from rowpilot.state.registry import REGISTRY_FILE
+from rowpilot.tasks.steps import _build_resource, step_session
 
 ROWPILOT = str(Path(sys.executable).parent / "rowpilot")
 CANARY = "sk-" + "canary-5be0e1d2c3a4f607"
@@ -230,6 +234,38 @@ def test_two_resources_keep_their_own_limits(sim: Simulator, tmp_path: Path) -> 
     assert crm.most_in(1.0) <= 40 + 20 + 1
     assert elapsed >= (60 - 10) / 20 * 0.9  # the slower API set the pace
     assert {r.output["crm"] for r in result} == {f"b{i:03d}" for i in range(60)}
+
+
+@pytest.mark.parametrize(
+    ("shard_limits", "search", "model"),
+    [
+        ("split", Limits(rpm=300, max_concurrent=2), Limits(rpm=150, tpm=25_000)),
+        ("full", Limits(rpm=1200, max_concurrent=8), Limits(rpm=600, tpm=100_000)),
+    ],
+)
+def test_a_shards_step_resources_pace_at_its_share(
+    shard_limits: str, search: Limits, model: Limits
+) -> None:
+    """Shard 2 of 4: a ctx.call resource's [limits.NAME] and a ctx.llm model's limits are
+    each a quarter (max_concurrent rounded down), unless --shard-limits full."""
+    config = build_config(
+        {
+            "source": "data.csv",
+            "task": "tasks.py:f",
+            "model": MODEL,
+            "shard": "2/4",
+            "shard_limits": shard_limits,
+            "limits": {"search": {"rpm": 1200, "max_concurrent": 8}, MODEL: {"tpm": 100_000}},
+            "rpm": 600,
+        }
+    )
+    resource, _ = _build_resource("search", config)
+    assert resource.limits == search
+    session = step_session(config, MODEL, {"OPENAI_API_KEY": CANARY}, Budget(None))
+    try:
+        assert session.resource.limits == model
+    finally:
+        asyncio.run(session.aclose())
 
 
 def test_call_results_are_journaled_and_replayed(sim: Simulator, tmp_path: Path) -> None:

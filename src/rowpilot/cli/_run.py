@@ -51,6 +51,7 @@ def run(
     limit: Annotated[int | None, option("limit", "run")] = None,
     rows: Annotated[str | None, option("rows", "run")] = None,
     shard: Annotated[str | None, option("shard", "run")] = None,
+    shard_limits: Annotated[str | None, option("shard_limits", "run")] = None,
     force: Annotated[bool, option("force", "run")] = False,
     force_before: Annotated[
         float | None,

@@ -18,6 +18,7 @@ from rowpilot.cli._options import Json, option
     epilog=_example(
         "rowpilot doctor",
         "rowpilot doctor job.toml --json",
+        "rowpilot doctor job.toml --shard 2/4",
     )
 )
 def doctor(
@@ -25,13 +26,16 @@ def doctor(
         Path | None, typer.Argument(help="A TOML job file: show the settings it would run with.")
     ] = None,
     env_file: Annotated[Path | None, option("env_file", "doctor")] = None,
+    shard: Annotated[str | None, option("shard", "doctor")] = None,
+    shard_limits: Annotated[str | None, option("shard_limits", "doctor")] = None,
     as_json: Json = False,
 ) -> None:
     """Show the machine, which provider keys are set (never their values), and the workers,
     memory cap, limits and state directory a job would run with; runs nothing."""
     from rowpilot._doctor import diagnose, lines
 
-    report = diagnose(job, env_file)
+    given = {"shard": shard, "shard_limits": shard_limits}
+    report = diagnose(job, env_file, {k: v for k, v in given.items() if v is not None})
     if as_json:
         print(json.dumps(report, indent=2, default=str))
         return

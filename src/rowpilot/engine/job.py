@@ -153,6 +153,7 @@ def auto_workers(config: JobConfig, task: Task) -> AutoWorkers | None:
     if config.workers != "auto":
         return None
     machine = read_machine()
+    limits = task.limits()
     choice = choose_workers(
         task.sizing,
         cpus=machine.cpus,
@@ -160,7 +161,8 @@ def auto_workers(config: JobConfig, task: Task) -> AutoWorkers | None:
         max_workers=config.max_workers,
         max_memory_mb=config.max_memory,
         rss_mb=rss_mb(),
-        limits=task.limits(),
+        # A shard's resources pace at its share: its workers are sized for that pace.
+        limits=limits.shared(config.limits_share) if limits is not None else None,
     )
     # The task's pace is known only once the run is under way: read when the sizer asks.
     return AutoWorkers.of(choice, task.rates)
@@ -375,6 +377,7 @@ async def _run_locked(job: PreparedJob, registry: Registry, progress: ProgressVi
     if job.config.executor != job.executor.kind:
         warn(job.executor.why)  # asked for workers, runs here: the user must hear why
     progress.start(counters)
+    _announce_share(job.config, events, progress)
     try:
         inflight.open()  # in the try: a full disk here closes the run like any other error
         with _signals_to(scheduler):
@@ -386,6 +389,7 @@ async def _run_locked(job: PreparedJob, registry: Registry, progress: ProgressVi
             ended_at=time.time(), status=summary.status, summary=json.dumps(summary.as_dict())
         )
         registry.update_run(run_row)
+        _log_limits(job.task, events)
         events.emit("run.finished", **summary.as_dict())
     except BaseException as exc:
         progress.stop(counters, final=False)
@@ -398,6 +402,42 @@ async def _run_locked(job: PreparedJob, registry: Registry, progress: ProgressVi
         events.close()
     progress.stop(counters)
     return summary
+
+
+def shard_pacing(config: JobConfig) -> str | None:
+    """What a shard's pace is, in a line that names the other choice; None if no shard."""
+    if config.shard is None:
+        return None
+    k, n = parse_shard(config.shard)
+    if config.limits_share == 1.0:
+        return (
+            f"shard {k}/{n}: pacing at the whole of each provider limit "
+            "(--shard-limits split when the shards share one account)"
+        )
+    return (
+        f"shard {k}/{n}: pacing at 1/{n} of each provider limit "
+        "(--shard-limits full to use the whole limit)"
+    )
+
+
+def _announce_share(config: JobConfig, events: EventLog, progress: ProgressView) -> None:
+    """A shard run by hand paces at its share of each provider limit: said once, in the
+    log and above the progress, with the way to the whole limit."""
+    message = shard_pacing(config)
+    if message is None or config.limits_share == 1.0:
+        return  # the whole limit: as any run that is not a shard
+    events.emit("limits.shared", shard=config.shard, share=config.limits_share, message=message)
+    progress.note(message)
+
+
+def _log_limits(task: Task, events: EventLog) -> None:
+    """The limits each rate-limited resource ended the run with: learned ones included,
+    times a shard's share (what the run paced at, and ``estimate`` projects from)."""
+    resources = {
+        name: dataclasses.asdict(limits) for name, limits in task.resource_limits().items()
+    }
+    if resources:
+        events.emit("run.limits", resources=resources)
 
 
 def _crash_policy(

@@ -49,10 +49,16 @@ class ProgressView(Protocol):
     def start(self, counters: Counters) -> None: ...
     def refresh(self, counters: Counters) -> None: ...
     def stop(self, counters: Counters, *, final: bool = True) -> None: ...
+    def note(self, message: str) -> None:
+        """One line the user should read once, above the progress (a shard's pace)."""
+        ...
 
 
 class NoProgress:
     def start(self, counters: Counters) -> None:
+        pass
+
+    def note(self, message: str) -> None:
         pass
 
     def refresh(self, counters: Counters) -> None:
@@ -115,6 +121,9 @@ class RichProgress:
             self.refresh(counters)
         self._progress.stop()
 
+    def note(self, message: str) -> None:
+        self._progress.console.print(message, markup=False, highlight=False)
+
 
 class PlainProgress:
     """One line every ``interval`` seconds, for logs and pipes."""
@@ -136,6 +145,9 @@ class PlainProgress:
     def stop(self, counters: Counters, *, final: bool = True) -> None:
         if final:  # a run that ends in an error says so in one line, without this one
             self._line(counters, time.monotonic())
+
+    def note(self, message: str) -> None:
+        print(message, file=self._stream, flush=True)
 
     def _line(self, c: Counters, now: float) -> None:
         total = f"/{c.total:,}" if c.total is not None else ""

@@ -34,6 +34,13 @@ is the queue. The rules:
   the pauses.
 * **Probing**: with ``learn`` and no rate given, the first call goes alone, so its headers
   set the pace before a blind burst can run into the provider's limit.
+* **A share** (``share``, 1/N for one of N shards run by hand) is this process's part of
+  an account that others use at the same time: it multiplies the limits in force, given or
+  learned (a provider's headers report the whole account's), and rounds ``max_concurrent``
+  down (at least 1). The ``remaining`` a header reports is the whole account's too: the
+  share counts only its part of it, so a shard pauses when its part cannot pay a call and
+  starts a learned bucket with its part, never with what the other shards may be about to
+  take.
 * A permit that neither settles nor reports a 429 (the call raised) keeps its reservation:
   the provider may have counted it.
 """
@@ -95,6 +102,28 @@ class Limits:
                 raise ConfigError(f"{name} must be a positive number, not {value!r}")
         if self.max_concurrent is not None and self.max_concurrent < 1:
             raise ConfigError(f"max_concurrent must be at least 1, not {self.max_concurrent!r}")
+
+    def shared(self, share: float) -> Limits:
+        """``share`` of these limits, as a ``Resource`` with that share paces: the rates
+        times it, ``max_concurrent`` rounded down (at least 1)."""
+        _check_share(share)
+        return Limits(
+            rpm=None if self.rpm is None else self.rpm * share,
+            tpm=None if self.tpm is None else self.tpm * share,
+            max_concurrent=_shared_count(self.max_concurrent, share),
+        )
+
+
+def _check_share(share: float) -> None:
+    if not (math.isfinite(share) and 0 < share <= 1):
+        raise ValueError(f"share must be in (0, 1], not {share!r}")
+
+
+def _shared_count(count: int | None, share: float) -> int | None:
+    """``share`` of a count, rounded down, at least 1 (1e-9: 98 x 1/49 is 2, not 1.999...)."""
+    if count is None:
+        return None
+    return max(1, math.floor(count * share + 1e-9))
 
 
 # -- headers --------------------------------------------------------------------------------
@@ -319,7 +348,9 @@ class Permit:
 class Resource:
     """A named outside capacity (a provider/model) shared by every call of a run.
 
-    It belongs to the event loop it is first used on.
+    ``share`` is the run's part of it when other processes use the same account at the
+    same time (1/N for a shard of N): see the module docstring. It belongs to the event
+    loop it is first used on.
     """
 
     def __init__(
@@ -330,14 +361,18 @@ class Resource:
         headroom: float = 0.98,
         burst_seconds: float = 0.5,
         learn: bool = True,
+        share: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not 0 < headroom <= 1:
             raise ValueError(f"headroom must be in (0, 1], not {headroom!r}")
         if not (math.isfinite(burst_seconds) and burst_seconds > 0):
             raise ValueError(f"burst_seconds must be positive, not {burst_seconds!r}")
+        _check_share(share)
         self.name = name
         self._given = limits
+        self._share = share
+        self._max_concurrent = _shared_count(limits.max_concurrent, share)
         self._headroom = headroom
         self._burst_s = burst_seconds
         self._learn = learn
@@ -367,9 +402,10 @@ class Resource:
 
     @property
     def limits(self) -> Limits:
-        """The limits in force: the given ones, or lower ones the provider's headers set."""
+        """The limits in force: the given ones, or lower ones the provider's headers set,
+        times the share."""
         rpm, tpm = self._limit("requests"), self._limit("tokens")
-        return Limits(rpm=rpm, tpm=tpm, max_concurrent=self._given.max_concurrent)
+        return Limits(rpm=rpm, tpm=tpm, max_concurrent=self._max_concurrent)
 
     def stats(self) -> dict[str, Any]:
         now = self._clock()
@@ -388,6 +424,7 @@ class Resource:
             "factor": self._factor,
             "concurrency_cap": None if math.isinf(cap) else int(cap),
             "learned": self._learned_in_force(),
+            "share": self._share,
             "paused_seconds": max(0.0, self._pause_until - now),
         }
 
@@ -438,7 +475,7 @@ class Resource:
         return max(waits)
 
     def _concurrency_cap(self) -> float:
-        given = self._given.max_concurrent
+        given = self._max_concurrent
         cap = math.inf if given is None else float(given)
         if self._buckets:
             return cap  # a rate is known: the adaptation works on the rate
@@ -457,9 +494,11 @@ class Resource:
     # -- limits and buckets --
 
     def _limit(self, kind: Kind) -> float | None:
+        """The tightest of the given and the learned limit, times the share: the one
+        place the share divides a rate."""
         given = self._given.rpm if kind == "requests" else self._given.tpm
         known = [value for value in (given, self._learned.get(kind)) if value is not None]
-        return min(known) if known else None
+        return min(known) * self._share if known else None
 
     def _learned_in_force(self) -> bool:
         """Whether a limit in force came from headers (below the given one, or none given)."""
@@ -541,7 +580,7 @@ class Resource:
             self._sync_buckets(now)
         if self._cap is not None:
             # +1 per cap's worth of successes: about one more slot per round trip.
-            ceiling = self._given.max_concurrent or math.inf
+            ceiling = self._max_concurrent or math.inf
             self._cap = min(ceiling, self._cap + 1.0 / self._cap)
 
     def _read_headers(self, headers: Mapping[str, str], now: float) -> None:
@@ -563,20 +602,23 @@ class Resource:
                 changed = True
             remaining = [q.remaining for q in mine if q.remaining is not None]
             if remaining:
-                levels[kind] = min(remaining)  # a new bucket starts with what is left
+                # A new bucket starts with what is left: its part of it, with a share.
+                levels[kind] = min(remaining) * self._share
         if changed:
             self._sync_buckets(now, levels)
 
     def _pause_for(self, quotas: Iterable[Quota], now: float) -> None:
-        """Pause until the provider has room again when it says it has none."""
+        """Pause until the provider has room again when it says it has none: with a
+        share, until this run's part of what is left (and of the refill) pays a call."""
         for quota in quotas:
             if quota.remaining is None or quota.reset_s is None:
                 continue
             need = 1.0 if quota.kind == "requests" else self._typical_cost
-            if quota.remaining >= need:
+            mine = quota.remaining * self._share
+            if mine >= need:
                 continue
             wait = quota.reset_s
             if quota.limit is not None:
                 # The reset is when it is full; it has room for one call sooner.
-                wait = min(wait, (need - quota.remaining) * 60.0 / quota.limit)
+                wait = min(wait, (need - mine) * 60.0 / (quota.limit * self._share))
             self._pause(now, wait)

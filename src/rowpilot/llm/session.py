@@ -113,6 +113,7 @@ class PromptSpec:
     call_timeout: float
     workers: int  # requests at once
     environ: Mapping[str, str] = field(repr=False, compare=False)  # holds keys: never shown
+    share: float = 1.0  # the part of the limits this process paces at (a shard's 1/N)
 
     @property
     def batching(self) -> bool:
@@ -266,7 +267,7 @@ class LLMSession:
                 hint=f'add [prices."{spec.model}"] input = ..., output = ... '
                 "(USD per million tokens) to the job file",
             )
-        self.resource = Resource(spec.model, spec.limits)
+        self.resource = Resource(spec.model, spec.limits, share=spec.share)
         self.estimator = TokenEstimator()
         # A task's ctx.llm calls to several models share one budget with its ctx.call costs.
         self.budget = budget if budget is not None else Budget(spec.budget)
@@ -716,6 +717,7 @@ def build_prompt_spec(config: JobConfig, environ: Mapping[str, str] | None = Non
         call_timeout=config.call_timeout,
         workers=config.workers_at_most,  # auto: the scheduler sizes below this
         environ=environ if environ is not None else load_environ(config.env_file),
+        share=config.limits_share,
     )
 
 
@@ -755,6 +757,7 @@ def build_step_spec(
         call_timeout=config.call_timeout,
         workers=workers,
         environ=environ,
+        share=config.limits_share,
     )
 
 

@@ -83,7 +83,8 @@ class Task(ABC):
         return None  # a hook: by default, nothing to do
 
     def limits(self) -> Limits | None:
-        """The provider limits that bound the task's pace, when known before the run."""
+        """The provider limits given for the task's calls, when known before the run: the
+        whole account's (a shard paces at its share of them)."""
         return None
 
     def rates(self) -> Rates | None:

@@ -526,7 +526,7 @@ def _build_resource(name: str, config: JobConfig) -> tuple[Resource, RetryPolicy
         max_delay=config.max_retry_delay,
     )
     # Limits given are kept (learn=False): a generic API's headers are not the providers'.
-    return Resource(name, limits, learn=False), policy
+    return Resource(name, limits, learn=False, share=config.limits_share), policy
 
 
 def provider_error_of(exc: BaseException, resource: str) -> ProviderError | None:
