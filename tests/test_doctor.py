@@ -231,26 +231,29 @@ def test_without_a_job_and_with_a_bad_one(tmp_path: Path) -> None:
     assert len(bad.stderr.strip().splitlines()) == 1
 
 
-def test_the_executor_a_job_would_use_and_why(tmp_path: Path, job: Path, prompt_job: Path) -> None:
+def test_the_executor_a_job_would_use_and_why(
+    tmp_path: Path, job: Path, prompt_job: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     text = ok(doctor(tmp_path, "jobs/job.toml"))
     assert "  executor     local: local (the default)" in text
+    monkeypatch.chdir(tmp_path)  # the rest in-process: the same report, without a start-up
     asked = tmp_path / "jobs" / "process.toml"
     asked.write_text(
         job.read_text().replace('workers = "auto"', 'workers = 2\nexecutor = "process"')
     )
-    report = json.loads(ok(doctor(tmp_path, "jobs/process.toml", "--json")))["job"]
+    report = diagnose(Path("jobs/process.toml"))["job"]
     assert report["executor"] == "process"
     assert report["executor_why"].startswith("2 worker processes (--workers)")
     assert "killed with its process" in report["executor_why"]
     # A prompt job asked for Ray keeps its HTTP calls here, and says so.
     ray_prompt = tmp_path / "ray-prompt.toml"
     ray_prompt.write_text(prompt_job.read_text().replace("[run]\n", '[run]\nexecutor = "ray"\n'))
-    report = json.loads(ok(doctor(tmp_path, "ray-prompt.toml", "--json")))["job"]
+    report = diagnose(Path("ray-prompt.toml"))["job"]
     assert report["executor"] == "local"
     assert "--executor ray was asked" in report["executor_why"]
     assert "I/O-bound" in report["executor_why"]
     # A Ray setting without Ray is named as the error it is.
     stray = tmp_path / "jobs" / "stray.toml"
     stray.write_text(job.read_text().replace("[run]\n", "[run]\nray_workers = 4\n"))
-    text = ok(doctor(tmp_path, "jobs/stray.toml"))
+    text = "\n".join(lines(diagnose(Path("jobs/stray.toml"))))
     assert "  executor     error: --ray-workers is for --executor ray" in text
