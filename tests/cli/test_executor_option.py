@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -104,3 +105,20 @@ def test_ray_not_installed_says_how_to_install_it(
     assert result.returncode == 2, result.stdout + result.stderr
     assert "pip install 'rowpilot[ray]'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_prompt_job_asked_for_processes_says_why_it_runs_here(
+    cli: Cli, data: Path, simulator_for: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rowpilot.simulator.server import SimulatorConfig
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-" + "test-not-checked")
+    sim = simulator_for(SimulatorConfig(latency_ms=1))
+    result = cli(
+        "run", data, "--key", "id", "--model", "openai/gpt-4o-mini", "--prompt", "Say {text}",
+        "--base-url", sim.openai_base_url, "--executor", "process", "--no-progress",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "--executor process was asked, but" in result.stderr
+    assert "I/O-bound" in result.stderr
+    assert "completed: 40 done" in result.stdout

@@ -113,3 +113,7 @@ async def llm_then_search(row: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
     await ctx.llm(f"Write about {row['name']}")
     found = await ctx.call("search", web_search, row["search_url"], row["name"])
     return {"hits": found["hits"], "pid": os.getpid()}
+
+
+async def async_llm(row: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
+    return {"answer": await ctx.llm(f"Write about {row['name']}")}

@@ -265,3 +265,22 @@ def test_a_worker_silent_past_the_timeout_is_killed_from_the_driver(
         return caught.value
 
     assert with_executor(kind, the_task, body, workers=1).abandoned is Abandoned.KILLED
+
+
+@pytest.mark.parametrize("kind", REMOTE)
+def test_items_travel_to_workers_in_batches(kind: str, request: pytest.FixtureRequest) -> None:
+    if kind == "ray":
+        request.getfixturevalue("ray_session")
+    the_task = task("upper")
+
+    async def body(executor: Any) -> tuple[int, int]:
+        calls = [
+            executor.submit(the_task, {"text": f"row{n}"}, ctx(f"k{n}"), timeout=None)
+            for n in range(2000)
+        ]
+        ran = await asyncio.gather(*calls)
+        assert [r.value["upper"] for r in ran] == [f"ROW{n}" for n in range(2000)]
+        return executor.messages_sent, len(ran)
+
+    sent, items = with_executor(kind, the_task, body)
+    assert sent <= items / 10  # items submitted in one turn of the loop go together

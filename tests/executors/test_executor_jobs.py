@@ -164,3 +164,18 @@ def test_sync_steps_llm_call_and_map_work_from_workers(
         assert record.output["answer"].endswith(f"WRITE ABOUT {name.upper()}")
         assert record.output["halves"] == [name, name]
     assert chat_answered(sim) == 6
+
+
+def test_steps_from_workers_run_as_many_at_once_as_the_workers_hold(
+    kind: str, simulator_for: Simulators, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Not --workers (2 processes or actors here) but every item the executor holds may
+    wait on an LLM answer at once: the provider's limits bound them, not a worker count."""
+    monkeypatch.setenv("OPENAI_API_KEY", CANARY)
+    sim = simulator_for(SimulatorConfig(api_key=CANARY, latency_ms=100))
+    settings = {"model": MODEL, "base_url": sim.openai_base_url, "prices": PRICES}
+    result = run(kind, "async_llm", numbered(40), tmp_path / "state", **settings)
+    assert result.summary.status == "completed"
+    assert chat_answered(sim) == 40
+    in_flight = sim.stats()["in_flight_max"]
+    assert in_flight > 2 if kind != "local" else in_flight <= 2

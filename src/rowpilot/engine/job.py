@@ -371,12 +371,8 @@ async def _run_locked(job: PreparedJob, registry: Registry, progress: ProgressVi
         workers=job.settings.workers,
         executor=executor.name,
     )
-    if job.executor.remote or job.config.executor != job.executor.kind:
-        why = job.executor.why
-        events.emit("executor.chosen", executor=executor.name, why=why, message=why)
-    if job.config.executor != job.executor.kind:
-        warn(job.executor.why)  # asked for workers, runs here: the user must hear why
     progress.start(counters)
+    _announce_executor(job, executor.name, events, progress)
     _announce_share(job.config, events, progress)
     try:
         inflight.open()  # in the try: a full disk here closes the run like any other error
@@ -418,6 +414,18 @@ def shard_pacing(config: JobConfig) -> str | None:
         f"shard {k}/{n}: pacing at 1/{n} of each provider limit "
         "(--shard-limits full to use the whole limit)"
     )
+
+
+def _announce_executor(job: PreparedJob, name: str, events: EventLog, view: ProgressView) -> None:
+    """Workers elsewhere are said above the progress; a fallback to this process (a prompt
+    task asked for workers) is a notice even without progress: the user must hear why."""
+    choice = job.executor
+    if choice.remote:
+        events.emit("executor.chosen", executor=name, why=choice.why, message=choice.why)
+        view.note(f"executor: {choice.why}")
+    elif job.config.executor != choice.kind:
+        events.emit("executor.chosen", executor=name, why=choice.why, message=choice.why)
+        warn(choice.why)
 
 
 def _announce_share(config: JobConfig, events: EventLog, progress: ProgressView) -> None:

@@ -136,6 +136,7 @@ def connect(address: str | None, cpus: int | None = None) -> bool:
     if address is None:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         ray.init(
+            address="local",  # a new one, even where `ray start` left a cluster running
             num_cpus=cpus or os.cpu_count(),
             include_dashboard=False,
             log_to_driver=False,

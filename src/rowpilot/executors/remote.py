@@ -95,6 +95,7 @@ class _Worker:
     sent: dict[int, _Work] = field(default_factory=dict)  # in the order sent
     stuck: bool = False  # killed for a timeout: none of its items crashed it
     heard: float = field(default_factory=time.monotonic)  # its last message, or its start
+    outbox: list[Message] = field(default_factory=list)  # sent together at the turn's end
 
 
 class RemoteExecutor:
@@ -130,6 +131,8 @@ class RemoteExecutor:
         self._failed_starts = 0
         self._broken: BaseException | None = None
         self._closed = False
+        self._turn_scheduled = False  # a flush at the end of this loop turn is due
+        self.messages_sent = 0  # batches sent to workers (each a socket write or an actor call)
         self.deaths = 0
         for _ in range(workers):
             self._spawn()
@@ -191,7 +194,7 @@ class RemoteExecutor:
             raise self._broken
         work = _Work(next(self._ids), what, payload, self._loop.create_future(), ctx)
         self._queue.append(work)
-        self._dispatch()
+        self._end_of_turn()
         try:
             return await work.future
         finally:
@@ -203,6 +206,27 @@ class RemoteExecutor:
             self._queue.remove(work)
         for worker in self._workers.values():
             worker.sent.pop(work.id, None)
+
+    def _end_of_turn(self) -> None:
+        """Dispatch and send once this loop turn is over: the items submitted, the steps
+        answered and the outcomes handled in one turn go to each worker as one message
+        (a Ray actor call each, or a socket write)."""
+        if not self._turn_scheduled:
+            self._turn_scheduled = True
+            self._loop.call_soon(self._turn)
+
+    def _turn(self) -> None:
+        self._turn_scheduled = False
+        self._dispatch()
+        for worker in self._workers.values():
+            if worker.outbox:
+                batch, worker.outbox = worker.outbox, []
+                if worker.link.alive:
+                    worker.link.send(pack(batch))
+                    self.messages_sent += 1
+
+    def _post(self, worker: _Worker, message: Message) -> None:
+        worker.outbox.append(message)
 
     def _dispatch(self) -> None:
         if not self._queue:
@@ -224,7 +248,7 @@ class RemoteExecutor:
                 worker.sent[work.id] = work
                 taken.append((work.id, work.what, work.payload))
             if taken:
-                worker.link.send(pack([("run", taken)]))
+                self._post(worker, ("run", taken))
 
     def _batch_size(self) -> int:
         if self._pace <= 0:
@@ -232,8 +256,8 @@ class RemoteExecutor:
         return max(1, min(_MAX_BATCH, int(_TARGET_BATCH_SECONDS / self._pace)))
 
     def _room_per_worker(self, batch: int) -> int:
-        if self._async:
-            return max(8, batch) * 2
+        if self._async:  # every item runs at once on the worker's loop: mostly waiting
+            return _MAX_BATCH * 2
         return self._lanes * max(1, batch) * 2  # one batch running, one waiting
 
     # -- from the workers -----------------------------------------------------------------
@@ -245,7 +269,7 @@ class RemoteExecutor:
         worker.heard = time.monotonic()
         for message in unpack(blob):
             self._handle(worker, message)
-        self._dispatch()
+        self._end_of_turn()
 
     def _watch(self) -> None:
         """Kill a worker gone silent past its oldest call's timeout (see SILENCE_GRACE):
@@ -363,7 +387,7 @@ class RemoteExecutor:
         if work.ctx is not None:  # a fresh trail: the replay counts its steps from the start
             work.ctx = dataclasses.replace(work.ctx, trail=StepTrail())
         self._queue.appendleft(work)
-        self._dispatch()
+        self._end_of_turn()
 
     def _fail_all(self, error: BaseException) -> None:
         self._broken = error
@@ -411,8 +435,8 @@ class RemoteExecutor:
             raise
         except BaseException as exc:  # RunStop and user errors go to the task as raised
             reply = ("reply", step_id, False, portable(exc))
-        if worker.link.alive:
-            worker.link.send(pack([reply]))
+        self._post(worker, reply)
+        self._end_of_turn()
 
     async def _call(self, worker: _Worker, ctx: Ctx, payload: dict[str, Any]) -> Any:
         assert ctx.steps is not None
@@ -425,7 +449,8 @@ class RemoteExecutor:
                 raise WorkerLost("the worker for this ctx.call died")
             future: asyncio.Future[tuple[bool, Any, Any]] = self._loop.create_future()
             self._invokes[worker.index, step_id] = future
-            worker.link.send(pack([("invoke", step_id)]))
+            self._post(worker, ("invoke", step_id))
+            self._end_of_turn()
             ok, value, cost = await future
             if not ok:
                 raise value

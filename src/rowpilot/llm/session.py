@@ -297,6 +297,12 @@ class LLMSession:
                 hint=f"it offers: {shown}{', ...' if len(models) > 8 else ''}",
             )
 
+    def allow(self, requests: int) -> None:
+        """Let up to ``requests`` requests run at once (before the run's first): steps from
+        worker processes come from as many items as the executor holds, not --workers."""
+        if requests > self.spec.workers:
+            self._requests = asyncio.Semaphore(requests)
+
     def attach(self, registry: Registry, counters: Counters, events: EventLog, run_id: str) -> None:
         self._registry = registry
         self._counters = counters

@@ -124,6 +124,7 @@ class Steps:
 
     def _attach(self, model: str, session: LLMSession) -> LLMSession:
         session.attach(self._registry, self._counters, self.events, self._run_id)
+        session.allow(self._workers.capacity)  # the executor's items in flight
         self._sessions[model] = session
         return session
 
