@@ -106,7 +106,26 @@ class Out:
         return match[1] if match else "(no speed-up printed)"
 
 
+RAY_RETRIES = 2
+
+
 def measured(args: list[str], cwd: Path) -> Out:
+    """Run a child; a Ray run whose cluster died under it (someone's `ray stop` on a shared
+    machine kills every Ray of the user) is run again, up to RAY_RETRIES times, and says so."""
+    retries = RAY_RETRIES if any("ray" in arg for arg in args) else 0
+    for attempt in range(retries + 1):
+        out = _measured_once(args, cwd)
+        if out.code == 0:
+            return out
+        ray_died = re.search(r"Raylet is terminated|GCS|RayActorError|ActorDiedError", out.stderr)
+        if attempt < retries and ray_died:
+            print(f"    (a Ray run failed, {ray_died[0]}: run again)", flush=True)
+            continue
+        break
+    raise RuntimeError(f"{' '.join(args)} exited {out.code}:\n{out.stdout}\n{out.stderr}")
+
+
+def _measured_once(args: list[str], cwd: Path) -> Out:
     with tempfile.TemporaryFile() as errors:
         started = time.perf_counter()
         process = _spawn(args, cwd=cwd, env=child_env(), stdout=subprocess.PIPE, stderr=errors)
@@ -122,8 +141,6 @@ def measured(args: list[str], cwd: Path) -> Out:
         stderr = errors.read().decode("utf-8", "replace")
     out = Out(wall, usage.ru_utime + usage.ru_stime, process.returncode, output, stderr)
     out.numbers = summary_numbers(output)
-    if out.code != 0:
-        raise RuntimeError(f"{' '.join(args)} exited {out.code}:\n{output}\n{stderr}")
     return out
 
 
@@ -573,7 +590,8 @@ def ceiling(rows: int, work: Path) -> list[tuple[str, str, str, str]]:
         print(
             f"  {label}: {int(out.numbers.get('done', 0)):,} rows in {out.elapsed:.2f}s "
             f"(process {out.wall:.2f}s); {share:.1%} of the ceiling, steady {steady:.1%}; "
-            f"busiest second {admitted.get('max_admitted', 0)} admitted; 429s {limited}"
+            f"busiest second {admitted.get('max_admitted', 0)} admitted; at most "
+            f"{stats['in_flight_max']} in flight; 429s {limited}"
         )
         if notice:
             print(f"    the run log: {notice}")
@@ -582,7 +600,7 @@ def ceiling(rows: int, work: Path) -> list[tuple[str, str, str, str]]:
                 f"{label}, {len(read_keys(source)):,} rows",
                 f"{share:.1%} of the ceiling (steady {steady:.1%})",
                 f"{limited} 429s",
-                notice,
+                f"at most {stats['in_flight_max']} requests in flight. {notice}".strip(),
             )
         )
     return table
