@@ -16,6 +16,7 @@ BENCHMARKS = (
     "bench_embed.py",
     "bench_engine.py",
     "bench_examples.py",
+    "bench_executors.py",
     "bench_llm.py",
     "bench_local_executor.py",
     "bench_vectors.py",
