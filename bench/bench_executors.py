@@ -33,6 +33,7 @@ its best of --repeat rounds: the machine may be shared.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
@@ -44,7 +45,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -247,16 +248,66 @@ def cpu_bound(rows: int, repeat: int, work: Path) -> list[tuple[str, str, str, s
         f"\n1. CPU-bound: {rows:,} rows of {loops:,} loops (~{ROW_MS:.0f} ms of pure Python, "
         f"calibrated once), `rowpilot run --task tasks.py:spin`, best of {repeat}"
     )
-    walls: dict[str, list[float]] = {name: [] for name in EXECUTORS}
-    starts: dict[str, list[float]] = {name: [] for name in EXECUTORS}
-    start_elapsed: dict[str, list[float]] = {name: [] for name in EXECUTORS}
-    outs: dict[str, list[Out]] = {name: [] for name in EXECUTORS}
-    for order in rounds(list(EXECUTORS), repeat):
+    with running_ray(work) as address:
+        candidates = {
+            **EXECUTORS,
+            "ray-up": ("--executor", "ray", "--ray-address", address, "--ray-workers", "2"),
+        }
+        return _cpu_bound(rows, repeat, work, data, one, candidates)
+
+
+@contextlib.contextmanager
+def running_ray(work: Path) -> Iterator[str]:
+    """A Ray head of 2 CPUs started beforehand (`ray start --head`), as a cluster is up
+    before the jobs that use it: the address, then its processes killed (only its own:
+    `ray stop` would stop every Ray of the machine)."""
+    import psutil
+
+    folder = Path("/tmp") / f"rp-bench-ray-{os.getpid()}"
+    port = free_port()
+    command = [
+        str(Path(sys.executable).parent / "ray"), "start", "--head", "--num-cpus", "2",
+        "--include-dashboard", "false", "--port", str(port), "--temp-dir", str(folder),
+        "--disable-usage-stats",
+    ]  # fmt: skip
+    env = {k: v for k, v in child_env().items() if k != "RAY_ADDRESS"}
+    subprocess.run(command, env=env, check=True, capture_output=True, timeout=300)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        for process in psutil.process_iter(["cmdline"]):
+            if any(str(folder) in part for part in process.info["cmdline"] or ()):
+                with contextlib.suppress(psutil.Error):
+                    process.kill()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _cpu_bound(
+    rows: int,
+    repeat: int,
+    work: Path,
+    data: Path,
+    one: Path,
+    candidates: dict[str, tuple[str, ...]],
+) -> list[tuple[str, str, str, str]]:
+    walls: dict[str, list[float]] = {name: [] for name in candidates}
+    starts: dict[str, list[float]] = {name: [] for name in candidates}
+    start_elapsed: dict[str, list[float]] = {name: [] for name in candidates}
+    outs: dict[str, list[Out]] = {name: [] for name in candidates}
+    for order in rounds(list(candidates), repeat):
         for name in order:
-            first = run_cli(one, work, *EXECUTORS[name], task="spin")
+            first = run_cli(one, work, *candidates[name], task="spin")
             starts[name].append(first.wall)
             start_elapsed[name].append(first.elapsed)
-            out = run_cli(data, work, *EXECUTORS[name], task="spin")
+            out = run_cli(data, work, *candidates[name], task="spin")
             assert out.numbers.get("done") == rows, out.stdout
             walls[name].append(out.wall)
             outs[name].append(out)
@@ -267,7 +318,7 @@ def cpu_bound(rows: int, repeat: int, work: Path) -> list[tuple[str, str, str, s
     base = best(walls["local"])
     base_net = base - best(starts["local"])
     rows_out = []
-    for name, flags in EXECUTORS.items():
+    for name, flags in candidates.items():
         wall, start = best(walls[name]), best(starts[name])
         top = min(outs[name], key=lambda o: o.wall)
         speed, net = base / wall, base_net / (wall - start)
