@@ -73,6 +73,8 @@ _LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never a
 def child_env() -> dict[str, str]:
     """This checkout's src first, for the CLI, its worker processes and Ray's actors."""
     env = {**os.environ, "OPENAI_API_KEY": "sk-bench", "RAY_USAGE_STATS_ENABLED": "0"}
+    # The cluster started beforehand (running_ray) and its drivers: no token to hand over.
+    env["RAY_AUTH_MODE"] = "disabled"
     # A Ray of its own, even while someone else's `ray start` cluster runs on the machine:
     # without an address ray.init joins that one (/tmp/ray/ray_current_cluster), and
     # rowpilot's ray.init(num_cpus=...) then fails.

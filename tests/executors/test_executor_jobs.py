@@ -179,3 +179,15 @@ def test_steps_from_workers_run_as_many_at_once_as_the_workers_hold(
     assert chat_answered(sim) == 40
     in_flight = sim.stats()["in_flight_max"]
     assert in_flight > 2 if kind != "local" else in_flight <= 2
+
+
+def test_ray_runs_one_actor_per_cpu_of_the_cluster_by_default(
+    ray_session: None, tmp_path: Path
+) -> None:
+    result = rowpilot.run(
+        f"{TASKS}:double", numbered(20), key="id", state=tmp_path / "state",
+        progress=False, executor="ray",
+    )  # fmt: skip
+    assert result.summary.done == 20
+    assert result.summary.executor == "2 Ray actors"  # the session's Ray has 2 CPUs
+    assert len({record.output["pid"] for record in result} - {os.getpid()}) >= 1

@@ -7,7 +7,7 @@ Everything that decides anything stays here, on the driver:
 
 * **Dispatch.** Submitted items wait in one queue; each ready worker is sent what it has
   room for (``lanes`` running and as many queued), in one message. The batch size follows
-  the items' own pace: about 50 ms of work per message, 1 to 64 items, so a no-op task
+  the items' own pace: about 100 ms of work per message, 1 to 64 items, so a no-op task
   pays one round trip per 64 items and a slow one keeps the workers balanced.
 * **Steps.** A worker's ``ctx.llm`` runs here whole. A worker's ``ctx.call`` runs here
   too, through ``Steps.call_with``: journal lookup, budget reservation and the
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from rowpilot.tasks.base import Task
     from rowpilot.tasks.ctx import Ctx
 
-_TARGET_BATCH_SECONDS = 0.05
+_TARGET_BATCH_SECONDS = 0.1
 _MAX_BATCH = 64
 _START_FAILURES = 3  # workers in a row that die before they are ready: the task cannot run
 # A worker silent this long past its call's timeout is stuck where its own watchdog cannot

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 _WATCH_PERIOD = 0.05  # how often the watchdog looks at the lanes' clocks (seconds)
+_OUTCOME_DELAY = 0.05  # the longest an outcome waits for others to go back with it
 _logger = logging.getLogger("rowpilot.task")
 
 
@@ -58,7 +59,7 @@ class WorkerHost:
         self._send = send
         self._outbox: list[Message] = []
         self._outbox_lock = threading.Lock()
-        self._flushing = False
+        self._flushing: str | None = None  # "now" or "later": a flush is on its way
         self._inbox: queue.SimpleQueue[tuple[int, str, Any] | None] = queue.SimpleQueue()
         self._running: dict[int, tuple[int, float, float | None]] = {}  # lane: work, since
         self._replies: dict[int, asyncio.Future[tuple[bool, Any]]] = {}
@@ -167,18 +168,26 @@ class WorkerHost:
     # -- to the driver --------------------------------------------------------------------
 
     def post(self, message: Message) -> None:
-        """Queue a message for the driver, from any thread; sent with its turn's batch."""
+        """Queue a message for the driver, from any thread. A step goes at the end of this
+        turn of the loop (a task waits on its answer); an outcome may wait up to
+        ``_OUTCOME_DELAY`` for the next ones, so that a Ray actor's outcomes go back in a
+        few calls a second rather than one per item (the driver has the next batch queued
+        here meanwhile)."""
+        urgent = message[0] != "done"
         with self._outbox_lock:
             self._outbox.append(message)
-            if self._flushing:
+            if self._flushing == "now" or (self._flushing == "later" and not urgent):
                 return
-            self._flushing = True
-        self.loop.call_soon_threadsafe(self._flush)
+            self._flushing = "now" if urgent else "later"
+        if urgent:
+            self.loop.call_soon_threadsafe(self._flush)
+        else:
+            self.loop.call_soon_threadsafe(self.loop.call_later, _OUTCOME_DELAY, self._flush)
 
     def _flush(self) -> None:
         with self._outbox_lock:
             batch, self._outbox = self._outbox, []
-            self._flushing = False
+            self._flushing = None
         if batch:
             self._send(pack(batch))
 
