@@ -1,6 +1,7 @@
 """Executors (issue 12): `--executor local`, `process` and `ray`, side by side.
 
 Run: .venv/bin/python bench/bench_executors.py [--quick] [--repeat N] [--only NAMES]
+     [--cpu-rows N]
 
 Every run is a child process (the `rowpilot` CLI, or this script in --child mode where a
 figure needs to look inside the driver), with PYTHONPATH set to this checkout's src, so the
@@ -755,6 +756,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller sizes, one round")
     parser.add_argument("--repeat", type=int, help="rounds per candidate (default 2; quick 1)")
     parser.add_argument(
+        "--cpu-rows", type=int, help="rows of the CPU-bound figure (default 2,000; quick 400)"
+    )
+    parser.add_argument(
         "--only", default=",".join(FIGURES), help="comma-separated: " + ", ".join(FIGURES)
     )
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -781,7 +785,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="rowpilot-bench-executors-"))
     table: list[tuple[str, str, str, str]] = []
     steps: list[tuple[str, Callable[[], list[Any]]]] = [
-        ("cpu", lambda: cpu_bound(400 if quick else 2_000, repeat, work)),
+        ("cpu", lambda: cpu_bound(options.cpu_rows or (400 if quick else 2_000), repeat, work)),
         ("embed", lambda: embed(5_000 if quick else 20_000, repeat, work)),
         (
             "dispatch",

@@ -170,10 +170,11 @@ class WorkerHost:
     def post(self, message: Message) -> None:
         """Queue a message for the driver, from any thread. A step goes at the end of this
         turn of the loop (a task waits on its answer); an outcome may wait up to
-        ``_OUTCOME_DELAY`` for the next ones, so that a Ray actor's outcomes go back in a
-        few calls a second rather than one per item (the driver has the next batch queued
-        here meanwhile)."""
-        urgent = message[0] != "done"
+        ``_OUTCOME_DELAY`` for the next ones while items are queued here, so that a Ray
+        actor's outcomes go back in a few calls a second rather than one per item."""
+        # An outcome is urgent too once this worker's queue has run dry: the driver must
+        # hear it to send more (a no-op task would otherwise idle out each delay).
+        urgent = message[0] != "done" or self._inbox.empty()
         with self._outbox_lock:
             self._outbox.append(message)
             if self._flushing == "now" or (self._flushing == "later" and not urgent):
