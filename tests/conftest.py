@@ -328,10 +328,11 @@ def simulator_for(_running_simulators: dict[SimulatorConfig, Simulator]) -> Simu
     return get
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_session() -> Iterator[None]:
-    """One local Ray per test process (2 CPUs, no dashboard, no usage stats), shared by
-    every Ray test it runs; the executors see it running and neither start nor stop it."""
+    """A local Ray for a test module (2 CPUs, no dashboard, no usage stats), shared by its
+    Ray tests; the executors see it running and neither start nor stop it. Per module, not
+    per session: Ray's daemons left idle would take CPU from the rest of the suite."""
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     import ray
 

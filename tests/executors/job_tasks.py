@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import threading
 import time
 import urllib.request
@@ -117,3 +118,9 @@ async def llm_then_search(row: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
 
 async def async_llm(row: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
     return {"answer": await ctx.llm(f"Write about {row['name']}")}
+
+
+def kills_its_worker_on_seven(row: dict[str, Any]) -> dict[str, Any]:
+    if int(row["n"]) == 7:
+        os.kill(os.getpid(), signal.SIGKILL)  # a segfault, the OOM killer: the worker is gone
+    return {"ok": True}

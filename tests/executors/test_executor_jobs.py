@@ -191,3 +191,18 @@ def test_ray_runs_one_actor_per_cpu_of_the_cluster_by_default(
     assert result.summary.done == 20
     assert result.summary.executor == "2 Ray actors"  # the session's Ray has 2 CPUs
     assert len({record.output["pid"] for record in result} - {os.getpid()}) >= 1
+
+
+@pytest.mark.parametrize("remote", ["process", "ray"])
+def test_a_row_that_kills_its_worker_fails_alone_as_a_crash(
+    remote: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    if remote == "ray":
+        request.getfixturevalue("ray_session")
+    result = run(
+        remote, "kills_its_worker_on_seven", numbered(60), tmp_path / "state", max_attempts=2
+    )
+    assert result.summary.done == 59
+    failures = result.failures()
+    assert [f.key for f in failures] == ["r007"]  # none of the rows that shared its worker
+    assert failures[0].cause == "process_crash"

@@ -17,9 +17,11 @@ Everything that decides anything stays here, on the driver:
 * **Faults.** A worker that dies (killed, out of memory, its node gone) loses no item:
   once the steps its items had in flight here have finished (and been journaled), the
   items go back to the front of the queue with fresh step trails, so their next run
-  replays every answered step instead of paying for it again. The item that was
-  running when a worker died is charged a crash; ``max_crashes`` crashes fail it
-  (cause ``process_crash``), so a row that kills its worker cannot kill them all.
+  replays every answered step instead of paying for it again. An item alone in a worker
+  that died is charged a crash; items that were there together run alone afterwards
+  (suspects), so the one that kills its worker is charged by its next crash, and
+  ``max_crashes`` crashes fail it (cause ``process_crash``): a row that kills its
+  worker cannot kill them all, nor get the rows beside it failed.
   A new worker takes the dead one's place. A sync call past ``--timeout`` is reported
   by its worker, which the driver then kills: unlike a thread, a process can be stopped.
 """
@@ -85,6 +87,7 @@ class _Work:
     ctx: Ctx | None = None
     steps: set[asyncio.Task[None]] = field(default_factory=set)
     crashes: int = 0
+    suspect: bool = False  # with others in a worker that died: it runs alone until done
 
 
 @dataclass(eq=False)
@@ -237,6 +240,9 @@ class RemoteExecutor:
                 return
             if not worker.ready or worker.stuck or not worker.link.alive:
                 continue
+            if self._queue[0].suspect or any(w.suspect for w in worker.sent.values()):
+                self._send_suspect(worker)
+                continue
             room = self._room_per_worker(batch) - len(worker.sent)
             if not worker.sent:
                 worker.heard = time.monotonic()  # idle until now: its silence starts here
@@ -249,6 +255,17 @@ class RemoteExecutor:
                 taken.append((work.id, work.what, work.payload))
             if taken:
                 self._post(worker, ("run", taken))
+
+    def _send_suspect(self, worker: _Worker) -> None:
+        """A suspect goes alone to an idle worker; a worker running one takes nothing else."""
+        if worker.sent or not self._queue[0].suspect:
+            return
+        work = self._queue.popleft()
+        if work.future.done():
+            return
+        worker.sent[work.id] = work
+        worker.heard = time.monotonic()
+        self._post(worker, ("run", [(work.id, work.what, work.payload)]))
 
     def _batch_size(self) -> int:
         if self._pace <= 0:
@@ -339,14 +356,11 @@ class RemoteExecutor:
             if index == worker.index and not future.done():
                 del self._invokes[index, step]
                 future.set_exception(WorkerLost(f"the worker running ctx.call step {step} died"))
-        running = self._running_at_death(worker)
         if not worker.ready:
             self._failed_starts += 1
-        for work in reversed(list(worker.sent.values())):
-            if work.future.done():
-                continue
-            if work.id in running:
-                work.crashes += 1
+        left = [work for work in worker.sent.values() if not work.future.done()]
+        for work in reversed(left):
+            self._charge(work, worker, alone=len(left) == 1)
             if work.crashes >= self._max_crashes:
                 work.future.set_exception(
                     WorkerCrashError(
@@ -369,13 +383,18 @@ class RemoteExecutor:
             return
         self._spawn()
 
-    def _running_at_death(self, worker: _Worker) -> set[int]:
-        """The items a dead worker was running: the first ``lanes`` sent (they run in
-        order), every one for an async task, none if we killed it for a timeout."""
+    def _charge(self, work: _Work, worker: _Worker, *, alone: bool) -> None:
+        """Which item killed a worker is known only when it was the worker's one item
+        (outcomes of finished ones may have died with it): that one is charged a crash.
+        Items that were there with others become suspects and run alone until done, so a
+        poison row is found by its second crash and the rows beside it are never charged.
+        A worker killed for a timeout charges nobody."""
         if worker.stuck:
-            return set()
-        ids = [work.id for work in worker.sent.values() if not work.future.done()]
-        return set(ids if self._async else ids[: self._lanes])
+            return
+        if alone:
+            work.crashes += 1
+        else:
+            work.suspect = True
 
     async def _requeue(self, work: _Work) -> None:
         """Back to the front of the queue, once its steps in flight here have finished and
