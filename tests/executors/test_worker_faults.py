@@ -196,8 +196,13 @@ CLUSTER = textwrap.dedent(
 )
 
 
-def test_a_lost_node_loses_nothing_and_repeats_no_paid_call(sim: Simulator, tmp_path: Path) -> None:
-    """Two 1-CPU nodes, an actor on each; one node is taken away mid-run."""
+def test_a_lost_node_loses_nothing_and_repeats_no_paid_call(
+    simulator_for: Simulators, tmp_path: Path
+) -> None:
+    """Two 1-CPU nodes, an actor on each; one node is taken away mid-run. Rows of 60 ms
+    keep the job going for seconds, so that the second actor (slow to start on a busy
+    machine) has worked before its node goes."""
+    sim = simulator_for(SimulatorConfig(api_key=CANARY, latency_ms=60, seed=11))
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     cluster = subprocess.Popen(
         [sys.executable, "-c", CLUSTER],
@@ -213,8 +218,8 @@ def test_a_lost_node_loses_nothing_and_repeats_no_paid_call(sim: Simulator, tmp_
         flags = ["--executor", "ray", "--ray-address", address, "--ray-workers", "2"]
         driver = start(job(tmp_path, sim, *flags), tmp_path)
         try:
-            both = lambda: len(ran(tmp_path)) >= 30 and len({p for p, _ in ran(tmp_path)}) == 2  # noqa: E731
-            wait_until(both, "30 rows run by both actors", timeout=HANG)
+            both = lambda: len(ran(tmp_path)) >= 10 and len({p for p, _ in ran(tmp_path)}) == 2  # noqa: E731
+            wait_until(both, "rows run by both actors", timeout=HANG)
             cluster.stdin.write("kill\n")
             cluster.stdin.flush()
             assert cluster.stdout.readline().strip() == "killed"
