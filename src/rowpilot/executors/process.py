@@ -50,7 +50,9 @@ class ProcessLink:
         self.send(pickle.dumps((blob, lanes)))
 
         def read() -> None:
-            with contextlib.suppress(EOFError, OSError):
+            # RuntimeError: the run's loop closed while the worker still spoke (killed at
+            # the run's end): nobody is left to hear it.
+            with contextlib.suppress(EOFError, OSError, RuntimeError):
                 while True:
                     message = self._pipe.recv_bytes()
                     loop.call_soon_threadsafe(owner.received, self, message)

@@ -180,10 +180,11 @@ class WorkerHost:
             if self._flushing == "now" or (self._flushing == "later" and not urgent):
                 return
             self._flushing = "now" if urgent else "later"
-        if urgent:
-            self.loop.call_soon_threadsafe(self._flush)
-        else:
-            self.loop.call_soon_threadsafe(self.loop.call_later, _OUTCOME_DELAY, self._flush)
+        with contextlib.suppress(RuntimeError):  # the worker is closing: nobody to tell
+            if urgent:
+                self.loop.call_soon_threadsafe(self._flush)
+            else:
+                self.loop.call_soon_threadsafe(self.loop.call_later, _OUTCOME_DELAY, self._flush)
 
     def _flush(self) -> None:
         with self._outbox_lock:
@@ -415,11 +416,12 @@ async def _serve_pipe(connection: Any) -> None:
     closed = asyncio.Event()
 
     def read() -> None:
-        with contextlib.suppress(EOFError, OSError):
+        with contextlib.suppress(EOFError, OSError, RuntimeError):
             while True:
                 blob = connection.recv_bytes()
                 loop.call_soon_threadsafe(host.deliver, blob)
-        loop.call_soon_threadsafe(closed.set)
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(closed.set)
 
     threading.Thread(target=read, name="rowpilot-worker-reader", daemon=True).start()
     await closed.wait()
