@@ -950,3 +950,81 @@ def test_rowpilot_simulate_serves_search_with_its_limit() -> None:
             process.kill()
         process.wait()
         process.stdout.close()
+
+
+# -- token accounting -----------------------------------------------------------------------
+
+
+def test_usage_accounting_gives_back_the_unused_max_tokens() -> None:
+    # tpm=60,000 holds 1,000 tokens; "abcd" is 1 prompt token and the answer a few.
+    for accounting in ("admission", "usage"):
+        with Simulator(SimulatorConfig(tpm=60_000, token_accounting=accounting)) as limited:
+            url = f"{limited.openai_base_url}/chat/completions"
+            status, headers, raw = http(url, chat_body("abcd", max_tokens=500))
+            assert status == 200
+            used = json.loads(raw)["usage"]["completion_tokens"]
+            assert 1 <= used < 500
+            remaining = int(headers["x-ratelimit-remaining-tokens"])
+            if accounting == "admission":
+                assert remaining == 1000 - 501  # prompt + max_tokens, kept
+            else:
+                # prompt + real completion (a little refill in between: at most the capacity)
+                assert 1000 - 1 - used <= remaining <= 1000
+
+
+def test_usage_accounting_lets_more_requests_through_than_admission() -> None:
+    """Back to back on a bucket of 1,000 that refills 10 tokens a second: at admission each
+    request keeps 1 + 550 (a second one would wait 10 s); at usage 1 + its short answer."""
+
+    def admitted(accounting: str) -> int:
+        config = SimulatorConfig(tpm=600, window_s=100, token_accounting=accounting)
+        with Simulator(config) as sim:
+            url = f"{sim.openai_base_url}/chat/completions"
+            asks = [http(url, chat_body("abcd", max_tokens=550))[0] for _ in range(10)]
+            return asks.count(200)
+
+    assert admitted("admission") == 1  # 1,000 holds one reservation of 551, not two
+    assert admitted("usage") == 10
+
+
+def test_anthropic_input_and_output_limits_apart() -> None:
+    config = SimulatorConfig(input_tpm=60_000, output_tpm=30_000)  # hold 1,000 and 500
+    with Simulator(config) as limited:
+        url = f"{limited.anthropic_base_url}/v1/messages"
+        messages = [{"role": "user", "content": "x" * 400}]
+        body = {"model": CLAUDE, "max_tokens": 400, "messages": messages}
+        status, headers, raw = http(url, body)
+        assert status == 200
+        usage = json.loads(raw)["usage"]
+        assert usage["input_tokens"] == 100
+        assert headers["anthropic-ratelimit-input-tokens-limit"] == "60000"
+        assert headers["anthropic-ratelimit-output-tokens-limit"] == "30000"
+        assert int(headers["anthropic-ratelimit-input-tokens-remaining"]) in (900, 901)
+        # Output reserved at 400, settled at the real count when the answer was done.
+        output_left = int(headers["anthropic-ratelimit-output-tokens-remaining"])
+        assert 500 - usage["output_tokens"] <= output_left <= 500 - usage["output_tokens"] + 1
+        # No tpm: the combined headers are the tighter of the two (less remaining).
+        tightest = min(output_left, int(headers["anthropic-ratelimit-input-tokens-remaining"]))
+        assert headers["anthropic-ratelimit-tokens-remaining"] == str(tightest)
+        # Output reserved at max_tokens: 600 cannot pass a bucket of 500 that is not full.
+        status, headers, raw = http(url, {**body, "max_tokens": 600})
+        assert status == 429 and json.loads(raw)["error"]["type"] == "rate_limit_error"
+
+
+def test_openai_answers_carry_no_separate_input_or_output_headers() -> None:
+    with Simulator(SimulatorConfig(tpm=60_000, input_tpm=60_000, output_tpm=60_000)) as sim:
+        status, headers, _ = http(f"{sim.openai_base_url}/chat/completions", chat_body("abcd"))
+        assert status == 200
+        assert "x-ratelimit-remaining-tokens" in headers
+        assert not any("input" in name or "output" in name for name in headers)
+
+
+def test_token_accounting_is_checked_and_read_from_options() -> None:
+    with pytest.raises(ConfigError, match="token_accounting"):
+        SimulatorConfig(token_accounting="later")
+    with pytest.raises(ConfigError, match="input_tpm"):
+        SimulatorConfig(input_tpm=0)
+    config = SimulatorConfig.from_options(
+        **{"token-accounting": "usage", "input-tpm": "1000", "output-tpm": "500"}
+    )
+    assert (config.token_accounting, config.input_tpm, config.output_tpm) == ("usage", 1000, 500)

@@ -51,6 +51,7 @@ def doctor(
         "rowpilot simulate --port 8900 --rpm 6000 --tpm 2000000 --latency-ms 300",
         "rowpilot simulate --error-503 0.02 --hang 0.01 --api-key sk-sim-local",
         "rowpilot simulate --rpm 500 --search-rpm 100 --search-latency-ms 400",
+        "rowpilot simulate --tpm 300000 --token-accounting usage",
     )
 )
 def simulate(
@@ -64,6 +65,20 @@ def simulate(
     seed: Annotated[int | None, typer.Option(help="Seed for latency and faults.")] = None,
     rpm: Annotated[float | None, typer.Option(help="Requests per minute, per model.")] = None,
     tpm: Annotated[float | None, typer.Option(help="Tokens per minute, per model.")] = None,
+    input_tpm: Annotated[
+        float | None, typer.Option(help="Input tokens per minute, per model (Anthropic-style).")
+    ] = None,
+    output_tpm: Annotated[
+        float | None,
+        typer.Option(help="Output tokens per minute, per model, settled at the real count."),
+    ] = None,
+    token_accounting: Annotated[
+        str | None,
+        typer.Option(
+            help="admission: prompt + max_tokens stay charged (OpenAI); usage: the unused "
+            "max_tokens are given back when the answer is done (Anthropic)."
+        ),
+    ] = None,
     max_concurrent: Annotated[int | None, typer.Option(help="Requests in flight at most.")] = None,
     error_500: Annotated[float | None, typer.Option(help="Share of requests answered 500.")] = None,
     error_503: Annotated[float | None, typer.Option(help="Share answered 503.")] = None,

@@ -74,6 +74,21 @@ full-minute burst. A request costs one request and prompt tokens + max_tokens (d
 full when the cost exceeds the capacity (the bucket then goes into debt). A request whose
 tokens exceed ``tpm`` itself can never pass: 429 without ``retry-after``.
 
+``token_accounting`` says when the tokens bucket counts an answer's output: "admission"
+(the default, as OpenAI does) keeps prompt + max_tokens charged; "usage" (as Anthropic's
+output limit does) gives back max_tokens - completion tokens when the answer is done, so
+the bucket ends charged prompt + real completion tokens. ``input_tpm`` and ``output_tpm``
+are Anthropic's separate limits, each a bucket like ``tpm``'s: input tokens are charged at
+admission; output tokens are reserved at max_tokens and settled to the real count when the
+answer is done, whatever ``token_accounting`` says. A request that fails (a fault) keeps
+its whole charge. The simulator has no prompt cache, so no input is a cache read: every
+input token counts. The remaining a response reports is the bucket after the request's
+own charge (and, where its answer settles, after the settlement). An Anthropic answer
+carries ``anthropic-ratelimit-input-tokens-*`` and ``-output-tokens-*`` for those limits,
+and ``-tokens-*`` for ``tpm``, or without it, as Anthropic does, for the most restrictive
+of the two now (the one with less remaining); OpenAI answers carry only requests and
+tokens.
+
 A refused request gets 429 with ``retry-after`` (seconds, float) and, on OpenAI endpoints,
 ``retry-after-ms``. Every response on a limited model carries, per limited resource
 (requests, tokens): OpenAI ``x-ratelimit-limit-<r>`` (per minute),
@@ -166,7 +181,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -178,6 +193,7 @@ __all__ = [
     "DEFAULT_MODELS",
     "FAULTS",
     "SEARCH_RESOURCE",
+    "TOKEN_ACCOUNTING",
     "Simulator",
     "SimulatorConfig",
     "search_answer",
@@ -203,6 +219,7 @@ FAULTS: tuple[str, ...] = (
     "missing_field",
 )
 _FAULT_RATES = dict(zip(FAULTS, ("error_500", "error_503", *FAULTS[2:]), strict=True))
+TOKEN_ACCOUNTING: tuple[str, ...] = ("admission", "usage")  # how the tokens bucket counts
 SEARCH_RESOURCE = "search"  # the search API's name in the stats and the admissions
 _ARRIVALS_KEPT = 200_000  # per resource: enough for any test or benchmark, bounded for a server
 
@@ -224,6 +241,9 @@ class SimulatorConfig:
     seed: int = 0
     rpm: float | None = None
     tpm: float | None = None
+    input_tpm: float | None = None  # Anthropic-style: input tokens per minute, apart
+    output_tpm: float | None = None  # output tokens per minute, reserved then settled
+    token_accounting: str = "admission"  # or "usage": unused max_tokens given back
     window_s: float = 1.0
     max_concurrent: int | None = None
     error_500: float = 0.0
@@ -267,6 +287,7 @@ _OPTION_TYPES: dict[str, Callable[[Any], object]] = {
     "port": int,
     "api_key": str,
     "refuse_word": str,
+    "token_accounting": str,
     "models": lambda value: tuple(
         name.strip() for name in (value.split(",") if isinstance(value, str) else value)
     ),
@@ -304,7 +325,12 @@ def _check_listening(config: SimulatorConfig) -> None:
 
 
 def _check_limits(config: SimulatorConfig) -> None:
-    for name in ("rpm", "tpm", "max_concurrent"):
+    if config.token_accounting not in TOKEN_ACCOUNTING:
+        raise ConfigError(
+            f"token_accounting {config.token_accounting!r} is not known",
+            hint=f"use one of: {', '.join(TOKEN_ACCOUNTING)}",
+        )
+    for name in ("rpm", "tpm", "input_tpm", "output_tpm", "max_concurrent"):
         value = getattr(config, name)
         if value is not None and value < 1:
             raise ConfigError(f"{name} must be at least 1", hint=f"leave {name} unset for no limit")
@@ -362,6 +388,11 @@ class _TokenBucket:
         self._refill(now)
         self._level -= cost
 
+    def give(self, amount: float, now: float) -> None:
+        """Give back part of a charge (never above the capacity)."""
+        self._refill(now)
+        self._level = min(self.capacity, self._level + amount)
+
     def remaining(self, now: float) -> int:
         self._refill(now)
         return max(0, math.floor(self._level))
@@ -390,18 +421,30 @@ class _LimitState:
 
 
 class _ModelLimits:
-    """The request and token buckets of one model."""
+    """The request and token buckets of one model (see "Rate limits" above)."""
 
     def __init__(self, config: SimulatorConfig, now: float) -> None:
         self._buckets: dict[str, _TokenBucket] = {}
-        if config.rpm is not None:
-            self._buckets["requests"] = _TokenBucket(config.rpm, config.window_s, now)
-        if config.tpm is not None:
-            self._buckets["tokens"] = _TokenBucket(config.tpm, config.window_s, now)
+        self._usage = config.token_accounting == "usage"
+        per_minute = {
+            "requests": config.rpm,
+            "tokens": config.tpm,
+            "input-tokens": config.input_tpm,
+            "output-tokens": config.output_tpm,
+        }
+        for name, limit in per_minute.items():
+            if limit is not None:
+                self._buckets[name] = _TokenBucket(limit, config.window_s, now)
 
-    def admit(self, tokens: int, now: float) -> _Refusal | None:
-        """Take one request and ``tokens`` tokens, or say why not (taking nothing)."""
-        costs = {"requests": 1.0, "tokens": float(tokens)}
+    def admit(self, prompt_tokens: int, max_tokens: int, now: float) -> _Refusal | None:
+        """Take one request, prompt + max_tokens tokens (and each apart, where limited),
+        or say why not (taking nothing)."""
+        costs = {
+            "requests": 1.0,
+            "tokens": float(prompt_tokens + max_tokens),
+            "input-tokens": float(prompt_tokens),
+            "output-tokens": float(max_tokens),
+        }
         refusals = [self._refusal(name, costs[name], now) for name in self._buckets]
         refused = [refusal for refusal in refusals if refusal is not None]
         if refused:
@@ -410,6 +453,16 @@ class _ModelLimits:
         for name, bucket in self._buckets.items():
             bucket.take(costs[name], now)
         return None
+
+    def settle(self, max_tokens: int, completion_tokens: int, now: float) -> None:
+        """An answer is done: the output reservation becomes the real count where the
+        rule says so (the output-tokens bucket always, the tokens bucket with "usage")."""
+        unused = float(max(0, max_tokens - completion_tokens))
+        names = ["output-tokens"] + (["tokens"] if self._usage else [])
+        for name in names:
+            bucket = self._buckets.get(name)
+            if bucket is not None:
+                bucket.give(unused, now)
 
     def _refusal(self, name: str, cost: float, now: float) -> _Refusal | None:
         bucket = self._buckets[name]
@@ -495,6 +548,8 @@ class _OpenAI(_Provider):
     def limit_headers(self, states: Iterable[_LimitState]) -> dict[str, str]:
         headers: dict[str, str] = {}
         for state in states:
+            if state.resource not in ("requests", "tokens"):
+                continue  # OpenAI has no separate input and output limits
             headers[f"x-ratelimit-limit-{state.resource}"] = _number(state.limit)
             headers[f"x-ratelimit-remaining-{state.resource}"] = str(state.remaining)
             headers[f"x-ratelimit-reset-{state.resource}"] = _duration(state.reset_s)
@@ -529,13 +584,24 @@ class _Anthropic(_Provider):
     def limit_headers(self, states: Iterable[_LimitState]) -> dict[str, str]:
         headers: dict[str, str] = {}
         now = datetime.now(UTC)
-        for state in states:
+        for state in _with_combined_tokens(list(states)):
             prefix = f"anthropic-ratelimit-{state.resource}"
             reset = now + timedelta(seconds=state.reset_s)
             headers[f"{prefix}-limit"] = _number(state.limit)
             headers[f"{prefix}-remaining"] = str(state.remaining)
             headers[f"{prefix}-reset"] = reset.isoformat(timespec="milliseconds")[:-6] + "Z"
         return headers
+
+
+def _with_combined_tokens(states: list[_LimitState]) -> list[_LimitState]:
+    """Anthropic's ``tokens`` headers: the tpm bucket's, or without one the most
+    restrictive of the input and output limits in effect now (least remaining)."""
+    names = {state.resource for state in states}
+    apart = [state for state in states if state.resource in ("input-tokens", "output-tokens")]
+    if "tokens" in names or not apart:
+        return states
+    tightest = min(apart, key=lambda state: state.remaining)
+    return [*states, replace(tightest, resource="tokens")]
 
 
 _OPENAI = _OpenAI()
@@ -1464,7 +1530,7 @@ class Simulator:
     async def _answer(
         self, call: _Call, ask: _Ask, render: Callable[[_Call, _Answer, _Ask], dict[str, Any]]
     ) -> web.StreamResponse:
-        async with self._admitted(call, ask.prompt_tokens + ask.max_tokens) as headers:
+        async with self._admitted(call, ask.prompt_tokens, ask.max_tokens) as headers:
             fault = await self._wait_and_roll(call)
             failed = await self._fail(call, fault, headers)
             if failed is not None:
@@ -1474,14 +1540,14 @@ class Simulator:
                 # A content filter refuses the whole request: one row can sink a batch.
                 self._stats.fault("refused")
                 answer = _Answer("", 1, truncated=False, refused=True)
-                self._stats.tokens(ask.prompt_tokens, answer.completion_tokens)
-                return self._ok(call, render(call, answer, ask), headers)
-            content, applied = _faulty_content(_compose(ask), fault)
-            if applied is not None:
-                self._stats.fault(applied)
-            answer = _cut(content, ask.max_tokens)
+            else:
+                content, applied = _faulty_content(_compose(ask), fault)
+                if applied is not None:
+                    self._stats.fault(applied)
+                answer = _cut(content, ask.max_tokens)
             self._stats.tokens(ask.prompt_tokens, answer.completion_tokens)
-            return self._ok(call, render(call, answer, ask), headers)
+            settled = self._settle_limits(call, ask.max_tokens, answer.completion_tokens)
+            return self._ok(call, render(call, answer, ask), settled or headers)
 
     async def _embeddings(self, call: _Call) -> web.StreamResponse:
         inputs = _embedding_inputs(call.body)
@@ -1490,7 +1556,7 @@ class Simulator:
             raise _bad_request(_OPENAI, "dimensions: a positive integer is required")
         body = _embeddings_body(call.model, inputs, dimensions, call.body.get("encoding_format"))
         tokens = body["usage"]["prompt_tokens"]
-        async with self._admitted(call, tokens) as headers:
+        async with self._admitted(call, tokens, 0) as headers:
             failed = await self._fail(call, await self._wait_and_roll(call), headers)
             if failed is not None:
                 return failed
@@ -1503,10 +1569,12 @@ class Simulator:
     # -- admission, latency, faults --
 
     @contextlib.asynccontextmanager
-    async def _admitted(self, call: _Call, tokens: int) -> AsyncIterator[dict[str, str]]:
+    async def _admitted(
+        self, call: _Call, prompt_tokens: int, max_tokens: int
+    ) -> AsyncIterator[dict[str, str]]:
         """Admit the call against the concurrency and rate limits, or reject it with a 429."""
         self._check_concurrency(call)
-        headers = self._take_limits(call, tokens)
+        headers = self._take_limits(call, prompt_tokens, max_tokens)
         self._stats.enter()
         try:
             yield headers
@@ -1525,17 +1593,30 @@ class Simulator:
         )
         raise _Reject(response)
 
-    def _take_limits(self, call: _Call, tokens: int) -> dict[str, str]:
+    def _take_limits(self, call: _Call, prompt_tokens: int, max_tokens: int) -> dict[str, str]:
         now = time.monotonic()
         limits = self._limits.get(call.model)
         if limits is None:
             limits = self._limits[call.model] = _ModelLimits(self.config, now)
-        refusal = limits.admit(tokens, now)
+        refusal = limits.admit(prompt_tokens, max_tokens, now)
         self._stats.arrived(call.model, now, admitted=refusal is None)
         headers = call.provider.limit_headers(limits.states(now))
         if refusal is not None:
             raise _Reject(_rate_limited(call, refusal, headers))
         return headers
+
+    def _settle_limits(
+        self, call: _Call, max_tokens: int, completion_tokens: int
+    ) -> dict[str, str] | None:
+        """Settle an answer's output tokens; the headers after it, or None when nothing
+        settles (the headers of the admission stand)."""
+        limits = self._limits.get(call.model)
+        settles = self.config.token_accounting == "usage" or self.config.output_tpm is not None
+        if limits is None or not settles:
+            return None
+        now = time.monotonic()
+        limits.settle(max_tokens, completion_tokens, now)
+        return call.provider.limit_headers(limits.states(now))
 
     async def _wait_and_roll(self, call: _Call) -> str | None:
         """Sleep the call's latency; return the fault it draws (or the forced one)."""
