@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import email.utils
 import math
 import re
@@ -61,6 +62,8 @@ from typing import Any, Literal
 from rowpilot.errors import ConfigError
 
 __all__ = [
+    "ACCOUNTING",
+    "Accounting",
     "Limits",
     "Permit",
     "Quota",
@@ -71,8 +74,12 @@ __all__ = [
     "parse_retry_after",
 ]
 
-Kind = Literal["requests", "tokens"]
-_KINDS: tuple[Kind, ...] = ("requests", "tokens")
+Kind = Literal["requests", "tokens", "input_tokens", "output_tokens"]
+_KINDS: tuple[Kind, ...] = ("requests", "tokens", "input_tokens", "output_tokens")
+_APART: tuple[Kind, ...] = ("input_tokens", "output_tokens")  # Anthropic's separate limits
+Accounting = Literal["admission", "usage", "learn"]  # a resource's rule (module docstring)
+Rule = Literal["admission", "usage"]  # the rule in force: "learn" starts as "admission"
+ACCOUNTING: tuple[Accounting, ...] = ("admission", "usage", "learn")
 
 _DECREASE = 0.75  # the factor's (and the cap's) cut on a 429
 _MIN_FACTOR = 0.1
@@ -92,11 +99,13 @@ class Limits:
     """The limits of a resource; None means unknown (or none)."""
 
     rpm: float | None = None  # requests per minute
-    tpm: float | None = None  # tokens per minute: prompt estimate + max_tokens, at admission
+    tpm: float | None = None  # tokens per minute, input and output together
     max_concurrent: int | None = None
+    input_tpm: float | None = None  # input tokens per minute, apart (Anthropic)
+    output_tpm: float | None = None  # output tokens per minute, apart (Anthropic)
 
     def __post_init__(self) -> None:
-        for name in ("rpm", "tpm"):
+        for name in ("rpm", "tpm", "input_tpm", "output_tpm"):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"{name} must be a positive number, not {value!r}")
@@ -108,10 +117,25 @@ class Limits:
         times it, ``max_concurrent`` rounded down (at least 1)."""
         _check_share(share)
         return Limits(
-            rpm=None if self.rpm is None else self.rpm * share,
-            tpm=None if self.tpm is None else self.tpm * share,
+            rpm=_times(self.rpm, share),
+            tpm=_times(self.tpm, share),
             max_concurrent=_shared_count(self.max_concurrent, share),
+            input_tpm=_times(self.input_tpm, share),
+            output_tpm=_times(self.output_tpm, share),
         )
+
+    def of(self, kind: Kind) -> float | None:
+        """The per-minute limit of one kind of bucket."""
+        return {
+            "requests": self.rpm,
+            "tokens": self.tpm,
+            "input_tokens": self.input_tpm,
+            "output_tokens": self.output_tpm,
+        }[kind]
+
+
+def _times(value: float | None, share: float) -> float | None:
+    return None if value is None else value * share
 
 
 def _check_share(share: float) -> None:
@@ -212,13 +236,19 @@ def _anthropic_quota(headers: Mapping[str, str], name: str, now: datetime | None
     def get(field: str) -> str | None:
         return headers.get(f"anthropic-ratelimit-{name}-{field}")
 
-    kind: Kind = "requests" if name == "requests" else "tokens"
+    kinds: dict[str, Kind] = {
+        "requests": "requests",
+        "tokens": "tokens",
+        "input-tokens": "input_tokens",
+        "output-tokens": "output_tokens",
+    }
+    kind = kinds[name]
     return _quota(kind, get("limit"), get("remaining"), parse_reset_time(get("reset"), now))
 
 
 def parse_quotas(headers: Mapping[str, str], now: datetime | None = None) -> list[Quota]:
     """The limits that rate-limit headers (lowercase names) describe; malformed values: None."""
-    quotas = [_openai_quota(headers, kind) for kind in _KINDS]
+    quotas = [_openai_quota(headers, kind) for kind in ("requests", "tokens")]
     for name in ("requests", "tokens", "input-tokens", "output-tokens"):
         quotas.append(_anthropic_quota(headers, name, now))
     return [q for q in quotas if (q.limit, q.remaining, q.reset_s) != (None, None, None)]
@@ -297,6 +327,11 @@ class _Bucket:
         self._refill(now)
         self.level = min(self.capacity, self.level + amount)
 
+    def bound(self, low: float, high: float, now: float) -> None:
+        """Keep the level within ``low`` .. ``high`` (and never above the capacity)."""
+        self._refill(now)
+        self.level = min(self.capacity, high, max(self.level, low))
+
     def drain(self, now: float) -> None:
         self._refill(now)
         self.level = min(self.level, 0.0)
@@ -312,25 +347,54 @@ class _Bucket:
 
 
 class Permit:
-    """One admitted call. Report how it went once: ``settle`` or ``rate_limited``."""
+    """One admitted call. Report how it went once: ``settle`` or ``rate_limited``.
 
-    def __init__(self, resource: Resource, tokens: int, admitted_at: float, charged: bool) -> None:
-        self.tokens = tokens  # the reservation in the token bucket
+    ``tokens`` is its reservation (prompt estimate + ``output``, the max_tokens asked);
+    ``charges`` what each bucket took of it; ``cost`` what it finally costs in the token
+    bucket under the resource's rule (the reservation until it settles)."""
+
+    def __init__(
+        self,
+        resource: Resource,
+        tokens: int,
+        admitted_at: float,
+        *,
+        output: int = 0,
+        charges: Mapping[Kind, float] | None = None,
+    ) -> None:
+        self.tokens = tokens
+        self.output = min(max(0, output), tokens)
         self.admitted_at = admitted_at
+        self.charges: dict[Kind, float] = dict(charges or {})
+        self.cost = float(tokens)
+        self.number = 0  # its place in the order of admission (1, 2, ...)
         self._resource = resource
-        self._charged = charged  # whether a token bucket existed to take ``tokens`` from
         self._reported = False
 
     @property
     def reported(self) -> bool:
         return self._reported
 
-    def settle(self, tokens: int | None = None, headers: Mapping[str, str] | None = None) -> None:
-        """Success. ``tokens``: the real cost as the provider counts it (prompt + max_tokens)."""
+    @property
+    def prompt_estimate(self) -> int:
+        return self.tokens - self.output
+
+    def settle(
+        self,
+        prompt: int | None = None,
+        completion: int | None = None,
+        *,
+        cached: int = 0,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        """Success, with the real numbers the answer gave: ``prompt`` tokens (all of them,
+        cache reads included), ``completion`` tokens and ``cached`` (of the prompt, read
+        from the provider's cache); None where unknown (the reservation stands for it).
+        The resource's rule turns them into the call's cost (see the module docstring)."""
         if self._reported:
             return  # the first report wins: a second one would count the call twice
         self._reported = True
-        self._resource._settled(self, tokens, headers)
+        self._resource._settled(self, _Usage(prompt, completion, max(0, cached)), headers)
 
     def rate_limited(
         self, retry_after: float | None, headers: Mapping[str, str] | None = None
@@ -342,15 +406,106 @@ class Permit:
         self._resource._rate_limited(self, retry_after, headers)
 
 
+@dataclass(frozen=True)
+class _Usage:
+    """What an answer says it used; None: not said."""
+
+    prompt: int | None
+    completion: int | None
+    cached: int
+
+
+# -- learning the rule -----------------------------------------------------------------------
+
+_EVIDENCE_ANSWERS = 32  # informative answers per verdict on the provider's rule
+_VERDICTS_TO_SWITCH = 2  # verdicts in a row that must agree before the rule changes
+_USAGE_SHOWS = 0.5  # the provider gave back at least this part of the unused max_tokens
+_ADMISSION_SHOWS = 0.25  # ... or less than this part
+_MIN_GIVEN_BACK_CALLS = 4.0  # unused max_tokens worth this many typical calls, at least
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    rule: Rule
+    answers: int
+    excess: float  # the provider's remaining above the admission rule's prediction, in all
+    unused: float  # the unused max_tokens of those answers, in all
+
+    def evidence(self) -> str:
+        return (
+            f"the provider's remaining tokens were on average {self.excess / self.answers:.0f} "
+            f"above what charging prompt + max_tokens predicts, over {self.answers} answers "
+            f"whose unused max_tokens averaged {self.unused / self.answers:.0f}"
+        )
+
+
+class _Evidence:
+    """What the provider's remaining tokens say of its rule (module docstring, "learn").
+
+    Between two answers that report the remaining tokens, the admission rule predicts
+    the second from the first: plus the refill at the limit, less what was admitted since
+    (prompt + max_tokens, the prompt estimate corrected to the real count as answers
+    settle). A provider that settles at real usage has also given back the unused
+    max_tokens of the answers since: the excess over the prediction, summed over many
+    answers, is that part (the timing of each answer cancels out in the sum). Steps where
+    the provider's bucket may have been full (the refill reaches the most it was seen
+    to hold) tell nothing: a full bucket loses both the refill and what it gave back."""
+
+    def __init__(self) -> None:
+        self.spent = 0.0
+        self.unused = 0.0
+        self._last: tuple[float, float] | None = None  # (time, remaining)
+        self._most = 0.0
+        self._answers = 0
+        self._excess = 0.0
+        self._unused_total = 0.0
+
+    def observe(
+        self, remaining: float, limit: float, now: float, typical: float
+    ) -> _Verdict | None:
+        """One answer's remaining tokens; a verdict after enough informative answers."""
+        spent, unused, last = self.spent, self.unused, self._last
+        self.spent = self.unused = 0.0
+        self._last = (now, remaining)
+        most, self._most = self._most, max(self._most, remaining)
+        if last is None:
+            return None
+        refilled = last[1] + max(0.0, now - last[0]) * limit / 60.0
+        if refilled >= most - typical or remaining >= most - typical:
+            return None  # the provider's bucket may have been full: nothing to learn
+        self._excess += remaining - (refilled - spent)
+        self._unused_total += unused
+        self._answers += 1
+        if self._answers < _EVIDENCE_ANSWERS:
+            return None
+        verdict = self._verdict(typical)
+        self._answers, self._excess, self._unused_total = 0, 0.0, 0.0
+        return verdict
+
+    def _verdict(self, typical: float) -> _Verdict | None:
+        excess, unused = self._excess, self._unused_total
+        if unused < _MIN_GIVEN_BACK_CALLS * typical:
+            return None  # the answers used (nearly) all their max_tokens: no difference
+        if excess >= _USAGE_SHOWS * unused:
+            return _Verdict("usage", self._answers, excess, unused)
+        if excess < _ADMISSION_SHOWS * unused:
+            return _Verdict("admission", self._answers, excess, unused)
+        return None
+
+
 # -- the resource ---------------------------------------------------------------------------
+
+
+Listener = Callable[[str, dict[str, Any]], None]
 
 
 class Resource:
     """A named outside capacity (a provider/model) shared by every call of a run.
 
     ``share`` is the run's part of it when other processes use the same account at the
-    same time (1/N for a shard of N): see the module docstring. It belongs to the event
-    loop it is first used on.
+    same time (1/N for a shard of N); ``accounting`` is how the provider counts tokens
+    (``why`` says how that was decided): see the module docstring. It belongs to the
+    event loop it is first used on.
     """
 
     def __init__(
@@ -362,14 +517,24 @@ class Resource:
         burst_seconds: float = 0.5,
         learn: bool = True,
         share: float = 1.0,
+        accounting: Accounting = "admission",
+        why: str = "",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not 0 < headroom <= 1:
             raise ValueError(f"headroom must be in (0, 1], not {headroom!r}")
         if not (math.isfinite(burst_seconds) and burst_seconds > 0):
             raise ValueError(f"burst_seconds must be positive, not {burst_seconds!r}")
+        if accounting not in ACCOUNTING:
+            raise ValueError(f"accounting must be one of {ACCOUNTING}, not {accounting!r}")
         _check_share(share)
         self.name = name
+        self.accounting: Accounting = accounting
+        self.why = why
+        self._rule: Rule = "usage" if accounting == "usage" else "admission"
+        self._evidence = _Evidence()
+        self._verdicts: list[_Verdict] = []
+        self._listener: Listener | None = None
         self._given = limits
         self._share = share
         self._max_concurrent = _shared_count(limits.max_concurrent, share)
@@ -384,18 +549,20 @@ class Resource:
         self._factor = 1.0
         self._cap: float | None = None  # the adaptive concurrency cap; None: no cap
         self._in_flight = 0
+        self._flying: dict[int, Permit] = {}  # by admission number: the permits in flight
         self._observed = False  # any call came back: the probe is over
         now = clock()
         self._pause_until = now
         self._last_cut = -math.inf
         self._calm_after = -math.inf  # 429s before this belong to the last cut's burst
         self._recovered_at = now
-        self._typical_cost = 0.0
+        self._typical: dict[Kind, float] = {}  # the typical cost of a call, per kind
         self._requests = 0
         self._limited = 0
         self._waited = 0.0
         self._calls_ended = 0
         self._call_seconds = 0.0  # held slots, admission to end: the calls' own latency
+        self._tokens_ended = 0.0  # what the ended calls finally cost in the token bucket
         self._sync_buckets(now)
 
     # -- public face --
@@ -404,19 +571,35 @@ class Resource:
     def limits(self) -> Limits:
         """The limits in force: the given ones, or lower ones the provider's headers set,
         times the share."""
-        rpm, tpm = self._limit("requests"), self._limit("tokens")
-        return Limits(rpm=rpm, tpm=tpm, max_concurrent=self._max_concurrent)
+        return Limits(
+            rpm=self._limit("requests"),
+            tpm=self._limit("tokens"),
+            max_concurrent=self._max_concurrent,
+            input_tpm=self._limit("input_tokens"),
+            output_tpm=self._limit("output_tokens"),
+        )
+
+    @property
+    def rule(self) -> Rule:
+        """The rule in force: ``accounting``'s, or for "learn" what was learned so far."""
+        return self._rule
+
+    def listen(self, listener: Listener | None) -> None:
+        """``listener(event, fields)`` hears of a change of the rule in force
+        (``limits.accounting_changed``)."""
+        self._listener = listener
 
     def stats(self) -> dict[str, Any]:
         now = self._clock()
         rates = {kind: bucket.rate * 60.0 for kind, bucket in self._buckets.items()}
         cap = self._concurrency_cap()
+        ended = self._calls_ended
         return {
             "name": self.name,
             "requests": self._requests,
             "rate_limited": self._limited,
             "waited_seconds": self._waited,
-            "calls_ended": self._calls_ended,
+            "calls_ended": ended,
             "call_seconds": self._call_seconds,
             "in_flight": self._in_flight,
             "effective_rpm": rates.get("requests"),
@@ -426,52 +609,65 @@ class Resource:
             "learned": self._learned_in_force(),
             "share": self._share,
             "paused_seconds": max(0.0, self._pause_until - now),
+            "accounting": self.accounting,
+            "rule": self._rule,
+            "tokens_per_call": self._tokens_ended / ended if ended else None,
         }
 
     @contextlib.asynccontextmanager
-    async def slot(self, tokens: int) -> AsyncIterator[Permit]:
-        """Wait (FIFO) for room for one call costing ``tokens``, hold it for the call."""
-        permit = await self._admit(max(0, tokens))
+    async def slot(self, tokens: int, *, output: int = 0) -> AsyncIterator[Permit]:
+        """Wait (FIFO) for room for one call reserving ``tokens`` (of which ``output``,
+        the max_tokens asked, is its answer's part), hold it for the call."""
+        permit = await self._admit(max(0, tokens), max(0, output))
         try:
             yield permit
         finally:
             self._in_flight -= 1
+            self._flying.pop(permit.number, None)
             self._calls_ended += 1
             self._call_seconds += max(0.0, self._clock() - permit.admitted_at)
+            self._tokens_ended += permit.cost
             self._observed = True  # even a failed call ends the probe: it cannot teach more
             self._wake.set()
 
     # -- admission --
 
-    async def _admit(self, tokens: int) -> Permit:
+    async def _admit(self, tokens: int, output: int) -> Permit:
         asked = self._clock()
         async with self._queue:
-            await self._until_admissible(tokens)
+            costs = _costs(tokens, min(output, tokens))
+            await self._until_admissible(costs)
             now = self._clock()
+            charges: dict[Kind, float] = {}
             for kind, bucket in self._buckets.items():
-                bucket.take(1.0 if kind == "requests" else float(tokens), now)
+                bucket.take(costs[kind], now)
+                charges[kind] = costs[kind]
             self._in_flight += 1
             self._requests += 1
             self._waited += now - asked
-            self._note_cost(tokens)
-            return Permit(self, tokens, now, charged="tokens" in self._buckets)
+            self._evidence.spent += tokens
+            self._note_costs(costs)
+            permit = Permit(self, tokens, now, output=output, charges=charges)
+            permit.number = self._requests
+            self._flying[permit.number] = permit
+            return permit
 
-    async def _until_admissible(self, tokens: int) -> None:
+    async def _until_admissible(self, costs: Mapping[Kind, float]) -> None:
         # Re-check after every wake: a 429 may have extended the pause meanwhile.
         while True:
             if self._in_flight >= self._concurrency_cap():
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            wait = self._wait_seconds(tokens, self._clock())
+            wait = self._wait_seconds(costs, self._clock())
             if wait <= 0:
                 return
             await asyncio.sleep(wait)
 
-    def _wait_seconds(self, tokens: int, now: float) -> float:
+    def _wait_seconds(self, costs: Mapping[Kind, float], now: float) -> float:
         waits = [self._pause_until - now]
         for kind, bucket in self._buckets.items():
-            waits.append(bucket.wait(1.0 if kind == "requests" else float(tokens), now))
+            waits.append(bucket.wait(costs[kind], now))
         return max(waits)
 
     def _concurrency_cap(self) -> float:
@@ -485,25 +681,27 @@ class Resource:
             cap = min(cap, max(1.0, math.floor(self._cap)))
         return cap
 
-    def _note_cost(self, tokens: int) -> None:
-        if self._typical_cost <= 0:
-            self._typical_cost = float(tokens)
-        else:
-            self._typical_cost = self._typical_cost * _COST_DECAY + tokens * (1 - _COST_DECAY)
+    def _note_costs(self, costs: Mapping[Kind, float]) -> None:
+        for kind in ("tokens", *_APART):
+            cost = costs[kind]
+            typical = self._typical.get(kind, 0.0)
+            self._typical[kind] = (
+                cost if typical <= 0 else typical * _COST_DECAY + cost * (1 - _COST_DECAY)
+            )
 
     # -- limits and buckets --
 
     def _limit(self, kind: Kind) -> float | None:
         """The tightest of the given and the learned limit, times the share: the one
         place the share divides a rate."""
-        given = self._given.rpm if kind == "requests" else self._given.tpm
+        given = self._given.of(kind)
         known = [value for value in (given, self._learned.get(kind)) if value is not None]
         return min(known) * self._share if known else None
 
     def _learned_in_force(self) -> bool:
         """Whether a limit in force came from headers (below the given one, or none given)."""
         for kind, learned in self._learned.items():
-            given = self._given.rpm if kind == "requests" else self._given.tpm
+            given = self._given.of(kind)
             if given is None or learned < given:
                 return True
         return False
@@ -524,20 +722,41 @@ class Resource:
 
     # -- reports --
 
-    def _settled(
-        self, permit: Permit, tokens: int | None, headers: Mapping[str, str] | None
-    ) -> None:
+    def _settled(self, permit: Permit, usage: _Usage, headers: Mapping[str, str] | None) -> None:
         now = self._clock()
         self._observed = True
-        bucket = self._buckets.get("tokens")
-        if tokens is not None and tokens >= 0:
-            if bucket is not None and permit._charged:
-                bucket.give(permit.tokens - tokens, now)
-            self._note_cost(tokens)
+        final = self._final_costs(permit, usage)
+        for kind, taken in permit.charges.items():
+            bucket = self._buckets.get(kind)
+            if bucket is not None:
+                bucket.give(taken - final[kind], now)
+        permit.cost = final["tokens"]
+        self._note_costs(final)
+        if usage.prompt is not None:
+            self._evidence.spent += usage.prompt - permit.prompt_estimate
+        if usage.completion is not None:
+            self._evidence.unused += max(0, permit.output - usage.completion)
         self._recover(now)
         if headers:
-            self._read_headers(headers, now)
+            quotas = self._readable(parse_quotas(headers))
+            if self._learn:
+                self._learn_limits(quotas, now)
+            self._bound_levels(permit, quotas, now)
+            self._pause_for(quotas, now)
+            if self.accounting == "learn":
+                self._learn_rule(quotas, now)
         self._wake.set()
+
+    def _final_costs(self, permit: Permit, usage: _Usage) -> dict[Kind, float]:
+        """What the call costs each bucket under the rule in force (module docstring)."""
+        prompt = permit.prompt_estimate if usage.prompt is None else max(0, usage.prompt)
+        output = float(permit.output)
+        if self._rule == "usage":
+            if self.accounting == "usage":  # Anthropic: cache reads are not input
+                prompt = max(0, prompt - usage.cached)
+            if usage.completion is not None:
+                output = float(max(0, usage.completion))
+        return _costs(prompt + output, output)
 
     def _rate_limited(
         self, permit: Permit, retry_after: float | None, headers: Mapping[str, str] | None
@@ -546,7 +765,10 @@ class Resource:
         self._observed = True
         self._limited += 1
         if headers:
-            self._read_headers(headers, now)
+            quotas = self._readable(parse_quotas(headers))
+            if self._learn:
+                self._learn_limits(quotas, now)
+            self._pause_for(quotas, now)
         wait = _wait(retry_after)
         if wait is None:
             wait = parse_retry_after(headers)
@@ -583,11 +805,20 @@ class Resource:
             ceiling = self._max_concurrent or math.inf
             self._cap = min(ceiling, self._cap + 1.0 / self._cap)
 
-    def _read_headers(self, headers: Mapping[str, str], now: float) -> None:
-        quotas = parse_quotas(headers)
-        if self._learn:
-            self._learn_limits(quotas, now)
-        self._pause_for(quotas, now)
+    # -- headers --
+
+    def _readable(self, quotas: Sequence[Quota]) -> list[Quota]:
+        """The quotas as this resource's buckets read them. Under the "usage" rule
+        Anthropic's input and output limits are buckets of their own, and its combined
+        tokens headers (the tighter of the two, not a limit of their sum) are left out;
+        otherwise the tightest of the three stands for tokens."""
+        apart = any(quota.kind in _APART for quota in quotas)
+        if self.accounting == "usage" and apart:
+            return [quota for quota in quotas if quota.kind != "tokens"]
+        return [
+            dataclasses.replace(quota, kind="tokens") if quota.kind in _APART else quota
+            for quota in quotas
+        ]
 
     def _learn_limits(self, quotas: Sequence[Quota], now: float) -> None:
         levels: dict[Kind, float] = {}
@@ -607,13 +838,28 @@ class Resource:
         if changed:
             self._sync_buckets(now, levels)
 
+    def _bound_levels(self, permit: Permit, quotas: Sequence[Quota], now: float) -> None:
+        """The provider's remaining bounds each bucket both ways (module docstring)."""
+        for kind, bucket in self._buckets.items():
+            remaining = [q.remaining for q in quotas if q.kind == kind and q.remaining is not None]
+            if not remaining:
+                continue
+            mine = min(remaining) * self._share
+            # Admitted after this call and still in flight: not in the provider's count yet.
+            later = sum(
+                other.charges.get(kind, 0.0)
+                for number, other in self._flying.items()
+                if number > permit.number
+            )
+            bucket.bound(mine * self._headroom - later, mine, now)
+
     def _pause_for(self, quotas: Iterable[Quota], now: float) -> None:
         """Pause until the provider has room again when it says it has none: with a
         share, until this run's part of what is left (and of the refill) pays a call."""
         for quota in quotas:
             if quota.remaining is None or quota.reset_s is None:
                 continue
-            need = 1.0 if quota.kind == "requests" else self._typical_cost
+            need = 1.0 if quota.kind == "requests" else self._typical.get(quota.kind, 0.0)
             mine = quota.remaining * self._share
             if mine >= need:
                 continue
@@ -622,3 +868,43 @@ class Resource:
                 # The reset is when it is full; it has room for one call sooner.
                 wait = min(wait, (need - mine) * 60.0 / (quota.limit * self._share))
             self._pause(now, wait)
+
+    def _learn_rule(self, quotas: Sequence[Quota], now: float) -> None:
+        """Under "learn", weigh what the provider's remaining tokens say of its rule."""
+        told = [
+            quota
+            for quota in quotas
+            if quota.kind == "tokens" and quota.remaining is not None and quota.limit is not None
+        ]
+        if not told or told[0].remaining is None or told[0].limit is None:
+            return
+        typical = self._typical.get("tokens", 0.0)
+        verdict = self._evidence.observe(told[0].remaining, told[0].limit, now, typical)
+        if verdict is None:
+            return
+        self._verdicts = [*self._verdicts[-(_VERDICTS_TO_SWITCH - 1) :], verdict]
+        agreed = {seen.rule for seen in self._verdicts}
+        if len(self._verdicts) < _VERDICTS_TO_SWITCH or agreed != {verdict.rule}:
+            return
+        if verdict.rule != self._rule:
+            before, self._rule = self._rule, verdict.rule
+            if self._listener is not None:
+                self._listener(
+                    "limits.accounting_changed",
+                    {
+                        "resource": self.name,
+                        "from": before,
+                        "to": verdict.rule,
+                        "evidence": verdict.evidence(),
+                    },
+                )
+
+
+def _costs(tokens: float, output: float) -> dict[Kind, float]:
+    """What a call of ``tokens`` (of which ``output`` for its answer) takes of each kind."""
+    return {
+        "requests": 1.0,
+        "tokens": float(tokens),
+        "input_tokens": float(tokens - output),
+        "output_tokens": float(output),
+    }

@@ -104,6 +104,7 @@ class _Call(Generic[T, R]):
     cost: Callable[[T], float]
     journal: Callable[[T, float, float], R]
     tokens: int
+    output: int
     answered: Callable[[T, Permit], None]
 
 
@@ -137,16 +138,18 @@ class PaidCall:
         cost: Callable[[T], float],
         journal: Callable[[T, float, float], R],
         tokens: int = 0,
+        output: int = 0,
         answered: Callable[[T, Permit], None] = _settle_permit,
     ) -> R:
         """Pay for ``send()`` and return what ``journal(result, cost, seconds)`` returns.
 
         ``worst`` (USD) is reserved; ``what`` names the call in a budget refusal;
         ``cost(result)`` is what a call that came back costs; ``tokens`` is asked of the
-        resource's tpm, and ``answered(result, permit)`` settles the permit (with the
-        real tokens and the response's rate-limit headers, where the caller has them).
+        resource's tpm (``output`` of them the answer's max_tokens), and
+        ``answered(result, permit)`` settles the permit (with the real token counts and
+        the response's rate-limit headers, where the caller has them).
         """
-        call = _Call(send, worst, what, cost, journal, tokens, answered)
+        call = _Call(send, worst, what, cost, journal, tokens, output, answered)
         attempt = 0
         while True:
             attempt += 1
@@ -174,7 +177,7 @@ class PaidCall:
 
         try:
             async with self._gated():
-                result, seconds = await self._within_limits(sending, call.tokens, call.answered)
+                result, seconds = await self._within_limits(sending, call)
         except BaseException as error:
             charge = failure_cost(error, call.worst) if sent else 0.0
             self.budget.settle(reservation, charge)
@@ -203,15 +206,12 @@ class PaidCall:
             yield
 
     async def _within_limits(
-        self,
-        send: Callable[[], Awaitable[T]],
-        tokens: int,
-        answered: Callable[[T, Permit], None],
+        self, send: Callable[[], Awaitable[T]], call: _Call[T, R]
     ) -> tuple[T, float]:
         """The call inside a permit, and how long it took; a 429 slows the resource and
         waits its turn again."""
         for wait in range(RATE_LIMIT_WAITS):
-            async with self.resource.slot(tokens) as permit:
+            async with self.resource.slot(call.tokens, output=call.output) as permit:
                 started = self.clock()
                 try:
                     result = await send()
@@ -223,7 +223,7 @@ class PaidCall:
                         _raise(error, exc)
                     continue
                 seconds = self.clock() - started
-                answered(result, permit)
+                call.answered(result, permit)
                 return result, seconds
         raise AssertionError("unreachable")  # the loop returns or raises
 

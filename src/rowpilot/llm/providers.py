@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, cast
@@ -42,7 +43,7 @@ from rowpilot.errors import (
     ProviderTimeoutError,
     RateLimitError,
 )
-from rowpilot.llm.limits import parse_retry_after
+from rowpilot.llm.limits import Accounting, parse_retry_after
 
 __all__ = [
     "BadRequestError",
@@ -315,6 +316,40 @@ KNOWN_PROVIDERS: Mapping[str, ProviderSpec] = {
 }
 
 
+# How each provider counts tokens against its per-minute limits: the one table of rules
+# (docs/limits.md; the rules are rowpilot.llm.limits'). Hosts match by suffix.
+_ACCOUNTING_BY_HOST: Mapping[str, tuple[Accounting, str]] = {
+    "api.openai.com": (
+        "admission",
+        "OpenAI counts prompt + max_tokens when it admits a request and gives nothing back",
+    ),
+    "openai.azure.com": (
+        "admission",
+        "Azure OpenAI counts prompt + max_tokens when it admits a request",
+    ),
+    "api.anthropic.com": (
+        "usage",
+        "Anthropic reserves max_tokens of output and settles it at the real count, limits "
+        "input and output apart and does not count cache reads as input",
+    ),
+}
+_OFFICIAL_HOSTS = {"openai": "api.openai.com", "anthropic": "api.anthropic.com"}
+
+
+def accounting_rule(spec: ProviderSpec) -> tuple[Accounting, str]:
+    """How ``spec``'s provider counts tokens, and why rowpilot thinks so."""
+    host = _OFFICIAL_HOSTS[spec.kind]
+    if spec.base_url:
+        host = (urllib.parse.urlsplit(spec.base_url).hostname or "").lower()
+    for suffix, (rule, why) in _ACCOUNTING_BY_HOST.items():
+        if host == suffix or host.endswith("." + suffix):
+            return rule, why
+    return "learn", (
+        f"{host or 'this server'} is not a provider whose counting is known: tokens are "
+        "counted at admission until its remaining-tokens headers show it settles at real usage"
+    )
+
+
 def parse_model(
     name: str, custom: Mapping[str, ProviderSpec] | None = None
 ) -> tuple[ProviderSpec, str]:
@@ -352,6 +387,25 @@ class Completion:
     finish_reason: str
     raw_model: str
     headers: dict[str, str]
+    cached_tokens: int = 0  # input tokens read from the provider's prompt cache
+    cache_apart: bool = False  # Anthropic: input_tokens leaves the cache reads out
+
+    @property
+    def prompt_tokens(self) -> int:
+        """Every input token, cache reads included (OpenAI's ``prompt_tokens`` already
+        includes them; Anthropic reports them apart from ``input_tokens``)."""
+        return self.input_tokens + (self.cached_tokens if self.cache_apart else 0)
+
+
+def _count(value: object) -> int:
+    """A token count from an SDK's usage, 0 when absent or not a count."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def _openai_cached(usage: object) -> int:
+    """``usage.prompt_tokens_details.cached_tokens``, which servers may leave out."""
+    details = getattr(usage, "prompt_tokens_details", None)
+    return _count(getattr(details, "cached_tokens", None))
 
 
 _ANTHROPIC_FINISH = {
@@ -527,6 +581,7 @@ class ChatClient:
             finish_reason=str(choice.finish_reason),
             raw_model=response.model,
             headers=headers,
+            cached_tokens=_openai_cached(usage),
         )
 
     async def _complete_anthropic(
@@ -562,6 +617,8 @@ class ChatClient:
             finish_reason=_ANTHROPIC_FINISH.get(stop, stop),
             raw_model=response.model,
             headers=headers,
+            cached_tokens=_count(getattr(response.usage, "cache_read_input_tokens", None)),
+            cache_apart=True,
         )
 
     async def preflight(self) -> list[str]:

@@ -71,7 +71,13 @@ from rowpilot.llm.prompt import (
     row_cache_key,
     single_request,
 )
-from rowpilot.llm.providers import ChatClient, Completion, ProviderSpec, parse_model
+from rowpilot.llm.providers import (
+    ChatClient,
+    Completion,
+    ProviderSpec,
+    accounting_rule,
+    parse_model,
+)
 from rowpilot.llm.schema import OutputSchema, OutputValidationError, schema_of
 from rowpilot.llm.template import PromptTemplate
 from rowpilot.llm.tokens import TokenEstimator, upper_bound_tokens
@@ -267,7 +273,10 @@ class LLMSession:
                 hint=f'add [prices."{spec.model}"] input = ..., output = ... '
                 "(USD per million tokens) to the job file",
             )
-        self.resource = Resource(spec.model, spec.limits, share=spec.share)
+        accounting, why = accounting_rule(self.provider)
+        self.resource = Resource(
+            spec.model, spec.limits, share=spec.share, accounting=accounting, why=why
+        )
         self.estimator = TokenEstimator()
         # A task's ctx.llm calls to several models share one budget with its ctx.call costs.
         self.budget = budget if budget is not None else Budget(spec.budget)
@@ -572,8 +581,13 @@ class LLMSession:
         chars = request.chars()
 
         def answered(completion: Completion, permit: Permit) -> None:
-            permit.settle(completion.input_tokens + max_tokens, completion.headers)
-            self.estimator.observe(chars, messages, completion.input_tokens)
+            permit.settle(
+                completion.prompt_tokens,
+                completion.output_tokens,
+                cached=completion.cached_tokens,
+                headers=completion.headers,
+            )
+            self.estimator.observe(chars, messages, completion.prompt_tokens)
 
         def send() -> Awaitable[Completion]:
             return self.client.complete(
@@ -594,6 +608,7 @@ class LLMSession:
             ),
             journal=journal,
             tokens=self.estimator.estimate(chars, messages) + max_tokens,
+            output=max_tokens,
             answered=answered,
         )
 
