@@ -1133,3 +1133,229 @@ def test_max_concurrent_keeps_the_simulator_from_refusing() -> None:
     assert stats["concurrency_rejected"] == 0
     assert stats["in_flight_max"] <= 4
     assert len(outcome.times) == 40
+
+
+# --------------------------------------------------------------------------- token accounting
+
+
+def test_admission_corrects_the_prompt_estimate_and_never_gives_back_unused_output() -> None:
+    async def go() -> None:
+        resource, _ = fake_resource(Limits(tpm=60_000), accounting="admission")  # holds 490
+        async with resource.slot(300, output=200) as permit:  # estimate 100 + max_tokens 200
+            permit.settle(120, 9)  # the prompt was 120: 20 more, and the 191 unused stay
+        assert permit.cost == 120 + 200
+        assert resource._buckets["tokens"].level == pytest.approx(490 - 320)
+        assert resource.stats()["tokens_per_call"] == 320
+
+    run(go())
+
+
+def test_usage_gives_back_the_unused_output_and_leaves_cache_reads_out() -> None:
+    async def go() -> None:
+        resource, _ = fake_resource(Limits(tpm=60_000), accounting="usage")  # holds 490
+        async with resource.slot(300, output=200) as permit:
+            permit.settle(120, 9, cached=100)  # 20 uncached input + 9 output
+        assert permit.cost == 20 + 9
+        assert resource._buckets["tokens"].level == pytest.approx(490 - 29)
+        async with resource.slot(300, output=200) as unsettled:
+            pass  # the call raised: its reservation stands
+        assert unsettled.cost == 300
+        assert resource.stats()["tokens_per_call"] == pytest.approx((29 + 300) / 2)
+
+    run(go())
+
+
+def test_usage_keeps_anthropic_input_and_output_limits_apart() -> None:
+    anthropic_headers = {
+        "anthropic-ratelimit-tokens-limit": "8000",  # the tighter of the two: not a sum's limit
+        "anthropic-ratelimit-tokens-remaining": "7000",
+        "anthropic-ratelimit-input-tokens-limit": "60000",
+        "anthropic-ratelimit-input-tokens-remaining": "59000",
+        "anthropic-ratelimit-output-tokens-limit": "8000",
+        "anthropic-ratelimit-output-tokens-remaining": "7000",
+    }
+
+    async def go() -> None:
+        resource, _ = fake_resource(accounting="usage")
+        await report(resource, 10, lambda permit: permit.settle(10, headers=anthropic_headers))
+        assert resource.limits == Limits(input_tpm=60_000, output_tpm=8000)
+        buckets = resource._buckets
+        output_before = buckets["output_tokens"].level
+        input_before = buckets["input_tokens"].level
+        async with resource.slot(300, output=200) as permit:  # 100 in, 200 out reserved
+            assert buckets["output_tokens"].level == pytest.approx(output_before - 200)
+            permit.settle(100, 30)
+        assert buckets["output_tokens"].level == pytest.approx(output_before - 30)
+        assert buckets["input_tokens"].level == pytest.approx(input_before - 100)
+        # Under admission the tightest of the three stands for tokens, as before.
+        folded, _ = fake_resource(accounting="admission")
+        await report(folded, 10, lambda permit: permit.settle(10, headers=anthropic_headers))
+        assert folded.limits == Limits(tpm=8000)
+
+    run(go())
+
+
+def test_given_input_and_output_limits_are_shared_and_checked() -> None:
+    assert Limits(input_tpm=400, output_tpm=80).shared(1 / 4) == Limits(
+        input_tpm=100, output_tpm=20
+    )
+    with pytest.raises(ConfigError, match="output_tpm"):
+        Limits(output_tpm=0)
+
+
+def test_the_providers_remaining_bounds_the_bucket_both_ways() -> None:
+    """Above: never more than the provider has left. Below: never less than what it has
+    left (less headroom) minus what was admitted after this call and is still in flight
+    (the provider has not counted that yet)."""
+
+    async def go() -> None:
+        resource, _ = fake_resource(Limits(tpm=60_000))  # 980 tokens/s, holds 490
+        bucket = resource._buckets["tokens"]
+        async with resource.slot(100) as low:
+            low.settle(100, headers={"x-ratelimit-remaining-tokens": "50"})
+        assert bucket.level == pytest.approx(50)  # down to the provider's remaining
+        async with resource.slot(10) as first, resource.slot(20):  # 50 - 10 - 20 = 20 left
+            first.settle(10, headers={"x-ratelimit-remaining-tokens": "400"})
+            # Up to 400 * 0.98 less the 20 admitted after it, still in flight.
+            assert bucket.level == pytest.approx(400 * 0.98 - 20)
+        async with resource.slot(10) as full:
+            full.settle(10, headers={"x-ratelimit-remaining-tokens": "100000"})
+        assert bucket.level == pytest.approx(490)  # never above its own capacity
+
+    run(go())
+
+
+def test_a_share_is_bounded_by_its_part_of_the_remaining() -> None:
+    async def go() -> None:
+        resource, _ = fake_resource(Limits(tpm=240_000), share=1 / 4)  # 980/s, holds 490
+        bucket = resource._buckets["tokens"]
+        async with resource.slot(100) as permit:
+            permit.settle(100, headers={"x-ratelimit-remaining-tokens": "1000"})
+        assert bucket.level == pytest.approx(250)  # its part of 1,000, not all of it
+
+    run(go())
+
+
+class SettlingProvider:
+    """A provider's token bucket, in-process on the loop's clock, as the simulator keeps it
+    in either accounting mode: ``limit``/60 a second, holding a second's worth, charged
+    prompt + max_tokens at admission; with "usage" the unused max_tokens come back when
+    the answer is done, and the remaining reported is the bucket after that (else the
+    bucket just after the admission)."""
+
+    def __init__(self, limit: float, accounting: str, latency: float = 0.3) -> None:
+        self._clock = loop_clock()
+        self.limit = limit
+        self._bucket = ProviderBucket(limit / 60, limit / 60, self._clock())
+        self._usage = accounting == "usage"
+        self._latency = latency
+        self.refused = 0
+        self.used = 0.0  # tokens finally charged, as the provider counts them
+
+    async def call(self, prompt: int, max_tokens: int, completion: int) -> dict[str, str] | None:
+        """One call: its answer's headers, or None for a 429."""
+        bucket, cost = self._bucket, prompt + max_tokens
+        if bucket.wait(cost, self._clock()) > 0:
+            self.refused += 1
+            return None
+        bucket.level -= cost
+        said = self.headers()
+        await asyncio.sleep(self._latency)
+        charged = prompt + (completion if self._usage else max_tokens)
+        self.used += charged
+        if self._usage:
+            bucket.wait(0.0, self._clock())  # refilled to now
+            bucket.level = min(bucket.rate, bucket.level + cost - charged)
+            said = self.headers()
+        return said
+
+    def headers(self) -> dict[str, str]:
+        self._bucket.wait(0.0, self._clock())
+        return {
+            "x-ratelimit-limit-tokens": f"{self.limit:g}",
+            "x-ratelimit-remaining-tokens": str(max(0, math.floor(self._bucket.level))),
+        }
+
+
+@dataclass
+class Learning:
+    calls: int = 0
+    limited: int = 0
+    switched_after: int | None = None  # answers before the rule changed
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    seconds: float = 0.0
+    used: float = 0.0
+
+
+def learn_against(
+    accounting: str, *, calls: int = 600, headers: bool = True, limits: Limits = NO_LIMITS
+) -> tuple[Learning, Resource]:
+    """``calls`` TPM-bound calls (prompt 200, max_tokens 50, answers of 9) through a
+    resource that learns the rule, against a provider of 300,000 tpm in ``accounting``."""
+
+    async def go() -> tuple[Learning, Resource]:
+        clock = loop_clock()
+        provider = SettlingProvider(300_000, accounting)
+        resource = Resource("p", limits, accounting="learn", clock=clock)
+        learning = Learning()
+        resource.listen(lambda event, fields: learning.events.append((event, fields)))
+        started = clock()
+
+        async def one() -> None:
+            for _ in range(100):
+                async with resource.slot(250, output=50) as permit:
+                    said = await provider.call(200, 50, 9)
+                    if said is None:
+                        learning.limited += 1
+                        permit.rate_limited(None)
+                        continue
+                    learning.calls += 1
+                    permit.settle(200, 9, headers=said if headers else None)
+                    if resource.rule == "usage" and learning.switched_after is None:
+                        learning.switched_after = learning.calls
+                    return
+            raise AssertionError("a call was rate-limited 100 times")
+
+        await asyncio.gather(*(one() for _ in range(calls)))
+        learning.seconds = clock() - started
+        learning.used = provider.used
+        return learning, resource
+
+    return run(go())
+
+
+def test_learn_switches_to_usage_when_the_provider_gives_unused_output_back() -> None:
+    """The TPM-bound load of the issue (~200 prompt + 9 completion tokens, max_tokens 50)
+    against a provider that settles at real usage: the rule switches within a few hundred
+    answers, and the calls use at least 95% of the ceiling with at most 0.5% 429s."""
+    learning, resource = learn_against("usage")
+    assert resource.rule == "usage"
+    assert learning.switched_after is not None and learning.switched_after < 300
+    assert learning.limited <= 0.005 * learning.calls
+    [(event, fields)] = learning.events
+    assert event == "limits.accounting_changed"
+    assert (fields["from"], fields["to"], fields["resource"]) == ("admission", "usage", "p")
+    assert "remaining tokens were on average" in fields["evidence"]
+    assert ceiling_share(learning) >= 0.95
+
+
+def ceiling_share(learning: Learning) -> float:
+    """The part of the provider's 300,000 tpm the calls used as it counts them, after its
+    opening second's worth (the full bucket it starts with)."""
+    return (learning.used - 5000) / learning.seconds * 60 / 300_000
+
+
+def test_learn_stays_at_admission_when_the_provider_keeps_max_tokens() -> None:
+    learning, resource = learn_against("admission")
+    assert resource.rule == "admission"
+    assert learning.events == []
+    assert learning.limited <= 0.005 * learning.calls
+    assert ceiling_share(learning) >= 0.95
+
+
+def test_learn_without_headers_stays_at_admission() -> None:
+    learning, resource = learn_against(
+        "usage", calls=200, headers=False, limits=Limits(tpm=300_000)
+    )
+    assert resource.rule == "admission"
+    assert learning.events == []

@@ -37,6 +37,8 @@ from rowpilot.llm.providers import (
     ProviderSpec,
     ProviderTimeoutError,
     RateLimitError,
+    _openai_cached,
+    accounting_rule,
     map_anthropic_error,
     map_openai_error,
     parse_model,
@@ -727,3 +729,50 @@ def test_a_burst_gets_rate_limited_with_retry_after(limited: Simulator, kind: st
         assert error.retry_after is not None
         assert error.retry_after > 0
         assert_no_canary(error)
+
+
+# -- token accounting -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "rule"),
+    [
+        (ProviderSpec("openai", "openai", None, "OPENAI_API_KEY"), "admission"),
+        (
+            ProviderSpec("az", "openai", "https://team.openai.azure.com/openai/v1", None),
+            "admission",
+        ),
+        (ProviderSpec("anthropic", "anthropic", None, "ANTHROPIC_API_KEY"), "usage"),
+        (ProviderSpec("a", "anthropic", "https://api.anthropic.com", None), "usage"),
+        (ProviderSpec("groq", "openai", "https://api.groq.com/openai/v1", None), "learn"),
+        (ProviderSpec("local", "openai", "http://127.0.0.1:8000/v1", None), "learn"),
+        (ProviderSpec("sim", "anthropic", "http://127.0.0.1:9/", None), "learn"),
+        (ProviderSpec("fake", "openai", "https://api.openai.com.example.net/v1", None), "learn"),
+    ],
+)
+def test_the_accounting_rule_comes_from_the_provider_and_its_host(
+    spec: ProviderSpec, rule: str
+) -> None:
+    chosen, why = accounting_rule(spec)
+    assert chosen == rule
+    assert why
+
+
+def test_cache_reads_are_read_from_either_sdks_usage() -> None:
+    usage = openai.types.CompletionUsage(
+        prompt_tokens=100,
+        completion_tokens=5,
+        total_tokens=105,
+        prompt_tokens_details={"cached_tokens": 60},
+    )
+    assert _openai_cached(usage) == 60
+    assert (
+        _openai_cached(
+            openai.types.CompletionUsage(prompt_tokens=1, completion_tokens=1, total_tokens=2)
+        )
+        == 0
+    )
+    # OpenAI's prompt_tokens hold the cache reads; Anthropic's input_tokens leave them out.
+    openai_answer = Completion("x", 100, 5, "stop", "m", {}, cached_tokens=60)
+    anthropic_answer = Completion("x", 40, 5, "stop", "m", {}, cached_tokens=60, cache_apart=True)
+    assert openai_answer.prompt_tokens == anthropic_answer.prompt_tokens == 100

@@ -318,6 +318,14 @@ class LLMSession:
         self._events = events
         self._run_id = run_id
         counters.budget_usd = self.spec.budget
+        resource = self.resource
+        self._emit(
+            "limits.accounting",
+            resource=resource.name,
+            rule=resource.accounting,
+            why=resource.why,
+        )
+        resource.listen(lambda event, fields: self._emit(event, **fields))
 
     async def aclose(self) -> None:
         if self._batcher is not None:
