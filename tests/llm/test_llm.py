@@ -937,3 +937,41 @@ def test_call_timeout_drops_a_hanging_request_and_asks_again(tmp_path: Path) -> 
     assert "completed: 30 done" in done.stdout
     assert hung >= 1  # some requests did hang, and were dropped and asked again
     assert "retries" in done.stdout
+
+
+# -- token accounting against the simulator's two modes ----------------------------------
+
+
+def accounting_events(state: Path) -> list[dict[str, Any]]:
+    events = []
+    for log in sorted((state / "logs").glob("*.jsonl")):
+        for line in log.read_text(encoding="utf-8").splitlines():
+            event = json.loads(line)
+            if event["event"].startswith("limits.accounting"):
+                events.append(event)
+    return events
+
+
+@pytest.mark.parametrize("accounting", ["admission", "usage"])
+def test_a_tpm_bound_run_gets_no_429_storm_and_loses_no_row_in_either_mode(
+    keyed_env: None, tmp_path: Path, accounting: str
+) -> None:
+    """A TPM-bound load (short answers, max_tokens 50) against a server counting either
+    way: every row lands, 429s stay rare, and the run logs the rule it started with (a
+    local server's: learned). The pace itself is proven on virtual time in test_limits.py
+    and measured by bench/bench_accounting.py."""
+    rows = write_rows(tmp_path / "data.csv", 80)
+    config = SimulatorConfig(
+        api_key=CANARY, latency_ms=20, rpm=100_000, tpm=120_000, token_accounting=accounting
+    )
+    with Simulator(config) as simulator:
+        result = label_run(
+            simulator, tmp_path / "data.csv", tmp_path / "state", workers=16, max_tokens=50
+        )
+        stats = simulator.stats()
+    check_outputs(result, rows)
+    assert stats["rate_limited"] <= 0.02 * stats["requests_total"]
+    started = accounting_events(tmp_path / "state")[0]
+    assert started["event"] == "limits.accounting"
+    assert (started["resource"], started["rule"]) == (MODEL, "learn")
+    assert "127.0.0.1" in started["why"]
