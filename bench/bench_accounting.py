@@ -191,7 +191,8 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     print()
     print(
-        f"{'rowpilot':<10} {'mode':<10} {'rows done':>9} {'run s':>6} {'tok/min':>9} {'share':>6} {'429s':>6}  rule"
+        f"{'rowpilot':<10} {'mode':<10} {'rows done':>9} {'run s':>6} {'tok/min':>9} "
+        f"{'share':>6} {'429s':>6}  rule"
     )
     for m in results:
         print(
