@@ -302,13 +302,13 @@ def _limit_text(name: str, value: float | None, share: float = 1.0) -> str:
 def _shared(name: str, value: float, share: float) -> float | None:
     """``Limits.shared`` of one limit; None for a setting that is not a limit
     (``max_attempts``) or a value that is not one (the run says why)."""
-    if name not in ("rpm", "tpm", "max_concurrent"):
+    rates = ("rpm", "tpm", "input_tpm", "output_tpm")
+    if name not in (*rates, "max_concurrent"):
         return None
     try:
         given = Limits(
-            rpm=float(value) if name == "rpm" else None,
-            tpm=float(value) if name == "tpm" else None,
             max_concurrent=int(value) if name == "max_concurrent" else None,
+            **{rate: float(value) for rate in rates if rate == name},
         )
     except (ConfigError, TypeError, ValueError):
         return None

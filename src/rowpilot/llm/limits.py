@@ -14,8 +14,34 @@ is the queue. The rules:
   ``burst_seconds`` of that (the providers' own buckets hold about a second's worth: ours
   staying under theirs absorbs the jitter of the network). They start full. A cost above
   the capacity passes when the bucket is full and leaves it in debt, so a huge prompt
-  waits its turn instead of forever. Tokens are counted at admission, as OpenAI does
-  (prompt estimate + max_tokens); ``settle(tokens=real)`` reconciles the difference.
+  waits its turn instead of forever. A call reserves its prompt estimate + max_tokens
+  (``slot(tokens, output=max_tokens)``) and settles with the real counts
+  (``settle(prompt, completion, cached=)``); the resource's rule says what it finally costs.
+* **Token accounting** (``accounting``; the rule for each provider is chosen in one table,
+  ``providers.accounting_rule``, and docs/limits.md says why):
+
+  - ``"admission"`` (OpenAI, Azure): a call costs its real prompt + max_tokens; settling
+    corrects the prompt estimate and never gives back unused output.
+  - ``"usage"`` (Anthropic): the output reserved at max_tokens is settled at the real
+    count (the difference goes back to the bucket), and cache reads do not count as input.
+    Its separate input and output limits (given as ``input_tpm``/``output_tpm``, or learned
+    from ``anthropic-ratelimit-input-tokens-*``/``-output-tokens-*``) get buckets of their
+    own: a call takes its prompt estimate from one and max_tokens from the other; its
+    combined ``tokens`` headers (the tighter of the two, not a limit of their sum) are then
+    left out. ``tpm`` stays the combined limit when one is given.
+  - ``"learn"`` (any other server): ``"admission"`` until the provider's remaining tokens
+    show that it settles at real usage (how: ``rowpilot.llm.accounting``); the change is
+    a ``limits.accounting_changed`` event with the evidence, through ``listen``. No
+    headers: it stays "admission". Cache reads count as input under a learned "usage".
+
+  The limits of Anthropic's headers are folded into tokens (the tightest of the three)
+  under any rule but "usage". ``stats()["tokens_per_call"]`` is the mean final cost of the
+  calls ended (a call that raised or got a 429 keeps its reservation).
+* **The provider's remaining bounds each bucket** on every answer: never above this run's
+  part of what the provider says is left, never below that part less headroom minus what
+  was admitted after this call and is still in flight (the provider has not counted it
+  yet). The answer's remaining is at most stale, never ahead: the provider has only
+  refilled since, so a bucket raised to it admits nothing the provider lacks.
 * **A 429** (``rate_limited``) pauses every admission until ``retry_after`` (1 s if the
   provider did not say), empties the buckets so no burst follows the pause, and multiplies
   ``factor`` by 0.75 (floor 0.1). A burst of 429s is one signal: only a call admitted after
@@ -26,10 +52,11 @@ is the queue. The rules:
   least 1; +1 per cap's worth of successes, up to ``max_concurrent``).
 * **Headers** of each answer (OpenAI ``x-ratelimit-*``, Anthropic ``anthropic-ratelimit-*``)
   teach the limits: with ``learn`` and no limit given, the provider's is adopted; a
-  provider's limit lower than the one given wins. The tightest of Anthropic's tokens,
-  input-tokens and output-tokens limits stands for tokens. When the provider says the
+  provider's limit lower than the one given wins (Anthropic's token limits: see token
+  accounting). When the provider says the
   requests are used up (or the tokens are below a typical call's cost), admissions pause
-  until it has refilled enough: its reset time, or sooner when its limit says so.
+  until it has refilled enough: its reset time, or sooner when its limit says so (a
+  kind's typical cost: the calls' recent costs of that kind).
   Malformed values are ignored. ``learn=False`` keeps the given limits but still honours
   the pauses.
 * **Probing**: with ``learn`` and no rate given, the first call goes alone, so its headers
@@ -60,6 +87,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from rowpilot.errors import ConfigError
+from rowpilot.llm.accounting import VERDICTS_TO_SWITCH, Evidence, Rule, Verdict
 
 __all__ = [
     "ACCOUNTING",
@@ -78,7 +106,6 @@ Kind = Literal["requests", "tokens", "input_tokens", "output_tokens"]
 _KINDS: tuple[Kind, ...] = ("requests", "tokens", "input_tokens", "output_tokens")
 _APART: tuple[Kind, ...] = ("input_tokens", "output_tokens")  # Anthropic's separate limits
 Accounting = Literal["admission", "usage", "learn"]  # a resource's rule (module docstring)
-Rule = Literal["admission", "usage"]  # the rule in force: "learn" starts as "admission"
 ACCOUNTING: tuple[Accounting, ...] = ("admission", "usage", "learn")
 
 _DECREASE = 0.75  # the factor's (and the cap's) cut on a 429
@@ -415,84 +442,6 @@ class _Usage:
     cached: int
 
 
-# -- learning the rule -----------------------------------------------------------------------
-
-_EVIDENCE_ANSWERS = 32  # informative answers per verdict on the provider's rule
-_VERDICTS_TO_SWITCH = 2  # verdicts in a row that must agree before the rule changes
-_USAGE_SHOWS = 0.5  # the provider gave back at least this part of the unused max_tokens
-_ADMISSION_SHOWS = 0.25  # ... or less than this part
-_MIN_GIVEN_BACK_CALLS = 4.0  # unused max_tokens worth this many typical calls, at least
-
-
-@dataclass(frozen=True)
-class _Verdict:
-    rule: Rule
-    answers: int
-    excess: float  # the provider's remaining above the admission rule's prediction, in all
-    unused: float  # the unused max_tokens of those answers, in all
-
-    def evidence(self) -> str:
-        return (
-            f"the provider's remaining tokens were on average {self.excess / self.answers:.0f} "
-            f"above what charging prompt + max_tokens predicts, over {self.answers} answers "
-            f"whose unused max_tokens averaged {self.unused / self.answers:.0f}"
-        )
-
-
-class _Evidence:
-    """What the provider's remaining tokens say of its rule (module docstring, "learn").
-
-    Between two answers that report the remaining tokens, the admission rule predicts
-    the second from the first: plus the refill at the limit, less what was admitted since
-    (prompt + max_tokens, the prompt estimate corrected to the real count as answers
-    settle). A provider that settles at real usage has also given back the unused
-    max_tokens of the answers since: the excess over the prediction, summed over many
-    answers, is that part (the timing of each answer cancels out in the sum). Steps where
-    the provider's bucket may have been full (the refill reaches the most it was seen
-    to hold) tell nothing: a full bucket loses both the refill and what it gave back."""
-
-    def __init__(self) -> None:
-        self.spent = 0.0
-        self.unused = 0.0
-        self._last: tuple[float, float] | None = None  # (time, remaining)
-        self._most = 0.0
-        self._answers = 0
-        self._excess = 0.0
-        self._unused_total = 0.0
-
-    def observe(
-        self, remaining: float, limit: float, now: float, typical: float
-    ) -> _Verdict | None:
-        """One answer's remaining tokens; a verdict after enough informative answers."""
-        spent, unused, last = self.spent, self.unused, self._last
-        self.spent = self.unused = 0.0
-        self._last = (now, remaining)
-        most, self._most = self._most, max(self._most, remaining)
-        if last is None:
-            return None
-        refilled = last[1] + max(0.0, now - last[0]) * limit / 60.0
-        if refilled >= most - typical or remaining >= most - typical:
-            return None  # the provider's bucket may have been full: nothing to learn
-        self._excess += remaining - (refilled - spent)
-        self._unused_total += unused
-        self._answers += 1
-        if self._answers < _EVIDENCE_ANSWERS:
-            return None
-        verdict = self._verdict(typical)
-        self._answers, self._excess, self._unused_total = 0, 0.0, 0.0
-        return verdict
-
-    def _verdict(self, typical: float) -> _Verdict | None:
-        excess, unused = self._excess, self._unused_total
-        if unused < _MIN_GIVEN_BACK_CALLS * typical:
-            return None  # the answers used (nearly) all their max_tokens: no difference
-        if excess >= _USAGE_SHOWS * unused:
-            return _Verdict("usage", self._answers, excess, unused)
-        if excess < _ADMISSION_SHOWS * unused:
-            return _Verdict("admission", self._answers, excess, unused)
-        return None
-
-
 # -- the resource ---------------------------------------------------------------------------
 
 
@@ -532,8 +481,8 @@ class Resource:
         self.accounting: Accounting = accounting
         self.why = why
         self._rule: Rule = "usage" if accounting == "usage" else "admission"
-        self._evidence = _Evidence()
-        self._verdicts: list[_Verdict] = []
+        self._evidence = Evidence()
+        self._verdicts: list[Verdict] = []
         self._listener: Listener | None = None
         self._given = limits
         self._share = share
@@ -882,9 +831,9 @@ class Resource:
         verdict = self._evidence.observe(told[0].remaining, told[0].limit, now, typical)
         if verdict is None:
             return
-        self._verdicts = [*self._verdicts[-(_VERDICTS_TO_SWITCH - 1) :], verdict]
+        self._verdicts = [*self._verdicts[-(VERDICTS_TO_SWITCH - 1) :], verdict]
         agreed = {seen.rule for seen in self._verdicts}
-        if len(self._verdicts) < _VERDICTS_TO_SWITCH or agreed != {verdict.rule}:
+        if len(self._verdicts) < VERDICTS_TO_SWITCH or agreed != {verdict.rule}:
             return
         if verdict.rule != self._rule:
             before, self._rule = self._rule, verdict.rule

@@ -839,11 +839,11 @@ def _limits(config: JobConfig, provider: str, model: str, *, flags: bool = True)
     merged: dict[str, float] = {}
     for name in (provider, f"{provider}/{model}"):
         table = config.limits.get(name, {})
-        unknown = set(table) - {"rpm", "tpm", "max_concurrent"}
+        unknown = set(table) - {"rpm", "tpm", "max_concurrent", "input_tpm", "output_tpm"}
         if unknown:
             raise ConfigError(
                 f"[limits.{name!r}] has an unknown setting {sorted(unknown)[0]!r}",
-                hint="limits take rpm, tpm and max_concurrent",
+                hint="limits take rpm, tpm, max_concurrent, input_tpm and output_tpm",
             )
         merged.update(table)
     for name in ("rpm", "tpm", "max_concurrent"):
@@ -855,6 +855,8 @@ def _limits(config: JobConfig, provider: str, model: str, *, flags: bool = True)
         rpm=merged.get("rpm"),
         tpm=merged.get("tpm"),
         max_concurrent=int(concurrent) if concurrent is not None else None,
+        input_tpm=merged.get("input_tpm"),
+        output_tpm=merged.get("output_tpm"),
     )
 
 
