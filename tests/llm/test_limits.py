@@ -1359,3 +1359,34 @@ def test_learn_without_headers_stays_at_admission() -> None:
     )
     assert resource.rule == "admission"
     assert learning.events == []
+
+
+@settings(max_examples=100)
+@given(
+    st.integers(0, 2_000_000),
+    st.integers(0, 600),
+    st.lists(st.integers(0, 400), max_size=5),
+    st.sampled_from([1.0, 1 / 2, 1 / 7]),
+)
+def test_the_bounds_hold_whatever_the_remaining(
+    remaining: int, cost: int, later: list[int], share: float
+) -> None:
+    """After an answer, the bucket is within its part of the provider's remaining (less
+    headroom, less what was admitted after it and is in flight) and never above that part
+    nor its own capacity."""
+
+    async def go() -> None:
+        # The loop's virtual clock: a slot that must wait for its tokens gets them in time.
+        resource = Resource("x", Limits(tpm=60_000), share=share, clock=loop_clock())
+        bucket = resource._buckets["tokens"]
+        async with AsyncExitStack() as stack:
+            permit = await stack.enter_async_context(resource.slot(cost))
+            for tokens in later:
+                await stack.enter_async_context(resource.slot(tokens))
+            permit.settle(cost, headers={"x-ratelimit-remaining-tokens": str(remaining)})
+            mine = remaining * share
+            high = min(bucket.capacity, mine)
+            low = min(high, mine * 0.98 - sum(later))
+            assert low - 1e-6 <= bucket.level <= high + 1e-6
+
+    run(go())

@@ -13,10 +13,12 @@ each answer's remaining tokens and limit (``observe``). The rules:
 * A step where the provider's bucket may have been full (the refill, or the remaining,
   within a typical call of the most it was seen to hold) tells nothing: a full bucket loses
   both the refill and what it gave back. It is left out.
-* After ``EVIDENCE_ANSWERS`` informative answers, a verdict: "usage" when the excess is at
-  least half the unused max_tokens, "admission" when under a quarter, none in between or
-  when the answers left less than ``MIN_GIVEN_BACK_CALLS`` typical calls unused (then the
-  rules do not differ). The resource changes its rule after ``VERDICTS_TO_SWITCH``
+* After ``EVIDENCE_ANSWERS`` informative answers whose unused max_tokens add up to
+  ``MIN_GIVEN_BACK_CALLS`` typical calls (a signal well above the timing noise of the two
+  ends of the sum), a verdict: "usage" when the excess is at least half the unused
+  max_tokens, "admission" when under a quarter, none in between. After ``MAX_ANSWERS``
+  without that much unused, the evidence starts again without a verdict (the rules hardly
+  differ then). The resource changes its rule after ``VERDICTS_TO_SWITCH``
   verdicts in a row that agree.
 
 The comparison is in the provider's own numbers, so the resource's headroom, factor and
@@ -33,7 +35,8 @@ __all__ = ["EVIDENCE_ANSWERS", "VERDICTS_TO_SWITCH", "Evidence", "Rule", "Verdic
 
 Rule = Literal["admission", "usage"]  # the rule in force: "learn" starts as "admission"
 
-EVIDENCE_ANSWERS = 32  # informative answers per verdict on the provider's rule
+EVIDENCE_ANSWERS = 32  # informative answers per verdict on the provider's rule, at least
+MAX_ANSWERS = 1024  # ... and at most, when their unused max_tokens add up slowly
 VERDICTS_TO_SWITCH = 2  # verdicts in a row that must agree before the rule changes
 _USAGE_SHOWS = 0.5  # the provider gave back at least this part of the unused max_tokens
 _ADMISSION_SHOWS = 0.25  # ... or less than this part
@@ -81,7 +84,8 @@ class Evidence:
         self._excess += remaining - (refilled - spent)
         self._unused_total += unused
         self._answers += 1
-        if self._answers < EVIDENCE_ANSWERS:
+        enough = self._unused_total >= MIN_GIVEN_BACK_CALLS * typical
+        if self._answers < EVIDENCE_ANSWERS or (not enough and self._answers < MAX_ANSWERS):
             return None
         verdict = self._verdict(typical)
         self._answers, self._excess, self._unused_total = 0, 0.0, 0.0
