@@ -670,6 +670,41 @@ def test_simulate_serves_the_openai_api_on_loopback(tmp_path: Path) -> None:
     assert process.returncode == -signal.SIGTERM
 
 
+def test_simulate_takes_the_token_accounting_and_the_separate_limits(tmp_path: Path) -> None:
+    import json as json_module
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    command = [str(Path(sys.executable).parent / "rowpilot"), "simulate", "--port", "0"]
+    command += ["--tpm", "60000", "--output-tpm", "60000", "--token-accounting", "usage"]
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path
+    )
+    try:
+        assert process.stdout is not None
+        url = process.stdout.readline().split()[-1]
+        body = {"model": "claude-haiku-4-5", "max_tokens": 500}
+        body["messages"] = [{"role": "user", "content": "abcd"}]
+        request = urllib.request.Request(
+            f"{url}/v1/messages",
+            data=json_module.dumps(body).encode(),
+            headers={"content-type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=120) as response:
+            used = json_module.load(response)["usage"]["output_tokens"]
+            headers = response.headers
+        # Settled at the real count: 1,000 held, less 1 prompt token and the answer's.
+        assert int(headers["anthropic-ratelimit-tokens-remaining"]) >= 1000 - 1 - used
+        assert int(headers["anthropic-ratelimit-output-tokens-remaining"]) >= 1000 - used
+        assert used < 500
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=20)
+    assert process.returncode == -signal.SIGTERM
+
+
 def test_a_label_run_with_other_labels_exports_and_counts_only_its_own(
     tmp_path: Path, cli: Cli, write_csv: WriteCsv
 ) -> None:
