@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 
 from rowpilot.errors import ConfigError
 from rowpilot.llm.limits import (
+    Accounting,
     Limits,
     Permit,
     Quota,
@@ -1288,7 +1289,12 @@ class Learning:
 
 
 def learn_against(
-    accounting: str, *, calls: int = 600, headers: bool = True, limits: Limits = NO_LIMITS
+    accounting: str,
+    *,
+    calls: int = 600,
+    headers: bool = True,
+    limits: Limits = NO_LIMITS,
+    rule: Accounting = "learn",
 ) -> tuple[Learning, Resource]:
     """``calls`` TPM-bound calls (prompt 200, max_tokens 50, answers of 9) through a
     resource that learns the rule, against a provider of 300,000 tpm in ``accounting``."""
@@ -1296,7 +1302,7 @@ def learn_against(
     async def go() -> tuple[Learning, Resource]:
         clock = loop_clock()
         provider = SettlingProvider(300_000, accounting)
-        resource = Resource("p", limits, accounting="learn", clock=clock)
+        resource = Resource("p", limits, accounting=rule, clock=clock)
         learning = Learning()
         resource.listen(lambda event, fields: learning.events.append((event, fields)))
         started = clock()
@@ -1351,6 +1357,17 @@ def test_learn_stays_at_admission_when_the_provider_keeps_max_tokens() -> None:
     assert learning.events == []
     assert learning.limited <= 0.005 * learning.calls
     assert ceiling_share(learning) >= 0.95
+
+
+def test_a_wrong_usage_rule_is_held_back_by_the_providers_remaining() -> None:
+    """Told "usage" against a provider that keeps max_tokens charged: the bucket gives back
+    what the provider does not, but every answer's remaining bounds it from above, so the
+    calls stay within the provider's ceiling: no 429 storm."""
+    learning, resource = learn_against("admission", rule="usage")
+    assert resource.rule == "usage"
+    assert learning.calls == 600
+    assert learning.limited <= 0.005 * learning.calls
+    assert ceiling_share(learning) <= 1.0
 
 
 def test_learn_without_headers_stays_at_admission() -> None:
