@@ -40,8 +40,10 @@ is the queue. The rules:
 * **The provider's remaining bounds each bucket** on every answer: never above this run's
   part of what the provider says is left, never below that part less headroom minus what
   was admitted after this call and is still in flight (the provider has not counted it
-  yet). The answer's remaining is at most stale, never ahead: the provider has only
-  refilled since, so a bucket raised to it admits nothing the provider lacks.
+  yet). The answer's remaining is stale, never ahead: since it was read the provider has
+  refilled, and admitted at most what this run sent after the call (subtracted; with a
+  share, the other shards spend their own parts), so a bucket raised to it admits nothing
+  the provider lacks.
 * **A 429** (``rate_limited``) pauses every admission until ``retry_after`` (1 s if the
   provider did not say), empties the buckets so no burst follows the pause, and multiplies
   ``factor`` by 0.75 (floor 0.1). A burst of 429s is one signal: only a call admitted after
@@ -53,10 +55,9 @@ is the queue. The rules:
 * **Headers** of each answer (OpenAI ``x-ratelimit-*``, Anthropic ``anthropic-ratelimit-*``)
   teach the limits: with ``learn`` and no limit given, the provider's is adopted; a
   provider's limit lower than the one given wins (Anthropic's token limits: see token
-  accounting). When the provider says the
-  requests are used up (or the tokens are below a typical call's cost), admissions pause
-  until it has refilled enough: its reset time, or sooner when its limit says so (a
-  kind's typical cost: the calls' recent costs of that kind).
+  accounting). When the provider says the requests are used up (or the tokens are below a
+  typical call's cost of that kind), admissions pause until it has refilled enough: its
+  reset time, or sooner when its limit says so.
   Malformed values are ignored. ``learn=False`` keeps the given limits but still honours
   the pauses.
 * **Probing**: with ``learn`` and no rate given, the first call goes alone, so its headers
