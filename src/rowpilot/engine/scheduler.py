@@ -37,7 +37,7 @@ from typing import Any
 
 from rowpilot.engine.crashes import PROCESS_CRASH, CrashPolicy, InFlightLog, Verdict
 from rowpilot.engine.events import EventLog
-from rowpilot.engine.items import Item, encode_json, fingerprint
+from rowpilot.engine.items import Encoded, Item, encode_json, fingerprint
 from rowpilot.engine.machine import memory_mb, rss_mb
 from rowpilot.engine.probe import PROBE, PROBED_CAUSES, abort_message, likeness
 from rowpilot.engine.progress import Counters, ProgressView
@@ -59,7 +59,7 @@ from rowpilot.executors.threads import Abandoned, CallTimeout
 from rowpilot.state.registry import Outcome, PriorState, Registry
 from rowpilot.tasks.base import Task
 from rowpilot.tasks.ctx import Ctx, StepRunner
-from rowpilot.tasks.output import output_json
+from rowpilot.tasks.output import output_parts
 from rowpilot.tasks.values import ItemUsage, RunStop, StepTrail
 
 _ERROR_CHARS = 1000
@@ -418,7 +418,7 @@ class Scheduler:
     async def _process_group(self, group: list[Item]) -> None:
         """One batch_call for the group; its rows alone again if the call raises."""
         started = time.time()
-        outputs: list[str] | None = None
+        outputs: list[Encoded] | None = None
         async with self._groups:
             clock = time.perf_counter()
             self.counters.running += len(group)
@@ -617,13 +617,15 @@ class Scheduler:
                 return None  # retried on resume rather than recorded as failed
             await self._wait_to_retry(item, error, attempt)
 
-    def _checked_output(self, value: Any, key: str) -> tuple[str | None, Exception | None, None]:
+    def _checked_output(
+        self, value: Any, key: str
+    ) -> tuple[Encoded | None, Exception | None, None]:
         """The task's return value encoded, or the reason it cannot be stored: the item
         fails (cause invalid_output), the run goes on. An output field named like an input
         column stops the run instead while nothing of it is committed: every row would
         collide the same way."""
         try:
-            encoded = output_json(
+            encoded = output_parts(
                 value,
                 task=self.task.name,
                 key=key,
@@ -637,11 +639,11 @@ class Scheduler:
             return None, error, None
 
     @property
-    def _output(self) -> Callable[[Any], str]:
+    def _output(self) -> Callable[[Any], Encoded]:
         """A group's encoder: a plain function of the value, so that it pickles to the
         worker process that runs the group."""
         return functools.partial(
-            output_json,
+            output_parts,
             task=self.task.name,
             key="",
             prefix=self.settings.output_prefix,
@@ -715,7 +717,7 @@ class Scheduler:
         task_seconds: float,
         usage: ItemUsage,
         *,
-        output: str | None = None,
+        output: Encoded | None = None,
         error: Exception | None = None,
         trace: str | None = None,
     ) -> Outcome:
@@ -726,7 +728,7 @@ class Scheduler:
             input_json=item.input_json,
             status=status,
             attempts=attempts,
-            output_json=output,
+            output_json=output[0] if output is not None else None,
             error=_one_line(error) if error is not None else None,
             error_type=type(error).__name__ if error is not None else None,
             traceback=trace,
@@ -740,6 +742,7 @@ class Scheduler:
             output_tokens=usage.output_tokens,
             calls=usage.calls,
             task_version=self.task.version,
+            vectors=output[1] if output is not None else None,
         )
 
     # -- committing ---------------------------------------------------------------------

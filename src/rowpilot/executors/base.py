@@ -44,7 +44,7 @@ class Executor(Protocol):
     ) -> Ran: ...
 
     async def submit_group(
-        self, task: Task, rows: list[dict[str, Any]], encode: Callable[[Any], str]
+        self, task: Task, rows: list[dict[str, Any]], encode: Callable[[Any], Any]
     ) -> Ran:
         """``task.batch_call(rows)``, each output encoded by ``encode`` where it ran: a
         ``Ran`` whose value is the list of encoded outputs. ``encode`` pickles, for

@@ -127,7 +127,7 @@ class WorkerHost:
         row, run_id, key, seq, attempt, _ = payload
         return self.task.call(row, self._ctx(run_id, key, seq, attempt))
 
-    def _group(self, rows: list[dict[str, Any]], encode: Callable[[Any], str]) -> list[str]:
+    def _group(self, rows: list[dict[str, Any]], encode: Callable[[Any], Any]) -> list[Any]:
         outputs = self.task.batch_call(rows)
         if len(outputs) != len(rows):
             raise ValueError(f"batch_call gave {len(outputs)} outputs for {len(rows)} rows")

@@ -54,6 +54,7 @@ class Outcome:
     output_tokens: int = 0
     calls: int = 0  # provider calls made for this item (a batch call counts for each row)
     task_version: str | None = None  # the task version that produced it
+    vectors: bytes | None = None  # the output's vectors, raw float32 (encode_output_parts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,11 +212,19 @@ def _version_of(item_fingerprint: str, input_json: str, versions: Iterable[str])
     return next((v for v in versions if fingerprint(v, input_json) == item_fingerprint), None)
 
 
+def _add_vector_blobs(db: sqlite3.Connection) -> None:
+    # Vectors are kept as raw little-endian float32 bytes beside the output JSON, which
+    # names each one's place in them (engine.items.encode_output_parts). Older rows keep
+    # theirs in base64 inside the JSON, and decode_output reads both: nothing is rewritten.
+    db.execute("ALTER TABLE items ADD COLUMN vectors BLOB")
+
+
 # Append-only: never edit or reorder a released migration; add a new one at the end.
 MIGRATIONS: tuple[tuple[str, Callable[[sqlite3.Connection], None]], ...] = (
     ("0001_create_tables", _create_tables),
     ("0002_call_journal", _add_call_journal),
     ("0003_versions_and_crashes", _add_versions_and_crashes),
+    ("0004_vector_blobs", _add_vector_blobs),
 )
 
 
@@ -767,20 +776,20 @@ def read_only_folder(directory: Path) -> bool:
 
 _RECORD_COLUMNS = (
     "key, seq, status, input, output, error, error_type, attempts, fingerprint, finished_at,"
-    " cause, cost_usd, task_version"
+    " cause, cost_usd, task_version, vectors"
 )
 
 
 def _record(row: tuple[Any, ...]) -> ExportRecord:
     """An export record from the ``_RECORD_COLUMNS`` of a row (the version is left out)."""
     key, seq, status, input_json, output_json, error, error_type, attempts, fp, finished = row[:10]
-    cause, cost = row[10:12]
+    cause, cost, _, vectors = row[10:14]
     return ExportRecord(
         key=key,
         seq=seq,
         status=status,
         input=json.loads(input_json),
-        output=decode_output(output_json) if output_json is not None else None,
+        output=decode_output(output_json, vectors) if output_json is not None else None,
         error=error,
         error_type=error_type,
         attempts=attempts,
@@ -794,9 +803,9 @@ def _record(row: tuple[Any, ...]) -> ExportRecord:
 _ITEM_COLUMNS = (
     "key, seq, fingerprint, status, attempts, input, output, error, error_type, traceback,"
     " started_at, finished_at, task_seconds, run_id, cause, cost_usd, input_tokens,"
-    " output_tokens, calls, task_version"
+    " output_tokens, calls, task_version, vectors"
 )
-_INSERT_ITEM = f"INSERT OR REPLACE INTO items ({_ITEM_COLUMNS}) VALUES ({','.join('?' * 20)})"
+_INSERT_ITEM = f"INSERT OR REPLACE INTO items ({_ITEM_COLUMNS}) VALUES ({','.join('?' * 21)})"
 
 
 def _outcome_row(o: Outcome) -> tuple[Any, ...]:
@@ -821,6 +830,7 @@ def _outcome_row(o: Outcome) -> tuple[Any, ...]:
         o.output_tokens,
         o.calls,
         o.task_version,
+        o.vectors,
     )
 
 
@@ -861,7 +871,8 @@ def _merge_shard(db: sqlite3.Connection) -> tuple[int, int]:
                 finished_at = excluded.finished_at, task_seconds = excluded.task_seconds,
                 run_id = excluded.run_id, cause = excluded.cause,
                 cost_usd = excluded.cost_usd, input_tokens = excluded.input_tokens,
-                output_tokens = excluded.output_tokens, calls = excluded.calls
+                output_tokens = excluded.output_tokens, calls = excluded.calls,
+                vectors = excluded.vectors
             WHERE (excluded.status = 'done' AND items.status != 'done')
                OR (excluded.status = items.status AND excluded.finished_at > items.finished_at)
             """

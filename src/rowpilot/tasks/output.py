@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from rowpilot.engine.items import encode_output
+from rowpilot.engine.items import Encoded, encode_output, encode_output_parts
 from rowpilot.errors import OutputCollisionError, TaskOutputError
+
+_T = TypeVar("_T")
 
 
 def _model_fields(model: BaseModel, *, task: str, key: str) -> dict[str, Any]:
@@ -30,7 +32,18 @@ def output_json(
     prefix: str = "",
     taken: Mapping[str, str] | None = None,
 ) -> str:
-    """Check what a task returned and encode it; anything but a dict or model is an error.
+    """Check what a task returned and encode it (vectors in base64: a self-contained JSON);
+    anything but a dict or model is an error.
+    """
+    checked = _checked(value, task=task, key=key, prefix=prefix, taken=taken)
+    return _encoded(checked, encode_output, task=task, key=key)
+
+
+def _checked(
+    value: Any, *, task: str, key: str, prefix: str, taken: Mapping[str, str] | None
+) -> dict[str, Any]:
+    """The task's value as a dict of prefixed fields; anything but a dict or model is an
+    error.
 
     Field names get ``prefix``; a name in ``taken`` (an input column, the key column among
     them, or a field the exports keep for themselves; the value says which) is an
@@ -61,8 +74,27 @@ def output_json(
             key=key,
             column=clash,
         )
+    fields: dict[str, Any] = value
+    return fields
+
+
+def output_parts(
+    value: Any,
+    *,
+    task: str,
+    key: str,
+    prefix: str = "",
+    taken: Mapping[str, str] | None = None,
+) -> Encoded:
+    """``output_json``'s checks, encoded as the registry stores an item's output: the JSON
+    and its vectors' raw float32 bytes (``encode_output_parts``)."""
+    checked = _checked(value, task=task, key=key, prefix=prefix, taken=taken)
+    return _encoded(checked, encode_output_parts, task=task, key=key)
+
+
+def _encoded(value: dict[str, Any], encode: Callable[[Any], _T], *, task: str, key: str) -> _T:
     try:
-        return encode_output(value)
+        return encode(value)
     except (TypeError, ValueError) as exc:
         raise TaskOutputError(
             f"task {task} returned a value that cannot be stored for key {key!r}: {exc}",
