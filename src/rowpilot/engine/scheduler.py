@@ -33,6 +33,7 @@ import functools
 import time
 import traceback
 from collections.abc import Callable, Coroutine, Iterator
+from concurrent.futures import Future
 from typing import Any
 
 from rowpilot.engine.crashes import PROCESS_CRASH, CrashPolicy, InFlightLog, Verdict
@@ -56,7 +57,7 @@ from rowpilot.errors import (
 )
 from rowpilot.executors.base import Executor, Ran
 from rowpilot.executors.threads import Abandoned, CallTimeout
-from rowpilot.state.registry import Outcome, PriorState, Registry
+from rowpilot.state.registry import CommitThread, Outcome, PriorState, Registry
 from rowpilot.tasks.base import Task
 from rowpilot.tasks.ctx import Ctx, StepRunner
 from rowpilot.tasks.output import output_parts
@@ -140,6 +141,12 @@ class Scheduler:
         self._cleared: list[str] = []  # suspects that ended: their crash records go
         self._admitted_all = False  # the source was read to its end
         self._left_pending = 0  # admitted items that ended without an outcome
+        # Grouped tasks commit on a thread (the model computes meanwhile); the others on
+        # the loop, where a small batch's commit is cheaper than the hand-off.
+        self._writer = CommitThread(registry) if task.groups_rows else None
+        self._committing = 0  # outcomes handed to the writer, not yet durable
+        self._written = asyncio.Event()  # set while nothing is with the writer
+        self._written.set()
 
     @property
     def workers(self) -> Slots:
@@ -196,6 +203,8 @@ class Scheduler:
             await self._drain()
         finally:
             ticker.cancel()
+            if self._writer is not None:
+                self._writer.close()
         if self._fatal is not None:
             raise self._fatal
         if self._stopping and not self._nothing_left():
@@ -437,10 +446,13 @@ class Scheduler:
             for item in group:  # they hold their window slots already
                 self._track(self._process(item))
             return
-        for item, output in zip(group, outputs, strict=True):
-            self._record(
-                self._outcome(item, "done", 1, started, seconds, ItemUsage(), output=output)
-            )
+        usage = ItemUsage()  # a group's rows make no provider calls: one shared, empty
+        self._record_done(
+            [
+                self._outcome(item, "done", 1, started, seconds, usage, output=output)
+                for item, output in zip(group, outputs, strict=True)
+            ]
+        )
 
     async def _drain(self) -> None:
         while self._tasks and not self._hard_stop.is_set():
@@ -461,6 +473,7 @@ class Scheduler:
             self._end_probe(commit_held=True)  # fewer than PROBE outcomes: they stand
         if not (isinstance(self._fatal, UserError) and self._first_commit is not None):
             self._flush()  # a user error before the first commit leaves the state untouched
+        await self._written.wait()
 
     async def _tick(self) -> None:
         while True:
@@ -767,6 +780,15 @@ class Scheduler:
         self._watch_probe(outcome)
         self._maybe_flush()
 
+    def _record_done(self, outcomes: list[Outcome]) -> None:
+        """A group's outcomes, all done: ``_record`` for each, with one look at the flush
+        (a done outcome is never held back nor the run's cause, and ends the probe)."""
+        self.counters.task_seconds += sum(outcome.task_seconds for outcome in outcomes)
+        self._buffer.extend(outcomes)
+        if outcomes:
+            self._watch_probe(outcomes[0])
+        self._maybe_flush()
+
     def _on_probation(self, outcome: Outcome) -> bool:
         return self._probe is not None and outcome.status == "failed"
 
@@ -810,7 +832,8 @@ class Scheduler:
     def _maybe_flush(self) -> None:
         if not self._buffer:
             return
-        nothing_running = len(self._buffer) >= self._uncommitted  # held ones are not counted
+        # Held ones are not counted; those with the writer are finished.
+        nothing_running = len(self._buffer) + self._committing >= self._uncommitted
         if nothing_running or len(self._buffer) >= self._workers.capacity:
             self._flush()
         elif self._flush_timer is None:
@@ -824,6 +847,9 @@ class Scheduler:
         if not self._buffer and not self._cleared:
             return
         batch, self._buffer = self._buffer, []
+        if self._writer is not None:
+            self._hand_to_writer(self._writer, batch)
+            return
         try:
             self._commit(batch)
         except Exception as exc:
@@ -831,6 +857,10 @@ class Scheduler:
             # (and maybe pay for) work that is then lost.
             self._fail_run(exc)
             return
+        self._committed(batch)
+
+    def _committed(self, batch: list[Outcome]) -> None:
+        """Durable: counted, and no longer in flight (their window slots come back)."""
         for outcome in batch:
             if outcome.status == "done":
                 self.counters.done += 1
@@ -840,16 +870,44 @@ class Scheduler:
         self._settled([outcome.key for outcome in batch])
 
     def _commit(self, batch: list[Outcome]) -> None:
-        crashes = self._crashes.counts if self._crashes is not None else {}
-        cleared = [outcome.key for outcome in batch if outcome.key in crashes]
-        cleared += self._cleared
-        self._cleared = []
+        cleared = self._cleared_with(batch)
         if self._first_commit is not None:
             meta, run = self._first_commit()
             self.registry.commit(batch, meta=meta, run=run, cleared=cleared)
             self._first_commit = None
         else:
             self.registry.commit(batch, cleared=cleared)
+
+    def _cleared_with(self, batch: list[Outcome]) -> list[str]:
+        """Keys whose crash records go with this batch: suspects that ended."""
+        crashes = self._crashes.counts if self._crashes is not None else {}
+        cleared = [outcome.key for outcome in batch if outcome.key in crashes]
+        cleared += self._cleared
+        self._cleared = []
+        return cleared
+
+    def _hand_to_writer(self, writer: CommitThread, batch: list[Outcome]) -> None:
+        """The batch goes to the commit thread; it counts as done when that says durable."""
+        meta, run = self._first_commit() if self._first_commit is not None else (None, None)
+        self._first_commit = None
+        future = writer.commit(batch, meta=meta, run=run, cleared=self._cleared_with(batch))
+        self._committing += len(batch)
+        self._written.clear()
+        loop = asyncio.get_running_loop()
+        future.add_done_callback(
+            lambda done: loop.call_soon_threadsafe(self._write_ended, done, batch)
+        )
+
+    def _write_ended(self, done: Future[None], batch: list[Outcome]) -> None:
+        self._committing -= len(batch)
+        if self._committing == 0:
+            self._written.set()
+        error = done.exception()
+        if error is not None:
+            self._fail_run(error)  # as on the loop: the run stops at once
+            return
+        self._committed(batch)
+        self._maybe_flush()
 
 
 def _encode_row(item: Item) -> str:

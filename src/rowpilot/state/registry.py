@@ -17,6 +17,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -762,6 +763,50 @@ class Registry:
                 yield make(row)
         except sqlite3.Error as exc:
             raise state_error(exc, self.path, "read the registry") from exc
+
+
+class CommitThread:
+    """Commits of a registry on a thread of their own, in the order they were handed over.
+
+    For grouped tasks (the local model): the SQLite work of a batch (binding, writing the
+    WAL) releases the GIL, so it overlaps the model's next group instead of holding the
+    event loop. The thread has its own connection (WAL: readers on the run's connection
+    see each commit once it is whole). An outcome counts as done only when its commit's
+    future has finished: the caller keeps the items' window slots until then, which is
+    what bounds the work queued here.
+    """
+
+    def __init__(self, registry: Registry) -> None:
+        self._main = registry
+        self._own = Registry(registry.directory)  # used on the commit thread only
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rowpilot-commit")
+
+    def commit(
+        self,
+        outcomes: Sequence[Outcome],
+        *,
+        meta: dict[str, str] | None = None,
+        run: dict[str, Any] | None = None,
+        cleared: Sequence[str] = (),
+    ) -> Future[None]:
+        """``Registry.commit`` on the thread; the future ends when the batch is durable."""
+        return self._thread.submit(self._commit, outcomes, meta, run, cleared)
+
+    def _commit(
+        self,
+        outcomes: Sequence[Outcome],
+        meta: dict[str, str] | None,
+        run: dict[str, Any] | None,
+        cleared: Sequence[str],
+    ) -> None:
+        self._own.commit(outcomes, meta=meta, run=run, cleared=cleared)
+        if meta or run:
+            self._main._current = None  # the run's own connection reads the new versions
+
+    def close(self) -> None:
+        """After the commits handed over so far."""
+        self._thread.shutdown(wait=True)
+        self._own.close()
 
 
 def read_only_folder(directory: Path) -> bool:
