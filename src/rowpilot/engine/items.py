@@ -294,6 +294,7 @@ class ScanReport:
     columns: list[str]
     duplicate_hashes: frozenset[int] = field(default_factory=frozenset)
     dropped: int = 0
+    reused: bool = False  # the last complete run's report on the unchanged file, not a pass
 
     @property
     def to_run(self) -> int:

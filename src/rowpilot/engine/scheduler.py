@@ -60,7 +60,7 @@ from rowpilot.executors.threads import Abandoned, CallTimeout
 from rowpilot.state.registry import CommitThread, Outcome, PriorState, Registry
 from rowpilot.tasks.base import Task
 from rowpilot.tasks.ctx import Ctx, StepRunner
-from rowpilot.tasks.output import output_parts
+from rowpilot.tasks.output import group_parts, output_parts
 from rowpilot.tasks.values import ItemUsage, RunStop, StepTrail
 
 _ERROR_CHARS = 1000
@@ -652,13 +652,12 @@ class Scheduler:
             return None, error, None
 
     @property
-    def _output(self) -> Callable[[Any], Encoded]:
-        """A group's encoder: a plain function of the value, so that it pickles to the
+    def _output(self) -> Callable[[list[Any]], list[Encoded]]:
+        """A group's encoder: a plain function of the outputs, so that it pickles to the
         worker process that runs the group."""
         return functools.partial(
-            output_parts,
+            group_parts,
             task=self.task.name,
-            key="",
             prefix=self.settings.output_prefix,
             taken=self.settings.reserved,
         )

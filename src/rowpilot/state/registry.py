@@ -28,6 +28,7 @@ from rowpilot.errors import StateError
 from rowpilot.sinks.exports import ExportRecord
 
 REGISTRY_FILE = "registry.sqlite"
+VALIDATED_META = "validated_source"  # the file the last complete run's validation read
 _LOOKUP_CHUNK = 500
 
 
@@ -632,11 +633,13 @@ class Registry:
         return paid, cost, done, task_seconds, journal
 
     @_mapped("write the registry")
-    def update_run(self, run: dict[str, Any]) -> None:
+    def update_run(self, run: dict[str, Any], *, meta: dict[str, str] | None = None) -> None:
         db = self._connection(create=False)
         if db is not None:
             with atomic(db):
                 _upsert_run(db, run)
+                if meta:
+                    db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta.items())
             self._current = None
 
     # -- crashes --------------------------------------------------------------------------
@@ -807,6 +810,23 @@ class CommitThread:
         """After the commits handed over so far."""
         self._thread.shutdown(wait=True)
         self._own.close()
+
+
+def peek_meta(directory: Path, name: str) -> str | None:
+    """One meta value of the registry in ``directory``, read without opening it for a run
+    (no migration, no write: the state is not locked yet); None if it cannot be read."""
+    path = directory / REGISTRY_FILE
+    if not path.is_file():
+        return None
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            row = db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return None
+    return str(row[0]) if row is not None else None
 
 
 def read_only_folder(directory: Path) -> bool:

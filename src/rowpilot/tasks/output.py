@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from rowpilot.engine.items import Encoded, encode_output, encode_output_parts
+from rowpilot.engine.items import Encoded, encode_output, encode_output_parts, is_vector
 from rowpilot.errors import OutputCollisionError, TaskOutputError
 
 _T = TypeVar("_T")
@@ -101,3 +101,53 @@ def _encoded(value: dict[str, Any], encode: Callable[[Any], _T], *, task: str, k
             key=key,
             hint="return JSON-compatible values (str, numbers, bools, lists, dicts)",
         ) from exc
+
+
+def group_parts(
+    values: list[Any],
+    *,
+    task: str,
+    prefix: str = "",
+    taken: Mapping[str, str] | None = None,
+) -> list[Encoded]:
+    """``output_parts`` for each of a group's values (a grouped task's ``batch_call``).
+
+    A group of embeddings, every value a dict of the same fields each holding a vector of
+    one length, is checked and encoded once: the rows share the JSON (each vector's place)
+    and their raw bytes are rows of one float32 matrix. Any other group goes row by row.
+    """
+    at_once = _vector_group(values, task=task, prefix=prefix, taken=taken)
+    if at_once is not None:
+        return at_once
+    return [output_parts(value, task=task, key="", prefix=prefix, taken=taken) for value in values]
+
+
+def _vector_group(
+    values: list[Any], *, task: str, prefix: str, taken: Mapping[str, str] | None
+) -> list[Encoded] | None:
+    if not values or type(values[0]) is not dict or not values[0]:
+        return None
+    names = tuple(values[0])
+    if any(type(value) is not dict or tuple(value) != names for value in values):
+        return None
+    columns = [[value[name] for value in values] for name in names]
+    if not all(_same_length_vectors(column) for column in columns):
+        return None
+    import numpy as np
+
+    matrix = np.concatenate([np.stack(column).astype("<f4", copy=False) for column in columns], 1)
+    if matrix.shape[1] == 0:
+        return None  # empty vectors: nothing to gain
+    text, first = output_parts(values[0], task=task, key="", prefix=prefix, taken=taken)
+    raw = matrix.tobytes()
+    width = matrix.shape[1] * 4
+    encoded: list[Encoded] = [
+        (text, raw[start : start + width]) for start in range(0, len(raw), width)
+    ]
+    assert encoded[0][1] == first  # the shared JSON's places are the matrix's columns
+    return encoded
+
+
+def _same_length_vectors(column: list[Any]) -> bool:
+    length = len(column[0]) if is_vector(column[0]) else -1
+    return all(is_vector(value) and len(value) == length for value in column)
