@@ -446,13 +446,35 @@ class Scheduler:
             for item in group:  # they hold their window slots already
                 self._track(self._process(item))
             return
-        usage = ItemUsage()  # a group's rows make no provider calls: one shared, empty
-        self._record_done(
-            [
-                self._outcome(item, "done", 1, started, seconds, usage, output=output)
-                for item, output in zip(group, outputs, strict=True)
-            ]
-        )
+        self._record_done(self._group_outcomes(group, outputs, started, seconds))
+
+    def _group_outcomes(
+        self, group: list[Item], outputs: list[Encoded], started: float, seconds: float
+    ) -> list[Outcome]:
+        """``_outcome`` for each row of a group that ran: done, one attempt, no provider
+        calls, one finishing time (written out: this runs for every row of the job)."""
+        finished, run_id, version = time.time(), self.run_id, self.task.version
+        return [
+            Outcome(
+                item.key,
+                item.seq,
+                item.fingerprint,
+                item.input_json,
+                "done",
+                1,
+                output,
+                None,
+                None,
+                None,
+                started,
+                finished,
+                seconds,
+                run_id,
+                task_version=version,
+                vectors=vectors,
+            )
+            for item, (output, vectors) in zip(group, outputs, strict=True)
+        ]
 
     async def _drain(self) -> None:
         while self._tasks and not self._hard_stop.is_set():
