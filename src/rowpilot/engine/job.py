@@ -3,7 +3,9 @@
 Order matters for the promise that bad input leaves the state untouched: the task is
 loaded, the outputs checked and the whole selection read once (the validation pass)
 before the state directory is locked; the registry file itself appears only with the
-first committed outcome.
+first committed outcome. A file source that the last complete run validated, unchanged
+since (size, mtime in ns, inode, the same read and selection settings: recorded in the
+registry's meta), is not validated again: the run's own read is then its only one.
 """
 
 from __future__ import annotations

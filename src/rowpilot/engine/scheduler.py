@@ -7,13 +7,18 @@ Written by hand because it is the product's core. Its rules:
 * at most ``workers`` items run at once; the window is twice that, so a batch can be
   committing while the next runs;
 * outcomes are committed in batches: when half a window is waiting, when nothing else is
-  running, or ``flush_interval`` after the first one arrived;
+  running, or ``flush_interval`` after the first one arrived; on the loop, except for a
+  grouped task, whose batches go to a commit thread (``engine.grouped.CommitThread``,
+  its own connection) so that SQLite's work overlaps the model's. Either way an item counts as
+  done, and gives back its window slot, only once its batch is committed;
 * on a stop request no item is admitted; in-flight items get ``grace`` seconds, then are
   cancelled; cancelled items are not recorded and run again on resume;
 * a task with a ``batch_call(rows) -> outputs`` (the built-in local tasks) is called on
   groups of ``group`` rows in the thread pool, ``workers // group`` groups at once: one
-  call, one hand-off and one future per group, not per row; each row still gets its own
-  outcome. A group whose call raises runs again row by row, so one bad row fails alone;
+  call, one hand-off and one future per group, not per row; its outputs are encoded at
+  once where it ran (``group_parts``) and its outcomes recorded together; each row still
+  gets its own outcome. A group whose call raises runs again row by row, so one bad row
+  fails alone;
 * a task that raises ``RunStop`` (the budget cannot cover another call) stops the run the
   same graceful way; its item is not recorded and stays pending;
 * with ``--workers auto`` the worker limit (and the window with it) changes during the run
@@ -29,15 +34,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import time
 import traceback
 from collections.abc import Callable, Coroutine, Iterator
-from concurrent.futures import Future
 from typing import Any
 
 from rowpilot.engine.crashes import PROCESS_CRASH, CrashPolicy, InFlightLog, Verdict
 from rowpilot.engine.events import EventLog
+from rowpilot.engine.grouped import CommitThread, group_encoder, group_outcomes
 from rowpilot.engine.items import Encoded, Item, encode_json, fingerprint
 from rowpilot.engine.machine import memory_mb, rss_mb
 from rowpilot.engine.probe import PROBE, PROBED_CAUSES, abort_message, likeness
@@ -57,10 +61,10 @@ from rowpilot.errors import (
 )
 from rowpilot.executors.base import Executor, Ran
 from rowpilot.executors.threads import Abandoned, CallTimeout
-from rowpilot.state.registry import CommitThread, Outcome, PriorState, Registry
+from rowpilot.state.registry import Outcome, PriorState, Registry
 from rowpilot.tasks.base import Task
 from rowpilot.tasks.ctx import Ctx, StepRunner
-from rowpilot.tasks.output import group_parts, output_parts
+from rowpilot.tasks.output import output_parts
 from rowpilot.tasks.values import ItemUsage, RunStop, StepTrail
 
 _ERROR_CHARS = 1000
@@ -320,28 +324,9 @@ class Scheduler:
         """A key that crashed the process too often fails without running (it holds the
         window slot it was admitted with, like any outcome)."""
         assert self._crashes is not None
-        message = self._crashes.failure(item.key)
         self._uncommitted += 1
         self._idle.clear()
-        now = time.time()
-        outcome = Outcome(
-            key=item.key,
-            seq=item.seq,
-            fingerprint=item.fingerprint,
-            input_json=item.input_json,
-            status="failed",
-            attempts=self._crashes.counts[item.key][0],
-            output_json=None,
-            error=f"ProcessCrash: {message}",
-            error_type="ProcessCrash",
-            traceback=None,
-            started_at=now,
-            finished_at=now,
-            task_seconds=0.0,
-            run_id=self.run_id,
-            cause=PROCESS_CRASH,
-            task_version=self.task.version,
-        )
+        outcome = self._crashes.failed_outcome(item, self.run_id, self.task.version)
         self.events.emit("item.failed", key=item.key, row=item.seq, cause=PROCESS_CRASH)
         self._record(outcome)
 
@@ -433,7 +418,8 @@ class Scheduler:
             self.counters.running += len(group)
             try:
                 rows = [item.fields for item in group]
-                ran = await self._executor.submit_group(self.task, rows, self._output)
+                encode = group_encoder(self.task.name, self.settings)
+                ran = await self._executor.submit_group(self.task, rows, encode)
                 outputs = ran.value
             except Exception:  # any row may be the cause: each is tried on its own below
                 outputs = None
@@ -446,35 +432,8 @@ class Scheduler:
             for item in group:  # they hold their window slots already
                 self._track(self._process(item))
             return
-        self._record_done(self._group_outcomes(group, outputs, started, seconds))
-
-    def _group_outcomes(
-        self, group: list[Item], outputs: list[Encoded], started: float, seconds: float
-    ) -> list[Outcome]:
-        """``_outcome`` for each row of a group that ran: done, one attempt, no provider
-        calls, one finishing time (written out: this runs for every row of the job)."""
-        finished, run_id, version = time.time(), self.run_id, self.task.version
-        return [
-            Outcome(
-                item.key,
-                item.seq,
-                item.fingerprint,
-                item.input_json,
-                "done",
-                1,
-                output,
-                None,
-                None,
-                None,
-                started,
-                finished,
-                seconds,
-                run_id,
-                task_version=version,
-                vectors=vectors,
-            )
-            for item, (output, vectors) in zip(group, outputs, strict=True)
-        ]
+        version = self.task.version
+        self._record_done(group_outcomes(group, outputs, started, seconds, self.run_id, version))
 
     async def _drain(self) -> None:
         while self._tasks and not self._hard_stop.is_set():
@@ -672,17 +631,6 @@ class Scheduler:
             if isinstance(error, OutputCollisionError) and self._first_commit is not None:
                 raise
             return None, error, None
-
-    @property
-    def _output(self) -> Callable[[list[Any]], list[Encoded]]:
-        """A group's encoder: a plain function of the outputs, so that it pickles to the
-        worker process that runs the group."""
-        return functools.partial(
-            group_parts,
-            task=self.task.name,
-            prefix=self.settings.output_prefix,
-            taken=self.settings.reserved,
-        )
 
     async def _call(self, item: Item, attempt: int, usage: ItemUsage) -> Ran:
         trail = StepTrail() if self._steps is not None else None
@@ -911,19 +859,15 @@ class Scheduler:
         """The batch goes to the commit thread; it counts as done when that says durable."""
         meta, run = self._first_commit() if self._first_commit is not None else (None, None)
         self._first_commit = None
-        future = writer.commit(batch, meta=meta, run=run, cleared=self._cleared_with(batch))
+        cleared = self._cleared_with(batch)
+        writer.commit(batch, meta, run, cleared, lambda error: self._write_ended(error, batch))
         self._committing += len(batch)
         self._written.clear()
-        loop = asyncio.get_running_loop()
-        future.add_done_callback(
-            lambda done: loop.call_soon_threadsafe(self._write_ended, done, batch)
-        )
 
-    def _write_ended(self, done: Future[None], batch: list[Outcome]) -> None:
+    def _write_ended(self, error: BaseException | None, batch: list[Outcome]) -> None:
         self._committing -= len(batch)
         if self._committing == 0:
             self._written.set()
-        error = done.exception()
         if error is not None:
             self._fail_run(error)  # as on the loop: the run stops at once
             return

@@ -1,7 +1,9 @@
 """The registry: the durable record of every item, in one SQLite file (WAL mode).
 
-Only the scheduler writes, a batch of item outcomes per transaction. An item's output is
-committed in the same transaction as its status. Exports are derived from here.
+Only the scheduler writes (for grouped tasks, on engine.grouped.CommitThread), a batch
+of outcomes per transaction, an item's output with its status: the JSON in ``output``,
+its vectors raw (little-endian float32, migration 0004) in ``vectors``; older rows keep
+base64 vectors in the JSON, read back alike. Exports are derived from here.
 
 The file is created on the first commit, not before, so a run that fails on bad input or
 does no work leaves no state behind.
@@ -17,7 +19,6 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -215,9 +216,8 @@ def _version_of(item_fingerprint: str, input_json: str, versions: Iterable[str])
 
 
 def _add_vector_blobs(db: sqlite3.Connection) -> None:
-    # Vectors are kept as raw little-endian float32 bytes beside the output JSON, which
-    # names each one's place in them (engine.items.encode_output_parts). Older rows keep
-    # theirs in base64 inside the JSON, and decode_output reads both: nothing is rewritten.
+    # Raw little-endian float32 beside the output JSON, which names each vector's place
+    # (items.encode_output_parts); older rows keep base64 in the JSON: nothing is rewritten.
     db.execute("ALTER TABLE items ADD COLUMN vectors BLOB")
 
 
@@ -638,8 +638,7 @@ class Registry:
         if db is not None:
             with atomic(db):
                 _upsert_run(db, run)
-                if meta:
-                    db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta.items())
+                db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", (meta or {}).items())
             self._current = None
 
     # -- crashes --------------------------------------------------------------------------
@@ -768,62 +767,13 @@ class Registry:
             raise state_error(exc, self.path, "read the registry") from exc
 
 
-class CommitThread:
-    """Commits of a registry on a thread of their own, in the order they were handed over.
-
-    For grouped tasks (the local model): the SQLite work of a batch (binding, writing the
-    WAL) releases the GIL, so it overlaps the model's next group instead of holding the
-    event loop. The thread has its own connection (WAL: readers on the run's connection
-    see each commit once it is whole). An outcome counts as done only when its commit's
-    future has finished: the caller keeps the items' window slots until then, which is
-    what bounds the work queued here.
-    """
-
-    def __init__(self, registry: Registry) -> None:
-        self._main = registry
-        self._own = Registry(registry.directory)  # used on the commit thread only
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rowpilot-commit")
-
-    def commit(
-        self,
-        outcomes: Sequence[Outcome],
-        *,
-        meta: dict[str, str] | None = None,
-        run: dict[str, Any] | None = None,
-        cleared: Sequence[str] = (),
-    ) -> Future[None]:
-        """``Registry.commit`` on the thread; the future ends when the batch is durable."""
-        return self._thread.submit(self._commit, outcomes, meta, run, cleared)
-
-    def _commit(
-        self,
-        outcomes: Sequence[Outcome],
-        meta: dict[str, str] | None,
-        run: dict[str, Any] | None,
-        cleared: Sequence[str],
-    ) -> None:
-        self._own.commit(outcomes, meta=meta, run=run, cleared=cleared)
-        if meta or run:
-            self._main._current = None  # the run's own connection reads the new versions
-
-    def close(self) -> None:
-        """After the commits handed over so far."""
-        self._thread.shutdown(wait=True)
-        self._own.close()
-
-
 def peek_meta(directory: Path, name: str) -> str | None:
-    """One meta value of the registry in ``directory``, read without opening it for a run
-    (no migration, no write: the state is not locked yet); None if it cannot be read."""
+    """One meta value, read without opening the registry for a run (no migration, no
+    write: the state is not locked yet); None if it cannot be read."""
     path = directory / REGISTRY_FILE
-    if not path.is_file():
-        return None
     try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
             row = db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
-        finally:
-            db.close()
     except sqlite3.Error:
         return None
     return str(row[0]) if row is not None else None
