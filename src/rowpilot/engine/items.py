@@ -139,11 +139,30 @@ Encoded = tuple[str, bytes | None]
 """A task's output as the registry stores it: the JSON, and its vectors' raw float32 bytes."""
 
 
+class _HasVectors(Exception):
+    """Raised by the shared encoder at the first vector: the output needs its own."""
+
+
+def _no_vectors(value: Any) -> Any:
+    if is_vector(value):
+        raise _HasVectors
+    return _json_default(value)
+
+
+_encode_plain: Callable[[Any], str] = json.JSONEncoder(
+    ensure_ascii=False, separators=(",", ":"), default=_no_vectors
+).encode
+
+
 def encode_output_parts(value: Any) -> Encoded:
     """Task output as JSON whose vectors are left out as raw little-endian float32 bytes
     (one blob, the vectors end to end); each vector's place in the JSON says where its
     numbers are, ``{"$vector": [first, count]}`` in float32s. No base64, no copy of the
-    numbers into text: what the registry's ``vector`` column holds."""
+    numbers into text: what the registry's ``vectors`` column holds."""
+    try:
+        return _encode_plain(value), None  # most outputs have no vector: a shared encoder
+    except _HasVectors:
+        pass
     pieces: list[bytes] = []
     stored = 0
 
