@@ -86,3 +86,25 @@ def test_an_old_registry_exports_its_vectors_as_the_same_floats(tmp_path: Path) 
     table = pq.read_table(tmp_path / "vectors.parquet")
     exported = np.array(table.column("embedding").to_pylist(), dtype="<f4")
     assert exported.tobytes() == embed_texts(OLD_TEXTS).astype("<f4").tobytes()
+
+
+def test_a_merge_of_an_old_and_a_new_registry_keeps_the_newest_vectors(tmp_path: Path) -> None:
+    from rowpilot.state.operations import merge
+    from rowpilot.state.registry import Registry
+
+    old = old_state(tmp_path)
+    texts = [*OLD_TEXTS[:1], "a different text now", *OLD_TEXTS[2:]]
+    frame = pd.DataFrame({"id": [f"d{i:05d}" for i in range(6)], "text": texts})
+    frame.to_csv(tmp_path / "data.csv", index=False)
+    new = tmp_path / "new"
+    rowpilot.embed(tmp_path / "data.csv", key="id", text_column="text", state=new, force=True)
+
+    merge([old, new], into=tmp_path / "merged")  # every key in both: the newer row stays
+
+    registry = Registry(tmp_path / "merged")
+    try:
+        vectors = {r.key: (r.output or {})["embedding"] for r in registry.records()}
+    finally:
+        registry.close()
+    for key, vector in zip(frame["id"], embed_texts(texts), strict=True):
+        assert vectors[key].tobytes() == vector.astype("<f4").tobytes(), key
