@@ -30,7 +30,7 @@ from rowpilot.engine.items import (
     scan,
     selected_items,
 )
-from rowpilot.errors import ConfigError, KeyColumnError
+from rowpilot.errors import ConfigError, KeyColumnError, StateError
 from rowpilot.sources import Source, open_source
 
 # -- helpers -------------------------------------------------------------------------------
@@ -441,3 +441,12 @@ def test_base64_vectors_of_older_registries_still_decode() -> None:
     old = encode_output({"embedding": vector})  # the registry's format before 0004
     assert '"$vector":"' in old
     assert decode_output(old)["embedding"].tobytes() == vector.tobytes()
+
+
+def test_a_vector_place_without_its_bytes_is_a_state_error() -> None:
+    text, raw = encode_output_parts({"e": np.ones(4)})
+    assert raw is not None
+    with pytest.raises(StateError, match="damaged"):
+        decode_output(text, raw[:8])  # a row cut short
+    with pytest.raises(StateError, match="damaged"):
+        decode_output(text, None)

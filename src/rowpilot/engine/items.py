@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from rowpilot.errors import ConfigError, DuplicateKeyError, KeyColumnError
+from rowpilot.errors import ConfigError, DuplicateKeyError, KeyColumnError, StateError
 from rowpilot.sources import Row, Source
 
 _DUPLICATES_SHOWN = 5
@@ -198,7 +198,11 @@ def decode_output(text: str, vectors: bytes | None = None) -> Any:
         if isinstance(place, str):
             return np.frombuffer(base64.b64decode(place), dtype="<f4").copy()
         first, count = place
-        assert vectors is not None, "a vector's place with no vector bytes"
+        if vectors is None or (first + count) * 4 > len(vectors):
+            raise StateError(
+                "a stored output names vector bytes its row does not hold",
+                hint="the registry is damaged: restore it from a copy, or --force the rows",
+            )
         return np.frombuffer(vectors, dtype="<f4", count=count, offset=first * 4).copy()
 
     return json.loads(text, object_hook=hook)
