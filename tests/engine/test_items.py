@@ -18,8 +18,11 @@ from rowpilot.engine.items import (
     Item,
     Keyer,
     Selection,
+    decode_output,
     duplicate_key_error,
     encode_json,
+    encode_output,
+    encode_output_parts,
     fingerprint,
     key_hash,
     parse_rows,
@@ -27,7 +30,7 @@ from rowpilot.engine.items import (
     scan,
     selected_items,
 )
-from rowpilot.errors import ConfigError, KeyColumnError
+from rowpilot.errors import ConfigError, KeyColumnError, StateError
 from rowpilot.sources import Source, open_source
 
 # -- helpers -------------------------------------------------------------------------------
@@ -394,3 +397,56 @@ def test_a_folder_is_keyed_by_its_relative_paths_without_key(tmp_path: Path) -> 
     keyer = Keyer(open_source(tmp_path / "docs"), None)
     keys = [keyer.item(row).key for chunk in keyer.source.chunks() for row in chunk]
     assert sorted(keys) == ["b.txt", "sub/a.txt"]
+
+
+# -- vectors in stored outputs --------------------------------------------------------------
+
+_floats = st.floats(width=32, allow_nan=False)
+_vectors = st.lists(_floats, min_size=0, max_size=40).map(lambda v: np.array(v, dtype="<f4"))
+
+
+@given(
+    st.dictionaries(
+        st.text(min_size=1, max_size=5),
+        st.one_of(_vectors, st.integers(), st.text(max_size=5), st.lists(_vectors, max_size=3)),
+        max_size=4,
+    )
+)
+def test_vectors_come_back_from_their_raw_bytes_as_the_same_floats(value: dict[str, Any]) -> None:
+    text, raw = encode_output_parts(value)
+    decoded = decode_output(text, raw)
+    assert decoded.keys() == value.keys()
+    for name, field in value.items():
+        fields = field if isinstance(field, list) else [field]
+        back = decoded[name] if isinstance(field, list) else [decoded[name]]
+        for given_value, read in zip(fields, back, strict=True):
+            if isinstance(given_value, np.ndarray):
+                assert read.dtype == np.dtype("<f4")
+                assert read.tobytes() == given_value.tobytes()  # bit for bit
+            else:
+                assert read == given_value
+
+
+def test_raw_vectors_are_the_little_endian_float32_bytes_end_to_end() -> None:
+    first = np.array([1.5, -2.0], dtype=np.float64)  # stored as float32, like any vector
+    second = np.array([0.25], dtype=">f4")  # big-endian in memory: stored little-endian
+    text, raw = encode_output_parts({"a": first, "b": {"c": second}, "n": 3})
+    assert text == '{"a":{"$vector":[0,2]},"b":{"c":{"$vector":[2,1]}},"n":3}'
+    assert raw == np.array([1.5, -2.0, 0.25], dtype="<f4").tobytes()
+    assert encode_output_parts({"n": 3}) == ('{"n":3}', None)  # no vector, no bytes
+
+
+def test_base64_vectors_of_older_registries_still_decode() -> None:
+    vector = np.array([0.5, 1.0, -3.25], dtype="<f4")
+    old = encode_output({"embedding": vector})  # the registry's format before 0004
+    assert '"$vector":"' in old
+    assert decode_output(old)["embedding"].tobytes() == vector.tobytes()
+
+
+def test_a_vector_place_without_its_bytes_is_a_state_error() -> None:
+    text, raw = encode_output_parts({"e": np.ones(4)})
+    assert raw is not None
+    with pytest.raises(StateError, match="damaged"):
+        decode_output(text, raw[:8])  # a row cut short
+    with pytest.raises(StateError, match="damaged"):
+        decode_output(text, None)

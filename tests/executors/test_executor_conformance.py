@@ -222,8 +222,8 @@ def test_a_tasks_own_timeout_is_not_the_executors(kind: str) -> None:
         with_executor(kind, the_task, lambda ex: ex.submit(the_task, {}, ctx(), timeout=FOREVER))
 
 
-def encode(value: dict[str, Any]) -> str:
-    return f"n={value['n']}@{value['where']}"
+def encode(values: list[dict[str, Any]]) -> list[str]:
+    return [f"n={value['n']}@{value['where']}" for value in values]
 
 
 def test_a_group_runs_in_a_worker_with_outputs_encoded_there(kind: str) -> None:

@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import rowpilot
-from rowpilot.state.registry import REGISTRY_FILE
+from rowpilot.state.registry import REGISTRY_FILE, Registry
 
 ROWPILOT = str(Path(sys.executable).parent / "rowpilot")
 TOPICS = {
@@ -164,6 +165,54 @@ def test_a_killed_embed_into_lancedb_resumes_to_one_vector_per_key(tmp_path: Pat
     again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert "6,000 unchanged" in again.stdout
     assert table.count_rows() == 6000
+
+
+def committed(state: Path) -> dict[str, str]:
+    """The keys the registry holds and the run that committed each (read-only; {} while
+    the registry does not exist yet or is being created)."""
+    path = state / REGISTRY_FILE
+    if not path.exists():
+        return {}
+    try:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            return dict(db.execute("SELECT key, run_id FROM items").fetchall())
+    except sqlite3.Error:
+        return {}
+
+
+def test_an_embed_killed_mid_run_resumes_to_every_row_once_with_its_vector(
+    tmp_path: Path,
+) -> None:
+    from rowpilot.local_model.model import embed_texts
+
+    rows = write_texts(tmp_path / "data.csv", 20_000)
+    command = [ROWPILOT, "embed", "data.csv", "--key", "id", "--text-column", "text"]
+    command += ["--embed-batch", "32", "--workers", "1", "--state", "state", "--no-progress"]
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(committed(tmp_path / "state")) < 4_000:
+        time.sleep(0.002)  # waiting on the registry file: some groups committed
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    before = committed(tmp_path / "state")
+    assert 4_000 <= len(before) < len(rows), "the kill did not land mid-run"
+
+    resumed = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+
+    assert resumed.returncode == 0, resumed.stderr
+    after = committed(tmp_path / "state")
+    assert sorted(after) == [row["id"] for row in rows]  # every row once (the key is unique)
+    assert all(after[key] == run for key, run in before.items())  # none committed redone
+    expected = embed_texts([row["text"] for row in rows])
+    registry = Registry(tmp_path / "state")
+    try:
+        records = list(registry.records())
+    finally:
+        registry.close()
+    assert [record.key for record in records] == [row["id"] for row in rows]
+    for record, vector in zip(records, expected, strict=True):
+        assert record.output is not None
+        assert record.output["embedding"].tobytes() == vector.astype("<f4").tobytes()
 
 
 def test_changed_rows_replace_their_vectors(tmp_path: Path) -> None:
@@ -423,13 +472,18 @@ def test_empty_and_non_text_cells_are_handled_as_documented(tmp_path: Path) -> N
     assert labelled.loc[labelled["id"] == "a", "cooking"].item() is False
 
 
-def test_registry_keeps_vectors_compact(tmp_path: Path) -> None:
-    write_texts(tmp_path / "data.csv", 10)
+def test_registry_keeps_vectors_as_raw_float32(tmp_path: Path) -> None:
+    from rowpilot.local_model.model import embed_texts
+
+    rows = write_texts(tmp_path / "data.csv", 10)
     rowpilot.embed(tmp_path / "data.csv", key="id", text_column="text", state=tmp_path / "s")
     with sqlite3.connect(tmp_path / "s" / REGISTRY_FILE) as db:
-        (output,) = db.execute("SELECT output FROM items LIMIT 1").fetchone()
-    assert output.startswith('{"embedding":{"$vector":"')
-    assert len(output) < 1500  # 256 float32 in base64, not 256 decimal numbers
+        stored = db.execute("SELECT key, output, vectors FROM items ORDER BY seq").fetchall()
+    expected = embed_texts([row["text"] for row in rows])
+    for (key, output, raw), row, vector in zip(stored, rows, expected, strict=True):
+        assert key == row["id"]
+        assert output == '{"embedding":{"$vector":[0,256]}}'  # the place, not the numbers
+        assert raw == vector.astype("<f4").tobytes()  # 1 KB of little-endian float32
 
 
 def test_the_demo_jobs_run(tmp_path: Path) -> None:

@@ -14,11 +14,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import BaseModel, ConfigDict
 
-from rowpilot.errors import TaskLoadError, TaskOutputError
+from rowpilot.errors import OutputCollisionError, TaskLoadError, TaskOutputError
 from rowpilot.tasks.ctx import Ctx
-from rowpilot.tasks.output import output_json
+from rowpilot.tasks.output import group_parts, output_json, output_parts
 from rowpilot.tasks.python import PythonTask as Task
 from rowpilot.tasks.python import load_task, source_version
 
@@ -481,3 +483,38 @@ def test_output_json_rejects_an_unserialisable_model_with_task_output_error() ->
     with pytest.raises(TaskOutputError, match="for key 'row-7'") as caught:
         output_json(Opaque(handle=object()), task="t", key="row-7")
     assert caught.value.key == "row-7"
+
+
+# -- group_parts: a grouped task's outputs encoded at once ---------------------------------
+
+_vector_of = st.integers(0, 6).flatmap(
+    lambda n: st.lists(st.floats(width=32, allow_nan=False), min_size=n, max_size=n)
+)
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.fixed_dictionaries({"embedding": _vector_of.map(np.array)}),
+            st.fixed_dictionaries({"a": _vector_of.map(np.array), "b": _vector_of.map(np.array)}),
+            st.fixed_dictionaries({"label": st.booleans()}),
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_a_group_encodes_as_its_rows_would_one_by_one(values: list[dict[str, Any]]) -> None:
+    one_by_one = [output_parts(value, task="t", key="") for value in values]
+    assert group_parts(values, task="t") == one_by_one
+
+
+def test_a_group_of_embeddings_shares_one_json_and_slices_one_matrix() -> None:
+    vectors = np.arange(12, dtype=np.float64).reshape(3, 4)  # stored as float32
+    encoded = group_parts([{"e": vector} for vector in vectors], task="t")
+    assert [text for text, _ in encoded] == ['{"e":{"$vector":[0,4]}}'] * 3
+    assert [raw for _, raw in encoded] == [v.astype("<f4").tobytes() for v in vectors]
+
+
+def test_a_group_checks_its_field_names_like_one_row() -> None:
+    with pytest.raises(OutputCollisionError, match="'text'"):
+        group_parts([{"text": np.zeros(2)}] * 2, task="t", taken={"text": "an input column"})

@@ -37,13 +37,15 @@ import contextlib
 import json
 import math
 import os
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from rowpilot.state.registry import Registry, state_error
+from rowpilot.engine.items import Item
+from rowpilot.state.registry import Outcome, Registry, state_error
 
 INFLIGHT_DIR = "inflight"
 _COMPACT_BYTES = 1 << 20  # rewrite the file with the keys still in flight past this size
@@ -237,4 +239,26 @@ class CrashPolicy:
             f"the process died {crashes} time(s) while this item ran, the last time with "
             "nothing else running (a segfault, os._exit, the OOM killer or a kill signal); "
             "it is not run again"
+        )
+
+    def failed_outcome(self, item: Item, run_id: str, version: str | None) -> Outcome:
+        """The outcome of a key that crashed the process too often: failed unrun."""
+        now = time.time()
+        return Outcome(
+            key=item.key,
+            seq=item.seq,
+            fingerprint=item.fingerprint,
+            input_json=item.input_json,
+            status="failed",
+            attempts=self.counts[item.key][0],
+            output_json=None,
+            error=f"ProcessCrash: {self.failure(item.key)}",
+            error_type="ProcessCrash",
+            traceback=None,
+            started_at=now,
+            finished_at=now,
+            task_seconds=0.0,
+            run_id=run_id,
+            cause=PROCESS_CRASH,
+            task_version=version,
         )

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from rowpilot.errors import ConfigError, DuplicateKeyError, KeyColumnError
+from rowpilot.errors import ConfigError, DuplicateKeyError, KeyColumnError, StateError
 from rowpilot.sources import Row, Source
 
 _DUPLICATES_SHOWN = 5
@@ -120,8 +120,9 @@ def is_vector(value: Any) -> bool:
 
 
 def _output_default(value: Any) -> Any:
-    # Vectors are stored as little-endian float32 bytes in base64: a tenth of the time and
-    # half the space of a JSON list of 256 numbers, and exact.
+    # A self-contained form (logs, journaled answers): little-endian float32 bytes in
+    # base64, exact. The registry keeps its items' vectors as raw bytes instead
+    # (encode_output_parts).
     if is_vector(value):
         raw = value.astype("<f4", copy=False).tobytes()
         return {VECTOR_TAG: base64.b64encode(raw).decode("ascii")}
@@ -134,19 +135,77 @@ encode_output: Callable[[Any], str] = json.JSONEncoder(
 """Task output as JSON, in the task's own field order (it becomes the column order)."""
 
 
-def _vector_hook(entry: dict[str, Any]) -> Any:
-    if len(entry) == 1 and VECTOR_TAG in entry:
-        import numpy as np
-
-        return np.frombuffer(base64.b64decode(entry[VECTOR_TAG]), dtype="<f4").copy()
-    return entry
+Encoded = tuple[str, bytes | None]
+"""A task's output as the registry stores it: the JSON, and its vectors' raw float32 bytes."""
 
 
-def decode_output(text: str) -> Any:
-    """Stored task output back as values: vectors become float32 numpy arrays."""
+class _HasVectors(Exception):
+    """Raised by the shared encoder at the first vector: the output needs its own."""
+
+
+def _no_vectors(value: Any) -> Any:
+    if is_vector(value):
+        raise _HasVectors
+    return _json_default(value)
+
+
+_encode_plain: Callable[[Any], str] = json.JSONEncoder(
+    ensure_ascii=False, separators=(",", ":"), default=_no_vectors
+).encode
+
+
+def encode_output_parts(value: Any) -> Encoded:
+    """Task output as JSON whose vectors are left out as raw little-endian float32 bytes
+    (one blob, the vectors end to end); each vector's place in the JSON says where its
+    numbers are, ``{"$vector": [first, count]}`` in float32s. No base64, no copy of the
+    numbers into text: what the registry's ``vectors`` column holds."""
+    try:
+        return _encode_plain(value), None  # most outputs have no vector: a shared encoder
+    except _HasVectors:
+        pass
+    pieces: list[bytes] = []
+    stored = 0
+
+    def default(value: Any) -> Any:
+        nonlocal stored
+        if is_vector(value):
+            raw = value.astype("<f4", copy=False).tobytes()
+            pieces.append(raw)
+            place = [stored, len(raw) // 4]
+            stored += place[1]
+            return {VECTOR_TAG: place}
+        return _json_default(value)
+
+    text = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=default).encode(
+        value
+    )
+    return text, b"".join(pieces) if pieces else None
+
+
+def decode_output(text: str, vectors: bytes | None = None) -> Any:
+    """Stored task output back as values: vectors become float32 numpy arrays, whether
+    written in base64 inside the JSON (registries before migration 0004, logs) or as a
+    place in the raw ``vectors`` bytes (encode_output_parts)."""
     if VECTOR_TAG not in text:
         return json.loads(text)
-    return json.loads(text, object_hook=_vector_hook)
+
+    def hook(entry: dict[str, Any]) -> Any:
+        if len(entry) != 1 or VECTOR_TAG not in entry:
+            return entry
+        import numpy as np
+
+        place = entry[VECTOR_TAG]
+        if isinstance(place, str):
+            return np.frombuffer(base64.b64decode(place), dtype="<f4").copy()
+        first, count = place
+        if vectors is None or (first + count) * 4 > len(vectors):
+            raise StateError(
+                "a stored output names vector bytes its row does not hold",
+                hint="the registry is damaged: restore it from a copy, or --force the rows",
+            )
+        return np.frombuffer(vectors, dtype="<f4", count=count, offset=first * 4).copy()
+
+    return json.loads(text, object_hook=hook)
 
 
 def key_hash(key: str) -> int:
@@ -258,6 +317,7 @@ class ScanReport:
     columns: list[str]
     duplicate_hashes: frozenset[int] = field(default_factory=frozenset)
     dropped: int = 0
+    reused: bool = False  # the last complete run's report on the unchanged file, not a pass
 
     @property
     def to_run(self) -> int:

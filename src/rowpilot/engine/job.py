@@ -3,7 +3,9 @@
 Order matters for the promise that bad input leaves the state untouched: the task is
 loaded, the outputs checked and the whole selection read once (the validation pass)
 before the state directory is locked; the registry file itself appears only with the
-first committed outcome.
+first committed outcome. A file source that the last complete run validated, unchanged
+since (size, mtime in ns, inode, the same read and selection settings: recorded in the
+registry's meta), is not validated again: the run's own read is then its only one.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ from rowpilot.sinks.exports import KEY_FIELD
 from rowpilot.sources import Source, open_source
 from rowpilot.state.lock import LOCK_FILE, StateLock
 from rowpilot.state.operations import check_key_definition, key_definition
-from rowpilot.state.registry import Registry, read_only_folder
+from rowpilot.state.registry import VALIDATED_META, Registry, peek_meta, read_only_folder
 from rowpilot.tasks.base import RunScope, Task
 from rowpilot.tasks.factory import build_task
 
@@ -78,6 +80,7 @@ class PreparedJob:
     scan: ScanReport | None
     sinks: list[Sink]
     executor: ExecutorChoice
+    validation: dict[str, Any] | None = None  # what the validation pass vouched for
 
 
 def prepare(config: JobConfig) -> PreparedJob:
@@ -103,7 +106,12 @@ def prepare(config: JobConfig) -> PreparedJob:
     columns = source.columns()
     if columns is not None:
         task.check_columns(columns)
-    report = _validate(source, keyer, selection, config) if source.reiterable else None
+    validation = _validation_record(config, keyer)
+    report = None
+    if source.reiterable:
+        report = _validated_before(config, task, source, validation)
+        if report is None:
+            report = _validate(source, keyer, selection, config)
     inputs = report.columns if report is not None else (columns or [])
     reserved = _reserved_names(config, inputs)
     _check_output_fields(task, reserved, config.output_prefix)
@@ -115,8 +123,63 @@ def prepare(config: JobConfig) -> PreparedJob:
     settings = _settings(config, task.rows_per_worker, auto)
     settings = dataclasses.replace(settings, reserved=reserved)
     return PreparedJob(
-        config, task, source, keyer, selection, state, settings, report, sinks, executor
+        config,
+        task,
+        source,
+        keyer,
+        selection,
+        state,
+        settings,
+        report,
+        sinks,
+        executor,
+        validation if report is not None and not report.duplicate_hashes else None,
     )
+
+
+def _validation_record(config: JobConfig, keyer: Keyer) -> dict[str, Any] | None:
+    """What a validation pass of a file source vouches for: the file as it was before the
+    pass read it (size, mtime in ns, inode) and every setting that decides what is read.
+    None for sources that are not one file (folders, frames, URLs)."""
+    if not isinstance(config.source, str | os.PathLike):
+        return None
+    path = Path(config.source)
+    try:
+        found = path.stat()
+    except OSError:
+        return None  # open_source said what is wrong already, or will
+    if not path.is_file():
+        return None
+    return {
+        "file": str(path.resolve()),
+        "size": found.st_size,
+        "mtime_ns": found.st_mtime_ns,
+        "inode": found.st_ino,
+        "key": keyer.key_column,
+        "read": [config.format, config.encoding, config.trust_quotes],
+        "selection": [config.rows, config.shard, config.limit, config.duplicates],
+    }
+
+
+def _validated_before(
+    config: JobConfig, task: Task, source: Source, record: dict[str, Any] | None
+) -> ScanReport | None:
+    """The last complete run's report, if it validated this very file the same way (the
+    source is then read once, by the run): its record is in the registry's meta."""
+    if record is None:
+        return None
+    state = state_directory(config, job_name(config, task, source))
+    stored = peek_meta(state, VALIDATED_META)
+    if stored is None:
+        return None
+    try:
+        before = json.loads(stored)
+        if before.get("record") != record:
+            return None
+        columns = [str(name) for name in before["columns"]]
+        return ScanReport(int(before["total"]), columns, reused=True)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None  # a record this code cannot read: validate
 
 
 def _reserved_names(config: JobConfig, inputs: list[str]) -> dict[str, str]:
@@ -370,6 +433,7 @@ async def _run_locked(job: PreparedJob, registry: Registry, progress: ProgressVi
         state=str(job.state),
         workers=job.settings.workers,
         executor=executor.name,
+        validation=_validation_said(job.scan),
     )
     progress.start(counters)
     _announce_executor(job, executor.name, events, progress)
@@ -384,7 +448,7 @@ async def _run_locked(job: PreparedJob, registry: Registry, progress: ProgressVi
         run_row.update(
             ended_at=time.time(), status=summary.status, summary=json.dumps(summary.as_dict())
         )
-        registry.update_run(run_row)
+        registry.update_run(run_row, meta=_validated_meta(job, end))
         _log_limits(job.task, events)
         events.emit("run.finished", **summary.as_dict())
     except BaseException as exc:
@@ -528,6 +592,21 @@ def _meta(job: PreparedJob) -> dict[str, str]:
         "task": job.task.name,
         "task_version": job.task.version,
     }
+
+
+def _validation_said(report: ScanReport | None) -> str:
+    if report is None:
+        return "as rows are read (a one-shot source)"
+    return "skipped: the file is as the last complete run read it" if report.reused else "read"
+
+
+def _validated_meta(job: PreparedJob, end: RunEnd) -> dict[str, str] | None:
+    """A complete run records the file its validation pass read, so that the next run of
+    the unchanged file skips the pass (``_validated_before``)."""
+    if end is not RunEnd.COMPLETED or job.validation is None or job.scan is None:
+        return None
+    record = {"record": job.validation, "total": job.scan.total, "columns": job.scan.columns}
+    return {VALIDATED_META: json.dumps(record)}
 
 
 def _run_row(job: PreparedJob, run_id: str) -> dict[str, Any]:

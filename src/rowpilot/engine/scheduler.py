@@ -7,13 +7,18 @@ Written by hand because it is the product's core. Its rules:
 * at most ``workers`` items run at once; the window is twice that, so a batch can be
   committing while the next runs;
 * outcomes are committed in batches: when half a window is waiting, when nothing else is
-  running, or ``flush_interval`` after the first one arrived;
+  running, or ``flush_interval`` after the first one arrived; on the loop, except for a
+  grouped task, whose batches go to a commit thread (``engine.grouped.CommitThread``,
+  its own connection) so that SQLite's work overlaps the model's. Either way an item counts as
+  done, and gives back its window slot, only once its batch is committed;
 * on a stop request no item is admitted; in-flight items get ``grace`` seconds, then are
   cancelled; cancelled items are not recorded and run again on resume;
 * a task with a ``batch_call(rows) -> outputs`` (the built-in local tasks) is called on
   groups of ``group`` rows in the thread pool, ``workers // group`` groups at once: one
-  call, one hand-off and one future per group, not per row; each row still gets its own
-  outcome. A group whose call raises runs again row by row, so one bad row fails alone;
+  call, one hand-off and one future per group, not per row; its outputs are encoded at
+  once where it ran (``group_parts``) and its outcomes recorded together; each row still
+  gets its own outcome. A group whose call raises runs again row by row, so one bad row
+  fails alone;
 * a task that raises ``RunStop`` (the budget cannot cover another call) stops the run the
   same graceful way; its item is not recorded and stays pending;
 * with ``--workers auto`` the worker limit (and the window with it) changes during the run
@@ -29,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import time
 import traceback
 from collections.abc import Callable, Coroutine, Iterator
@@ -37,7 +41,8 @@ from typing import Any
 
 from rowpilot.engine.crashes import PROCESS_CRASH, CrashPolicy, InFlightLog, Verdict
 from rowpilot.engine.events import EventLog
-from rowpilot.engine.items import Item, encode_json, fingerprint
+from rowpilot.engine.grouped import CommitThread, group_encoder, group_outcomes
+from rowpilot.engine.items import Encoded, Item, encode_json, fingerprint
 from rowpilot.engine.machine import memory_mb, rss_mb
 from rowpilot.engine.probe import PROBE, PROBED_CAUSES, abort_message, likeness
 from rowpilot.engine.progress import Counters, ProgressView
@@ -59,7 +64,7 @@ from rowpilot.executors.threads import Abandoned, CallTimeout
 from rowpilot.state.registry import Outcome, PriorState, Registry
 from rowpilot.tasks.base import Task
 from rowpilot.tasks.ctx import Ctx, StepRunner
-from rowpilot.tasks.output import output_json
+from rowpilot.tasks.output import output_parts
 from rowpilot.tasks.values import ItemUsage, RunStop, StepTrail
 
 _ERROR_CHARS = 1000
@@ -140,6 +145,12 @@ class Scheduler:
         self._cleared: list[str] = []  # suspects that ended: their crash records go
         self._admitted_all = False  # the source was read to its end
         self._left_pending = 0  # admitted items that ended without an outcome
+        # Grouped tasks commit on a thread (the model computes meanwhile); the others on
+        # the loop, where a small batch's commit is cheaper than the hand-off.
+        self._writer = CommitThread(registry) if task.groups_rows else None
+        self._committing = 0  # outcomes handed to the writer, not yet durable
+        self._written = asyncio.Event()  # set while nothing is with the writer
+        self._written.set()
 
     @property
     def workers(self) -> Slots:
@@ -196,6 +207,8 @@ class Scheduler:
             await self._drain()
         finally:
             ticker.cancel()
+            if self._writer is not None:
+                self._writer.close()
         if self._fatal is not None:
             raise self._fatal
         if self._stopping and not self._nothing_left():
@@ -311,28 +324,9 @@ class Scheduler:
         """A key that crashed the process too often fails without running (it holds the
         window slot it was admitted with, like any outcome)."""
         assert self._crashes is not None
-        message = self._crashes.failure(item.key)
         self._uncommitted += 1
         self._idle.clear()
-        now = time.time()
-        outcome = Outcome(
-            key=item.key,
-            seq=item.seq,
-            fingerprint=item.fingerprint,
-            input_json=item.input_json,
-            status="failed",
-            attempts=self._crashes.counts[item.key][0],
-            output_json=None,
-            error=f"ProcessCrash: {message}",
-            error_type="ProcessCrash",
-            traceback=None,
-            started_at=now,
-            finished_at=now,
-            task_seconds=0.0,
-            run_id=self.run_id,
-            cause=PROCESS_CRASH,
-            task_version=self.task.version,
-        )
+        outcome = self._crashes.failed_outcome(item, self.run_id, self.task.version)
         self.events.emit("item.failed", key=item.key, row=item.seq, cause=PROCESS_CRASH)
         self._record(outcome)
 
@@ -418,13 +412,14 @@ class Scheduler:
     async def _process_group(self, group: list[Item]) -> None:
         """One batch_call for the group; its rows alone again if the call raises."""
         started = time.time()
-        outputs: list[str] | None = None
+        outputs: list[Encoded] | None = None
         async with self._groups:
             clock = time.perf_counter()
             self.counters.running += len(group)
             try:
                 rows = [item.fields for item in group]
-                ran = await self._executor.submit_group(self.task, rows, self._output)
+                encode = group_encoder(self.task.name, self.settings)
+                ran = await self._executor.submit_group(self.task, rows, encode)
                 outputs = ran.value
             except Exception:  # any row may be the cause: each is tried on its own below
                 outputs = None
@@ -437,10 +432,8 @@ class Scheduler:
             for item in group:  # they hold their window slots already
                 self._track(self._process(item))
             return
-        for item, output in zip(group, outputs, strict=True):
-            self._record(
-                self._outcome(item, "done", 1, started, seconds, ItemUsage(), output=output)
-            )
+        version = self.task.version
+        self._record_done(group_outcomes(group, outputs, started, seconds, self.run_id, version))
 
     async def _drain(self) -> None:
         while self._tasks and not self._hard_stop.is_set():
@@ -461,6 +454,7 @@ class Scheduler:
             self._end_probe(commit_held=True)  # fewer than PROBE outcomes: they stand
         if not (isinstance(self._fatal, UserError) and self._first_commit is not None):
             self._flush()  # a user error before the first commit leaves the state untouched
+        await self._written.wait()
 
     async def _tick(self) -> None:
         while True:
@@ -617,13 +611,15 @@ class Scheduler:
                 return None  # retried on resume rather than recorded as failed
             await self._wait_to_retry(item, error, attempt)
 
-    def _checked_output(self, value: Any, key: str) -> tuple[str | None, Exception | None, None]:
+    def _checked_output(
+        self, value: Any, key: str
+    ) -> tuple[Encoded | None, Exception | None, None]:
         """The task's return value encoded, or the reason it cannot be stored: the item
         fails (cause invalid_output), the run goes on. An output field named like an input
         column stops the run instead while nothing of it is committed: every row would
         collide the same way."""
         try:
-            encoded = output_json(
+            encoded = output_parts(
                 value,
                 task=self.task.name,
                 key=key,
@@ -635,18 +631,6 @@ class Scheduler:
             if isinstance(error, OutputCollisionError) and self._first_commit is not None:
                 raise
             return None, error, None
-
-    @property
-    def _output(self) -> Callable[[Any], str]:
-        """A group's encoder: a plain function of the value, so that it pickles to the
-        worker process that runs the group."""
-        return functools.partial(
-            output_json,
-            task=self.task.name,
-            key="",
-            prefix=self.settings.output_prefix,
-            taken=self.settings.reserved,
-        )
 
     async def _call(self, item: Item, attempt: int, usage: ItemUsage) -> Ran:
         trail = StepTrail() if self._steps is not None else None
@@ -715,7 +699,7 @@ class Scheduler:
         task_seconds: float,
         usage: ItemUsage,
         *,
-        output: str | None = None,
+        output: Encoded | None = None,
         error: Exception | None = None,
         trace: str | None = None,
     ) -> Outcome:
@@ -726,7 +710,7 @@ class Scheduler:
             input_json=item.input_json,
             status=status,
             attempts=attempts,
-            output_json=output,
+            output_json=output[0] if output is not None else None,
             error=_one_line(error) if error is not None else None,
             error_type=type(error).__name__ if error is not None else None,
             traceback=trace,
@@ -740,6 +724,7 @@ class Scheduler:
             output_tokens=usage.output_tokens,
             calls=usage.calls,
             task_version=self.task.version,
+            vectors=output[1] if output is not None else None,
         )
 
     # -- committing ---------------------------------------------------------------------
@@ -762,6 +747,15 @@ class Scheduler:
         else:
             self._buffer.append(outcome)
         self._watch_probe(outcome)
+        self._maybe_flush()
+
+    def _record_done(self, outcomes: list[Outcome]) -> None:
+        """A group's outcomes, all done: ``_record`` for each, with one look at the flush
+        (a done outcome is never held back nor the run's cause, and ends the probe)."""
+        self.counters.task_seconds += sum(outcome.task_seconds for outcome in outcomes)
+        self._buffer.extend(outcomes)
+        if outcomes:
+            self._watch_probe(outcomes[0])
         self._maybe_flush()
 
     def _on_probation(self, outcome: Outcome) -> bool:
@@ -807,7 +801,8 @@ class Scheduler:
     def _maybe_flush(self) -> None:
         if not self._buffer:
             return
-        nothing_running = len(self._buffer) >= self._uncommitted  # held ones are not counted
+        # Held ones are not counted; those with the writer are finished.
+        nothing_running = len(self._buffer) + self._committing >= self._uncommitted
         if nothing_running or len(self._buffer) >= self._workers.capacity:
             self._flush()
         elif self._flush_timer is None:
@@ -821,6 +816,9 @@ class Scheduler:
         if not self._buffer and not self._cleared:
             return
         batch, self._buffer = self._buffer, []
+        if self._writer is not None:
+            self._hand_to_writer(self._writer, batch)
+            return
         try:
             self._commit(batch)
         except Exception as exc:
@@ -828,6 +826,10 @@ class Scheduler:
             # (and maybe pay for) work that is then lost.
             self._fail_run(exc)
             return
+        self._committed(batch)
+
+    def _committed(self, batch: list[Outcome]) -> None:
+        """Durable: counted, and no longer in flight (their window slots come back)."""
         for outcome in batch:
             if outcome.status == "done":
                 self.counters.done += 1
@@ -837,16 +839,40 @@ class Scheduler:
         self._settled([outcome.key for outcome in batch])
 
     def _commit(self, batch: list[Outcome]) -> None:
-        crashes = self._crashes.counts if self._crashes is not None else {}
-        cleared = [outcome.key for outcome in batch if outcome.key in crashes]
-        cleared += self._cleared
-        self._cleared = []
+        cleared = self._cleared_with(batch)
         if self._first_commit is not None:
             meta, run = self._first_commit()
             self.registry.commit(batch, meta=meta, run=run, cleared=cleared)
             self._first_commit = None
         else:
             self.registry.commit(batch, cleared=cleared)
+
+    def _cleared_with(self, batch: list[Outcome]) -> list[str]:
+        """Keys whose crash records go with this batch: suspects that ended."""
+        crashes = self._crashes.counts if self._crashes is not None else {}
+        cleared = [outcome.key for outcome in batch if outcome.key in crashes]
+        cleared += self._cleared
+        self._cleared = []
+        return cleared
+
+    def _hand_to_writer(self, writer: CommitThread, batch: list[Outcome]) -> None:
+        """The batch goes to the commit thread; it counts as done when that says durable."""
+        meta, run = self._first_commit() if self._first_commit is not None else (None, None)
+        self._first_commit = None
+        cleared = self._cleared_with(batch)
+        writer.commit(batch, meta, run, cleared, lambda error: self._write_ended(error, batch))
+        self._committing += len(batch)
+        self._written.clear()
+
+    def _write_ended(self, error: BaseException | None, batch: list[Outcome]) -> None:
+        self._committing -= len(batch)
+        if self._committing == 0:
+            self._written.set()
+        if error is not None:
+            self._fail_run(error)  # as on the loop: the run stops at once
+            return
+        self._committed(batch)
+        self._maybe_flush()
 
 
 def _encode_row(item: Item) -> str:

@@ -44,11 +44,11 @@ class Executor(Protocol):
     ) -> Ran: ...
 
     async def submit_group(
-        self, task: Task, rows: list[dict[str, Any]], encode: Callable[[Any], str]
+        self, task: Task, rows: list[dict[str, Any]], encode: Callable[[list[Any]], list[Any]]
     ) -> Ran:
-        """``task.batch_call(rows)``, each output encoded by ``encode`` where it ran: a
-        ``Ran`` whose value is the list of encoded outputs. ``encode`` pickles, for
-        executors whose workers are other processes."""
+        """``task.batch_call(rows)``, its outputs encoded by ``encode`` (the group's list
+        at once) where it ran: a ``Ran`` whose value is the list of encoded outputs.
+        ``encode`` pickles, for executors whose workers are other processes."""
         ...
 
     @property

@@ -47,7 +47,7 @@ class LocalExecutor:
             raise  # the task's own timeout, not ours
 
     async def submit_group(
-        self, task: Task, rows: list[dict[str, Any]], encode: Callable[[Any], str]
+        self, task: Task, rows: list[dict[str, Any]], encode: Callable[[list[Any]], list[Any]]
     ) -> Ran:
         return Ran(await run_sync(self._pool, _group_call, task, rows, encode))
 
@@ -82,9 +82,11 @@ def _cpu_timed(call: Callable[..., Any], *args: Any) -> tuple[Any, float]:
     return value, time.thread_time() - started
 
 
-def _group_call(task: Task, rows: list[dict[str, Any]], encode: Callable[[Any], str]) -> list[str]:
+def _group_call(
+    task: Task, rows: list[dict[str, Any]], encode: Callable[[list[Any]], list[Any]]
+) -> list[Any]:
     """In a worker: the task's batch call, its outputs checked and encoded there too."""
     outputs = task.batch_call(rows)
     if len(outputs) != len(rows):
         raise ValueError(f"batch_call gave {len(outputs)} outputs for {len(rows)} rows")
-    return [encode(value) for value in outputs]
+    return encode(outputs)

@@ -175,7 +175,7 @@ class RemoteExecutor:
         return ran
 
     async def submit_group(
-        self, task: Task, rows: list[dict[str, Any]], encode: Callable[[Any], str]
+        self, task: Task, rows: list[dict[str, Any]], encode: Callable[[list[Any]], list[Any]]
     ) -> Ran:
         ran: Ran = await self._submit("group", (rows, encode), None)
         return ran

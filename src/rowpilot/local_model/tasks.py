@@ -2,8 +2,9 @@
 
 They are ordinary rowpilot tasks (one item per row, resumable, one registry) whose rows are
 computed in groups: the scheduler hands ``batch_call`` a group of ``batch`` rows in a
-worker thread (the model releases the GIL), so the event loop keeps committing while the
-model works. ``--workers`` is the number of groups computed at once.
+worker thread (the model releases the GIL), so the event loop keeps reading rows, and the
+scheduler's commit thread writing finished groups, while the model works. ``--workers``
+is the number of groups computed at once. An embedding is stored as raw float32 bytes.
 
 The model is the same for every row and every run: outputs do not depend on the batch a
 row fell in, nor on the worker count (the tests compare 1 and 4 workers).

@@ -1,7 +1,9 @@
 """The registry: the durable record of every item, in one SQLite file (WAL mode).
 
-Only the scheduler writes, a batch of item outcomes per transaction. An item's output is
-committed in the same transaction as its status. Exports are derived from here.
+Only the scheduler writes (for grouped tasks, on engine.grouped.CommitThread), a batch
+of outcomes per transaction, an item's output with its status: the JSON in ``output``,
+its vectors raw (little-endian float32, migration 0004) in ``vectors``; older rows keep
+base64 vectors in the JSON, read back alike. Exports are derived from here.
 
 The file is created on the first commit, not before, so a run that fails on bad input or
 does no work leaves no state behind.
@@ -27,6 +29,7 @@ from rowpilot.errors import StateError
 from rowpilot.sinks.exports import ExportRecord
 
 REGISTRY_FILE = "registry.sqlite"
+VALIDATED_META = "validated_source"  # the file the last complete run's validation read
 _LOOKUP_CHUNK = 500
 
 
@@ -54,6 +57,7 @@ class Outcome:
     output_tokens: int = 0
     calls: int = 0  # provider calls made for this item (a batch call counts for each row)
     task_version: str | None = None  # the task version that produced it
+    vectors: bytes | None = None  # the output's vectors, raw float32 (encode_output_parts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,11 +215,18 @@ def _version_of(item_fingerprint: str, input_json: str, versions: Iterable[str])
     return next((v for v in versions if fingerprint(v, input_json) == item_fingerprint), None)
 
 
+def _add_vector_blobs(db: sqlite3.Connection) -> None:
+    # Raw little-endian float32 beside the output JSON, which names each vector's place
+    # (items.encode_output_parts); older rows keep base64 in the JSON: nothing is rewritten.
+    db.execute("ALTER TABLE items ADD COLUMN vectors BLOB")
+
+
 # Append-only: never edit or reorder a released migration; add a new one at the end.
 MIGRATIONS: tuple[tuple[str, Callable[[sqlite3.Connection], None]], ...] = (
     ("0001_create_tables", _create_tables),
     ("0002_call_journal", _add_call_journal),
     ("0003_versions_and_crashes", _add_versions_and_crashes),
+    ("0004_vector_blobs", _add_vector_blobs),
 )
 
 
@@ -622,11 +633,12 @@ class Registry:
         return paid, cost, done, task_seconds, journal
 
     @_mapped("write the registry")
-    def update_run(self, run: dict[str, Any]) -> None:
+    def update_run(self, run: dict[str, Any], *, meta: dict[str, str] | None = None) -> None:
         db = self._connection(create=False)
         if db is not None:
             with atomic(db):
                 _upsert_run(db, run)
+                db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", (meta or {}).items())
             self._current = None
 
     # -- crashes --------------------------------------------------------------------------
@@ -755,6 +767,18 @@ class Registry:
             raise state_error(exc, self.path, "read the registry") from exc
 
 
+def peek_meta(directory: Path, name: str) -> str | None:
+    """One meta value, read without opening the registry for a run (no migration, no
+    write: the state is not locked yet); None if it cannot be read."""
+    path = directory / REGISTRY_FILE
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            row = db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+    except sqlite3.Error:
+        return None
+    return str(row[0]) if row is not None else None
+
+
 def read_only_folder(directory: Path) -> bool:
     """Whether the folder cannot be written (a read-only mount, or no permission)."""
     try:
@@ -767,20 +791,20 @@ def read_only_folder(directory: Path) -> bool:
 
 _RECORD_COLUMNS = (
     "key, seq, status, input, output, error, error_type, attempts, fingerprint, finished_at,"
-    " cause, cost_usd, task_version"
+    " cause, cost_usd, task_version, vectors"
 )
 
 
 def _record(row: tuple[Any, ...]) -> ExportRecord:
     """An export record from the ``_RECORD_COLUMNS`` of a row (the version is left out)."""
     key, seq, status, input_json, output_json, error, error_type, attempts, fp, finished = row[:10]
-    cause, cost = row[10:12]
+    cause, cost, _, vectors = row[10:14]
     return ExportRecord(
         key=key,
         seq=seq,
         status=status,
         input=json.loads(input_json),
-        output=decode_output(output_json) if output_json is not None else None,
+        output=decode_output(output_json, vectors) if output_json is not None else None,
         error=error,
         error_type=error_type,
         attempts=attempts,
@@ -794,9 +818,9 @@ def _record(row: tuple[Any, ...]) -> ExportRecord:
 _ITEM_COLUMNS = (
     "key, seq, fingerprint, status, attempts, input, output, error, error_type, traceback,"
     " started_at, finished_at, task_seconds, run_id, cause, cost_usd, input_tokens,"
-    " output_tokens, calls, task_version"
+    " output_tokens, calls, task_version, vectors"
 )
-_INSERT_ITEM = f"INSERT OR REPLACE INTO items ({_ITEM_COLUMNS}) VALUES ({','.join('?' * 20)})"
+_INSERT_ITEM = f"INSERT OR REPLACE INTO items ({_ITEM_COLUMNS}) VALUES ({','.join('?' * 21)})"
 
 
 def _outcome_row(o: Outcome) -> tuple[Any, ...]:
@@ -821,6 +845,7 @@ def _outcome_row(o: Outcome) -> tuple[Any, ...]:
         o.output_tokens,
         o.calls,
         o.task_version,
+        o.vectors,
     )
 
 
@@ -861,7 +886,8 @@ def _merge_shard(db: sqlite3.Connection) -> tuple[int, int]:
                 finished_at = excluded.finished_at, task_seconds = excluded.task_seconds,
                 run_id = excluded.run_id, cause = excluded.cause,
                 cost_usd = excluded.cost_usd, input_tokens = excluded.input_tokens,
-                output_tokens = excluded.output_tokens, calls = excluded.calls
+                output_tokens = excluded.output_tokens, calls = excluded.calls,
+                vectors = excluded.vectors
             WHERE (excluded.status = 'done' AND items.status != 'done')
                OR (excluded.status = items.status AND excluded.finished_at > items.finished_at)
             """

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from rowpilot.engine.items import encode_output
+from rowpilot.engine.items import Encoded, encode_output, encode_output_parts, is_vector
 from rowpilot.errors import OutputCollisionError, TaskOutputError
+
+_T = TypeVar("_T")
 
 
 def _model_fields(model: BaseModel, *, task: str, key: str) -> dict[str, Any]:
@@ -30,7 +32,18 @@ def output_json(
     prefix: str = "",
     taken: Mapping[str, str] | None = None,
 ) -> str:
-    """Check what a task returned and encode it; anything but a dict or model is an error.
+    """Check what a task returned and encode it (vectors in base64: a self-contained JSON);
+    anything but a dict or model is an error.
+    """
+    checked = _checked(value, task=task, key=key, prefix=prefix, taken=taken)
+    return _encoded(checked, encode_output, task=task, key=key)
+
+
+def _checked(
+    value: Any, *, task: str, key: str, prefix: str, taken: Mapping[str, str] | None
+) -> dict[str, Any]:
+    """The task's value as a dict of prefixed fields; anything but a dict or model is an
+    error.
 
     Field names get ``prefix``; a name in ``taken`` (an input column, the key column among
     them, or a field the exports keep for themselves; the value says which) is an
@@ -61,11 +74,80 @@ def output_json(
             key=key,
             column=clash,
         )
+    fields: dict[str, Any] = value
+    return fields
+
+
+def output_parts(
+    value: Any,
+    *,
+    task: str,
+    key: str,
+    prefix: str = "",
+    taken: Mapping[str, str] | None = None,
+) -> Encoded:
+    """``output_json``'s checks, encoded as the registry stores an item's output: the JSON
+    and its vectors' raw float32 bytes (``encode_output_parts``)."""
+    checked = _checked(value, task=task, key=key, prefix=prefix, taken=taken)
+    return _encoded(checked, encode_output_parts, task=task, key=key)
+
+
+def _encoded(value: dict[str, Any], encode: Callable[[Any], _T], *, task: str, key: str) -> _T:
     try:
-        return encode_output(value)
+        return encode(value)
     except (TypeError, ValueError) as exc:
         raise TaskOutputError(
             f"task {task} returned a value that cannot be stored for key {key!r}: {exc}",
             key=key,
             hint="return JSON-compatible values (str, numbers, bools, lists, dicts)",
         ) from exc
+
+
+def group_parts(
+    values: list[Any],
+    *,
+    task: str,
+    prefix: str = "",
+    taken: Mapping[str, str] | None = None,
+) -> list[Encoded]:
+    """``output_parts`` for each of a group's values (a grouped task's ``batch_call``).
+
+    A group of embeddings, every value a dict of the same fields each holding a vector of
+    one length, is checked and encoded once: the rows share the JSON (each vector's place)
+    and their raw bytes are rows of one float32 matrix. Any other group goes row by row.
+    """
+    at_once = _vector_group(values, task=task, prefix=prefix, taken=taken)
+    if at_once is not None:
+        return at_once
+    return [output_parts(value, task=task, key="", prefix=prefix, taken=taken) for value in values]
+
+
+def _vector_group(
+    values: list[Any], *, task: str, prefix: str, taken: Mapping[str, str] | None
+) -> list[Encoded] | None:
+    if not values or type(values[0]) is not dict or not values[0]:
+        return None
+    names = tuple(values[0])
+    if any(type(value) is not dict or tuple(value) != names for value in values):
+        return None
+    columns = [[value[name] for value in values] for name in names]
+    if not all(_same_length_vectors(column) for column in columns):
+        return None
+    import numpy as np
+
+    matrix = np.concatenate([np.stack(column).astype("<f4", copy=False) for column in columns], 1)
+    if matrix.shape[1] == 0:
+        return None  # empty vectors: nothing to gain
+    text, first = output_parts(values[0], task=task, key="", prefix=prefix, taken=taken)
+    raw = matrix.tobytes()
+    width = matrix.shape[1] * 4
+    encoded: list[Encoded] = [
+        (text, raw[start : start + width]) for start in range(0, len(raw), width)
+    ]
+    assert encoded[0][1] == first  # the shared JSON's places are the matrix's columns
+    return encoded
+
+
+def _same_length_vectors(column: list[Any]) -> bool:
+    length = len(column[0]) if is_vector(column[0]) else -1
+    return all(is_vector(value) and len(value) == length for value in column)

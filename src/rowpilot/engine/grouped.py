@@ -1,0 +1,106 @@
+"""The grouped path's parts (tasks with ``batch_call``, the local model): a group's
+outcomes built at once, and the thread that commits them.
+
+An outcome of a grouped task counts as done only when the ``CommitThread`` has committed
+it: the scheduler keeps each item's window slot until then, which also bounds what waits
+for the thread (memory stays flat).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from rowpilot.engine.items import Encoded, Item
+from rowpilot.engine.settings import RunSettings
+from rowpilot.state.registry import Outcome, Registry
+from rowpilot.tasks.output import group_parts
+
+
+def group_encoder(task: str, settings: RunSettings) -> Callable[[list[Any]], list[Encoded]]:
+    """A group's encoder: a plain function of the outputs, so that it pickles to the
+    worker process that runs the group."""
+    prefix, taken = settings.output_prefix, settings.reserved
+    return functools.partial(group_parts, task=task, prefix=prefix, taken=taken)
+
+
+def group_outcomes(
+    group: list[Item],
+    outputs: list[Encoded],
+    started: float,
+    seconds: float,
+    run_id: str,
+    version: str | None,
+) -> list[Outcome]:
+    """The outcome of each row of a group that ran: done, one attempt, no provider calls,
+    one finishing time (written out: this runs for every row of the job)."""
+    finished = time.time()
+    return [
+        Outcome(
+            item.key,
+            item.seq,
+            item.fingerprint,
+            item.input_json,
+            "done",
+            1,
+            output,
+            None,
+            None,
+            None,
+            started,
+            finished,
+            seconds,
+            run_id,
+            task_version=version,
+            vectors=vectors,
+        )
+        for item, (output, vectors) in zip(group, outputs, strict=True)
+    ]
+
+
+class CommitThread:
+    """Commits of a registry on a thread of their own, in the order they were handed over.
+
+    For grouped tasks (the local model): the SQLite work of a batch (binding, writing the
+    WAL) releases the GIL, so it overlaps the model's next group instead of holding the
+    event loop. The thread has its own connection (WAL: readers on the run's connection
+    see each commit once it is whole). An outcome counts as done only when its commit's
+    future has finished: the caller keeps the items' window slots until then, which is
+    what bounds the work queued here.
+    """
+
+    def __init__(self, registry: Registry) -> None:
+        self._own = Registry(registry.directory)  # used on the commit thread only
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rowpilot-commit")
+
+    def commit(
+        self,
+        outcomes: Sequence[Outcome],
+        meta: dict[str, str] | None,
+        run: dict[str, Any] | None,
+        cleared: Sequence[str],
+        then: Callable[[BaseException | None], None],
+    ) -> None:
+        """``Registry.commit`` on the thread; ``then`` runs on the caller's event loop
+        once the batch is durable (with None) or failed (with the error)."""
+        loop = asyncio.get_running_loop()
+        done = self._thread.submit(self._commit, outcomes, meta, run, cleared)
+        done.add_done_callback(lambda ended: loop.call_soon_threadsafe(then, ended.exception()))
+
+    def _commit(
+        self,
+        outcomes: Sequence[Outcome],
+        meta: dict[str, str] | None,
+        run: dict[str, Any] | None,
+        cleared: Sequence[str],
+    ) -> None:
+        self._own.commit(outcomes, meta=meta, run=run, cleared=cleared)
+
+    def close(self) -> None:
+        """After the commits handed over so far."""
+        self._thread.shutdown(wait=True)
+        self._own.close()

@@ -1,0 +1,82 @@
+"""engine/job.py: the validation pass is skipped for a file the last complete run read
+unchanged (size, mtime in ns, inode), and runs again for a changed one."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import rowpilot
+from rowpilot.errors import SourceFormatError
+from rowpilot.state.registry import REGISTRY_FILE
+
+
+def echo(row: dict[str, Any]) -> dict[str, Any]:
+    return {"echo": row["text"].upper()}
+
+
+def write_rows(path: Path, count: int, extra: str = "") -> None:
+    lines = ["id,text", *(f"k{i:03d},text {i}" for i in range(count))]
+    path.write_text("\n".join(lines) + "\n" + extra, encoding="utf-8")
+
+
+def run(path: Path, state: Path, **options: Any) -> rowpilot.Result:
+    return rowpilot.run(echo, path, key="id", state=state, progress=False, **options)
+
+
+def validations(state: Path) -> list[str]:
+    """What each run's log says of its validation pass, oldest run first."""
+    started = []
+    for log in (state / "logs").glob("*.jsonl"):
+        first = json.loads(log.read_text(encoding="utf-8").splitlines()[0])
+        assert first["event"] == "run.started"
+        started.append(first)
+    return [event["validation"] for event in sorted(started, key=lambda event: event["ts"])]
+
+
+def test_an_unchanged_file_is_not_validated_again(tmp_path: Path) -> None:
+    data, state = tmp_path / "data.csv", tmp_path / "state"
+    write_rows(data, 20)
+    assert run(data, state).summary.done == 20
+    again = run(data, state)
+    assert again.summary.skipped == 20 and again.summary.total == 20
+    assert validations(state) == ["read", "skipped: the file is as the last complete run read it"]
+
+
+def test_a_touched_file_is_validated_again(tmp_path: Path) -> None:
+    data, state = tmp_path / "data.csv", tmp_path / "state"
+    write_rows(data, 20)
+    run(data, state)
+    later = data.stat().st_mtime_ns + 1_000_000
+    os.utime(data, ns=(later, later))  # same bytes, new mtime
+    run(data, state)
+    assert validations(state) == ["read", "read"]
+
+
+def test_a_changed_file_is_validated_and_its_new_bad_row_caught_before_any_work(
+    tmp_path: Path,
+) -> None:
+    data, state = tmp_path / "data.csv", tmp_path / "state"
+    write_rows(data, 20)
+    run(data, state)
+    write_rows(data, 30, extra="k999,ragged,row\n")  # 10 new rows, then a bad one
+    with pytest.raises(SourceFormatError, match="line 32"):
+        run(data, state)
+    assert validations(state) == ["read"]  # the bad file started no run
+    with sqlite3.connect(state / REGISTRY_FILE) as db:
+        assert db.execute("SELECT count(*) FROM items").fetchone() == (20,)
+
+
+def test_another_selection_of_the_same_file_is_validated_again(tmp_path: Path) -> None:
+    data, state = tmp_path / "data.csv", tmp_path / "state"
+    write_rows(data, 20)
+    run(data, state, limit=5)
+    run(data, state)
+    run(data, state)
+    assert validations(state) == ["read", "read", validations(state)[-1]]
+    assert validations(state)[-1].startswith("skipped")
