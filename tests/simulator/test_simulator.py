@@ -973,17 +973,18 @@ def test_usage_accounting_gives_back_the_unused_max_tokens() -> None:
 
 
 def test_usage_accounting_lets_more_requests_through_than_admission() -> None:
-    """Back to back on a bucket of 1,000 that refills 10 tokens a second: at admission each
-    request keeps 1 + 550 (a second one would wait 10 s); at usage 1 + its short answer."""
+    """Back to back on a bucket of 900 that refills 10 tokens a second: at admission each
+    request keeps 1 + 590 (a second one would wait 28 s, far longer than ten local calls
+    take even on a busy machine); at usage 1 + its short answer (about 6 tokens)."""
 
     def admitted(accounting: str) -> int:
-        config = SimulatorConfig(tpm=600, window_s=100, token_accounting=accounting)
+        config = SimulatorConfig(tpm=600, window_s=90, token_accounting=accounting)
         with Simulator(config) as sim:
             url = f"{sim.openai_base_url}/chat/completions"
-            asks = [http(url, chat_body("abcd", max_tokens=550))[0] for _ in range(10)]
+            asks = [http(url, chat_body("abcd", max_tokens=590))[0] for _ in range(10)]
             return asks.count(200)
 
-    assert admitted("admission") == 1  # 1,000 holds one reservation of 551, not two
+    assert admitted("admission") == 1  # 900 holds one reservation of 591, not two
     assert admitted("usage") == 10
 
 
