@@ -19,7 +19,12 @@ paid call takes, ``ctx.call``'s too, with the billing rule for failed calls):
 6. **parse**: each row's answer is validated against the schema. A batch's missing or
    invalid rows are asked again in halves (bisection) down to single rows; a single row's
    invalid answer gets ``repair_attempts`` repair calls, then fails with the validation
-   error.
+   error. An answer cut at max_tokens before every row was read is first asked once more
+   at twice the limit (a call of its own in the journal); a single row cut again fails
+   with ``OutputTruncatedError``.
+
+max_tokens is the user's, else the output schema's bound (``rowpilot.llm.answer_bound``);
+a batch of N rows asks the wrapper's part plus N rows' (``AnswerTokens.for_rows``).
 
 Other failures (5xx, timeouts, resets, malformed bodies) raise a ``ProviderError`` and the
 scheduler retries the item under its policy; a batch's failure is each of its rows'.
