@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,9 @@ import rowpilot
 from conftest import Simulators
 from rowpilot._config import build_config
 from rowpilot._estimate import sample_and_project
+from rowpilot.llm.prompt import row_cache_key
 from rowpilot.simulator.server import Simulator, SimulatorConfig
+from rowpilot.state.registry import REGISTRY_FILE
 from rowpilot.tasks.factory import build_task
 
 KEY = "sk-" + "maxtokens-0b9d2c61e4"
@@ -211,3 +214,29 @@ def test_estimate_shows_the_limit_chosen_and_why(
         line.startswith("max_tokens ") and "per row (from the schema: 3 labels" in line
         for line in projection.lines()
     )
+
+
+def test_row_answers_keyed_by_a_given_limit_before_are_still_found(
+    sim: Simulator, keyed_env: None, tmp_path: Path
+) -> None:
+    """Before, a JSON task's row answers were keyed by the limit it was given; such a task
+    changes version once, and its rows are redone from those answers, unpaid."""
+    write_rows(tmp_path / "data.csv")
+    label_run(sim, tmp_path, max_tokens=40)
+    paid = answered(sim)
+    provider = "openai"
+    model = MODEL.split("/", 1)[1]
+    spec = build_task(build_config({"source": "x.csv", "model": MODEL, "labels": LABELS,
+                                    "text_column": "text", "env_file": None})).spec  # type: ignore[attr-defined]  # fmt: skip
+    with sqlite3.connect(tmp_path / "state" / REGISTRY_FILE) as db:  # as rowpilot wrote them
+        for text in TEXTS:
+            now, before = (
+                row_cache_key(provider, model, spec.system, text, spec.schema, {}, limit)
+                for limit in (512, 40)
+            )
+            moved = db.execute("UPDATE answers SET row_key = ? WHERE row_key = ?", (before, now))
+            assert moved.rowcount == 1
+    # In batches of 3 no request is the one journaled: only the row answers can answer.
+    again = label_run(sim, tmp_path, max_tokens=40, force=True, batch_size=3)
+    assert again.summary.done == len(TEXTS) and again.summary.cached == len(TEXTS)
+    assert answered(sim) == paid
