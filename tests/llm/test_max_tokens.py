@@ -240,3 +240,17 @@ def test_row_answers_keyed_by_a_given_limit_before_are_still_found(
     again = label_run(sim, tmp_path, max_tokens=40, force=True, batch_size=3)
     assert again.summary.done == len(TEXTS) and again.summary.cached == len(TEXTS)
     assert answered(sim) == paid
+
+
+def test_a_cut_batch_is_asked_again_whole_at_twice_the_limit_before_it_is_split(
+    sim: Simulator, keyed_env: None, tmp_path: Path
+) -> None:
+    """Two rows' answer is about 150 characters: cut at 2 x 12 tokens (96 characters),
+    whole at 48; each batch costs its cut request and its retry, and none is split."""
+    write_rows(tmp_path / "data.csv")
+    result = label_run(sim, tmp_path, max_tokens=12, batch_size=2)
+    assert result.summary.done == len(TEXTS), [r.error for r in result.failures()]
+    assert result.summary.splits == 0
+    assert answered(sim) == 2 * len(TEXTS) // 2
+    cuts = events(tmp_path / "state", "answer.cut")
+    assert [(c["rows"], c["max_tokens"], c["again"]) for c in cuts] == [(2, 24, 48)] * 3

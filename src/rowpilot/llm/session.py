@@ -498,7 +498,12 @@ class LLMSession:
             return parsed, shape.max_tokens
         self._emit("answer.cut", rows=len(rows), max_tokens=shape.max_tokens, again=doubled)
         wider = dataclasses.replace(shape, max_tokens=doubled)
-        return await self._ask(request, rows, parse, wider), doubled
+        again = await self._ask(request, rows, parse, wider)
+        # Rows the cut answer held whole keep those answers (they were journaled).
+        valid = {**again.answer.valid, **parsed.answer.valid}
+        problems = {key: p for key, p in again.answer.problems.items() if key not in valid}
+        merged = BatchAnswer(valid=valid, problems=problems)
+        return dataclasses.replace(again, answer=merged), doubled
 
     async def _ask(
         self,
