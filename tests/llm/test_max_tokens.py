@@ -35,6 +35,7 @@ TEXTS = [f"row {i} says {word} things" for i, word in enumerate(["kind", "racist
 @pytest.fixture
 def keyed_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
 
 
 @pytest.fixture
@@ -134,6 +135,24 @@ def test_a_cut_answer_is_asked_again_at_twice_the_limit_and_a_rerun_pays_nothing
     again = label_run(sim, tmp_path, max_tokens=10, force=True)
     assert again.summary.done == len(TEXTS) and again.summary.cached == len(TEXTS)
     assert answered(sim) == 2 * len(TEXTS)
+
+
+def test_an_anthropic_answer_stopped_at_max_tokens_is_asked_again_too(
+    sim: Simulator, keyed_env: None, tmp_path: Path
+) -> None:
+    write_rows(tmp_path / "data.csv", 2)
+    provider = {"base_url": sim.anthropic_base_url, "kind": "anthropic"}
+    result = label_run(
+        sim,
+        tmp_path,
+        model="simant/claude-haiku-4-5",
+        base_url=None,
+        providers={"simant": {**provider, "api_key_env": "ANTHROPIC_API_KEY"}},
+        max_tokens=10,
+    )
+    assert result.summary.done == 2, [r.error for r in result.failures()]
+    assert sim.stats()["requests"]["messages"]["200"] == 2 * 2
+    assert len(events(tmp_path / "state", "answer.cut")) == 2
 
 
 def test_a_second_cut_is_the_truncation_error_and_a_resume_pays_only_new_requests(
