@@ -176,7 +176,13 @@ def answer_bound(schema: Mapping[str, Any], *, batch_size: int = 1, what: str = 
 def _json_bytes(value: Any) -> int:
     """The longer of a value's compact UTF-8 and ``\\u``-escaped forms."""
     return max(
-        len(json.dumps(value, ensure_ascii=flag, separators=(",", ":")).encode())
+        # surrogatepass: a lone surrogate (from a \ud800 escape) has no UTF-8 form; its
+        # escaped form, 6 bytes, is the longer one anyway.
+        len(
+            json.dumps(value, ensure_ascii=flag, separators=(",", ":")).encode(
+                "utf-8", "surrogatepass"
+            )
+        )
         for flag in (False, True)
     )
 
