@@ -273,3 +273,24 @@ def test_a_cut_batch_is_asked_again_whole_at_twice_the_limit_before_it_is_split(
     assert answered(sim) == 2 * len(TEXTS) // 2
     cuts = events(tmp_path / "state", "answer.cut")
     assert [(c["rows"], c["max_tokens"], c["again"]) for c in cuts] == [(2, 24, 48)] * 3
+
+
+def test_rowpilot_label_takes_max_tokens(sim: Simulator, keyed_env: None, tmp_path: Path) -> None:
+    write_rows(tmp_path / "data.csv", 2)
+    frame = rowpilot.label(
+        tmp_path / "data.csv",
+        text_column="text",
+        labels=LABELS,
+        key="id",
+        model=MODEL,
+        base_url=sim.openai_base_url,
+        batch_size=1,
+        max_tokens=10,
+        state=tmp_path / "state",
+        env_file=None,
+        summary=False,
+    )
+    assert len(frame) == 2
+    (chosen,) = events(tmp_path / "state", "max_tokens.chosen")
+    assert (chosen["max_tokens"], chosen["source"]) == (10, "given")
+    assert answered(sim) == 2 * 2  # cut at 10, whole at 20
