@@ -257,3 +257,37 @@ def test_the_executor_a_job_would_use_and_why(
     stray.write_text(job.read_text().replace("[run]\n", "[run]\nray_workers = 4\n"))
     text = "\n".join(lines(diagnose(Path("jobs/stray.toml"))))
     assert "  executor     error: --ray-workers is for --executor ray" in text
+
+
+@pytest.mark.parametrize(
+    ("task", "shown"),
+    [
+        ('prompt = "Say {text}"', "  max_tokens   512 per row (default 512: free text)\n"),
+        (
+            'prompt = "Say {text}"\nmax_tokens = 40',
+            "  max_tokens   40 per row (given)\n",
+        ),
+        (
+            'text_column = "text"\nlabels = ["spam", "urgent"]',
+            "  max_tokens   65 per row (from the schema: 2 labels, bound 39 tokens + margin)\n",
+        ),
+        (
+            'prompt = "Sum {text}"\nfields = {summary = "str", ok = "bool"}',
+            "  max_tokens   512 per row (default 512: field 'summary' is free text)\n",
+        ),
+        (
+            'text_column = "text"\nlabels = ["spam"]\nmodel = "openai/o3-mini"',
+            "  max_tokens   512 per row (default 512: openai/o3-mini counts hidden reasoning "
+            "in its limit)\n",
+        ),
+    ],
+)
+def test_doctor_shows_the_max_tokens_chosen_and_why(tmp_path: Path, task: str, shown: str) -> None:
+    (tmp_path / "data.csv").write_text("id,text\nk0,hello\n", encoding="utf-8")
+    model = "" if "model =" in task else 'model = "openai/gpt-4o-mini"\n'
+    (tmp_path / "job.toml").write_text(
+        f'[source]\npath = "data.csv"\nkey = "id"\n[task]\n{model}{task}\n', encoding="utf-8"
+    )
+    report = diagnose(tmp_path / "job.toml", env_file=tmp_path / ".env")
+    assert shown in "\n".join(lines(report)) + "\n"
+    assert report["job"]["chosen"]["max_tokens"] == shown.split(maxsplit=1)[1].strip()

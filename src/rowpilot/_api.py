@@ -197,6 +197,7 @@ def label(
     executor: Literal["local", "process", "ray"] = "local",
     key: str | None = None,
     system: str | None = None,
+    max_tokens: int | None = None,
     limit: int | None = None,
     budget: float | None = None,
     rpm: float | None = None,

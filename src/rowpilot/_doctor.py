@@ -158,7 +158,12 @@ def _task(config: JobConfig) -> dict[str, Any]:
         }
     rows = task.rows_per_worker
     per = f", each carrying up to {rows} rows" if rows > 1 else ""
-    found = {"task": task.describe(), "limits": limits, "task_kind": task.sizing}
+    found = {
+        "task": task.describe(),
+        "limits": limits,
+        "task_kind": task.sizing,
+        "chosen": task.choices(),
+    }
     try:
         executor = choose_executor(config, task)
     except RowpilotError as error:
@@ -245,6 +250,8 @@ def _job_lines(job: Mapping[str, Any]) -> list[str]:
     out = [f"job {job['file']}", f"  task         {job['task']}"]
     if job.get("task_error"):
         out.append(f"  task error   {job['task_error']}")
+    for name, why in job.get("chosen", {}).items():
+        out.append(f"  {name:<12} {why}")
     if job.get("executor_error"):
         out.append(f"  executor     error: {job['executor_error']}")
     elif job.get("executor"):

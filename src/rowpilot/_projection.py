@@ -50,6 +50,7 @@ class Projection(_Rest):
     tokens_per_call: float  # prompt tokens + max_tokens: what a tokens/min limit counts
     workers: int
     limits: Limits
+    notes: tuple[str, ...] = ()  # settings the task chose and why, one line each
 
     @property
     def calls_left(self) -> int:
@@ -91,11 +92,18 @@ class Projection(_Rest):
             f"time: {_duration(self.sequential_seconds)} one call at a time, "
             f"{_duration(self.parallel_seconds)} with {self.workers} workers "
             f"(bound by {binding}{'; limits ' + limits if limits else ''})",
+            *self.notes,
         ]
 
 
 def project_calls(
-    state: Path, total: int, *, workers: int, max_tokens: int, limits: Limits
+    state: Path,
+    total: int,
+    *,
+    workers: int,
+    max_tokens: int,
+    limits: Limits,
+    notes: tuple[str, ...] = (),
 ) -> Projection:
     """A prompt job's rest: its calls (rows per call as journaled) under its model's limits."""
     registry = Registry(state)
@@ -120,6 +128,7 @@ def project_calls(
         tokens_per_call=profile["input_tokens"] + max_tokens * rows,
         workers=workers,
         limits=limits,
+        notes=notes,
     )
 
 

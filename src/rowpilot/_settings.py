@@ -202,8 +202,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "max_tokens",
         None,
-        "Answer tokens per row at most (default: 512).",
+        "Answer tokens per row at most, a positive integer (default: the output schema's "
+        "bound, else 512; see docs/prompts.md).",
         "task",
+        ("run", "label", "estimate"),
         panel=PROMPT_PANEL,
     ),
     Setting(

@@ -724,3 +724,34 @@ def test_a_label_run_with_other_labels_exports_and_counts_only_its_own(
     everything = ok(cli("export", "state", "-o", "all.csv", "--include-stale"))
     assert "wrote 120 rows" in everything.stdout
     assert {"shipping", "praise", "complaint", "spam"} <= set(read_csv(tmp_path / "all.csv")[0])
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "abc", "2.5"])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["run", "data.csv", "--key", "id", "--model", "openai/gpt-4o-mini", "--prompt", "{text}"],
+        ["label", "data.csv", "--key", "id", "--text-column", "text", "--labels", "spam",
+         "--model", "openai/gpt-4o-mini"],
+        ["estimate", "job.toml"],
+    ],
+    ids=["run", "label", "estimate"],
+)  # fmt: skip
+def test_max_tokens_must_be_a_positive_integer_on_every_command(
+    job: Path, cli: Cli, args: list[str], value: str
+) -> None:
+    (job / "job.toml").write_text(
+        '[source]\npath = "data.csv"\nkey = "id"\n'
+        '[task]\nmodel = "openai/gpt-4o-mini"\nprompt = "{text}"\n',
+        encoding="utf-8",
+    )
+    result = cli(*args, "--max-tokens", value, "--state", "state")
+    line = assert_one_error_line(result, ["--max-tokens", repr(value)])
+    assert "positive integer" in line
+    assert not (job / "state").exists()
+
+
+def test_label_and_estimate_take_max_tokens(cli: Cli) -> None:
+    for command in ("run", "label", "estimate"):
+        shown = cli(command, "--help")
+        assert "--max-tokens" in shown.stdout, command

@@ -742,3 +742,20 @@ def test_a_task_failing_alike_after_a_paid_step_stops_after_the_first_few(
     assert chat_answered(sim) < 20  # not 300 paid requests for 300 failures
     # The steps paid for are journaled: the fixed task would not pay for them again.
     assert len(journal(tmp_path / "state")) == chat_answered(sim)
+
+
+def test_an_llm_step_with_a_schema_asks_with_the_schemas_bound(
+    simulator_for: Simulators, tmp_path: Path
+) -> None:
+    """A minute's bucket of 400 tokens: a step asked with the default 512 could never pass;
+    a one-boolean schema's bound (about 40) passes at once, without a 429."""
+    sim = simulator_for(SimulatorConfig(api_key=CANARY, latency_ms=5, tpm=400, window_s=60))
+    fine = {"type": "object", "properties": {"fine": {"type": "boolean"}}, "required": ["fine"]}
+
+    async def judge(row: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
+        return await ctx.llm(f"Is {row['name']} fine?", schema=fine)
+
+    result = run(sim, judge, brands(1), tmp_path / "state")
+    assert result.summary.status == "completed"
+    assert sim.stats()["rate_limited"] == 0
+    assert chat_answered(sim) == 1

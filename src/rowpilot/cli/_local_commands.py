@@ -38,6 +38,7 @@ def label(
     workers: Annotated[str | None, option("workers", "label")] = None,
     executor: Annotated[str | None, option("executor", "label")] = None,
     system: Annotated[str | None, option("system", "label")] = None,
+    max_tokens: Annotated[str | None, option("max_tokens", "label")] = None,
     limit: Annotated[int | None, option("limit", "label")] = None,
     budget: Annotated[float | None, option("budget", "label")] = None,
     rpm: Annotated[float | None, option("rpm", "label")] = None,

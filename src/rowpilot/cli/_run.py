@@ -87,7 +87,7 @@ def run(
     text_column: Annotated[str | None, option("text_column", "run")] = None,
     schema: Annotated[SchemaFile | None, option("schema", "run")] = None,
     batch_size: Annotated[str | None, option("batch_size", "run")] = None,
-    max_tokens: Annotated[int | None, option("max_tokens", "run")] = None,
+    max_tokens: Annotated[str | None, option("max_tokens", "run")] = None,
     params: Annotated[list[str] | None, option("params", "run")] = None,
     call_timeout: Annotated[float | None, option("call_timeout", "run")] = None,
     budget: Annotated[float | None, option("budget", "run")] = None,
@@ -171,6 +171,8 @@ def _llm_flags(flags: dict[str, Any]) -> dict[str, Any]:
         flags["workers"] = _workers(flags["workers"])
     if flags.get("batch_size") is not None:
         flags["batch_size"] = _batch_size(flags["batch_size"])
+    if flags.get("max_tokens") is not None:
+        flags["max_tokens"] = _max_tokens(flags["max_tokens"])
     params = flags.pop("params", None)
     if params:
         flags["params"] = dict(_param(text) for text in params)
@@ -204,6 +206,21 @@ def _workers(text: str) -> int | Literal["auto"]:
 
 def _batch_size(text: str) -> int | Literal["auto"]:
     return _count_or_auto(text, "--batch-size", "give rows per request, or auto")
+
+
+def _max_tokens(text: str) -> int:
+    """--max-tokens: a positive integer (read here, so a bad one is a one-line error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise ConfigError(
+            f"--max-tokens {text!r} is not a positive integer",
+            hint="give the answer tokens per row at most, e.g. --max-tokens 64, or leave it "
+            "out to take the output schema's bound",
+        )
+    return value
 
 
 def _param(text: str) -> tuple[str, Any]:
@@ -309,13 +326,21 @@ def estimate(
     rpm: Annotated[float | None, option("rpm", "estimate")] = None,
     tpm: Annotated[float | None, option("tpm", "estimate")] = None,
     base_url: Annotated[str | None, option("base_url", "estimate")] = None,
+    max_tokens: Annotated[str | None, option("max_tokens", "estimate")] = None,
     limit: Annotated[int | None, option("limit", "estimate")] = None,
     state: Annotated[Path | None, option("state", "estimate")] = None,
 ) -> None:
     """Run a sample of a prompt job or of a Python task (its ctx.llm and ctx.call steps),
     then project the whole job's cost and time. The sample's items stay done in the job's
     state."""
-    flags = {"workers": workers, "rpm": rpm, "tpm": tpm, "base_url": base_url, "limit": limit}
+    flags = {
+        "workers": workers,
+        "rpm": rpm,
+        "tpm": tpm,
+        "base_url": base_url,
+        "max_tokens": max_tokens,
+        "limit": limit,
+    }
     settings = _settings_from(job, _llm_flags({**flags, "state": state}))
     settings["command"] = _resume_command(None)
     settings.setdefault("progress", False)

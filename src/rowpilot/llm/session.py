@@ -19,7 +19,12 @@ paid call takes, ``ctx.call``'s too, with the billing rule for failed calls):
 6. **parse**: each row's answer is validated against the schema. A batch's missing or
    invalid rows are asked again in halves (bisection) down to single rows; a single row's
    invalid answer gets ``repair_attempts`` repair calls, then fails with the validation
-   error.
+   error. An answer cut at max_tokens before every row was read is first asked once more
+   at twice the limit (a call of its own in the journal); a single row cut again fails
+   with ``OutputTruncatedError``.
+
+max_tokens is the user's, else the output schema's bound (``rowpilot.llm.answer_bound``);
+a batch of N rows asks the wrapper's part plus N rows' (``AnswerTokens.for_rows``).
 
 Other failures (5xx, timeouts, resets, malformed bodies) raise a ``ProviderError`` and the
 scheduler retries the item under its policy; a batch's failure is each of its rows'.
@@ -33,10 +38,9 @@ import dataclasses
 import hashlib
 import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from rowpilot._config import JobConfig
 from rowpilot.engine.events import EventLog
 from rowpilot.engine.items import encode_output
 from rowpilot.engine.progress import Counters
@@ -51,14 +55,10 @@ from rowpilot.errors import (
 )
 from rowpilot.llm.cost import (
     Budget,
-    Price,
     cost_usd,
     find_price,
-    parse_price_overrides,
     worst_case_cost,
 )
-from rowpilot.llm.environ import load_environ
-from rowpilot.llm.labels import label_names, split_label
 from rowpilot.llm.limits import Limits, Permit, Resource
 from rowpilot.llm.paid import BudgetShort, PaidCall
 from rowpilot.llm.prompt import (
@@ -71,19 +71,29 @@ from rowpilot.llm.prompt import (
     row_cache_key,
     single_request,
 )
-from rowpilot.llm.providers import (
-    ChatClient,
-    Completion,
-    ProviderSpec,
-    accounting_rule,
-    parse_model,
+from rowpilot.llm.providers import ChatClient, Completion, accounting_rule, parse_model
+from rowpilot.llm.schema import OutputSchema, OutputValidationError
+from rowpilot.llm.spec import (
+    DEFAULT_MAX_TOKENS,
+    LABEL_SYSTEM,
+    PromptSpec,
+    build_prompt_spec,
+    build_step_spec,
 )
-from rowpilot.llm.schema import OutputSchema, OutputValidationError, schema_of
-from rowpilot.llm.template import PromptTemplate
 from rowpilot.llm.tokens import TokenEstimator, upper_bound_tokens
 from rowpilot.state.registry import CallRecord, Registry, RowAnswer
 from rowpilot.tasks.base import RunScope, Task
 from rowpilot.tasks.values import ItemUsage, RunStop
+
+__all__ = [
+    "DEFAULT_MAX_TOKENS",
+    "LABEL_SYSTEM",
+    "LLMSession",
+    "PromptSpec",
+    "PromptTask",
+    "build_prompt_spec",
+    "build_step_spec",
+]
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -93,50 +103,6 @@ if TYPE_CHECKING:
 
 BATCH_LINGER = 0.02  # seconds a partial batch waits for more rows
 MAX_REQUEST_TOKENS = 16_384  # cap on a batch request's max_tokens
-AUTO_BATCH_TOKENS = 3_000  # --batch-size auto: prompt tokens per request
-AUTO_BATCH_ROWS = 50  # --batch-size auto: rows per request at most
-
-
-@dataclass(frozen=True)
-class PromptSpec:
-    """Everything a prompt task needs, checked; the task's version is a hash of it."""
-
-    model: str  # provider/model
-    template: PromptTemplate
-    system: str | None
-    schema: OutputSchema
-    max_tokens: int  # per row
-    params: Mapping[str, Any]
-    batch_size: int  # rows per request at most (1: no batching)
-    batch_tokens: int | None  # close a batch at this many estimated prompt tokens
-    structured: bool
-    repair_attempts: int
-    cache: bool
-    budget: float | None
-    limits: Limits
-    prices: Mapping[str, Price]
-    providers: Mapping[str, ProviderSpec]
-    call_timeout: float
-    workers: int  # requests at once
-    environ: Mapping[str, str] = field(repr=False, compare=False)  # holds keys: never shown
-    share: float = 1.0  # the part of the limits this process paces at (a shard's 1/N)
-
-    @property
-    def batching(self) -> bool:
-        return self.batch_size > 1
-
-    def version(self) -> str:
-        determining = {
-            "model": self.model,
-            "template": self.template.template,
-            "system": self.system,
-            "schema": self.schema.fingerprint(),
-            "max_tokens": self.max_tokens,
-            "params": dict(self.params),
-            "structured": self.structured,
-        }
-        text = json.dumps(determining, sort_keys=True, default=str)
-        return "prompt-" + hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
 class PromptTask(Task):
@@ -192,6 +158,13 @@ class PromptTask(Task):
 
     async def open(self, scope: RunScope) -> None:
         self._live().attach(scope.registry, scope.counters, scope.events, scope.run_id)
+        tokens = self.spec.tokens  # said once a run, not per row
+        scope.events.emit(
+            "max_tokens.chosen", max_tokens=tokens.per_row, source=tokens.source, why=tokens.why
+        )
+
+    def choices(self) -> dict[str, str]:
+        return {"max_tokens": self.spec.tokens.describe()}
 
     async def close(self) -> None:
         if self._session is not None:
@@ -214,8 +187,15 @@ class PromptTask(Task):
         from rowpilot._projection import project_calls
 
         limits = self.resource_limits().get(self.spec.model, self.spec.limits)
+        tokens = self.spec.tokens
+        per_row = tokens.per_batch_row if self.spec.batching else tokens.per_row
         return project_calls(
-            state, total, workers=workers, max_tokens=self.spec.max_tokens, limits=limits
+            state,
+            total,
+            workers=workers,
+            max_tokens=per_row,
+            limits=limits,
+            notes=(f"max_tokens {tokens.describe()}",),
         )
 
     async def call(self, row: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
@@ -343,17 +323,14 @@ class LLMSession:
     async def answer(self, key: str, text: str, usage: ItemUsage) -> dict[str, Any]:
         """The validated answer for one row."""
         spec = self.spec
-        row_key = row_cache_key(
-            self.provider.name,
-            self.model,
-            spec.system,
-            text,
-            spec.schema,
-            spec.params,
-            spec.max_tokens,
-        )
+        row_key = self._row_key(text, spec.keyed_max_tokens)
         if spec.cache:
-            hit = self.registry.cached_answers([row_key]).get(row_key)
+            keys = [row_key]
+            if spec.tokens.source == "given" and spec.max_tokens != spec.keyed_max_tokens:
+                # a row answered before max_tokens left its key was keyed by the limit
+                keys.append(self._row_key(text, spec.max_tokens))
+            hits = self.registry.cached_answers(keys)
+            hit = next((hits[key] for key in keys if key in hits), None)
             if hit is not None:
                 self._counted_hit(usage, hit)
                 answer: dict[str, Any] = json.loads(hit.output)
@@ -362,6 +339,12 @@ class LLMSession:
         if self._batcher is None:
             return await self._single(row)
         return await self._batcher.submit(row)
+
+    def _row_key(self, text: str, max_tokens: int) -> str:
+        spec = self.spec
+        return row_cache_key(
+            self.provider.name, self.model, spec.system, text, spec.schema, spec.params, max_tokens
+        )
 
     def _counted_hit(self, usage: ItemUsage, hit: RowAnswer) -> None:
         usage.cached += 1
@@ -409,18 +392,22 @@ class LLMSession:
         spec = self.spec
         problem = ""
         for repair in range(spec.repair_attempts + 1):
-            parsed = await self._ask(request, [row], _single_parser(row.key, schema), shape)
+            parse = _single_parser(row.key, schema)
+            parsed, limit = await self._uncut(request, [row], parse, shape)
             valid = parsed.answer.valid.get(row.key)
             if valid is not None:
                 return valid
             problem = parsed.answer.problems.get(row.key, "no answer")
             if parsed.finish_reason == "length":
+                again = f" (asked again at {limit})" if limit > shape.max_tokens else ""
                 raise OutputTruncatedError(
                     f"the answer for key {row.key!r} stopped at max_tokens="
-                    f"{shape.max_tokens} before it was complete",
+                    f"{shape.max_tokens}{again} before it was complete",
                     provider=self.provider.name,
                     model=self.model,
                     key=row.key,
+                    hint="raise --max-tokens (max_tokens in the job file), then run again "
+                    "with --retry-failed",
                 )
             if repair < spec.repair_attempts:
                 self._emit("item.repair", key=row.key, problem=problem, repair=repair + 1)
@@ -465,7 +452,7 @@ class LLMSession:
             structured=spec.structured,
         )
         try:
-            parsed = await self._ask(
+            parsed, _ = await self._uncut(
                 request,
                 rows,
                 lambda text: parse_batch(text, keys, spec.schema),
@@ -501,8 +488,33 @@ class LLMSession:
     def _shape(self, rows: int) -> _Shape:
         """A prompt task's request for ``rows`` rows: the spec's params and cache."""
         spec = self.spec
-        max_tokens = min(spec.max_tokens * rows, max(MAX_REQUEST_TOKENS, spec.max_tokens))
+        max_tokens = min(spec.tokens.for_rows(rows), max(MAX_REQUEST_TOKENS, spec.max_tokens))
         return _Shape(max_tokens, spec.params, spec.cache)
+
+    async def _uncut(
+        self,
+        request: Request,
+        rows: Sequence[_Row],
+        parse: Callable[[str], BatchAnswer],
+        shape: _Shape,
+    ) -> tuple[_Parsed, int]:
+        """``_ask``, and once more at twice the limit when the answer was cut before every
+        row was read (a bound or a given limit too tight). The second request is a call of
+        its own (its key holds its max_tokens), journaled like any: a resume replays both.
+        Also the limit of the last request asked."""
+        parsed = await self._ask(request, rows, parse, shape)
+        doubled = min(2 * shape.max_tokens, max(MAX_REQUEST_TOKENS, shape.max_tokens))
+        cut = parsed.finish_reason == "length" and len(parsed.answer.valid) < len(rows)
+        if not cut or doubled <= shape.max_tokens:
+            return parsed, shape.max_tokens
+        self._emit("answer.cut", rows=len(rows), max_tokens=shape.max_tokens, again=doubled)
+        wider = dataclasses.replace(shape, max_tokens=doubled)
+        again = await self._ask(request, rows, parse, wider)
+        # Rows the cut answer held whole keep those answers (they were journaled).
+        valid = {**again.answer.valid, **parsed.answer.valid}
+        problems = {key: p for key, p in again.answer.problems.items() if key not in valid}
+        merged = BatchAnswer(valid=valid, problems=problems)
+        return dataclasses.replace(again, answer=merged), doubled
 
     async def _ask(
         self,
@@ -704,172 +716,3 @@ def _shares(weights: Sequence[int]) -> list[float]:
 
 def _offers(models: Sequence[str], model: str) -> bool:
     return any(name == model or name.startswith(model + "-") for name in models)
-
-
-# -- from a job's settings ---------------------------------------------------------------
-
-DEFAULT_MAX_TOKENS = 512
-LABEL_SYSTEM = (
-    "You label texts. For each label, answer true when it applies to the text, else false."
-)
-
-
-def build_prompt_spec(config: JobConfig, environ: Mapping[str, str] | None = None) -> PromptSpec:
-    """The prompt task a job describes, with every setting checked (ConfigError if not)."""
-    if config.model is None:
-        raise ConfigError(
-            "a prompt task needs a model",
-            hint="pass --model provider/model, e.g. openai/gpt-4o-mini",
-        )
-    providers = _custom_providers(config.providers)
-    spec, model = parse_model(config.model, providers)
-    if config.base_url is not None:
-        spec = dataclasses.replace(spec, base_url=config.base_url)
-        providers[spec.name] = spec
-    auto = config.batch_size == "auto"
-    return PromptSpec(
-        model=config.model,
-        template=_template(config),
-        system=_system(config),
-        schema=_schema(config),
-        max_tokens=config.max_tokens or DEFAULT_MAX_TOKENS,
-        params=dict(config.params),
-        batch_size=AUTO_BATCH_ROWS if auto else int(config.batch_size),
-        batch_tokens=AUTO_BATCH_TOKENS if auto else None,
-        structured=config.structured,
-        repair_attempts=config.repair_attempts,
-        cache=config.cache,
-        budget=config.budget,
-        limits=_limits(config, spec.name, model),
-        prices=parse_price_overrides(config.prices),
-        providers=providers,
-        call_timeout=config.call_timeout,
-        workers=config.workers_at_most,  # auto: the scheduler sizes below this
-        environ=environ if environ is not None else load_environ(config.env_file),
-        share=config.limits_share,
-    )
-
-
-def build_step_spec(
-    config: JobConfig, model: str, environ: Mapping[str, str], workers: int
-) -> PromptSpec:
-    """The session settings for a Python task's ``ctx.llm`` calls to ``model``.
-
-    The job's ``--base-url`` goes to the provider of the job's own model, and ``--rpm``,
-    ``--tpm`` and ``--max-concurrent`` limit that model; other models take their
-    ``[limits]`` tables only.
-    """
-    providers = _custom_providers(config.providers)
-    spec, name = parse_model(model, providers)
-    default = config.model is not None and model == config.model
-    if config.base_url is not None and config.model is not None:
-        default_provider, _ = parse_model(config.model, providers)
-        if default_provider.name == spec.name:
-            spec = dataclasses.replace(spec, base_url=config.base_url)
-            providers[spec.name] = spec
-    return PromptSpec(
-        model=model,
-        template=PromptTemplate.column("ctx.llm"),  # never rendered: the task writes prompts
-        system=None,
-        schema=OutputSchema.text(),
-        max_tokens=config.max_tokens or DEFAULT_MAX_TOKENS,
-        params=dict(config.params),
-        batch_size=1,
-        batch_tokens=None,
-        structured=config.structured,
-        repair_attempts=config.repair_attempts,
-        cache=config.cache,
-        budget=config.budget,
-        limits=_limits(config, spec.name, name, flags=default),
-        prices=parse_price_overrides(config.prices),
-        providers=providers,
-        call_timeout=config.call_timeout,
-        workers=workers,
-        environ=environ,
-        share=config.limits_share,
-    )
-
-
-def _template(config: JobConfig) -> PromptTemplate:
-    if config.prompt is not None:
-        return PromptTemplate(config.prompt)
-    if config.text_column is None:
-        raise ConfigError(
-            "labels need the column that holds the text", hint="pass --text-column NAME"
-        )
-    return PromptTemplate.column(config.text_column)
-
-
-def _system(config: JobConfig) -> str | None:
-    if config.labels is None:
-        return config.system
-    system = config.system if config.system is not None else LABEL_SYSTEM
-    described = [split_label(label) for label in config.labels if ":" in label]
-    if described:  # "name: description" labels: the model is told what each name means
-        system += "\nWhat the labels mean:\n" + "\n".join(
-            f"- {name}: {description}" for name, description in described
-        )
-    return system
-
-
-def _schema(config: JobConfig) -> OutputSchema:
-    given = [
-        name
-        for name, value in (
-            ("schema", config.output_schema),
-            ("fields", config.fields),
-            ("labels", config.labels),
-        )
-        if value is not None
-    ]
-    if len(given) > 1:
-        raise ConfigError(
-            f"the output is described twice ({' and '.join(given)})",
-            hint="give one of schema, fields or labels",
-        )
-    if config.labels is not None:
-        return OutputSchema.from_labels(label_names(config.labels))
-    if config.fields is not None:
-        return OutputSchema.from_fields(config.fields)
-    return schema_of(config.output_schema)
-
-
-def _limits(config: JobConfig, provider: str, model: str, *, flags: bool = True) -> Limits:
-    """Flags win over ``[limits."provider/model"]``, which wins over ``[limits.provider]``."""
-    merged: dict[str, float] = {}
-    for name in (provider, f"{provider}/{model}"):
-        table = config.limits.get(name, {})
-        unknown = set(table) - {"rpm", "tpm", "max_concurrent", "input_tpm", "output_tpm"}
-        if unknown:
-            raise ConfigError(
-                f"[limits.{name!r}] has an unknown setting {sorted(unknown)[0]!r}",
-                hint="limits take rpm, tpm, max_concurrent, input_tpm and output_tpm",
-            )
-        merged.update(table)
-    for name in ("rpm", "tpm", "max_concurrent"):
-        value = getattr(config, name) if flags else None
-        if value is not None:
-            merged[name] = value
-    concurrent = merged.get("max_concurrent")
-    return Limits(
-        rpm=merged.get("rpm"),
-        tpm=merged.get("tpm"),
-        max_concurrent=int(concurrent) if concurrent is not None else None,
-        input_tpm=merged.get("input_tpm"),
-        output_tpm=merged.get("output_tpm"),
-    )
-
-
-def _custom_providers(table: Mapping[str, Mapping[str, Any]]) -> dict[str, ProviderSpec]:
-    providers = {}
-    for name, entry in table.items():
-        unknown = set(entry) - {"base_url", "api_key_env", "kind"}
-        kind = entry.get("kind", "openai")
-        if unknown or kind not in ("openai", "anthropic") or not entry.get("base_url"):
-            raise ConfigError(
-                f"[providers.{name}] must give base_url (and may give api_key_env, kind)",
-                hint='e.g. base_url = "http://127.0.0.1:8000/v1", api_key_env = "MY_KEY", '
-                'kind = "openai" or "anthropic"',
-            )
-        providers[name] = ProviderSpec(name, kind, str(entry["base_url"]), entry.get("api_key_env"))
-    return providers

@@ -78,6 +78,11 @@ class Task(ABC):
         """One line for ``doctor``: what this task is."""
         return self.name
 
+    def choices(self) -> dict[str, str]:
+        """Settings the task chose itself (not given), by name: the value and why, one
+        line each for ``doctor`` (a prompt task's max_tokens)."""
+        return {}
+
     def check_columns(self, columns: Sequence[str]) -> None:
         """Raise a user error naming the column if the source lacks one the task reads."""
         return None  # a hook: by default, nothing to do

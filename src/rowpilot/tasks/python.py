@@ -115,7 +115,7 @@ class PythonTask(Task):
 
     def project(self, state: Path, total: int, *, workers: int) -> TaskProjection:
         from rowpilot._projection import project_items
-        from rowpilot.llm.session import DEFAULT_MAX_TOKENS
+        from rowpilot.llm.answer_bound import DEFAULT_MAX_TOKENS
 
         max_tokens = (self._config.max_tokens if self._config else None) or DEFAULT_MAX_TOKENS
         return project_items(

@@ -63,6 +63,7 @@ from rowpilot.errors import (
     TaskOutputError,
 )
 from rowpilot.executors.threads import ThreadPool, run_sync
+from rowpilot.llm.answer_bound import choose_answer_tokens
 from rowpilot.llm.cost import Budget
 from rowpilot.llm.environ import load_environ
 from rowpilot.llm.limits import Limits, Resource, parse_retry_after
@@ -75,6 +76,7 @@ from rowpilot.tasks.values import ItemUsage, StepTrail
 
 if TYPE_CHECKING:
     from rowpilot.llm.session import LLMSession
+    from rowpilot.llm.spec import PromptSpec
     from rowpilot.tasks.base import RunScope
 
 T = TypeVar("T")
@@ -214,16 +216,18 @@ class Steps:
         request = conversation_request(
             system, messages, output_schema, key=key, structured=session.spec.structured
         )
-        tokens = max_tokens or session.spec.max_tokens
+        # The step's key holds the limit it had before limits came from schemas, so a
+        # step journaled then replays; the request asks with the schema's bound.
+        keyed = max_tokens or session.spec.max_tokens
         merged = {**session.spec.params, **params}
-        signature = request.cache_key(session.provider.name, session.model, merged, tokens)
+        signature = request.cache_key(session.provider.name, session.model, merged, keyed)
         answer = await session.step(
             request,
             output_schema,
             key=key,
             step_key=trail.next_key(signature),
             usage=usage,
-            max_tokens=tokens,
+            max_tokens=max_tokens or _step_tokens(session.spec, output_schema, merged),
             params=merged,
             cache=cache and session.spec.cache,
         )
@@ -506,6 +510,28 @@ async def preflight_sessions(
         await session.aclose()
         raise
     return budget, environ, {config.model: session}
+
+
+def _step_tokens(spec: PromptSpec, schema: OutputSchema, params: Mapping[str, Any]) -> int:
+    """A ctx.llm call's max_tokens when the call gives none: the job's when it gives one,
+    else the call's schema's bound (``answer_bound``; the default for free text)."""
+    if spec.tokens.source == "given":
+        return spec.max_tokens
+    return _bound_tokens(schema, spec.model, tuple(sorted(params)))
+
+
+@functools.lru_cache(maxsize=256)
+def _bound_tokens(schema: OutputSchema, model: str, param_names: tuple[str, ...]) -> int:
+    bounded = None if schema.is_text else schema.json_schema()
+    chosen = choose_answer_tokens(
+        given=None,
+        schema=bounded,
+        what=f"{len(schema.field_names)} fields",
+        model=model,
+        params=dict.fromkeys(param_names),
+        batch_size=1,
+    )
+    return chosen.per_row
 
 
 def _build_resource(name: str, config: JobConfig) -> tuple[Resource, RetryPolicy]:
