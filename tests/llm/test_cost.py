@@ -524,6 +524,20 @@ def test_property_the_refusal_figures_add_up_as_shown(
     assert total == Decimal(str(limit)).quantize(Decimal("0.0001"))
 
 
+def test_the_final_refusal_counts_the_calls_in_flight_at_the_stop() -> None:
+    budget = Budget(1.0)
+    assert budget.final_refusal() is None  # nothing was refused
+    in_flight = budget.reserve(0.7)
+    assert in_flight is not None
+    at_stop = budget.refusal(0.5, "request")
+    assert "$0.0000 spent + $0.7000 held by calls in flight + $0.3000 left" in at_stop
+    budget.settle(in_flight, 0.6)  # the call in flight at the stop finished and was paid
+    assert budget.final_refusal() == (
+        "budget reached: $0.6000 spent + $0.4000 left = $1.0000; the next request could "
+        "cost up to $0.5000"
+    )
+
+
 @pytest.mark.parametrize("limit", [-1.0, math.nan, math.inf])
 def test_a_bad_limit_is_a_config_error(limit: float) -> None:
     with pytest.raises(ConfigError, match="budget"):

@@ -443,7 +443,8 @@ async def _run_locked(job: PreparedJob, registry: Registry, progress: ProgressVi
         with _signals_to(scheduler):
             end = await scheduler.run(_chunks(job))
         waited = job.task.waited_seconds()
-        summary = _summary(job, run_id, counters, end, scheduler.stop_message, waited)
+        stop = _stop_line(job, end, scheduler.stop_message)
+        summary = _summary(job, run_id, counters, end, stop, waited)
         summary = dataclasses.replace(summary, executor=executor.name, workers=executor.parallel)
         run_row.update(
             ended_at=time.time(), status=summary.status, summary=json.dumps(summary.as_dict())
@@ -632,6 +633,14 @@ def _run_row(job: PreparedJob, run_id: str) -> dict[str, Any]:
         "task_version": job.task.version,
         "settings": json.dumps(settings),
     }
+
+
+def _stop_line(job: PreparedJob, end: RunEnd, message: str | None) -> str | None:
+    """Why the run stopped; a budget stop in the figures of the end, since the calls in
+    flight at the stop were paid after it."""
+    if end is RunEnd.BUDGET:
+        return job.task.budget_stop() or message
+    return message
 
 
 def _summary(

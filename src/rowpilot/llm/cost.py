@@ -443,6 +443,7 @@ class Budget:
         self._overshoot = 0
         self._open: set[Reservation] = set()
         self._waiters: list[asyncio.Future[None]] = []
+        self._refused: tuple[float, str] | None = None  # the last refusal's amount and what
 
     @property
     def limit(self) -> float | None:
@@ -528,6 +529,18 @@ class Budget:
 
     def refusal(self, amount: float, what: str) -> str:
         """Why ``amount`` for ``what`` cannot be held, in figures that add up as shown."""
+        self._refused = (amount, what)
+        return self._refusal(amount, what)
+
+    def final_refusal(self) -> str | None:
+        """The last refusal in today's figures, or None if there was none.
+
+        A refusal stops the run, but the calls in flight at that moment still finish and
+        are paid: the run's stop line is written from the budget as it ends, so that what
+        it shows spent is what the registry holds."""
+        return None if self._refused is None else self._refusal(*self._refused)
+
+    def _refusal(self, amount: float, what: str) -> str:
         # Rounded as running totals, so that the parts add up to the total as shown.
         limit = _cents100(self.limit or 0.0)
         spent = _cents100(self.spent)

@@ -175,6 +175,9 @@ class PromptTask(Task):
             return 0.0
         return float(self._session.resource.stats()["waited_seconds"])
 
+    def budget_stop(self) -> str | None:
+        return self._session.budget.final_refusal() if self._session is not None else None
+
     def resource_limits(self) -> dict[str, Limits]:
         if self._session is None:
             return {}

@@ -112,6 +112,11 @@ class Task(ABC):
         """Seconds the task's calls waited at rate limits over the run."""
         return 0.0
 
+    def budget_stop(self) -> str | None:
+        """Why the budget stopped the run, in the figures of its end (the calls in flight
+        at the stop included), or None when the task's budget refused nothing."""
+        return None
+
     def resource_limits(self) -> dict[str, Limits]:
         """The limits each resource the task used ended the run with (learned ones
         included), by model or ``ctx.call`` name: what ``estimate`` projects from."""

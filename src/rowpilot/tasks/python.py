@@ -128,6 +128,9 @@ class PythonTask(Task):
     def waited_seconds(self) -> float:
         return self._steps.waited_seconds() if self._steps is not None else 0.0
 
+    def budget_stop(self) -> str | None:
+        return self._steps.budget.final_refusal() if self._steps is not None else None
+
     def resource_limits(self) -> dict[str, Limits]:
         if self._steps is None:
             return {}
