@@ -396,6 +396,9 @@ class Resource:
         self._waited = 0.0
         self._calls_ended = 0
         self._call_seconds = 0.0  # held slots, admission to end: the calls' own latency
+        self._tokens_admitted = 0.0  # token costs at admission (estimates)
+        self._tokens_settled = 0.0  # final token costs of the calls that settled with one
+        self._calls_settled = 0
         self._sync_buckets(now)
 
     # -- public face --
@@ -418,6 +421,7 @@ class Resource:
             "waited_seconds": self._waited,
             "calls_ended": self._calls_ended,
             "call_seconds": self._call_seconds,
+            "tokens_per_call": self._tokens_per_call(),
             "in_flight": self._in_flight,
             "effective_rpm": rates.get("requests"),
             "effective_tpm": rates.get("tokens"),
@@ -427,6 +431,13 @@ class Resource:
             "share": self._share,
             "paused_seconds": max(0.0, self._pause_until - now),
         }
+
+    def _tokens_per_call(self) -> float | None:
+        """What a call costs in the token bucket (for ``--workers auto``): the mean final
+        cost of the settled calls; until one settled, the mean admission estimate."""
+        if self._calls_settled:
+            return self._tokens_settled / self._calls_settled
+        return self._tokens_admitted / self._requests if self._requests else None
 
     @contextlib.asynccontextmanager
     async def slot(self, tokens: int) -> AsyncIterator[Permit]:
@@ -453,6 +464,7 @@ class Resource:
             self._in_flight += 1
             self._requests += 1
             self._waited += now - asked
+            self._tokens_admitted += tokens
             self._note_cost(tokens)
             return Permit(self, tokens, now, charged="tokens" in self._buckets)
 
@@ -531,6 +543,8 @@ class Resource:
         self._observed = True
         bucket = self._buckets.get("tokens")
         if tokens is not None and tokens >= 0:
+            self._calls_settled += 1
+            self._tokens_settled += tokens
             if bucket is not None and permit._charged:
                 bucket.give(permit.tokens - tokens, now)
             self._note_cost(tokens)
