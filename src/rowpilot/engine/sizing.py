@@ -12,11 +12,17 @@ groups for the local model's tasks.
   overlap; the controller finds out.
 * a sync task (threads): ``CPUs + 4``, at most 32, Python's own default for thread pools:
   enough to overlap I/O, few enough that CPU-bound work under the GIL does not thrash.
+* either, when the task knows a pace before the run (a Python task's ``[limits.NAME]``
+  tables: the tightest ``rpm``, as if an item made one call of it): Little's law as for a
+  prompt task below, if that is more. It errs high, and the first look cuts it.
 * the local model's grouped tasks: one group per CPU (the work is numpy, CPU-bound).
-* a prompt task: Little's law, requests in flight = rate x latency: ``rpm / 60 x 2 s``
+* a prompt task: Little's law, requests in flight = rate x latency: ``pace / 60 x 2 s``
   (a typical request's latency until one is measured) x 1.2 for jitter, capped by the
   model's ``max_concurrent``; 8 when no rate is known yet (the resource learns it from the
-  first answer's headers, and the controller follows).
+  first answer's headers, and the controller follows). The pace (``requests_per_minute``)
+  is ``min(rpm, tpm / tokens a call)``: a call's cost is what calls finally cost in the
+  token bucket, before any the admission estimate, and before the run the least a
+  request can cost (the prompt's own text and ``max_tokens``), so the start errs high.
 * never more than one worker per ``ITEM_MEMORY_MB`` of the memory there is room for
   (``--max-memory`` less the resident size, else the machine's available memory), nor more
   than ``--max-workers`` (256), nor fewer than 1.
@@ -29,20 +35,27 @@ groups for the local model's tasks.
    available): the same cut.
 3. above the ceiling: down to it. The ceiling is ``--max-workers``, the model's
    ``max_concurrent``, and for a known rate Little's law again with the *measured*
-   latency: ``rpm / 60 x latency x 1.2``, where latency is the mean time of the calls that
-   ended since the last look, from their admission by the rate limiter to their answer
-   (the wait for the limiter is not latency: counting it would let a queue justify
-   itself). Since the last look, not over the window: while a growth step settles, the
+   latency: ``pace / 60 x latency x 1.2``, where latency is the mean time of the calls
+   that ended since the last look, from their admission by the rate limiter to their
+   answer (the wait for the limiter is not latency: counting it would let a queue justify
+   itself), or the service time the task gives (``Rates.service_seconds``). A Python
+   task's pace is per item: each step resource's pace over the calls an item makes of it
+   (counted against the items started), the tightest; its service time is an item's
+   calls (calls an item x their latency, per resource) plus its own work (its task time
+   outside its steps). Since the last look, not over the window: while a growth step settles, the
    window spans several looks, and the calls of its first ones ran at the old count; a
    ceiling is judged on the freshest measure at every look, never waited out. The need is
    rounded to a millionth of a worker before it is rounded up: the float noise of the
    run's totals must not add a worker.
-4. the last step was a growth: keep it only if throughput rose by at least 30 % of the
-   ideal (a step from 8 to 12 workers should give 1.5x the items/s; it must give at least
-   1.15x); else go back and hold for ``plateau_hold`` before probing again.
+4. the last step was a growth by half: keep it only if throughput rose by at least 30 %
+   of the ideal (a step from 8 to 12 workers should give 1.5x the items/s; it must give
+   at least 1.15x); else go back and hold for ``plateau_hold`` before probing again.
 5. the workers were busy (on average 80 % of them running), items finished, and the
-   count is below the ceiling: grow by half (at least one). Idle workers say the source,
-   the memory gate or the end of the run is the limit, not the worker count: no change.
+   count is below the ceiling: with a known rate, go to its Little's-law bound at once,
+   with no gain test (throughput counts finished items, which lag the step by a latency;
+   the bound itself is measured again at every look); with none, grow by half (at least
+   one). Idle workers say the source, the memory gate or the end of the run is the
+   limit, not the worker count: no change.
 
 Every change is a ``Decision`` with the old and new counts and why, logged by the scheduler
 as ``workers.adjusted``.
