@@ -42,11 +42,11 @@ groups for the local model's tasks.
    task's pace is per item: each step resource's pace over the calls an item makes of it
    (counted against the items started), the tightest; its service time is an item's
    calls (calls an item x their latency, per resource) plus its own work (its task time
-   outside its steps). Since the last look, not over the window: while a growth step settles, the
-   window spans several looks, and the calls of its first ones ran at the old count; a
-   ceiling is judged on the freshest measure at every look, never waited out. The need is
-   rounded to a millionth of a worker before it is rounded up: the float noise of the
-   run's totals must not add a worker.
+   outside its steps). Since the last look, not over the window: while a growth step
+   settles, the window spans several looks, and the calls of its first ones ran at the
+   old count; a ceiling is judged on the freshest measure at every look, never waited
+   out. The need is rounded to a millionth of a worker before it is rounded up: the float
+   noise of the run's totals must not add a worker.
 4. the last step was a growth by half: keep it only if throughput rose by at least 30 %
    of the ideal (a step from 8 to 12 workers should give 1.5x the items/s; it must give
    at least 1.15x); else go back and hold for ``plateau_hold`` before probing again.
