@@ -209,12 +209,13 @@ def main() -> None:
                 continue
             load = LOADS[name]
             rows = rows_of(load.rows)
+            tokens = load.max_tokens if label_takes_max_tokens() else "label's default"
             sweep(
                 name,
                 args.workers,
                 lambda w, load=load, rows=rows: run_label(load, rows, w, work, simulator),
                 f"rowpilot label, {rows:,} texts of ~{TEXT_CHARS} chars, {load.rpm:,} rpm, "
-                f"{load.tpm:,} tpm, {LATENCY_MS} ms, max_tokens {load.max_tokens}: "
+                f"{load.tpm:,} tpm, {LATENCY_MS} ms, max_tokens {tokens}: "
                 f"{load.ceiling} bind",
             )
     print(f"\nbench_ceiling took {time.perf_counter() - started:.0f} s")
