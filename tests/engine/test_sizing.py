@@ -394,6 +394,33 @@ def test_property_the_count_stays_in_bounds_and_obeys_the_signals(
             assert run.sizer.workers <= max(1, littles_law_bound(rpm, latency))
 
 
+paced_windows = st.lists(
+    st.tuples(
+        st.floats(1, 2000),  # throughput: at least an item a window, so each is judged
+        st.floats(0.01, 5.0),  # latency, all of it service
+        st.floats(1, 100_000),  # rpm
+        st.floats(1, 10_000_000),  # tpm
+        st.floats(1, 10_000),  # tokens a call
+    ),
+    min_size=1,
+    max_size=20,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 256), paced_windows)
+def test_property_the_tighter_of_rpm_and_tpm_is_never_passed(
+    start: int, steps: list[tuple[float, float, float, float, float]]
+) -> None:
+    run = sizer(start=start, min_items=1)
+    for throughput, latency, rpm, tpm, tokens in steps:
+        rates = Rates(rpm=rpm, tpm=tpm, tokens_per_call=tokens, service_seconds=latency)
+        run.window(throughput, latency, rates=rates)
+        pace = requests_per_minute(rpm, tpm, tokens)
+        assert pace is not None
+        assert run.sizer.workers <= littles_law_bound(pace, latency)
+
+
 # -- the memory gate ------------------------------------------------------------------------
 
 
