@@ -60,7 +60,11 @@ class PromptLoad:
 
 LOADS = {
     "rpm": PromptLoad(
-        rows=3_000, rpm=6_000, tpm=2_000_000, max_tokens=40, ceiling="100 requests/s"
+        rows=3_000,
+        rpm=6_000,
+        tpm=2_000_000,
+        max_tokens=40,
+        ceiling="100 requests/s (at max_tokens 40)",
     ),
     "tpm": PromptLoad(rows=600, rpm=60_000, tpm=300_000, max_tokens=50, ceiling="the tokens"),
 }
