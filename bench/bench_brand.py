@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples" / "brand-research"))
 
-from _common import DATA, ROWPILOT, machine
+from _common import DATA, ROWPILOT, machine, run_summary
 from make_data import write_brands  # the example's own generator: the same brands, more
 
 from rowpilot.simulator.server import Simulator, SimulatorConfig
@@ -79,7 +80,10 @@ rpm = {model_rpm}
 """
 
 
-def run_once(rows: int, workers: int | str, work: Path) -> dict[str, Any]:
+def run_once(
+    rows: int, workers: int | str, work: Path, simulator: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """One run of the job at ``workers``; ``simulator``: more SimulatorConfig options."""
     source = DATA / f"brands-{rows}.csv"
     if not source.exists():
         DATA.mkdir(exist_ok=True)
@@ -100,13 +104,14 @@ def run_once(rows: int, workers: int | str, work: Path) -> dict[str, Any]:
         latency_ms=LLM_LATENCY_MS,
         search_latency_ms=SEARCH_LATENCY_MS,
         latency_jitter=0.25,
+        **(simulator or {}),
     )
-    with Simulator(config) as simulator:
+    with Simulator(config) as sim:
         env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
         env |= {"OPENAI_API_KEY": KEY, "SEARCH_API_KEY": KEY}
-        env["SEARCH_API_URL"] = simulator.search_url
+        env["SEARCH_API_URL"] = sim.search_url
         command = [ROWPILOT, "run", "job.toml", "--no-progress"]
-        command += ["--base-url", simulator.openai_base_url]
+        command += ["--base-url", sim.openai_base_url]
         started = time.perf_counter()
         done = subprocess.run(
             command, cwd=folder, env=env, capture_output=True, text=True, check=False
@@ -114,16 +119,16 @@ def run_once(rows: int, workers: int | str, work: Path) -> dict[str, Any]:
         process_s = time.perf_counter() - started
         if done.returncode != 0:
             raise SystemExit(f"rowpilot exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
-        stats = simulator.stats()
-        admissions = simulator.admissions(1.0, times=True)
+        stats = sim.stats()
+        admissions = sim.admissions(1.0, times=True)
     with sqlite3.connect(folder / "state" / "registry.sqlite") as db:
-        summary_text, settings = db.execute("SELECT summary, settings FROM runs").fetchone()
         (calls_s,) = db.execute("SELECT sum(seconds) FROM calls").fetchone()
-    summary = json.loads(summary_text)
+    run = run_summary(folder / "state")
     return {
         "workers": workers,
-        "workers_used": json.loads(settings).get("workers"),
-        "summary": summary,
+        "workers_used": run["settings"].get("workers"),
+        "summary": run["summary"],
+        "state": folder / "state",
         "process_s": process_s,
         "calls_s": float(calls_s),
         "rate_limited": stats["rate_limited"],

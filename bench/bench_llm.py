@@ -44,7 +44,7 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -53,7 +53,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import DATA, ROWPILOT, machine
+from _common import DATA, ROWPILOT, WORDS, machine, write_csv
 
 RPM = 6_000
 TPM = 2_000_000
@@ -69,16 +69,6 @@ REQUESTS_CEILING = RPM / 60.0  # requests/s
 TARGET_SHARE = 0.95
 TARGET_429 = 0.01
 
-_WORDS = tuple(
-    " ".join(
-        (
-            "the delivery arrived late but support was quick and the refund came through",
-            "battery lasts two days screen is bright sound is tinny packaging was damaged",
-            "would buy again price seems fair for what you get colour differs from photos",
-            "setup took ten minutes manual unclear app crashes sometimes otherwise solid",
-        )
-    ).split(" ")
-)
 _CHILDREN: set[subprocess.Popen[bytes]] = set()
 _LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never a proxy
 
@@ -91,9 +81,9 @@ def short_csv(rows: int) -> Path:
 
     def text(i: int) -> str:
         pick = random.Random(i).choice
-        return f"order {i} arrived {pick(_WORDS)} and the {pick(_WORDS)} works {pick(_WORDS)}"
+        return f"order {i} arrived {pick(WORDS)} and the {pick(WORDS)} works {pick(WORDS)}"
 
-    return _write_csv(DATA / f"llm-short-{rows}.csv", rows, text)
+    return write_csv(DATA / f"llm-short-{rows}.csv", rows, text)
 
 
 def long_csv(rows: int) -> Path:
@@ -104,23 +94,11 @@ def long_csv(rows: int) -> Path:
         words = [f"document {i}:"]
         length = len(words[0])
         while length < LONG_CHARS:
-            words.append(rng.choice(_WORDS))
+            words.append(rng.choice(WORDS))
             length += len(words[-1]) + 1
         return " ".join(words)[:LONG_CHARS].rstrip() + "."
 
-    return _write_csv(DATA / f"llm-long-{rows}-{LONG_CHARS}.csv", rows, text)
-
-
-def _write_csv(path: Path, rows: int, text: Callable[[int], str]) -> Path:
-    if not path.exists():
-        DATA.mkdir(exist_ok=True)
-        partial = path.with_suffix(".tmp")
-        with partial.open("w", newline="", encoding="utf-8") as out:
-            writer = csv.writer(out)
-            writer.writerow(["id", "text"])
-            writer.writerows((f"id-{i:07d}", text(i)) for i in range(rows))
-        partial.rename(path)
-    return path
+    return write_csv(DATA / f"llm-long-{rows}-{LONG_CHARS}.csv", rows, text)
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:

@@ -29,6 +29,7 @@ from rowpilot.engine.sizing import (
     WorkerSizer,
     choose_workers,
     littles_law_bound,
+    requests_per_minute,
 )
 from rowpilot.engine.slots import Slots
 from rowpilot.llm.limits import Limits
@@ -149,6 +150,49 @@ def test_littles_law_bound() -> None:
     assert littles_law_bound(6000, 0.5, margin=0.0) == 50
 
 
+def test_requests_per_minute_is_the_tighter_of_rpm_and_tpm() -> None:
+    assert requests_per_minute(6000, 2_000_000, 300) == 6000  # tpm allows 6,667
+    assert requests_per_minute(60_000, 300_000, 300) == 1000  # rpm allows 60,000
+    assert requests_per_minute(None, 300_000, 300) == 1000
+    assert requests_per_minute(600, 300_000, None) == 600  # a call's cost unknown: rpm
+    assert requests_per_minute(None, 300_000, None) is None
+
+
+@given(
+    st.one_of(st.none(), st.floats(1, 1e6)),
+    st.one_of(st.none(), st.floats(1, 1e8)),
+    st.one_of(st.none(), st.floats(1, 1e5)),
+)
+def test_property_the_pace_never_passes_either_limit(
+    rpm: float | None, tpm: float | None, tokens: float | None
+) -> None:
+    pace = requests_per_minute(rpm, tpm, tokens)
+    by_tokens = tpm / tokens if tpm is not None and tokens is not None else None
+    known = [value for value in (rpm, by_tokens) if value is not None]
+    assert pace == (min(known) if known else None)
+
+
+def test_a_prompt_task_starts_at_its_tpm_bound() -> None:
+    free = {"cpus": 4, "available_mb": 100_000.0}
+    limits = Limits(rpm=60_000, tpm=300_000)
+    # 300,000 tpm / 300 tokens a call = 1,000 requests/min: 16.7/s x 2 s x 1.2 = 40.
+    start = choose_workers(
+        "prompt", **free, limits=limits, rates=Rates(rpm=None, tokens_per_call=300)
+    )
+    assert start.workers == 40
+    assert "tpm 300000 / 300 tokens a call" in start.why
+    assert choose_workers("prompt", **free, limits=limits).workers == 256  # cost unknown: rpm
+
+
+def test_a_python_task_with_known_limits_starts_at_their_bound() -> None:
+    free = {"cpus": 4, "available_mb": 100_000.0}
+    start = choose_workers("async", **free, rates=Rates(rpm=3000, source="search at rpm 3000"))
+    assert start.workers == 120  # 50/s x 2 s x 1.2
+    assert "search at rpm 3000" in start.why
+    slow = choose_workers("async", **free, rates=Rates(rpm=60))
+    assert slow.workers == ASYNC_START  # never below the kind's own start
+
+
 # -- the controller -------------------------------------------------------------------------
 
 
@@ -188,6 +232,36 @@ def test_a_known_rate_bound_is_reached_in_one_step() -> None:
     decision = run.window(throughput=6, latency=1.3, rates=rates)
     assert decision is not None and decision.new == 78
     assert "the rate's bound" in decision.why
+
+
+def test_a_tpm_bound_caps_the_workers() -> None:
+    run = sizer(start=256)
+    # 300,000 tpm at 300 tokens a call: 16.7 requests/s x 0.3 s x 1.2 = 6 in flight.
+    rates = Rates(rpm=60_000, tpm=300_000, tokens_per_call=300, calls=17, call_seconds=5.1)
+    decision = run.window(throughput=17, latency=0.3, rates=rates)
+    assert decision is not None and decision.new == 6
+    assert "tpm 300000 / 300 tokens a call" in decision.why
+
+
+def test_a_known_rate_bound_is_kept_while_its_items_are_still_running() -> None:
+    """The step to a rate's bound is not judged by finished items, which lag it by a
+    latency: the old count's throughput for a few looks is no reason to step back."""
+    run = sizer(start=8)
+    rates = Rates(rpm=3000, service_seconds=1.3)  # 50/s x 1.3 s x 1.2 = 78
+    decision = run.window(throughput=6, latency=1.3, rates=rates)
+    assert decision is not None and decision.new == 78
+    for _ in range(5):  # what finishes is still the 8 workers' items
+        assert run.window(throughput=6, latency=1.3, rates=rates) is None
+    assert run.sizer.workers == 78
+
+
+def test_a_tasks_own_service_time_is_the_latency_of_its_bound() -> None:
+    run = sizer(start=200)
+    # Items take 3 s, of which 1.7 s waiting at the limits: Little's law wants 1.3 s.
+    rates = Rates(rpm=3000, service_seconds=1.3, source="search at 3000 rpm / 1.00 calls")
+    decision = run.window(throughput=50, latency=3.0, rates=rates)
+    assert decision is not None and decision.new == 78
+    assert "search at 3000 rpm / 1.00 calls x 1.30 s latency" in decision.why
 
 
 def test_idle_workers_are_not_grown() -> None:
@@ -318,6 +392,33 @@ def test_property_the_count_stays_in_bounds_and_obeys_the_signals(
         if rpm is not None and round(throughput) >= 1:
             # A judged window with a known rate: never above its Little's-law bound.
             assert run.sizer.workers <= max(1, littles_law_bound(rpm, latency))
+
+
+paced_windows = st.lists(
+    st.tuples(
+        st.floats(1, 2000),  # throughput: at least an item a window, so each is judged
+        st.floats(0.01, 5.0),  # latency, all of it service
+        st.floats(1, 100_000),  # rpm
+        st.floats(1, 10_000_000),  # tpm
+        st.floats(1, 10_000),  # tokens a call
+    ),
+    min_size=1,
+    max_size=20,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 256), paced_windows)
+def test_property_the_tighter_of_rpm_and_tpm_is_never_passed(
+    start: int, steps: list[tuple[float, float, float, float, float]]
+) -> None:
+    run = sizer(start=start, min_items=1)
+    for throughput, latency, rpm, tpm, tokens in steps:
+        rates = Rates(rpm=rpm, tpm=tpm, tokens_per_call=tokens, service_seconds=latency)
+        run.window(throughput, latency, rates=rates)
+        pace = requests_per_minute(rpm, tpm, tokens)
+        assert pace is not None
+        assert run.sizer.workers <= littles_law_bound(pace, latency)
 
 
 # -- the memory gate ------------------------------------------------------------------------

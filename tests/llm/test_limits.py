@@ -498,6 +498,26 @@ def test_cancelled_waiters_take_nothing() -> None:
     run(go())
 
 
+def test_tokens_per_call_is_the_settled_cost_else_the_admission_estimate() -> None:
+    """What --workers auto divides the tpm by: the calls' final cost in the token bucket."""
+
+    async def go() -> None:
+        resource = Resource("x", Limits(tpm=600_000), learn=False, clock=loop_clock())
+        assert resource.stats()["tokens_per_call"] is None  # no call yet: nothing known
+        async with resource.slot(300) as first:
+            async with resource.slot(500):
+                # Admitted, none ended: the estimates' mean stands in.
+                assert resource.stats()["tokens_per_call"] == 400
+            first.settle(tokens=100)  # the provider counted less than estimated
+        # The unsettled one (it raised) says nothing of a call's real cost.
+        assert resource.stats()["tokens_per_call"] == 100
+        async with resource.slot(300) as third:
+            third.settle(tokens=200)
+        assert resource.stats()["tokens_per_call"] == 150
+
+    run(go())
+
+
 # --------------------------------------------------------------------------- 429s
 
 

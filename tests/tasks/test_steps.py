@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import signal
 import sqlite3
 import subprocess
@@ -34,7 +35,7 @@ from rowpilot.llm.cost import Budget
 from rowpilot.llm.limits import Limits
 from rowpilot.simulator.server import Simulator, SimulatorConfig
 from rowpilot.state.registry import REGISTRY_FILE
-from rowpilot.tasks.steps import _build_resource, step_session
+from rowpilot.tasks.steps import _build_resource, item_pace, step_session
 
 ROWPILOT = str(Path(sys.executable).parent / "rowpilot")
 CANARY = "sk-" + "canary-5be0e1d2c3a4f607"
@@ -645,6 +646,40 @@ def test_workers_auto_follows_the_tightest_step_resource(sim: Simulator, tmp_pat
     assert adjusted, "the sizer never adjusted"
     assert adjusted[-1]["new"] <= 4, adjusted
     assert any("rpm" in e["why"] and "Little's law" in e["why"] for e in adjusted), adjusted
+
+
+def test_an_items_pace_is_the_rate_over_its_calls_of_the_resource() -> None:
+    assert item_pace(3000, 100, 100) == (3000, "3000 rpm / 1.00 calls an item = 3000 items/min")
+    pace, why = item_pace(3000, 300, 100) or (0.0, "")  # 3 calls an item: a third
+    assert pace == 1000 and "3.00 calls an item" in why
+    assert item_pace(None, 300, 100) is None  # no limit: no pace
+    assert item_pace(3000, 0, 100) is None  # not called yet: says nothing
+
+
+def test_workers_auto_counts_the_calls_an_item_makes(sim: Simulator, tmp_path: Path) -> None:
+    api = Recorder(seconds=0.05)
+
+    async def task(row: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
+        for n in range(3):
+            await ctx.call("api", api, f"{row['id']}-{n}")
+        return {"ok": True}
+
+    result = run(
+        sim, task, brands(60), tmp_path / "state", workers="auto", limits={"api": {"rpm": 3600}}
+    )
+    assert result.summary.done == 60
+    [log] = (tmp_path / "state" / "logs").glob("*[0-9a-f].jsonl")
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    paced = [
+        float(found[1])
+        for e in events
+        if e.get("event") == "workers.adjusted"
+        and (found := re.search(r"([0-9.]+) calls an item", e["why"]))
+    ]
+    assert paced, events
+    # Counted against the items started, an item's calls read at most the 3 it makes.
+    assert all(calls <= 3.0 for calls in paced)
+    assert paced[-1] >= 2.0
 
 
 def test_a_long_path_keeps_its_file_name_in_the_error() -> None:

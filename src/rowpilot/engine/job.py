@@ -217,6 +217,7 @@ def auto_workers(config: JobConfig, task: Task) -> AutoWorkers | None:
         return None
     machine = read_machine()
     limits = task.limits()
+    before = task.rates()  # what the task knows of its calls' cost before the run
     choice = choose_workers(
         task.sizing,
         cpus=machine.cpus,
@@ -226,6 +227,7 @@ def auto_workers(config: JobConfig, task: Task) -> AutoWorkers | None:
         rss_mb=rss_mb(),
         # A shard's resources pace at its share: its workers are sized for that pace.
         limits=limits.shared(config.limits_share) if limits is not None else None,
+        rates=before,
     )
     # The task's pace is known only once the run is under way: read when the sizer asks.
     return AutoWorkers.of(choice, task.rates)

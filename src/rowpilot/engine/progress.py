@@ -23,7 +23,9 @@ class Counters:
     skipped_failed: int = 0
     retries: int = 0
     running: int = 0
+    started: int = 0  # items whose first attempt began
     task_seconds: float = 0.0
+    step_seconds: float = 0.0  # of the finished items' task time, inside their ctx steps
     cpu_seconds: float = 0.0  # of sync tasks' time, their threads' CPU time
     started_at: float = 0.0
     causes: Counter[str] = field(default_factory=Counter)  # failed items by cause class

@@ -580,6 +580,8 @@ class Scheduler:
             async with self._workers:
                 clock = time.perf_counter()
                 self.counters.running += 1
+                if attempt == 1:
+                    self.counters.started += 1
                 ran_for: float | None = None  # the executor's own clock, where it has one
                 try:
                     ran = await self._call(item, attempt, usage)
@@ -596,6 +598,7 @@ class Scheduler:
             if error is None:
                 output, error, trace = self._checked_output(value, item.key)
             if error is None:
+                self.counters.step_seconds += usage.step_seconds
                 return self._outcome(
                     item, "done", attempt, started, task_seconds, usage, output=output
                 )
@@ -604,6 +607,7 @@ class Scheduler:
                 return None
             if not self.settings.retry.should_retry(error, attempt):
                 self._log_failure(item, error, attempt)
+                self.counters.step_seconds += usage.step_seconds
                 return self._outcome(
                     item, "failed", attempt, started, task_seconds, usage, error=error, trace=trace
                 )

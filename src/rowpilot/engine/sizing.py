@@ -12,11 +12,17 @@ groups for the local model's tasks.
   overlap; the controller finds out.
 * a sync task (threads): ``CPUs + 4``, at most 32, Python's own default for thread pools:
   enough to overlap I/O, few enough that CPU-bound work under the GIL does not thrash.
+* either, when the task knows a pace before the run (a Python task's ``[limits.NAME]``
+  tables: the tightest ``rpm``, as if an item made one call of it): Little's law as for a
+  prompt task below, if that is more. It errs high, and the first look cuts it.
 * the local model's grouped tasks: one group per CPU (the work is numpy, CPU-bound).
-* a prompt task: Little's law, requests in flight = rate x latency: ``rpm / 60 x 2 s``
+* a prompt task: Little's law, requests in flight = rate x latency: ``pace / 60 x 2 s``
   (a typical request's latency until one is measured) x 1.2 for jitter, capped by the
   model's ``max_concurrent``; 8 when no rate is known yet (the resource learns it from the
-  first answer's headers, and the controller follows).
+  first answer's headers, and the controller follows). The pace (``requests_per_minute``)
+  is ``min(rpm, tpm / tokens a call)``: a call's cost is what calls finally cost in the
+  token bucket, before any the admission estimate, and before the run the least a
+  request can cost (the prompt's own text and ``max_tokens``), so the start errs high.
 * never more than one worker per ``ITEM_MEMORY_MB`` of the memory there is room for
   (``--max-memory`` less the resident size, else the machine's available memory), nor more
   than ``--max-workers`` (256), nor fewer than 1.
@@ -29,20 +35,27 @@ groups for the local model's tasks.
    available): the same cut.
 3. above the ceiling: down to it. The ceiling is ``--max-workers``, the model's
    ``max_concurrent``, and for a known rate Little's law again with the *measured*
-   latency: ``rpm / 60 x latency x 1.2``, where latency is the mean time of the calls that
-   ended since the last look, from their admission by the rate limiter to their answer
-   (the wait for the limiter is not latency: counting it would let a queue justify
-   itself). Since the last look, not over the window: while a growth step settles, the
-   window spans several looks, and the calls of its first ones ran at the old count; a
-   ceiling is judged on the freshest measure at every look, never waited out. The need is
-   rounded to a millionth of a worker before it is rounded up: the float noise of the
-   run's totals must not add a worker.
-4. the last step was a growth: keep it only if throughput rose by at least 30 % of the
-   ideal (a step from 8 to 12 workers should give 1.5x the items/s; it must give at least
-   1.15x); else go back and hold for ``plateau_hold`` before probing again.
+   latency: ``pace / 60 x latency x 1.2``, where latency is the mean time of the calls
+   that ended since the last look, from their admission by the rate limiter to their
+   answer (the wait for the limiter is not latency: counting it would let a queue justify
+   itself), or the service time the task gives (``Rates.service_seconds``). A Python
+   task's pace is per item: each step resource's pace over the calls an item makes of it
+   (counted against the items started), the tightest; its service time is an item's
+   calls (calls an item x their latency, per resource) plus its own work (its task time
+   outside its steps). Since the last look, not over the window: while a growth step
+   settles, the window spans several looks, and the calls of its first ones ran at the
+   old count; a ceiling is judged on the freshest measure at every look, never waited
+   out. The need is rounded to a millionth of a worker before it is rounded up: the float
+   noise of the run's totals must not add a worker.
+4. the last step was a growth by half: keep it only if throughput rose by at least 30 %
+   of the ideal (a step from 8 to 12 workers should give 1.5x the items/s; it must give
+   at least 1.15x); else go back and hold for ``plateau_hold`` before probing again.
 5. the workers were busy (on average 80 % of them running), items finished, and the
-   count is below the ceiling: grow by half (at least one). Idle workers say the source,
-   the memory gate or the end of the run is the limit, not the worker count: no change.
+   count is below the ceiling: with a known rate, go to its Little's-law bound at once,
+   with no gain test (throughput counts finished items, which lag the step by a latency;
+   the bound itself is measured again at every look); with none, grow by half (at least
+   one). Idle workers say the source, the memory gate or the end of the run is the
+   limit, not the worker count: no change.
 
 Every change is a ``Decision`` with the old and new counts and why, logged by the scheduler
 as ``workers.adjusted``.
@@ -92,8 +105,28 @@ _DECAY = 0.9  # of the learned per-item memory, per sample that shows less
 _NEED_DIGITS = 6  # Little's-law needs are rounded to a millionth of a worker
 
 
+def requests_per_minute(
+    rpm: float | None, tpm: float | None = None, tokens_per_call: float | None = None
+) -> float | None:
+    """The requests a resource can start per minute: ``min(rpm, tpm / tokens_per_call)``
+    of what is known; None when neither is."""
+    paces = [rpm] if rpm is not None and rpm > 0 else []
+    if tpm is not None and tpm > 0 and tokens_per_call is not None and tokens_per_call > 0:
+        paces.append(tpm / tokens_per_call)
+    return min(paces) if paces else None
+
+
+def pace_name(rpm: float | None, tpm: float | None, tokens_per_call: float | None) -> str:
+    """Which limit sets ``requests_per_minute``, in words for the log."""
+    pace = requests_per_minute(rpm, tpm, tokens_per_call)
+    if rpm is not None and pace == rpm:
+        return f"rpm {rpm:g}"
+    return f"tpm {tpm:g} / {tokens_per_call:.0f} tokens a call = {pace:.0f} rpm"
+
+
 def littles_law_bound(rpm: float, latency: float, margin: float = RATE_MARGIN) -> int:
-    """Requests in flight that ``rpm`` keeps busy when each takes ``latency`` seconds."""
+    """Requests in flight that ``rpm`` (requests a minute, whichever limit sets them:
+    ``requests_per_minute``) keeps busy when each takes ``latency`` seconds."""
     need = rpm / 60.0 * max(0.0, latency) * (1.0 + margin)
     # A latency differenced from the run's totals is off in its last bits: 5.000000000001
     # is 5 workers, not 6.
@@ -121,12 +154,18 @@ def choose_workers(
     max_memory_mb: float | None = None,
     rss_mb: float | None = None,
     limits: Limits | None = None,
+    rates: Rates | None = None,
 ) -> Choice:
-    """The start (see the module docstring): by the task's kind, then capped."""
+    """The start (see the module docstring): by the task's kind, then capped. ``rates``:
+    what the task knows of its pace before the run (a prompt's least token cost, a Python
+    task's step resources)."""
     ceiling = max(1, max_workers)
     if limits is not None and limits.max_concurrent is not None:
         ceiling = min(ceiling, limits.max_concurrent)
-    workers, why = _by_kind(kind, cpus, limits)
+    tokens_per_call = rates.tokens_per_call if rates is not None else None
+    workers, why = _by_kind(kind, cpus, limits, tokens_per_call)
+    if kind in ("async", "sync") and rates is not None:
+        workers, why = _paced_start(workers, why, rates)
     memory = _memory_bound(available_mb, max_memory_mb, rss_mb)
     if memory is not None and memory[0] < workers:
         workers, why = memory
@@ -136,7 +175,9 @@ def choose_workers(
     return Choice(max(1, workers), ceiling, why)
 
 
-def _by_kind(kind: TaskKind, cpus: int, limits: Limits | None) -> tuple[int, str]:
+def _by_kind(
+    kind: TaskKind, cpus: int, limits: Limits | None, tokens_per_call: float | None
+) -> tuple[int, str]:
     cpus = max(1, cpus)
     if kind == "async":
         return ASYNC_START, f"{ASYNC_START} for an async task (its items wait on I/O, not CPUs)"
@@ -145,13 +186,28 @@ def _by_kind(kind: TaskKind, cpus: int, limits: Limits | None) -> tuple[int, str
         return workers, f"{workers} threads ({cpus} CPUs + 4, at most {THREADS_MAX_START})"
     if kind == "grouped":
         return cpus, f"{cpus}: one group per CPU for the local model"
-    rpm = limits.rpm if limits is not None else None
-    if rpm is None:
+    rpm, tpm = (limits.rpm, limits.tpm) if limits is not None else (None, None)
+    pace = requests_per_minute(rpm, tpm, tokens_per_call)
+    if pace is None:
         return ASYNC_START, f"{ASYNC_START}: the model's rate is not known until it answers"
-    workers = littles_law_bound(rpm, LLM_LATENCY)
+    workers = littles_law_bound(pace, LLM_LATENCY)
     return workers, (
-        f"{workers}: rpm {rpm:g} x {LLM_LATENCY:g} s assumed latency x {1 + RATE_MARGIN:g} "
-        "(Little's law)"
+        f"{workers}: {pace_name(rpm, tpm, tokens_per_call)} x {LLM_LATENCY:g} s assumed "
+        f"latency x {1 + RATE_MARGIN:g} (Little's law)"
+    )
+
+
+def _paced_start(workers: int, why: str, rates: Rates) -> tuple[int, str]:
+    """A task whose steps' limits are known starts where Little's law says, if higher."""
+    pace = rates.per_minute()
+    if pace is None:
+        return workers, why
+    paced = littles_law_bound(pace, LLM_LATENCY)
+    if paced <= workers:
+        return workers, why
+    return paced, (
+        f"{paced}: {rates.describe()} x {LLM_LATENCY:g} s assumed latency x "
+        f"{1 + RATE_MARGIN:g} (Little's law)"
     )
 
 
@@ -180,12 +236,24 @@ def _ceiling_name(ceiling: int, max_workers: int, limits: Limits | None) -> str:
 
 @dataclass(frozen=True)
 class Rates:
-    """A rate-limited resource (a prompt task's model) as the run sees it now."""
+    """The pace the run sees now, in the unit of workers: a prompt task's model (its
+    requests), or a Python task's items at its tightest step resource's pace."""
 
     rpm: float | None  # the pace in force (after any cut), else the limit
     max_concurrent: int | None = None
     calls: int = 0  # calls ended so far
     call_seconds: float = 0.0  # their time from admission to end: the latency that counts
+    tpm: float | None = None  # the token pace in force, else the limit
+    tokens_per_call: float | None = None  # what a call costs in the token bucket
+    service_seconds: float | None = None  # a unit's time less its waits, when known whole
+    source: str = ""  # where a task's pace comes from (its tightest resource), for the log
+
+    def per_minute(self) -> float | None:
+        """The requests (or items) a minute the limits allow: ``requests_per_minute``."""
+        return requests_per_minute(self.rpm, self.tpm, self.tokens_per_call)
+
+    def describe(self) -> str:
+        return self.source or pace_name(self.rpm, self.tpm, self.tokens_per_call)
 
 
 @dataclass(frozen=True)
@@ -273,7 +341,7 @@ class WorkerSizer:
         settle = _SETTLE * self._latency if self._latency is not None else 0.0
         ceiling = self._ceiling(reading, self._freshest(reading))
         settling = self._probe is not None and not limited and pressure is None
-        if settling and elapsed < settle and self.workers <= ceiling[0]:
+        if settling and elapsed < settle and self.workers <= ceiling.workers:
             # A growth step shows in throughput only once the items it admitted finish:
             # judged sooner, a slow task's growth always looks like no gain. The window
             # grows, unless the count is above a ceiling, which is never waited out.
@@ -299,9 +367,9 @@ class WorkerSizer:
         self.workers = new
         return decision
 
-    def _decide(self, now: Reading, w: _Window, bound: tuple[int, str]) -> tuple[int, str]:
+    def _decide(self, now: Reading, w: _Window, bound: _Bound) -> tuple[int, str]:
         current = self.workers
-        ceiling, ceiling_why = bound
+        ceiling, ceiling_why = bound.workers, bound.why
         if w.limited or w.pressure is not None:
             self._hold_until = now.now + self.cooldown
             self._probe = None
@@ -327,48 +395,52 @@ class WorkerSizer:
             return current, ""
         if w.finished == 0:
             return current, ""  # busy, but nothing finished: no evidence that more would help
-        grown = max(current + 1, math.ceil(current * _GROWTH))
-        if ceiling_why.startswith("rpm"):
-            # A known rate and a measured latency say how many are needed (Little's law):
-            # go there at once rather than by halves, each of which must settle first.
-            grown = max(grown, ceiling)
-        grown = min(grown, ceiling)
-        self._probe = _Probe(current, throughput)
         in_flight = throughput * (w.latency or 0.0)
-        target = f" (the rate's bound: {ceiling_why})" if ceiling_why.startswith("rpm") else ""
-        return grown, (
+        busy = (
             f"{min(1.0, w.busy):.0%} of {current} workers busy: {throughput:.1f} items/s x "
             f"{w.latency or 0.0:.3f} s = {in_flight:.1f} in flight (Little's law), "
-            f"no 429s or memory pressure: trying {grown}{target}"
+            "no 429s or memory pressure"
         )
+        if bound.by_rate:
+            # A known rate and a measured latency say how many are needed: go there at
+            # once, and keep it without a gain test, which judges by finished items that
+            # lag the step by a latency; the bound is measured again at every look.
+            return ceiling, f"{busy}: going to the rate's bound, {ceiling_why}"
+        grown = min(ceiling, max(current + 1, math.ceil(current * _GROWTH)))
+        self._probe = _Probe(current, throughput)
+        return grown, f"{busy}: trying {grown}"
 
     def _freshest(self, now: Reading) -> Reading:
         """Where the ceiling's measure starts: the last look, unless nothing ended since."""
         return self._look if now.finished > self._look.finished else self._since
 
-    def _ceiling(self, now: Reading, since: Reading) -> tuple[int, str]:
+    def _ceiling(self, now: Reading, since: Reading) -> _Bound:
         """The count not to exceed, and why, measured on what ended between the readings."""
         ceiling, why = self.ceiling, f"--max-workers {self.ceiling}"
         latency = _latency(since, now)
         rates = now.rates
         if rates is None:
-            return ceiling, why
+            return _Bound(ceiling, why)
         if rates.max_concurrent is not None and rates.max_concurrent < ceiling:
             ceiling, why = rates.max_concurrent, f"max_concurrent {rates.max_concurrent}"
-        if rates.rpm is None or latency is None:
-            return ceiling, why
+        pace = rates.per_minute()
+        if pace is None or latency is None:
+            return _Bound(ceiling, why)
         service = latency  # an item's, when the calls say nothing
         before = since.rates or Rates(rpm=None)
-        if rates.calls > before.calls:
+        if rates.service_seconds is not None:
+            service = rates.service_seconds
+        elif rates.calls > before.calls:
             service = (rates.call_seconds - before.call_seconds) / (rates.calls - before.calls)
-        bound = littles_law_bound(rates.rpm, service)
-        if bound < ceiling:
-            ceiling = bound
-            why = (
-                f"rpm {rates.rpm:g} x {service:.2f} s latency x {1 + RATE_MARGIN:g} "
-                f"= {bound} in flight (Little's law)"
-            )
-        return ceiling, why
+        bound = littles_law_bound(pace, service)
+        if bound >= ceiling:
+            return _Bound(ceiling, why)
+        return _Bound(
+            bound,
+            f"{rates.describe()} x {service:.2f} s latency x {1 + RATE_MARGIN:g} "
+            f"= {bound} in flight (Little's law)",
+            by_rate=True,
+        )
 
     def _memory_pressure(self, r: Reading) -> str | None:
         cap = self.max_memory_mb
@@ -383,6 +455,13 @@ def _latency(since: Reading, now: Reading) -> float | None:
     """The mean task time of the items that finished between two readings."""
     finished = now.finished - since.finished
     return (now.task_seconds - since.task_seconds) / finished if finished > 0 else None
+
+
+@dataclass(frozen=True)
+class _Bound:
+    workers: int
+    why: str
+    by_rate: bool = False  # Little's law of a known rate: a target, not only a limit
 
 
 @dataclass(frozen=True)

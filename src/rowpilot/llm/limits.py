@@ -513,6 +513,7 @@ class Resource:
         self._calls_ended = 0
         self._call_seconds = 0.0  # held slots, admission to end: the calls' own latency
         self._tokens_ended = 0.0  # what the ended calls finally cost in the token bucket
+        self._tokens_admitted = 0.0  # token costs at admission (estimates)
         self._sync_buckets(now)
 
     # -- public face --
@@ -551,6 +552,7 @@ class Resource:
             "waited_seconds": self._waited,
             "calls_ended": ended,
             "call_seconds": self._call_seconds,
+            "tokens_per_call": self._tokens_per_call(),
             "in_flight": self._in_flight,
             "effective_rpm": rates.get("requests"),
             "effective_tpm": rates.get("tokens"),
@@ -561,8 +563,15 @@ class Resource:
             "paused_seconds": max(0.0, self._pause_until - now),
             "accounting": self.accounting,
             "rule": self._rule,
-            "tokens_per_call": self._tokens_ended / ended if ended else None,
         }
+
+    def _tokens_per_call(self) -> float | None:
+        """What a call costs in the token bucket (for ``--workers auto``): the mean final
+        cost of the ended calls under the rule in force; until one ended, the mean
+        admission estimate."""
+        if self._calls_ended:
+            return self._tokens_ended / self._calls_ended
+        return self._tokens_admitted / self._requests if self._requests else None
 
     @contextlib.asynccontextmanager
     async def slot(self, tokens: int, *, output: int = 0) -> AsyncIterator[Permit]:
@@ -596,6 +605,7 @@ class Resource:
             self._requests += 1
             self._waited += now - asked
             self._evidence.spent += tokens
+            self._tokens_admitted += tokens
             self._note_costs(costs)
             permit = Permit(self, tokens, now, output=output, charges=charges)
             permit.number = self._requests

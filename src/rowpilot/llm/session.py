@@ -135,9 +135,23 @@ class PromptTask(Task):
 
     def rates(self) -> Rates | None:
         """The model's pace as its resource holds it now (learned limits and 429 cuts
-        included)."""
+        included). Before the run, the given limits and the least a request costs at
+        admission: the prompt's own text with empty cells, plus max_tokens. Rows only add
+        to it, so the tpm pace this says errs high, and the start with it."""
+        spec = self.spec
         if self._session is None:
-            return None
+            blank = spec.template.render(dict.fromkeys(spec.template.columns, ""))
+            least = single_request(
+                spec.system, blank, spec.schema, key="", structured=spec.structured
+            )
+            messages = len(least.messages) + (1 if least.system else 0)
+            tokens = TokenEstimator().estimate(least.chars(), messages) + spec.max_tokens
+            return Rates(
+                rpm=spec.limits.rpm,
+                tpm=spec.limits.tpm,
+                max_concurrent=spec.limits.max_concurrent,
+                tokens_per_call=tokens,
+            )
         resource = self._session.resource
         stats, limits = resource.stats(), resource.limits
         return Rates(
@@ -145,6 +159,8 @@ class PromptTask(Task):
             max_concurrent=limits.max_concurrent,
             calls=stats["calls_ended"],
             call_seconds=stats["call_seconds"],
+            tpm=stats["effective_tpm"] or limits.tpm,
+            tokens_per_call=stats["tokens_per_call"],
         )
 
     async def preflight(self) -> None:

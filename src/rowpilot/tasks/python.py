@@ -123,7 +123,25 @@ class PythonTask(Task):
         )
 
     def rates(self) -> Rates | None:
-        return self._steps.item_rates() if self._steps is not None else None
+        """The item pace the run's steps see; before the run, the tightest rpm of the
+        job's ``[limits.NAME]`` tables as if an item made one call of it (an item making
+        more goes slower, so the start this gives errs high, and is cut at the first look)."""
+        if self._steps is not None:
+            return self._steps.item_rates()
+        config = self._config
+        if config is None:
+            return None
+        given = [
+            (float(table["rpm"]) * config.limits_share, name)
+            for name, table in config.limits.items()
+            if isinstance(table.get("rpm"), int | float) and table["rpm"] > 0
+        ]
+        if not given:
+            return None
+        from rowpilot.engine.sizing import Rates
+
+        rpm, name = min(given)
+        return Rates(rpm=rpm, source=f"{name} at rpm {rpm:g}")
 
     def waited_seconds(self) -> float:
         return self._steps.waited_seconds() if self._steps is not None else 0.0

@@ -43,7 +43,8 @@ import inspect
 import json
 import re
 import threading
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
@@ -52,7 +53,7 @@ from pydantic import BaseModel
 from rowpilot._config import JobConfig
 from rowpilot.engine.events import EventLog
 from rowpilot.engine.retry import RetryPolicy
-from rowpilot.engine.sizing import Rates
+from rowpilot.engine.sizing import Rates, requests_per_minute
 from rowpilot.engine.slots import Slots
 from rowpilot.errors import (
     ConfigError,
@@ -153,26 +154,43 @@ class Steps:
         return self._registry
 
     def item_rates(self) -> Rates | None:
-        """For ``--workers auto``: the item pace the tightest rate-limited resource allows
-        (its rpm over the calls an item has made of it so far), with the items' own
-        latency less their waits at the limits, so Little's law sizes the workers per
-        item, whatever each item calls."""
+        """For ``--workers auto``: the item pace of the tightest rate-limited resource, and
+        an item's service time (its waits at the limits left out), so Little's law sizes
+        the workers per item, whatever each item calls (see ``item_pace``)."""
         counters = self._counters
-        finished = counters.done + counters.failed
-        tightest: float | None = None
-        for resource in self.resources().values():
-            stats = resource.stats()
-            rpm = stats["effective_rpm"] or resource.limits.rpm
-            if not rpm or not stats["requests"] or not finished:
-                continue
-            items_per_minute = rpm * finished / stats["requests"]
-            tightest = items_per_minute if tightest is None else min(tightest, items_per_minute)
+        tightest: tuple[float, str] | None = None
+        at_resources = 0.0  # an item's seconds in calls: calls an item x their latency
+        for name, resource in self.resources().items():
+            stats, limits = resource.stats(), resource.limits
+            if stats["calls_ended"] and counters.started:
+                latency = stats["call_seconds"] / stats["calls_ended"]
+                at_resources += stats["requests"] / counters.started * latency
+            pace = item_pace(
+                requests_per_minute(
+                    stats["effective_rpm"] or limits.rpm,
+                    stats["effective_tpm"] or limits.tpm,
+                    stats["tokens_per_call"],
+                ),
+                stats["requests"],
+                counters.started,
+            )
+            if pace is not None and (tightest is None or pace[0] < tightest[0]):
+                tightest = (pace[0], f"{name} at {pace[1]}")
         if tightest is None:
             return None
-        # The items' time less their waits at the limits: Little's law wants the service
-        # time. With the waits in, more workers wait longer, which would ask for more still.
-        working = max(0.0, counters.task_seconds - self.waited_seconds())
-        return Rates(rpm=tightest, calls=finished, call_seconds=working)
+        return Rates(
+            rpm=tightest[0], service_seconds=at_resources + self._own_seconds(), source=tightest[1]
+        )
+
+    def _own_seconds(self) -> float:
+        """A finished item's mean time outside its steps: its own work. Waits at the limits
+        are inside the steps, so they are never counted as service: with them in, more
+        workers would wait longer, which would ask for more still."""
+        counters = self._counters
+        finished = counters.done + counters.failed
+        if not finished:
+            return 0.0
+        return max(0.0, counters.task_seconds - counters.step_seconds) / finished
 
     def waited_seconds(self) -> float:
         """Seconds steps waited for their resources' limits, over the run."""
@@ -221,16 +239,17 @@ class Steps:
         keyed = max_tokens or session.spec.max_tokens
         merged = {**session.spec.params, **params}
         signature = request.cache_key(session.provider.name, session.model, merged, keyed)
-        answer = await session.step(
-            request,
-            output_schema,
-            key=key,
-            step_key=trail.next_key(signature),
-            usage=usage,
-            max_tokens=max_tokens or _step_tokens(session.spec, output_schema, merged),
-            params=merged,
-            cache=cache and session.spec.cache,
-        )
+        with _timed(usage):
+            answer = await session.step(
+                request,
+                output_schema,
+                key=key,
+                step_key=trail.next_key(signature),
+                usage=usage,
+                max_tokens=max_tokens or _step_tokens(session.spec, output_schema, merged),
+                params=merged,
+                cache=cache and session.spec.cache,
+            )
         return _typed_answer(answer, schema, output_schema)
 
     def _session(self, model: str) -> LLMSession:
@@ -320,13 +339,14 @@ class Steps:
             )
             return json.loads(text)
 
-        return await self._paid(name)(
-            invoke,
-            worst=worst,
-            what=f"{name} call",
-            cost=lambda result: float(cost(result)) if callable(cost) else worst,
-            journal=journaled,
-        )
+        with _timed(usage):
+            return await self._paid(name)(
+                invoke,
+                worst=worst,
+                what=f"{name} call",
+                cost=lambda result: float(cost(result)) if callable(cost) else worst,
+                journal=journaled,
+            )
 
     def _paid(self, name: str) -> PaidCall:
         """The one paid-call path, with the resource's own limits, retry policy and
@@ -677,3 +697,31 @@ def takes_two(fn: Callable[..., Any]) -> bool:
         if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
     ]
     return len(positional) >= 2 or any(p.kind is p.VAR_POSITIONAL for p in parameters)
+
+
+def item_pace(
+    requests_per_minute: float | None, requests: int, started: int
+) -> tuple[float, str] | None:
+    """Items a minute that a resource allows, and how: its requests a minute over the
+    calls an item makes of it (an item making 3 calls goes at a third of the rate).
+
+    The calls an item makes are counted against the items *started*, not finished: while
+    many are in flight, the calls of unfinished items would make every item look like it
+    makes more, and the pace read low. Against started items it reads high while items
+    have yet to make their later calls, which sizes for more workers than needed (they
+    wait their turn at the limiter), never for fewer."""
+    if requests_per_minute is None or requests <= 0 or started <= 0:
+        return None
+    calls = requests / started
+    pace = requests_per_minute / calls
+    return pace, f"{requests_per_minute:.0f} rpm / {calls:.2f} calls an item = {pace:.0f} items/min"
+
+
+@contextlib.contextmanager
+def _timed(usage: ItemUsage) -> Iterator[None]:
+    """Adds the step's time to the item's (``--workers auto`` tells its own work apart)."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        usage.step_seconds += time.perf_counter() - started

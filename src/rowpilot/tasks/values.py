@@ -25,6 +25,7 @@ class ItemUsage:
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float = 0.0
+    step_seconds: float = 0.0  # time inside its ctx.llm and ctx.call steps, waits included
 
 
 @dataclass
