@@ -502,18 +502,20 @@ def test_tokens_per_call_is_the_settled_cost_else_the_admission_estimate() -> No
     """What --workers auto divides the tpm by: the calls' final cost in the token bucket."""
 
     async def go() -> None:
-        resource = Resource("x", Limits(tpm=600_000), learn=False, clock=loop_clock())
+        resource = Resource(
+            "x", Limits(tpm=600_000), learn=False, accounting="usage", clock=loop_clock()
+        )
         assert resource.stats()["tokens_per_call"] is None  # no call yet: nothing known
-        async with resource.slot(300) as first:
-            async with resource.slot(500):
+        async with resource.slot(300, output=200) as first:
+            async with resource.slot(500, output=200):
                 # Admitted, none ended: the estimates' mean stands in.
                 assert resource.stats()["tokens_per_call"] == 400
-            first.settle(tokens=100)  # the provider counted less than estimated
-        # The unsettled one (it raised) says nothing of a call's real cost.
-        assert resource.stats()["tokens_per_call"] == 100
-        async with resource.slot(300) as third:
-            third.settle(tokens=200)
-        assert resource.stats()["tokens_per_call"] == 150
+            first.settle(90, 10)  # settled at real usage: 100
+        # The unsettled one (it raised) keeps its reservation: the bucket paid 500 for it.
+        assert resource.stats()["tokens_per_call"] == 300
+        async with resource.slot(300, output=200) as third:
+            third.settle(100, 100)
+        assert resource.stats()["tokens_per_call"] == 800 / 3
 
     run(go())
 
