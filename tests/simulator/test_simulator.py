@@ -648,9 +648,11 @@ def test_stats_count_requests_statuses_faults_and_tokens() -> None:
     assert stats["tokens"] == {
         "input": completion.usage.prompt_tokens + 2,
         "output": completion.usage.completion_tokens,
+        "charged": stats["tokens"]["charged"],  # see the accounting tests
     }
     assert stats["in_flight"] == 0 and stats["in_flight_max"] == 1
-    assert reset["requests_total"] == 0 and reset["tokens"] == {"input": 0, "output": 0}
+    assert reset["requests_total"] == 0
+    assert reset["tokens"] == {"input": 0, "output": 0, "charged": 0}
 
 
 # -- configuration and lifecycle ------------------------------------------------------------
@@ -986,6 +988,21 @@ def test_usage_accounting_lets_more_requests_through_than_admission() -> None:
 
     assert admitted("admission") == 1  # 900 holds one reservation of 591, not two
     assert admitted("usage") == 10
+
+
+def test_the_stats_count_what_the_token_limit_charged_under_either_rule() -> None:
+    def charged(accounting: str) -> tuple[int, int, int]:
+        with Simulator(SimulatorConfig(tpm=600_000, token_accounting=accounting)) as sim:
+            url = f"{sim.openai_base_url}/chat/completions"
+            for _ in range(3):
+                assert http(url, chat_body("abcd", max_tokens=100))[0] == 200
+            tokens = sim.stats()["tokens"]
+            return tokens["charged"], tokens["input"], tokens["output"]
+
+    kept, prompt, _ = charged("admission")
+    assert kept == prompt + 3 * 100  # prompt + max_tokens, nothing given back
+    settled, prompt, answer = charged("usage")
+    assert settled == prompt + answer  # the unused max_tokens given back
 
 
 def test_anthropic_input_and_output_limits_apart() -> None:

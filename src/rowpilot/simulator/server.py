@@ -138,11 +138,13 @@ which are the models'.
 Stats
 -----
 ``{"requests": {endpoint: {status: n}}, "requests_total", "rate_limited" (429s),
-"concurrency_rejected", "faults": {kind: n}, "tokens": {"input", "output"}, "in_flight",
-"in_flight_max"}``. Endpoints are ``chat.completions``, ``embeddings``, ``messages``,
-``models`` and ``search``; a connection dropped by a fault counts under status
-``dropped``. Resetting the stats leaves the rate-limit buckets and the fault draws as they
-are.
+"concurrency_rejected", "faults": {kind: n}, "tokens": {"input", "output", "charged"},
+"in_flight", "in_flight_max"}``; ``charged`` is what the models' token limits counted
+(prompt + max_tokens at admission, less what settling at real usage gave back), the
+measure of how much of a token ceiling a client used. Endpoints are ``chat.completions``,
+``embeddings``, ``messages``, ``models`` and ``search``; a connection dropped by a fault
+counts under status ``dropped``. Resetting the stats leaves the rate-limit buckets and the
+fault draws as they are.
 
 Admissions: every request that reaches a rate limit (a model's or the search API's,
 limited or not) is an *arrival* at that resource (the model's name, or ``search``), and an
@@ -1123,6 +1125,7 @@ class _Stats:
             self._concurrency_rejected = 0
             self._tokens_in = 0
             self._tokens_out = 0
+            self._tokens_charged = 0
             self._in_flight_max = self._in_flight
             self._arrivals: dict[str, collections.deque[tuple[float, bool]]] = {}
 
@@ -1157,6 +1160,11 @@ class _Stats:
             self._tokens_in += tokens_in
             self._tokens_out += tokens_out
 
+    def charged(self, tokens: int) -> None:
+        """The token limits counted ``tokens`` more (fewer, when settling gave some back)."""
+        with self._lock:
+            self._tokens_charged += tokens
+
     @property
     def in_flight(self) -> int:
         return self._in_flight
@@ -1179,7 +1187,11 @@ class _Stats:
                 "rate_limited": self._rate_limited,
                 "concurrency_rejected": self._concurrency_rejected,
                 "faults": dict(self._faults),
-                "tokens": {"input": self._tokens_in, "output": self._tokens_out},
+                "tokens": {
+                    "input": self._tokens_in,
+                    "output": self._tokens_out,
+                    "charged": self._tokens_charged,
+                },
                 "in_flight": self._in_flight,
                 "in_flight_max": self._in_flight_max,
             }
@@ -1603,6 +1615,7 @@ class Simulator:
         headers = call.provider.limit_headers(limits.states(now))
         if refusal is not None:
             raise _Reject(_rate_limited(call, refusal, headers))
+        self._stats.charged(prompt_tokens + max_tokens)
         return headers
 
     def _settle_limits(
@@ -1616,6 +1629,8 @@ class Simulator:
             return None
         now = time.monotonic()
         limits.settle(max_tokens, completion_tokens, now)
+        if self.config.token_accounting == "usage":
+            self._stats.charged(min(0, completion_tokens - max_tokens))
         return call.provider.limit_headers(limits.states(now))
 
     async def _wait_and_roll(self, call: _Call) -> str | None:
