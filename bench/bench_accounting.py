@@ -38,14 +38,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import DATA, ROWPILOT, machine
+from _common import DATA, ROWPILOT, machine, write_csv
 from bench_llm import (
     SimProcess,
     _child_env,
     _from_stats,
     _measured,
     _numbers,
-    _write_csv,
     children_stopped,
 )
 
@@ -115,7 +114,7 @@ def rows_csv(rows: int) -> Path:
             body += " " + rng.choice(words)
         return body[:TEXT_CHARS]
 
-    return _write_csv(DATA / f"accounting-{rows}-{TEXT_CHARS}.csv", rows, text)
+    return write_csv(DATA / f"accounting-{rows}-{TEXT_CHARS}.csv", rows, text)
 
 
 def final_rule(state: Path) -> str:
