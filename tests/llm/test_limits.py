@@ -516,8 +516,25 @@ def test_tokens_per_call_is_the_settled_cost_else_the_admission_estimate() -> No
         async with resource.slot(300, output=200) as third:
             third.settle(100, 100)
         assert resource.stats()["tokens_per_call"] == 800 / 3
+        assert resource.stats()["least_tokens_per_call"] == 150  # what the answers used
 
     run(go())
+
+
+def test_the_least_tokens_a_call_costs_is_its_usage_whatever_the_rule() -> None:
+    """--workers auto sizes by what a provider settling at usage would count: under the
+    OpenAI rule the bucket keeps max_tokens, and the limiter holds the extra workers back."""
+
+    async def go() -> tuple[Any, Any]:
+        resource = Resource("x", Limits(tpm=600_000), learn=False, clock=loop_clock())
+        assert resource.stats()["least_tokens_per_call"] is None
+        async with resource.slot(300, output=200) as call:
+            assert resource.stats()["least_tokens_per_call"] == 300  # the estimate, so far
+            call.settle(90, 10)
+        stats = resource.stats()
+        return stats["tokens_per_call"], stats["least_tokens_per_call"]
+
+    assert run(go()) == (290, 100)  # prompt + max_tokens kept; prompt + completion used
 
 
 # --------------------------------------------------------------------------- 429s

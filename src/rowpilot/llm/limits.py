@@ -36,7 +36,13 @@ is the queue. The rules:
 
   The limits of Anthropic's headers are folded into tokens (the tightest of the three)
   under any rule but "usage". ``stats()["tokens_per_call"]`` is the mean final cost of the
-  calls ended (a call that raised or got a 429 keeps its reservation).
+  calls ended (a call that raised or got a 429 keeps its reservation);
+  ``stats()["least_tokens_per_call"]`` is the mean the answers say they used (prompt +
+  completion, cache reads out under "usage"): what the call would cost a provider that
+  settles at real usage, the least any rule charges. ``--workers auto`` sizes by the
+  least, so that the limiter, not the worker count, holds the pace (a worker too many
+  waits at the limiter; too few would leave the ceiling unused and keep the provider's
+  bucket full, hiding from "learn" the answers it needs).
 * **The provider's remaining bounds each bucket** on every answer: never above this run's
   part of what the provider says is left, never below that part less headroom minus what
   was admitted after this call and is still in flight (the provider has not counted it
@@ -514,6 +520,8 @@ class Resource:
         self._call_seconds = 0.0  # held slots, admission to end: the calls' own latency
         self._tokens_ended = 0.0  # what the ended calls finally cost in the token bucket
         self._tokens_admitted = 0.0  # token costs at admission (estimates)
+        self._tokens_used = 0.0  # prompt + completion the answers said, where they said both
+        self._calls_used = 0
         self._sync_buckets(now)
 
     # -- public face --
@@ -553,6 +561,11 @@ class Resource:
             "calls_ended": ended,
             "call_seconds": self._call_seconds,
             "tokens_per_call": self._tokens_per_call(),
+            "least_tokens_per_call": (
+                self._tokens_used / self._calls_used
+                if self._calls_used
+                else self._tokens_per_call()
+            ),
             "in_flight": self._in_flight,
             "effective_rpm": rates.get("requests"),
             "effective_tpm": rates.get("tokens"),
@@ -692,6 +705,10 @@ class Resource:
                 bucket.give(taken - final[kind], now)
         permit.cost = final["tokens"]
         self._note_costs(final)
+        if usage.prompt is not None and usage.completion is not None:
+            cached = usage.cached if self.accounting == "usage" else 0
+            self._tokens_used += max(0, usage.prompt - cached) + max(0, usage.completion)
+            self._calls_used += 1
         if usage.prompt is not None:
             self._evidence.spent += usage.prompt - permit.prompt_estimate
         if usage.completion is not None:

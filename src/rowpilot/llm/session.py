@@ -160,7 +160,7 @@ class PromptTask(Task):
             calls=stats["calls_ended"],
             call_seconds=stats["call_seconds"],
             tpm=stats["effective_tpm"] or limits.tpm,
-            tokens_per_call=stats["tokens_per_call"],
+            tokens_per_call=stats["least_tokens_per_call"],
         )
 
     async def preflight(self) -> None:

@@ -169,7 +169,7 @@ class Steps:
                 requests_per_minute(
                     stats["effective_rpm"] or limits.rpm,
                     stats["effective_tpm"] or limits.tpm,
-                    stats["tokens_per_call"],
+                    stats["least_tokens_per_call"],
                 ),
                 stats["requests"],
                 counters.started,
