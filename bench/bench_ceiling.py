@@ -14,7 +14,9 @@ elapsed time (its summary); auto's ratio is to the best fixed count of the same 
   1``: a batch would make the tokens bind), the simulator at 6,000 rpm and 2,000,000 tpm,
   300 ms: the requests bind (100/s).
 * tpm: the same at 300,000 tpm and 60,000 rpm: the tokens bind (prompt + max_tokens per
-  request at admission: about 16 requests/s with max_tokens 50).
+  request at admission: about 16 requests/s at label's own max_tokens of 65).
+
+label asks with its own max_tokens (the schema's bound), and is told the limits.
 
 Full sizes are ~30-second jobs at the ceiling. ``--accounting`` passes the simulator's
 ``token_accounting`` (given only when asked, for simulators that have it).
@@ -54,19 +56,12 @@ class PromptLoad:
     rows: int
     rpm: int
     tpm: int
-    max_tokens: int
     ceiling: str  # what binds, for the heading
 
 
 LOADS = {
-    "rpm": PromptLoad(
-        rows=3_000,
-        rpm=6_000,
-        tpm=2_000_000,
-        max_tokens=40,
-        ceiling="100 requests/s (at max_tokens 40)",
-    ),
-    "tpm": PromptLoad(rows=600, rpm=60_000, tpm=300_000, max_tokens=50, ceiling="the tokens"),
+    "rpm": PromptLoad(rows=3_000, rpm=6_000, tpm=2_000_000, ceiling="100 requests/s"),
+    "tpm": PromptLoad(rows=600, rpm=60_000, tpm=300_000, ceiling="the tokens"),
 }
 BRAND_ROWS = 1_500  # 30 s at 50 brands/s
 
@@ -97,17 +92,6 @@ def texts_csv(rows: int) -> Path:
     return write_csv(DATA / f"ceiling-{rows}-{TEXT_CHARS}.csv", rows, text)
 
 
-def label_takes_max_tokens() -> bool:
-    shown = subprocess.run(
-        [ROWPILOT, "label", "--help"],
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ, "COLUMNS": "200"},
-    )
-    return "--max-tokens" in shown.stdout
-
-
 def run_label(
     load: PromptLoad, rows: int, workers: str, work: Path, simulator: Mapping[str, Any]
 ) -> Result:
@@ -123,8 +107,6 @@ def run_label(
         args += ["--base-url", sim.openai_base_url, "--rpm", str(load.rpm)]
         args += ["--tpm", str(load.tpm), "--workers", workers, "--state", str(state)]
         args += ["--output", str(state / "out.csv"), "--no-progress"]
-        if label_takes_max_tokens():
-            args += ["--max-tokens", str(load.max_tokens)]
         env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
         env |= {"OPENAI_API_KEY": KEY, "NO_PROXY": "127.0.0.1,localhost"}
         done = subprocess.run(args, cwd=work, env=env, capture_output=True, text=True, check=False)
@@ -192,8 +174,6 @@ def main() -> None:
         return args.rows or (full // 5 if args.quick else full)
 
     print(f"bench_ceiling, {date.today().isoformat()}; machine: {machine()}")
-    if not label_takes_max_tokens():
-        print("note: this rowpilot's label has no --max-tokens: its default max_tokens applies")
     if args.accounting:
         print(f"simulator token_accounting: {args.accounting}")
     started = time.perf_counter()
@@ -213,13 +193,12 @@ def main() -> None:
                 continue
             load = LOADS[name]
             rows = rows_of(load.rows)
-            tokens = load.max_tokens if label_takes_max_tokens() else "label's default"
             sweep(
                 name,
                 args.workers,
                 lambda w, load=load, rows=rows: run_label(load, rows, w, work, simulator),
                 f"rowpilot label, {rows:,} texts of ~{TEXT_CHARS} chars, {load.rpm:,} rpm, "
-                f"{load.tpm:,} tpm, {LATENCY_MS} ms, max_tokens {tokens}: "
+                f"{load.tpm:,} tpm, {LATENCY_MS} ms, label's own max_tokens: "
                 f"{load.ceiling} bind",
             )
     print(f"\nbench_ceiling took {time.perf_counter() - started:.0f} s")
