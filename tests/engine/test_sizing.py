@@ -130,7 +130,7 @@ def test_the_start_by_kind_and_its_caps() -> None:
     assert choose_workers("grouped", **free).workers == 4
     assert choose_workers("prompt", **free).workers == ASYNC_START  # no rate known yet
     prompt = choose_workers("prompt", **free, limits=Limits(rpm=600))
-    assert prompt.workers == littles_law_bound(600, 2.0) == 25  # 10/s x 2 s x 1.2 + 1
+    assert prompt.workers == littles_law_bound(600, 2.0) == 24
     assert "Little's law" in prompt.why
     capped = choose_workers("prompt", **free, limits=Limits(rpm=6000, max_concurrent=10))
     assert (capped.workers, capped.ceiling) == (10, 10)
@@ -145,9 +145,9 @@ def test_the_start_by_kind_and_its_caps() -> None:
 
 
 def test_littles_law_bound() -> None:
-    assert littles_law_bound(600, 1.0) == 13  # 10 requests/s x 1 s x 1.2, + 1 spare
-    assert littles_law_bound(60, 0.01) == 2  # 0.012 rounds up to 1, + 1 spare
-    assert littles_law_bound(6000, 0.5, margin=0.0) == 51
+    assert littles_law_bound(600, 1.0) == 12  # 10 requests/s x 1 s x 1.2
+    assert littles_law_bound(60, 0.01) == 1
+    assert littles_law_bound(6000, 0.5, margin=0.0) == 50
 
 
 def test_requests_per_minute_is_the_tighter_of_rpm_and_tpm() -> None:
@@ -179,7 +179,7 @@ def test_a_prompt_task_starts_at_its_tpm_bound() -> None:
     start = choose_workers(
         "prompt", **free, limits=limits, rates=Rates(rpm=None, tokens_per_call=300)
     )
-    assert start.workers == 41  # 1,000 rpm x 2 s x 1.2 + 1
+    assert start.workers == 40
     assert "tpm 300000 / 300 tokens a call" in start.why
     assert choose_workers("prompt", **free, limits=limits).workers == 256  # cost unknown: rpm
 
@@ -187,7 +187,7 @@ def test_a_prompt_task_starts_at_its_tpm_bound() -> None:
 def test_a_python_task_with_known_limits_starts_at_their_bound() -> None:
     free = {"cpus": 4, "available_mb": 100_000.0}
     start = choose_workers("async", **free, rates=Rates(rpm=3000, source="search at rpm 3000"))
-    assert start.workers == 121  # 50/s x 2 s x 1.2 + 1
+    assert start.workers == 120  # 50/s x 2 s x 1.2
     assert "search at rpm 3000" in start.why
     slow = choose_workers("async", **free, rates=Rates(rpm=60))
     assert slow.workers == ASYNC_START  # never below the kind's own start
@@ -228,18 +228,18 @@ def test_a_slow_task_growth_is_judged_only_once_its_items_finish() -> None:
 
 def test_a_known_rate_bound_is_reached_in_one_step() -> None:
     run = sizer(start=8)
-    rates = Rates(rpm=3000, calls=100, call_seconds=130.0)  # 50/s x 1.3 s x 1.2 + 1 = 79
+    rates = Rates(rpm=3000, calls=100, call_seconds=130.0)  # 50/s x 1.3 s x 1.2 = 78
     decision = run.window(throughput=6, latency=1.3, rates=rates)
-    assert decision is not None and decision.new == 79
+    assert decision is not None and decision.new == 78
     assert "the rate's bound" in decision.why
 
 
 def test_a_tpm_bound_caps_the_workers() -> None:
     run = sizer(start=256)
-    # 300,000 tpm at 300 tokens a call: 16.7 requests/s x 0.3 s x 1.2 = 6 in flight, + 1.
+    # 300,000 tpm at 300 tokens a call: 16.7 requests/s x 0.3 s x 1.2 = 6 in flight.
     rates = Rates(rpm=60_000, tpm=300_000, tokens_per_call=300, calls=17, call_seconds=5.1)
     decision = run.window(throughput=17, latency=0.3, rates=rates)
-    assert decision is not None and decision.new == 7
+    assert decision is not None and decision.new == 6
     assert "tpm 300000 / 300 tokens a call" in decision.why
 
 
@@ -247,12 +247,12 @@ def test_a_known_rate_bound_is_kept_while_its_items_are_still_running() -> None:
     """The step to a rate's bound is not judged by finished items, which lag it by a
     latency: the old count's throughput for a few looks is no reason to step back."""
     run = sizer(start=8)
-    rates = Rates(rpm=3000, service_seconds=1.3)  # 50/s x 1.3 s x 1.2 + 1 = 79
+    rates = Rates(rpm=3000, service_seconds=1.3)  # 50/s x 1.3 s x 1.2 = 78
     decision = run.window(throughput=6, latency=1.3, rates=rates)
-    assert decision is not None and decision.new == 79
+    assert decision is not None and decision.new == 78
     for _ in range(5):  # what finishes is still the 8 workers' items
         assert run.window(throughput=6, latency=1.3, rates=rates) is None
-    assert run.sizer.workers == 79
+    assert run.sizer.workers == 78
 
 
 def test_a_tasks_own_service_time_is_the_latency_of_its_bound() -> None:
@@ -260,7 +260,7 @@ def test_a_tasks_own_service_time_is_the_latency_of_its_bound() -> None:
     # Items take 3 s, of which 1.7 s waiting at the limits: Little's law wants 1.3 s.
     rates = Rates(rpm=3000, service_seconds=1.3, source="search at 3000 rpm / 1.00 calls")
     decision = run.window(throughput=50, latency=3.0, rates=rates)
-    assert decision is not None and decision.new == 79
+    assert decision is not None and decision.new == 78
     assert "search at 3000 rpm / 1.00 calls x 1.30 s latency" in decision.why
 
 
@@ -303,7 +303,7 @@ def test_a_known_rate_caps_the_workers_by_littles_law() -> None:
     run = sizer(start=24)
     rates = Rates(rpm=600)  # 10 requests/s at 0.5 s each: 5 in flight, 6 with the margin
     decision = run.window(throughput=10, latency=0.5, rates=rates)
-    assert decision is not None and decision.new == 7  # and one spare
+    assert decision is not None and decision.new == 6
     assert "Little's law" in decision.why
     assert run.window(throughput=10, latency=0.5, rates=rates) is None  # at the ceiling
 
@@ -312,10 +312,10 @@ def test_the_rate_limiters_wait_is_not_latency() -> None:
     run = sizer(start=40)
     first = Rates(rpm=600, calls=100, call_seconds=50.0)
     run.window(throughput=10, latency=1.5, rates=first)
-    # Items took 1.5 s, of which their calls 0.5 s (the rest was the queue): 6 in flight + 1.
+    # Items took 1.5 s, of which their calls 0.5 s (the rest was the queue): 6 in flight.
     later = Rates(rpm=600, calls=110, call_seconds=55.0)
     run.window(throughput=10, latency=1.5, rates=later)
-    assert run.sizer.workers == 7
+    assert run.sizer.workers == 6
 
 
 def test_a_settling_growth_takes_its_ceiling_from_the_last_look() -> None:
@@ -323,10 +323,10 @@ def test_a_settling_growth_takes_its_ceiling_from_the_last_look() -> None:
     grown = run.window(throughput=4, latency=1.0)  # a growth step, settling for 2.5 s
     assert grown is not None and grown.new == 6
     assert run.window(throughput=4, latency=1.0, rates=Rates(rpm=600)) is None  # 12 needed
-    # The calls got fast: 10/s x 0.25 s x 1.2 = 3 in flight, + 1. Over the whole window
-    # (0.625 s a call) it would be 9, and the 7 workers would stay.
+    # The calls got fast: 10/s x 0.25 s x 1.2 = 3 in flight. Over the whole window (0.625 s
+    # a call) it would be 8, and the 6 workers would stay.
     decision = run.window(throughput=4, latency=0.25, rates=Rates(rpm=600))
-    assert decision is not None and decision.new == 4
+    assert decision is not None and decision.new == 3
     assert "Little's law" in decision.why
 
 
@@ -681,7 +681,7 @@ def test_auto_follows_a_models_rate_by_littles_law(
     # (the 48 workers the start assumed, unsized) would be dozens.
     assert result.summary.rate_limited <= 2
     (chosen,) = log_events(tmp_path / "s", "workers.chosen")
-    assert chosen["workers"] == littles_law_bound(1200, 2.0) == 49
+    assert chosen["workers"] == littles_law_bound(1200, 2.0) == 48
     adjusted = log_events(tmp_path / "s", "workers.adjusted")
     # The first look cuts: by Little's law, or (a 429 of the opening burst on a busy
     # machine) for the 429, with Little's law bounding what follows.

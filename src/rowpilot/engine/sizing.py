@@ -17,16 +17,15 @@ groups for the local model's tasks.
   prompt task below, if that is more. It errs high, and the first look cuts it.
 * the local model's grouped tasks: one group per CPU (the work is numpy, CPU-bound).
 * a prompt task: Little's law, requests in flight = rate x latency: ``pace / 60 x 2 s``
-  (a typical request's latency until one is measured) x 1.2 for jitter, plus one spare
-  (the limiter, not the count, should hold the pace: a bound of 1 would leave the limit
-  idle for each request's latency), capped by the model's ``max_concurrent``; 8 when no
-  rate is known yet (the resource learns it from the first answer's headers, and the
-  controller follows). The pace (``requests_per_minute``) is ``min(rpm, tpm / tokens a
-  call)``: a call's tokens are the least a provider could count for it, what the answers
-  say they used (``least_tokens_per_call``: a provider that keeps max_tokens charged
-  makes the limiter hold the extra workers back, at no cost), before any answer the
-  admission estimate, and before the run the least a request can cost (the prompt's own
-  text and ``max_tokens``), so the start errs high.
+  (a typical request's latency until one is measured) x 1.2 for jitter, capped by the
+  model's ``max_concurrent``; 8 when no rate is known yet (the resource learns it from
+  the first answer's headers, and the controller follows). The pace
+  (``requests_per_minute``) is ``min(rpm, tpm / tokens a call)``: a call's tokens are the
+  least a provider could count for it, what the answers say they used
+  (``least_tokens_per_call``: a provider that keeps max_tokens charged makes the limiter
+  hold the extra workers back, at no cost), before any answer the admission estimate,
+  and before the run the least a request can cost (the prompt's own text and
+  ``max_tokens``), so the start errs high.
 * never more than one worker per ``ITEM_MEMORY_MB`` of the memory there is room for
   (``--max-memory`` less the resident size, else the machine's available memory), nor more
   than ``--max-workers`` (256), nor fewer than 1.
@@ -133,11 +132,8 @@ def littles_law_bound(rpm: float, latency: float, margin: float = RATE_MARGIN) -
     ``requests_per_minute``) keeps busy when each takes ``latency`` seconds."""
     need = rpm / 60.0 * max(0.0, latency) * (1.0 + margin)
     # A latency differenced from the run's totals is off in its last bits: 5.000000000001
-    # is 5 workers, not 6. One spare: the mean need rounds up to whole requests, and a
-    # rate-limited resource keeps its pace with its limiter; a worker too many waits there,
-    # one too few is a gap in the pace (a bound of 1 leaves the limit idle for each
-    # request's latency).
-    return math.ceil(round(need, _NEED_DIGITS)) + 1
+    # is 5 workers, not 6.
+    return max(1, math.ceil(round(need, _NEED_DIGITS)))
 
 
 # -- the start ------------------------------------------------------------------------------
@@ -200,7 +196,7 @@ def _by_kind(
     workers = littles_law_bound(pace, LLM_LATENCY)
     return workers, (
         f"{workers}: {pace_name(rpm, tpm, tokens_per_call)} x {LLM_LATENCY:g} s assumed "
-        f"latency x {1 + RATE_MARGIN:g} + 1 spare (Little's law)"
+        f"latency x {1 + RATE_MARGIN:g} (Little's law)"
     )
 
 
@@ -214,7 +210,7 @@ def _paced_start(workers: int, why: str, rates: Rates) -> tuple[int, str]:
         return workers, why
     return paced, (
         f"{paced}: {rates.describe()} x {LLM_LATENCY:g} s assumed latency x "
-        f"{1 + RATE_MARGIN:g} + 1 spare (Little's law)"
+        f"{1 + RATE_MARGIN:g} (Little's law)"
     )
 
 
@@ -444,7 +440,7 @@ class WorkerSizer:
             return _Bound(ceiling, why)
         return _Bound(
             bound,
-            f"{rates.describe()} x {service:.2f} s latency x {1 + RATE_MARGIN:g} + 1 spare "
+            f"{rates.describe()} x {service:.2f} s latency x {1 + RATE_MARGIN:g} "
             f"= {bound} in flight (Little's law)",
             by_rate=True,
         )
