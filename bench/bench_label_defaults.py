@@ -1,6 +1,6 @@
 """`rowpilot label` with its defaults only, at the simulator's ceiling, under both token rules.
 
-Run: .venv/bin/python bench/bench_label_defaults.py [--quick] [--loads rpm rpm-batch1 tpm tpm-batch1]
+Run: .venv/bin/python bench/bench_label_defaults.py [--quick] [--loads NAME ...] [--modes ...]
 
 The command a new user types: `rowpilot label data.csv --text-column text --labels spam
 urgent --model openai/gpt-4o-mini --workers auto`, with no --max-tokens and no limits given
