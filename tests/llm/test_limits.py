@@ -1265,6 +1265,18 @@ def test_the_providers_remaining_bounds_the_bucket_both_ways() -> None:
     run(go())
 
 
+def test_a_call_above_the_whole_limit_is_a_one_line_error_not_a_wait() -> None:
+    async def go(limits: Limits) -> None:
+        resource, _ = fake_resource(limits)
+        async with resource.slot(400, output=300):
+            pass  # pragma: no cover: it never gets a slot
+
+    with pytest.raises(ConfigError, match=r"needs 400 tokens, more than its whole limit of 300"):
+        run(go(Limits(tpm=300)))
+    with pytest.raises(ConfigError, match=r"needs 300 output tokens, .* of 200 output tokens"):
+        run(go(Limits(tpm=10_000, output_tpm=200)))
+
+
 def test_a_share_is_bounded_by_its_part_of_the_remaining() -> None:
     async def go() -> None:
         resource, _ = fake_resource(Limits(tpm=240_000), share=1 / 4)  # 980/s, holds 490

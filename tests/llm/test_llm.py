@@ -327,6 +327,24 @@ def test_many_workers_use_the_budget_nearly_to_its_end(tmp_path: Path, budget: f
     assert spent_shown == Decimal(str(spent)).quantize(Decimal("0.0001"))
 
 
+def test_a_request_above_the_providers_whole_limit_stops_with_one_line(tmp_path: Path) -> None:
+    """Learned from the first 429's headers: it can never pass, so no endless wait."""
+    write_rows(tmp_path / "data.csv", 3)
+    with Simulator(SimulatorConfig(api_key=CANARY, tpm=300)) as simulator:
+        done = subprocess.run(
+            [ROWPILOT, "run", "data.csv", "--prompt", "Say {text}", "--model", MODEL,
+             "--max-tokens", "400", "--base-url", simulator.openai_base_url,
+             "--state", "state", "--no-progress"],
+            cwd=tmp_path, env=cli_env(CANARY), capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        asked = simulator.stats()["requests"]["chat.completions"]
+    assert done.returncode == 2, done.stdout + done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert "more than its whole limit of 300 tokens a minute" in line
+    assert "--max-tokens" in line and "Traceback" not in done.stderr
+    assert asked == {"429": 1}  # the one try that taught the limit
+
+
 def test_labels_named_like_an_input_column_fail_before_any_request(
     sim: Simulator, keyed_env: None, tmp_path: Path
 ) -> None:

@@ -628,6 +628,7 @@ class Resource:
     async def _until_admissible(self, costs: Mapping[Kind, float]) -> None:
         # Re-check after every wake: a 429 may have extended the pause meanwhile.
         while True:
+            self._check_fits(costs)
             if self._in_flight >= self._concurrency_cap():
                 self._wake.clear()
                 await self._wake.wait()
@@ -636,6 +637,21 @@ class Resource:
             if wait <= 0:
                 return
             await asyncio.sleep(wait)
+
+    def _check_fits(self, costs: Mapping[Kind, float]) -> None:
+        """A call that costs more than the provider's whole limit a minute can never be
+        sent: a one-line error, not a wait that never ends (the limit may be given, or
+        learned from the 429 the first try got)."""
+        for kind in ("tokens", *_APART):
+            known = [v for v in (self._given.of(kind), self._learned.get(kind)) if v is not None]
+            if known and costs[kind] > min(known):
+                what = kind.replace("_", " ")
+                raise ConfigError(
+                    f"a request to {self.name} needs {costs[kind]:,.0f} {what}, more than its "
+                    f"whole limit of {min(known):,.0f} {what} a minute: it can never be sent",
+                    hint="lower --max-tokens or --batch-size (a request counts its prompt's "
+                    "tokens plus max_tokens), or raise the limit",
+                )
 
     def _wait_seconds(self, costs: Mapping[Kind, float], now: float) -> float:
         waits = [self._pause_until - now]
