@@ -20,6 +20,7 @@ from rowpilot.engine.items import (
     Selection,
     decode_output,
     duplicate_key_error,
+    encode_items,
     encode_json,
     encode_output,
     encode_output_parts,
@@ -30,7 +31,7 @@ from rowpilot.engine.items import (
     scan,
     selected_items,
 )
-from rowpilot.errors import ConfigError, KeyColumnError, StateError
+from rowpilot.errors import ConfigError, KeyColumnError, SourceFormatError, StateError
 from rowpilot.sources import Source, open_source
 
 # -- helpers -------------------------------------------------------------------------------
@@ -356,6 +357,38 @@ def test_encode_json_is_canonical() -> None:
 def test_encode_json_ignores_key_order(row: dict[str, Any]) -> None:
     assert encode_json(dict(reversed(row.items()))) == encode_json(row)
     assert json.loads(encode_json(row)) == row
+
+
+# Any text (lone surrogates too: a latin-1 or surrogateescape read can hold them), names
+# with "%" and JSON's own specials, and values of other types that leave the fast path.
+_ANY_TEXT = st.text(st.characters(codec=None, exclude_categories=()), max_size=6) | st.sampled_from(
+    ['"', "\\", "%s", "%", "\x00", "\ud800", "é", "\u2028"]
+)
+_VALUES = _ANY_TEXT | st.integers() | st.none() | st.booleans() | st.floats(allow_nan=False)
+
+
+@given(
+    st.lists(st.dictionaries(_ANY_TEXT, _VALUES, max_size=5), max_size=6),
+    st.lists(_ANY_TEXT, min_size=1, max_size=4),
+)
+def test_encode_items_makes_the_json_and_fingerprint_of_encode_json(
+    rows: list[dict[str, Any]], header: list[str]
+) -> None:
+    # Rows of one header of text values (a CSV) take the fast path; mixed ones must not
+    # change what is stored nor the fingerprint (a changed one would redo finished rows).
+    csv_like = [dict.fromkeys(header, text) for text in ["a", "%s", '"q"', "\ud800"]]
+    items = [Item(seq, None, str(seq), row) for seq, row in enumerate(csv_like + rows)]
+    encode_items(items, "v1")
+    for item in items:
+        assert item.input_json == encode_json(item.fields)
+        assert item.fingerprint == fingerprint("v1", item.input_json)
+
+
+def test_encode_items_names_the_row_of_a_value_that_cannot_be_stored() -> None:
+    items = [Item(0, 2, "a", {"x": "1"}), Item(1, 3, "b", {"x": object()})]
+    with pytest.raises(SourceFormatError, match="cannot be stored") as raised:
+        encode_items(items, "v1")
+    assert raised.value.row == 1
 
 
 def test_encode_json_handles_datetime_decimal_bytes_and_numpy() -> None:

@@ -12,13 +12,20 @@ import decimal
 import hashlib
 import itertools
 import json
+import json.encoder
 import math
 from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from rowpilot.errors import ConfigError, DuplicateKeyError, KeyColumnError, StateError
+from rowpilot.errors import (
+    ConfigError,
+    DuplicateKeyError,
+    KeyColumnError,
+    SourceFormatError,
+    StateError,
+)
 from rowpilot.sources import Row, Source
 
 _DUPLICATES_SHOWN = 5
@@ -217,6 +224,69 @@ def key_hash(key: str) -> int:
 def fingerprint(task_version: str, input_json: str) -> str:
     data = f"{task_version}\x00{input_json}".encode("utf-8", "surrogatepass")
     return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def encode_items(items: list[Item], task_version: str) -> None:
+    """Set each item's canonical JSON and fingerprint, exactly as ``encode_json`` and
+    ``fingerprint`` make them, a chunk at a time.
+
+    Rows of text values under one set of text column names (every CSV row) take a fast
+    path: the JSON is one ``%`` template of the sorted names filled with each value
+    escaped by the very function ``encode_json`` escapes strings with, and the hash starts
+    from the version's prefix once. Any other row is encoded by ``encode_json`` itself, so
+    the two paths can only agree (tests/engine/test_items.py checks it on any text).
+    """
+    seed = hashlib.blake2b(f"{task_version}\x00".encode("utf-8", "surrogatepass"), digest_size=16)
+    layout: _Layout | None = None
+    for item in items:
+        fields = item.fields
+        if layout is None or len(fields) != len(layout.names):
+            layout = _Layout.of(fields)
+        text = layout.fill(fields) if layout is not None else None
+        item.input_json = text if text is not None else _canonical_row(item)
+        digest = seed.copy()
+        digest.update(item.input_json.encode("utf-8", "surrogatepass"))
+        item.fingerprint = digest.hexdigest()
+
+
+_escape: Callable[[str], str] = json.encoder.encode_basestring  # what encode_json uses
+
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """A row's sorted column names and the JSON template they make."""
+
+    names: tuple[str, ...]
+    template: str
+
+    @classmethod
+    def of(cls, fields: Any) -> _Layout | None:
+        if type(fields) is not dict or not all(type(name) is str for name in fields):
+            return None
+        names = tuple(sorted(fields))
+        # A name's own "%" is doubled: only the values' places are %s.
+        places = [_escape(name).replace("%", "%%") + ":%s" for name in names]
+        return cls(names, "{" + ",".join(places) + "}")
+
+    def fill(self, fields: dict[str, Any]) -> str | None:
+        """The row's canonical JSON, or None when it does not fit (another column, a
+        value that is not text: ``_escape`` takes only str)."""
+        try:
+            return self.template % tuple([_escape(fields[name]) for name in self.names])
+        except (KeyError, TypeError):
+            return None
+
+
+def _canonical_row(item: Item) -> str:
+    try:
+        return encode_json(item.fields)
+    except (TypeError, ValueError) as exc:
+        raise SourceFormatError(
+            f"a value cannot be stored: {exc}",
+            row=item.seq,
+            line=item.line,
+            hint="convert the column to text, numbers or dates first",
+        ) from exc
 
 
 def _key_text(value: Any) -> str | None:

@@ -42,7 +42,7 @@ from typing import Any
 from rowpilot.engine.crashes import PROCESS_CRASH, CrashPolicy, InFlightLog, Verdict
 from rowpilot.engine.events import EventLog
 from rowpilot.engine.grouped import CommitThread, group_encoder, group_outcomes
-from rowpilot.engine.items import Encoded, Item, encode_json, fingerprint
+from rowpilot.engine.items import Encoded, Item, encode_items
 from rowpilot.engine.machine import memory_mb, rss_mb
 from rowpilot.engine.probe import PROBE, PROBED_CAUSES, abort_message, likeness
 from rowpilot.engine.progress import Counters, ProgressView
@@ -55,7 +55,6 @@ from rowpilot.errors import (
     OutputCollisionError,
     ProviderError,
     RowpilotError,
-    SourceFormatError,
     TaskOutputError,
     UserError,
 )
@@ -331,10 +330,7 @@ class Scheduler:
         self._record(outcome)
 
     def _to_do(self, items: list[Item]) -> list[Item]:
-        version = self.task.version
-        for item in items:
-            item.input_json = _encode_row(item)
-            item.fingerprint = fingerprint(version, item.input_json)
+        encode_items(items, self.task.version)
         prior = self.registry.lookup([item.key for item in items])
         return [item for item in items if self._needs_work(item, prior.get(item.key))]
 
@@ -873,18 +869,6 @@ class Scheduler:
             return
         self._committed(batch)
         self._maybe_flush()
-
-
-def _encode_row(item: Item) -> str:
-    try:
-        return encode_json(item.fields)
-    except (TypeError, ValueError) as exc:
-        raise SourceFormatError(
-            f"a value cannot be stored: {exc}",
-            row=item.seq,
-            line=item.line,
-            hint="convert the column to text, numbers or dates first",
-        ) from exc
 
 
 def _one_line(error: BaseException) -> str:
