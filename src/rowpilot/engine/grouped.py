@@ -17,7 +17,9 @@ from typing import Any
 
 from rowpilot.engine.items import Encoded, Item
 from rowpilot.engine.settings import RunSettings
+from rowpilot.executors.base import Executor
 from rowpilot.state.registry import Outcome, Registry
+from rowpilot.tasks.base import Task
 from rowpilot.tasks.output import group_parts
 
 
@@ -26,6 +28,21 @@ def group_encoder(task: str, settings: RunSettings) -> Callable[[list[Any]], lis
     worker process that runs the group."""
     prefix, taken = settings.output_prefix, settings.reserved
     return functools.partial(group_parts, task=task, prefix=prefix, taken=taken)
+
+
+async def call_group(
+    executor: Executor, task: Task, group: list[Item], settings: RunSettings
+) -> tuple[list[Encoded] | None, float]:
+    """One ``batch_call`` of the group in the executor: its encoded outputs (None if the
+    call raised: any row may be the cause) and the seconds it took a row."""
+    clock = time.perf_counter()
+    try:
+        rows = [item.fields for item in group]
+        ran = await executor.submit_group(task, rows, group_encoder(task.name, settings))
+    except Exception:
+        return None, (time.perf_counter() - clock) / len(group)
+    measured = time.perf_counter() - clock if ran.seconds is None else ran.seconds
+    return ran.value, measured / len(group)
 
 
 def group_outcomes(
