@@ -90,6 +90,32 @@ def table_names(db: sqlite3.Connection) -> set[str]:
     return {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
 
 
+# -- columns ----------------------------------------------------------------------------
+
+
+def test_every_field_of_an_outcome_lands_in_its_own_column(registry: Registry) -> None:
+    # The row is read from the outcome by name: a column matched to the wrong field
+    # would store one value under another's name.
+    written = Outcome(
+        "k", 7, "fp", '{"id":"k"}', "failed", 3, None, "err", "ValueError", "tb", 1.0, 2.0,
+        0.5, "run-9", "task_error", 0.25, 11, 12, 13, "v9", b"\x00\x01",
+    )  # fmt: skip
+    registry.commit([written])
+    row = (
+        registry.db()
+        .execute(
+            "SELECT key, seq, fingerprint, input, status, attempts, output, error, error_type,"
+            " traceback, started_at, finished_at, task_seconds, run_id, cause, cost_usd,"
+            " input_tokens, output_tokens, calls, task_version, vectors FROM items"
+        )
+        .fetchone()
+    )
+    assert row == (
+        "k", 7, "fp", '{"id":"k"}', "failed", 3, None, "err", "ValueError", "tb", 1.0, 2.0,
+        0.5, "run-9", "task_error", 0.25, 11, 12, 13, "v9", b"\x00\x01",
+    )  # fmt: skip
+
+
 # -- migrations ----------------------------------------------------------------------------
 
 
