@@ -14,6 +14,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from rowpilot.engine.items import (
+    KEPT_ROW_BYTES,
+    KEPT_VALUE_BYTES,
     FirstOccurrence,
     Item,
     Keyer,
@@ -284,6 +286,23 @@ def test_scan_counts_rows_and_collects_columns_of_an_iterable() -> None:
     assert report.total == 3
     assert report.columns == ["id", "x", "y", "z"]
     assert report.duplicate_hashes == frozenset()
+
+
+@given(st.integers(1, 3000), st.integers(0, 2000), st.integers(0, 3_000_000))
+def test_scan_keeps_the_items_only_while_they_fit_its_budget(
+    rows: int, text_bytes: int, keep_bytes: int
+) -> None:
+    source = source_of([f"k{i}" for i in range(rows)])
+    report = scan(source, Keyer(source, "id"), Selection(), keep_bytes, text_bytes)
+    cost = text_bytes + rows * (KEPT_ROW_BYTES + 2 * KEPT_VALUE_BYTES)  # 2 columns
+    if cost <= keep_bytes:
+        assert report.kept is not None
+        kept = [item for chunk in report.kept for item in chunk]
+        assert [item.key for item in kept] == [f"k{i}" for i in range(rows)]
+        assert kept[-1].fields == {"id": f"k{rows - 1}", "text": f"text {rows - 1}"}
+    else:
+        assert report.kept is None
+    assert report.total == rows
 
 
 def test_scan_finds_duplicate_keys_and_the_error_lists_them_with_rows() -> None:

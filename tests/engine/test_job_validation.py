@@ -1,8 +1,10 @@
 """engine/job.py: the validation pass is skipped for a file the last complete run read
-unchanged (size, mtime in ns, inode), and runs again for a changed one."""
+unchanged (size, mtime in ns, inode), and runs again for a changed one; the items it read
+go to the run when they fit the memory budget, so the file is read once."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sqlite3
@@ -12,6 +14,10 @@ from typing import Any
 import pytest
 
 import rowpilot
+from rowpilot._config import build_config
+from rowpilot.engine import job as job_module
+from rowpilot.engine.items import KEPT_ROW_BYTES
+from rowpilot.engine.job import PreparedJob, execute, prepare
 from rowpilot.errors import SourceFormatError
 from rowpilot.state.registry import REGISTRY_FILE
 
@@ -80,3 +86,41 @@ def test_another_selection_of_the_same_file_is_validated_again(tmp_path: Path) -
     run(data, state)
     assert validations(state) == ["read", "read", validations(state)[-1]]
     assert validations(state)[-1].startswith("skipped")
+
+
+# -- the validation pass's items handed to the run ---------------------------------------
+
+
+def prepared(data: Path, state: Path) -> PreparedJob:
+    config = build_config(
+        {"task": echo, "source": data, "key": "id", "state": state, "progress": False}
+    )
+    return prepare(config)
+
+
+def test_a_file_that_fits_is_read_once_the_run_takes_the_validated_rows(tmp_path: Path) -> None:
+    # What the run works on is what was validated: a file rewritten after the pass (here
+    # with rows the pass never saw) changes nothing, since the run reads no file.
+    data, state = tmp_path / "data.csv", tmp_path / "state"
+    write_rows(data, 30)
+    job = prepared(data, state)
+    assert job.scan is not None and job.scan.kept is not None
+    data.write_text("id,text\nother,never validated\n", encoding="utf-8")
+    result = asyncio.run(execute(job))
+    assert result.summary.done == 30
+    outputs = {record.key: record.output for record in result}
+    assert outputs == {f"k{i:03d}": {"echo": f"TEXT {i}"} for i in range(30)}
+    assert job.scan.kept is None  # let go: the run holds each chunk only while it needs it
+
+
+def test_a_file_past_the_budget_is_read_again_by_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data, state = tmp_path / "data.csv", tmp_path / "state"
+    write_rows(data, 30)
+    monkeypatch.setattr(job_module, "KEEP_BYTES", data.stat().st_size + 10 * KEPT_ROW_BYTES)
+    job = prepared(data, state)
+    assert job.scan is not None and job.scan.kept is None and job.scan.total == 30
+    result = asyncio.run(execute(job))
+    assert result.summary.done == 30
+    assert {record.key for record in result} == {f"k{i:03d}" for i in range(30)}

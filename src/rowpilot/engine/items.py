@@ -1,7 +1,8 @@
 """Items: a source row with its key, its canonical JSON and its fingerprint.
 
 Also the selection of rows (``--rows``, ``--shard``, ``--limit``) and the validation
-pass that finds bad rows and duplicate keys before any state is touched.
+pass that finds bad rows and duplicate keys before any state is touched; the items it
+read are handed to the run when they fit a memory budget, so a small file is read once.
 """
 
 from __future__ import annotations
@@ -388,6 +389,7 @@ class ScanReport:
     duplicate_hashes: frozenset[int] = field(default_factory=frozenset)
     dropped: int = 0
     reused: bool = False  # the last complete run's report on the unchanged file, not a pass
+    kept: list[list[Item]] | None = None  # the items the pass read, for the run (keep_bytes)
 
     @property
     def to_run(self) -> int:
@@ -395,20 +397,40 @@ class ScanReport:
         return self.total - self.dropped
 
 
-def scan(source: Source, keyer: Keyer, selection: Selection) -> ScanReport:
-    """Read the whole selection once: every read error surfaces before state is touched."""
+KEPT_ROW_BYTES = 250
+KEPT_VALUE_BYTES = 100
+"""What a kept item costs beyond its text: the Item and its dict, and each value's string
+header and dict entry (measured: 555 bytes an item of 3 short columns)."""
+
+
+def scan(
+    source: Source, keyer: Keyer, selection: Selection, keep_bytes: int = 0, text_bytes: int = 0
+) -> ScanReport:
+    """Read the whole selection once: every read error surfaces before state is touched.
+
+    The items read are kept for the run (``ScanReport.kept``: the source is then read
+    once) while ``text_bytes`` (a bound on their text, e.g. the file's size) and what the
+    items cost beyond it (``KEPT_ROW_BYTES``, ``KEPT_VALUE_BYTES``) stay within
+    ``keep_bytes``; past that none is kept."""
     hashes = array("q")
     columns: dict[str, None] = dict.fromkeys(source.columns() or [])
     total = 0
+    kept: list[list[Item]] | None = [] if text_bytes <= keep_bytes else None
+    held = text_bytes
     for items in selected_items(source, keyer, selection):
         total += len(items)
         hashes.extend(key_hash(item.key) for item in items)
         if len(columns) == 0 or source.columns() is None:
             for item in items:
                 columns.update(dict.fromkeys(item.fields))
+        if kept is not None:
+            held += len(items) * (KEPT_ROW_BYTES + KEPT_VALUE_BYTES * len(items[0].fields))
+            kept = kept if held <= keep_bytes else None
+            if kept is not None:
+                kept.append(items)
     if total == 0 and selection.rows is not None:
         _check_row_range(source, selection.rows)
-    return ScanReport(total, list(columns), _repeated(hashes))
+    return ScanReport(total, list(columns), _repeated(hashes), kept=kept)
 
 
 def _check_row_range(source: Source, rows: tuple[int | None, int | None]) -> None:
