@@ -93,6 +93,16 @@ def table_names(db: sqlite3.Connection) -> set[str]:
 # -- columns ----------------------------------------------------------------------------
 
 
+def test_has_items_only_once_an_item_is_committed(registry: Registry) -> None:
+    # The scheduler skips its lookups for a registry without items: a run's own keys are
+    # admitted once, so nothing could be found.
+    assert not registry.has_items()  # no file yet
+    registry.commit([], meta={"task": "t"})
+    assert registry.exists and not registry.has_items()
+    registry.commit([outcome("a", 0, "failed")])
+    assert registry.has_items()
+
+
 def test_every_field_of_an_outcome_lands_in_its_own_column(registry: Registry) -> None:
     # The row is read from the outcome by name: a column matched to the wrong field
     # would store one value under another's name.

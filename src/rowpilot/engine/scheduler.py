@@ -150,6 +150,7 @@ class Scheduler:
         self._committing = 0  # outcomes handed to the writer, not yet durable
         self._written = asyncio.Event()  # set while nothing is with the writer
         self._written.set()
+        self._fresh = not registry.has_items()  # nothing to look up: every row is to do
 
     @property
     def workers(self) -> Slots:
@@ -288,8 +289,7 @@ class Scheduler:
         grouped = self.task.groups_rows and self._crashes is None and not self._stopping
         if not grouped or not self._plain_admission():
             return 0
-        wanted = min(self.settings.group - len(group), len(to_do) - index)
-        taken = self._window.take_up_to(wanted)
+        taken = self._window.take_up_to(min(self.settings.group - len(group), len(to_do) - index))
         group.extend(to_do[index : index + taken])
         return taken
 
@@ -361,6 +361,8 @@ class Scheduler:
 
     def _to_do(self, items: list[Item]) -> list[Item]:
         encode_items(items, self.task.version)
+        if self._fresh:  # no row was recorded before this run, which admits each key once
+            return items
         prior = self.registry.lookup([item.key for item in items])
         return [item for item in items if self._needs_work(item, prior.get(item.key))]
 
@@ -769,8 +771,7 @@ class Scheduler:
         (a done outcome is never held back nor the run's cause, and ends the probe)."""
         self.counters.task_seconds += sum(outcome.task_seconds for outcome in outcomes)
         self._buffer.extend(outcomes)
-        if outcomes:
-            self._watch_probe(outcomes[0])
+        self._watch_probe(outcomes[0])  # a group is never empty
         self._maybe_flush()
 
     def _on_probation(self, outcome: Outcome) -> bool:

@@ -602,6 +602,12 @@ class Registry:
         finally:
             db.execute("DETACH DATABASE shard")
 
+    @_mapped("read the registry")
+    def has_items(self) -> bool:
+        """Whether any item was ever recorded (no count: that would read every row)."""
+        db = self._connection(create=False)
+        return db is not None and db.execute("SELECT 1 FROM items LIMIT 1").fetchone() is not None
+
     def item_count(self) -> int:
         return int(self.db().execute("SELECT count(*) FROM items").fetchone()[0])
 
