@@ -13,6 +13,8 @@ import functools
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from itertools import repeat
+from operator import attrgetter
 from typing import Any
 
 from rowpilot.engine.items import Encoded, Item
@@ -54,29 +56,20 @@ def group_outcomes(
     version: str | None,
 ) -> list[Outcome]:
     """The outcome of each row of a group that ran: done, one attempt, no provider calls,
-    one finishing time (written out: this runs for every row of the job)."""
-    finished = time.time()
-    return [
-        Outcome(
-            item.key,
-            item.seq,
-            item.fingerprint,
-            item.input_json,
-            "done",
-            1,
-            output,
-            None,
-            None,
-            None,
-            started,
-            finished,
-            seconds,
-            run_id,
-            task_version=version,
-            vectors=vectors,
-        )
-        for item, (output, vectors) in zip(group, outputs, strict=True)
-    ]
+    one finishing time. Built in C (``Outcome._make`` over zipped columns), since this runs
+    for every row of the job."""
+    if len(outputs) != len(group):
+        raise ValueError(f"a group of {len(group)} rows came back with {len(outputs)} outputs")
+    texts, vectors = zip(*outputs, strict=True)
+    nothing, free = repeat(None), repeat(0)
+    columns = (
+        *(map(attrgetter(name), group) for name in ("key", "seq", "fingerprint", "input_json")),
+        repeat("done"), repeat(1), texts, nothing, nothing, nothing,  # status ... traceback
+        repeat(started), repeat(time.time()), repeat(seconds), repeat(run_id),
+        nothing, repeat(0.0), free, free, free,  # cause, cost, tokens in and out, calls
+        repeat(version), vectors,
+    )  # fmt: skip
+    return list(map(Outcome._make, zip(*columns, strict=False)))  # the repeats are endless
 
 
 class CommitThread:

@@ -15,7 +15,6 @@ import contextlib
 import errno
 import functools
 import json
-import operator
 import os
 import sqlite3
 import time
@@ -23,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, NamedTuple, ParamSpec, TypeVar
 
 from rowpilot.engine.items import decode_output, fingerprint
 from rowpilot.errors import StateError
@@ -34,9 +33,10 @@ VALIDATED_META = "validated_source"  # the file the last complete run's validati
 _LOOKUP_CHUNK = 500
 
 
-@dataclass(slots=True)
-class Outcome:
-    """What one item's processing came to, ready to be committed."""
+class Outcome(NamedTuple):
+    """What one item's processing came to, ready to be committed: a tuple that is the
+    registry's row as it stands (``_ITEM_COLUMNS`` names its fields in order), so a group
+    of them is built and written without a Python call a row."""
 
     key: str
     seq: int
@@ -485,7 +485,7 @@ class Registry:
                 db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta.items())
             if run:
                 _upsert_run(db, run)
-            db.executemany(_INSERT_ITEM, [_outcome_row(o) for o in outcomes])
+            db.executemany(_INSERT_ITEM, outcomes)
             if cleared:
                 db.executemany("DELETE FROM crashes WHERE key = ?", [(k,) for k in cleared])
         if run or meta:
@@ -823,18 +823,11 @@ def _record(row: tuple[Any, ...]) -> ExportRecord:
 
 
 _ITEM_COLUMNS = (
-    "key, seq, fingerprint, status, attempts, input, output, error, error_type, traceback,"
+    "key, seq, fingerprint, input, status, attempts, output, error, error_type, traceback,"
     " started_at, finished_at, task_seconds, run_id, cause, cost_usd, input_tokens,"
     " output_tokens, calls, task_version, vectors"
-)
+)  # Outcome's fields in order: an outcome is its row
 _INSERT_ITEM = f"INSERT OR REPLACE INTO items ({_ITEM_COLUMNS}) VALUES ({','.join('?' * 21)})"
-
-
-# An outcome's values in the columns' order, read in C (this runs for every row).
-_COLUMN_FIELDS = {"input": "input_json", "output": "output_json"}
-_outcome_row: Callable[[Outcome], tuple[Any, ...]] = operator.attrgetter(
-    *(_COLUMN_FIELDS.get(name, name) for name in _ITEM_COLUMNS.replace(" ", "").split(","))
-)
 
 
 _RUN_COLUMNS = (
