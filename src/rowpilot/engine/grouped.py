@@ -1,5 +1,6 @@
 """The grouped path's parts (tasks with ``batch_call``, the local model): a group's
-outcomes built at once, and the thread that commits them.
+call, its outcomes built at once (in C: an ``Outcome`` is the registry's row), and the
+thread that commits them.
 
 An outcome of a grouped task counts as done only when the ``CommitThread`` has committed
 it: the scheduler keeps each item's window slot until then, which also bounds what waits

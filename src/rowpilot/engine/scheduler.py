@@ -14,8 +14,8 @@ Written by hand because it is the product's core. Its rules:
 * on a stop request no item is admitted; in-flight items get ``grace`` seconds, then are
   cancelled; cancelled items are not recorded and run again on resume;
 * a task with a ``batch_call(rows) -> outputs`` (the built-in local tasks) is called on
-  groups of ``group`` rows in the thread pool, ``workers // group`` groups at once: one
-  call, one hand-off and one future per group, not per row; its outputs are encoded at
+  groups of ``group`` rows in the thread pool, ``workers // group`` groups at once: its
+  window slots taken, one call, one hand-off, one future per group; its outputs encoded at
   once where it ran (``group_parts``) and its outcomes recorded together; each row still
   gets its own outcome. A group whose call raises runs again row by row, so one bad row
   fails alone;
