@@ -20,6 +20,7 @@ from rowpilot.engine.items import KEPT_ROW_BYTES
 from rowpilot.engine.job import PreparedJob, execute, prepare
 from rowpilot.errors import SourceFormatError
 from rowpilot.state.registry import REGISTRY_FILE
+from rowpilot.tasks.base import Task
 
 
 def echo(row: dict[str, Any]) -> dict[str, Any]:
@@ -91,9 +92,25 @@ def test_another_selection_of_the_same_file_is_validated_again(tmp_path: Path) -
 # -- the validation pass's items handed to the run ---------------------------------------
 
 
-def prepared(data: Path, state: Path) -> PreparedJob:
+class GroupedEcho(Task):
+    """A task that takes groups of rows, as the local model's do."""
+
+    name = "grouped_echo"
+    version = "1"
+    groups_rows = True
+    rows_per_worker = 4
+
+    def batch_call(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [echo(row) for row in rows]
+
+    def call(self, row: dict[str, Any], ctx: Any) -> dict[str, Any]:
+        return echo(row)
+
+
+def prepared(data: Path, state: Path, task: Any = None) -> PreparedJob:
     config = build_config(
-        {"task": echo, "source": data, "key": "id", "state": state, "progress": False}
+        {"task": task or GroupedEcho(), "source": data, "key": "id", "state": state}
+        | {"progress": False}
     )
     return prepare(config)
 
@@ -124,3 +141,11 @@ def test_a_file_past_the_budget_is_read_again_by_the_run(
     result = asyncio.run(execute(job))
     assert result.summary.done == 30
     assert {record.key for record in result} == {f"k{i:03d}" for i in range(30)}
+
+
+def test_a_task_of_one_row_at_a_time_keeps_nothing(tmp_path: Path) -> None:
+    # Its memory stays flat in the row count; the run reads the file itself.
+    data, state = tmp_path / "data.csv", tmp_path / "state"
+    write_rows(data, 30)
+    job = prepared(data, state, echo)
+    assert job.scan is not None and job.scan.kept is None and job.scan.total == 30

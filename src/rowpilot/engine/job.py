@@ -5,9 +5,9 @@ loaded, the outputs checked and the whole selection read once (the validation pa
 before the state directory is locked; the registry file itself appears only with the
 first committed outcome. A file source that the last complete run validated, unchanged
 since (size, mtime in ns, inode, the same read and selection settings: recorded in the
-registry's meta), is not validated again: the run's own read is then its only one. A
-selection whose items fit ``KEEP_BYTES`` is read once the other way round: the run takes
-the items the validation pass read.
+registry's meta), is not validated again: the run's own read is then its only one. For a
+grouped task, a selection whose items fit ``KEEP_BYTES`` is read once the other way round:
+the run takes the items the validation pass read.
 """
 
 from __future__ import annotations
@@ -67,8 +67,10 @@ from rowpilot.tasks.factory import build_task
 
 STATE_ROOT = Path(".rowpilot")
 KEEP_BYTES = 128 * 2**20
-"""The memory the validation pass may keep its items in for the run (read once), not
-counting the source's own: a larger selection is read again by the run."""
+"""The memory the validation pass of a grouped task (the local model, whose run is bound by
+the model and the rows' reading) may keep its items in for the run, so that it reads the
+source once; a larger selection is read again by the run. Other tasks keep nothing: their
+memory stays flat in the row count (bench_engine's peak RSS ratio)."""
 
 
 @dataclass
@@ -116,7 +118,8 @@ def prepare(config: JobConfig) -> PreparedJob:
     if source.reiterable:
         report = _validated_before(config, task, source, validation)
         if report is None:
-            report = _validate(source, keyer, selection, config)
+            keep = KEEP_BYTES if task.groups_rows else 0
+            report = _validate(source, keyer, selection, config, keep)
     inputs = report.columns if report is not None else (columns or [])
     reserved = _reserved_names(config, inputs)
     _check_output_fields(task, reserved, config.output_prefix)
@@ -242,9 +245,11 @@ def _check_outputs(sinks: list[Sink]) -> None:
         sink.check()
 
 
-def _validate(source: Source, keyer: Keyer, selection: Selection, config: JobConfig) -> ScanReport:
+def _validate(
+    source: Source, keyer: Keyer, selection: Selection, config: JobConfig, keep_bytes: int
+) -> ScanReport:
     size = _file_size(config)
-    report = scan(source, keyer, selection, KEEP_BYTES, size if size is not None else 0)
+    report = scan(source, keyer, selection, keep_bytes, size if size is not None else 0)
     if report.duplicate_hashes and config.duplicates is None:
         error = duplicate_key_error(source, keyer, selection, report.duplicate_hashes)
         if error is not None:
