@@ -103,6 +103,19 @@ def test_has_items_only_once_an_item_is_committed(registry: Registry) -> None:
     assert registry.has_items()
 
 
+@pytest.mark.parametrize("count", [31, 32, 33, 70, 96])
+def test_a_large_batch_written_many_rows_a_statement_keeps_every_row(
+    registry: Registry, count: int
+) -> None:
+    # Whole statements of 32 rows, then the rest one by one: no row lost, doubled or moved.
+    registry.commit([outcome(f"k{seq}", seq, finished_at=100.0 + seq) for seq in range(count)])
+    records = sorted(registry.records(), key=lambda record: record.seq)
+    assert [(r.key, r.seq, r.finished_at) for r in records] == [
+        (f"k{seq}", seq, 100.0 + seq) for seq in range(count)
+    ]
+    assert [r.input for r in records] == [{"id": f"k{seq}", "seq": seq} for seq in range(count)]
+
+
 def test_every_field_of_an_outcome_lands_in_its_own_column(registry: Registry) -> None:
     # The row is read from the outcome by name: a column matched to the wrong field
     # would store one value under another's name.
