@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -189,6 +190,29 @@ def test_selection_applies_rows_then_shard_then_limit_in_source_order(chunk_size
     assert keys_of(items) == expected
     assert [item.seq for item in items] == [KEYS.index(key) for key in expected]
     assert all(item.fields["id"] == item.key for item in items)
+
+
+_KEY_VALUES = st.text(max_size=3) | st.integers() | st.none() | st.booleans() | st.floats()
+
+
+@given(st.lists(st.dictionaries(st.sampled_from(["id", "text"]), _KEY_VALUES), max_size=8))
+def test_a_chunk_of_items_is_what_each_row_alone_makes(rows: list[dict[str, Any]]) -> None:
+    # Keyer.items (a chunk, the whole selection) against Keyer.item (row by row): the same
+    # keys, or the same error at the same row.
+    source = open_source([{"id": "k", "text": "first"}])
+    keyer = Keyer(source, "id")
+    chunk = [(seq, seq + 2, fields) for seq, fields in enumerate(rows)]
+    assert outcome_of(lambda: keyer.items(chunk)) == outcome_of(
+        lambda: [keyer.item(row) for row in chunk]
+    )
+
+
+def outcome_of(make: Callable[[], list[Item]]) -> object:
+    """The items made, or the error's row and message."""
+    try:
+        return make()
+    except KeyColumnError as error:
+        return (error.row, str(error))
 
 
 def test_selection_rows_limit_and_shard_alone() -> None:

@@ -326,6 +326,21 @@ class Keyer:
             raise self._no_key("the key is empty", seq, line)
         return Item(seq, line, key, fields)
 
+    def items(self, rows: list[Row]) -> list[Item]:
+        """``item`` of each row of a chunk, a text key taken as it is without a call a row
+        (any other row goes through ``item``, with its conversions and errors)."""
+        column = self.key_column
+        if column is None:
+            return [Item(seq, line, str(seq), fields) for seq, line, fields in rows]
+        items: list[Item] = []
+        for seq, line, fields in rows:
+            key = fields.get(column)
+            if type(key) is str and key:
+                items.append(Item(seq, line, key, fields))
+            else:
+                items.append(self.item((seq, line, fields)))
+        return items
+
     def _no_key(self, message: str, seq: int, line: int | None) -> KeyColumnError:
         return KeyColumnError(
             message,
@@ -353,6 +368,9 @@ def selected_items(
     """Stream the selected items in chunks, in source order."""
     remaining = selection.limit
     if remaining is not None and remaining <= 0:
+        return
+    if selection == Selection():  # every row: nothing to decide a row
+        yield from (keyer.items(chunk) for chunk in source.chunks(chunk_size) if chunk)
         return
     for chunk in source.chunks(chunk_size):
         items: list[Item] = []
