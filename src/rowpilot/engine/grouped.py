@@ -1,5 +1,5 @@
 """The grouped path's parts (tasks with ``batch_call``, the local model): a group's
-call, its outcomes built at once (in C: an ``Outcome`` is the registry's row), and the
+call, its outcomes built at once (an ``Outcome`` is the registry's row, a tuple), and the
 thread that commits them.
 
 An outcome of a grouped task counts as done only when the ``CommitThread`` has committed
@@ -57,8 +57,8 @@ def group_outcomes(
     version: str | None,
 ) -> list[Outcome]:
     """The outcome of each row of a group that ran: done, one attempt, no provider calls,
-    one finishing time. Built in C (``Outcome._make`` over zipped columns), since this runs
-    for every row of the job."""
+    one finishing time. Built by ``Outcome._make`` (``tuple.__new__`` and a length check)
+    over zipped columns, not a 21-argument constructor a row: this runs for every row."""
     if len(outputs) != len(group):
         raise ValueError(f"a group of {len(group)} rows came back with {len(outputs)} outputs")
     texts, vectors = zip(*outputs, strict=True)

@@ -37,7 +37,7 @@ _LOOKUP_CHUNK = 500
 class Outcome(NamedTuple):
     """What one item's processing came to, ready to be committed: a tuple that is the
     registry's row as it stands (``_ITEM_COLUMNS`` names its fields in order), so a group
-    of them is built and written without a Python call a row."""
+    of them is built from zipped columns and written with no tuple made a row."""
 
     key: str
     seq: int
