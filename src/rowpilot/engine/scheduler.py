@@ -449,8 +449,12 @@ class Scheduler:
             for item in group:  # they hold their window slots already
                 self._track(self._process(item))
             return
-        version = self.task.version
-        self._record_done(group_outcomes(group, outputs, started, seconds, self.run_id, version))
+        # All done: none is held back nor the run's cause, and the first ends the probe.
+        outcomes = group_outcomes(group, outputs, started, seconds, self.run_id, self.task.version)
+        self.counters.task_seconds += seconds * len(group)
+        self._buffer.extend(outcomes)
+        self._watch_probe(outcomes[0])
+        self._maybe_flush()
 
     async def _drain(self) -> None:
         while self._tasks and not self._hard_stop.is_set():
@@ -764,14 +768,6 @@ class Scheduler:
         else:
             self._buffer.append(outcome)
         self._watch_probe(outcome)
-        self._maybe_flush()
-
-    def _record_done(self, outcomes: list[Outcome]) -> None:
-        """A group's outcomes, all done: ``_record`` for each, with one look at the flush
-        (a done outcome is never held back nor the run's cause, and ends the probe)."""
-        self.counters.task_seconds += sum(outcome.task_seconds for outcome in outcomes)
-        self._buffer.extend(outcomes)
-        self._watch_probe(outcomes[0])  # a group is never empty
         self._maybe_flush()
 
     def _on_probation(self, outcome: Outcome) -> bool:
