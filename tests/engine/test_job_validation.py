@@ -149,3 +149,21 @@ def test_a_task_of_one_row_at_a_time_keeps_nothing(tmp_path: Path) -> None:
     write_rows(data, 30)
     job = prepared(data, state, echo)
     assert job.scan is not None and job.scan.kept is None and job.scan.total == 30
+
+
+def test_kept_rows_with_repeated_keys_run_each_key_once_from_its_first_row(
+    tmp_path: Path,
+) -> None:
+    data, state = tmp_path / "data.csv", tmp_path / "state"
+    data.write_text("id,text\na,first a\nb,only b\na,second a\n", encoding="utf-8")
+    config = build_config(
+        {"task": GroupedEcho(), "source": data, "key": "id", "state": state}
+        | {"progress": False, "duplicates": "first"}
+    )
+    job = prepare(config)
+    assert job.scan is not None and job.scan.kept is not None and job.scan.dropped == 1
+    result = asyncio.run(execute(job))
+    assert {record.key: record.output for record in result} == {
+        "a": {"echo": "FIRST A"},
+        "b": {"echo": "ONLY B"},
+    }
