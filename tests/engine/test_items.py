@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +15,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from rowpilot.engine.items import (
+    KEPT_ROW_BYTES,
+    KEPT_VALUE_BYTES,
     FirstOccurrence,
     Item,
     Keyer,
     Selection,
     decode_output,
     duplicate_key_error,
+    encode_items,
     encode_json,
     encode_output,
     encode_output_parts,
@@ -30,7 +34,7 @@ from rowpilot.engine.items import (
     scan,
     selected_items,
 )
-from rowpilot.errors import ConfigError, KeyColumnError, StateError
+from rowpilot.errors import ConfigError, KeyColumnError, SourceFormatError, StateError
 from rowpilot.sources import Source, open_source
 
 # -- helpers -------------------------------------------------------------------------------
@@ -188,6 +192,29 @@ def test_selection_applies_rows_then_shard_then_limit_in_source_order(chunk_size
     assert all(item.fields["id"] == item.key for item in items)
 
 
+_KEY_VALUES = st.text(max_size=3) | st.integers() | st.none() | st.booleans() | st.floats()
+
+
+@given(st.lists(st.dictionaries(st.sampled_from(["id", "text"]), _KEY_VALUES), max_size=8))
+def test_a_chunk_of_items_is_what_each_row_alone_makes(rows: list[dict[str, Any]]) -> None:
+    # Keyer.items (a chunk, the whole selection) against Keyer.item (row by row): the same
+    # keys, or the same error at the same row.
+    source = open_source([{"id": "k", "text": "first"}])
+    keyer = Keyer(source, "id")
+    chunk = [(seq, seq + 2, fields) for seq, fields in enumerate(rows)]
+    assert outcome_of(lambda: keyer.items(chunk)) == outcome_of(
+        lambda: [keyer.item(row) for row in chunk]
+    )
+
+
+def outcome_of(make: Callable[[], list[Item]]) -> object:
+    """The items made, or the error's row and message."""
+    try:
+        return make()
+    except KeyColumnError as error:
+        return (error.row, str(error))
+
+
 def test_selection_rows_limit_and_shard_alone() -> None:
     source = source_of(KEYS)
     assert keys_of(selected(source, Selection())) == KEYS
@@ -285,6 +312,23 @@ def test_scan_counts_rows_and_collects_columns_of_an_iterable() -> None:
     assert report.duplicate_hashes == frozenset()
 
 
+@given(st.integers(1, 3000), st.integers(0, 2000), st.integers(0, 3_000_000))
+def test_scan_keeps_the_items_only_while_they_fit_its_budget(
+    rows: int, text_bytes: int, keep_bytes: int
+) -> None:
+    source = source_of([f"k{i}" for i in range(rows)])
+    report = scan(source, Keyer(source, "id"), Selection(), keep_bytes, text_bytes)
+    cost = text_bytes + rows * (KEPT_ROW_BYTES + 2 * KEPT_VALUE_BYTES)  # 2 columns
+    if cost <= keep_bytes:
+        assert report.kept is not None
+        kept = [item for chunk in report.kept for item in chunk]
+        assert [item.key for item in kept] == [f"k{i}" for i in range(rows)]
+        assert kept[-1].fields == {"id": f"k{rows - 1}", "text": f"text {rows - 1}"}
+    else:
+        assert report.kept is None
+    assert report.total == rows
+
+
 def test_scan_finds_duplicate_keys_and_the_error_lists_them_with_rows() -> None:
     keys = ["a", "b", "a", "c", "b", "a"]
     source = source_of(keys)
@@ -356,6 +400,38 @@ def test_encode_json_is_canonical() -> None:
 def test_encode_json_ignores_key_order(row: dict[str, Any]) -> None:
     assert encode_json(dict(reversed(row.items()))) == encode_json(row)
     assert json.loads(encode_json(row)) == row
+
+
+# Any text (lone surrogates too: a latin-1 or surrogateescape read can hold them), names
+# with "%" and JSON's own specials, and values of other types that leave the fast path.
+_ANY_TEXT = st.text(st.characters(codec=None, exclude_categories=()), max_size=6) | st.sampled_from(
+    ['"', "\\", "%s", "%", "\x00", "\ud800", "é", "\u2028"]
+)
+_VALUES = _ANY_TEXT | st.integers() | st.none() | st.booleans() | st.floats(allow_nan=False)
+
+
+@given(
+    st.lists(st.dictionaries(_ANY_TEXT, _VALUES, max_size=5), max_size=6),
+    st.lists(_ANY_TEXT, min_size=1, max_size=4),
+)
+def test_encode_items_makes_the_json_and_fingerprint_of_encode_json(
+    rows: list[dict[str, Any]], header: list[str]
+) -> None:
+    # Rows of one header of text values (a CSV) take the fast path; mixed ones must not
+    # change what is stored nor the fingerprint (a changed one would redo finished rows).
+    csv_like = [dict.fromkeys(header, text) for text in ["a", "%s", '"q"', "\ud800"]]
+    items = [Item(seq, None, str(seq), row) for seq, row in enumerate(csv_like + rows)]
+    encode_items(items, "v1")
+    for item in items:
+        assert item.input_json == encode_json(item.fields)
+        assert item.fingerprint == fingerprint("v1", item.input_json)
+
+
+def test_encode_items_names_the_row_of_a_value_that_cannot_be_stored() -> None:
+    items = [Item(0, 2, "a", {"x": "1"}), Item(1, 3, "b", {"x": object()})]
+    with pytest.raises(SourceFormatError, match="cannot be stored") as raised:
+        encode_items(items, "v1")
+    assert raised.value.row == 1
 
 
 def test_encode_json_handles_datetime_decimal_bytes_and_numpy() -> None:

@@ -119,6 +119,61 @@ def test_slots_grow_releases_waiters_and_shrink_waits_for_returns() -> None:
     asyncio.run(scenario())
 
 
+@given(
+    st.integers(0, 6),
+    st.integers(0, 4),
+    st.lists(st.tuples(st.sampled_from(["take", "release", "resize"]), st.integers(0, 5))),
+)
+def test_slots_in_bulk_do_what_one_at_a_time_does(
+    capacity: int, waiting: int, steps: list[tuple[str, int]]
+) -> None:
+    """take_up_to(n) takes what take() would, one by one while ready; release_many(n) is
+    n releases: the same slots free and the same waiters woken, shrunk or not."""
+
+    async def scenario() -> None:
+        bulk, single = Slots(capacity), Slots(capacity)
+        for slots in (bulk, single):
+            for _ in range(capacity):
+                slots.take()
+        waiters = {
+            id(slots): [asyncio.create_task(slots.acquire()) for _ in range(waiting)]
+            for slots in (bulk, single)
+        }
+        await asyncio.sleep(0)
+        held = {id(bulk): capacity, id(single): capacity}
+        for step, count in steps:
+            if step == "take":
+                held[id(bulk)] += bulk.take_up_to(count)
+                taken = 0
+                while taken < count and single.ready:
+                    single.take()
+                    taken += 1
+                held[id(single)] += taken
+            elif step == "release":
+                returned = min(count, held[id(bulk)], held[id(single)])
+                bulk.release_many(returned)
+                for _ in range(returned):
+                    single.release()
+                held[id(bulk)] -= returned
+                held[id(single)] -= returned
+            else:
+                bulk.resize(count)
+                single.resize(count)
+            await asyncio.sleep(0)
+            assert held[id(bulk)] == held[id(single)]
+            assert bulk.ready == single.ready
+            woken = [sum(task.done() for task in waiters[id(s)]) for s in (bulk, single)]
+            assert woken[0] == woken[1]
+        for tasks in waiters.values():
+            for task in tasks:
+                task.cancel()
+        await asyncio.gather(
+            *(t for tasks in waiters.values() for t in tasks), return_exceptions=True
+        )
+
+    asyncio.run(scenario())
+
+
 # -- the start ------------------------------------------------------------------------------
 
 

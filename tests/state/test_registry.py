@@ -90,6 +90,55 @@ def table_names(db: sqlite3.Connection) -> set[str]:
     return {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
 
 
+# -- columns ----------------------------------------------------------------------------
+
+
+def test_has_items_only_once_an_item_is_committed(registry: Registry) -> None:
+    # The scheduler skips its lookups for a registry without items: a run's own keys are
+    # admitted once, so nothing could be found.
+    assert not registry.has_items()  # no file yet
+    registry.commit([], meta={"task": "t"})
+    assert registry.exists and not registry.has_items()
+    registry.commit([outcome("a", 0, "failed")])
+    assert registry.has_items()
+
+
+@pytest.mark.parametrize("count", [31, 32, 33, 70, 96])
+def test_a_large_batch_written_many_rows_a_statement_keeps_every_row(
+    registry: Registry, count: int
+) -> None:
+    # Whole statements of 32 rows, then the rest one by one: no row lost, doubled or moved.
+    registry.commit([outcome(f"k{seq}", seq, finished_at=100.0 + seq) for seq in range(count)])
+    records = sorted(registry.records(), key=lambda record: record.seq)
+    assert [(r.key, r.seq, r.finished_at) for r in records] == [
+        (f"k{seq}", seq, 100.0 + seq) for seq in range(count)
+    ]
+    assert [r.input for r in records] == [{"id": f"k{seq}", "seq": seq} for seq in range(count)]
+
+
+def test_every_field_of_an_outcome_lands_in_its_own_column(registry: Registry) -> None:
+    # The row is read from the outcome by name: a column matched to the wrong field
+    # would store one value under another's name.
+    written = Outcome(
+        "k", 7, "fp", '{"id":"k"}', "failed", 3, None, "err", "ValueError", "tb", 1.0, 2.0,
+        0.5, "run-9", "task_error", 0.25, 11, 12, 13, "v9", b"\x00\x01",
+    )  # fmt: skip
+    registry.commit([written])
+    row = (
+        registry.db()
+        .execute(
+            "SELECT key, seq, fingerprint, input, status, attempts, output, error, error_type,"
+            " traceback, started_at, finished_at, task_seconds, run_id, cause, cost_usd,"
+            " input_tokens, output_tokens, calls, task_version, vectors FROM items"
+        )
+        .fetchone()
+    )
+    assert row == (
+        "k", 7, "fp", '{"id":"k"}', "failed", 3, None, "err", "ValueError", "tb", 1.0, 2.0,
+        0.5, "run-9", "task_error", 0.25, 11, 12, 13, "v9", b"\x00\x01",
+    )  # fmt: skip
+
+
 # -- migrations ----------------------------------------------------------------------------
 
 

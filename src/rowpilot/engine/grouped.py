@@ -1,5 +1,6 @@
 """The grouped path's parts (tasks with ``batch_call``, the local model): a group's
-outcomes built at once, and the thread that commits them.
+call, its outcomes built at once (an ``Outcome`` is the registry's row, a tuple), and the
+thread that commits them.
 
 An outcome of a grouped task counts as done only when the ``CommitThread`` has committed
 it: the scheduler keeps each item's window slot until then, which also bounds what waits
@@ -13,11 +14,15 @@ import functools
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from itertools import repeat
+from operator import attrgetter
 from typing import Any
 
 from rowpilot.engine.items import Encoded, Item
 from rowpilot.engine.settings import RunSettings
+from rowpilot.executors.base import Executor
 from rowpilot.state.registry import Outcome, Registry
+from rowpilot.tasks.base import Task
 from rowpilot.tasks.output import group_parts
 
 
@@ -26,6 +31,21 @@ def group_encoder(task: str, settings: RunSettings) -> Callable[[list[Any]], lis
     worker process that runs the group."""
     prefix, taken = settings.output_prefix, settings.reserved
     return functools.partial(group_parts, task=task, prefix=prefix, taken=taken)
+
+
+async def call_group(
+    executor: Executor, task: Task, group: list[Item], settings: RunSettings
+) -> tuple[list[Encoded] | None, float]:
+    """One ``batch_call`` of the group in the executor: its encoded outputs (None if the
+    call raised: any row may be the cause) and the seconds it took a row."""
+    clock = time.perf_counter()
+    try:
+        rows = [item.fields for item in group]
+        ran = await executor.submit_group(task, rows, group_encoder(task.name, settings))
+    except Exception:
+        return None, (time.perf_counter() - clock) / len(group)
+    measured = time.perf_counter() - clock if ran.seconds is None else ran.seconds
+    return ran.value, measured / len(group)
 
 
 def group_outcomes(
@@ -37,29 +57,20 @@ def group_outcomes(
     version: str | None,
 ) -> list[Outcome]:
     """The outcome of each row of a group that ran: done, one attempt, no provider calls,
-    one finishing time (written out: this runs for every row of the job)."""
-    finished = time.time()
-    return [
-        Outcome(
-            item.key,
-            item.seq,
-            item.fingerprint,
-            item.input_json,
-            "done",
-            1,
-            output,
-            None,
-            None,
-            None,
-            started,
-            finished,
-            seconds,
-            run_id,
-            task_version=version,
-            vectors=vectors,
-        )
-        for item, (output, vectors) in zip(group, outputs, strict=True)
-    ]
+    one finishing time. Built by ``Outcome._make`` (``tuple.__new__`` and a length check)
+    over zipped columns, not a 21-argument constructor a row: this runs for every row."""
+    if len(outputs) != len(group):
+        raise ValueError(f"a group of {len(group)} rows came back with {len(outputs)} outputs")
+    texts, vectors = zip(*outputs, strict=True)
+    nothing, free = repeat(None), repeat(0)
+    columns = (
+        *(map(attrgetter(name), group) for name in ("key", "seq", "fingerprint", "input_json")),
+        repeat("done"), repeat(1), texts, nothing, nothing, nothing,  # status ... traceback
+        repeat(started), repeat(time.time()), repeat(seconds), repeat(run_id),
+        nothing, repeat(0.0), free, free, free,  # cause, cost, tokens in and out, calls
+        repeat(version), vectors,
+    )  # fmt: skip
+    return list(map(Outcome._make, zip(*columns, strict=False)))  # the repeats are endless
 
 
 class CommitThread:

@@ -1,7 +1,8 @@
 """Items: a source row with its key, its canonical JSON and its fingerprint.
 
 Also the selection of rows (``--rows``, ``--shard``, ``--limit``) and the validation
-pass that finds bad rows and duplicate keys before any state is touched.
+pass that finds bad rows and duplicate keys before any state is touched; the items it
+read are handed to the run when they fit a memory budget, so a small file is read once.
 """
 
 from __future__ import annotations
@@ -12,13 +13,20 @@ import decimal
 import hashlib
 import itertools
 import json
+import json.encoder
 import math
 from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from rowpilot.errors import ConfigError, DuplicateKeyError, KeyColumnError, StateError
+from rowpilot.errors import (
+    ConfigError,
+    DuplicateKeyError,
+    KeyColumnError,
+    SourceFormatError,
+    StateError,
+)
 from rowpilot.sources import Row, Source
 
 _DUPLICATES_SHOWN = 5
@@ -219,6 +227,69 @@ def fingerprint(task_version: str, input_json: str) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
+def encode_items(items: list[Item], task_version: str) -> None:
+    """Set each item's canonical JSON and fingerprint, exactly as ``encode_json`` and
+    ``fingerprint`` make them, a chunk at a time.
+
+    Rows of text values under one set of text column names (every CSV row) take a fast
+    path: the JSON is one ``%`` template of the sorted names filled with each value
+    escaped by the very function ``encode_json`` escapes strings with, and the hash starts
+    from the version's prefix once. Any other row is encoded by ``encode_json`` itself, so
+    the two paths can only agree (tests/engine/test_items.py checks it on any text).
+    """
+    seed = hashlib.blake2b(f"{task_version}\x00".encode("utf-8", "surrogatepass"), digest_size=16)
+    layout: _Layout | None = None
+    for item in items:
+        fields = item.fields
+        if layout is None or len(fields) != len(layout.names):
+            layout = _Layout.of(fields)
+        text = layout.fill(fields) if layout is not None else None
+        item.input_json = text if text is not None else _canonical_row(item)
+        digest = seed.copy()
+        digest.update(item.input_json.encode("utf-8", "surrogatepass"))
+        item.fingerprint = digest.hexdigest()
+
+
+_escape: Callable[[str], str] = json.encoder.encode_basestring  # what encode_json uses
+
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """A row's sorted column names and the JSON template they make."""
+
+    names: tuple[str, ...]
+    template: str
+
+    @classmethod
+    def of(cls, fields: Any) -> _Layout | None:
+        if type(fields) is not dict or not all(type(name) is str for name in fields):
+            return None
+        names = tuple(sorted(fields))
+        # A name's own "%" is doubled: only the values' places are %s.
+        places = [_escape(name).replace("%", "%%") + ":%s" for name in names]
+        return cls(names, "{" + ",".join(places) + "}")
+
+    def fill(self, fields: dict[str, Any]) -> str | None:
+        """The row's canonical JSON, or None when it does not fit (another column, a
+        value that is not text: ``_escape`` takes only str)."""
+        try:
+            return self.template % tuple([_escape(fields[name]) for name in self.names])
+        except (KeyError, TypeError):
+            return None
+
+
+def _canonical_row(item: Item) -> str:
+    try:
+        return encode_json(item.fields)
+    except (TypeError, ValueError) as exc:
+        raise SourceFormatError(
+            f"a value cannot be stored: {exc}",
+            row=item.seq,
+            line=item.line,
+            hint="convert the column to text, numbers or dates first",
+        ) from exc
+
+
 def _key_text(value: Any) -> str | None:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
@@ -255,6 +326,21 @@ class Keyer:
             raise self._no_key("the key is empty", seq, line)
         return Item(seq, line, key, fields)
 
+    def items(self, rows: list[Row]) -> list[Item]:
+        """``item`` of each row of a chunk, a text key taken as it is without a call a row
+        (any other row goes through ``item``, with its conversions and errors)."""
+        column = self.key_column
+        if column is None:
+            return [Item(seq, line, str(seq), fields) for seq, line, fields in rows]
+        items: list[Item] = []
+        for seq, line, fields in rows:
+            key = fields.get(column)
+            if type(key) is str and key:
+                items.append(Item(seq, line, key, fields))
+            else:
+                items.append(self.item((seq, line, fields)))
+        return items
+
     def _no_key(self, message: str, seq: int, line: int | None) -> KeyColumnError:
         return KeyColumnError(
             message,
@@ -282,6 +368,9 @@ def selected_items(
     """Stream the selected items in chunks, in source order."""
     remaining = selection.limit
     if remaining is not None and remaining <= 0:
+        return
+    if selection == Selection():  # every row: nothing to decide a row
+        yield from (keyer.items(chunk) for chunk in source.chunks(chunk_size) if chunk)
         return
     for chunk in source.chunks(chunk_size):
         items: list[Item] = []
@@ -318,6 +407,7 @@ class ScanReport:
     duplicate_hashes: frozenset[int] = field(default_factory=frozenset)
     dropped: int = 0
     reused: bool = False  # the last complete run's report on the unchanged file, not a pass
+    kept: list[list[Item]] | None = None  # the items the pass read, for the run (keep_bytes)
 
     @property
     def to_run(self) -> int:
@@ -325,20 +415,40 @@ class ScanReport:
         return self.total - self.dropped
 
 
-def scan(source: Source, keyer: Keyer, selection: Selection) -> ScanReport:
-    """Read the whole selection once: every read error surfaces before state is touched."""
+KEPT_ROW_BYTES = 250
+KEPT_VALUE_BYTES = 100
+"""What a kept item costs beyond its text: the Item and its dict, and each value's string
+header and dict entry (measured: 555 bytes an item of 3 short columns)."""
+
+
+def scan(
+    source: Source, keyer: Keyer, selection: Selection, keep_bytes: int = 0, text_bytes: int = 0
+) -> ScanReport:
+    """Read the whole selection once: every read error surfaces before state is touched.
+
+    The items read are kept for the run (``ScanReport.kept``: the source is then read
+    once) while ``text_bytes`` (a bound on their text, e.g. the file's size) and what the
+    items cost beyond it (``KEPT_ROW_BYTES``, ``KEPT_VALUE_BYTES``) stay within
+    ``keep_bytes``; past that none is kept."""
     hashes = array("q")
     columns: dict[str, None] = dict.fromkeys(source.columns() or [])
     total = 0
+    kept: list[list[Item]] | None = [] if text_bytes <= keep_bytes else None
+    held = text_bytes
     for items in selected_items(source, keyer, selection):
         total += len(items)
         hashes.extend(key_hash(item.key) for item in items)
         if len(columns) == 0 or source.columns() is None:
             for item in items:
                 columns.update(dict.fromkeys(item.fields))
+        if kept is not None:
+            held += len(items) * (KEPT_ROW_BYTES + KEPT_VALUE_BYTES * len(items[0].fields))
+            kept = kept if held <= keep_bytes else None
+            if kept is not None:
+                kept.append(items)
     if total == 0 and selection.rows is not None:
         _check_row_range(source, selection.rows)
-    return ScanReport(total, list(columns), _repeated(hashes))
+    return ScanReport(total, list(columns), _repeated(hashes), kept=kept)
 
 
 def _check_row_range(source: Source, rows: tuple[int | None, int | None]) -> None:

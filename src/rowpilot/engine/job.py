@@ -5,7 +5,9 @@ loaded, the outputs checked and the whole selection read once (the validation pa
 before the state directory is locked; the registry file itself appears only with the
 first committed outcome. A file source that the last complete run validated, unchanged
 since (size, mtime in ns, inode, the same read and selection settings: recorded in the
-registry's meta), is not validated again: the run's own read is then its only one.
+registry's meta), is not validated again: the run's own read is then its only one. For a
+grouped task, a selection whose items fit ``KEEP_BYTES`` is read once the other way round:
+the run takes the items the validation pass read.
 """
 
 from __future__ import annotations
@@ -64,6 +66,11 @@ from rowpilot.tasks.base import RunScope, Task
 from rowpilot.tasks.factory import build_task
 
 STATE_ROOT = Path(".rowpilot")
+KEEP_BYTES = 128 * 2**20
+"""The memory the validation pass of a grouped task (the local model, whose run is bound by
+the model and the rows' reading) may keep its items in for the run, so that it reads the
+source once; a larger selection is read again by the run. Other tasks keep nothing: their
+memory stays flat in the row count (bench_engine's peak RSS ratio)."""
 
 
 @dataclass
@@ -111,7 +118,8 @@ def prepare(config: JobConfig) -> PreparedJob:
     if source.reiterable:
         report = _validated_before(config, task, source, validation)
         if report is None:
-            report = _validate(source, keyer, selection, config)
+            keep = KEEP_BYTES if task.groups_rows else 0
+            report = _validate(source, keyer, selection, config, keep)
     inputs = report.columns if report is not None else (columns or [])
     reserved = _reserved_names(config, inputs)
     _check_output_fields(task, reserved, config.output_prefix)
@@ -239,8 +247,11 @@ def _check_outputs(sinks: list[Sink]) -> None:
         sink.check()
 
 
-def _validate(source: Source, keyer: Keyer, selection: Selection, config: JobConfig) -> ScanReport:
-    report = scan(source, keyer, selection)
+def _validate(
+    source: Source, keyer: Keyer, selection: Selection, config: JobConfig, keep_bytes: int
+) -> ScanReport:
+    size = _file_size(config)
+    report = scan(source, keyer, selection, keep_bytes, size if size is not None else 0)
     if report.duplicate_hashes and config.duplicates is None:
         error = duplicate_key_error(source, keyer, selection, report.duplicate_hashes)
         if error is not None:
@@ -248,6 +259,15 @@ def _validate(source: Source, keyer: Keyer, selection: Selection, config: JobCon
     if report.duplicate_hashes:
         report.dropped = count_repeats(source, keyer, selection, report.duplicate_hashes)
     return report
+
+
+def _file_size(config: JobConfig) -> int | None:
+    if not isinstance(config.source, str | os.PathLike):
+        return None
+    try:
+        return Path(config.source).stat().st_size
+    except OSError:
+        return None
 
 
 def _settings(
@@ -548,8 +568,22 @@ def _chunks(job: PreparedJob) -> Iterator[list[Item]]:
         admits = check.admits
     else:
         admits = FirstOccurrence(job.scan.duplicate_hashes).admits
-    for items in selected_items(job.source, job.keyer, job.selection):
+    kept = job.scan.kept if job.scan is not None else None
+    if job.scan is not None:
+        job.scan.kept = None  # each chunk is let go once the run has it
+    if kept is not None:
+        chunks = _handed_over(kept)
+    else:
+        chunks = selected_items(job.source, job.keyer, job.selection)
+    for items in chunks:
         yield [item for item in items if admits(item)]
+
+
+def _handed_over(kept: list[list[Item]]) -> Iterator[list[Item]]:
+    """The validation pass's chunks, in order, each dropped from the list as it goes."""
+    kept.reverse()
+    while kept:
+        yield kept.pop()
 
 
 @contextlib.contextmanager

@@ -14,8 +14,8 @@ Written by hand because it is the product's core. Its rules:
 * on a stop request no item is admitted; in-flight items get ``grace`` seconds, then are
   cancelled; cancelled items are not recorded and run again on resume;
 * a task with a ``batch_call(rows) -> outputs`` (the built-in local tasks) is called on
-  groups of ``group`` rows in the thread pool, ``workers // group`` groups at once: one
-  call, one hand-off and one future per group, not per row; its outputs are encoded at
+  groups of ``group`` rows in the thread pool, ``workers // group`` groups at once: its
+  window slots taken, one call, one hand-off, one future per group; its outputs encoded at
   once where it ran (``group_parts``) and its outcomes recorded together; each row still
   gets its own outcome. A group whose call raises runs again row by row, so one bad row
   fails alone;
@@ -41,8 +41,8 @@ from typing import Any
 
 from rowpilot.engine.crashes import PROCESS_CRASH, CrashPolicy, InFlightLog, Verdict
 from rowpilot.engine.events import EventLog
-from rowpilot.engine.grouped import CommitThread, group_encoder, group_outcomes
-from rowpilot.engine.items import Encoded, Item, encode_json, fingerprint
+from rowpilot.engine.grouped import CommitThread, call_group, group_outcomes
+from rowpilot.engine.items import Encoded, Item, encode_items
 from rowpilot.engine.machine import memory_mb, rss_mb
 from rowpilot.engine.probe import PROBE, PROBED_CAUSES, abort_message, likeness
 from rowpilot.engine.progress import Counters, ProgressView
@@ -55,7 +55,6 @@ from rowpilot.errors import (
     OutputCollisionError,
     ProviderError,
     RowpilotError,
-    SourceFormatError,
     TaskOutputError,
     UserError,
 )
@@ -151,6 +150,7 @@ class Scheduler:
         self._committing = 0  # outcomes handed to the writer, not yet durable
         self._written = asyncio.Event()  # set while nothing is with the writer
         self._written.set()
+        self._fresh = not registry.has_items()  # nothing to look up: every row is to do
 
     @property
     def workers(self) -> Slots:
@@ -243,26 +243,55 @@ class Scheduler:
             self._log_started()  # the last keys admitted, before their tasks start
 
     async def _admit_all(self, chunks: Iterator[list[Item]]) -> None:
-        group: list[Item] = []
         for items in chunks:
-            for item in self._to_do(items):
-                verdict = self._verdict(item)
-                if verdict is Verdict.RUN and self._plain_admission():
-                    self._window.take()
-                else:
-                    group = await self._make_room(verdict, group)
-                if self._stopping:  # a stop while waiting for a slot admits nothing more
-                    self._window.release()
-                    for _ in group:
-                        self._window.release()
-                    return
-                group = self._place(item, verdict, group)
-            if group:  # the end of a chunk: do not wait for the next read to fill a group
-                self._spawn_group(group)
-                group = []
+            gathered = await self._admit_chunk(self._to_do(items), [])
+            if gathered is None:
+                return  # a stop: nothing more is admitted
+            if gathered:  # the end of a chunk: do not wait for the next read to fill a group
+                self._spawn_group(gathered)
             self._log_started()
             await asyncio.sleep(0)  # let outcomes, timers and the progress bar run
         self._admitted_all = True
+
+    async def _admit_chunk(self, to_do: list[Item], group: list[Item]) -> list[Item] | None:
+        """Admit a chunk's rows to do; the group still being gathered, or None on a stop."""
+        index = 0
+        while index < len(to_do):
+            taken = self._admit_into_group(to_do, index, group)
+            if taken:
+                index += taken
+                if len(group) >= self.settings.group:
+                    self._spawn_group(group)
+                    group = []
+                continue
+            admitted = await self._admit_one(to_do[index], group)
+            if admitted is None:
+                return None
+            group = admitted
+            index += 1
+        return group
+
+    async def _admit_one(self, item: Item, group: list[Item]) -> list[Item] | None:
+        """One row through its verdict and a window slot (waiting for one if need be)."""
+        verdict = self._verdict(item)
+        if verdict is Verdict.RUN and self._plain_admission():
+            self._window.take()
+        else:
+            group = await self._make_room(verdict, group)
+        if self._stopping:  # a stop while waiting for a slot admits nothing more
+            self._window.release_many(1 + len(group))
+            return None
+        return self._place(item, verdict, group)
+
+    def _admit_into_group(self, to_do: list[Item], index: int, group: list[Item]) -> int:
+        """A grouped task's rows take the window's free slots a group at a time; how many
+        joined ``group`` (0: rows go one by one, as with suspects, a memory cap, a stop)."""
+        grouped = self.task.groups_rows and self._crashes is None and not self._stopping
+        if not grouped or not self._plain_admission():
+            return 0
+        taken = self._window.take_up_to(min(self.settings.group - len(group), len(to_do) - index))
+        group.extend(to_do[index : index + taken])
+        return taken
 
     def _plain_admission(self) -> bool:
         """A slot is free and nothing else must be waited for: no suspects, no memory cap."""
@@ -331,10 +360,9 @@ class Scheduler:
         self._record(outcome)
 
     def _to_do(self, items: list[Item]) -> list[Item]:
-        version = self.task.version
-        for item in items:
-            item.input_json = _encode_row(item)
-            item.fingerprint = fingerprint(version, item.input_json)
+        encode_items(items, self.task.version)
+        if self._fresh:  # no row was recorded before this run, which admits each key once
+            return items
         prior = self.registry.lookup([item.key for item in items])
         return [item for item in items if self._needs_work(item, prior.get(item.key))]
 
@@ -395,8 +423,7 @@ class Scheduler:
     def _settle_uncommitted(self, keys: list[str]) -> None:
         """Keys no longer counted as uncommitted give back their window slots."""
         self._running_keys.difference_update(keys)
-        for _ in keys:
-            self._window.release()
+        self._window.release_many(len(keys))
         if self._uncommitted == 0:
             self._idle.set()
 
@@ -412,28 +439,22 @@ class Scheduler:
     async def _process_group(self, group: list[Item]) -> None:
         """One batch_call for the group; its rows alone again if the call raises."""
         started = time.time()
-        outputs: list[Encoded] | None = None
         async with self._groups:
-            clock = time.perf_counter()
             self.counters.running += len(group)
             try:
-                rows = [item.fields for item in group]
-                encode = group_encoder(self.task.name, self.settings)
-                ran = await self._executor.submit_group(self.task, rows, encode)
-                outputs = ran.value
-            except Exception:  # any row may be the cause: each is tried on its own below
-                outputs = None
+                outputs, seconds = await call_group(self._executor, self.task, group, self.settings)
             finally:
                 self.counters.running -= len(group)
-            measured = ran.seconds if outputs is not None else None
-            elapsed = time.perf_counter() - clock if measured is None else measured
-            seconds = elapsed / len(group)
         if outputs is None:
             for item in group:  # they hold their window slots already
                 self._track(self._process(item))
             return
-        version = self.task.version
-        self._record_done(group_outcomes(group, outputs, started, seconds, self.run_id, version))
+        # All done: none is held back nor the run's cause, and the first ends the probe.
+        outcomes = group_outcomes(group, outputs, started, seconds, self.run_id, self.task.version)
+        self.counters.task_seconds += seconds * len(group)
+        self._buffer.extend(outcomes)
+        self._watch_probe(outcomes[0])
+        self._maybe_flush()
 
     async def _drain(self) -> None:
         while self._tasks and not self._hard_stop.is_set():
@@ -753,15 +774,6 @@ class Scheduler:
         self._watch_probe(outcome)
         self._maybe_flush()
 
-    def _record_done(self, outcomes: list[Outcome]) -> None:
-        """A group's outcomes, all done: ``_record`` for each, with one look at the flush
-        (a done outcome is never held back nor the run's cause, and ends the probe)."""
-        self.counters.task_seconds += sum(outcome.task_seconds for outcome in outcomes)
-        self._buffer.extend(outcomes)
-        if outcomes:
-            self._watch_probe(outcomes[0])
-        self._maybe_flush()
-
     def _on_probation(self, outcome: Outcome) -> bool:
         return self._probe is not None and outcome.status == "failed"
 
@@ -877,18 +889,6 @@ class Scheduler:
             return
         self._committed(batch)
         self._maybe_flush()
-
-
-def _encode_row(item: Item) -> str:
-    try:
-        return encode_json(item.fields)
-    except (TypeError, ValueError) as exc:
-        raise SourceFormatError(
-            f"a value cannot be stored: {exc}",
-            row=item.seq,
-            line=item.line,
-            hint="convert the column to text, numbers or dates first",
-        ) from exc
 
 
 def _one_line(error: BaseException) -> str:

@@ -44,6 +44,15 @@ class Slots:
         assert self.ready
         self._free -= 1
 
+    def take_up_to(self, count: int) -> int:
+        """Acquire up to ``count`` slots that are free now, none if anyone waits (FIFO);
+        how many were taken. A grouped task's admission takes a group's slots at once."""
+        if self._waiters or self._free <= 0:
+            return 0
+        taken = min(count, self._free)
+        self._free -= taken
+        return taken
+
     async def acquire(self) -> None:
         if self._free > 0 and not self._waiters:
             self._free -= 1
@@ -67,6 +76,19 @@ class Slots:
                 waiter.set_result(None)
                 return
         self._free += 1
+
+    def release_many(self, count: int) -> None:
+        """``release`` ``count`` times, in one call (a committed batch's slots)."""
+        if self._free < 0:
+            repaid = min(count, -self._free)
+            self._free += repaid
+            count -= repaid
+        while count and self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                count -= 1
+        self._free += count
 
     async def __aenter__(self) -> None:
         await self.acquire()
