@@ -38,18 +38,16 @@ is the queue. The rules:
   under any rule but "usage". ``stats()["tokens_per_call"]`` is the mean final cost of the
   calls ended (a call that raised or got a 429 keeps its reservation);
   ``stats()["least_tokens_per_call"]`` is the mean the answers say they used (prompt +
-  completion, cache reads out under "usage"): what the call would cost a provider that
-  settles at real usage, the least any rule charges. ``--workers auto`` sizes by the
-  least, so that the limiter, not the worker count, holds the pace (a worker too many
-  waits at the limiter; too few would leave the ceiling unused and keep the provider's
-  bucket full, hiding from "learn" the answers it needs).
+  completion; cache reads out under "usage"), the least any rule charges: ``--workers
+  auto`` sizes by it, so that the limiter, not the count, holds the pace.
 * **The provider's remaining bounds each bucket** on every answer: never above this run's
-  part of what the provider says is left, never below that part less headroom minus what
-  was admitted after this call and is still in flight (the provider has not counted it
-  yet). The answer's remaining is stale, never ahead: since it was read the provider has
-  refilled, and admitted at most what this run sent after the call (subtracted; with a
-  share, the other shards spend their own parts), so a bucket raised to it admits nothing
-  the provider lacks.
+  part of what the provider says is left, and a token bucket (without a share) never
+  below it less headroom minus all this run admitted after this call, ended or not (a
+  remaining read at the call's admission counts none of it). Stale, never ahead: since it
+  was read the provider refilled and admitted at most what this run sent after the call,
+  so a bucket raised to it admits nothing the provider lacks. Not raised: requests (never
+  given back; raised, an opening burst got 2-4 429s in 160), nor a shard (the other
+  shards' calls since are not in the figure: four side by side got 1% 429s).
 * **A 429** (``rate_limited``) pauses every admission until ``retry_after`` (1 s if the
   provider did not say), empties the buckets so no burst follows the pause, and multiplies
   ``factor`` by 0.75 (floor 0.1). A burst of 429s is one signal: only a call admitted after
@@ -402,6 +400,7 @@ class Permit:
         self.charges: dict[Kind, float] = dict(charges or {})
         self.cost = float(tokens)
         self.number = 0  # its place in the order of admission (1, 2, ...)
+        self.charged_before: dict[Kind, float] = {}  # all charges admitted before it
         self._resource = resource
         self._reported = False
 
@@ -505,7 +504,7 @@ class Resource:
         self._factor = 1.0
         self._cap: float | None = None  # the adaptive concurrency cap; None: no cap
         self._in_flight = 0
-        self._flying: dict[int, Permit] = {}  # by admission number: the permits in flight
+        self._charged: dict[Kind, float] = {}  # every charge admitted so far, by kind
         self._observed = False  # any call came back: the probe is over
         now = clock()
         self._pause_until = now
@@ -595,7 +594,6 @@ class Resource:
             yield permit
         finally:
             self._in_flight -= 1
-            self._flying.pop(permit.number, None)
             self._calls_ended += 1
             self._call_seconds += max(0.0, self._clock() - permit.admitted_at)
             self._tokens_ended += permit.cost
@@ -622,7 +620,9 @@ class Resource:
             self._note_costs(costs)
             permit = Permit(self, tokens, now, output=output, charges=charges)
             permit.number = self._requests
-            self._flying[permit.number] = permit
+            permit.charged_before = dict(self._charged)
+            for kind, charge in charges.items():
+                self._charged[kind] = self._charged.get(kind, 0.0) + charge
             return permit
 
     async def _until_admissible(self, costs: Mapping[Kind, float]) -> None:
@@ -639,9 +639,8 @@ class Resource:
             await asyncio.sleep(wait)
 
     def _check_fits(self, costs: Mapping[Kind, float]) -> None:
-        """A call that costs more than the provider's whole limit a minute can never be
-        sent: a one-line error, not a wait that never ends (the limit may be given, or
-        learned from the 429 the first try got)."""
+        """A call above the provider's whole limit a minute can never be sent (the limit
+        given, or learned from the first try's 429): an error, not an endless wait."""
         for kind in ("tokens", *_APART):
             known = [v for v in (self._given.of(kind), self._learned.get(kind)) if v is not None]
             if known and costs[kind] > min(known):
@@ -649,8 +648,7 @@ class Resource:
                 raise ConfigError(
                     f"a request to {self.name} needs {costs[kind]:,.0f} {what}, more than its "
                     f"whole limit of {min(known):,.0f} {what} a minute: it can never be sent",
-                    hint="lower --max-tokens or --batch-size (a request counts its prompt's "
-                    "tokens plus max_tokens), or raise the limit",
+                    hint="lower --max-tokens or --batch-size, or raise the limit",
                 )
 
     def _wait_seconds(self, costs: Mapping[Kind, float], now: float) -> float:
@@ -838,13 +836,12 @@ class Resource:
             if not remaining:
                 continue
             mine = min(remaining) * self._share
-            # Admitted after this call and still in flight: not in the provider's count yet.
-            later = sum(
-                other.charges.get(kind, 0.0)
-                for number, other in self._flying.items()
-                if number > permit.number
-            )
-            bucket.bound(mine * self._headroom - later, mine, now)
+            # Admitted after this call, ended or not: not in a count read at its admission.
+            before = permit.charged_before.get(kind, 0.0) + permit.charges.get(kind, 0.0)
+            later = self._charged.get(kind, 0.0) - before
+            raised = self._share >= 1 and kind != "requests"
+            low = mine * self._headroom - later if raised else -math.inf
+            bucket.bound(low, mine, now)
 
     def _pause_for(self, quotas: Iterable[Quota], now: float) -> None:
         """Pause until the provider has room again when it says it has none: with a
