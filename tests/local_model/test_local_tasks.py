@@ -11,7 +11,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from contextlib import closing
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import rowpilot
+from conftest import wait_until
 from rowpilot.state.registry import REGISTRY_FILE, Registry
 
 ROWPILOT = str(Path(sys.executable).parent / "rowpilot")
@@ -150,9 +150,7 @@ def test_a_killed_embed_into_lancedb_resumes_to_one_vector_per_key(tmp_path: Pat
         "--no-progress",
     ]
     process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not (tmp_path / "store" / "docs.lance").exists():
-        time.sleep(0.005)
+    wait_until((tmp_path / "store" / "docs.lance").exists, "the LanceDB table")
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=120)
     assert process.stdout is not None
@@ -189,9 +187,7 @@ def test_an_embed_killed_mid_run_resumes_to_every_row_once_with_its_vector(
     command = [ROWPILOT, "embed", "data.csv", "--key", "id", "--text-column", "text"]
     command += ["--embed-batch", "32", "--workers", "1", "--state", "state", "--no-progress"]
     process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and len(committed(tmp_path / "state")) < 4_000:
-        time.sleep(0.002)  # waiting on the registry file: some groups committed
+    wait_until(lambda: len(committed(tmp_path / "state")) >= 4_000, "4,000 rows committed")
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=60)
     before = committed(tmp_path / "state")
