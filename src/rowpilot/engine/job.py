@@ -25,10 +25,11 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from rowpilot._config import JobConfig
 from rowpilot._result import Result, Summary
+from rowpilot._targets import scheme_of
 from rowpilot.engine.crashes import CrashPolicy, InFlightLog, recover
 from rowpilot.engine.events import EventLog, warn
 from rowpilot.engine.items import (
@@ -56,9 +57,10 @@ from rowpilot.engine.sizing import AutoWorkers, choose_workers
 from rowpilot.engine.slots import Slots
 from rowpilot.errors import OutputCollisionError, StateError, UserError
 from rowpilot.executors.choice import ExecutorChoice, choose_executor, open_executor
-from rowpilot.sinks import Sink, sinks_for
+from rowpilot.sinks import LiveSink, Sink, sinks_for
 from rowpilot.sinks.exports import KEY_FIELD
 from rowpilot.sources import Source, open_source
+from rowpilot.sources.gsheet import GsheetSource
 from rowpilot.state.lock import LOCK_FILE, StateLock
 from rowpilot.state.operations import check_key_definition, key_definition
 from rowpilot.state.registry import VALIDATED_META, Registry, peek_meta, read_only_folder
@@ -106,7 +108,9 @@ def prepare(config: JobConfig) -> PreparedJob:
         encoding=config.encoding,
         trust_quotes=config.trust_quotes,
         follow_symlinks=config.follow_symlinks,
+        credentials=config.credentials,
     )
+    _leave_out_written_columns(config, task, source)
     if not source.reiterable:
         source = PeekedSource(source)  # its first chunk names its state
     keyer = Keyer(source, config.key)
@@ -143,6 +147,20 @@ def prepare(config: JobConfig) -> PreparedJob:
         executor,
         validation if report is not None and not report.duplicate_hashes else None,
     )
+
+
+def _leave_out_written_columns(config: JobConfig, task: Task, source: Source) -> None:
+    """With ``--write-back`` the sheet holds the outputs beside the inputs: the task's output
+    fields and every column an earlier write-back wrote are not inputs (the rule in
+    ``sinks/gsheet.py``), so the next run reads the same inputs as the first."""
+    if not config.write_back or not isinstance(source, GsheetSource):
+        return
+    from rowpilot.sinks.gsheet import owned_columns, sheet_identity
+
+    fields = [config.output_prefix + name for name in task.output_fields or []]
+    state = state_directory(config, job_name(config, task, source))
+    sheet = sheet_identity(source.target.spreadsheet, source.sheet_id)
+    source.exclude_columns([*fields, *owned_columns(state, sheet)])
 
 
 def _validation_record(config: JobConfig, keyer: Keyer) -> dict[str, Any] | None:
@@ -303,8 +321,20 @@ def _settings(
 def job_name(config: JobConfig, task: Task, source: Source) -> str:
     if config.name:
         return config.name
-    stem = Path(source.name).stem if isinstance(config.source, str | os.PathLike) else "data"
+    if isinstance(config.source, str) and scheme_of(config.source) is not None:
+        stem = _url_stem(config.source)
+    elif isinstance(config.source, str | os.PathLike):
+        stem = Path(source.name).stem
+    else:
+        stem = "data"
     return f"{stem}-{task.name.rsplit('.', 1)[-1]}"
+
+
+def _url_stem(url: str) -> str:
+    """A URL source's name for its state: its last parts, so that two worksheets of one
+    spreadsheet, or two spreadsheets' "Sheet1", never share a state."""
+    parts = [part for part in url.split("://", 1)[-1].split("/") if part]
+    return "-".join(parts[-2:])[:80] or "url"
 
 
 def _state_of(
@@ -381,9 +411,12 @@ async def _execute(job: PreparedJob, progress: ProgressView | None) -> Result:
     lock.acquire()
     registry = Registry(job.state)
     remove_state = False
+    live = _live_sinks(job.sinks)
     try:
         check_key_definition(registry, job.keyer.key_column)
         view = progress or default_view(job.config.progress)
+        for sink in live:
+            sink.start(job.state, job.task.version)
         summary = await _run_locked(job, registry, view)
         written = _write_outputs(job.sinks, registry) if registry.exists else []
     except UserError:
@@ -391,11 +424,18 @@ async def _execute(job: PreparedJob, progress: ProgressView | None) -> Result:
         remove_state = created is not None and not registry.exists
         raise
     finally:
+        for sink in live:
+            sink.stop()
         registry.close()
         lock.release()
         if remove_state and created is not None:
             shutil.rmtree(created, ignore_errors=True)
     return Result(summary, job.state, written)
+
+
+def _live_sinks(sinks: list[Sink]) -> list[LiveSink]:
+    """The sinks that write while the run goes (``LiveSink``), in the job's order."""
+    return [cast("LiveSink", sink) for sink in sinks if callable(getattr(sink, "start", None))]
 
 
 def _first_missing(path: Path) -> Path | None:

@@ -103,6 +103,7 @@ class SourceOptions:
     encoding: str = DEFAULT_ENCODING
     trust_quotes: bool = False
     follow_symlinks: bool = False
+    credentials: str | None = None  # a Google Sheets credentials file (rowpilot._gsheet)
 
 
 Opener: TypeAlias = Callable[[str, SourceOptions], Source]

@@ -21,6 +21,7 @@ from rowpilot.errors import ConfigError, SourceNotFoundError
 from rowpilot.sources.base import DEFAULT_ENCODING, Opener, Source, SourceOptions
 from rowpilot.sources.csv import open_csv, open_tsv
 from rowpilot.sources.folder import FolderSource
+from rowpilot.sources.gsheet import open_gsheet
 from rowpilot.sources.jsonl import open_jsonl
 from rowpilot.sources.memory import DataFrameSource, IterableSource
 from rowpilot.sources.parquet import open_parquet
@@ -75,6 +76,7 @@ def open_source(
     encoding: str | None = None,
     trust_quotes: bool = False,
     follow_symlinks: bool = False,
+    credentials: str | os.PathLike[str] | None = None,
 ) -> Source:
     """Open ``source`` for reading. ``format`` and ``encoding`` only apply to paths.
 
@@ -85,7 +87,8 @@ def open_source(
     read: a glob ("*.json") or a suffix ("json").
     ``trust_quotes`` reads a CSV file's quoted values that span lines even where they look
     like swallowed rows (see :class:`CsvSource`). ``follow_symlinks`` reads a folder's
-    symlinks to files outside it (see :class:`FolderSource`).
+    symlinks to files outside it (see :class:`FolderSource`). ``credentials`` is the
+    credentials file of a Google Sheets source (see ``rowpilot._gsheet``).
     See the package docstring for which errors are raised here and which from ``chunks()``.
     """
     if isinstance(source, str | os.PathLike):
@@ -94,6 +97,7 @@ def open_source(
             encoding=_checked_encoding(encoding or DEFAULT_ENCODING),
             trust_quotes=trust_quotes,
             follow_symlinks=follow_symlinks,
+            credentials=os.fspath(credentials) if credentials is not None else None,
         )
         return _open_path(os.fspath(source), options)
     pandas = sys.modules.get("pandas")  # a DataFrame caller has pandas loaded already
@@ -192,3 +196,5 @@ register_source(open_csv, suffixes=(".csv", ".txt"), formats=("csv",))
 register_source(open_tsv, suffixes=(".tsv",), formats=("tsv",))
 register_source(open_jsonl, suffixes=(".jsonl", ".ndjson"), formats=("jsonl",))
 register_source(open_parquet, suffixes=(".parquet", ".pq"), formats=("parquet",))
+# A sheet's browser address is an https URL: the opener refuses any other.
+register_source(open_gsheet, schemes=("gsheet", "https"), formats=())
