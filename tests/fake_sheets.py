@@ -19,6 +19,9 @@ What it serves, as the real API does for what rowpilot asks:
 Every API call needs a token the token endpoint issued (else 401). Writes count against a
 per-minute quota (``write_quota``) measured on ``clock``; past it a write is answered 429
 with ``Retry-After``. Every request is recorded (``requests``) so tests can count them.
+``hold_write = N`` applies the Nth ``values.batchUpdate`` and then holds its answer
+(``held`` is set) until ``release``: a client killed meanwhile wrote cells it never heard
+were written.
 """
 
 from __future__ import annotations
@@ -118,6 +121,9 @@ class FakeSheets:
     requests: list[Recorded] = field(default_factory=list)
     tokens: set[str] = field(default_factory=set)
     url: str = ""
+    hold_write: int | None = None  # the Nth values.batchUpdate is applied, then not answered
+    held: threading.Event = field(default_factory=threading.Event)  # ... until released
+    release: threading.Event = field(default_factory=threading.Event)
     _window: tuple[int, int] = (0, 0)  # (minute, writes in it)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -162,7 +168,16 @@ class FakeSheets:
         body: Any = raw.decode() if path == "/token" else (json.loads(raw) if raw else None)
         with self._lock:
             status, extra, answer = self._answer(method, path, query, headers, body)
-            self.requests.append(Recorded(method, path, query, body, status))
+            recorded = Recorded(method, path, query, body, status)
+            self.requests.append(recorded)
+            hold = (
+                recorded.kind == "values.batchUpdate"
+                and status == 200
+                and self.count("values.batchUpdate") == self.hold_write
+            )
+        if hold:
+            self.held.set()  # applied: the client never hears so if it dies meanwhile
+            self.release.wait(60)
         return status, extra, answer
 
     def _answer(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import rowpilot
+from conftest import wait_until
 from fake_sheets import FakeSheets
 from rowpilot.sinks.gsheet import LEDGER_FILE, cell_value, same_cell
 
@@ -101,6 +103,51 @@ def test_rows_resorted_and_inserted_between_runs_get_their_own_outputs(
     for key, row in rows.items():
         assert row["upper"] == str(row["text"]).upper(), key
     assert _written_cells(fake_sheets) == 2 * 9  # every output cell written exactly once
+
+
+def test_a_batch_that_is_not_full_is_written_after_the_interval(
+    fake_sheets: FakeSheets, tmp_path: Path
+) -> None:
+    fake_sheets.add_sheet(BOOK, "S", [["id", "text"], *[[f"k{i}", "x"] for i in range(4)]])
+    fake_sheets.sheet(BOOK, "S").rows.append(["hold", "last"])
+    go = threading.Event()
+
+    def held(row: dict[str, Any]) -> dict[str, Any]:
+        if row["id"] == "hold":
+            assert go.wait(60)
+        return {"upper": str(row["text"]).upper()}
+
+    run = threading.Thread(
+        target=rowpilot.run,
+        args=(held, f"gsheet://{BOOK}/S"),
+        kwargs={
+            "key": "id",
+            "state": tmp_path / "state",
+            "write_back": True,
+            "write_batch": 100,
+            "write_interval": 0.01,
+            "sheets_write_rpm": 6000.0,
+        },
+    )
+    run.start()
+    try:  # four rows done, one in flight: the batch of 100 is written by the interval
+        wait_until(lambda: _written_cells(fake_sheets) == 4, "the first rows' write")
+    finally:
+        go.set()
+        run.join()
+    assert _by_key(fake_sheets)["hold"]["upper"] == "LAST"
+    assert _written_cells(fake_sheets) == 5
+
+
+def test_every_done_item_is_written_by_a_run_with_nothing_left_to_do(
+    fake_sheets: FakeSheets, tmp_path: Path
+) -> None:
+    _sheet(fake_sheets, 5)
+    rowpilot.run(upper, f"gsheet://{BOOK}/S", key="id", state=tmp_path / "state")
+    assert fake_sheets.writes() == []
+    result = _run(tmp_path / "state")
+    assert (result.summary.done, result.summary.skipped, len(CALLS)) == (0, 5, 5)
+    assert all(row["upper"] == str(row["text"]).upper() for row in fake_sheets.table(BOOK, "S"))
 
 
 def test_a_cell_edited_by_hand_is_reported_not_overwritten(
