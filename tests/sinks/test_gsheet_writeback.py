@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 import rowpilot
 from conftest import wait_until
 from fake_sheets import FakeSheets
-from rowpilot.sinks.gsheet import LEDGER_FILE, cell_value, same_cell
+from rowpilot.sinks.gsheet import cell_value, same_cell
+from rowpilot.state.writeback import LEDGER_FILE
 
 BOOK = "book1"
 CALLS: list[str] = []

@@ -155,7 +155,8 @@ def _leave_out_written_columns(config: JobConfig, task: Task, source: Source) ->
     ``sinks/gsheet.py``), so the next run reads the same inputs as the first."""
     if not config.write_back or not isinstance(source, GsheetSource):
         return
-    from rowpilot.sinks.gsheet import owned_columns, sheet_identity
+    from rowpilot.sinks.gsheet import sheet_identity
+    from rowpilot.state.writeback import owned_columns
 
     fields = [config.output_prefix + name for name in task.output_fields or []]
     state = state_directory(config, job_name(config, task, source))

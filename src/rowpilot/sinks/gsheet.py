@@ -45,11 +45,9 @@ as ``export -o table.csv`` does) to a new worksheet, or over an existing one wit
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import math
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -66,17 +64,17 @@ from rowpilot._gsheet import (
     require_gspread,
 )
 from rowpilot.engine.events import warn
-from rowpilot.engine.items import decode_output, is_vector, key_text
+from rowpilot.engine.items import is_vector, key_text
 from rowpilot.engine.retry import RetryPolicy
-from rowpilot.errors import ConfigError, ProviderError, RateLimitError, StateError
+from rowpilot.errors import ConfigError, ProviderError, RateLimitError
 from rowpilot.llm.limits import Limits, Resource
 from rowpilot.sinks.base import SinkOptions
 from rowpilot.sinks.exports import table_layout
+from rowpilot.state.writeback import DoneItems, Ledger
 
 if TYPE_CHECKING:
     from rowpilot.state.registry import Registry
 
-LEDGER_FILE = "writeback.sqlite"
 POLL_SECONDS = 0.2  # how often the writer looks at the registry during a run
 _SERVER_ATTEMPTS = 5
 
@@ -112,72 +110,6 @@ def same_cell(current: Any, wanted: Any) -> bool:
 def output_digest(cells: Mapping[str, Any]) -> str:
     text = json.dumps(cells, sort_keys=True, ensure_ascii=False, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:32]
-
-
-# -- the ledger ------------------------------------------------------------------------------
-
-
-class Ledger:
-    """What each write-back got acknowledged, per worksheet (``sheet``: ID#sheetId)."""
-
-    def __init__(self, state: Path, sheet: str) -> None:
-        self.sheet = sheet
-        self.path = state / LEDGER_FILE
-        try:
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS written (sheet TEXT, key TEXT, digest TEXT,"
-                " cells TEXT, PRIMARY KEY (sheet, key))"
-            )
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS columns"
-                " (sheet TEXT, name TEXT, PRIMARY KEY (sheet, name))"
-            )
-        except sqlite3.Error as error:
-            raise StateError(f"{self.path} cannot be written: {error}") from None
-
-    def written(self, keys: Sequence[str]) -> dict[str, tuple[str, dict[str, Any]]]:
-        found: dict[str, tuple[str, dict[str, Any]]] = {}
-        for start in range(0, len(keys), 500):
-            part = list(keys[start : start + 500])
-            query = (
-                "SELECT key, digest, cells FROM written WHERE sheet = ? AND key IN"
-                f" ({','.join('?' * len(part))})"
-            )
-            for key, digest, cells in self._db.execute(query, [self.sheet, *part]):
-                found[key] = (digest, json.loads(cells))
-        return found
-
-    def record(
-        self, entries: Sequence[tuple[str, str, dict[str, Any]]], columns: Sequence[str]
-    ) -> None:
-        """Entries (key, digest, cells) and the columns written, in one transaction."""
-        with self._db:
-            self._db.execute("BEGIN")
-            self._db.executemany(
-                "INSERT OR REPLACE INTO written VALUES (?, ?, ?, ?)",
-                [(self.sheet, key, digest, json.dumps(cells)) for key, digest, cells in entries],
-            )
-            self._db.executemany(
-                "INSERT OR IGNORE INTO columns VALUES (?, ?)", [(self.sheet, c) for c in columns]
-            )
-
-    def close(self) -> None:
-        self._db.close()
-
-
-def owned_columns(state: Path, sheet: str) -> list[str]:
-    """The columns earlier write-backs to ``sheet`` wrote (read-only; [] if none)."""
-    path = state / LEDGER_FILE
-    if not path.exists():
-        return []
-    try:
-        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-            rows = db.execute("SELECT name FROM columns WHERE sheet = ?", (sheet,)).fetchall()
-    except sqlite3.Error:
-        return []
-    return [str(row[0]) for row in rows]
 
 
 def sheet_identity(spreadsheet: str, sheet_id: int) -> str:
@@ -395,55 +327,6 @@ class SheetWriter:
 # -- the live sink ---------------------------------------------------------------------------
 
 
-class _DoneItems:
-    """Done items of the registry, read on the writer's own read-only connection."""
-
-    def __init__(self, state: Path) -> None:
-        self.path = state / "registry.sqlite"
-        self._db: sqlite3.Connection | None = None
-        self.seen = 0  # the highest rowid read (a re-committed item gets a new one)
-
-    def since(self, versions: frozenset[str]) -> dict[str, dict[str, Any]]:
-        """Items done, of these task versions, committed since the last call."""
-        query = (
-            "SELECT rowid, key, output, vectors, task_version FROM items"
-            " WHERE rowid > ? AND status = 'done' ORDER BY rowid"
-        )
-        return self._read(query, versions, track=True)
-
-    def every(self, versions: frozenset[str]) -> dict[str, dict[str, Any]]:
-        query = (
-            "SELECT rowid, key, output, vectors, task_version FROM items"
-            " WHERE rowid > ? AND status = 'done' ORDER BY seq, key"
-        )
-        return self._read(query, versions, track=False)
-
-    def _read(
-        self, query: str, versions: frozenset[str], *, track: bool
-    ) -> dict[str, dict[str, Any]]:
-        db = self._connect()
-        if db is None:
-            return {}
-        found: dict[str, dict[str, Any]] = {}
-        for rowid, key, output, vectors, version in db.execute(query, (self.seen if track else 0,)):
-            if track:
-                self.seen = max(self.seen, rowid)
-            if version in versions and output is not None:
-                found[key] = decode_output(output, vectors)
-        return found
-
-    def _connect(self) -> sqlite3.Connection | None:
-        if self._db is None and self.path.exists():
-            self._db = sqlite3.connect(
-                f"file:{self.path}?mode=ro", uri=True, check_same_thread=False
-            )
-        return self._db
-
-    def close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-
-
 class GsheetWriteBack:
     """``--write-back``: outputs into the source worksheet, as items finish."""
 
@@ -512,7 +395,7 @@ class GsheetWriteBack:
         client = SheetsClient(parse_target(self.name), self.options.credentials)
         pacer = Pacer(self.options.write_rpm)
         writer = SheetWriter(client, self._state, str(self.options.key_column), pacer)
-        done = _DoneItems(self._state)
+        done = DoneItems(self._state)
         try:
             waiting: dict[str, dict[str, Any]] = {}
             since = 0.0
