@@ -18,7 +18,8 @@ What it serves, as the real API does for what rowpilot asks:
 
 Every API call needs a token the token endpoint issued (else 401). Writes count against a
 per-minute quota (``write_quota``) measured on ``clock``; past it a write is answered 429
-with ``Retry-After``. Every request is recorded (``requests``) so tests can count them.
+with ``Retry-After``; ``fail_writes`` makes the next writes fail with the statuses listed
+(a 500). Every request is recorded (``requests``) so tests can count them.
 ``hold_write = N`` applies the Nth ``values.batchUpdate`` and then holds its answer
 (``held`` is set) until ``release``: a client killed meanwhile wrote cells it never heard
 were written.
@@ -121,6 +122,7 @@ class FakeSheets:
     requests: list[Recorded] = field(default_factory=list)
     tokens: set[str] = field(default_factory=set)
     url: str = ""
+    fail_writes: list[int] = field(default_factory=list)  # statuses the next writes answer
     hold_write: int | None = None  # the Nth values.batchUpdate is applied, then not answered
     held: threading.Event = field(default_factory=threading.Event)  # ... until released
     release: threading.Event = field(default_factory=threading.Event)
@@ -197,6 +199,9 @@ class FakeSheets:
             return 404, {}, _error(404, "NOT_FOUND", "Requested entity was not found.")
         book, rest = self.spreadsheets[found.group(1)], found.group(2)
         kind = Recorded(method, path, query, body, 0).kind
+        if kind in WRITES and self.fail_writes:
+            status = self.fail_writes.pop(0)
+            return status, {}, _error(status, "INTERNAL", "Internal error encountered.")
         if kind in WRITES and not self._admit_write():
             headers_out = {"Retry-After": f"{self.retry_after:g}"}
             return 429, headers_out, _error(429, "RESOURCE_EXHAUSTED", "Quota exceeded.")

@@ -184,6 +184,14 @@ def test_a_429_waits_as_told_and_the_write_goes_again(
     assert fake_sheets.rate_limited == writes - 1  # one refusal per used-up minute: no storm
 
 
+def test_a_server_error_is_retried_with_backoff(fake_sheets: FakeSheets, tmp_path: Path) -> None:
+    fake_sheets.fail_writes = [500]
+    _sheet(fake_sheets, 3)
+    _run(tmp_path / "state")
+    assert [r.status for r in fake_sheets.requests if r.kind == "values.batchUpdate"] == [500, 200]
+    assert _written_cells(fake_sheets) == 2 * 3
+
+
 def test_a_full_grid_is_widened_before_the_header_is_written(
     fake_sheets: FakeSheets, tmp_path: Path
 ) -> None:
