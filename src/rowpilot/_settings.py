@@ -90,7 +90,13 @@ _AUTO_OR_COUNT = "N or auto"
 SETTINGS: tuple[Setting, ...] = (
     # [source]
     Setting(
-        "source", None, "The input (CSV, TSV, JSONL, Parquet, a folder).", "source", (), key="path"
+        "source",
+        None,
+        "The input (CSV, TSV, JSONL, Parquet, a folder, gsheet://ID/WORKSHEET); on run, over a "
+        "job file's.",
+        "source",
+        ("run",),
+        key="path",
     ),
     Setting(
         "key",

@@ -37,10 +37,12 @@ def run(
     job_or_source: Annotated[
         str,
         typer.Argument(
-            help="A TOML job file, or the input (CSV, TSV, JSONL, Parquet).", show_default=False
+            help="A TOML job file, or the input (CSV, TSV, JSONL, Parquet, gsheet://...).",
+            show_default=False,
         ),
     ],
     task: Annotated[str | None, option("task", "run")] = None,
+    source: Annotated[str | None, option("source", "run")] = None,
     key: Annotated[str | None, option("key", "run")] = None,
     workers: Annotated[str | None, option("workers", "run")] = None,
     max_workers: Annotated[int | None, option("max_workers", "run")] = None,
@@ -290,6 +292,11 @@ _CHOSEN_FALSE = frozenset({"progress", "cache"})
 def _settings_from(job_or_source: str, flags: dict[str, Any]) -> dict[str, Any]:
     if job_or_source.endswith(".toml"):
         settings = read_job_file(Path(job_or_source))
+    elif flags.get("source") is not None:
+        raise ConfigError(
+            f"two inputs given: {job_or_source} and --source {flags['source']}",
+            hint="--source replaces a job file's source; give a job file, or the input once",
+        )
     else:
         settings = {"source": job_or_source}
     # An unset flag is None (or False/[] for switches and lists) and leaves the job file's
