@@ -88,6 +88,8 @@ def test_a_second_run_after_a_write_back_reads_the_same_inputs(
     assert (again.summary.done, again.summary.skipped) == (0, 6)  # no output became an input
     assert len(CALLS) == 6
     assert len(fake_sheets.writes()) == writes  # nothing written twice
+    plain = rowpilot.run(upper, f"gsheet://{BOOK}/S", key="id", state=tmp_path / "state")
+    assert (plain.summary.done, plain.summary.skipped) == (0, 6)  # nor without --write-back
 
 
 def test_rows_resorted_and_inserted_between_runs_get_their_own_outputs(
@@ -104,6 +106,19 @@ def test_rows_resorted_and_inserted_between_runs_get_their_own_outputs(
     for key, row in rows.items():
         assert row["upper"] == str(row["text"]).upper(), key
     assert _written_cells(fake_sheets) == 2 * 9  # every output cell written exactly once
+
+
+def test_data_below_an_empty_header_cell_is_not_overwritten(
+    fake_sheets: FakeSheets, tmp_path: Path
+) -> None:
+    fake_sheets.add_sheet(
+        BOOK, "S", [["id", "text"], ["k0", "a", "a note without a header"], ["k1", "b"]]
+    )
+    result = _run(tmp_path / "state")
+    rows = _by_key(fake_sheets)
+    assert rows["k0"]["upper"] == "a note without a header"
+    assert rows["k1"]["upper"] == "B"
+    assert any("1 cells left as edited by hand" in line for line in result.written)
 
 
 def test_a_batch_that_is_not_full_is_written_after_the_interval(

@@ -150,10 +150,11 @@ def prepare(config: JobConfig) -> PreparedJob:
 
 
 def _leave_out_written_columns(config: JobConfig, task: Task, source: Source) -> None:
-    """With ``--write-back`` the sheet holds the outputs beside the inputs: the task's output
-    fields and every column an earlier write-back wrote are not inputs (the rule in
-    ``sinks/gsheet.py``), so the next run reads the same inputs as the first."""
-    if not config.write_back or not isinstance(source, GsheetSource):
+    """A sheet written back to holds the outputs beside the inputs: the columns an earlier
+    write-back of this state wrote (its ledger), and with ``--write-back`` the task's own
+    output fields, are not inputs (the rule in ``sinks/gsheet.py``), so every run reads
+    the same inputs as the first, with or without ``--write-back``."""
+    if not isinstance(source, GsheetSource):
         return
     from rowpilot.sinks.gsheet import sheet_identity
     from rowpilot.state.writeback import owned_columns
@@ -161,7 +162,7 @@ def _leave_out_written_columns(config: JobConfig, task: Task, source: Source) ->
     fields = [config.output_prefix + name for name in task.output_fields or []]
     state = state_directory(config, job_name(config, task, source))
     sheet = sheet_identity(source.target.spreadsheet, source.sheet_id)
-    source.exclude_columns([*fields, *owned_columns(state, sheet)])
+    source.exclude_columns([*(fields if config.write_back else []), *owned_columns(state, sheet)])
 
 
 def _validation_record(config: JobConfig, keyer: Keyer) -> dict[str, Any] | None:

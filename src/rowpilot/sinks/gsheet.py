@@ -76,6 +76,7 @@ if TYPE_CHECKING:
     from rowpilot.state.registry import Registry
 
 POLL_SECONDS = 0.2  # how often the writer looks at the registry during a run
+RANGES_A_READ = 100  # a values.batchGet's ranges are query parameters: keep the URL short
 _SERVER_ATTEMPTS = 5
 
 
@@ -212,7 +213,9 @@ class SheetWriter:
         place = {name: header.index(name) for name in columns}
         found = {key: rows[key] for key in items if key in rows}
         self.report.missing += [key for key in items if key not in rows]
-        current = self._current(found, [place[c] for c in columns if c not in new])
+        # New columns too: cells below an empty header cell may hold someone's data. Columns
+        # past the grid have no cells yet.
+        current = self._current(found, [place[c] for c in columns if place[c] < self.width])
         last = self.ledger.written(list(found))
         data, entries = self._plan(items, found, place, current, last)
         if new:
@@ -298,7 +301,10 @@ class SheetWriter:
         sheet = quoted_title(self.title)
         span = f"{column_letters(left)}{{row}}:{column_letters(right)}{{row}}"
         rows = list(found.values())
-        answers = self.client.values_batch([f"{sheet}!" + span.format(row=row) for row in rows])
+        answers: list[list[list[Any]]] = []
+        for start in range(0, len(rows), RANGES_A_READ):  # the ranges ride in the URL
+            part = rows[start : start + RANGES_A_READ]
+            answers += self.client.values_batch([f"{sheet}!" + span.format(row=r) for r in part])
         current: dict[tuple[int, int], Any] = {}
         for row, values in zip(rows, answers, strict=False):
             cells = values[0] if values else []

@@ -16,9 +16,10 @@ The rules:
   keep their sheet row numbers in messages (``line N`` is row N of the sheet).
 * **Identity is the key column**, never the row number: rows sorted or inserted between
   runs keep their items. A write-back (``sinks/gsheet.py``) therefore needs ``--key``.
-* **Columns a write-back owns are not inputs** (``exclude_columns``): with ``--write-back``
-  the task's output fields, and the columns earlier write-backs to this worksheet wrote,
-  are left out of every row, so a second run sees the same inputs as the first.
+* **Columns a write-back owns are not inputs** (``exclude_columns``, called by the engine):
+  the columns earlier write-backs of the job to this worksheet wrote, and with
+  ``--write-back`` the task's declared output fields, are left out of every row, so a
+  second run sees the same inputs as the first.
 """
 
 from __future__ import annotations
