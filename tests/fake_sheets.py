@@ -16,7 +16,8 @@ What it serves, as the real API does for what rowpilot asks:
   ``POST .../values/RANGE:clear`` and ``POST /v4/spreadsheets/ID:batchUpdate`` (``addSheet``,
   ``appendDimension``): the writes. A write outside the grid is a 400, as on the real API.
 
-Every API call needs a token the token endpoint issued (else 401). Writes count against a
+Every API call needs a token the token endpoint issued (else 401), and a spreadsheet in
+``forbidden`` answers 403 (not shared with the account). Writes count against a
 per-minute quota (``write_quota``) measured on ``clock``; past it a write is answered 429
 with ``Retry-After``; ``fail_writes`` makes the next writes fail with the statuses listed
 (a 500). Every request is recorded (``requests``) so tests can count them.
@@ -122,6 +123,7 @@ class FakeSheets:
     requests: list[Recorded] = field(default_factory=list)
     tokens: set[str] = field(default_factory=set)
     url: str = ""
+    forbidden: set[str] = field(default_factory=set)  # spreadsheets not shared: 403
     fail_writes: list[int] = field(default_factory=list)  # statuses the next writes answer
     hold_write: int | None = None  # the Nth values.batchUpdate is applied, then not answered
     held: threading.Event = field(default_factory=threading.Event)  # ... until released
@@ -197,6 +199,8 @@ class FakeSheets:
         found = re.fullmatch(r"/v4/spreadsheets/([^/:]+)(.*)", path)
         if found is None or found.group(1) not in self.spreadsheets:
             return 404, {}, _error(404, "NOT_FOUND", "Requested entity was not found.")
+        if found.group(1) in self.forbidden:
+            return 403, {}, _error(403, "PERMISSION_DENIED", "The caller does not have permission")
         book, rest = self.spreadsheets[found.group(1)], found.group(2)
         kind = Recorded(method, path, query, body, 0).kind
         if kind in WRITES and self.fail_writes:

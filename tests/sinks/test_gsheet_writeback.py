@@ -79,7 +79,7 @@ def test_outputs_go_to_their_rows_in_batched_writes(
 
 
 def test_a_second_run_after_a_write_back_reads_the_same_inputs(
-    fake_sheets: FakeSheets, tmp_path: Path
+    fake_sheets: FakeSheets, tmp_path: Path, cli: Any
 ) -> None:
     _sheet(fake_sheets, 6)
     _run(tmp_path / "state")
@@ -90,6 +90,8 @@ def test_a_second_run_after_a_write_back_reads_the_same_inputs(
     assert len(fake_sheets.writes()) == writes  # nothing written twice
     plain = rowpilot.run(upper, f"gsheet://{BOOK}/S", key="id", state=tmp_path / "state")
     assert (plain.summary.done, plain.summary.skipped) == (0, 6)  # nor without --write-back
+    verified = cli("verify", tmp_path / "state", "--source", f"gsheet://{BOOK}/S", "--key", "id")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
 
 
 def test_rows_resorted_and_inserted_between_runs_get_their_own_outputs(

@@ -5,7 +5,9 @@ token endpoint), no patching of rowpilot."""
 from __future__ import annotations
 
 import datetime as dt
+import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -188,3 +190,36 @@ def test_property_column_letters_count_like_a_spreadsheet(index: int) -> None:
         number = number * 26 + ord(letter) - ord("A") + 1
     assert number - 1 == index
     assert letters.isalpha() and letters.isupper()
+
+
+def test_a_job_file_keeps_the_address_and_finds_its_credentials_beside_it(
+    fake_sheets: FakeSheets, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cli: Any
+) -> None:
+    fake_sheets.add_sheet(BOOK, "S", [["id", "text"], ["a", "x"]])
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    key = Path(os.environ["GOOGLE_APPLICATION_CREDENTIALS"])
+    (jobs / "sa.json").write_text(key.read_text(encoding="utf-8"), encoding="utf-8")
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS")  # only the job file names it
+    (jobs / "tasks.py").write_text("def f(row):\n    return {'up': row['text'].upper()}\n")
+    (jobs / "job.toml").write_text(
+        f'[source]\npath = "gsheet://{BOOK}/S"\nkey = "id"\ncredentials = "sa.json"\n'
+        '[task]\nfunction = "tasks.py:f"\n[run]\nstate = "state"\n',
+        encoding="utf-8",
+    )
+    done = cli("run", jobs / "job.toml", "--no-progress")
+    assert done.returncode == 0, done.stderr
+    assert "1 done" in done.stdout
+
+
+def test_an_expired_token_is_renewed_and_a_sheet_not_shared_is_a_setup_error(
+    fake_sheets: FakeSheets,
+) -> None:
+    fake_sheets.add_sheet(BOOK, "S", [["id"], ["a"]])
+    source = open_source(f"gsheet://{BOOK}/S")
+    fake_sheets.tokens.clear()  # expired: a 401, then google-auth asks for a new token
+    assert _rows(source)[0][2] == {"id": "a"}
+    assert fake_sheets.count("token") == 2
+    fake_sheets.forbidden.add(BOOK)
+    with pytest.raises(ProviderSetupError, match="refused the request: The caller does not"):
+        _rows(source)

@@ -26,6 +26,7 @@ from rowpilot.sinks.exports import (
     write_json_dir,
     write_table,
 )
+from rowpilot.sinks.gsheet import leave_out_written_columns
 from rowpilot.sources import open_source
 from rowpilot.state import operations as _state
 from rowpilot.state.lock import is_locked
@@ -337,7 +338,9 @@ def verify(
         encoding=settings.get("encoding"),
         trust_quotes=bool(settings.get("trust_quotes")),
         follow_symlinks=bool(settings.get("follow_symlinks")),
+        credentials=settings.get("credentials"),
     )
+    leave_out_written_columns(opened, _state_dir(state_or_job))  # a sheet's outputs
     selection = Selection(
         rows=parse_rows(settings["rows"]) if settings.get("rows") else None,
         shard=parse_shard(settings["shard"]) if settings.get("shard") else None,

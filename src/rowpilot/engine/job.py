@@ -59,6 +59,7 @@ from rowpilot.errors import OutputCollisionError, StateError, UserError
 from rowpilot.executors.choice import ExecutorChoice, choose_executor, open_executor
 from rowpilot.sinks import LiveSink, Sink, sinks_for
 from rowpilot.sinks.exports import KEY_FIELD
+from rowpilot.sinks.gsheet import leave_out_written_columns
 from rowpilot.sources import Source, open_source
 from rowpilot.sources.gsheet import GsheetSource
 from rowpilot.state.lock import LOCK_FILE, StateLock
@@ -151,18 +152,14 @@ def prepare(config: JobConfig) -> PreparedJob:
 
 def _leave_out_written_columns(config: JobConfig, task: Task, source: Source) -> None:
     """A sheet written back to holds the outputs beside the inputs: the columns an earlier
-    write-back of this state wrote (its ledger), and with ``--write-back`` the task's own
-    output fields, are not inputs (the rule in ``sinks/gsheet.py``), so every run reads
-    the same inputs as the first, with or without ``--write-back``."""
+    write-back of this state wrote, and with ``--write-back`` the task's own output
+    fields, are not inputs (the rule in ``sinks/gsheet.py``), so every run reads the same
+    inputs as the first, with or without ``--write-back``."""
     if not isinstance(source, GsheetSource):
         return
-    from rowpilot.sinks.gsheet import sheet_identity
-    from rowpilot.state.writeback import owned_columns
-
     fields = [config.output_prefix + name for name in task.output_fields or []]
     state = state_directory(config, job_name(config, task, source))
-    sheet = sheet_identity(source.target.spreadsheet, source.sheet_id)
-    source.exclude_columns([*(fields if config.write_back else []), *owned_columns(state, sheet)])
+    leave_out_written_columns(source, state, fields if config.write_back else [])
 
 
 def _validation_record(config: JobConfig, keyer: Keyer) -> dict[str, Any] | None:

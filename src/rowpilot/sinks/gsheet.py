@@ -50,7 +50,7 @@ import json
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -70,7 +70,9 @@ from rowpilot.errors import ConfigError, ProviderError, RateLimitError
 from rowpilot.llm.limits import Limits, Resource
 from rowpilot.sinks.base import SinkOptions
 from rowpilot.sinks.exports import table_layout
-from rowpilot.state.writeback import DoneItems, Ledger
+from rowpilot.sources.base import Source
+from rowpilot.sources.gsheet import GsheetSource
+from rowpilot.state.writeback import DoneItems, Ledger, owned_columns
 
 if TYPE_CHECKING:
     from rowpilot.state.registry import Registry
@@ -115,6 +117,15 @@ def output_digest(cells: Mapping[str, Any]) -> str:
 
 def sheet_identity(spreadsheet: str, sheet_id: int) -> str:
     return f"{spreadsheet}#{sheet_id}"
+
+
+def leave_out_written_columns(source: Source, state: Path, also: Iterable[str] = ()) -> None:
+    """Keep the columns the job's earlier write-backs wrote to this worksheet (its ledger in
+    ``state``), and ``also``, out of a sheet source's rows (the input rule above); any
+    other source is left as it is."""
+    if isinstance(source, GsheetSource):
+        sheet = sheet_identity(source.target.spreadsheet, source.sheet_id)
+        source.exclude_columns([*also, *owned_columns(state, sheet)])
 
 
 # -- pacing ----------------------------------------------------------------------------------
