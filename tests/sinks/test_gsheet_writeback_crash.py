@@ -10,7 +10,7 @@ import signal
 import sqlite3
 from pathlib import Path
 
-from conftest import run_cli, start_cli, wait_until
+from conftest import Cli, start_cli, wait_until
 from fake_sheets import FakeSheets
 
 BOOK = "book1"
@@ -89,7 +89,7 @@ def _check_every_row(fake: FakeSheets, rows: int) -> None:
 
 
 def test_a_kill_before_the_write_back_loses_nothing(
-    fake_sheets: FakeSheets, tmp_path: Path
+    fake_sheets: FakeSheets, tmp_path: Path, cli: Cli
 ) -> None:
     _sheet(fake_sheets, 6, tmp_path)
     process = start_cli(*_args(tmp_path, batch=100), cwd=tmp_path)
@@ -99,14 +99,14 @@ def test_a_kill_before_the_write_back_loses_nothing(
     process.communicate(timeout=30)
     _resort_and_insert(fake_sheets)
     (tmp_path / "go").touch()
-    resumed = run_cli(*_args(tmp_path, batch=100), cwd=tmp_path)
+    resumed = cli(*_args(tmp_path, batch=100))  # the resume: in this process
     assert resumed.returncode == 0, resumed.stderr
     _check_every_row(fake_sheets, 7)
     assert fake_sheets.count("values.batchUpdate") == 1
 
 
 def test_a_kill_with_a_batch_written_but_not_acknowledged_writes_it_once(
-    fake_sheets: FakeSheets, tmp_path: Path
+    fake_sheets: FakeSheets, tmp_path: Path, cli: Cli
 ) -> None:
     _sheet(fake_sheets, 12, tmp_path)
     fake_sheets.hold_write = 3
@@ -117,7 +117,7 @@ def test_a_kill_with_a_batch_written_but_not_acknowledged_writes_it_once(
     fake_sheets.release.set()
     _resort_and_insert(fake_sheets)
     (tmp_path / "go").touch()
-    resumed = run_cli(*_args(tmp_path, batch=2), cwd=tmp_path)
+    resumed = cli(*_args(tmp_path, batch=2))
     assert resumed.returncode == 0, resumed.stderr
     assert "already in place" in resumed.stdout  # the unacknowledged batch, found written
     _check_every_row(fake_sheets, 13)
