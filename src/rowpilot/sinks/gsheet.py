@@ -418,10 +418,9 @@ class GsheetWriteBack:
             since = 0.0
             while not self._stop.is_set():
                 finishing = self._finish.is_set()
-                fresh = done.since(self._versions)
-                if fresh:
-                    since = since or time.monotonic()
-                    waiting.update(writer.pending(fresh))
+                waiting.update(writer.pending(done.since(self._versions)))
+                if waiting and not since:
+                    since = time.monotonic()  # the first row waiting: the interval starts
                 due = waiting and time.monotonic() - since >= self.options.write_interval
                 while len(waiting) >= self.options.write_batch or (due and waiting):
                     writer.write(_take(waiting, self.options.write_batch))
@@ -505,8 +504,9 @@ class GsheetExport:
                     hint="pass --replace to write over it, or name a new worksheet",
                 )
             pacer.send(lambda: client.clear(quoted_title(title)))
-            grid = client.worksheet().get("gridProperties", {})
-            sheet_id = int(client.worksheet()["sheetId"])
+            properties = client.worksheet()
+            grid = properties.get("gridProperties", {})
+            sheet_id = int(properties["sheetId"])
             more = [
                 ("ROWS", rows - int(grid.get("rowCount", 0))),
                 ("COLUMNS", columns - int(grid.get("columnCount", 0))),
