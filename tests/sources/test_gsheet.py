@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -223,3 +224,12 @@ def test_an_expired_token_is_renewed_and_a_sheet_not_shared_is_a_setup_error(
     fake_sheets.forbidden.add(BOOK)
     with pytest.raises(ProviderSetupError, match="refused the request: The caller does not"):
         _rows(source)
+
+
+@given(
+    spreadsheet=st.text("abcXYZ019_-", min_size=1, max_size=44),
+    title=st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=30),
+)
+def test_property_a_quoted_title_reads_back_whole(spreadsheet: str, title: str) -> None:
+    parsed = parse_target(f"gsheet://{spreadsheet}/{urllib.parse.quote(title, safe='')}")
+    assert (parsed.spreadsheet, parsed.title, parsed.gid) == (spreadsheet, title, None)
