@@ -1,11 +1,11 @@
 """Sources: stream the rows of an input (CSV/TSV, JSONL, Parquet, a folder of files, a
-DataFrame or an iterable) in chunks.
+Google Sheets worksheet, a DataFrame or an iterable) in chunks.
 
 ``open_source`` picks a reader (see :mod:`rowpilot.sources.registry`) and returns a
 :class:`Source`; ``Source.chunks(size)`` yields lists of at most ``size`` rows, each row a
 ``(row, line, fields)`` tuple. Files are read lazily and in pieces, so memory stays
 bounded by the chunk size, whatever the file size. One module per kind: ``csv``,
-``jsonl``, ``parquet``, ``folder``, ``memory`` (DataFrame, iterable).
+``jsonl``, ``parquet``, ``folder``, ``gsheet``, ``memory`` (DataFrame, iterable).
 
 Where errors are raised:
 
@@ -15,7 +15,10 @@ Where errors are raised:
   is visible in its first 64 KiB, or a folder with no file to read (EmptySourceError),
   and problems in the CSV header: undecodable (SourceEncodingError), duplicate or empty
   column names (SourceFormatError). A Parquet file that cannot be opened raises
-  SourceFormatError, and an empty DataFrame, list or tuple raises EmptySourceError.
+  SourceFormatError, and an empty DataFrame, list or tuple raises EmptySourceError. A
+  Google Sheets worksheet is reached when opened: missing or refused credentials
+  (ProviderSetupError), an unknown spreadsheet or worksheet (SourceNotFoundError), a
+  header as a CSV file's (EmptySourceError, SourceFormatError).
 * ``chunks()`` raises row-level problems lazily, from the chunk where they occur: ragged
   CSV rows, broken CSV quotes (see CsvSource; a header eaten by one is raised on opening,
   and quotes that do not pair up at the end of the pass), invalid JSONL lines, bytes that
