@@ -210,6 +210,7 @@ def _check_task_kind(config: JobConfig) -> None:
         )
     if config.is_local and config.text_column is None:
         raise ConfigError("the local tasks need the text's column", hint="pass --text-column NAME")
+    _check_local_settings(config)
     if config.vectors is not None and not config.embed:
         raise ConfigError(
             "only rowpilot embed writes vectors", hint="drop --vectors, or use rowpilot embed"
@@ -226,6 +227,27 @@ def _check_task_kind(config: JobConfig) -> None:
         )
     if config.batch_size != "auto" and config.batch_size < 1:
         raise ConfigError("batch_size must be at least 1, or 'auto'", hint="--batch-size 10")
+
+
+# What only a model behind an API uses: the local model has no tokens, rate or price.
+_API_SETTINGS = ("base_url", "system", "max_tokens", "budget", "rpm", "tpm", "max_concurrent")
+
+
+def _check_local_settings(config: JobConfig) -> None:
+    """A setting the local model cannot use is refused, not silently dropped: a --budget
+    or --rpm that does nothing would be believed."""
+    if not config.is_local:
+        return
+    given = [name for name in _API_SETTINGS if getattr(config, name) is not None]
+    given += [name for name in ("limits", "params") if getattr(config, name)]
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise ConfigError(
+            f"the local model takes no prompt and has no tokens, rate limits or price: "
+            f"{flags} would do nothing",
+            hint=f"drop {'it' if len(given) == 1 else 'them'}, or give an API model "
+            "(--model provider/model)",
+        )
 
 
 def read_job_file(path: Path) -> dict[str, Any]:
