@@ -64,6 +64,8 @@ def run(
     duplicates: Literal["first"] | None = None,
     trust_quotes: bool = False,
     follow_symlinks: bool = False,
+    sheet: str | None = None,
+    header_row: int | None = None,
     output_prefix: str = "",
     keep_going: bool = False,
     grace: float = 30.0,
@@ -102,7 +104,7 @@ def run(
 
     ``task`` is a function ``(row) -> dict`` or ``(row, ctx) -> dict`` (sync or async),
     or a ``"module:function"`` / ``"file.py:function"`` string. ``source`` is a path to a
-    CSV, JSONL or Parquet file, a pandas DataFrame, or any iterable of dicts. Rows are
+    CSV, JSONL, Parquet or Excel file, a pandas DataFrame, or any iterable of dicts. Rows are
     keyed by ``key`` (a column) or else by row number. Running the same call again skips
     done and unchanged rows. Example::
 

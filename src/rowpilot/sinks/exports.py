@@ -1,4 +1,5 @@
-"""Exports: views of the registry as a table, a folder of JSON files or a failure list.
+"""Exports: views of the registry as a table (CSV, JSONL, Parquet, Excel), a folder of JSON
+files or a failure list.
 
 Every writer takes a *factory* of records (:data:`Records`), so it can read the items twice:
 once to learn the columns (and, for Parquet, their types), once to write. Memory stays
@@ -15,8 +16,9 @@ its own column ``output.<name>`` rather than over the input.
 A CSV file is a spreadsheet waiting to be opened, and a spreadsheet runs a cell that starts
 with ``=``, ``+``, ``-`` or ``@`` as a formula (CSV injection). Input cells, keys, output
 cells and every header cell (a task chooses its output field names) may come from anyone,
-so every cell and header cell written to CSV goes through :func:`neutralise_cell`. JSONL and
-Parquet are read by programs, not spreadsheets, and keep every value exactly.
+so every cell and header cell written to CSV goes through :func:`neutralise_cell`, and every
+text cell and header cell written to Excel (:mod:`rowpilot.sinks.excel`). JSONL and Parquet
+are read by programs, not spreadsheets, and keep every value exactly.
 
 The JSON folder holds one file per done item: its key as the leading field ``"_key"``,
 then the output fields, so the key survives even where the file name is a hash.
@@ -49,6 +51,7 @@ __all__ = [
     "ExportRecord",
     "JsonDirReport",
     "Records",
+    "cell_text",
     "iter_failure_lines",
     "neutralise_cell",
     "table_format",
@@ -66,8 +69,16 @@ _FORMATS_BY_SUFFIX = {
     ".ndjson": "jsonl",
     ".parquet": "parquet",
     ".pq": "parquet",
+    ".xlsx": "xlsx",
 }
-_FORMAT_ALIASES = {"csv": "csv", "jsonl": "jsonl", "ndjson": "jsonl", "parquet": "parquet"}
+_FORMAT_ALIASES = {
+    "csv": "csv",
+    "jsonl": "jsonl",
+    "ndjson": "jsonl",
+    "parquet": "parquet",
+    "xlsx": "xlsx",
+    "excel": "xlsx",
+}
 # Spreadsheets run a cell starting with these as a formula (CSV injection), also behind
 # leading blanks; a cell starting with a tab or a line break is quoted whatever follows.
 _FORMULA_STARTS = frozenset("=+-@")
@@ -171,13 +182,14 @@ def _cell(name: str, inputs: dict[str, Any], output: dict[str, Any]) -> Any:
 
 
 def table_format(path: Path, format: str | None = None) -> str:
-    """``"csv"``, ``"jsonl"`` or ``"parquet"``: ``format`` if given, else from the suffix."""
+    """``"csv"``, ``"jsonl"``, ``"parquet"`` or ``"xlsx"``: ``format`` if given, else from
+    the suffix."""
     if format is not None:
         known = _FORMAT_ALIASES.get(format.strip().lower())
         if known is None:
             raise ConfigError(
                 f"unknown table format {format!r}",
-                hint="use one of: csv, jsonl, parquet",
+                hint="use one of: csv, jsonl, parquet, xlsx",
                 file=str(path),
             )
         return known
@@ -185,7 +197,7 @@ def table_format(path: Path, format: str | None = None) -> str:
     if known is None:
         raise ConfigError(
             "cannot tell the table format from the file name",
-            hint="end the name with .csv, .jsonl or .parquet, or pass the format explicitly",
+            hint="end the name with .csv, .jsonl, .parquet or .xlsx, or pass the format explicitly",
             file=str(path),
         )
     return known
@@ -201,9 +213,10 @@ def write_table(
 ) -> int:
     """Write the enriched table to ``path`` atomically; return the number of rows written.
 
-    Failed items are rows with empty output cells unless ``done_only``. CSV passes every
-    cell and header cell through :func:`neutralise_cell`; JSONL keeps nested values native;
-    CSV and Parquet store dict and list values as JSON strings.
+    Failed items are rows with empty output cells unless ``done_only``. CSV and Excel pass
+    every text cell and header cell through :func:`neutralise_cell`; JSONL keeps nested
+    values native; CSV, Parquet and Excel store dict and list values as JSON strings.
+    Excel's own rules are in :mod:`rowpilot.sinks.excel`.
     """
     path = Path(path)
     kind = table_format(path, format)
@@ -213,6 +226,11 @@ def write_table(
         return _write_csv(path, layout.columns, rows)
     if kind == "jsonl":
         return _write_jsonl(path, layout.columns, rows)
+    if kind == "xlsx":
+        from rowpilot.sinks.excel import write_workbook
+
+        keyed = ((record.key, _row_values(layout.columns, record)) for record in rows)
+        return write_workbook(path, layout.columns, keyed)
     return _write_parquet(path, layout, rows)
 
 
@@ -269,13 +287,15 @@ def _write_csv(path: Path, columns: list[str], rows: Iterable[ExportRecord]) -> 
         writer.writerow([neutralise_cell(name) for name in columns])
         for record in rows:
             writer.writerow(
-                [neutralise_cell(_csv_text(value)) for value in _row_values(columns, record)]
+                [neutralise_cell(cell_text(value)) for value in _row_values(columns, record)]
             )
             written += 1
     return written
 
 
-def _csv_text(value: Any) -> str:
+def cell_text(value: Any) -> str:
+    """A value as the text of a spreadsheet cell: ``""`` for None, ``true``/``false``,
+    JSON for lists, dicts and vectors, ``str()`` for the rest."""
     # Every cell becomes text here, so the guard sees what the spreadsheet will see:
     # a float -inf is the text "-inf", which a spreadsheet would run as a formula.
     if isinstance(value, str):
