@@ -4,7 +4,7 @@
 ``export --to`` and ``dedupe -o`` all write it the same way. The rules:
 
 * **One sheet**, named after the file (``enriched.xlsx`` → ``enriched``), cut to Excel's
-  31 characters, with ``[]:*?/\\`` replaced by ``_``. The header row is frozen and each
+  31 characters (UTF-16 units), with ``[]:*?/\\`` replaced by ``_``. The header row is frozen and each
   column is as wide as its longest value (at most 60 characters).
 * **Cells keep their type**: text as text cells, ``bool`` as booleans, numbers as numbers
   (written with Python's shortest exact form, so a float reads back exactly; xlsxwriter's
@@ -51,7 +51,9 @@ KeyedRow = tuple[str | None, Sequence[Any]]
 
 def sheet_name_for(path: Path) -> str:
     """A valid Excel sheet name from the file's name (see the module docstring)."""
-    name = _SHEET_NAME_FORBIDDEN.sub("_", Path(path).stem)[:MAX_SHEET_NAME]
+    name = _SHEET_NAME_FORBIDDEN.sub("_", Path(path).stem)
+    while len(name.encode("utf-16-le", "surrogatepass")) > 2 * MAX_SHEET_NAME:
+        name = name[:-1]  # Excel counts UTF-16 units: an emoji counts two
     name = name.strip("'")  # Excel refuses a name that starts or ends with a quote
     if not name or name.lower() == "history":  # "History" is Excel's own
         return "rows"

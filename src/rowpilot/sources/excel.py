@@ -83,7 +83,7 @@ class ExcelSource:
         with self._workbook() as workbook:
             self.sheet = self._sheet_name(workbook, sheet)
             rows = self._sheet_rows(workbook)
-            self.header_line, self._columns = self._header(rows, header_row)
+            self.header_line, self._first, self._columns = self._header(rows, header_row)
             first_data = next(self._data_rows(rows), None)
         if first_data is None:
             raise EmptySourceError(
@@ -209,13 +209,16 @@ class ExcelSource:
 
     def _header(
         self, rows: Iterator[tuple[int, tuple[Any, ...]]], wanted: int | None
-    ) -> tuple[int, list[str]]:
+    ) -> tuple[int, int, list[str]]:
+        """The header's row number, its first column (0-based) and its names."""
         for number, values in rows:
             if wanted is not None and number < wanted:
                 continue
             names = [_header_name(value) for value in values]
             while names and not names[-1]:
                 names.pop()
+            first = next((index for index, name in enumerate(names) if name), 0)
+            names = names[first:]
             if wanted is not None and not names:
                 raise EmptySourceError(
                     f"the header row {wanted} of sheet {self.sheet!r} is empty",
@@ -224,38 +227,43 @@ class ExcelSource:
                 )
             if names:
                 check_column_names(names, self.name, line=number, empty_hint=_EMPTY_NAME_HINT)
-                return number, names
+                return number, first, names
         where = f"has no row {wanted}" if wanted is not None else "is empty"
         raise EmptySourceError(f"sheet {self.sheet!r} {where}", file=self.name)
 
     def _data_rows(self, rows: Iterator[tuple[int, tuple[Any, ...]]]) -> Iterator[Row]:
         columns = self._columns
-        width = len(columns)
+        first = self._first
+        end = first + len(columns)
         index = 0
         for number, values in rows:
             cells = [_cell_value(value) for value in values]
             if not any(cell is not None for cell in cells):
                 continue
-            if len(cells) > width:
-                self._check_no_stray_value(cells, width, number)
-                cells = cells[:width]
-            elif len(cells) < width:
-                cells.extend([None] * (width - len(cells)))
+            if first or len(cells) > end:
+                self._check_no_stray_value(cells, number)
+                cells = cells[first:end]
+            if len(cells) < len(columns):
+                cells.extend([None] * (len(columns) - len(cells)))
             yield index, number, dict(zip(columns, cells, strict=True))
             index += 1
 
-    def _check_no_stray_value(self, cells: list[Any], width: int, number: int) -> None:
+    def _check_no_stray_value(self, cells: list[Any], number: int) -> None:
+        """A value left or right of the header's columns is an error naming its cell."""
         from openpyxl.utils import get_column_letter
 
-        for position in range(width, len(cells)):
+        end = self._first + len(self._columns)
+        outside = [*range(min(self._first, len(cells))), *range(end, len(cells))]
+        for position in outside:
             if cells[position] is not None:
                 letter = get_column_letter(position + 1)
                 raise SourceFormatError(
                     f"cell {letter}{number} has a value, but column {letter} has no name in "
-                    f"the header row ({self.header_line})",
+                    f"the header row (row {self.header_line})",
                     file=self.name,
                     line=number,
-                    hint="name the column in the header row, or clear the cell",
+                    hint="name the column in the header row (pass --header-row if the header "
+                    "is further down), or clear the cell",
                 )
 
     def _rows(self) -> RowStream:
