@@ -4,8 +4,8 @@
 ``export --to`` and ``dedupe -o`` all write it the same way. The rules:
 
 * **One sheet**, named after the file (``enriched.xlsx`` → ``enriched``), cut to Excel's
-  31 characters (UTF-16 units), with ``[]:*?/\\`` replaced by ``_``. The header row is frozen and each
-  column is as wide as its longest value (at most 60 characters).
+  31 characters (UTF-16 units), with ``[]:*?/\\`` replaced by ``_``. The header row is
+  frozen and each column is as wide as its longest value (at most 60 characters).
 * **Cells keep their type**: text as text cells, ``bool`` as booleans, numbers as numbers
   (written with Python's shortest exact form, so a float reads back exactly; xlsxwriter's
   own 16 digits would not), empty as an empty cell. An integer beyond ±2**53, which a
@@ -13,7 +13,7 @@
   Lists and dicts are JSON text, as in CSV. Dates reach here as ISO text (the registry
   keeps them so) and stay text.
 * **Formulas never run**: every text cell and header cell goes through
-  :func:`~rowpilot.sinks.exports.neutralise_cell`, the CSV rule (a leading ``'`` before
+  :func:`~rowpilot.sinks.cells.neutralise_cell`, the CSV rule (a leading ``'`` before
   ``=``, ``+``, ``-``, ``@`` and the rest), since a cell edited in Excel is read again as
   a formula, and a workbook is often saved on as CSV.
 * **Excel's limits are errors, never silent cuts**: a text over 32,767 characters, more
@@ -27,7 +27,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -35,6 +37,7 @@ from typing import IO, Any
 
 from rowpilot.errors import OutputPathError
 from rowpilot.sinks.atomic import atomic_write
+from rowpilot.sinks.cells import cell_text, neutralise_cell
 
 MAX_TEXT = 32_767
 MAX_ROWS = 1_048_576
@@ -92,8 +95,21 @@ class _Writer:
         self.widths = [len(name) for name in self.columns]
 
     def write(self, rows: Iterable[KeyedRow]) -> int:
-        from rowpilot.sinks.exports import neutralise_cell
+        try:
+            return self._write(rows)
+        except BaseException:
+            self._abandon()
+            raise
 
+    def _abandon(self) -> None:
+        """Close and remove the sheet's temporary row file, which xlsxwriter removes only
+        when the workbook is closed (closing would write the whole file to be discarded)."""
+        with contextlib.suppress(Exception):
+            self.sheet._opt_close()
+        with contextlib.suppress(OSError, AttributeError, TypeError):
+            os.remove(self.sheet.row_data_filename)
+
+    def _write(self, rows: Iterable[KeyedRow]) -> int:
         for index, name in enumerate(self.columns):
             self._text(0, index, neutralise_cell(name), None)
         written = 0
@@ -118,7 +134,7 @@ class _Writer:
             return
         kind = type(value)
         if kind is str:
-            self._text(row, column, _neutralised(value), key)
+            self._text(row, column, neutralise_cell(value), key)
         elif kind is bool:
             self.sheet.write_boolean(row, column, value)
             self._widen(column, 5)
@@ -131,7 +147,7 @@ class _Writer:
         if isinstance(value, float) and math.isnan(value):
             return
         if isinstance(value, float) and math.isinf(value):
-            self._text(row, column, _neutralised(str(value)), key)
+            self._text(row, column, neutralise_cell(str(value)), key)
         elif isinstance(value, int) and not -_EXACT_INTEGER <= value <= _EXACT_INTEGER:
             self._text(row, column, str(value), key)
         else:
@@ -143,9 +159,7 @@ class _Writer:
         if item is not None and getattr(value, "ndim", None) == 0:
             self._cell(row, column, item(), key)
             return
-        from rowpilot.sinks.exports import cell_text
-
-        self._text(row, column, _neutralised(cell_text(value)), key)
+        self._text(row, column, neutralise_cell(cell_text(value)), key)
 
     def _text(self, row: int, column: int, text: str, key: str | None) -> None:
         if len(text) > MAX_TEXT:
@@ -163,12 +177,6 @@ class _Writer:
 
     def _widen(self, column: int, width: int) -> None:
         self.widths[column] = max(self.widths[column], width)
-
-
-def _neutralised(text: str) -> str:
-    from rowpilot.sinks.exports import neutralise_cell
-
-    return neutralise_cell(text)
 
 
 def _check_width(path: Path, columns: Sequence[str]) -> None:

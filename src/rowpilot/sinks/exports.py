@@ -29,8 +29,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
-import re
-import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from rowpilot.engine.items import is_vector
 from rowpilot.errors import ConfigError, OutputPathError
 from rowpilot.sinks.atomic import atomic_write, remove_stale_temps, write_text_atomic
+from rowpilot.sinks.cells import cell_text, neutralise_cell
 from rowpilot.sinks.filenames import KeyFileNamer
 
 if TYPE_CHECKING:
@@ -79,12 +78,6 @@ _FORMAT_ALIASES = {
     "xlsx": "xlsx",
     "excel": "xlsx",
 }
-# Spreadsheets run a cell starting with these as a formula (CSV injection), also behind
-# leading blanks; a cell starting with a tab or a line break is quoted whatever follows.
-_FORMULA_STARTS = frozenset("=+-@")
-_BREAK_STARTS = frozenset("\t\r\n")
-# ASCII digits only: "-\u0663" (an Arabic-Indic three) is no number to a spreadsheet.
-_PLAIN_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 # The JSON folder's own field; bump the tag when the file layout changes, so the next
 # export rewrites files that an older layout left unchanged.
 KEY_FIELD = "_key"
@@ -252,34 +245,6 @@ def to_dataframe(
 # --- CSV --------------------------------------------------------------------------------
 
 
-def neutralise_cell(text: str) -> str:
-    """``text`` as a spreadsheet cell that cannot start a formula.
-
-    A text whose first character after any leading whitespace or control characters is
-    ``=``, ``+``, ``-`` or ``@``, or that starts with a tab, CR or LF, gets a leading ``'``,
-    which spreadsheets take as "this is text"; a plain number such as ``-5`` or
-    ``+3.2e4`` (the whole text, no surrounding space) stays as it is. Removing that one
-    ``'`` gives back the exact text. Meant for every cell and header cell of a file a
-    spreadsheet may open.
-    """
-    if text[:1] in _BREAK_STARTS:
-        return "'" + text
-    first = _first_visible(text)
-    if first in _FORMULA_STARTS and _PLAIN_NUMBER.fullmatch(text) is None:
-        return "'" + text
-    return text
-
-
-def _first_visible(text: str) -> str:
-    # Categories C (control, format: zero-width space, BOM) and Z (every unicode space):
-    # which of these a spreadsheet or its import dialog trims before looking for "="
-    # varies, so all of them are skipped.
-    for char in text:
-        if unicodedata.category(char)[0] not in "CZ":
-            return char
-    return ""
-
-
 def _write_csv(path: Path, columns: list[str], rows: Iterable[ExportRecord]) -> int:
     written = 0
     with atomic_write(path, "w", newline="") as handle:
@@ -291,22 +256,6 @@ def _write_csv(path: Path, columns: list[str], rows: Iterable[ExportRecord]) -> 
             )
             written += 1
     return written
-
-
-def cell_text(value: Any) -> str:
-    """A value as the text of a spreadsheet cell: ``""`` for None, ``true``/``false``,
-    JSON for lists, dicts and vectors, ``str()`` for the rest."""
-    # Every cell becomes text here, so the guard sees what the spreadsheet will see:
-    # a float -inf is the text "-inf", which a spreadsheet would run as a formula.
-    if isinstance(value, str):
-        return value
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, dict | list) or is_vector(value):
-        return _json_text(value)
-    return str(value)
 
 
 def _json_text(value: Any) -> str:
