@@ -140,7 +140,7 @@ SETTINGS: tuple[Setting, ...] = (
         None,
         "Workbook: the sheet to read, by its name (default: the first).",
         "source",
-        ("run", "verify"),
+        ("run", "verify", *_LOCAL),
     ),
     Setting(
         "header_row",
@@ -148,7 +148,7 @@ SETTINGS: tuple[Setting, ...] = (
         "Workbook: the number of the header row, counted from 1 as the sheet shows it "
         "(default: the first row with a value).",
         "source",
-        ("run", "verify"),
+        ("run", "verify", *_LOCAL),
     ),
     # [task]
     Setting(

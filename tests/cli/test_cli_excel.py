@@ -96,3 +96,17 @@ def test_a_bad_workbook_is_one_line_and_exit_2(
     assert len(lines) == 1 and lines[0].startswith("rowpilot: error:"), result.stderr
     assert expected in lines[0]
     assert not (tmp_path / ".rowpilot").exists() or not any((tmp_path / ".rowpilot").iterdir())
+
+
+def test_verify_reads_the_sheet_the_job_ran_on(tmp_path: Path, cli: Cli, tasks_file: Path) -> None:
+    book(
+        tmp_path / "book.xlsx",
+        Notes=[["id", "text"], ["n1", "not these rows"]],
+        Orders=[["id", "text"], ["o1", "a"], ["o2", "b"]],
+    )
+    assert run(cli, "book.xlsx", "--sheet", "Orders").returncode == 0
+    state = ".rowpilot/book-Orders-upper"
+    checked = cli("verify", state, "--source", "book.xlsx", "--key", "id", "--sheet", "Orders")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    other = cli("verify", state, "--source", "book.xlsx", "--key", "id")  # the first sheet
+    assert other.returncode == 1, other.stdout + other.stderr

@@ -190,3 +190,27 @@ def test_the_python_api_reads_a_sheet_from_its_header_row(tmp_path: Path) -> Non
         state=tmp_path / "state",
     )
     assert result.to_pandas().to_dict("records") == [{"id": "o1", "qty": 2, "double": 4}]
+
+
+def test_a_dataframe_with_numpy_cells_is_written_typed(tmp_path: Path) -> None:
+    import numpy as np
+    import pandas as pd
+
+    from rowpilot.local_model.dedupe import write_frame
+
+    frame = pd.DataFrame(
+        {
+            "id": ["a", "b"],
+            "cluster": np.array([0, 1]),
+            "score": [0.5, np.nan],
+            "dup": [True, False],
+        }
+    )
+    write_frame(frame, tmp_path / "clusters.xlsx")
+    assert read_back(tmp_path / "clusters.xlsx") == (
+        ["id", "cluster", "score", "dup"],
+        [
+            {"id": "a", "cluster": 0, "score": 0.5, "dup": True},
+            {"id": "b", "cluster": 1, "score": None, "dup": False},
+        ],
+    )
