@@ -20,7 +20,8 @@
   than 1,048,575 rows or 16,384 columns stops the export with one line naming the row
   and column (the registry keeps everything: export to .parquet, .jsonl or .csv instead).
 * **Characters XML cannot hold** (control characters) are written as Excel's ``_xHHHH_``
-  escapes, which Excel and rowpilot's reader decode: the file is never corrupt.
+  escapes, which Excel and rowpilot's reader decode: the file is never corrupt. A lone
+  surrogate (a key from a file name that is not UTF-8) is no character at all: an error.
 * Written through :func:`~rowpilot.sinks.atomic.atomic_write`: the whole new file or the
   old one.
 """
@@ -163,20 +164,45 @@ class _Writer:
 
     def _text(self, row: int, column: int, text: str, key: str | None) -> None:
         if len(text) > MAX_TEXT:
-            name = self.columns[column]
-            whose = f" (key {key!r})" if key is not None else ""
-            raise OutputPathError(
-                f"row {row + 1}{whose}, column {name!r}: a text of {len(text):,} characters "
-                f"is over Excel's limit of {MAX_TEXT:,} a cell",
-                file=str(self.path),
-                hint=_LIMIT_HINT,
+            raise self._unwritable(
+                row,
+                column,
+                key,
+                f"a text of {len(text):,} characters is over Excel's limit of {MAX_TEXT:,} a cell",
+            )
+        if not text.isascii() and not _encodable(text):
+            raise self._unwritable(
+                row,
+                column,
+                key,
+                "a text holding characters that are not Unicode (lone "
+                "surrogates, as in a file name that is not UTF-8) cannot be written to Excel",
+                hint="write the table as .jsonl, which escapes them",
             )
         if text:
             self.sheet.write_string(row, column, text)
             self._widen(column, len(text))
 
+    def _unwritable(
+        self, row: int, column: int, key: str | None, what: str, hint: str = _LIMIT_HINT
+    ) -> OutputPathError:
+        whose = f" (key {key!r})" if key is not None else ""
+        return OutputPathError(
+            f"row {row + 1}{whose}, column {self.columns[column]!r}: {what}",
+            file=str(self.path),
+            hint=hint,
+        )
+
     def _widen(self, column: int, width: int) -> None:
         self.widths[column] = max(self.widths[column], width)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _check_width(path: Path, columns: Sequence[str]) -> None:
