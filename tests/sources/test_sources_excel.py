@@ -109,6 +109,8 @@ def test_header_row_picks_the_header_below_a_title(tmp_path: Path) -> None:
         open_source(path, header_row=2)
     with pytest.raises(ConfigError, match="--header-row"):
         open_source(path, header_row=0)
+    with pytest.raises(EmptySourceError, match="has no row 50"):
+        open_source(path, header_row=50)
 
 
 def test_merged_cells_hold_their_value_in_the_top_left_cell(tmp_path: Path) -> None:
@@ -176,6 +178,22 @@ def test_sheets_are_chosen_by_name_and_a_missing_one_lists_them(tmp_path: Path) 
     message = str(error.value)
     assert "no sheet named 'a/b'" in message
     assert all(repr(name) in message for name in names)
+
+
+def test_a_chart_sheet_is_no_table(tmp_path: Path) -> None:
+    path = tmp_path / "chart.xlsx"
+    with xlsxwriter.Workbook(str(path)) as book:
+        chart = book.add_chart({"type": "line"})
+        chart.add_series({"values": "=Data!$B$2:$B$3"})
+        book.add_chartsheet("Trend").set_chart(chart)  # the first sheet in the workbook
+        data = book.add_worksheet("Data")
+        data.write_row(0, 0, ["id", "n"])
+        data.write_row(1, 0, ["a", 1])
+        data.write_row(2, 0, ["b", 2])
+    assert open_source(path).sheet == "Data"  # type: ignore[attr-defined]
+    with pytest.raises(SourceFormatError, match="'Trend' is a chart sheet") as error:
+        open_source(path, sheet="Trend")
+    assert "'Data'" in str(error.value)
 
 
 def test_control_characters_and_long_texts_are_read_exactly(tmp_path: Path) -> None:
