@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import xlsxwriter
 
+from rowpilot.sources import open_source
 from rowpilot.sources.excel import OLE_MAGIC
 
 if TYPE_CHECKING:
@@ -110,3 +111,22 @@ def test_verify_reads_the_sheet_the_job_ran_on(tmp_path: Path, cli: Cli, tasks_f
     assert checked.returncode == 0, checked.stdout + checked.stderr
     other = cli("verify", state, "--source", "book.xlsx", "--key", "id")  # the first sheet
     assert other.returncode == 1, other.stdout + other.stderr
+
+
+def test_a_job_file_names_the_sheet_and_header_row(
+    tmp_path: Path, cli: Cli, tasks_file: Path
+) -> None:
+    book(
+        tmp_path / "book.xlsx",
+        First=[["id", "text"], ["f1", "not this"]],
+        Second=[["Title"], ["id", "text"], ["s1", "this one"]],
+    )
+    (tmp_path / "job.toml").write_text(
+        '[source]\npath = "book.xlsx"\nkey = "id"\nsheet = "Second"\nheader_row = 2\n'
+        '[task]\nfunction = "tasks.py:upper"\n[output]\npath = "out.xlsx"\n',
+        encoding="utf-8",
+    )
+    result = cli("run", "job.toml")
+    assert result.returncode == 0, result.stderr
+    rows = [fields for chunk in open_source(tmp_path / "out.xlsx").chunks() for *_, fields in chunk]
+    assert rows == [{"id": "s1", "text": "this one", "upper": "THIS ONE"}]
