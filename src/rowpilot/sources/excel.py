@@ -5,7 +5,7 @@ The rules (docs/sources.md, "Excel", says them for users):
 * **Reader.** openpyxl in read-only mode: the sheet's XML is parsed as it is read, so
   memory stays nearly flat in the row count (its XML parser keeps about 75 bytes a row of
   emptied elements; the workbook's shared-strings table, which every reader holds, aside).
-  python-calamine reads about 13 times faster but loads the whole sheet first, which
+  python-calamine reads 7-13 times faster but loads the whole sheet first, which
   breaks the rule that a source streams (bench/bench_excel.py measures both).
 * **Sheet.** ``sheet`` names it (exactly, as Excel shows it); by default the first
   worksheet in the workbook's order. A name that is not there is an error listing the
