@@ -5,13 +5,15 @@ A job file has four tables; relative paths in it are relative to the file:
     name = "diseases"            # optional; names the default state directory
 
     [source]
-    path = "diseases.csv"        # CSV, TSV, JSONL or Parquet
+    path = "diseases.csv"        # CSV, TSV, JSONL, Parquet or Excel (.xlsx)
     key = "cui"                  # optional; default: the row number
     encoding = "utf-8"           # optional
     format = "csv"               # optional; default: from the suffix
     duplicates = "first"         # optional; keep each key's first row (default: error)
     trust_quotes = false         # optional; CSV cells spanning lines that look like rows
     follow_symlinks = false      # optional; folder: read symlinks that lead outside it
+    sheet = "Orders"             # optional; a workbook's sheet (default: the first)
+    header_row = 3               # optional; a workbook's header row (default: first with a value)
 
     [task]
     function = "tasks.py:analyse"
@@ -59,7 +61,7 @@ A job file has four tables; relative paths in it are relative to the file:
 
     [output]
     prefix = "out_"              # optional; put before every output field name
-    path = "enriched.csv"        # .csv, .jsonl or .parquet
+    path = "enriched.csv"        # .csv, .jsonl, .parquet or .xlsx
     json_dir = "results"         # one JSON file per key
     failures = "failures.jsonl"
 """
@@ -97,6 +99,8 @@ class JobConfig(BaseModel):
     duplicates: Literal["first"] | None = None  # a repeated key: keep the first row
     trust_quotes: bool = False  # CSV: read quoted cells that span lines as they are
     follow_symlinks: bool = False  # folder: also read files that symlinks lead out to
+    sheet: str | None = None  # a workbook's sheet, by name; None: the first
+    header_row: int | None = Field(None, ge=1)  # a workbook's header row, from 1
     task_version: str | None = None
     workers: Annotated[int, Field(ge=1, le=10_000)] | Literal["auto"] = 8
     max_workers: int = Field(256, ge=1, le=10_000)  # the ceiling of workers="auto"

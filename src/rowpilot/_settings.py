@@ -90,7 +90,12 @@ _AUTO_OR_COUNT = "N or auto"
 SETTINGS: tuple[Setting, ...] = (
     # [source]
     Setting(
-        "source", None, "The input (CSV, TSV, JSONL, Parquet, a folder).", "source", (), key="path"
+        "source",
+        None,
+        "The input (CSV, TSV, JSONL, Parquet, Excel, a folder).",
+        "source",
+        (),
+        key="path",
     ),
     Setting(
         "key",
@@ -100,7 +105,13 @@ SETTINGS: tuple[Setting, ...] = (
         ("run", "label", "embed", "dedupe", "verify"),
     ),
     Setting("encoding", None, "Input encoding (default: utf-8).", "source", ("run", "verify")),
-    Setting("format", None, "Input format: csv, tsv, jsonl, parquet.", "source", ("run", "verify")),
+    Setting(
+        "format",
+        None,
+        "Input format: csv, tsv, jsonl, parquet, excel.",
+        "source",
+        ("run", "verify"),
+    ),
     Setting(
         "duplicates",
         None,
@@ -123,6 +134,21 @@ SETTINGS: tuple[Setting, ...] = (
         False,
         "Folder: also read files whose symlinks lead outside the folder.",
         "source",
+    ),
+    Setting(
+        "sheet",
+        None,
+        "Workbook: the sheet to read, by its name (default: the first).",
+        "source",
+        ("run", "verify", *_LOCAL),
+    ),
+    Setting(
+        "header_row",
+        None,
+        "Workbook: the number of the header row, counted from 1 as the sheet shows it "
+        "(default: the first row with a value).",
+        "source",
+        ("run", "verify", *_LOCAL),
     ),
     # [task]
     Setting(

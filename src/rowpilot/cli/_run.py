@@ -37,7 +37,8 @@ def run(
     job_or_source: Annotated[
         str,
         typer.Argument(
-            help="A TOML job file, or the input (CSV, TSV, JSONL, Parquet).", show_default=False
+            help="A TOML job file, or the input (CSV, TSV, JSONL, Parquet, Excel).",
+            show_default=False,
         ),
     ],
     task: Annotated[str | None, option("task", "run")] = None,
@@ -75,6 +76,8 @@ def run(
     duplicates: Annotated[str | None, option("duplicates", "run")] = None,
     trust_quotes: Annotated[bool, option("trust_quotes", "run")] = False,
     follow_symlinks: Annotated[bool, option("follow_symlinks", "run")] = False,
+    sheet: Annotated[str | None, option("sheet", "run")] = None,
+    header_row: Annotated[int | None, option("header_row", "run")] = None,
     output_prefix: Annotated[str | None, option("output_prefix", "run")] = None,
     keep_going: Annotated[bool, option("keep_going", "run")] = False,
     grace: Annotated[float | None, option("grace", "run")] = None,

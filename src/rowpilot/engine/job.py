@@ -106,6 +106,8 @@ def prepare(config: JobConfig) -> PreparedJob:
         encoding=config.encoding,
         trust_quotes=config.trust_quotes,
         follow_symlinks=config.follow_symlinks,
+        sheet=config.sheet,
+        header_row=config.header_row,
     )
     if not source.reiterable:
         source = PeekedSource(source)  # its first chunk names its state
@@ -164,9 +166,17 @@ def _validation_record(config: JobConfig, keyer: Keyer) -> dict[str, Any] | None
         "mtime_ns": found.st_mtime_ns,
         "inode": found.st_ino,
         "key": keyer.key_column,
-        "read": [config.format, config.encoding, config.trust_quotes],
+        "read": [config.format, config.encoding, config.trust_quotes, *_sheet_choice(config)],
         "selection": [config.rows, config.shard, config.limit, config.duplicates],
     }
+
+
+def _sheet_choice(config: JobConfig) -> list[Any]:
+    """A workbook's sheet and header row, where given: a record without them stays the one
+    that runs before these settings wrote (so their next run is not validated again)."""
+    if config.sheet is None and config.header_row is None:
+        return []
+    return [config.sheet, config.header_row]
 
 
 def _validated_before(
@@ -304,6 +314,8 @@ def job_name(config: JobConfig, task: Task, source: Source) -> str:
     if config.name:
         return config.name
     stem = Path(source.name).stem if isinstance(config.source, str | os.PathLike) else "data"
+    if config.sheet is not None:  # each sheet of a workbook is a job of its own
+        stem = f"{stem}-{config.sheet}"
     return f"{stem}-{task.name.rsplit('.', 1)[-1]}"
 
 
