@@ -65,6 +65,8 @@ def run(
     trust_quotes: bool = False,
     follow_symlinks: bool = False,
     credentials: PathLike | None = None,
+    sheet: str | None = None,
+    header_row: int | None = None,
     output_prefix: str = "",
     keep_going: bool = False,
     grace: float = 30.0,
@@ -107,7 +109,7 @@ def run(
 
     ``task`` is a function ``(row) -> dict`` or ``(row, ctx) -> dict`` (sync or async),
     or a ``"module:function"`` / ``"file.py:function"`` string. ``source`` is a path to a
-    CSV, JSONL or Parquet file, a pandas DataFrame, or any iterable of dicts. Rows are
+    CSV, JSONL, Parquet or Excel file, a pandas DataFrame, or any iterable of dicts. Rows are
     keyed by ``key`` (a column) or else by row number. Running the same call again skips
     done and unchanged rows. Example::
 
@@ -214,6 +216,8 @@ def label(
     name: str | None = None,
     summary: bool = True,
     progress: bool | None = False,
+    sheet: str | None = None,
+    header_row: int | None = None,
     **renamed: Unpack[_LabelRenamed],
 ) -> pd.DataFrame:
     """Add one boolean column per label to a table of texts; return the enriched table.
@@ -232,7 +236,7 @@ def label(
     del given["summary"]
     if model is None:
         given["model"] = default_label_model(env_file)
-    given["name"] = name or _job_name(source, "labels")
+    given["name"] = name or _job_name(source, "labels", sheet)
     result = run(**given)
     from rowpilot.llm.labels import label_summary
 
@@ -275,6 +279,8 @@ def embed(
     state: PathLike | None = None,
     name: str | None = None,
     progress: bool | None = False,
+    sheet: str | None = None,
+    header_row: int | None = None,
     **renamed: Unpack[_EmbedRenamed],
 ) -> Result:
     """Embed a text column with the bundled local model; ``vectors="lancedb://PATH/TABLE"``
@@ -284,7 +290,7 @@ def embed(
         vectors = result.to_pandas()["embedding"]
     """
     given = _settings.renamed({**renamed, **_explicit(locals())}, "embed")
-    given["name"] = name or _job_name(source, "embed")
+    given["name"] = name or _job_name(source, "embed", sheet)
     return run(embed=True, **given)
 
 
@@ -299,6 +305,8 @@ def dedupe(
     name: str | None = None,
     progress: bool | None = False,
     summary: bool = True,
+    sheet: str | None = None,
+    header_row: int | None = None,
 ) -> tuple[pd.DataFrame, DedupeReport]:
     """Group near-duplicate texts (casing, punctuation and word order aside).
 
@@ -317,8 +325,10 @@ def dedupe(
         "text_column": text_column,
         "key": key,
         "workers": workers,
-        "name": name or _job_name(source, "dedupe"),
+        "name": name or _job_name(source, "dedupe", sheet),
         "progress": progress,
+        "sheet": sheet,
+        "header_row": header_row,
     }
     if state is not None:
         settings["state"] = Path(state)
@@ -330,7 +340,10 @@ def dedupe(
     return frame, report
 
 
-def _job_name(source: Any, kind: str) -> str:
+def _job_name(source: Any, kind: str, sheet: str | None = None) -> str:
+    """A built-in command's job name: the file's stem (and a workbook's sheet, so two
+    sheets never share a state) and the kind of work."""
     if isinstance(source, str | os.PathLike):
-        return f"{Path(source).stem}-{kind}"
+        stem = Path(source).stem if sheet is None else f"{Path(source).stem}-{sheet}"
+        return f"{stem}-{kind}"
     return kind

@@ -5,7 +5,7 @@ A job file has four tables; relative paths in it are relative to the file:
     name = "diseases"            # optional; names the default state directory
 
     [source]
-    path = "diseases.csv"        # CSV, TSV, JSONL or Parquet
+    path = "diseases.csv"        # CSV, TSV, JSONL, Parquet or Excel (.xlsx)
     key = "cui"                  # optional; default: the row number
     encoding = "utf-8"           # optional
     format = "csv"               # optional; default: from the suffix
@@ -13,6 +13,8 @@ A job file has four tables; relative paths in it are relative to the file:
     trust_quotes = false         # optional; CSV cells spanning lines that look like rows
     follow_symlinks = false      # optional; folder: read symlinks that lead outside it
     credentials = "key.json"     # optional; Google Sheets (path = "gsheet://ID/WORKSHEET")
+    sheet = "Orders"             # optional; a workbook's sheet (default: the first)
+    header_row = 3               # optional; a workbook's header row (default: first with a value)
 
     [task]
     function = "tasks.py:analyse"
@@ -60,7 +62,7 @@ A job file has four tables; relative paths in it are relative to the file:
 
     [output]
     prefix = "out_"              # optional; put before every output field name
-    path = "enriched.csv"        # .csv, .jsonl or .parquet
+    path = "enriched.csv"        # .csv, .jsonl, .parquet or .xlsx
     json_dir = "results"         # one JSON file per key
     failures = "failures.jsonl"
     write_back = true            # Google Sheets source: outputs into the same worksheet
@@ -103,6 +105,8 @@ class JobConfig(BaseModel):
     trust_quotes: bool = False  # CSV: read quoted cells that span lines as they are
     follow_symlinks: bool = False  # folder: also read files that symlinks lead out to
     credentials: Path | None = None  # Google Sheets: a key or token file
+    sheet: str | None = None  # a workbook's sheet, by name; None: the first
+    header_row: int | None = Field(None, ge=1)  # a workbook's header row, from 1
     task_version: str | None = None
     workers: Annotated[int, Field(ge=1, le=10_000)] | Literal["auto"] = 8
     max_workers: int = Field(256, ge=1, le=10_000)  # the ceiling of workers="auto"
@@ -221,6 +225,7 @@ def _check_task_kind(config: JobConfig) -> None:
         )
     if config.is_local and config.text_column is None:
         raise ConfigError("the local tasks need the text's column", hint="pass --text-column NAME")
+    _check_local_settings(config)
     if config.vectors is not None and not config.embed:
         raise ConfigError(
             "only rowpilot embed writes vectors", hint="drop --vectors, or use rowpilot embed"
@@ -237,6 +242,27 @@ def _check_task_kind(config: JobConfig) -> None:
         )
     if config.batch_size != "auto" and config.batch_size < 1:
         raise ConfigError("batch_size must be at least 1, or 'auto'", hint="--batch-size 10")
+
+
+# What only a model behind an API uses: the local model has no tokens, rate or price.
+_API_SETTINGS = ("base_url", "system", "max_tokens", "budget", "rpm", "tpm", "max_concurrent")
+
+
+def _check_local_settings(config: JobConfig) -> None:
+    """A setting the local model cannot use is refused, not silently dropped: a --budget
+    or --rpm that does nothing would be believed."""
+    if not config.is_local:
+        return
+    given = [name for name in _API_SETTINGS if getattr(config, name) is not None]
+    given += [name for name in ("limits", "params") if getattr(config, name)]
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise ConfigError(
+            f"the local model takes no prompt and has no tokens, rate limits or price: "
+            f"{flags} would do nothing",
+            hint=f"drop {'it' if len(given) == 1 else 'them'}, or give an API model "
+            "(--model provider/model)",
+        )
 
 
 def read_job_file(path: Path) -> dict[str, Any]:

@@ -92,8 +92,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "source",
         None,
-        "The input (CSV, TSV, JSONL, Parquet, a folder, gsheet://ID/WORKSHEET); on run, over a "
-        "job file's.",
+        "The input (CSV, TSV, JSONL, Parquet, Excel, a folder, gsheet://ID/WORKSHEET); on run, "
+        "over a job file's.",
         "source",
         ("run",),
         key="path",
@@ -106,7 +106,13 @@ SETTINGS: tuple[Setting, ...] = (
         ("run", "label", "embed", "dedupe", "verify"),
     ),
     Setting("encoding", None, "Input encoding (default: utf-8).", "source", ("run", "verify")),
-    Setting("format", None, "Input format: csv, tsv, jsonl, parquet.", "source", ("run", "verify")),
+    Setting(
+        "format",
+        None,
+        "Input format: csv, tsv, jsonl, parquet, excel.",
+        "source",
+        ("run", "verify"),
+    ),
     Setting(
         "duplicates",
         None,
@@ -136,6 +142,21 @@ SETTINGS: tuple[Setting, ...] = (
         "Google Sheets: a service account's key file, or an authorized user's token (default: "
         "GOOGLE_APPLICATION_CREDENTIALS, then gspread's files in ~/.config/gspread).",
         "source",
+    ),
+    Setting(
+        "sheet",
+        None,
+        "Workbook: the sheet to read, by its name (default: the first).",
+        "source",
+        ("run", "verify", *_LOCAL),
+    ),
+    Setting(
+        "header_row",
+        None,
+        "Workbook: the number of the header row, counted from 1 as the sheet shows it "
+        "(default: the first row with a value).",
+        "source",
+        ("run", "verify", *_LOCAL),
     ),
     # [task]
     Setting(

@@ -21,6 +21,7 @@ import pytest
 
 import rowpilot
 from conftest import wait_until
+from rowpilot.errors import ConfigError
 from rowpilot.state.registry import REGISTRY_FILE, Registry
 
 ROWPILOT = str(Path(sys.executable).parent / "rowpilot")
@@ -500,3 +501,37 @@ def test_the_demo_jobs_run(tmp_path: Path) -> None:
         assert done.returncode == 0, done.stderr
         assert "completed: 300 done" in done.stdout
         assert (tmp_path / output).exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--max-tokens", "40"], "--max-tokens would do nothing"),
+        (["--rpm", "10", "--budget", "1"], "--budget, --rpm would do nothing"),
+        (["--system", "be brief"], "--system"),
+        (["--base-url", "http://127.0.0.1:9/v1"], "--base-url"),
+    ],
+)
+def test_settings_the_local_model_cannot_use_are_refused_not_ignored(
+    tmp_path: Path, flags: list[str], named: str
+) -> None:
+    write_texts(tmp_path / "data.csv", 3)
+    label = ["label", "data.csv", "--text-column", "text", "--labels", "a", "b"]
+    done = cli(*label, "--model", "local/wordllama", *flags, cwd=tmp_path)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert named in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert not (tmp_path / ".rowpilot").exists()  # refused before any state was made
+
+
+def test_the_python_api_refuses_them_too(tmp_path: Path) -> None:
+    write_texts(tmp_path / "data.csv", 3)
+    with pytest.raises(ConfigError, match="--max-tokens would do nothing"):
+        rowpilot.label(
+            tmp_path / "data.csv",
+            text_column="text",
+            labels=["a", "b"],
+            model="local/wordllama",
+            max_tokens=40,
+            state=tmp_path / "state",
+        )

@@ -150,7 +150,9 @@ def test_format_names_a_registered_kind_and_errors_list_them(tmp_path: Path) -> 
     (tmp_path / "rows.odd").write_text("x\n")
     with pytest.raises(ConfigError) as caught:
         open_source(tmp_path / "rows.odd")
-    assert caught.value.hint == "pass --format with one of: csv, tsv, jsonl, parquet, toy"
+    assert (
+        caught.value.hint == "pass --format with one of: csv, tsv, jsonl, parquet, excel, xlsx, toy"
+    )
 
 
 def test_an_unregistered_kind_is_forgotten(tmp_path: Path) -> None:

@@ -488,15 +488,23 @@ def test_output_json_rejects_an_unserialisable_model_with_task_output_error() ->
 # -- group_parts: a grouped task's outputs encoded at once ---------------------------------
 
 _vector_of = st.integers(0, 6).flatmap(
-    lambda n: st.lists(st.floats(width=32, allow_nan=False), min_size=n, max_size=n)
+    lambda n: st.lists(st.floats(width=16, allow_nan=False), min_size=n, max_size=n)
+)
+# Arrays of every float width, and integer arrays (not vectors): a group that mixes them
+# must take the same path one row alone would.
+_array_of = st.one_of(
+    st.tuples(_vector_of, st.sampled_from(["<f2", "<f4", "<f8", ">f8"])).map(
+        lambda pair: np.array(pair[0], dtype=pair[1])
+    ),
+    st.lists(st.integers(-5, 5), max_size=6).map(lambda ints: np.array(ints, dtype="<i8")),
 )
 
 
 @given(
     st.lists(
         st.one_of(
-            st.fixed_dictionaries({"embedding": _vector_of.map(np.array)}),
-            st.fixed_dictionaries({"a": _vector_of.map(np.array), "b": _vector_of.map(np.array)}),
+            st.fixed_dictionaries({"embedding": _array_of}),
+            st.fixed_dictionaries({"a": _array_of, "b": _array_of}),
             st.fixed_dictionaries({"label": st.booleans()}),
         ),
         min_size=1,

@@ -47,6 +47,8 @@ def label(
     env_file: Annotated[Path | None, option("env_file", "label")] = None,
     state: Annotated[Path | None, option("state", "label")] = None,
     progress: Annotated[bool | None, option("progress", "label")] = None,
+    sheet: Annotated[str | None, option("sheet", "label")] = None,
+    header_row: Annotated[int | None, option("header_row", "label")] = None,
 ) -> None:
     """Add one true/false column per label to a table of texts, several rows per request.
 
@@ -56,7 +58,9 @@ def label(
     given = dict(locals())
     if model is None:
         given["model"] = _default_label_model(env_file)
-    given["name"] = f"{Path(source).stem}-labels"
+    from rowpilot._api import _job_name  # here: the CLI starts without the library's imports
+
+    given["name"] = _job_name(source, "labels", sheet)
     _run_and_report(_llm_flags(_with_defaults(given, "label")))
 
 
@@ -105,13 +109,16 @@ def embed(
     limit: Annotated[int | None, option("limit", "embed")] = None,
     state: Annotated[Path | None, option("state", "embed")] = None,
     progress: Annotated[bool | None, option("progress", "embed")] = None,
+    sheet: Annotated[str | None, option("sheet", "embed")] = None,
+    header_row: Annotated[int | None, option("header_row", "embed")] = None,
 ) -> None:
     """Embed a text column with the bundled local model (256 numbers per row, no API)."""
     given = _with_defaults(dict(locals()), "embed")
+    from rowpilot._api import _job_name
     from rowpilot.local_model.tasks import check_local_model  # after locals(): not a setting
 
     check_local_model(given.pop("model"))
-    given.update(embed=True, name=f"{Path(source).stem}-embed")
+    given.update(embed=True, name=_job_name(source, "embed", sheet))
     _run_and_report(_llm_flags(given))
 
 
@@ -131,6 +138,8 @@ def dedupe(
     workers: Annotated[str | None, option("workers", "dedupe")] = None,
     state: Annotated[Path | None, option("state", "dedupe")] = None,
     progress: Annotated[bool | None, option("progress", "dedupe")] = None,
+    sheet: Annotated[str | None, option("sheet", "dedupe")] = None,
+    header_row: Annotated[int | None, option("header_row", "dedupe")] = None,
 ) -> None:
     """Group near-duplicate texts: a cluster number and a canonical key per row (the
     table at --output has the rows with cluster and canonical_key)."""
@@ -148,6 +157,8 @@ def dedupe(
         state=state,
         progress=progress,
         summary=False,
+        sheet=sheet,
+        header_row=header_row,
     )
     write_frame(frame, output)
     for line in report.lines():

@@ -13,7 +13,7 @@ from typer.core import TyperCommand
 from rowpilot import _settings
 
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
-SourceArgument = Annotated[str, typer.Argument(help="The input (CSV, TSV, JSONL, Parquet).")]
+SourceArgument = Annotated[str, typer.Argument(help="The input (CSV, TSV, JSONL, Parquet, Excel).")]
 SampleOption = Annotated[
     int,
     typer.Option(help="Items the estimate runs for real.", rich_help_panel=_settings.PROMPT_PANEL),

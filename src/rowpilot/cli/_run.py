@@ -37,7 +37,7 @@ def run(
     job_or_source: Annotated[
         str,
         typer.Argument(
-            help="A TOML job file, or the input (CSV, TSV, JSONL, Parquet, gsheet://...).",
+            help="A TOML job file, or the input (CSV, TSV, JSONL, Parquet, Excel, gsheet://...).",
             show_default=False,
         ),
     ],
@@ -82,6 +82,8 @@ def run(
     write_batch: Annotated[int | None, option("write_batch", "run")] = None,
     write_interval: Annotated[float | None, option("write_interval", "run")] = None,
     sheets_write_rpm: Annotated[float | None, option("sheets_write_rpm", "run")] = None,
+    sheet: Annotated[str | None, option("sheet", "run")] = None,
+    header_row: Annotated[int | None, option("header_row", "run")] = None,
     output_prefix: Annotated[str | None, option("output_prefix", "run")] = None,
     keep_going: Annotated[bool, option("keep_going", "run")] = False,
     grace: Annotated[float | None, option("grace", "run")] = None,

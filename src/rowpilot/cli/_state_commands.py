@@ -307,6 +307,8 @@ def verify(
     duplicates: Annotated[str | None, option("duplicates", "verify")] = None,
     encoding: Annotated[str | None, option("encoding", "verify")] = None,
     format: Annotated[str | None, option("format", "verify")] = None,
+    sheet: Annotated[str | None, option("sheet", "verify")] = None,
+    header_row: Annotated[int | None, option("header_row", "verify")] = None,
     as_json: Json = False,
 ) -> None:
     """Check the registry against the source; exit 1 unless every row is done, once.
@@ -324,6 +326,8 @@ def verify(
         "duplicates": duplicates,
         "encoding": encoding,
         "format": format,
+        "sheet": sheet,
+        "header_row": header_row,
     }
     settings.update({k: v for k, v in overrides.items() if v is not None})
     if "source" not in settings:
@@ -339,6 +343,8 @@ def verify(
         trust_quotes=bool(settings.get("trust_quotes")),
         follow_symlinks=bool(settings.get("follow_symlinks")),
         credentials=settings.get("credentials"),
+        sheet=settings.get("sheet"),
+        header_row=settings.get("header_row"),
     )
     leave_out_written_columns(opened, _state_dir(state_or_job))  # a sheet's outputs
     selection = Selection(

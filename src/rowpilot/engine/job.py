@@ -110,6 +110,8 @@ def prepare(config: JobConfig) -> PreparedJob:
         trust_quotes=config.trust_quotes,
         follow_symlinks=config.follow_symlinks,
         credentials=config.credentials,
+        sheet=config.sheet,
+        header_row=config.header_row,
     )
     _leave_out_written_columns(config, task, source)
     if not source.reiterable:
@@ -181,9 +183,17 @@ def _validation_record(config: JobConfig, keyer: Keyer) -> dict[str, Any] | None
         "mtime_ns": found.st_mtime_ns,
         "inode": found.st_ino,
         "key": keyer.key_column,
-        "read": [config.format, config.encoding, config.trust_quotes],
+        "read": [config.format, config.encoding, config.trust_quotes, *_sheet_choice(config)],
         "selection": [config.rows, config.shard, config.limit, config.duplicates],
     }
+
+
+def _sheet_choice(config: JobConfig) -> list[Any]:
+    """A workbook's sheet and header row, where given: a record without them stays the one
+    that runs before these settings wrote (so their next run is not validated again)."""
+    if config.sheet is None and config.header_row is None:
+        return []
+    return [config.sheet, config.header_row]
 
 
 def _validated_before(
@@ -326,6 +336,8 @@ def job_name(config: JobConfig, task: Task, source: Source) -> str:
         stem = Path(source.name).stem
     else:
         stem = "data"
+    if config.sheet is not None:  # each sheet of a workbook is a job of its own
+        stem = f"{stem}-{config.sheet}"
     return f"{stem}-{task.name.rsplit('.', 1)[-1]}"
 
 

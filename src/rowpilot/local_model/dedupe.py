@@ -74,7 +74,7 @@ def _guarded(value: Any) -> Any:
 
 
 def write_frame(frame: pd.DataFrame, path: Path) -> None:
-    """A DataFrame to CSV, JSONL or Parquet by the file's suffix, atomically."""
+    """A DataFrame to CSV, JSONL, Parquet or Excel by the file's suffix, atomically."""
     from rowpilot.sinks.atomic import atomic_write
 
     kind = table_format(path)
@@ -87,6 +87,11 @@ def write_frame(frame: pd.DataFrame, path: Path) -> None:
     elif kind == "jsonl":
         with atomic_write(path, "w", newline="\n") as handle:
             frame.to_json(handle, orient="records", lines=True, force_ascii=False)
+    elif kind == "xlsx":
+        from rowpilot.sinks.excel import write_workbook
+
+        rows = ((None, row) for row in frame.itertuples(index=False, name=None))
+        write_workbook(path, [str(name) for name in frame.columns], rows)
     else:
         with atomic_write(path, "wb") as handle:
             frame.to_parquet(handle, index=False)

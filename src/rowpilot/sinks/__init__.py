@@ -1,11 +1,13 @@
-"""Sinks: the outputs a job writes from the registry after a run (a table file, a folder of
-JSON files, the failures report, a LanceDB vector table, a Google Sheets worksheet).
+"""Sinks: the outputs a job writes from the registry after a run (a table file: CSV, JSONL,
+Parquet or Excel; a folder of JSON files, the failures report, a LanceDB vector table, a
+Google Sheets worksheet).
 
 Each implements :class:`Sink`: ``check()`` before the first item, ``write(registry)`` at
 the end; a :class:`LiveSink` (the Sheets write-back) also writes while the run goes.
 ``sinks_for(config)`` builds a job's list; ``register_sink`` adds a kind of ``--output``
-by suffix or URL scheme. One module per kind: ``table``, ``json_folder``, ``failures``,
-``lancedb``, ``gsheet``.
+by suffix or URL scheme. One module per kind: ``table`` (its writers in ``exports``,
+Excel's in ``excel``, the spreadsheet cell rules in ``cells``), ``json_folder``,
+``failures``, ``lancedb``, ``gsheet``.
 """
 
 from rowpilot.sinks.base import LiveSink, Sink, SinkFactory, SinkOptions

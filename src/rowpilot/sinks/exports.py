@@ -1,4 +1,5 @@
-"""Exports: views of the registry as a table, a folder of JSON files or a failure list.
+"""Exports: views of the registry as a table (CSV, JSONL, Parquet, Excel), a folder of JSON
+files or a failure list.
 
 Every writer takes a *factory* of records (:data:`Records`), so it can read the items twice:
 once to learn the columns (and, for Parquet, their types), once to write. Memory stays
@@ -15,8 +16,9 @@ its own column ``output.<name>`` rather than over the input.
 A CSV file is a spreadsheet waiting to be opened, and a spreadsheet runs a cell that starts
 with ``=``, ``+``, ``-`` or ``@`` as a formula (CSV injection). Input cells, keys, output
 cells and every header cell (a task chooses its output field names) may come from anyone,
-so every cell and header cell written to CSV goes through :func:`neutralise_cell`. JSONL and
-Parquet are read by programs, not spreadsheets, and keep every value exactly.
+so every cell and header cell written to CSV goes through :func:`neutralise_cell`, and every
+text cell and header cell written to Excel (:mod:`rowpilot.sinks.excel`). JSONL and Parquet
+are read by programs, not spreadsheets, and keep every value exactly.
 
 The JSON folder holds one file per done item: its key as the leading field ``"_key"``,
 then the output fields, so the key survives even where the file name is a hash.
@@ -27,8 +29,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
-import re
-import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from rowpilot.engine.items import is_vector
 from rowpilot.errors import ConfigError, OutputPathError
 from rowpilot.sinks.atomic import atomic_write, remove_stale_temps, write_text_atomic
+from rowpilot.sinks.cells import cell_text, neutralise_cell
 from rowpilot.sinks.filenames import KeyFileNamer
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ __all__ = [
     "ExportRecord",
     "JsonDirReport",
     "Records",
+    "cell_text",
     "iter_failure_lines",
     "neutralise_cell",
     "table_format",
@@ -67,14 +69,16 @@ _FORMATS_BY_SUFFIX = {
     ".ndjson": "jsonl",
     ".parquet": "parquet",
     ".pq": "parquet",
+    ".xlsx": "xlsx",
 }
-_FORMAT_ALIASES = {"csv": "csv", "jsonl": "jsonl", "ndjson": "jsonl", "parquet": "parquet"}
-# Spreadsheets run a cell starting with these as a formula (CSV injection), also behind
-# leading blanks; a cell starting with a tab or a line break is quoted whatever follows.
-_FORMULA_STARTS = frozenset("=+-@")
-_BREAK_STARTS = frozenset("\t\r\n")
-# ASCII digits only: "-\u0663" (an Arabic-Indic three) is no number to a spreadsheet.
-_PLAIN_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_FORMAT_ALIASES = {
+    "csv": "csv",
+    "jsonl": "jsonl",
+    "ndjson": "jsonl",
+    "parquet": "parquet",
+    "xlsx": "xlsx",
+    "excel": "xlsx",
+}
 # The JSON folder's own field; bump the tag when the file layout changes, so the next
 # export rewrites files that an older layout left unchanged.
 KEY_FIELD = "_key"
@@ -182,13 +186,14 @@ def table_layout(
 
 
 def table_format(path: Path, format: str | None = None) -> str:
-    """``"csv"``, ``"jsonl"`` or ``"parquet"``: ``format`` if given, else from the suffix."""
+    """``"csv"``, ``"jsonl"``, ``"parquet"`` or ``"xlsx"``: ``format`` if given, else from
+    the suffix."""
     if format is not None:
         known = _FORMAT_ALIASES.get(format.strip().lower())
         if known is None:
             raise ConfigError(
                 f"unknown table format {format!r}",
-                hint="use one of: csv, jsonl, parquet",
+                hint="use one of: csv, jsonl, parquet, xlsx",
                 file=str(path),
             )
         return known
@@ -196,7 +201,7 @@ def table_format(path: Path, format: str | None = None) -> str:
     if known is None:
         raise ConfigError(
             "cannot tell the table format from the file name",
-            hint="end the name with .csv, .jsonl or .parquet, or pass the format explicitly",
+            hint="end the name with .csv, .jsonl, .parquet or .xlsx, or pass the format explicitly",
             file=str(path),
         )
     return known
@@ -212,9 +217,10 @@ def write_table(
 ) -> int:
     """Write the enriched table to ``path`` atomically; return the number of rows written.
 
-    Failed items are rows with empty output cells unless ``done_only``. CSV passes every
-    cell and header cell through :func:`neutralise_cell`; JSONL keeps nested values native;
-    CSV and Parquet store dict and list values as JSON strings.
+    Failed items are rows with empty output cells unless ``done_only``. CSV and Excel pass
+    every text cell and header cell through :func:`neutralise_cell`; JSONL keeps nested
+    values native; CSV, Parquet and Excel store dict and list values as JSON strings.
+    Excel's own rules are in :mod:`rowpilot.sinks.excel`.
     """
     path = Path(path)
     kind = table_format(path, format)
@@ -224,6 +230,11 @@ def write_table(
         return _write_csv(path, layout.columns, rows)
     if kind == "jsonl":
         return _write_jsonl(path, layout.columns, rows)
+    if kind == "xlsx":
+        from rowpilot.sinks.excel import write_workbook
+
+        keyed = ((record.key, _row_values(layout.columns, record)) for record in rows)
+        return write_workbook(path, layout.columns, keyed)
     return _write_parquet(path, layout, rows)
 
 
@@ -245,34 +256,6 @@ def to_dataframe(
 # --- CSV --------------------------------------------------------------------------------
 
 
-def neutralise_cell(text: str) -> str:
-    """``text`` as a spreadsheet cell that cannot start a formula.
-
-    A text whose first character after any leading whitespace or control characters is
-    ``=``, ``+``, ``-`` or ``@``, or that starts with a tab, CR or LF, gets a leading ``'``,
-    which spreadsheets take as "this is text"; a plain number such as ``-5`` or
-    ``+3.2e4`` (the whole text, no surrounding space) stays as it is. Removing that one
-    ``'`` gives back the exact text. Meant for every cell and header cell of a file a
-    spreadsheet may open.
-    """
-    if text[:1] in _BREAK_STARTS:
-        return "'" + text
-    first = _first_visible(text)
-    if first in _FORMULA_STARTS and _PLAIN_NUMBER.fullmatch(text) is None:
-        return "'" + text
-    return text
-
-
-def _first_visible(text: str) -> str:
-    # Categories C (control, format: zero-width space, BOM) and Z (every unicode space):
-    # which of these a spreadsheet or its import dialog trims before looking for "="
-    # varies, so all of them are skipped.
-    for char in text:
-        if unicodedata.category(char)[0] not in "CZ":
-            return char
-    return ""
-
-
 def _write_csv(path: Path, columns: list[str], rows: Iterable[ExportRecord]) -> int:
     written = 0
     with atomic_write(path, "w", newline="") as handle:
@@ -280,24 +263,10 @@ def _write_csv(path: Path, columns: list[str], rows: Iterable[ExportRecord]) -> 
         writer.writerow([neutralise_cell(name) for name in columns])
         for record in rows:
             writer.writerow(
-                [neutralise_cell(_csv_text(value)) for value in _row_values(columns, record)]
+                [neutralise_cell(cell_text(value)) for value in _row_values(columns, record)]
             )
             written += 1
     return written
-
-
-def _csv_text(value: Any) -> str:
-    # Every cell becomes text here, so the guard sees what the spreadsheet will see:
-    # a float -inf is the text "-inf", which a spreadsheet would run as a formula.
-    if isinstance(value, str):
-        return value
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, dict | list) or is_vector(value):
-        return _json_text(value)
-    return str(value)
 
 
 def _json_text(value: Any) -> str:

@@ -113,6 +113,6 @@ def _kind_for_suffix(name: str) -> SinkKind | None:
     return next((kind for kind in reversed(_KINDS) if suffix in kind.suffixes), None)
 
 
-register_sink(table_sink, suffixes=(".csv", ".jsonl", ".ndjson", ".parquet", ".pq"))
+register_sink(table_sink, suffixes=(".csv", ".jsonl", ".ndjson", ".parquet", ".pq", ".xlsx"))
 register_sink(lancedb_sink, schemes=("lancedb",))
 register_sink(gsheet_export, schemes=("gsheet",))

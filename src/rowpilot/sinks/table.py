@@ -1,4 +1,5 @@
-"""The enriched table: inputs and outputs, one row per item, as CSV, JSONL or Parquet."""
+"""The enriched table: inputs and outputs, one row per item, as CSV, JSONL, Parquet or Excel
+(``.xlsx``, written by :mod:`rowpilot.sinks.excel`)."""
 
 from __future__ import annotations
 

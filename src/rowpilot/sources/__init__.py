@@ -1,11 +1,11 @@
-"""Sources: stream the rows of an input (CSV/TSV, JSONL, Parquet, a folder of files, a
-Google Sheets worksheet, a DataFrame or an iterable) in chunks.
+"""Sources: stream the rows of an input (CSV/TSV, JSONL, Parquet, an Excel sheet, a folder
+of files, a Google Sheets worksheet, a DataFrame or an iterable) in chunks.
 
 ``open_source`` picks a reader (see :mod:`rowpilot.sources.registry`) and returns a
 :class:`Source`; ``Source.chunks(size)`` yields lists of at most ``size`` rows, each row a
 ``(row, line, fields)`` tuple. Files are read lazily and in pieces, so memory stays
 bounded by the chunk size, whatever the file size. One module per kind: ``csv``,
-``jsonl``, ``parquet``, ``folder``, ``gsheet``, ``memory`` (DataFrame, iterable).
+``jsonl``, ``parquet``, ``excel``, ``folder``, ``gsheet``, ``memory`` (DataFrame, iterable).
 
 Where errors are raised:
 
@@ -15,8 +15,12 @@ Where errors are raised:
   is visible in its first 64 KiB, or a folder with no file to read (EmptySourceError),
   and problems in the CSV header: undecodable (SourceEncodingError), duplicate or empty
   column names (SourceFormatError). A Parquet file that cannot be opened raises
-  SourceFormatError, and an empty DataFrame, list or tuple raises EmptySourceError. A
-  Google Sheets worksheet is reached when opened: missing or refused credentials
+  SourceFormatError, and an empty DataFrame, list or tuple raises EmptySourceError. An
+  Excel workbook that is encrypted, an old .xls, no zip or damaged, or whose header has
+  duplicate or empty names, raises SourceFormatError; a sheet it does not have
+  SourceNotFoundError (listing its sheets); an empty sheet or header row, or a header and
+  no rows, EmptySourceError.
+  A Google Sheets worksheet is reached when opened: missing or refused credentials
   (ProviderSetupError), an unknown spreadsheet or worksheet (SourceNotFoundError), a
   header as a CSV file's (EmptySourceError, SourceFormatError).
 * ``chunks()`` raises row-level problems lazily, from the chunk where they occur: ragged
@@ -24,7 +28,8 @@ Where errors are raised:
   and quotes that do not pair up at the end of the pass), invalid JSONL lines, bytes that
   do not decode (in a folder: a file that does not decode or holds NUL characters, a file
   name that is not UTF-8, a subfolder that cannot be listed), corrupt Parquet data,
-  items that are not mappings. A pass that finds no rows at all (a long file of blank
+  items that are not mappings, an Excel value outside the header's columns or damaged
+  sheet XML met while reading. A pass that finds no rows at all (a long file of blank
   lines, an empty generator) raises EmptySourceError. Calling ``chunks()`` a second time
   on a one-shot iterator raises ConfigError at the call.
 
@@ -34,6 +39,7 @@ point outside the folder), for the caller to print as warnings.
 
 from rowpilot.sources.base import Opener, Row, RowStream, Source, SourceOptions
 from rowpilot.sources.csv import CsvSource
+from rowpilot.sources.excel import ExcelSource
 from rowpilot.sources.folder import FolderSource
 from rowpilot.sources.jsonl import JsonlSource
 from rowpilot.sources.memory import DataFrameSource, IterableSource
@@ -49,6 +55,7 @@ from rowpilot.sources.registry import (
 __all__ = [
     "CsvSource",
     "DataFrameSource",
+    "ExcelSource",
     "FolderSource",
     "IterableSource",
     "JsonlSource",

@@ -59,7 +59,12 @@ def checked_size(size: int) -> int:
     return size
 
 
-def check_column_names(names: list[str], file: str, line: int | None = None) -> None:
+def check_column_names(
+    names: list[str],
+    file: str,
+    line: int | None = None,
+    empty_hint: str = "name every column (a trailing delimiter makes an empty one)",
+) -> None:
     seen: set[str] = set()
     for position, name in enumerate(names, start=1):
         if not name:
@@ -67,7 +72,7 @@ def check_column_names(names: list[str], file: str, line: int | None = None) -> 
                 f"column {position} of the header has no name",
                 file=file,
                 line=line,
-                hint="name every column (a trailing delimiter makes an empty one)",
+                hint=empty_hint,
             )
         if name in seen:
             raise SourceFormatError(
@@ -104,6 +109,8 @@ class SourceOptions:
     trust_quotes: bool = False
     follow_symlinks: bool = False
     credentials: str | None = None  # a Google Sheets credentials file (rowpilot._gsheet)
+    sheet: str | None = None  # a workbook's sheet; None: its first
+    header_row: int | None = None  # the header's 1-based row; None: the first with a value
 
 
 Opener: TypeAlias = Callable[[str, SourceOptions], Source]

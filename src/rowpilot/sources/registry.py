@@ -20,6 +20,7 @@ from rowpilot._targets import normal_schemes, normal_suffixes, scheme_of, suffix
 from rowpilot.errors import ConfigError, SourceNotFoundError
 from rowpilot.sources.base import DEFAULT_ENCODING, Opener, Source, SourceOptions
 from rowpilot.sources.csv import open_csv, open_tsv
+from rowpilot.sources.excel import open_excel
 from rowpilot.sources.folder import FolderSource
 from rowpilot.sources.gsheet import open_gsheet
 from rowpilot.sources.jsonl import open_jsonl
@@ -77,6 +78,8 @@ def open_source(
     trust_quotes: bool = False,
     follow_symlinks: bool = False,
     credentials: str | os.PathLike[str] | None = None,
+    sheet: str | None = None,
+    header_row: int | None = None,
 ) -> Source:
     """Open ``source`` for reading. ``format`` and ``encoding`` only apply to paths.
 
@@ -87,8 +90,10 @@ def open_source(
     read: a glob ("*.json") or a suffix ("json").
     ``trust_quotes`` reads a CSV file's quoted values that span lines even where they look
     like swallowed rows (see :class:`CsvSource`). ``follow_symlinks`` reads a folder's
-    symlinks to files outside it (see :class:`FolderSource`). ``credentials`` is the
-    credentials file of a Google Sheets source (see ``rowpilot._gsheet``).
+    symlinks to files outside it (see :class:`FolderSource`). ``sheet`` names a workbook's
+    sheet and ``header_row`` (1-based) its header row (see :class:`ExcelSource`).
+    ``credentials`` is the credentials file of a Google Sheets source (see
+    ``rowpilot._gsheet``).
     See the package docstring for which errors are raised here and which from ``chunks()``.
     """
     if isinstance(source, str | os.PathLike):
@@ -98,6 +103,8 @@ def open_source(
             trust_quotes=trust_quotes,
             follow_symlinks=follow_symlinks,
             credentials=os.fspath(credentials) if credentials is not None else None,
+            sheet=sheet,
+            header_row=_checked_header_row(header_row),
         )
         return _open_path(os.fspath(source), options)
     pandas = sys.modules.get("pandas")  # a DataFrame caller has pandas loaded already
@@ -175,6 +182,15 @@ def _checked_encoding(encoding: str) -> str:
     return encoding
 
 
+def _checked_header_row(header_row: int | None) -> int | None:
+    if header_row is not None and (isinstance(header_row, bool) or header_row < 1):
+        raise ConfigError(
+            f"--header-row must be a row number from 1, not {header_row!r}",
+            hint="count rows as the spreadsheet does: the first row is 1",
+        )
+    return header_row
+
+
 def _require_file(name: str) -> None:
     if not os.path.exists(name):
         raise SourceNotFoundError(
@@ -196,5 +212,6 @@ register_source(open_csv, suffixes=(".csv", ".txt"), formats=("csv",))
 register_source(open_tsv, suffixes=(".tsv",), formats=("tsv",))
 register_source(open_jsonl, suffixes=(".jsonl", ".ndjson"), formats=("jsonl",))
 register_source(open_parquet, suffixes=(".parquet", ".pq"), formats=("parquet",))
+register_source(open_excel, suffixes=(".xlsx", ".xlsm"), formats=("excel", "xlsx"))
 # A sheet's browser address is an https URL: the opener refuses any other.
 register_source(open_gsheet, schemes=("gsheet", "https"), formats=())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from operator import attrgetter
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
@@ -149,5 +150,11 @@ def _vector_group(
 
 
 def _same_length_vectors(column: list[Any]) -> bool:
+    import numpy as np
+
+    if set(map(type, column)) == {np.ndarray}:  # the usual case, checked at C speed
+        shapes = set(map(attrgetter("shape"), column))
+        kinds = {dtype.kind for dtype in set(map(attrgetter("dtype"), column))}
+        return len(shapes) == 1 and len(next(iter(shapes))) == 1 and kinds == {"f"}
     length = len(column[0]) if is_vector(column[0]) else -1
     return all(is_vector(value) and len(value) == length for value in column)
