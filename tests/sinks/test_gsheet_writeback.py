@@ -123,6 +123,19 @@ def test_data_below_an_empty_header_cell_is_not_overwritten(
     assert any("1 cells left as edited by hand" in line for line in result.written)
 
 
+def test_a_header_below_notes_gets_its_outputs_in_its_own_row(
+    fake_sheets: FakeSheets, tmp_path: Path
+) -> None:
+    fake_sheets.add_sheet(
+        BOOK, "S", [["notes: do not sort above"], ["id", "text"], ["k0", "a"], ["k1", "b"]]
+    )
+    _run(tmp_path / "state", header_row=2)
+    sheet = fake_sheets.sheet(BOOK, "S")
+    assert sheet.rows[0] == ["notes: do not sort above"]
+    assert sheet.rows[1] == ["id", "text", "upper", "length"]
+    assert [row[2] for row in sheet.rows[2:]] == ["A", "B"]
+
+
 def test_a_batch_that_is_not_full_is_written_after_the_interval(
     fake_sheets: FakeSheets, tmp_path: Path
 ) -> None:

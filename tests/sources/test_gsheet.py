@@ -23,7 +23,12 @@ from rowpilot._gsheet import (
     find_credentials,
     parse_target,
 )
-from rowpilot.errors import ConfigError, ProviderSetupError, SourceNotFoundError
+from rowpilot.errors import (
+    ConfigError,
+    EmptySourceError,
+    ProviderSetupError,
+    SourceNotFoundError,
+)
 from rowpilot.sources import gsheet as gsheet_module
 from rowpilot.sources import open_source
 
@@ -233,3 +238,20 @@ def test_an_expired_token_is_renewed_and_a_sheet_not_shared_is_a_setup_error(
 def test_property_a_quoted_title_reads_back_whole(spreadsheet: str, title: str) -> None:
     parsed = parse_target(f"gsheet://{spreadsheet}/{urllib.parse.quote(title, safe='')}")
     assert (parsed.spreadsheet, parsed.title, parsed.gid) == (spreadsheet, title, None)
+
+
+def test_header_row_and_sheet_name_the_table(fake_sheets: FakeSheets) -> None:
+    fake_sheets.add_sheet(BOOK, "First", [["id"], ["x"]])
+    fake_sheets.add_sheet(
+        BOOK, "Orders", [["Orders 2024"], [], ["id", "total"], ["a", 1], ["b", 2]]
+    )
+    source = open_source(f"gsheet://{BOOK}", sheet="Orders", header_row=3)
+    assert source.columns() == ["id", "total"]
+    assert [(line, fields) for _, line, fields in _rows(source)] == [
+        (4, {"id": "a", "total": 1}),
+        (5, {"id": "b", "total": 2}),
+    ]
+    with pytest.raises(ConfigError, match="named twice"):
+        open_source(f"gsheet://{BOOK}/First", sheet="Orders")
+    with pytest.raises(EmptySourceError, match="no header in row 2"):
+        open_source(f"gsheet://{BOOK}/Orders", header_row=2)

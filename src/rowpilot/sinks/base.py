@@ -56,6 +56,7 @@ class SinkOptions:
     write_interval: float = 5.0  # a write-back's longest wait for a finished row
     write_rpm: float = 60.0  # Google Sheets write requests a minute
     replace: bool = False  # an export may write over an existing worksheet
+    header_row: int | None = None  # a sheet's header row, from 1 (None: the first row)
 
 
 SinkFactory: TypeAlias = Callable[[str, SinkOptions], Sink]

@@ -9,10 +9,10 @@ looked, and ``write`` (after the run) writes whatever is still missing. The rule
   first row waiting has waited ``write_interval`` seconds. Each batch first reads the
   header row and the key column (one ``values.batchGet``), then the batch's target cells
   (a second), then writes. Reads are not paced (their quota is separate and larger).
-* **By key, never by row number**: each batch finds its rows by reading the key column at
-  write time, so rows sorted, inserted or deleted between or during runs get their own
-  outputs. A key no longer in the sheet is reported and written by a later run if it
-  comes back.
+* **By key, never by row number**: each batch finds its rows by reading the header row
+  (``--header-row``, else row 1) and the key column at write time, so rows sorted,
+  inserted or deleted between or during runs get their own outputs. A key no longer in
+  the sheet is reported and written by a later run if it comes back.
 * **Columns**: an output field with no column gets a header cell at the right of the last
   one (the grid is widened first if it is full). The write is ``RAW``: a text starting with
   ``=`` stays text, never a formula. Lists and objects are written as JSON text, None as
@@ -195,9 +195,17 @@ class Report:
 class SheetWriter:
     """Writes items' outputs into one worksheet by key (module docstring's rules)."""
 
-    def __init__(self, client: SheetsClient, state: Path, key_column: str, pacer: Pacer) -> None:
+    def __init__(
+        self,
+        client: SheetsClient,
+        state: Path,
+        key_column: str,
+        pacer: Pacer,
+        header_row: int | None = None,
+    ) -> None:
         self.client = client
         self.key_column = key_column
+        self.header_row = header_row or 1
         self.pacer = pacer
         properties = client.worksheet()
         self.title = str(properties["title"])
@@ -232,7 +240,7 @@ class SheetWriter:
         if new:
             self._widen(len(header))
             start = len(header) - len(new)
-            data.insert(0, self._range(1, start, [new]))
+            data.insert(0, self._range(self.header_row, start, [new]))
         if data:
             self.pacer.send(lambda: self.client.write(data))
         self.ledger.record(entries, columns)
@@ -273,7 +281,7 @@ class SheetWriter:
     def _locate(self) -> tuple[list[str], dict[str, int]]:
         """The header and each key's sheet row (1-based), read now."""
         sheet = quoted_title(self.title)
-        ranges = [f"{sheet}!1:1"]
+        ranges = [f"{sheet}!{self.header_row}:{self.header_row}"]
         if self._key_at is not None:
             letter = column_letters(self._key_at)
             ranges.append(f"{sheet}!{letter}:{letter}")
@@ -292,7 +300,8 @@ class SheetWriter:
             found = [found[0], *self.client.values_batch([f"{sheet}!{letter}:{letter}"])]
         rows: dict[str, int] = {}
         seen_twice: set[str] = set()
-        for number, cells in enumerate(found[1][1:], start=2):
+        below = found[1][self.header_row :]  # the key column read from row 1
+        for number, cells in enumerate(below, start=self.header_row + 1):
             key = key_text(cells[0]) if cells else None
             if key is None or key == "":
                 continue
@@ -411,7 +420,8 @@ class GsheetWriteBack:
         assert self._state is not None
         client = SheetsClient(parse_target(self.name), self.options.credentials)
         pacer = Pacer(self.options.write_rpm)
-        writer = SheetWriter(client, self._state, str(self.options.key_column), pacer)
+        key = str(self.options.key_column)
+        writer = SheetWriter(client, self._state, key, pacer, self.options.header_row)
         done = DoneItems(self._state)
         try:
             waiting: dict[str, dict[str, Any]] = {}

@@ -98,6 +98,7 @@ def sink_options(config: JobConfig, *, vector_field: str | None = None) -> SinkO
         write_batch=config.write_batch,
         write_interval=config.write_interval,
         write_rpm=config.sheets_write_rpm,
+        header_row=config.header_row,
     )
 
 

@@ -3,8 +3,10 @@ browser address (targets and credentials: ``rowpilot._gsheet``).
 
 The rules:
 
-* **Row 1 is the header**; every named column up to the last is read, cells to the right
-  of it are not. Names must be unique and non-empty (as a CSV header's).
+* **Row 1 is the header** (``--header-row N``: row N; rows above it are not read); every
+  named column up to the last is read, cells to the right of it are not. ``--sheet NAME``
+  names the worksheet when the address does not. Names must be unique and non-empty (as
+  a CSV header's).
 * **Typed values**: cells are read with ``UNFORMATTED_VALUE``, so a number is a number
   (an integer when whole, as the API sends it), a checkbox a boolean and text text;
   an empty cell is None (null). **Dates and times** come as the text the sheet shows
@@ -24,6 +26,7 @@ The rules:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -57,20 +60,29 @@ class GsheetSource:
     reiterable = True
 
     def __init__(
-        self, target: SheetTarget, credentials: str | os.PathLike[str] | None = None
+        self,
+        target: SheetTarget,
+        credentials: str | os.PathLike[str] | None = None,
+        header_row: int | None = None,
     ) -> None:
         self.name = str(target)
+        self._header_row = header_row or 1
         self.target = target
         self._client = SheetsClient(target, credentials)
         properties = self._client.worksheet()  # bad credentials or address: fail here
         self.title = str(properties["title"])
         self.sheet_id = int(properties.get("sheetId", 0))
         self._row_count = int(properties.get("gridProperties", {}).get("rowCount", 0))
-        header = self._client.values(f"{quoted_title(self.title)}!1:1")
+        at = self._header_row
+        header = self._client.values(f"{quoted_title(self.title)}!{at}:{at}")
         self._header = [str(name) for name in (header[0] if header else [])]
         if not self._header:
-            raise EmptySourceError("the worksheet has no header in row 1", file=self.name)
-        check_column_names(self._header, self.name, line=1)
+            raise EmptySourceError(
+                f"the worksheet has no header in row {at}",
+                file=self.name,
+                hint="put the column names in row 1, or pass --header-row N",
+            )
+        check_column_names(self._header, self.name, line=at)
         self._excluded: set[str] = set()
 
     def exclude_columns(self, names: Iterable[str]) -> None:
@@ -89,7 +101,8 @@ class GsheetSource:
         last = column_letters(len(self._header) - 1)
         kept = [(i, name) for i, name in enumerate(self._header) if name not in self._excluded]
         seq = 0
-        for top in range(2, max(self._row_count, 2) + 1, PAGE_ROWS):
+        first = self._header_row + 1
+        for top in range(first, max(self._row_count, first) + 1, PAGE_ROWS):
             bottom = top + PAGE_ROWS - 1
             page = self._client.values(f"{quoted_title(self.title)}!A{top}:{last}{bottom}")
             for offset, cells in enumerate(page):
@@ -113,4 +126,13 @@ def open_gsheet(target: str, options: SourceOptions) -> GsheetSource:
             file=target,
             hint="download the file first, or use https://docs.google.com/spreadsheets/d/ID",
         )
-    return GsheetSource(parse_target(target), options.credentials)
+    sheet = parse_target(target)
+    if options.sheet is not None:
+        if sheet.title is not None or sheet.gid is not None:
+            raise ConfigError(
+                "the worksheet is named twice: in the address and by --sheet",
+                file=target,
+                hint="drop --sheet, or the worksheet from the address",
+            )
+        sheet = dataclasses.replace(sheet, title=options.sheet)
+    return GsheetSource(sheet, options.credentials, options.header_row)
