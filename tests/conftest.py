@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import pytest
 
 import rowpilot
+from fake_sheets import FakeSheets, serve, service_account_file
 from rowpilot.engine.events import NOTICES
 from rowpilot.simulator.server import Simulator, SimulatorConfig
 
@@ -345,3 +346,23 @@ def ray_session() -> Iterator[None]:
     )
     yield
     ray.shutdown()
+
+
+@pytest.fixture
+def fake_sheets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeSheets]:
+    """The fake Sheets API (tests/fake_sheets.py) on 127.0.0.1, and this process's (and its
+    subprocesses') environment pointed at it: the API root, a service account's key file
+    whose token endpoint is the fake's, and a HOME without gspread's own files."""
+    fake = FakeSheets()
+    server = serve(fake)
+    next(server)
+    home = tmp_path / "home"
+    home.mkdir()
+    key_file = service_account_file(fake, tmp_path / "service-account.json")
+    monkeypatch.setenv("ROWPILOT_SHEETS_API_URL", fake.url)
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key_file))
+    monkeypatch.setenv("HOME", str(home))
+    try:
+        yield fake
+    finally:
+        server.close()

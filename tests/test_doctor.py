@@ -224,7 +224,7 @@ def test_a_task_that_does_not_load_is_reported(tmp_path: Path, job: Path) -> Non
 
 def test_without_a_job_and_with_a_bad_one(tmp_path: Path) -> None:
     report = json.loads(ok(doctor(tmp_path, "--json")))
-    assert set(report) == {"machine", "keys"}
+    assert set(report) == {"machine", "keys", "sheets"}
     assert report["machine"]["python"] == ".".join(map(str, sys.version_info[:3]))
     (tmp_path / "bad.toml").write_text('[run]\nwokers = 3\n[source]\npath = "x.csv"\n')
     bad = doctor(tmp_path, "bad.toml")
@@ -293,3 +293,27 @@ def test_doctor_shows_the_max_tokens_chosen_and_why(tmp_path: Path, task: str, s
     report = diagnose(tmp_path / "job.toml", env_file=tmp_path / ".env")
     assert shown in "\n".join(lines(report)) + "\n"
     assert report["job"]["chosen"]["max_tokens"] == shown.split(maxsplit=1)[1].strip()
+
+
+def test_doctor_shows_where_sheets_credentials_come_from_never_their_content(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    secret = "-----BEGIN PRIVATE KEY-----" + CANARY
+    key_file = tmp_path / "sa.json"
+    key_file.write_text(json.dumps({"type": "service_account", "private_key": secret}))
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key_file))
+    report = diagnose()
+    text = "\n".join(lines(report)) + json.dumps(report, default=str)  # text and --json
+    assert f"google sheets credentials  {key_file} (from GOOGLE_APPLICATION_CREDENTIALS)" in text
+    assert report["sheets"]["path"] == str(key_file)
+    assert CANARY not in text and "PRIVATE" not in text
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS")
+    assert "google sheets credentials  not found" in "\n".join(lines(diagnose()))
+    gspread_file = home / ".config" / "gspread" / "service_account.json"
+    gspread_file.parent.mkdir(parents=True)
+    gspread_file.write_text("{}")
+    found = "\n".join(lines(diagnose()))
+    assert f"google sheets credentials  {gspread_file} (from gspread)" in found

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import os
 import string
+from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import rowpilot
+from fake_sheets import FakeSheets
 from rowpilot._secrets import (
     MIN_SECRET_CHARS,
     REDACTED,
@@ -74,3 +80,35 @@ def test_a_one_letter_key_leaves_a_provider_error_readable() -> None:
     mapped = map_openai_error(error, provider="openai", model="gpt-4o-mini", secret="a")
     assert "a bad param" in str(mapped)
     assert REDACTED not in str(mapped)
+
+
+def test_a_sheets_write_back_stores_and_prints_no_key_and_no_token(
+    fake_sheets: FakeSheets, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The service account's private key and the access tokens the fake issued appear in
+    no file of the state (registry, ledger, logs) and in nothing printed."""
+    fake_sheets.add_sheet("book1", "S", [["id", "text"], ["a", "x"], ["b", "y"]])
+    key_file = Path(os.environ["GOOGLE_APPLICATION_CREDENTIALS"])
+    pem = json.loads(key_file.read_text())["private_key"]
+    body = "".join(pem.splitlines()[1:-1])  # the key itself, without its armour
+    state = tmp_path / "state"
+    result = rowpilot.run(
+        _shout,
+        "gsheet://book1/S",
+        key="id",
+        state=state,
+        write_back=True,
+        sheets_write_rpm=6000.0,
+        progress=False,
+    )
+    assert result.summary.done == 2 and fake_sheets.writes()
+    secrets = [body[:64], body[-64:], *fake_sheets.tokens]
+    printed = "".join(capfd.readouterr())
+    stored = [path.read_bytes() for path in state.rglob("*") if path.is_file()]
+    for secret in secrets:
+        assert secret not in printed
+        assert not any(secret.encode() in blob for blob in stored)
+
+
+def _shout(row: dict[str, object]) -> dict[str, object]:
+    return {"loud": str(row["text"]).upper()}

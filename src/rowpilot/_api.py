@@ -64,6 +64,7 @@ def run(
     duplicates: Literal["first"] | None = None,
     trust_quotes: bool = False,
     follow_symlinks: bool = False,
+    credentials: PathLike | None = None,
     sheet: str | None = None,
     header_row: int | None = None,
     output_prefix: str = "",
@@ -95,6 +96,10 @@ def run(
     env_file: PathLike | None = None,
     vectors: str | None = None,
     insert_batch: int = 1000,
+    write_back: bool = False,
+    write_batch: int = 200,
+    write_interval: float = 5.0,
+    sheets_write_rpm: float = 60.0,
     limits: Mapping[str, Mapping[str, float]] | None = None,
     prices: Mapping[str, Any] | None = None,
     providers: Mapping[str, Mapping[str, Any]] | None = None,
@@ -153,7 +158,7 @@ def _explicit(given: Mapping[str, Any]) -> dict[str, Any]:
 
 
 _MAPPINGS = ("params", "limits", "prices", "providers", "fields")
-_PATHS = ("state", "output", "json_dir", "failures", "env_file")
+_PATHS = ("state", "output", "json_dir", "failures", "env_file", "credentials")
 
 
 def _as_config(given: Mapping[str, Any]) -> dict[str, Any]:

@@ -12,6 +12,7 @@ A job file has four tables; relative paths in it are relative to the file:
     duplicates = "first"         # optional; keep each key's first row (default: error)
     trust_quotes = false         # optional; CSV cells spanning lines that look like rows
     follow_symlinks = false      # optional; folder: read symlinks that lead outside it
+    credentials = "key.json"     # optional; Google Sheets (path = "gsheet://ID/WORKSHEET")
     sheet = "Orders"             # optional; a workbook's sheet (default: the first)
     header_row = 3               # optional; a workbook's header row (default: first with a value)
 
@@ -64,6 +65,9 @@ A job file has four tables; relative paths in it are relative to the file:
     path = "enriched.csv"        # .csv, .jsonl, .parquet or .xlsx
     json_dir = "results"         # one JSON file per key
     failures = "failures.jsonl"
+    write_back = true            # Google Sheets source: outputs into the same worksheet
+    write_batch = 200            # rows per write-back request (or write_interval seconds)
+    sheets_write_rpm = 60        # the Sheets API's write quota a minute
 """
 
 from __future__ import annotations
@@ -77,11 +81,12 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rowpilot import _settings
+from rowpilot._targets import scheme_of
 from rowpilot.engine.items import parse_shard
 from rowpilot.errors import ConfigError
 from rowpilot.tasks.base import Task
 
-_PATH_FIELDS = {"source", "state", "output", "json_dir", "failures", "env_file"}
+_PATH_FIELDS = {"source", "state", "output", "json_dir", "failures", "env_file", "credentials"}
 
 
 class JobConfig(BaseModel):
@@ -99,6 +104,7 @@ class JobConfig(BaseModel):
     duplicates: Literal["first"] | None = None  # a repeated key: keep the first row
     trust_quotes: bool = False  # CSV: read quoted cells that span lines as they are
     follow_symlinks: bool = False  # folder: also read files that symlinks lead out to
+    credentials: Path | None = None  # Google Sheets: a key or token file
     sheet: str | None = None  # a workbook's sheet, by name; None: the first
     header_row: int | None = Field(None, ge=1)  # a workbook's header row, from 1
     task_version: str | None = None
@@ -160,6 +166,11 @@ class JobConfig(BaseModel):
     normalise: bool = False  # embed normalised text (rowpilot dedupe)
     vectors: str | None = None  # lancedb://PATH/TABLE
     insert_batch: int = Field(1000, ge=1)
+    # Google Sheets write-back (sinks/gsheet.py)
+    write_back: bool = False
+    write_batch: int = Field(200, ge=1, le=10_000)
+    write_interval: float = Field(5.0, gt=0)
+    sheets_write_rpm: float = Field(60.0, gt=0)
 
     @property
     def workers_at_most(self) -> int:
@@ -299,7 +310,8 @@ def _renamed_keys(path: Path, section: str, table: dict[str, Any]) -> dict[str, 
 
 def _resolve_paths(settings: dict[str, Any], base: Path) -> dict[str, Any]:
     for name in _PATH_FIELDS & settings.keys():
-        settings[name] = os.path.normpath(base / settings[name])
+        if scheme_of(str(settings[name])) is None:  # a URL (gsheet://...) stays whole
+            settings[name] = os.path.normpath(base / settings[name])
     task = settings.get("task")
     if isinstance(task, str):
         target, sep, function = task.rpartition(":")

@@ -1,7 +1,10 @@
-"""``rowpilot doctor``: what rowpilot sees of the machine, the provider keys, and a job.
+"""``rowpilot doctor``: what rowpilot sees of the machine, the provider keys, the Google
+Sheets credentials, and a job.
 
 It runs nothing and writes nothing: it reads the machine, the environment and the
-``.env`` file (for each key only *whether* it is set, never its value), the job file, and
+``.env`` file (for each key only *whether* it is set, never its value), where Google
+Sheets credentials would be taken from (the path and how it was found, never the file's
+content, which is not even opened), the job file, and
 the newest run log in the job's state directory, if there is one. A job's task is loaded
 (imported), as ``rowpilot run`` would, to tell how it would be sized; a task that cannot
 be loaded is reported, not raised.
@@ -23,7 +26,7 @@ from rowpilot.engine.machine import read_machine
 from rowpilot.errors import ConfigError, RowpilotError
 from rowpilot.llm.limits import Limits
 
-EXTRAS = ("lancedb", "ray")
+EXTRAS = ("lancedb", "ray", "gspread")
 _LOG_EVENTS = {"workers.chosen", "workers.adjusted", "admission.paused"}
 
 
@@ -41,6 +44,7 @@ def diagnose(
     report: dict[str, Any] = {
         "machine": _machine(),
         "keys": _keys(env_file, config.providers if config is not None else {}),
+        "sheets": _sheets(config.credentials if config is not None else None),
     }
     if config is not None and job is not None:
         report["job"] = _job(job, config)
@@ -97,6 +101,21 @@ def _keys(env_file: Path | None, custom: Mapping[str, Mapping[str, Any]]) -> lis
             {"name": variable, "provider": provider, "set": source is not None, "source": source}
         )
     return found
+
+
+def _sheets(given: Path | None) -> dict[str, Any]:
+    """Where Google Sheets credentials would come from: the path and how, or None."""
+    from rowpilot._gsheet import find_credentials, gspread_folder
+
+    found = find_credentials(given)
+    if found is None:
+        return {"found": False, "from": None, "path": None, "looked_in": str(gspread_folder())}
+    return {
+        "found": True,
+        "from": found.how,
+        "path": str(found.path),
+        "exists": found.path.is_file(),
+    }
 
 
 def _names_set_in(path: Path) -> set[str]:
@@ -240,10 +259,21 @@ def lines(report: Mapping[str, Any]) -> list[str]:
     for key in report["keys"]:
         status = f"set (from {key['source']})" if key["set"] else "not set"
         out.append(f"  {key['name']:<{width}}  {status}")
+    out.append(_sheets_line(report["sheets"]))
     job = report.get("job")
     if job is not None:
         out += _job_lines(job)
     return out
+
+
+def _sheets_line(sheets: Mapping[str, Any]) -> str:
+    if not sheets["found"]:
+        return (
+            "google sheets credentials  not found (--credentials, GOOGLE_APPLICATION_CREDENTIALS, "
+            f"or {sheets['looked_in']})"
+        )
+    missing = "" if sheets["exists"] else ", but there is no such file"
+    return f"google sheets credentials  {sheets['path']} (from {sheets['from']}{missing})"
 
 
 def _job_lines(job: Mapping[str, Any]) -> list[str]:

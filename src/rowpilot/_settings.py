@@ -92,9 +92,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "source",
         None,
-        "The input (CSV, TSV, JSONL, Parquet, Excel, a folder).",
+        "The input (CSV, TSV, JSONL, Parquet, Excel, a folder, gsheet://ID/WORKSHEET); on run, "
+        "over a job file's.",
         "source",
-        (),
+        ("run",),
         key="path",
     ),
     Setting(
@@ -133,6 +134,13 @@ SETTINGS: tuple[Setting, ...] = (
         "follow_symlinks",
         False,
         "Folder: also read files whose symlinks lead outside the folder.",
+        "source",
+    ),
+    Setting(
+        "credentials",
+        None,
+        "Google Sheets: a service account's key file, or an authorized user's token (default: "
+        "GOOGLE_APPLICATION_CREDENTIALS, then gspread's files in ~/.config/gspread).",
         "source",
     ),
     Setting(
@@ -448,6 +456,28 @@ SETTINGS: tuple[Setting, ...] = (
         aliases=(Alias("to", ("embed",)),),
     ),
     Setting("insert_batch", 1000, "Vectors per vector-store write.", "output", ("embed",)),
+    Setting(
+        "write_back",
+        False,
+        "Google Sheets source: write each item's outputs into its worksheet, by key, as items "
+        "finish (cells edited by hand are reported, never overwritten).",
+        "output",
+    ),
+    Setting(
+        "write_batch", 200, "Write-back: rows per write (or write_interval, if sooner).", "output"
+    ),
+    Setting(
+        "write_interval",
+        5.0,
+        "Write-back: seconds the first finished row waits at most for its write.",
+        "output",
+    ),
+    Setting(
+        "sheets_write_rpm",
+        60.0,
+        "Google Sheets write requests a minute at most (the API's quota per user).",
+        "output",
+    ),
 )
 
 BY_NAME: dict[str, Setting] = {setting.name: setting for setting in SETTINGS}

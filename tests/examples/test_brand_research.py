@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import math
 import os
 import re
 import signal
@@ -29,7 +30,8 @@ from typing import Any
 
 import pytest
 
-from conftest import wait_until
+from conftest import invoke_cli, wait_until
+from fake_sheets import FakeSheets
 from rowpilot.simulator.server import (
     Simulator,
     SimulatorConfig,
@@ -430,3 +432,40 @@ def test_the_local_model_has_nothing_to_estimate(tmp_path: Path) -> None:
     config = build_config({"source": tmp_path / "x.csv", "embed": True, "text_column": "t"})
     with pytest.raises(ConfigError, match="costs nothing"):
         asyncio.run(sample_and_project(config, 4))
+
+
+@pytest.mark.slow
+def test_brands_read_from_a_google_sheet_get_their_analysis_written_back(
+    sim: Simulator, fake_sheets: FakeSheets, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's "--source gsheet://..." instructions, against the fake Sheets API: the
+    job file as it is, the brands read from a worksheet (then re-sorted), each brand's
+    analysis written into its own row."""
+    header = list(brands()[0])
+    rows = [[row[name] for name in header] for row in brands()[:16]]  # 16: a short run
+    fake_sheets.add_sheet("brandbook", "Brands", [header, *rows])
+    write_job(tmp_path)
+    for name, value in cli_env(sim).items():  # the CLI runs in this process: quicker
+        monkeypatch.setenv(name, value)
+    sheet_args = ["--source", "gsheet://brandbook/Brands", "--write-back", "--base-url"]
+    sheet_args += [sim.openai_base_url, "--write-batch", "5", "--sheets-write-rpm", "6000"]
+    sheet_args += ["--no-progress"]
+    first = invoke_cli("run", "job.toml", *sheet_args, "--limit", "6", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "write-back: gsheet://brandbook/Brands (6 rows written)" in first.stdout
+    sheet = fake_sheets.sheet("brandbook", "Brands")
+    sheet.rows[1:] = sorted(sheet.rows[1:], key=lambda row: str(row[1]))  # sorted by name
+    rest = invoke_cli("run", "job.toml", *sheet_args, cwd=tmp_path)
+    assert rest.returncode == 0, rest.stderr
+    assert "10 done, 0 failed, 6 skipped (done before) of 16" in rest.stdout
+    by_id = {row["brand_id"]: row for row in brands()}
+    written = fake_sheets.table("brandbook", "Brands")
+    assert len(written) == 16
+    for row in written:
+        expected = expected_output(by_id[str(row["brand_id"])])
+        cells = {name: "" if row[name] is None else row[name] for name in expected}
+        assert cells == {
+            name: value if value is not None else "" for name, value in expected.items()
+        }, row["brand_id"]
+    assert fake_sheets.count("values.batchUpdate") <= math.ceil(6 / 5) + math.ceil(10 / 5)
+    assert answered(sim) == {"search": 16, "llm": 16}

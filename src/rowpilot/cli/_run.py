@@ -37,11 +37,12 @@ def run(
     job_or_source: Annotated[
         str,
         typer.Argument(
-            help="A TOML job file, or the input (CSV, TSV, JSONL, Parquet, Excel).",
+            help="A TOML job file, or the input (CSV, TSV, JSONL, Parquet, Excel, gsheet://...).",
             show_default=False,
         ),
     ],
     task: Annotated[str | None, option("task", "run")] = None,
+    source: Annotated[str | None, option("source", "run")] = None,
     key: Annotated[str | None, option("key", "run")] = None,
     workers: Annotated[str | None, option("workers", "run")] = None,
     max_workers: Annotated[int | None, option("max_workers", "run")] = None,
@@ -76,6 +77,11 @@ def run(
     duplicates: Annotated[str | None, option("duplicates", "run")] = None,
     trust_quotes: Annotated[bool, option("trust_quotes", "run")] = False,
     follow_symlinks: Annotated[bool, option("follow_symlinks", "run")] = False,
+    credentials: Annotated[Path | None, option("credentials", "run")] = None,
+    write_back: Annotated[bool, option("write_back", "run")] = False,
+    write_batch: Annotated[int | None, option("write_batch", "run")] = None,
+    write_interval: Annotated[float | None, option("write_interval", "run")] = None,
+    sheets_write_rpm: Annotated[float | None, option("sheets_write_rpm", "run")] = None,
     sheet: Annotated[str | None, option("sheet", "run")] = None,
     header_row: Annotated[int | None, option("header_row", "run")] = None,
     output_prefix: Annotated[str | None, option("output_prefix", "run")] = None,
@@ -288,6 +294,11 @@ _CHOSEN_FALSE = frozenset({"progress", "cache"})
 def _settings_from(job_or_source: str, flags: dict[str, Any]) -> dict[str, Any]:
     if job_or_source.endswith(".toml"):
         settings = read_job_file(Path(job_or_source))
+    elif flags.get("source") is not None:
+        raise ConfigError(
+            f"two inputs given: {job_or_source} and --source {flags['source']}",
+            hint="--source replaces a job file's source; give a job file, or the input once",
+        )
     else:
         settings = {"source": job_or_source}
     # An unset flag is None (or False/[] for switches and lists) and leaves the job file's

@@ -11,11 +11,13 @@ from typing import Annotated, Any
 import typer
 
 from rowpilot._config import build_config, read_job_file
+from rowpilot._targets import scheme_of
 from rowpilot.cli._app import _example, _exit, app
 from rowpilot.cli._options import IncludeStaleOption, Json, SettingsCommand, option
 from rowpilot.engine.items import Keyer, Selection, parse_rows, parse_shard
 from rowpilot.engine.job import STATE_ROOT, state_directory
 from rowpilot.errors import ConfigError, RowpilotError, UserError
+from rowpilot.sinks import Sink, SinkOptions, open_sink
 from rowpilot.sinks.atomic import check_writable
 from rowpilot.sinks.exports import (
     ExportRecord,
@@ -24,6 +26,7 @@ from rowpilot.sinks.exports import (
     write_json_dir,
     write_table,
 )
+from rowpilot.sinks.gsheet import leave_out_written_columns
 from rowpilot.sources import open_source
 from rowpilot.state import operations as _state
 from rowpilot.state.lock import is_locked
@@ -127,12 +130,31 @@ def export(
         bool,
         typer.Option("--partial", help="Export while a run is still going (what is done so far)."),
     ] = False,
+    to: Annotated[
+        str | None,
+        typer.Option(
+            "--to", help="Write the table to a new Google Sheets worksheet: gsheet://ID/NAME."
+        ),
+    ] = None,
+    replace: Annotated[
+        bool, typer.Option("--replace", help="--to: write over the worksheet if it exists.")
+    ] = False,
+    credentials: Annotated[
+        Path | None, typer.Option(help="--to: the Google credentials file (as for run).")
+    ] = None,
+    sheets_write_rpm: Annotated[
+        float, typer.Option(help="--to: Google Sheets write requests a minute at most.")
+    ] = 60.0,
 ) -> None:
-    """Write the enriched table or per-key JSON files from the registry.
+    """Write the enriched table or per-key JSON files from the registry, or the table to a
+    Google Sheets worksheet (--to).
 
     While a run of the job is still going, it refuses (exit 1) unless --partial."""
-    if output is None and json_dir is None:
-        raise ConfigError("nothing to export", hint="pass -o FILE and/or --json-dir DIR")
+    if output is None and json_dir is None and to is None:
+        raise ConfigError(
+            "nothing to export", hint="pass -o FILE, --json-dir DIR and/or --to gsheet://ID/NAME"
+        )
+    sheet = _sheet_sink(to, replace, credentials, sheets_write_rpm) if to is not None else None
     if output is not None:
         check_writable(output, what="output")
         table_format(output)
@@ -149,8 +171,26 @@ def export(
         if json_dir is not None:
             report = write_json_dir(json_dir, functools.partial(records, status="done"))
             print(f"{json_dir}: {report.written:,} written, {report.unchanged:,} unchanged")
+        if sheet is not None:
+            print(sheet.write(registry))
     finally:
         registry.close()
+
+
+def _sheet_sink(target: str, replace: bool, credentials: Path | None, rpm: float) -> Sink:
+    """The sink of ``--to``, checked before the registry is read."""
+    options = SinkOptions(
+        credentials=str(credentials) if credentials is not None else None,
+        replace=replace,
+        write_rpm=rpm,
+    )
+    if scheme_of(target) != "gsheet":
+        raise ConfigError(
+            f"--to {target!r} is not a Google Sheets worksheet", hint="write gsheet://ID/NAME"
+        )
+    sink = open_sink(target, options, by_suffix=False)
+    sink.check()
+    return sink
 
 
 def _export_allowed(folder: Path, partial: bool) -> bool:
@@ -302,9 +342,11 @@ def verify(
         encoding=settings.get("encoding"),
         trust_quotes=bool(settings.get("trust_quotes")),
         follow_symlinks=bool(settings.get("follow_symlinks")),
+        credentials=settings.get("credentials"),
         sheet=settings.get("sheet"),
         header_row=settings.get("header_row"),
     )
+    leave_out_written_columns(opened, _state_dir(state_or_job))  # a sheet's outputs
     selection = Selection(
         rows=parse_rows(settings["rows"]) if settings.get("rows") else None,
         shard=parse_shard(settings["shard"]) if settings.get("shard") else None,

@@ -290,7 +290,8 @@ def _canonical_row(item: Item) -> str:
         ) from exc
 
 
-def _key_text(value: Any) -> str | None:
+def key_text(value: Any) -> str | None:
+    """A key cell's value as the registry's key text (None: no key)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
     if isinstance(value, str):
@@ -321,7 +322,7 @@ class Keyer:
             if self.source.columns() is None and seq == 0:
                 raise _unknown_key_column(self.source, self.key_column, list(fields))
             raise self._no_key("this row has no key column", seq, line)
-        key = _key_text(fields[self.key_column])
+        key = key_text(fields[self.key_column])
         if key is None or key == "":
             raise self._no_key("the key is empty", seq, line)
         return Item(seq, line, key, fields)

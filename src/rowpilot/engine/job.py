@@ -25,10 +25,11 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from rowpilot._config import JobConfig
 from rowpilot._result import Result, Summary
+from rowpilot._targets import scheme_of
 from rowpilot.engine.crashes import CrashPolicy, InFlightLog, recover
 from rowpilot.engine.events import EventLog, warn
 from rowpilot.engine.items import (
@@ -56,9 +57,11 @@ from rowpilot.engine.sizing import AutoWorkers, choose_workers
 from rowpilot.engine.slots import Slots
 from rowpilot.errors import OutputCollisionError, StateError, UserError
 from rowpilot.executors.choice import ExecutorChoice, choose_executor, open_executor
-from rowpilot.sinks import Sink, sinks_for
+from rowpilot.sinks import LiveSink, Sink, sinks_for
 from rowpilot.sinks.exports import KEY_FIELD
+from rowpilot.sinks.gsheet import leave_out_written_columns
 from rowpilot.sources import Source, open_source
+from rowpilot.sources.gsheet import GsheetSource
 from rowpilot.state.lock import LOCK_FILE, StateLock
 from rowpilot.state.operations import check_key_definition, key_definition
 from rowpilot.state.registry import VALIDATED_META, Registry, peek_meta, read_only_folder
@@ -106,9 +109,11 @@ def prepare(config: JobConfig) -> PreparedJob:
         encoding=config.encoding,
         trust_quotes=config.trust_quotes,
         follow_symlinks=config.follow_symlinks,
+        credentials=config.credentials,
         sheet=config.sheet,
         header_row=config.header_row,
     )
+    _leave_out_written_columns(config, task, source)
     if not source.reiterable:
         source = PeekedSource(source)  # its first chunk names its state
     keyer = Keyer(source, config.key)
@@ -145,6 +150,18 @@ def prepare(config: JobConfig) -> PreparedJob:
         executor,
         validation if report is not None and not report.duplicate_hashes else None,
     )
+
+
+def _leave_out_written_columns(config: JobConfig, task: Task, source: Source) -> None:
+    """A sheet written back to holds the outputs beside the inputs: the columns an earlier
+    write-back of this state wrote, and with ``--write-back`` the task's own output
+    fields, are not inputs (the rule in ``sinks/gsheet.py``), so every run reads the same
+    inputs as the first, with or without ``--write-back``."""
+    if not isinstance(source, GsheetSource):
+        return
+    fields = [config.output_prefix + name for name in task.output_fields or []]
+    state = state_directory(config, job_name(config, task, source))
+    leave_out_written_columns(source, state, fields if config.write_back else [])
 
 
 def _validation_record(config: JobConfig, keyer: Keyer) -> dict[str, Any] | None:
@@ -313,10 +330,22 @@ def _settings(
 def job_name(config: JobConfig, task: Task, source: Source) -> str:
     if config.name:
         return config.name
-    stem = Path(source.name).stem if isinstance(config.source, str | os.PathLike) else "data"
+    if isinstance(config.source, str) and scheme_of(config.source) is not None:
+        stem = _url_stem(config.source)
+    elif isinstance(config.source, str | os.PathLike):
+        stem = Path(source.name).stem
+    else:
+        stem = "data"
     if config.sheet is not None:  # each sheet of a workbook is a job of its own
         stem = f"{stem}-{config.sheet}"
     return f"{stem}-{task.name.rsplit('.', 1)[-1]}"
+
+
+def _url_stem(url: str) -> str:
+    """A URL source's name for its state: its last parts, so that two worksheets of one
+    spreadsheet, or two spreadsheets' "Sheet1", never share a state."""
+    parts = [part for part in url.split("://", 1)[-1].split("/") if part]
+    return "-".join(parts[-2:])[:80] or "url"
 
 
 def _state_of(
@@ -393,9 +422,12 @@ async def _execute(job: PreparedJob, progress: ProgressView | None) -> Result:
     lock.acquire()
     registry = Registry(job.state)
     remove_state = False
+    live = _live_sinks(job.sinks)
     try:
         check_key_definition(registry, job.keyer.key_column)
         view = progress or default_view(job.config.progress)
+        for sink in live:
+            sink.start(job.state, job.task.version)
         summary = await _run_locked(job, registry, view)
         written = _write_outputs(job.sinks, registry) if registry.exists else []
     except UserError:
@@ -403,11 +435,18 @@ async def _execute(job: PreparedJob, progress: ProgressView | None) -> Result:
         remove_state = created is not None and not registry.exists
         raise
     finally:
+        for sink in live:
+            sink.stop()
         registry.close()
         lock.release()
         if remove_state and created is not None:
             shutil.rmtree(created, ignore_errors=True)
     return Result(summary, job.state, written)
+
+
+def _live_sinks(sinks: list[Sink]) -> list[LiveSink]:
+    """The sinks that write while the run goes (``LiveSink``), in the job's order."""
+    return [cast("LiveSink", sink) for sink in sinks if callable(getattr(sink, "start", None))]
 
 
 def _first_missing(path: Path) -> Path | None:

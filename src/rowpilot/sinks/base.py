@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TypeAlias
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from rowpilot.state.registry import Registry
 
 
@@ -26,6 +28,21 @@ class Sink(Protocol):
     def write(self, registry: Registry) -> str: ...
 
 
+class LiveSink(Sink, Protocol):
+    """A sink that also writes while the run goes (a spreadsheet's write-back).
+
+    ``start(state, version)`` runs once the state is locked, before the first item: it may
+    read the registry in ``state`` on a connection of its own (never write it) for items
+    of task ``version`` as they are committed. ``write(registry)`` after the run writes
+    the rest and ends it; ``stop()`` ends it without that (the run failed), and is called
+    at every end, so it must be idempotent.
+    """
+
+    def start(self, state: Path, version: str) -> None: ...
+
+    def stop(self) -> None: ...
+
+
 @dataclass(frozen=True)
 class SinkOptions:
     """The job's settings a sink may need besides its path or URL."""
@@ -33,6 +50,13 @@ class SinkOptions:
     vector_field: str | None = None  # the task's output field holding each item's vector
     text_column: str | None = None  # the input column kept beside each vector
     insert_batch: int = 1000  # rows per vector-store commit
+    credentials: str | None = None  # Google Sheets: the credentials file (rowpilot._gsheet)
+    key_column: str | None = None  # the job's key column (a write-back finds rows by it)
+    write_batch: int = 200  # Google Sheets: rows per write request
+    write_interval: float = 5.0  # a write-back's longest wait for a finished row
+    write_rpm: float = 60.0  # Google Sheets write requests a minute
+    replace: bool = False  # an export may write over an existing worksheet
+    header_row: int | None = None  # a sheet's header row, from 1 (None: the first row)
 
 
 SinkFactory: TypeAlias = Callable[[str, SinkOptions], Sink]

@@ -54,6 +54,7 @@ __all__ = [
     "iter_failure_lines",
     "neutralise_cell",
     "table_format",
+    "table_layout",
     "to_dataframe",
     "write_failures",
     "write_json_dir",
@@ -172,6 +173,16 @@ def _cell(name: str, inputs: dict[str, Any], output: dict[str, Any]) -> Any:
     if name.startswith(CLASHED):
         return output.get(name[len(CLASHED) :])
     return None
+
+
+def table_layout(
+    records: Records, input_columns: Sequence[str], *, done_only: bool = False
+) -> tuple[list[str], Iterator[list[Any]]]:
+    """The enriched table's columns and its rows' values, for a writer of its own (a
+    spreadsheet): the same columns as :func:`write_table`, values as stored."""
+    layout = _discover_layout(records, input_columns, done_only)
+    rows = (_row_values(layout.columns, record) for record in _included(records, done_only))
+    return layout.columns, rows
 
 
 def table_format(path: Path, format: str | None = None) -> str:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from rowpilot._targets import normal_schemes, normal_suffixes, scheme_of, suffix_of
 from rowpilot.sinks.base import Sink, SinkFactory, SinkOptions
 from rowpilot.sinks.failures import FailuresSink
+from rowpilot.sinks.gsheet import GsheetWriteBack, gsheet_export
 from rowpilot.sinks.json_folder import JsonFolderSink
 from rowpilot.sinks.lancedb import lancedb_sink
 from rowpilot.sinks.table import table_sink
@@ -71,8 +72,10 @@ def open_sink(
 
 def sinks_for(config: JobConfig, *, vector_field: str | None) -> list[Sink]:
     """The job's sinks, in the order they are written and reported."""
-    options = SinkOptions(vector_field, config.text_column, config.insert_batch)
+    options = sink_options(config, vector_field=vector_field)
     sinks: list[Sink] = []
+    if config.write_back:  # written while the run goes: first, so it starts first
+        sinks.append(GsheetWriteBack(str(config.source), options))
     if config.output is not None:
         sinks.append(open_sink(config.output, options))
     if config.json_dir is not None:
@@ -83,6 +86,20 @@ def sinks_for(config: JobConfig, *, vector_field: str | None) -> list[Sink]:
         # --to names a vector store: a table suffix there is a mistake for LanceDB to name.
         sinks.append(open_sink(config.vectors, options, default=lancedb_sink, by_suffix=False))
     return sinks
+
+
+def sink_options(config: JobConfig, *, vector_field: str | None = None) -> SinkOptions:
+    return SinkOptions(
+        vector_field,
+        config.text_column,
+        config.insert_batch,
+        credentials=str(config.credentials) if config.credentials is not None else None,
+        key_column=config.key,
+        write_batch=config.write_batch,
+        write_interval=config.write_interval,
+        write_rpm=config.sheets_write_rpm,
+        header_row=config.header_row,
+    )
 
 
 def _kind_for_scheme(name: str) -> SinkKind | None:
@@ -99,3 +116,4 @@ def _kind_for_suffix(name: str) -> SinkKind | None:
 
 register_sink(table_sink, suffixes=(".csv", ".jsonl", ".ndjson", ".parquet", ".pq", ".xlsx"))
 register_sink(lancedb_sink, schemes=("lancedb",))
+register_sink(gsheet_export, schemes=("gsheet",))

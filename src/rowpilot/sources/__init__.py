@@ -1,11 +1,11 @@
 """Sources: stream the rows of an input (CSV/TSV, JSONL, Parquet, an Excel sheet, a folder
-of files, a DataFrame or an iterable) in chunks.
+of files, a Google Sheets worksheet, a DataFrame or an iterable) in chunks.
 
 ``open_source`` picks a reader (see :mod:`rowpilot.sources.registry`) and returns a
 :class:`Source`; ``Source.chunks(size)`` yields lists of at most ``size`` rows, each row a
 ``(row, line, fields)`` tuple. Files are read lazily and in pieces, so memory stays
 bounded by the chunk size, whatever the file size. One module per kind: ``csv``,
-``jsonl``, ``parquet``, ``excel``, ``folder``, ``memory`` (DataFrame, iterable).
+``jsonl``, ``parquet``, ``excel``, ``folder``, ``gsheet``, ``memory`` (DataFrame, iterable).
 
 Where errors are raised:
 
@@ -20,6 +20,9 @@ Where errors are raised:
   duplicate or empty names, raises SourceFormatError; a sheet it does not have
   SourceNotFoundError (listing its sheets); an empty sheet or header row, or a header and
   no rows, EmptySourceError.
+  A Google Sheets worksheet is reached when opened: missing or refused credentials
+  (ProviderSetupError), an unknown spreadsheet or worksheet (SourceNotFoundError), a
+  header as a CSV file's (EmptySourceError, SourceFormatError).
 * ``chunks()`` raises row-level problems lazily, from the chunk where they occur: ragged
   CSV rows, broken CSV quotes (see CsvSource; a header eaten by one is raised on opening,
   and quotes that do not pair up at the end of the pass), invalid JSONL lines, bytes that

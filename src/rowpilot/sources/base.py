@@ -108,6 +108,7 @@ class SourceOptions:
     encoding: str = DEFAULT_ENCODING
     trust_quotes: bool = False
     follow_symlinks: bool = False
+    credentials: str | None = None  # a Google Sheets credentials file (rowpilot._gsheet)
     sheet: str | None = None  # a workbook's sheet; None: its first
     header_row: int | None = None  # the header's 1-based row; None: the first with a value
 

@@ -22,6 +22,7 @@ from rowpilot.sources.base import DEFAULT_ENCODING, Opener, Source, SourceOption
 from rowpilot.sources.csv import open_csv, open_tsv
 from rowpilot.sources.excel import open_excel
 from rowpilot.sources.folder import FolderSource
+from rowpilot.sources.gsheet import open_gsheet
 from rowpilot.sources.jsonl import open_jsonl
 from rowpilot.sources.memory import DataFrameSource, IterableSource
 from rowpilot.sources.parquet import open_parquet
@@ -76,6 +77,7 @@ def open_source(
     encoding: str | None = None,
     trust_quotes: bool = False,
     follow_symlinks: bool = False,
+    credentials: str | os.PathLike[str] | None = None,
     sheet: str | None = None,
     header_row: int | None = None,
 ) -> Source:
@@ -90,6 +92,8 @@ def open_source(
     like swallowed rows (see :class:`CsvSource`). ``follow_symlinks`` reads a folder's
     symlinks to files outside it (see :class:`FolderSource`). ``sheet`` names a workbook's
     sheet and ``header_row`` (1-based) its header row (see :class:`ExcelSource`).
+    ``credentials`` is the credentials file of a Google Sheets source (see
+    ``rowpilot._gsheet``).
     See the package docstring for which errors are raised here and which from ``chunks()``.
     """
     if isinstance(source, str | os.PathLike):
@@ -98,6 +102,7 @@ def open_source(
             encoding=_checked_encoding(encoding or DEFAULT_ENCODING),
             trust_quotes=trust_quotes,
             follow_symlinks=follow_symlinks,
+            credentials=os.fspath(credentials) if credentials is not None else None,
             sheet=sheet,
             header_row=_checked_header_row(header_row),
         )
@@ -208,3 +213,5 @@ register_source(open_tsv, suffixes=(".tsv",), formats=("tsv",))
 register_source(open_jsonl, suffixes=(".jsonl", ".ndjson"), formats=("jsonl",))
 register_source(open_parquet, suffixes=(".parquet", ".pq"), formats=("parquet",))
 register_source(open_excel, suffixes=(".xlsx", ".xlsm"), formats=("excel", "xlsx"))
+# A sheet's browser address is an https URL: the opener refuses any other.
+register_source(open_gsheet, schemes=("gsheet", "https"), formats=())
