@@ -926,3 +926,25 @@ def test_folder_file_names_map_to_keys_and_back(
         assert (root / item.key).read_text(encoding="utf-8") == written[item.key]
         assert item.fields["text"] == written[item.key]
         assert item.fields["name"] == item.key.rpartition("/")[2]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"sheet": "Orders"}, "--sheet would do nothing here"),
+        ({"sheet": "Orders", "header_row": 2}, "--sheet and --header-row would do nothing"),
+        ({"credentials": "key.json"}, "only a Google Sheet uses it"),
+    ],
+)
+def test_options_only_spreadsheets_read_are_refused_elsewhere(
+    tmp_path: Path, options: dict[str, Any], message: str
+) -> None:
+    """A --sheet on a CSV file would be dropped without a word: it is an error instead."""
+    path = tmp_path / "data.csv"
+    path.write_text("id,text\n1,a\n", encoding="utf-8")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "a.txt").write_text("a", encoding="utf-8")
+    for source in (path, tmp_path / "folder"):
+        with pytest.raises(ConfigError, match=message):
+            open_source(source, **options)
+    assert open_source(path).columns() == ["id", "text"]  # and nothing else changed

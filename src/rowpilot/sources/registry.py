@@ -39,7 +39,11 @@ class SourceKind:
     formats: tuple[str, ...]  # names for --format
     suffixes: tuple[str, ...]  # lowercase, with the dot
     schemes: tuple[str, ...]  # lowercase, without "://"
+    reads: frozenset[str] = frozenset()  # which of KIND_OPTIONS its opener uses
 
+
+# Options only some kinds read: given to any other, they would be silently dropped.
+KIND_OPTIONS = {"sheet": "--sheet", "header_row": "--header-row", "credentials": "--credentials"}
 
 _KINDS: list[SourceKind] = []
 
@@ -50,16 +54,20 @@ def register_source(
     suffixes: Sequence[str] = (),
     schemes: Sequence[str] = (),
     formats: Sequence[str] | None = None,
+    reads: Sequence[str] = (),
 ) -> SourceKind:
     """Let ``open_source`` read files with these suffixes, or URLs with these schemes,
     through ``opener``. ``formats`` are the names ``--format`` accepts for it (by default
-    the suffixes without their dot). A later registration wins over an earlier one for
-    the same suffix, scheme or format. Returns the kind, for :func:`unregister_source`."""
+    the suffixes without their dot). ``reads`` names the options of ``KIND_OPTIONS``
+    its opener uses; given to a kind that does not read them they are an error. A later
+    registration wins over an earlier one for the same suffix, scheme or format. Returns
+    the kind, for :func:`unregister_source`."""
     kind = SourceKind(
         opener,
         formats=tuple(_lowered(formats if formats is not None else _bare(suffixes))),
         suffixes=normal_suffixes(suffixes),
         schemes=normal_schemes(schemes),
+        reads=frozenset(reads),
     )
     _KINDS.append(kind)
     return kind
@@ -126,16 +134,36 @@ def supported_formats() -> list[str]:
 def _open_path(name: str, options: SourceOptions) -> Source:
     by_scheme = _kind_for_scheme(name)
     if by_scheme is not None:
+        _check_options_read(name, options, by_scheme.reads)
         return by_scheme.opener(name, options)
     if os.path.isdir(name):
+        _check_options_read(name, options, frozenset())
         return FolderSource(
             name, options.encoding, pattern=options.format, follow_symlinks=options.follow_symlinks
         )
     chosen = _kind_for_format(options.format)
     _require_file(name)
     kind = chosen or _kind_for_suffix(name)
+    _check_options_read(name, options, kind.reads)
     lowered = None if options.format is None else options.format.lower()
     return kind.opener(name, dataclasses.replace(options, format=lowered))
+
+
+def _check_options_read(name: str, options: SourceOptions, reads: frozenset[str]) -> None:
+    unread = [
+        flag
+        for option, flag in KIND_OPTIONS.items()
+        if getattr(options, option) is not None and option not in reads
+    ]
+    if not unread:
+        return
+    them = "it" if len(unread) == 1 else "them"
+    readers = "a Google Sheet" if unread == ["--credentials"] else "a workbook or a Google Sheet"
+    raise ConfigError(
+        f"{' and '.join(unread)} would do nothing here: only {readers} uses {them}",
+        file=name,
+        hint=f"drop {them}, or read an .xlsx file or a gsheet:// address",
+    )
 
 
 def _kind_for_scheme(name: str) -> SourceKind | None:
@@ -212,6 +240,11 @@ register_source(open_csv, suffixes=(".csv", ".txt"), formats=("csv",))
 register_source(open_tsv, suffixes=(".tsv",), formats=("tsv",))
 register_source(open_jsonl, suffixes=(".jsonl", ".ndjson"), formats=("jsonl",))
 register_source(open_parquet, suffixes=(".parquet", ".pq"), formats=("parquet",))
-register_source(open_excel, suffixes=(".xlsx", ".xlsm"), formats=("excel", "xlsx"))
+register_source(
+    open_excel,
+    suffixes=(".xlsx", ".xlsm"),
+    formats=("excel", "xlsx"),
+    reads=("sheet", "header_row"),
+)
 # A sheet's browser address is an https URL: the opener refuses any other.
-register_source(open_gsheet, schemes=("gsheet", "https"), formats=())
+register_source(open_gsheet, schemes=("gsheet", "https"), formats=(), reads=tuple(KIND_OPTIONS))
