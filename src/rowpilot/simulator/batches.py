@@ -249,17 +249,12 @@ class _Batch:
 
     def done(self, at: float) -> int:
         """How many rows (from the first) are done at ``at``."""
-        if self.end == "failed":
-            return 0
         at = min(at, self.stopped_at)
-        if at < self.created_at:
+        if self.end == "failed" or at < self.created_at:
             return 0
-        if self.delay_s <= 0:
+        if at >= self.created_at + self.delay_s:
             return len(self.rows)
-        return min(
-            len(self.rows),
-            math.floor((at - self.created_at) * len(self.rows) / self.delay_s + 1e-9),
-        )
+        return math.floor((at - self.created_at) * len(self.rows) / self.delay_s + 1e-9)
 
     def running(self) -> bool:
         return self.end is None and not self.errors
