@@ -1,89 +1,12 @@
 """The simulator's Batch APIs: OpenAI's Files and Batches, Anthropic's Message Batches.
 
-``rowpilot.simulator.server`` serves these routes (its ``_app()`` adds them, checks the key
-and counts each request under ``/stats`` "requests" as ``files``, ``batches`` or
-``messages.batches``) and gives this module an ``Answerer``: every row is answered by the
-online endpoint's own rules (server.py's, the one copy), with its usage and finish reason,
-but without rate limits, latency or faults. Batches do not count against the online
-``rpm``/``tpm`` (as with the providers, whose batch queues have limits of their own).
-
-Time
-----
-Batches run on the *batch clock*: the wall clock plus every ``advance`` so far
-(``POST /batches/advance?seconds=N`` or ``Simulator.advance_batches(N)``). A batch of n rows
-created at t0 has row i (file order, from 0) done at ``t0 + completion_delay_s * (i + 1) /
-n``; it expires at ``t0 + expire_after_s`` with the rows not done by then. A batch is brought
-up to date whenever a request names or lists it, so with the default delay of 0 it is done
-at the first look after its creation. A test sets a delay of hours and moves the clock
-instead of sleeping: the wall seconds a test takes are nothing against such a delay.
-
-Lifecycle
----------
-OpenAI: the create call answers ``validating``; the next look shows ``failed`` (with
-``errors``) or ``in_progress`` (``request_counts`` count the rows done so far), then
-``completed`` once every row is done (``finalizing_at`` = ``completed_at``: finalizing is
-never seen). A cancel answers ``cancelling``, the next look ``cancelled``; an expired batch
-is ``expired``. ``output_file_id`` names the file of rows answered 200 (none if no row
-was), ``error_file_id`` the file of the others (none if every row succeeded): rows answered
-with another status (a 400 for a bad body, a 500 drawn below) keep that response, and rows
-that never ran have ``"response": null`` and ``error`` code ``batch_cancelled`` or
-``batch_expired``. At the end ``completed + failed = total``. ``usage`` sums the usage of
-the rows answered 200.
-
-Anthropic: ``in_progress`` (every row counted ``processing``, as Anthropic counts until the
-end), ``canceling`` in the cancel call's answer, then ``ended`` with ``results_url`` (an
-absolute URL to this server) and the counts ``succeeded``, ``errored`` (an online error
-body as the result's ``error``), ``canceled``, ``expired``. Result lines and output lines
-come in an order of their own (by blake2b of batch id and custom_id), not the input's: a
-client must match them by ``custom_id``.
-
-Validation and limits
----------------------
-OpenAI checks the file when the batch is created and shows the outcome at the next look:
-a line that is not JSON (code ``invalid_json_line``), not an object or without ``custom_id``,
-``method`` POST, ``url`` = the batch's endpoint or a ``body`` with a ``model``
-(``invalid_request``, ``invalid_url``), a ``custom_id`` seen on an earlier line
-(``duplicate_custom_id``), a model the simulator does not serve (``model_not_found``) or
-other than the first line's (``mismatched_model``: one model per file, OpenAI's rule), more
-than ``batch_max_requests`` lines (default 50,000: ``too_many_requests``), more than
-``batch_max_bytes`` (default 200 MiB: ``file_too_large``), or, with ``batch_queue_tokens``,
-prompt tokens that with those of the model's running batches pass that limit
-(``token_limit_exceeded``, OpenAI's enqueued-token limit) each fail the batch; the first 100
-errors are listed. Codes other than ``invalid_json_line``, ``duplicate_custom_id`` and
-``token_limit_exceeded`` are the simulator's names. An upload for purpose ``batch`` must be
-a ``.jsonl`` file; any upload is at most 512 MiB (413 beyond).
-
-Anthropic refuses at creation (400) an empty ``requests``, an entry without a ``custom_id``
-matching ``^[a-zA-Z0-9_-]{1,64}$`` or without ``params``, a repeated ``custom_id``, more
-than ``batch_max_requests`` entries (default 100,000), and a body over ``batch_max_bytes``
-(default 256 MiB: 413 ``request_too_large``); ``params`` are checked as each row runs (an
-``errored`` result), and rows may name different models.
-
-Row errors
-----------
-``batch_row_errors`` is a share of rows answered as a server error (OpenAI: status 500 in
-the error file; Anthropic: ``errored`` with ``api_error``): a row errs when
-``int.from_bytes(blake2b("batch-error\\0" + custom_id, digest_size=8)) / 2**64`` is below the
-share, and, unless ``batch_errors_persist``, only in the first batch (of its provider)
-that its ``custom_id`` was submitted in: a retry under the same ``custom_id`` succeeds.
-
-Finding a batch again
----------------------
-OpenAI batches carry ``metadata`` (16 string pairs), which a client can set and find again
-by listing. Anthropic batches have no metadata and the simulator invents none: a client
-that lost a batch's id can only list batches (newest first: id, ``created_at``,
-``request_counts``) and, once one has ended, read its results' ``custom_id``s. So a client
-should record the id before anything else, and give its ``custom_id``s a prefix of its own
-so that results identify their run.
-
-Stats
------
-``/stats`` has a ``batches`` section: per provider ``created``, ``rows`` (submitted),
-``rows_per_batch`` (one entry per batch created, in order), ``row_errors`` (drawn errors
-answered), ``results_downloads`` (output and error file contents read; Anthropic: results
-read), the batches ended ``completed``, ``failed``, ``expired`` and ``cancelled``, and for
-OpenAI ``files_uploaded``; and ``advanced_s``, what the clock was moved. Resetting the
-stats zeroes them and keeps the batches and files.
+The rules (time, lifecycle, validation and limits, row errors, stats) are written once, in
+``rowpilot.simulator.server``'s docstring ("Batches"). The server adds ``Batches.routes()``
+to its app behind its key check, writes a ``Refused`` as the provider's error body, counts
+each request, and lends an ``Answerer``: its own online answer rules (the one copy), so a
+batch row gets the very answer, usage and finish reason a call with its body would.
+Batches never touch the online rate limits. State is kept under one lock: tests advance
+the clock and read the stats from their own thread while the server's loop serves.
 """
 
 from __future__ import annotations
@@ -94,26 +17,14 @@ import math
 import re
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from aiohttp import BodyPartReader, web
+from aiohttp import BodyPartReader, hdrs, web
 
-__all__ = [
-    "ANTHROPIC",
-    "ANTHROPIC_MAX_BYTES",
-    "ANTHROPIC_MAX_REQUESTS",
-    "OPENAI",
-    "OPENAI_MAX_BYTES",
-    "OPENAI_MAX_REQUESTS",
-    "Answerer",
-    "BatchSettings",
-    "Batches",
-    "Refused",
-    "Route",
-]
+__all__ = ["ANTHROPIC", "OPENAI", "Answerer", "BatchSettings", "Batches", "Refused", "Route"]
 
 OPENAI = "openai"
 ANTHROPIC = "anthropic"
@@ -124,21 +35,15 @@ ANTHROPIC_MAX_BYTES = 256 * 2**20
 FILE_MAX_BYTES = 512 * 2**20  # the Files API's own limit, whatever the purpose
 MESSAGES = "/v1/messages"
 OPENAI_ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings")
+_OPENAI_PATH, _ANTHROPIC_PATH = "/v1/batches", "/v1/messages/batches"
 _PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
 _CUSTOM_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 _METADATA_PAIRS, _METADATA_KEY, _METADATA_VALUE = 16, 64, 512
 _FILE_LIFE_S = 30 * 86_400  # batch files expire after 30 days
 _ERRORS_LISTED = 100
-_NOT_RUN = {
-    "cancelled": (
-        "batch_cancelled",
-        "This request was not executed because the batch was cancelled.",
-    ),
-    "expired": (
-        "batch_expired",
-        "This request could not be executed before the completion window expired.",
-    ),
-}
+_CANCELLED = "This request was not executed because the batch was cancelled."
+_EXPIRED = "This request could not be executed before the completion window expired."
+_NOT_RUN = {"cancelled": ("batch_cancelled", _CANCELLED), "expired": ("batch_expired", _EXPIRED)}
 
 
 class Answerer(Protocol):
@@ -263,21 +168,18 @@ class _Batch:
 class _Clock:
     """The wall clock plus what tests advanced it by, as Unix seconds."""
 
-    def __init__(self, wall: Callable[[], float]) -> None:
-        self._wall = wall
-        self._origin = time.time() - wall()
+    def __init__(self) -> None:
+        self._origin = time.time() - time.monotonic()
         self.advanced = 0.0
 
     def now(self) -> float:
-        return self._origin + self._wall() + self.advanced
+        return self._origin + time.monotonic() + self.advanced
 
 
 def _counts(provider: str) -> dict[str, Any]:
     counts: dict[str, Any] = {"created": 0, "rows": 0, "rows_per_batch": [], "row_errors": 0}
     counts.update(results_downloads=0, completed=0, failed=0, expired=0, cancelled=0)
-    if provider == OPENAI:
-        counts["files_uploaded"] = 0
-    return counts
+    return counts | ({"files_uploaded": 0} if provider == OPENAI else {})
 
 
 # -- the service ----------------------------------------------------------------------------
@@ -287,22 +189,16 @@ class Batches:
     """Files, batches and their clock; thread-safe (tests read stats and advance the clock
     from their own thread while the server's loop handles requests)."""
 
-    def __init__(
-        self,
-        settings: BatchSettings,
-        answerer: Answerer,
-        wall: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, settings: BatchSettings, answerer: Answerer) -> None:
         self.settings = settings
         self._answerer = answerer
-        self._wall = wall
         self._lock = threading.Lock()
         self.reset()
 
     def reset(self) -> None:
         """Forget every file, batch, custom_id seen and count, and the clock's advance."""
         with self._lock:
-            self._clock = _Clock(self._wall)
+            self._clock = _Clock()
             self._files: dict[str, _File] = {}
             self._batches: dict[str, _Batch] = {}  # in creation order
             self._seen: dict[str, set[str]] = {OPENAI: set(), ANTHROPIC: set()}
@@ -329,32 +225,36 @@ class Batches:
             return self._clock.advanced
 
     def routes(self) -> list[Route]:
-        openai, anthropic = "/v1/batches", "/v1/messages/batches"
+        one, two = _OPENAI_PATH + "/{id}", _ANTHROPIC_PATH + "/{id}"
+        openai = [
+            ("POST", "/v1/files", "files", self._upload),
+            ("GET", "/v1/files/{id}", "files", self._get_file),
+            ("GET", "/v1/files/{id}/content", "files", self._file_content),
+            (hdrs.METH_DELETE, "/v1/files/{id}", "files", self._delete_file),
+            ("POST", _OPENAI_PATH, "batches", self._create_openai),
+            ("GET", _OPENAI_PATH, "batches", self._list_openai),
+            ("GET", one, "batches", self._get_openai),
+            ("POST", one + "/cancel", "batches", self._cancel_openai),
+        ]
+        anthropic = [
+            ("POST", _ANTHROPIC_PATH, self._create_anthropic),
+            ("GET", _ANTHROPIC_PATH, self._list_anthropic),
+            ("GET", two, self._get_anthropic),
+            ("POST", two + "/cancel", self._cancel_anthropic),
+            ("GET", two + "/results", self._results),
+            (hdrs.METH_DELETE, two, self._delete_anthropic),
+        ]
         return [
-            Route("POST", "/v1/files", "files", OPENAI, self._upload),
-            Route("GET", "/v1/files/{id}", "files", OPENAI, self._get_file),
-            Route("GET", "/v1/files/{id}/content", "files", OPENAI, self._file_content),
-            Route("DELETE", "/v1/files/{id}", "files", OPENAI, self._delete_file),
-            Route("POST", openai, "batches", OPENAI, self._create_openai),
-            Route("GET", openai, "batches", OPENAI, self._list_openai),
-            Route("GET", openai + "/{id}", "batches", OPENAI, self._get_openai),
-            Route("POST", openai + "/{id}/cancel", "batches", OPENAI, self._cancel_openai),
-            Route("POST", anthropic, "messages.batches", ANTHROPIC, self._create_anthropic),
-            Route("GET", anthropic, "messages.batches", ANTHROPIC, self._list_anthropic),
-            Route("GET", anthropic + "/{id}", "messages.batches", ANTHROPIC, self._get_anthropic),
-            Route(
-                "POST",
-                anthropic + "/{id}/cancel",
-                "messages.batches",
-                ANTHROPIC,
-                self._cancel_anthropic,
-            ),
-            Route("GET", anthropic + "/{id}/results", "messages.batches", ANTHROPIC, self._results),
-            Route(
-                "DELETE", anthropic + "/{id}", "messages.batches", ANTHROPIC, self._delete_anthropic
-            ),
+            *(Route(method, path, name, OPENAI, handler) for method, path, name, handler in openai),
+            *(Route(m, path, "messages.batches", ANTHROPIC, h) for m, path, h in anthropic),
             Route("POST", "/batches/advance", "batches.advance", None, self._advance),
         ]
+
+    def _new_batch(
+        self, prefix: str, provider: str, endpoint: str, now: float, rows: list[_Row]
+    ) -> _Batch:
+        delay, expiry = self.settings.completion_delay_s, self.settings.expire_after_s
+        return _Batch(self._next_id(prefix), provider, endpoint, now, delay, expiry, rows)
 
     def _next_id(self, prefix: str) -> str:
         self._ids += 1
@@ -372,14 +272,15 @@ class Batches:
             if not isinstance(part, BodyPartReader):
                 raise Refused(400, "A nested multipart body is not supported.")
             if part.name == "file":
-                upload = (part.filename or "upload", await _read_part(part))
+                upload = (
+                    part.filename or "upload",
+                    await _capped(_part_chunks(part), FILE_MAX_BYTES),
+                )
             else:
                 form[part.name or ""] = await part.text()
         purpose = form.get("purpose")
         if upload is None or purpose is None:
-            raise Refused(
-                400, "Both file and purpose are required.", code="missing_required_parameter"
-            )
+            raise Refused(400, "Both file and purpose are required.", "missing_required_parameter")
         if purpose not in _PURPOSES:
             raise Refused(400, f"purpose: {purpose!r} is not one of {', '.join(_PURPOSES)}.")
         if purpose == "batch" and not upload[0].endswith(".jsonl"):
@@ -416,7 +317,7 @@ class Batches:
     # -- OpenAI batches --
 
     async def _create_openai(self, request: web.Request) -> web.StreamResponse:
-        body = await _json_body(request)
+        body = _parse_json(await request.read())
         endpoint, window = body.get("endpoint"), body.get("completion_window")
         if endpoint not in OPENAI_ENDPOINTS:
             raise Refused(400, f"endpoint: one of {', '.join(OPENAI_ENDPOINTS)} is simulated.")
@@ -438,31 +339,22 @@ class Batches:
 
     def _validated(self, file: _File, endpoint: str, now: float) -> _Batch:
         settings = self.settings
-        batch = _Batch(
-            self._next_id("batch_"),
-            OPENAI,
-            endpoint,
-            now,
-            settings.completion_delay_s,
-            settings.expire_after_s,
-            [],
-            input_file_id=file.id,
-        )
+        batch = self._new_batch("batch_", OPENAI, endpoint, now, [])
+        batch.input_file_id = file.id
         max_requests, max_bytes = settings.limits(OPENAI)
         rows, errors, model = _read_lines(file.data, endpoint, settings.models)
         batch.rows, batch.model = rows, model
         if len(file.data) > max_bytes:
             message = f"The batch input file is larger than the {max_bytes} bytes maximum."
-            errors.insert(0, _line_error("file_too_large", message, None))
+            errors.insert(0, _error("file_too_large", message, None))
         if len(rows) > max_requests:
             message = f"The batch input file has {len(rows)} requests, more than {max_requests}."
-            errors.insert(0, _line_error("too_many_requests", message, None))
+            errors.insert(0, _error("too_many_requests", message, None))
         if not rows and not errors:
-            errors.append(_line_error("empty_file", "The batch input file has no requests.", None))
+            errors.append(_error("empty_file", "The batch input file has no requests.", None))
         if not errors:
-            batch.prompt_tokens = sum(
-                self._answerer.prompt_tokens(endpoint, row.body) for row in rows
-            )
+            tokens = self._answerer.prompt_tokens
+            batch.prompt_tokens = sum(tokens(endpoint, row.body) for row in rows)
             errors = self._queue_errors(batch)
         batch.errors = errors[:_ERRORS_LISTED]
         return batch
@@ -486,7 +378,7 @@ class Batches:
             f"{limit} enqueued tokens. Please try again once some in_progress batches have "
             "been completed."
         )
-        return [_line_error("token_limit_exceeded", message, None)]
+        return [_error("token_limit_exceeded", message, None)]
 
     def _created(self, batch: _Batch) -> None:
         """Keep a new batch, draw its rows' errors and count it."""
@@ -524,45 +416,26 @@ class Batches:
             newest = self._newest(OPENAI, now)
             page, more = _page_after(newest, after, limit)
             data = [self._openai_view(batch, now) for batch in page]
-        first, last = (data[0]["id"], data[-1]["id"]) if data else (None, None)
-        body = {
-            "object": "list",
-            "data": data,
-            "first_id": first,
-            "last_id": last,
-            "has_more": more,
-        }
-        return web.json_response(body)
+        return web.json_response({"object": "list", **_page_body(data, more)})
 
     async def _cancel_openai(self, request: web.Request) -> web.StreamResponse:
         with self._lock:
             batch = self._batch(request, OPENAI)
             if batch.end is not None:
                 raise Refused(409, f"Cannot cancel a batch with status '{batch.end}'.")
-            now = self._clock.now()
-            if batch.cancel_at is None:
-                batch.cancel_at = batch.stopped_at = now
-            return web.json_response(self._openai_view(batch, now))
+            return web.json_response(self._openai_view(batch, _cancel(batch, self._clock.now())))
 
     # -- Anthropic message batches --
 
     async def _create_anthropic(self, request: web.Request) -> web.StreamResponse:
         _, max_bytes = self.settings.limits(ANTHROPIC)
-        raw = await _read_capped(request, max_bytes)
+        raw = await _capped(request.content.iter_chunked(2**16), max_bytes)
         body = _parse_json(raw)
         entries = _anthropic_entries(body.get("requests"), self.settings.limits(ANTHROPIC)[0])
         with self._lock:
             now = self._clock.now()
             rows = [_Row(custom_id, params, fails=False) for custom_id, params in entries]
-            batch = _Batch(
-                self._next_id("msgbatch_"),
-                ANTHROPIC,
-                MESSAGES,
-                now,
-                self.settings.completion_delay_s,
-                self.settings.expire_after_s,
-                rows,
-            )
+            batch = self._new_batch("msgbatch_", ANTHROPIC, MESSAGES, now, rows)
             self._created(batch)
             view = self._anthropic_view(batch, now, _origin(request))
         return web.json_response(view)
@@ -586,19 +459,14 @@ class Batches:
             else:
                 page, more = _page_after(newest, after, limit)
             data = [self._anthropic_view(batch, now, _origin(request)) for batch in page]
-        first, last = (data[0]["id"], data[-1]["id"]) if data else (None, None)
-        return web.json_response(
-            {"data": data, "has_more": more, "first_id": first, "last_id": last}
-        )
+        return web.json_response(_page_body(data, more))
 
     async def _cancel_anthropic(self, request: web.Request) -> web.StreamResponse:
         with self._lock:
             batch = self._batch(request, ANTHROPIC)
             if batch.end is not None:
                 raise Refused(400, f"Message Batch {batch.id} has ended and cannot be canceled.")
-            now = self._clock.now()
-            if batch.cancel_at is None:
-                batch.cancel_at = batch.stopped_at = now
+            now = _cancel(batch, self._clock.now())
             return web.json_response(self._anthropic_view(batch, now, _origin(request)))
 
     async def _results(self, request: web.Request) -> web.StreamResponse:
@@ -680,13 +548,8 @@ class Batches:
     def _output_file(self, batch: _Batch, kind: str, lines: list[dict[str, Any]]) -> str | None:
         if not lines:
             return None
-        file = _File(
-            self._next_id("file-"),
-            f"{batch.id}_{kind}.jsonl",
-            "batch_output",
-            _jsonl(lines),
-            batch.ended_at or batch.created_at,
-        )
+        name, moment = f"{batch.id}_{kind}.jsonl", batch.ended_at or batch.created_at
+        file = _File(self._next_id("file-"), name, "batch_output", _jsonl(lines), moment)
         self._files[file.id] = file
         return file.id
 
@@ -766,14 +629,14 @@ class Batches:
             "type": "message_batch",
             "processing_status": status,
             "request_counts": counts,
-            "ended_at": None if ended is None else _rfc3339(max(ended, batch.cancel_at or ended)),
+            "ended_at": None if ended is None else _rfc3339(ended),
             "created_at": _rfc3339(batch.created_at),
             "expires_at": _rfc3339(batch.created_at + batch.expire_s),
             "archived_at": None,
             "cancel_initiated_at": None if batch.cancel_at is None else _rfc3339(batch.cancel_at),
             "results_url": None
             if ended is None
-            else f"{origin}/v1/messages/batches/{batch.id}/results",
+            else f"{origin}{_ANTHROPIC_PATH}/{batch.id}/results",
         }
 
     def _anthropic_kind(self, batch: _Batch, index: int, row: _Row) -> str:
@@ -794,26 +657,20 @@ class Batches:
 # -- reading requests -----------------------------------------------------------------------
 
 
-async def _read_part(part: BodyPartReader) -> bytes:
-    """An uploaded file's bytes, refused past the Files API's limit."""
-    chunks, size = [], 0
+async def _part_chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
     while chunk := await part.read_chunk(2**16):
-        size += len(chunk)
-        if size > FILE_MAX_BYTES:
-            raise Refused(413, f"File is too large: at most {FILE_MAX_BYTES} bytes.")
-        chunks.append(chunk)
-    return b"".join(chunks)
+        yield chunk
 
 
-async def _read_capped(request: web.Request, max_bytes: int) -> bytes:
-    """The body, read past the app's own body limit up to ``max_bytes`` (413 beyond)."""
-    chunks, size = [], 0
-    async for chunk in request.content.iter_chunked(2**16):
+async def _capped(chunks: AsyncIterator[bytes], most: int) -> bytes:
+    """All of ``chunks``, read past the app's own body limit, refused (413) past ``most``."""
+    kept, size = [], 0
+    async for chunk in chunks:
         size += len(chunk)
-        if size > max_bytes:
-            raise Refused(413, f"Request exceeds the maximum size of {max_bytes} bytes.")
-        chunks.append(chunk)
-    return b"".join(chunks)
+        if size > most:
+            raise Refused(413, f"Request exceeds the maximum size of {most} bytes.")
+        kept.append(chunk)
+    return b"".join(kept)
 
 
 def _parse_json(raw: bytes) -> dict[str, Any]:
@@ -826,10 +683,6 @@ def _parse_json(raw: bytes) -> dict[str, Any]:
     return body
 
 
-async def _json_body(request: web.Request) -> dict[str, Any]:
-    return _parse_json(await request.read())
-
-
 def _metadata(value: Any) -> dict[str, str] | None:
     if value is None:
         return None
@@ -838,11 +691,8 @@ def _metadata(value: Any) -> dict[str, str] | None:
         raise Refused(400, f"metadata: an object of at most {_METADATA_PAIRS} pairs is required.")
     for key, item in pairs:
         if not isinstance(item, str) or len(key) > _METADATA_KEY or len(item) > _METADATA_VALUE:
-            raise Refused(
-                400,
-                f"metadata: keys of at most {_METADATA_KEY} characters and string values of "
-                f"at most {_METADATA_VALUE} are required.",
-            )
+            limits = f"keys of at most {_METADATA_KEY} characters, values {_METADATA_VALUE}"
+            raise Refused(400, f"metadata: string values are required, {limits}.")
     return dict(value)
 
 
@@ -863,6 +713,18 @@ def _page_after(
         ids = [batch.id for batch in batches]
         start = ids.index(after) + 1 if after in ids else len(batches)
     return list(batches[start : start + limit]), start + limit < len(batches)
+
+
+def _cancel(batch: _Batch, now: float) -> float:
+    """Stop the batch's rows at ``now`` (a second cancel changes nothing); ``now``."""
+    if batch.cancel_at is None:
+        batch.cancel_at = batch.stopped_at = now
+    return now
+
+
+def _page_body(data: Sequence[Mapping[str, Any]], more: bool) -> dict[str, Any]:
+    first, last = (data[0]["id"], data[-1]["id"]) if data else (None, None)
+    return {"data": list(data), "has_more": more, "first_id": first, "last_id": last}
 
 
 def _origin(request: web.Request) -> str:
@@ -907,7 +769,7 @@ def _read_lines(
                 "The custom_id for this request is a duplicate of another request. The "
                 "custom_id parameter must be unique for each request in a batch."
             )
-            error = _line_error("duplicate_custom_id", message, number, "custom_id")
+            error = _error("duplicate_custom_id", message, number, "custom_id")
         if error is None:
             line_model = request["body"]["model"]
             model = model or line_model
@@ -915,10 +777,10 @@ def _read_lines(
                 message = (
                     f"The model `{line_model}` does not exist or you do not have access to it."
                 )
-                error = _line_error("model_not_found", message, number, "body.model")
+                error = _error("model_not_found", message, number, "body.model")
             elif line_model != model:
                 message = f"Model {line_model!r} differs from {model!r}: one model per batch file."
-                error = _line_error("mismatched_model", message, number, "body.model")
+                error = _error("mismatched_model", message, number, "body.model")
         if error is not None:
             errors.append(error)
             continue
@@ -933,47 +795,46 @@ def _line_request(
     try:
         request = json.loads(line)
     except ValueError:
-        return {}, _line_error(
-            "invalid_json_line", "This line is not parseable as valid JSON.", number
-        )
+        message = "This line is not parseable as valid JSON."
+        return {}, _error("invalid_json_line", message, number)
     if not isinstance(request, dict):
-        return {}, _line_error("invalid_request", "Each line must be a JSON object.", number)
+        return {}, _error("invalid_request", "Each line must be a JSON object.", number)
     for name, kind in (("custom_id", str), ("method", str), ("url", str), ("body", dict)):
         if not isinstance(request.get(name), kind):
             message = f"Missing or invalid required parameter: {name}."
-            return {}, _line_error("invalid_request", message, number, name)
+            return {}, _error("invalid_request", message, number, name)
     if request["method"] != "POST":
-        return {}, _line_error("invalid_request", "Only POST is supported.", number, "method")
+        return {}, _error("invalid_request", "Only POST is supported.", number, "method")
     if request["url"] != endpoint:
         message = "The URL provided for this request does not match the batch endpoint."
-        return {}, _line_error("invalid_url", message, number, "url")
+        return {}, _error("invalid_url", message, number, "url")
     if not isinstance(request["body"].get("model"), str):
         message = "Missing required parameter: body.model."
-        return {}, _line_error("invalid_request", message, number, "body.model")
+        return {}, _error("invalid_request", message, number, "body.model")
     return request, None
 
 
-def _line_error(
-    code: str, message: str, line: int | None, param: str | None = None
-) -> dict[str, Any]:
+def _error(code: str, message: str, line: int | None, param: str | None = None) -> dict[str, Any]:
     return {"code": code, "message": message, "param": param, "line": line}
 
 
 # -- writing answers ------------------------------------------------------------------------
 
 
+def _blake(text: str, size: int = 8) -> bytes:
+    return hashlib.blake2b(text.encode(), digest_size=size).digest()
+
+
 def _unit(text: str) -> float:
     """blake2b-64 of ``text`` as a number in [0, 1)."""
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest()) / 2**64
+    return int.from_bytes(_blake(text)) / 2**64
 
 
 def _shuffled(batch: _Batch) -> list[tuple[int, _Row]]:
     """The rows with their index, in the order results are written (not the input's)."""
-
-    def place(indexed: tuple[int, _Row]) -> float:
-        return _unit(f"{batch.id}\0{indexed[1].custom_id}")
-
-    return sorted(enumerate(batch.rows), key=place)
+    return sorted(
+        enumerate(batch.rows), key=lambda pair: _blake(f"{batch.id}\0{pair[1].custom_id}")
+    )
 
 
 def _request_id(batch: _Batch, index: int) -> str:
@@ -983,10 +844,7 @@ def _request_id(batch: _Batch, index: int) -> str:
 def _output_line(
     batch: _Batch, row: _Row, response: dict[str, Any] | None, error: dict[str, str] | None
 ) -> dict[str, Any]:
-    line_id = (
-        "batch_req_"
-        + hashlib.blake2b(f"{batch.id}\0{row.custom_id}".encode(), digest_size=12).hexdigest()
-    )
+    line_id = "batch_req_" + _blake(f"{batch.id}\0{row.custom_id}", 12).hex()
     return {"id": line_id, "custom_id": row.custom_id, "response": response, "error": error}
 
 

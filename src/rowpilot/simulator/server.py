@@ -16,6 +16,16 @@ Endpoints
 ``POST /search``               a web-search API with its own rate limit, see Search below
 ``GET  /stats``                counters, see below; ``POST /stats/reset`` zeroes them
 ``GET  /stats/admissions``     when each model and the search API let requests in
+``POST /v1/files``             OpenAI Files: multipart ``file`` and ``purpose``; ``GET``
+                               (or the delete method) ``/v1/files/{id}``, ``GET
+                               /v1/files/{id}/content``
+``POST /v1/batches``           OpenAI Batches (chat completions or embeddings): ``GET
+                               /v1/batches/{id}``, ``GET /v1/batches?limit=&after=``,
+                               ``POST /v1/batches/{id}/cancel``; see Batches below
+``POST /v1/messages/batches``  Anthropic Message Batches: ``GET`` (or delete) ``.../{id}``,
+                               ``GET ...?limit=&after_id=&before_id=``, ``POST
+                               .../{id}/cancel``, ``GET .../{id}/results`` (JSONL)
+``POST /batches/advance``      ``?seconds=N``: move the batch clock (no key needed)
 
 Errors have each provider's JSON shape: OpenAI ``{"error": {"message", "type", "param",
 "code"}}``, Anthropic ``{"type": "error", "error": {"type", "message"}}``. A wrong or
@@ -59,7 +69,18 @@ text, which fields) also reads the system prompt. Together they are the *instruc
    first option that occurs in the text as a word, else a blake2b-chosen option; array =
    one value per word of the first three words; object = its properties filled by the same
    rules; const = the const.
-5. **Usage.** Prompt tokens = ceil(characters of every message (and system) / 4);
+5. **Disagreement.** ``disagree`` gives a model a share s of rows it answers against the
+   rule: a row (a tagged line's text, the prompt minus its instruction lines, or for a text
+   answer the prompt) whose draw, ``disagreement_draw(text)`` = blake2b-64 of
+   ``"disagree\\0" + text`` / 2**64, is below s. Every value of such a row is another valid
+   one: the next enum option (cyclic), the boolean flipped, a number + 1, ``"NOT "`` before
+   a string (a text answer too), each item of an array and property of an object alike; a
+   key, a const, a null or a one-option enum stay. The draw does not depend on the model,
+   so the rows of a smaller share are among those of a larger one: models with shares
+   s1 <= s2 differ exactly on the rows whose draw lies in [s1, s2), each from the rule on
+   those below its own share; agreement on a sample is known row by row in advance.
+   Embeddings never disagree.
+6. **Usage.** Prompt tokens = ceil(characters of every message (and system) / 4);
    completion tokens = ceil(len(answer) / 4), at least 1. An answer longer than
    ``max_tokens`` (or ``max_completion_tokens``) * 4 characters is cut there and finishes
    with ``length`` (Anthropic ``max_tokens``). Embeddings are unit vectors of
@@ -135,16 +156,92 @@ jitter, and draws the status and transport faults (``500``, ``503``, ``hang``,
 faults do not apply. It is not counted ``in_flight`` nor held to ``max_concurrent``,
 which are the models'.
 
+Batches
+-------
+``rowpilot.simulator.batches`` serves both providers' batch endpoints. Every row is
+answered by the online endpoint's rules for its body (the same content, usage and finish
+reason, a 4xx where the call would get one), without rate limits, latency or faults:
+batches do not count against ``rpm``/``tpm`` nor in "tokens" below, as providers keep
+batch queues apart.
+
+*Time.* Batches run on the batch clock: the wall clock plus every advance so far (``POST
+/batches/advance?seconds=N`` or ``Simulator.advance_batches(N)``). A batch of n rows
+created at t0 has row i (file or list order, from 0) done at ``t0 + completion_delay_s *
+(i + 1) / n`` and expires at ``t0 + expire_after_s`` (default 24 h) with the rows not done
+by then. A batch is brought up to date whenever a request names or lists it, so with the
+default delay of 0 it is done at the first look after its creation. A test sets a delay
+of hours and moves the clock instead of sleeping: its own wall seconds are nothing beside.
+
+*OpenAI.* The create call answers ``validating``; the next look shows ``failed`` (with
+``errors``) or ``in_progress`` (``request_counts`` count the rows done so far), then
+``completed`` once every row is done (``finalizing_at`` = ``completed_at``: finalizing is
+never seen). A cancel answers ``cancelling``, the next look ``cancelled``; a batch past
+its expiry is ``expired``. ``output_file_id`` names the file of the rows answered 200 (none
+if no row was), ``error_file_id`` the file of the others (none if every row succeeded):
+lines ``{"id", "custom_id", "response": {"status_code", "request_id", "body"}, "error":
+null}``; a row that never ran has ``"response": null`` and ``error`` code
+``batch_cancelled`` or ``batch_expired``. At the end ``completed + failed = total``;
+``usage`` sums the rows answered 200; ``model`` is the file's. A batch file is checked when
+the batch is created and the outcome shown at the next look: a line that is not JSON
+(``invalid_json_line``), not an object or without ``custom_id``, ``method`` POST, a
+``body`` with a ``model`` (``invalid_request``), with another ``url`` than the batch's
+endpoint (``invalid_url``), a ``custom_id`` seen on an earlier line
+(``duplicate_custom_id``), a model not served (``model_not_found``) or other than the
+first line's (``mismatched_model``: one model per file), more than ``batch_max_requests``
+lines (default 50,000: ``too_many_requests``), more than ``batch_max_bytes`` (default 200
+MiB: ``file_too_large``), or, with ``batch_queue_tokens``, prompt tokens that with those of
+the model's running batches pass that limit (``token_limit_exceeded``, OpenAI's enqueued
+token limit) each fail it; the first 100 errors are listed. Codes other than
+``invalid_json_line``, ``duplicate_custom_id`` and ``token_limit_exceeded`` are the
+simulator's own names. An upload for purpose ``batch`` must be a ``.jsonl`` file; any
+upload holds at most 512 MiB (413 beyond). Cancelling an ended batch is a 409. Batches
+list newest first, ``limit`` 1..100 (default 20), ``after`` an id (an unknown id: an empty
+page), with ``has_more``, ``first_id`` and ``last_id`` as the SDK's cursor page reads them.
+
+*Anthropic.* A batch is ``in_progress`` (every row counted ``processing``, as Anthropic
+counts until the end), ``canceling`` in the cancel call's answer, then ``ended`` with
+``ended_at``, ``results_url`` (an absolute URL to this server, which the SDK follows) and
+the counts ``succeeded``, ``errored`` (the result's ``error`` is the online error body),
+``canceled`` and ``expired``. Creation refuses (400) an empty ``requests``, an entry
+without a ``custom_id`` matching ``^[a-zA-Z0-9_-]{1,64}$`` or without ``params``, a
+repeated ``custom_id``, more than ``batch_max_requests`` entries (default 100,000), and a
+body over ``batch_max_bytes`` (default 256 MiB: 413 ``request_too_large``); ``params`` are
+checked as each row runs (an ``errored`` result), and one batch may name several models.
+Results before the end, a cancel after it and a delete before it are 400s. Batches list
+newest first, ``limit`` 1..1000 (default 20), ``after_id`` (older) or ``before_id``
+(newer). Anthropic batches carry no metadata and the simulator invents none: a client
+that lost a batch's id can only list batches (id, ``created_at``, ``request_counts``) and,
+once one has ended, read its results' ``custom_id``s. So a client records the id before
+anything else and gives its ``custom_id``s a prefix of its own run. (OpenAI's
+``metadata``, 16 string pairs, is kept and listed.)
+
+Output lines and results come in an order of their own (by blake2b of batch id and
+custom_id), not the input's: a client matches them by ``custom_id``.
+
+*Row errors.* ``batch_row_errors`` is a share of rows answered as a server error (OpenAI:
+status 500 in the error file; Anthropic: ``errored`` with ``api_error``): a row errs when
+``int.from_bytes(blake2b("batch-error\\0" + custom_id, digest_size=8)) / 2**64`` is below
+the share, and, unless ``batch_errors_persist``, only in the first batch (of its
+provider) its ``custom_id`` was submitted in: a retry under the same ``custom_id``
+succeeds.
+
 Stats
 -----
 ``{"requests": {endpoint: {status: n}}, "requests_total", "rate_limited" (429s),
 "concurrency_rejected", "faults": {kind: n}, "tokens": {"input", "output", "charged"},
-"in_flight", "in_flight_max"}``; ``charged`` is what the models' token limits counted
-(prompt + max_tokens at admission, less what settling at real usage gave back), the
-measure of how much of a token ceiling a client used. Endpoints are ``chat.completions``,
-``embeddings``, ``messages``, ``models`` and ``search``; a connection dropped by a fault
-counts under status ``dropped``. Resetting the stats leaves the rate-limit buckets and the
-fault draws as they are.
+"in_flight", "in_flight_max", "batches"}``; ``charged`` is what the models' token limits
+counted (prompt + max_tokens at admission, less what settling at real usage gave back),
+the measure of how much of a token ceiling a client used. Endpoints are
+``chat.completions``, ``embeddings``, ``messages``, ``models``, ``search``, and for the
+batch APIs ``files``, ``batches``, ``messages.batches`` and ``batches.advance``; a
+connection dropped by a fault counts under status ``dropped``. ``batches`` has per
+provider (``openai``, ``anthropic``) ``created``, ``rows`` (submitted), ``rows_per_batch``
+(one entry per batch created, in order), ``row_errors`` (drawn errors answered),
+``results_downloads`` (output or error file contents read; Anthropic: results read), the
+batches ended ``completed``, ``failed``, ``expired`` and ``cancelled``, and for OpenAI
+``files_uploaded``; and ``advanced_s``, how far the batch clock moved since the reset.
+Resetting the stats leaves the rate-limit buckets, the fault draws and the batches as they
+are.
 
 Admissions: every request that reaches a rate limit (a model's or the search API's,
 limited or not) is an *arrival* at that resource (the model's name, or ``search``), and an
