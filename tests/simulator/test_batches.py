@@ -637,8 +637,10 @@ def test_batch_answers_disagree_as_the_online_ones(judges: Simulator) -> None:
 
 def test_disagree_is_checked_and_read_from_options() -> None:
     config = SimulatorConfig.from_options(disagree=["gpt-4o=0.2", "gpt-4.1-mini=0.1"])
-    assert config.disagree == {"gpt-4o": 0.2, "gpt-4.1-mini": 0.1}
-    assert SimulatorConfig.from_options(disagree="gpt-4o=0.5").disagree == {"gpt-4o": 0.5}
+    assert config == SimulatorConfig(disagree={"gpt-4o": 0.2, "gpt-4.1-mini": 0.1})
+    assert hash(config) == hash(SimulatorConfig(disagree=config.disagree))  # a cache key
+    assert config.disagree_share("gpt-4o") == 0.2 and config.disagree_share("gpt-4o-mini") == 0
+    assert SimulatorConfig.from_options(disagree="gpt-4o=0.5").disagree == (("gpt-4o", 0.5),)
     for bad in ({"nope": 0.1}, {"gpt-4o": 1.5}):
         with pytest.raises(ConfigError):
             SimulatorConfig(disagree=bad)

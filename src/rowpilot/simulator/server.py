@@ -280,7 +280,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -360,7 +360,8 @@ class SimulatorConfig:
     refuse_word: str | None = None  # a prompt that mentions it is refused (content filter)
     search_rpm: float | None = None  # POST /search's own requests/min (None: unlimited)
     search_latency_ms: float | None = None  # POST /search's median latency (None: latency_ms)
-    disagree: Mapping[str, float] = field(default_factory=dict)  # model -> share of rows
+    # model -> share of rows answered against the rule; kept as sorted pairs (hashable)
+    disagree: Mapping[str, float] | tuple[tuple[str, float], ...] = ()
     completion_delay_s: float = 0.0  # a batch's last row is done this long after creation
     expire_after_s: float = 86_400.0  # a batch's rows not done by then expire
     batch_row_errors: float = 0.0  # share of batch rows answered as a server error
@@ -370,11 +371,17 @@ class SimulatorConfig:
     batch_queue_tokens: int | None = None  # OpenAI's enqueued prompt tokens per model
 
     def __post_init__(self) -> None:
+        shares = dict(self.disagree)
+        object.__setattr__(self, "disagree", tuple(sorted(shares.items())))
         _check_listening(self)
         _check_limits(self)
         _check_faults(self)
         _check_search(self)
         _check_batches(self)
+
+    def disagree_share(self, model: str) -> float:
+        """The share of rows ``model`` answers against the rule (see Answers)."""
+        return dict(self.disagree).get(model, 0.0)
 
     def batch_settings(self) -> BatchSettings:
         """The batch knobs, for ``rowpilot.simulator.batches``."""
@@ -503,7 +510,7 @@ def _check_search(config: SimulatorConfig) -> None:
 
 
 def _check_batches(config: SimulatorConfig) -> None:
-    for model, share in config.disagree.items():
+    for model, share in dict(config.disagree).items():
         if model not in config.models:
             raise ConfigError(
                 f"disagree names {model!r}, which the simulator does not serve",
@@ -1914,7 +1921,7 @@ def _respond(
     if word and _mentions(word, ask.prompt):
         # A content filter refuses the whole request: one row can sink a batch.
         return _Answer("", 1, truncated=False, refused=True), "refused"
-    composed = _compose(ask, config.disagree.get(model, 0.0))
+    composed = _compose(ask, config.disagree_share(model))
     content, applied = _faulty_content(composed, fault)
     return _cut(content, ask.max_tokens), applied
 
