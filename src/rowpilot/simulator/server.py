@@ -160,9 +160,9 @@ Batches
 -------
 ``rowpilot.simulator.batches`` serves both providers' batch endpoints. Every row is
 answered by the online endpoint's rules for its body (the same content, usage and finish
-reason, a 4xx where the call would get one), without rate limits, latency or faults:
-batches do not count against ``rpm``/``tpm`` nor in "tokens" below, as providers keep
-batch queues apart.
+reason, a 4xx where the call would get one, ``refuse_word`` and ``disagree`` alike),
+without rate limits, latency or faults: batches do not count against ``rpm``/``tpm`` nor in
+"tokens" and "faults" below, as providers keep batch queues apart.
 
 *Time.* Batches run on the batch clock: the wall clock plus every advance so far (``POST
 /batches/advance?seconds=N`` or ``Simulator.advance_batches(N)``). A batch of n rows
@@ -235,7 +235,8 @@ the measure of how much of a token ceiling a client used. Endpoints are
 ``chat.completions``, ``embeddings``, ``messages``, ``models``, ``search``, and for the
 batch APIs ``files``, ``batches``, ``messages.batches`` and ``batches.advance``; a
 connection dropped by a fault counts under status ``dropped``. ``batches`` has per
-provider (``openai``, ``anthropic``) ``created``, ``rows`` (submitted), ``rows_per_batch``
+provider (``openai``, ``anthropic``) ``created``, ``rows`` (the requests of the batches
+created; of an OpenAI file that fails validation, its valid lines), ``rows_per_batch``
 (one entry per batch created, in order), ``row_errors`` (drawn errors answered),
 ``results_downloads`` (output or error file contents read; Anthropic: results read), the
 batches ended ``completed``, ``failed``, ``expired`` and ``cancelled``, and for OpenAI
@@ -1465,7 +1466,8 @@ class Simulator:
 
     def reset(self) -> None:
         """Forget every request so far, as a fresh server would: counters, the dice, rate
-        buckets, request ids. The socket stays open, so one server can serve many tests."""
+        buckets, request ids, files, batches and the batch clock's advance. The socket stays
+        open, so one server can serve many tests."""
         self._stats.reset()
         self._batches.reset()
         self._dice = _Dice(self.config.seed)
