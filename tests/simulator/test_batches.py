@@ -17,9 +17,18 @@ from typing import Any
 import anthropic
 import openai
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rowpilot.errors import ConfigError
-from rowpilot.simulator.server import Simulator, SimulatorConfig, disagreement_draw
+from rowpilot.simulator.batches import _Batch, _page_after, _Row
+from rowpilot.simulator.server import (
+    DEFAULT_MODELS,
+    Simulator,
+    SimulatorConfig,
+    _contrary,
+    disagreement_draw,
+)
 
 KEY = "sk-sim-test"
 GPT = "gpt-4o-mini"
@@ -715,3 +724,80 @@ def test_rowpilot_simulate_serves_batches_on_an_advanced_clock() -> None:
             process.kill()
         process.wait()
         process.stdout.close()
+
+
+# -- properties of the clock, the paging and the contrary answers ---------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rows=st.integers(1, 500),
+    delay=st.just(0.0) | st.floats(1e-3, 1e6),
+    moments=st.lists(st.floats(-10.0, 2e6, allow_nan=False), min_size=2, max_size=5),
+)
+def test_rows_done_grow_with_the_clock_within_bounds(
+    rows: int, delay: float, moments: list[float]
+) -> None:
+    batch = _Batch("b", "openai", CHAT, 0.0, delay, 86_400.0, [_Row("r", {}, False)] * rows)
+    counts = [batch.done(moment) for moment in sorted(moments)]
+    assert all(0 <= count <= rows for count in counts) and counts == sorted(counts)
+    assert batch.done(delay) == rows and batch.done(-1.0) == 0
+    for index in range(0, rows, max(1, rows // 7)):  # row i is done at delay * (i + 1) / n
+        assert batch.done(delay * (index + 1) / rows) >= index + 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(count=st.integers(0, 60), limit=st.integers(1, 25))
+def test_paging_after_the_last_id_visits_every_batch_once_in_order(count: int, limit: int) -> None:
+    batches = [_Batch(f"b{n}", "openai", CHAT, 0.0, 0.0, 1.0, []) for n in range(count)]
+    seen: list[str] = []
+    after: str | None = None
+    while True:
+        page, more = _page_after(batches, after, limit)
+        seen += [batch.id for batch in page]
+        assert len(page) <= limit and more == (len(seen) < count)
+        if not more:
+            break
+        after = page[-1].id
+    assert seen == [batch.id for batch in batches]
+
+
+VALUES = st.recursive(
+    st.booleans() | st.integers(-1000, 1000) | st.text(max_size=8) | st.none(),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3)
+    ),
+    max_leaves=10,
+)
+
+
+def leaves(value: Any) -> list[Any]:
+    if isinstance(value, list):
+        return [leaf for item in value for leaf in leaves(item)]
+    if isinstance(value, dict):
+        return [leaf for item in value.values() for leaf in leaves(item)]
+    return [value]
+
+
+@given(value=VALUES)
+def test_a_contrary_value_differs_in_every_leaf_but_null(value: Any) -> None:
+    contrary = _contrary(value, {})
+    assert type(contrary) is type(value)
+    for before, after in zip(leaves(value), leaves(contrary), strict=True):
+        assert (before == after) == (before is None)
+
+
+@given(options=st.lists(st.text(max_size=5), min_size=1, max_size=6, unique=True), data=st.data())
+def test_a_contrary_enum_value_is_the_next_option(options: list[str], data: st.DataObject) -> None:
+    chosen = data.draw(st.sampled_from(options))
+    contrary = _contrary(chosen, {"enum": options})
+    assert contrary == options[(options.index(chosen) + 1) % len(options)]
+    assert contrary in options and (contrary != chosen or len(options) == 1)
+
+
+@given(shares=st.dictionaries(st.sampled_from(DEFAULT_MODELS), st.floats(0.0, 1.0), max_size=4))
+def test_disagree_options_read_back_what_was_written(shares: dict[str, float]) -> None:
+    written = [f"{model}={share!r}" for model, share in shares.items()]
+    config = SimulatorConfig.from_options(disagree=written)
+    assert config == SimulatorConfig(disagree=shares)
+    assert SimulatorConfig.from_options(disagree=",".join(written)) == config
