@@ -52,6 +52,7 @@ def doctor(
         "rowpilot simulate --error-503 0.02 --hang 0.01 --api-key sk-sim-local",
         "rowpilot simulate --rpm 500 --search-rpm 100 --search-latency-ms 400",
         "rowpilot simulate --tpm 300000 --token-accounting usage",
+        "rowpilot simulate --completion-delay-s 3600 --batch-row-errors 0.05 --disagree gpt-4o=0.2",
     )
 )
 def simulate(
@@ -100,9 +101,47 @@ def simulate(
     search_latency_ms: Annotated[
         float | None, typer.Option(help="Median latency of POST /search (default: --latency-ms).")
     ] = None,
+    disagree: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="MODEL=SHARE: that model answers against the rule on this share of rows "
+            "(online and in batches); repeat for more models."
+        ),
+    ] = None,
+    completion_delay_s: Annotated[
+        float | None,
+        typer.Option(help="Batch clock seconds until a batch's last row is done (default 0)."),
+    ] = None,
+    expire_after_s: Annotated[
+        float | None,
+        typer.Option(help="Batch clock seconds until a batch expires (default 86400)."),
+    ] = None,
+    batch_row_errors: Annotated[
+        float | None, typer.Option(help="Share of batch rows answered as a server error.")
+    ] = None,
+    batch_errors_persist: Annotated[
+        bool,
+        typer.Option(
+            "--batch-errors-persist",
+            help="A batch row errs in every batch, not only the first it is submitted in.",
+        ),
+    ] = False,
+    batch_max_requests: Annotated[
+        int | None,
+        typer.Option(help="Requests a batch may hold (default: 50,000 OpenAI, 100,000 Anthropic)."),
+    ] = None,
+    batch_max_bytes: Annotated[
+        int | None,
+        typer.Option(help="Bytes a batch may hold (default: 200 MiB OpenAI, 256 MiB Anthropic)."),
+    ] = None,
+    batch_queue_tokens: Annotated[
+        int | None,
+        typer.Option(help="OpenAI's enqueued prompt tokens per model across running batches."),
+    ] = None,
 ) -> None:
-    """Serve a local OpenAI/Anthropic-compatible API and a search API (POST /search) to
-    rehearse jobs against (no cost)."""
+    """Serve a local OpenAI/Anthropic-compatible API (with the Batch APIs) and a search API
+    (POST /search) to rehearse jobs against (no cost). Move the batch clock with
+    POST /batches/advance?seconds=N."""
     options = dict(locals())
     from rowpilot.simulator.server import SimulatorConfig, serve_forever
 

@@ -16,6 +16,16 @@ Endpoints
 ``POST /search``               a web-search API with its own rate limit, see Search below
 ``GET  /stats``                counters, see below; ``POST /stats/reset`` zeroes them
 ``GET  /stats/admissions``     when each model and the search API let requests in
+``POST /v1/files``             OpenAI Files: multipart ``file`` and ``purpose``; ``GET``
+                               (or the delete method) ``/v1/files/{id}``, ``GET
+                               /v1/files/{id}/content``
+``POST /v1/batches``           OpenAI Batches (chat completions or embeddings): ``GET
+                               /v1/batches/{id}``, ``GET /v1/batches?limit=&after=``,
+                               ``POST /v1/batches/{id}/cancel``; see Batches below
+``POST /v1/messages/batches``  Anthropic Message Batches: ``GET`` (or delete) ``.../{id}``,
+                               ``GET ...?limit=&after_id=&before_id=``, ``POST
+                               .../{id}/cancel``, ``GET .../{id}/results`` (JSONL)
+``POST /batches/advance``      ``?seconds=N``: move the batch clock (no key needed)
 
 Errors have each provider's JSON shape: OpenAI ``{"error": {"message", "type", "param",
 "code"}}``, Anthropic ``{"type": "error", "error": {"type", "message"}}``. A wrong or
@@ -59,7 +69,18 @@ text, which fields) also reads the system prompt. Together they are the *instruc
    first option that occurs in the text as a word, else a blake2b-chosen option; array =
    one value per word of the first three words; object = its properties filled by the same
    rules; const = the const.
-5. **Usage.** Prompt tokens = ceil(characters of every message (and system) / 4);
+5. **Disagreement.** ``disagree`` gives a model a share s of rows it answers against the
+   rule: a row (a tagged line's text, the prompt minus its instruction lines, or for a text
+   answer the prompt) whose draw, ``disagreement_draw(text)`` = blake2b-64 of
+   ``"disagree\\0" + text`` / 2**64, is below s. Every value of such a row is another valid
+   one: the next enum option (cyclic), the boolean flipped, a number + 1, ``"NOT "`` before
+   a string (a text answer too), each item of an array and property of an object alike; a
+   key, a const, a null or a one-option enum stay. The draw does not depend on the model,
+   so the rows of a smaller share are among those of a larger one: models with shares
+   s1 <= s2 differ exactly on the rows whose draw lies in [s1, s2), each from the rule on
+   those below its own share; agreement on a sample is known row by row in advance.
+   Embeddings never disagree.
+6. **Usage.** Prompt tokens = ceil(characters of every message (and system) / 4);
    completion tokens = ceil(len(answer) / 4), at least 1. An answer longer than
    ``max_tokens`` (or ``max_completion_tokens``) * 4 characters is cut there and finishes
    with ``length`` (Anthropic ``max_tokens``). Embeddings are unit vectors of
@@ -135,16 +156,93 @@ jitter, and draws the status and transport faults (``500``, ``503``, ``hang``,
 faults do not apply. It is not counted ``in_flight`` nor held to ``max_concurrent``,
 which are the models'.
 
+Batches
+-------
+``rowpilot.simulator.batches`` serves both providers' batch endpoints. Every row is
+answered by the online endpoint's rules for its body (the same content, usage and finish
+reason, a 4xx where the call would get one, ``refuse_word`` and ``disagree`` alike),
+without rate limits, latency or faults: batches do not count against ``rpm``/``tpm`` nor in
+"tokens" and "faults" below, as providers keep batch queues apart.
+
+*Time.* Batches run on the batch clock: the wall clock plus every advance so far (``POST
+/batches/advance?seconds=N`` or ``Simulator.advance_batches(N)``). A batch of n rows
+created at t0 has row i (file or list order, from 0) done at ``t0 + completion_delay_s *
+(i + 1) / n`` and expires at ``t0 + expire_after_s`` (default 24 h) with the rows not done
+by then. A batch is brought up to date whenever a request names or lists it, so with the
+default delay of 0 it is done at the first look after its creation. A test sets a delay
+of hours and moves the clock instead of sleeping: its own wall seconds are nothing beside.
+
+*OpenAI.* The create call answers ``validating``; the next look shows ``failed`` (with
+``errors``) or ``in_progress`` (``request_counts`` count the rows done so far), then
+``completed`` once every row is done (``finalizing_at`` = ``completed_at``: finalizing is
+never seen). A cancel answers ``cancelling``, the next look ``cancelled``; a batch past
+its expiry is ``expired``. ``output_file_id`` names the file of the rows answered 200 (none
+if no row was), ``error_file_id`` the file of the others (none if every row succeeded):
+lines ``{"id", "custom_id", "response": {"status_code", "request_id", "body"}, "error":
+null}``; a row that never ran has ``"response": null`` and ``error`` code
+``batch_cancelled`` or ``batch_expired``. At the end ``completed + failed = total``;
+``usage`` sums the rows answered 200; ``model`` is the file's. A batch file is checked when
+the batch is created and the outcome shown at the next look: a line that is not JSON
+(``invalid_json_line``), not an object or without ``custom_id``, ``method`` POST, a
+``body`` with a ``model`` (``invalid_request``), with another ``url`` than the batch's
+endpoint (``invalid_url``), a ``custom_id`` seen on an earlier line
+(``duplicate_custom_id``), a model not served (``model_not_found``) or other than the
+first line's (``mismatched_model``: one model per file), more than ``batch_max_requests``
+lines (default 50,000: ``too_many_requests``), more than ``batch_max_bytes`` (default 200
+MiB: ``file_too_large``), or, with ``batch_queue_tokens``, prompt tokens that with those of
+the model's running batches pass that limit (``token_limit_exceeded``, OpenAI's enqueued
+token limit) each fail it; the first 100 errors are listed. Codes other than
+``invalid_json_line``, ``duplicate_custom_id`` and ``token_limit_exceeded`` are the
+simulator's own names. An upload for purpose ``batch`` must be a ``.jsonl`` file; any
+upload holds at most 512 MiB (413 beyond). Cancelling an ended batch is a 409. Batches
+list newest first, ``limit`` 1..100 (default 20), ``after`` an id (an unknown id: an empty
+page), with ``has_more``, ``first_id`` and ``last_id`` as the SDK's cursor page reads them.
+
+*Anthropic.* A batch is ``in_progress`` (every row counted ``processing``, as Anthropic
+counts until the end), ``canceling`` in the cancel call's answer, then ``ended`` with
+``ended_at``, ``results_url`` (an absolute URL to this server, which the SDK follows) and
+the counts ``succeeded``, ``errored`` (the result's ``error`` is the online error body),
+``canceled`` and ``expired``. Creation refuses (400) an empty ``requests``, an entry
+without a ``custom_id`` matching ``^[a-zA-Z0-9_-]{1,64}$`` or without ``params``, a
+repeated ``custom_id``, more than ``batch_max_requests`` entries (default 100,000), and a
+body over ``batch_max_bytes`` (default 256 MiB: 413 ``request_too_large``); ``params`` are
+checked as each row runs (an ``errored`` result), and one batch may name several models.
+Results before the end, a cancel after it and a delete before it are 400s. Batches list
+newest first, ``limit`` 1..1000 (default 20), ``after_id`` (older) or ``before_id``
+(newer). Anthropic batches carry no metadata and the simulator invents none: a client
+that lost a batch's id can only list batches (id, ``created_at``, ``request_counts``) and,
+once one has ended, read its results' ``custom_id``s. So a client records the id before
+anything else and gives its ``custom_id``s a prefix of its own run. (OpenAI's
+``metadata``, 16 string pairs, is kept and listed.)
+
+Output lines and results come in an order of their own (by blake2b of batch id and
+custom_id), not the input's: a client matches them by ``custom_id``.
+
+*Row errors.* ``batch_row_errors`` is a share of rows answered as a server error (OpenAI:
+status 500 in the error file; Anthropic: ``errored`` with ``api_error``): a row errs when
+``int.from_bytes(blake2b("batch-error\\0" + custom_id, digest_size=8)) / 2**64`` is below
+the share, and, unless ``batch_errors_persist``, only in the first batch (of its
+provider) its ``custom_id`` was submitted in: a retry under the same ``custom_id``
+succeeds.
+
 Stats
 -----
 ``{"requests": {endpoint: {status: n}}, "requests_total", "rate_limited" (429s),
 "concurrency_rejected", "faults": {kind: n}, "tokens": {"input", "output", "charged"},
-"in_flight", "in_flight_max"}``; ``charged`` is what the models' token limits counted
-(prompt + max_tokens at admission, less what settling at real usage gave back), the
-measure of how much of a token ceiling a client used. Endpoints are ``chat.completions``,
-``embeddings``, ``messages``, ``models`` and ``search``; a connection dropped by a fault
-counts under status ``dropped``. Resetting the stats leaves the rate-limit buckets and the
-fault draws as they are.
+"in_flight", "in_flight_max", "batches"}``; ``charged`` is what the models' token limits
+counted (prompt + max_tokens at admission, less what settling at real usage gave back),
+the measure of how much of a token ceiling a client used. Endpoints are
+``chat.completions``, ``embeddings``, ``messages``, ``models``, ``search``, and for the
+batch APIs ``files``, ``batches``, ``messages.batches`` and ``batches.advance``; a
+connection dropped by a fault counts under status ``dropped``. ``batches`` has per
+provider (``openai``, ``anthropic``) ``created``, ``rows`` (the requests of the batches
+created; of an OpenAI file that fails validation, its valid lines), ``rows_per_batch``
+(one entry per batch created, in order), ``row_errors`` (drawn errors answered),
+``results_downloads`` (output or error file contents read; Anthropic: results read), the
+batches ended ``completed``, ``failed``, ``expired`` and ``cancelled``, and for OpenAI
+``files_uploaded``; and ``advanced_s``, how far the batch clock moved since the reset.
+Resetting the stats leaves the rate-limit buckets, the fault draws and the batches as they
+are.
 
 Admissions: every request that reaches a rate limit (a model's or the search API's,
 limited or not) is an *arrival* at that resource (the model's name, or ``search``), and an
@@ -190,6 +288,7 @@ from typing import Any
 from aiohttp import web
 
 from rowpilot.errors import ConfigError
+from rowpilot.simulator.batches import ANTHROPIC, Batches, BatchSettings, Refused, Route
 
 __all__ = [
     "DEFAULT_MODELS",
@@ -198,6 +297,7 @@ __all__ = [
     "TOKEN_ACCOUNTING",
     "Simulator",
     "SimulatorConfig",
+    "disagreement_draw",
     "search_answer",
     "serve_forever",
 ]
@@ -261,12 +361,41 @@ class SimulatorConfig:
     refuse_word: str | None = None  # a prompt that mentions it is refused (content filter)
     search_rpm: float | None = None  # POST /search's own requests/min (None: unlimited)
     search_latency_ms: float | None = None  # POST /search's median latency (None: latency_ms)
+    # model -> share of rows answered against the rule; kept as sorted pairs (hashable)
+    disagree: Mapping[str, float] | tuple[tuple[str, float], ...] = ()
+    completion_delay_s: float = 0.0  # a batch's last row is done this long after creation
+    expire_after_s: float = 86_400.0  # a batch's rows not done by then expire
+    batch_row_errors: float = 0.0  # share of batch rows answered as a server error
+    batch_errors_persist: bool = False  # False: a row errs only in its first batch
+    batch_max_requests: int | None = None  # None: each provider's own limit
+    batch_max_bytes: int | None = None
+    batch_queue_tokens: int | None = None  # OpenAI's enqueued prompt tokens per model
 
     def __post_init__(self) -> None:
+        shares = dict(self.disagree)
+        object.__setattr__(self, "disagree", tuple(sorted(shares.items())))
         _check_listening(self)
         _check_limits(self)
         _check_faults(self)
         _check_search(self)
+        _check_batches(self)
+
+    def disagree_share(self, model: str) -> float:
+        """The share of rows ``model`` answers against the rule (see Answers)."""
+        return dict(self.disagree).get(model, 0.0)
+
+    def batch_settings(self) -> BatchSettings:
+        """The batch knobs, for ``rowpilot.simulator.batches``."""
+        return BatchSettings(
+            models=frozenset(self.models),
+            completion_delay_s=self.completion_delay_s,
+            expire_after_s=self.expire_after_s,
+            row_errors=self.batch_row_errors,
+            errors_persist=self.batch_errors_persist,
+            max_requests=self.batch_max_requests,
+            max_bytes=self.batch_max_bytes,
+            queue_tokens=self.batch_queue_tokens,
+        )
 
     @classmethod
     def from_options(cls, **options: object) -> SimulatorConfig:
@@ -284,6 +413,30 @@ class SimulatorConfig:
         return rate
 
 
+def _shares(value: object) -> dict[str, float]:
+    """``disagree`` from the command line: ``model=share`` entries, a list of them or one
+    comma-separated string (or a mapping already)."""
+    if isinstance(value, Mapping):
+        return {str(model): float(share) for model, share in value.items()}
+    entries = value.split(",") if isinstance(value, str) else list(value)  # type: ignore[call-overload]
+    shares: dict[str, float] = {}
+    for entry in filter(None, (str(item).strip() for item in entries)):
+        model, sign, share = entry.partition("=")
+        if not sign:
+            raise ValueError(f"{entry!r} is not model=share")
+        shares[model.strip()] = float(share)
+    return shares
+
+
+def _flag(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text not in ("true", "false", "1", "0", "yes", "no"):
+        raise ValueError(f"{value!r} is not a boolean")
+    return text in ("true", "1", "yes")
+
+
 _OPTION_TYPES: dict[str, Callable[[Any], object]] = {
     "host": str,
     "port": int,
@@ -297,6 +450,11 @@ _OPTION_TYPES: dict[str, Callable[[Any], object]] = {
     "max_concurrent": int,
     "default_max_tokens": int,
     "embedding_dimensions": int,
+    "disagree": _shares,
+    "batch_errors_persist": _flag,
+    "batch_max_requests": int,
+    "batch_max_bytes": int,
+    "batch_queue_tokens": int,
 }
 
 
@@ -350,6 +508,29 @@ def _check_search(config: SimulatorConfig) -> None:
         raise ConfigError("search_rpm must be at least 1", hint="leave it unset for no limit")
     if config.search_latency_ms is not None and config.search_latency_ms < 0:
         raise ConfigError("search_latency_ms cannot be negative")
+
+
+def _check_batches(config: SimulatorConfig) -> None:
+    for model, share in dict(config.disagree).items():
+        if model not in config.models:
+            raise ConfigError(
+                f"disagree names {model!r}, which the simulator does not serve",
+                hint=f"use one of: {', '.join(config.models)}",
+            )
+        if not 0.0 <= share <= 1.0:
+            raise ConfigError(f"disagree share {model}={share} is not between 0 and 1")
+    if not 0.0 <= config.batch_row_errors <= 1.0:
+        raise ConfigError(f"batch_row_errors={config.batch_row_errors} is not between 0 and 1")
+    if config.completion_delay_s < 0:
+        raise ConfigError("completion_delay_s cannot be negative")
+    if not config.expire_after_s > 0:
+        raise ConfigError("expire_after_s must be positive")
+    for name in ("batch_max_requests", "batch_max_bytes", "batch_queue_tokens"):
+        value = getattr(config, name)
+        if value is not None and value < 1:
+            raise ConfigError(
+                f"{name} must be at least 1", hint=f"leave {name} unset for the default"
+            )
 
 
 def _check_faults(config: SimulatorConfig) -> None:
@@ -533,6 +714,8 @@ class _OpenAI(_Provider):
         400: "invalid_request_error",
         401: "invalid_request_error",
         404: "invalid_request_error",
+        409: "invalid_request_error",
+        413: "invalid_request_error",
         429: "requests",
         500: "server_error",
         503: "server_error",
@@ -567,6 +750,7 @@ class _Anthropic(_Provider):
         400: "invalid_request_error",
         401: "authentication_error",
         404: "not_found_error",
+        413: "request_too_large",
         429: "rate_limit_error",
         500: "api_error",
         503: "overloaded_error",
@@ -682,21 +866,65 @@ def _mentions(word: str, text: str) -> bool:
     return re.search(rf"(?<!\w){re.escape(word)}(?!\w)", text, re.IGNORECASE) is not None
 
 
-def _compose(ask: _Ask) -> dict[str, Any] | str:
-    """The answer object (JSON asked) or text, following the rules of the module docstring."""
+def _compose(ask: _Ask, disagree: float = 0.0) -> dict[str, Any] | str:
+    """The answer object (JSON asked) or text, following the rules of the module docstring;
+    ``disagree`` is the model's share of rows answered against the rule."""
     rows = _tagged_rows(ask.prompt)
     lines = _instruction_fields(ask.instructions)
     wants_json = ask.json_format or bool(rows or lines) or bool(_JSON_WORD.search(ask.instructions))
     if not wants_json:
-        return f"Answer {_short_hash(ask.prompt)}: {_summary(ask.prompt)}".rstrip()
+        text = f"Answer {_short_hash(ask.prompt)}: {_summary(ask.prompt)}".rstrip()
+        return _contrary(text, {}) if disagreement_draw(ask.prompt) < disagree else text
     schema_fields, key_schema = _schema_fields(ask.schema, batch=bool(rows))
     row_fields = schema_fields if ask.schema is not None else lines
     if not rows:
-        return _row_object(_untagged_text(ask.prompt), row_fields)
+        return _row_answer(_untagged_text(ask.prompt), row_fields, disagree)
     entries = [
-        {"key": _key(key, key_schema), **_row_object(text, row_fields)} for key, text in rows
+        {"key": _key(key, key_schema), **_row_answer(text, row_fields, disagree)}
+        for key, text in rows
     ]
     return {"results": entries}
+
+
+def _row_answer(
+    text: str, row_fields: Mapping[str, Mapping[str, Any]], disagree: float
+) -> dict[str, Any]:
+    """A row's object by the rule, or against it when the row's draw falls below the share."""
+    answer = _row_object(text, row_fields)
+    if disagreement_draw(text) >= disagree:
+        return answer
+    return {name: _contrary(value, row_fields.get(name, {})) for name, value in answer.items()}
+
+
+def disagreement_draw(text: str) -> float:
+    """A row text's draw in [0, 1): a model with ``disagree`` share s answers the row against
+    the rule exactly when its draw is below s (blake2b-64 of "disagree\\0" + text)."""
+    digest = hashlib.blake2b(f"disagree\0{text}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest) / 2**64
+
+
+def _contrary(value: Any, schema: Mapping[str, Any]) -> Any:
+    """Another valid value than the rule's: the next enum option, a flipped boolean, a number
+    + 1, "NOT " before a string, each item or property so; a const or null stays."""
+    schema = _concrete(schema)
+    options = schema.get("enum")
+    if "const" in schema or value is None:
+        return value
+    if isinstance(options, list) and options:
+        return options[(options.index(value) + 1) % len(options)] if value in options else value
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int | float):
+        return value + 1
+    if isinstance(value, str):
+        return f"NOT {value}"
+    if isinstance(value, list):
+        items = _concrete(schema.get("items", {}))
+        return [_contrary(item, items) for item in value]
+    if isinstance(value, dict):
+        properties = _properties(schema)
+        return {name: _contrary(item, properties.get(name, {})) for name, item in value.items()}
+    return value
 
 
 def _tagged_rows(prompt: str) -> list[tuple[str, str]]:
@@ -1011,7 +1239,7 @@ def _finish(answer: _Answer, refused: str, truncated: str, complete: str) -> str
     return truncated if answer.truncated else complete
 
 
-def _chat_body(call: _Call, answer: _Answer, ask: _Ask) -> dict[str, Any]:
+def _chat_body(model: str, request_id: str, answer: _Answer, ask: _Ask) -> dict[str, Any]:
     message = {"role": "assistant", "content": answer.content, "refusal": None}
     choice = {
         "index": 0,
@@ -1025,22 +1253,22 @@ def _chat_body(call: _Call, answer: _Answer, ask: _Ask) -> dict[str, Any]:
         "total_tokens": ask.prompt_tokens + answer.completion_tokens,
     }
     return {
-        "id": f"chatcmpl-{call.request_id}",
+        "id": f"chatcmpl-{request_id}",
         "object": "chat.completion",
         "created": int(time.time()),
-        "model": call.model,
+        "model": model,
         "choices": [choice],
         "usage": usage,
         "system_fingerprint": "fp_rowpilot_sim",
     }
 
 
-def _messages_body(call: _Call, answer: _Answer, ask: _Ask) -> dict[str, Any]:
+def _messages_body(model: str, request_id: str, answer: _Answer, ask: _Ask) -> dict[str, Any]:
     return {
-        "id": f"msg_{call.request_id}",
+        "id": f"msg_{request_id}",
         "type": "message",
         "role": "assistant",
-        "model": call.model,
+        "model": model,
         "content": [{"type": "text", "text": answer.content}],
         "stop_reason": _finish(answer, "refusal", "max_tokens", "end_turn"),
         "stop_sequence": None,
@@ -1233,12 +1461,15 @@ class Simulator:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._handlers: set[asyncio.Task[Any]] = set()
+        self._batches = Batches(config.batch_settings(), _BatchAnswers(config))
         self.reset()
 
     def reset(self) -> None:
         """Forget every request so far, as a fresh server would: counters, the dice, rate
-        buckets, request ids. The socket stays open, so one server can serve many tests."""
+        buckets, request ids, files, batches and the batch clock's advance. The socket stays
+        open, so one server can serve many tests."""
         self._stats.reset()
+        self._batches.reset()
         self._dice = _Dice(self.config.seed)
         self._limits: dict[str, _ModelLimits] = {}
         self._request_ids = 0
@@ -1360,10 +1591,15 @@ class Simulator:
 
     def stats(self) -> dict[str, Any]:
         """The counters of ``GET /stats`` (see the module docstring)."""
-        return self._stats.snapshot()
+        return {**self._stats.snapshot(), "batches": self._batches.stats()}
 
     def reset_stats(self) -> None:
         self._stats.reset()
+        self._batches.reset_stats()
+
+    def advance_batches(self, seconds: float) -> float:
+        """Move the batch clock ``seconds`` forward (see Batches); the total advance so far."""
+        return self._batches.advance(seconds)
 
     @property
     def handling(self) -> int:
@@ -1406,9 +1642,29 @@ class Simulator:
                 web.post("/stats/reset", self._reset_stats),
                 web.post("/search", self._search),
                 web.get("/stats/admissions", self._get_admissions),
+                *(self._batch_route(route) for route in self._batches.routes()),
             ]
         )
         return app
+
+    def _batch_route(self, route: Route) -> web.RouteDef:
+        """A batch route behind the key check, with errors in its provider's shape, counted."""
+        provider = _ANTHROPIC if route.provider == ANTHROPIC else _OPENAI
+
+        async def handle(request: web.Request) -> web.StreamResponse:
+            with self._tracked(request):
+                try:
+                    if route.provider is not None:
+                        self._authorize(request, provider)
+                    response = await route.handler(request)
+                except _Reject as reject:
+                    response = reject.response
+                except Refused as refused:
+                    response = provider.error(refused.status, refused.message, code=refused.code)
+            self._stats.record(route.endpoint, response)
+            return response
+
+        return web.route(route.method, route.path, handle)
 
     def _model_route(self, endpoint: str, provider: _Provider) -> Handler:
         handlers: dict[str, Callable[[_Call], Awaitable[web.StreamResponse]]] = {
@@ -1539,34 +1795,23 @@ class Simulator:
     async def _anthropic_messages(self, call: _Call) -> web.StreamResponse:
         return await self._answer(call, _anthropic_ask(call.body), _messages_body)
 
-    async def _answer(
-        self, call: _Call, ask: _Ask, render: Callable[[_Call, _Answer, _Ask], dict[str, Any]]
-    ) -> web.StreamResponse:
+    async def _answer(self, call: _Call, ask: _Ask, render: _Render) -> web.StreamResponse:
         async with self._admitted(call, ask.prompt_tokens, ask.max_tokens) as headers:
             fault = await self._wait_and_roll(call)
             failed = await self._fail(call, fault, headers)
             if failed is not None:
                 return failed
-            word = self.config.refuse_word
-            if word and _mentions(word, ask.prompt):
-                # A content filter refuses the whole request: one row can sink a batch.
-                self._stats.fault("refused")
-                answer = _Answer("", 1, truncated=False, refused=True)
-            else:
-                content, applied = _faulty_content(_compose(ask), fault)
-                if applied is not None:
-                    self._stats.fault(applied)
-                answer = _cut(content, ask.max_tokens)
+            answer, counted = _respond(self.config, call.model, ask, fault)
+            if counted is not None:
+                self._stats.fault(counted)
             self._stats.tokens(ask.prompt_tokens, answer.completion_tokens)
             settled = self._settle_limits(call, ask.max_tokens, answer.completion_tokens)
-            return self._ok(call, render(call, answer, ask), settled or headers)
+            return self._ok(
+                call, render(call.model, call.request_id, answer, ask), settled or headers
+            )
 
     async def _embeddings(self, call: _Call) -> web.StreamResponse:
-        inputs = _embedding_inputs(call.body)
-        dimensions = call.body.get("dimensions") or self.config.embedding_dimensions
-        if isinstance(dimensions, bool) or not isinstance(dimensions, int) or dimensions < 1:
-            raise _bad_request(_OPENAI, "dimensions: a positive integer is required")
-        body = _embeddings_body(call.model, inputs, dimensions, call.body.get("encoding_format"))
+        body = _embeddings_answer(self.config, call.model, call.body)
         tokens = body["usage"]["prompt_tokens"]
         async with self._admitted(call, tokens, 0) as headers:
             failed = await self._fail(call, await self._wait_and_roll(call), headers)
@@ -1665,6 +1910,81 @@ def _stamped(call: _Call, response: web.Response, headers: Mapping[str, str]) ->
     response.headers.update(headers)
     response.headers[call.provider.request_id_header] = call.request_id
     return response
+
+
+_Render = Callable[[str, str, _Answer, _Ask], dict[str, Any]]
+
+
+def _respond(
+    config: SimulatorConfig, model: str, ask: _Ask, fault: str | None
+) -> tuple[_Answer, str | None]:
+    """The answer to an admitted request, and the fault to count for it (or None)."""
+    word = config.refuse_word
+    if word and _mentions(word, ask.prompt):
+        # A content filter refuses the whole request: one row can sink a batch.
+        return _Answer("", 1, truncated=False, refused=True), "refused"
+    composed = _compose(ask, config.disagree_share(model))
+    content, applied = _faulty_content(composed, fault)
+    return _cut(content, ask.max_tokens), applied
+
+
+def _embeddings_answer(
+    config: SimulatorConfig, model: str, body: Mapping[str, Any]
+) -> dict[str, Any]:
+    inputs = _embedding_inputs(body)
+    dimensions = body.get("dimensions") or config.embedding_dimensions
+    if isinstance(dimensions, bool) or not isinstance(dimensions, int) or dimensions < 1:
+        raise _bad_request(_OPENAI, "dimensions: a positive integer is required")
+    return _embeddings_body(model, inputs, dimensions, body.get("encoding_format"))
+
+
+class _BatchAnswers:
+    """The online answers lent to ``rowpilot.simulator.batches`` for batch rows: the same
+    rules, usage and finish reasons, without rate limits, latency or faults."""
+
+    def __init__(self, config: SimulatorConfig) -> None:
+        self._config = config
+
+    def answer(
+        self, endpoint: str, body: Mapping[str, Any], request_id: str
+    ) -> tuple[int, dict[str, Any]]:
+        provider = _ANTHROPIC if endpoint == "/v1/messages" else _OPENAI
+        try:
+            model = body.get("model")
+            if not isinstance(model, str) or model not in self._config.models:
+                raise _Reject(_unknown_model(provider, model))
+            if endpoint == "/v1/embeddings":
+                return 200, _embeddings_answer(self._config, model, body)
+            ask, render = self._ask(provider, body)
+            answer, _ = _respond(self._config, model, ask, None)
+            return 200, render(model, request_id, answer, ask)
+        except _Reject as reject:
+            return reject.response.status, _error_body(reject.response)
+
+    def _ask(self, provider: _Provider, body: Mapping[str, Any]) -> tuple[_Ask, _Render]:
+        if provider is _ANTHROPIC:
+            return _anthropic_ask(body), _messages_body
+        return _openai_ask(body, self._config.default_max_tokens), _chat_body
+
+    def server_error(self, endpoint: str) -> dict[str, Any]:
+        provider = _ANTHROPIC if endpoint == "/v1/messages" else _OPENAI
+        return _error_body(_server_error(provider, 500))
+
+    def prompt_tokens(self, endpoint: str, body: Mapping[str, Any]) -> int:
+        try:
+            if endpoint == "/v1/embeddings":
+                return _tokens(sum(map(len, _embedding_inputs(body))))
+            provider = _ANTHROPIC if endpoint == "/v1/messages" else _OPENAI
+            return self._ask(provider, body)[0].prompt_tokens
+        except _Reject:
+            return 0
+
+
+def _error_body(response: web.StreamResponse) -> dict[str, Any]:
+    """The JSON body of one of our own error responses."""
+    text = response.text if isinstance(response, web.Response) else None
+    body: dict[str, Any] = json.loads(text or "{}")
+    return body
 
 
 async def _quiesce() -> None:
