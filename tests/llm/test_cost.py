@@ -663,3 +663,16 @@ def test_settled_spend_never_passes_the_limit(steps: list[tuple[float, float, bo
         else:
             budget.release(held)
         assert budget.spent <= 0.5
+
+
+def test_batch_prices_are_the_providers_own_and_never_guessed() -> None:
+    """genai-prices' batch variants: half the online rates where the provider publishes
+    them; a model with no batch price keeps its online one rather than a made-up discount."""
+    online = find_price("openai", "gpt-4o-mini")
+    batch = find_price("openai", "gpt-4o-mini", batch=True)
+    assert online is not None and batch is not None
+    assert (batch.input, batch.output) == (online.input / 2, online.output / 2)
+    haiku = find_price("anthropic", "claude-haiku-4-5", batch=True)
+    assert haiku is not None and (haiku.input, haiku.output) == (0.5, 2.5)
+    old = find_price("anthropic", "claude-3-5-haiku-latest")
+    assert find_price("anthropic", "claude-3-5-haiku-latest", batch=True) == old

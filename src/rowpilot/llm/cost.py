@@ -41,7 +41,13 @@ from decimal import ROUND_CEILING, Decimal, localcontext
 from typing import Any, NamedTuple
 
 from genai_prices.data_snapshot import DataSnapshot
-from genai_prices.types import ModelInfo, ModelPrice, TieredPrices, TimeOfDateConstraint
+from genai_prices.types import (
+    ModelInfo,
+    ModelPrice,
+    PriceContext,
+    TieredPrices,
+    TimeOfDateConstraint,
+)
 
 from rowpilot.errors import ConfigError
 
@@ -128,9 +134,17 @@ def _rates(price: Price, prompt_tokens: int) -> _Rates:
 
 
 def find_price(
-    provider: str, model: str, overrides: Mapping[str, Price] | None = None
+    provider: str,
+    model: str,
+    overrides: Mapping[str, Price] | None = None,
+    *,
+    batch: bool = False,
 ) -> Price | None:
-    """The price of ``provider``'s ``model``, or ``None`` when nobody knows it (see the module)."""
+    """The price of ``provider``'s ``model``, or ``None`` when nobody knows it (see the module).
+
+    ``batch``: the price through the provider's Batch API, where genai-prices has one (its
+    ``processing = "batch"`` variant, half the online rates at OpenAI and Anthropic); a model
+    without one keeps its online price, never a guessed discount."""
     if overrides:
         for key in (f"{provider}/{model}", model):
             if key in overrides:
@@ -139,7 +153,7 @@ def find_price(
     if found_under is None:
         return None
     provider_id, info = found_under
-    return _price_of(info, f"{provider_id}/{info.id}")
+    return _price_of(info, f"{provider_id}/{info.id}", batch=batch)
 
 
 @functools.cache
@@ -180,10 +194,13 @@ def _guess_from_model_name(snapshot: DataSnapshot, model: str) -> tuple[str, Mod
     return None
 
 
-def _price_of(info: ModelInfo, name: str) -> Price | None:
+def _price_of(info: ModelInfo, name: str, *, batch: bool = False) -> Price | None:
     """A genai-prices entry as a ``Price``: the dearest reading over today's hours."""
     now = datetime.now(UTC)
-    readings = [_from_model_price(info.get_prices(when), name) for when in _moments(info, now)]
+    context: PriceContext | None = {"processing": "batch"} if batch else None
+    readings = [
+        _from_model_price(info.get_prices(when, context), name) for when in _moments(info, now)
+    ]
     known = [reading for reading in readings if reading is not None]
     return _dearest(known, name) if known else None
 
