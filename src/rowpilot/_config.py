@@ -47,6 +47,8 @@ A job file has four tables; relative paths in it are relative to the file:
     tpm = 200000                 # tokens/min
     cache = true                 # reuse journaled answers and steps (false: ask again)
     keep_going = false           # true: no early stop when the first items fail alike
+    batch_api = false            # true: the provider's Batch API, half price (docs/batch.md)
+    batch_fallback = "batch"     # or "online": rows a batch errs on are asked online
 
     [limits."openai/gpt-4o-mini"]   # named limits: provider or provider/model
     rpm = 500
@@ -150,6 +152,10 @@ class JobConfig(BaseModel):
     repair_attempts: int = Field(2, ge=0, le=10)
     batch_size: int | Literal["auto"] = 1
     call_timeout: float = Field(60.0, gt=0)  # seconds one LLM request may take
+    batch_api: bool = False  # through the provider's Batch API (llm/batch.py)
+    batch_fallback: Literal["batch", "online"] = "batch"
+    detach: bool = False  # submit the batches and exit with status "waiting"
+    batch_poll: float = Field(30.0, gt=0)  # seconds between looks at open batches
     budget: float | None = Field(None, gt=0)
     rpm: float | None = Field(None, gt=0)
     tpm: float | None = Field(None, gt=0)

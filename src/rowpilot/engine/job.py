@@ -42,6 +42,7 @@ from rowpilot.engine.items import (
     Selection,
     count_repeats,
     duplicate_key_error,
+    encode_items,
     parse_rows,
     parse_shard,
     scan,
@@ -67,6 +68,7 @@ from rowpilot.state.operations import check_key_definition, key_definition
 from rowpilot.state.registry import VALIDATED_META, Registry, peek_meta, read_only_folder
 from rowpilot.tasks.base import RunScope, Task
 from rowpilot.tasks.factory import build_task
+from rowpilot.tasks.values import Ahead
 
 STATE_ROOT = Path(".rowpilot")
 KEEP_BYTES = 128 * 2**20
@@ -474,8 +476,9 @@ async def _run_locked(job: PreparedJob, registry: Registry, progress: ProgressVi
     if job.executor.remote:  # the workers' capacity: each busy, with a batch waiting
         job.settings = dataclasses.replace(job.settings, workers=executor.capacity)
     workers = Slots(job.settings.workers)  # the scheduler's, shared with ctx.map sub-items
+    scope = RunScope(registry, counters, events, run_id, workers)
     try:
-        steps = await job.task.open(RunScope(registry, counters, events, run_id, workers))
+        steps = await job.task.open(scope)
     except BaseException:
         executor.close()
         events.close()
@@ -513,11 +516,12 @@ async def _run_locked(job: PreparedJob, registry: Registry, progress: ProgressVi
     _announce_share(job.config, events, progress)
     try:
         inflight.open()  # in the try: a full disk here closes the run like any other error
+        ahead = await job.task.answer_ahead(_pending_rows(job, registry), scope)
         with _signals_to(scheduler):
-            end = await scheduler.run(_chunks(job))
-        waited = job.task.waited_seconds()
-        stop = _stop_line(job, end, scheduler.stop_message)
-        summary = _summary(job, run_id, counters, end, stop, waited)
+            end = await scheduler.run(_leaving_out(ahead, _chunks(job)))
+        end, stop = _after_ahead(ahead, end)
+        stop = stop or _stop_line(job, end, scheduler.stop_message)
+        summary = _summary(job, run_id, counters, end, stop, job.task.waited_seconds())
         summary = dataclasses.replace(summary, executor=executor.name, workers=executor.parallel)
         run_row.update(
             ended_at=time.time(), status=summary.status, summary=json.dumps(summary.as_dict())
@@ -628,6 +632,38 @@ def _chunks(job: PreparedJob) -> Iterator[list[Item]]:
         chunks = selected_items(job.source, job.keyer, job.selection)
     for items in chunks:
         yield [item for item in items if admits(item)]
+
+
+def _pending_rows(job: PreparedJob, registry: Registry) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The selected rows this run is to do (key, row), for ``Task.answer_ahead``."""
+    for items in _chunks(job):
+        encode_items(items, job.task.version)
+        prior = registry.lookup([item.key for item in items])
+        for item in items:
+            if job.settings.runs_again(item.fingerprint, prior.get(item.key)):
+                yield item.key, item.fields
+
+
+def _leaving_out(ahead: Ahead | None, chunks: Iterator[list[Item]]) -> Iterator[list[Item]]:
+    """The run's chunks without the rows still waiting for answers ahead (open batches)."""
+    if ahead is None or not ahead.waiting:
+        yield from chunks
+        return
+    for items in chunks:
+        yield [item for item in items if item.key not in ahead.waiting]
+
+
+def _after_ahead(ahead: Ahead | None, end: RunEnd) -> tuple[RunEnd, str | None]:
+    """How a run whose rows were answered ahead ended: rows still waiting make it
+    ``waiting`` (or ``budget_reached`` when the budget kept them back)."""
+    if ahead is None or not ahead.waiting or end is not RunEnd.COMPLETED:
+        return end, None
+    if ahead.stop is not None:
+        return RunEnd.BUDGET, ahead.stop
+    return RunEnd.WAITING, (
+        f"{len(ahead.waiting):,} rows wait in {ahead.open_batches:,} open batch(es): run the "
+        "same command again to collect them (rowpilot status lists them)"
+    )
 
 
 def _handed_over(kept: list[list[Item]]) -> Iterator[list[Item]]:

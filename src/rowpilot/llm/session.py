@@ -37,7 +37,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +51,7 @@ from rowpilot.errors import (
     InvalidOutputError,
     OutputTruncatedError,
     ProviderError,
+    ProviderServerError,
     ProviderSetupError,
 )
 from rowpilot.llm.cost import (
@@ -83,7 +84,7 @@ from rowpilot.llm.spec import (
 from rowpilot.llm.tokens import TokenEstimator, upper_bound_tokens
 from rowpilot.state.registry import CallRecord, Registry, RowAnswer
 from rowpilot.tasks.base import RunScope, Task
-from rowpilot.tasks.values import ItemUsage, RunStop
+from rowpilot.tasks.values import Ahead, ItemUsage, RunStop
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
@@ -217,6 +218,26 @@ class PromptTask(Task):
             notes=(f"max_tokens {tokens.describe()}",),
         )
 
+    async def answer_ahead(
+        self, rows: Iterable[tuple[str, dict[str, Any]]], scope: RunScope
+    ) -> Ahead | None:
+        """With ``--batch-api``, every pending row through the provider's Batch API
+        (``rowpilot.llm.batch``) before the scheduler commits them from the journal."""
+        if not self.spec.batch_api:
+            return None
+        from rowpilot.llm.batch import BatchRun
+        from rowpilot.state.batches import BatchLedger
+
+        session = self._live()
+        ledger = BatchLedger(scope.registry.directory)
+        try:
+            run = BatchRun(session, ledger, rounds=self.spec.batch_rounds)
+            ahead = await run.run(rows)
+        finally:
+            ledger.close()
+        session.batch_failed = run.exhausted
+        return ahead
+
     async def call(self, row: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
         text = self.spec.template.render(row)
         return await self._live().answer(ctx.key, text, ctx.usage)
@@ -285,6 +306,7 @@ class LLMSession:
         self._counters = Counters()
         self._events: EventLog | None = None
         self._run_id = ""
+        self.batch_failed: dict[str, str] = {}  # --batch-api: item key -> why no batch answer
 
     # -- around the run ----------------------------------------------------------------
 
@@ -355,9 +377,48 @@ class LLMSession:
                 answer: dict[str, Any] = json.loads(hit.output)
                 return answer
         row = _Row(key, text, row_key, usage)
+        if spec.batch_api:
+            return await self._after_batches(row)
         if self._batcher is None:
             return await self._single(row)
         return await self._batcher.submit(row)
+
+    async def _after_batches(self, row: _Row) -> dict[str, Any]:
+        """A row the batches left without a valid answer: its journaled answer repaired
+        online, asked online (``--batch-fallback online``), or failed."""
+        why = self.batch_failed.get(row.key)
+        if why is not None and self.spec.batch_fallback != "online":
+            error = ProviderServerError(
+                f"no batch answered key {row.key!r} in {self.spec.batch_rounds} batch(es): {why}",
+                provider=self.provider.name,
+                model=self.model,
+                key=row.key,
+                hint="run again with --retry-failed, or with --batch-fallback online",
+            )
+            error.retryable = False  # the batches were the retries
+            raise error
+        return await self._single(row)
+
+    # -- for the batch pass (rowpilot.llm.batch) -----------------------------------------
+
+    def batch_row_key(self, text: str) -> str:
+        """A row's answer key: the one its online answer has."""
+        return self._row_key(text, self.spec.keyed_max_tokens)
+
+    def batch_max_tokens(self) -> int:
+        """max_tokens of a one-row request (a batch's requests are those)."""
+        return self._shape(1).max_tokens
+
+    @property
+    def counters(self) -> Counters:
+        return self._counters
+
+    @property
+    def run_id(self) -> str:
+        return self._run_id
+
+    def emit(self, event: str, **fields: Any) -> None:
+        self._emit(event, **fields)
 
     def _row_key(self, text: str, max_tokens: int) -> str:
         spec = self.spec
