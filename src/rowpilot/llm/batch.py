@@ -63,11 +63,21 @@ from rowpilot.tasks.values import Ahead
 if TYPE_CHECKING:
     from rowpilot.llm.session import LLMSession
 
-__all__ = ["MAX_REQUESTS_ENV", "BatchRun"]
+__all__ = ["MAX_REQUESTS_ENV", "BatchRun", "poll_sleep"]
 
 MAX_REQUESTS_ENV = "ROWPILOT_BATCH_MAX_REQUESTS"
 _LOOKUP = 500
 _BODY_OVERHEAD = 1024  # bytes of a batch beyond its lines (brackets, the create's own keys)
+
+
+async def poll_sleep(seconds: float) -> None:
+    """The wait between looks at open batches: the clock tests replace (the simulator's
+    batch clock moved instead of waiting)."""
+    await asyncio.sleep(seconds)
+
+
+async def _poll_wait(seconds: float) -> None:
+    await poll_sleep(seconds)  # looked up at each wait, so that a test's clock is the one
 
 
 @dataclass
@@ -98,7 +108,7 @@ class BatchRun:
         ledger: BatchLedger,
         *,
         rounds: int,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         spec = session.spec
@@ -107,7 +117,7 @@ class BatchRun:
         self.client = BatchClient(session.client)
         self.price = find_price(session.provider.name, session.model, spec.prices, batch=True)
         self.rounds = 1 if spec.batch_fallback == "online" else max(1, rounds)
-        self.sleep = sleep
+        self.sleep = sleep or _poll_wait
         self.clock = clock
         requests, size = self.client.limits
         lower = spec.environ.get(MAX_REQUESTS_ENV)
