@@ -33,7 +33,10 @@ HOUR = 3600.0
 def rows(n: int, start: int = 0) -> list[dict[str, str]]:
     words = ["kind", "racist", "plain", "sexist", "quiet", "homophobic", "green", "loud"]
     return [
-        {"id": f"k{i:05d}", "text": f"row {i} is " + " ".join(words[j % 8] for j in range(i % 5 + 1))}
+        {
+            "id": f"k{i:05d}",
+            "text": f"row {i} is " + " ".join(words[j % 8] for j in range(i % 5 + 1)),
+        }
         for i in range(start, start + n)
     ]
 
@@ -126,7 +129,9 @@ def test_a_batch_run_answers_every_row_through_batches_within_the_request_limit(
     assert online_calls(sim) == 0
     assert clock.waits and set(clock.waits) == {900.0}
     # Journaled like online answers: a call and an answer per row, at the batch price.
-    calls = query(tmp_path / "state", "SELECT rows, cost_usd, input_tokens, output_tokens FROM calls")
+    calls = query(
+        tmp_path / "state", "SELECT rows, cost_usd, input_tokens, output_tokens FROM calls"
+    )
     assert len(calls) == 120 and all(row[0] == 1 for row in calls)
     online = find_price("openai", "gpt-4o-mini")
     price = find_price("openai", "gpt-4o-mini", batch=True)
