@@ -8,9 +8,7 @@ waits for time to pass. Expected answers are the simulator's rules applied to ea
 
 from __future__ import annotations
 
-import json
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,10 +67,10 @@ def sim(simulator_for: Simulators) -> Simulator:
 
 
 @pytest.fixture
-def clock(sim: Simulator, monkeypatch: pytest.MonkeyPatch) -> Iterator[BatchClock]:
+def clock(sim: Simulator, monkeypatch: pytest.MonkeyPatch) -> BatchClock:
     fake = BatchClock(sim)
     monkeypatch.setattr(batch, "poll_sleep", fake)
-    yield fake
+    return fake
 
 
 def batch_run(sim: Simulator, source: Any, state: Path, **settings: Any) -> rowpilot.Result:

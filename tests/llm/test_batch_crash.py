@@ -20,12 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from conftest import start_cli, wait_until
-from rowpilot.llm import batch
-from rowpilot.simulator.server import Simulator, SimulatorConfig
-from rowpilot.state.batches import LEDGER_FILE
-from rowpilot.state.registry import REGISTRY_FILE
 from test_batch import (
     HOUR,
     KEY,
@@ -38,6 +32,12 @@ from test_batch import (
     online_calls,
     rows,
 )
+
+from conftest import start_cli, wait_until
+from rowpilot.llm import batch
+from rowpilot.simulator.server import Simulator, SimulatorConfig
+from rowpilot.state.batches import LEDGER_FILE
+from rowpilot.state.registry import REGISTRY_FILE
 
 ROWS, PER_BATCH = 400, 50
 NEEDED = ROWS // PER_BATCH
