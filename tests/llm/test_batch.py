@@ -24,6 +24,7 @@ from rowpilot.state.registry import REGISTRY_FILE
 
 KEY = "sk-" + "batch-test-5be1"
 MODEL = "openai/gpt-4o-mini"
+CLAUDE = "anthropic/claude-haiku-4-5"
 LABELS = ["racist", "sexist", "homophobic"]
 HOUR = 3600.0
 
@@ -73,11 +74,17 @@ def clock(sim: Simulator, monkeypatch: pytest.MonkeyPatch) -> BatchClock:
     return fake
 
 
-def batch_run(sim: Simulator, source: Any, state: Path, **settings: Any) -> rowpilot.Result:
+def base_url(sim: Simulator, model: str) -> str:
+    return sim.anthropic_base_url if model.startswith("anthropic/") else sim.openai_base_url
+
+
+def batch_run(
+    sim: Simulator, source: Any, state: Path, model: str = MODEL, **settings: Any
+) -> rowpilot.Result:
     defaults: dict[str, Any] = {
         "key": "id",
-        "model": MODEL,
-        "base_url": sim.openai_base_url,
+        "model": model,
+        "base_url": base_url(sim, model),
         "text_column": "text",
         "labels": LABELS,
         "state": state,
@@ -143,3 +150,22 @@ def test_a_batch_run_answers_every_row_through_batches_within_the_request_limit(
     again = batch_run(sim, given, tmp_path / "state")
     assert again.summary.skipped == 120
     assert batch_stats(sim)["created"] == 3  # nothing asked twice
+
+
+def test_an_anthropic_batch_run_answers_every_row_through_message_batches(
+    sim: Simulator, clock: BatchClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(batch.MAX_REQUESTS_ENV, "40")
+    given = rows(100)
+    result = batch_run(sim, given, tmp_path / "state", CLAUDE)
+    check_answers(result, given)
+    stats = batch_stats(sim, "anthropic")
+    assert stats["rows_per_batch"] == [40, 40, 20]
+    assert online_calls(sim) == 0
+    price = find_price("anthropic", "claude-haiku-4-5", batch=True)
+    online = find_price("anthropic", "claude-haiku-4-5")
+    assert price is not None and online is not None and price.output == online.output / 2
+    calls = query(tmp_path / "state", "SELECT cost_usd, input_tokens, output_tokens FROM calls")
+    assert sum(c for c, _, _ in calls) == pytest.approx(
+        sum(cost_usd(price, i, o) for _, i, o in calls)
+    )

@@ -21,11 +21,13 @@ from typing import Any
 
 import pytest
 from test_batch import (
+    CLAUDE,
     HOUR,
     KEY,
     LABELS,
     MODEL,
     BatchClock,
+    base_url,
     batch_run,
     batch_stats,
     check_answers,
@@ -47,6 +49,7 @@ NEEDED = ROWS // PER_BATCH
 def given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[dict[str, str]]:
     monkeypatch.setenv(batch.MAX_REQUESTS_ENV, str(PER_BATCH))
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
     data = rows(ROWS)
     with (tmp_path / "rows.csv").open("w", newline="") as out:
         writer = csv.DictWriter(out, fieldnames=["id", "text"])
@@ -74,9 +77,9 @@ def sim(monkeypatch: pytest.MonkeyPatch) -> Iterator[Simulator]:
             simulator.release_batches()
 
 
-def start(sim: Simulator, folder: Path, *extra: str) -> subprocess.Popen[str]:
+def start(sim: Simulator, folder: Path, *extra: str, model: str = MODEL) -> subprocess.Popen[str]:
     STARTED.append(process := start_cli(
-        "run", "rows.csv", "--key", "id", "--model", MODEL, "--base-url", sim.openai_base_url,
+        "run", "rows.csv", "--key", "id", "--model", model, "--base-url", base_url(sim, model),
         "--text-column", "text", "--labels", ",".join(LABELS), "--batch-api",
         "--batch-poll", "0.05", "--state", "state", "--no-progress", *extra, cwd=folder,
     ))  # fmt: skip
@@ -115,10 +118,12 @@ def journaled(state: Path) -> int:
         return 0
 
 
-def resume_and_check(sim: Simulator, folder: Path, given: list[dict[str, str]]) -> None:
-    result = batch_run(sim, folder / "rows.csv", folder / "state", batch_poll=HOUR / 4)
+def resume_and_check(
+    sim: Simulator, folder: Path, given: list[dict[str, str]], model: str = MODEL
+) -> None:
+    result = batch_run(sim, folder / "rows.csv", folder / "state", model, batch_poll=HOUR / 4)
     check_answers(result, given)
-    stats = batch_stats(sim)
+    stats = batch_stats(sim, model.partition("/")[0])
     assert stats["created"] == NEEDED, stats["rows_per_batch"]  # batches created = needed
     assert stats["rows"] == ROWS  # no row in two batches: every row once in all
     assert online_calls(sim) == 0
@@ -127,36 +132,41 @@ def resume_and_check(sim: Simulator, folder: Path, given: list[dict[str, str]]) 
     assert kept == [(NEEDED,)]
 
 
+@pytest.mark.parametrize("model", [MODEL, CLAUDE])
 def test_killed_between_a_create_and_its_record_the_run_finds_the_batch_again(
-    sim: Simulator, tmp_path: Path, given: list[dict[str, str]]
+    sim: Simulator, tmp_path: Path, given: list[dict[str, str]], model: str
 ) -> None:
+    """OpenAI's batch is found by its metadata; Anthropic's, which has none, by its
+    custom_ids once it has ended: until then its rows stay reserved, never sent again."""
+    provider = model.partition("/")[0]
     sim.hold_batches("create", after=2)  # the third batch is made, its id never heard
-    process = start(sim, tmp_path)
-    wait_for(process, lambda: batch_stats(sim)["created"] == 3, "the third create")
+    process = start(sim, tmp_path, model=model)
+    wait_for(process, lambda: batch_stats(sim, provider)["created"] == 3, "the third create")
     kill(process)
     sim.release_batches()
     unrecorded = ledger(tmp_path / "state", "SELECT intent FROM batches WHERE batch_id IS NULL")
     assert len(unrecorded) == 1
-    resume_and_check(sim, tmp_path, given)
+    resume_and_check(sim, tmp_path, given, model)
     found = ledger(
         tmp_path / "state", f"SELECT batch_id FROM batches WHERE intent = '{unrecorded[0][0]}'"
     )
     assert found[0][0] is not None
 
 
+@pytest.mark.parametrize("model", [MODEL, CLAUDE])
 def test_killed_before_a_create_the_intent_is_found_lost_and_its_rows_sent_once(
-    sim: Simulator, tmp_path: Path, given: list[dict[str, str]]
+    sim: Simulator, tmp_path: Path, given: list[dict[str, str]], model: str
 ) -> None:
     sim.hold_batches("create", applied=False)  # the first create never takes effect
-    process = start(sim, tmp_path)
+    process = start(sim, tmp_path, model=model)
     wait_until(
         lambda: sim.handling == 1 and bool(ledger(tmp_path / "state", "SELECT 1 FROM batches")),
         "an intent",
     )
     kill(process)
     sim.release_batches()
-    assert batch_stats(sim)["created"] == 0
-    resume_and_check(sim, tmp_path, given)
+    assert batch_stats(sim, model.partition("/")[0])["created"] == 0
+    resume_and_check(sim, tmp_path, given, model)
     assert ledger(tmp_path / "state", "SELECT count(*) FROM batches WHERE status = 'lost'") == [
         (1,)
     ]
