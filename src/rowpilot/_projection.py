@@ -5,10 +5,13 @@ See ``rowpilot._estimate`` for the method."""
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from rowpilot.errors import ConfigError
+from rowpilot.llm.batch_client import COMPLETION_WINDOW
+from rowpilot.llm.cost import Price, cost_usd
 from rowpilot.llm.limits import Limits
 from rowpilot.state.registry import Registry
 
@@ -51,10 +54,16 @@ class Projection(_Rest):
     workers: int
     limits: Limits
     notes: tuple[str, ...] = ()  # settings the task chose and why, one line each
+    batch_ratio: float | None = None  # the Batch API's cost over the online one, if priced
 
     @property
     def calls_left(self) -> int:
         return math.ceil(self.remaining / max(self.rows_per_call, 1.0))
+
+    @property
+    def batch_cost(self) -> float | None:
+        """The rest's cost through the provider's Batch API (``--batch-api``)."""
+        return None if self.batch_ratio is None else self.cost * self.batch_ratio
 
     @property
     def sequential_seconds(self) -> float:
@@ -92,7 +101,17 @@ class Projection(_Rest):
             f"time: {_duration(self.sequential_seconds)} one call at a time, "
             f"{_duration(self.parallel_seconds)} with {self.workers} workers "
             f"(bound by {binding}{'; limits ' + limits if limits else ''})",
+            *self._batch_lines(),
             *self.notes,
+        ]
+
+    def _batch_lines(self) -> list[str]:
+        if self.batch_cost is None or self.batch_ratio is None:
+            return []
+        return [
+            f"through the Batch API (--batch-api): ${self.batch_cost:,.4f} more "
+            f"({self.batch_ratio:.0%} of online), answers within {COMPLETION_WINDOW} "
+            "(the provider's completion window)"
         ]
 
 
@@ -104,8 +123,11 @@ def project_calls(
     max_tokens: int,
     limits: Limits,
     notes: tuple[str, ...] = (),
+    prices: tuple[Price | None, Price | None] = (None, None),
 ) -> Projection:
-    """A prompt job's rest: its calls (rows per call as journaled) under its model's limits."""
+    """A prompt job's rest: its calls (rows per call as journaled) under its model's limits;
+    ``prices`` (online, batch) prices the rest through the Batch API too, for the calls'
+    average tokens."""
     registry = Registry(state)
     try:
         profile = registry.call_profile() if registry.exists else {"calls": 0}
@@ -129,7 +151,19 @@ def project_calls(
         workers=workers,
         limits=limits,
         notes=notes,
+        batch_ratio=_batch_ratio(prices, profile),
     )
+
+
+def _batch_ratio(
+    prices: tuple[Price | None, Price | None], profile: Mapping[str, float]
+) -> float | None:
+    online, batch = prices
+    if online is None or batch is None:
+        return None
+    tokens_in, tokens_out = round(profile["input_tokens"]), round(profile["output_tokens"])
+    full = cost_usd(online, tokens_in, tokens_out)
+    return cost_usd(batch, tokens_in, tokens_out) / full if full > 0 else None
 
 
 def _duration(seconds: float) -> str:

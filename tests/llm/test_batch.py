@@ -8,14 +8,19 @@ waits for time to pass. Expected answers are the simulator's rules applied to ea
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 
 import rowpilot
 from conftest import Simulators
+from rowpilot._config import build_config
+from rowpilot._estimate import sample_and_project
+from rowpilot._projection import Projection
 from rowpilot.llm import batch
 from rowpilot.llm.cost import cost_usd, find_price
 from rowpilot.simulator.server import Simulator, SimulatorConfig, _row_object
@@ -169,3 +174,47 @@ def test_an_anthropic_batch_run_answers_every_row_through_message_batches(
     assert sum(c for c, _, _ in calls) == pytest.approx(
         sum(cost_usd(price, i, o) for _, i, o in calls)
     )
+
+
+def test_the_estimate_shows_the_batch_cost_and_window_beside_the_online_cost(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    given = rows(60)
+    pd.DataFrame(given).to_csv(tmp_path / "rows.csv", index=False)
+    config = build_config(
+        {"source": tmp_path / "rows.csv", "key": "id", "model": MODEL,
+         "base_url": sim.openai_base_url, "text_column": "text", "labels": LABELS,
+         "state": tmp_path / "state", "env_file": None, "batch_api": True}
+    )  # fmt: skip
+    _, projection = asyncio.run(sample_and_project(config, 10))
+    assert online_calls(sim) == 10  # the sample is asked online: a batch may take hours
+    assert batch_stats(sim)["created"] == 0
+    assert isinstance(projection, Projection) and projection.remaining == 50
+    assert projection.batch_ratio == pytest.approx(0.5)  # gpt-4o-mini's batch price: half
+    assert projection.batch_cost == pytest.approx(projection.cost / 2)
+    line = next(line for line in projection.lines() if "Batch API" in line)
+    assert f"${projection.batch_cost:,.4f} more (50% of online)" in line
+    assert "within 24h" in line
+
+
+def test_a_batch_is_submitted_only_within_the_budget_and_the_rest_waits_for_the_next_run(
+    sim: Simulator, clock: BatchClock, tmp_path: Path
+) -> None:
+    given = rows(100)
+    dear = {MODEL: {"input": 1000.0, "output": 1000.0}}  # a row's worst case: about $0.1
+    state = tmp_path / "state"
+    first = batch_run(sim, given, state, budget=2.0, prices=dear)
+    assert first.summary.status == "budget_reached"
+    assert first.summary.exit_code == 3
+    assert first.summary.stop_reason is not None and "budget" in first.summary.stop_reason
+    done = first.summary.done
+    assert 0 < done < 100 and first.summary.pending == 100 - done
+    reserved = query(state, "SELECT sum(worst_usd), sum(rows) FROM batches", LEDGER_FILE)[0]
+    assert reserved[0] <= 2.0 and reserved[1] == done  # whole batches' worst cases fitted
+    assert query(state, "SELECT sum(cost_usd) FROM calls")[0][0] <= 2.0
+    assert batch_stats(sim)["rows"] == done
+
+    second = batch_run(sim, given, state, budget=100.0, prices=dear)
+    check_answers(second, given)
+    assert second.summary.skipped == done
+    assert batch_stats(sim)["rows"] == 100  # the rows asked once in all

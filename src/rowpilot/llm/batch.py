@@ -99,6 +99,18 @@ class _Progress:
     looks: dict[str, BatchLook] = field(default_factory=dict)
 
 
+def _within(asks: Sequence[_Ask], left: float | None) -> Sequence[_Ask]:
+    """The first of ``asks`` whose worst cases fit in ``left`` USD (None: no limit)."""
+    if left is None:
+        return asks
+    total = 0.0
+    for count, ask in enumerate(asks):
+        total += ask.worst
+        if total > left:
+            return asks[:count]
+    return asks
+
+
 class BatchRun:
     """One run's batch pass over its pending rows (see the module docstring)."""
 
@@ -223,13 +235,17 @@ class BatchRun:
 
     async def _submit(self, free: list[_Ask]) -> str | None:
         """Submit ``free`` in as few batches as the limits allow; a budget refusal's line."""
+        budget = self.session.budget
         for part in self._files(free):
-            worst = sum(ask.worst for ask in part)
-            budget = self.session.budget
-            reservation = budget.reserve(worst)
+            fits = _within(part, budget.remaining)
+            worst = sum(ask.worst for ask in fits)
+            reservation = budget.reserve(worst) if fits else None
             if reservation is None:
-                return budget.refusal(worst, f"a batch of {len(part):,} rows")
-            await self._create(part, worst, reservation)
+                return budget.refusal(part[0].worst, "a batch of 1 row")
+            await self._create(fits, worst, reservation)
+            if len(fits) < len(part):
+                rest = part[len(fits)]
+                return budget.refusal(rest.worst, f"the batch after {len(fits):,} rows")
         return None
 
     def _files(self, asks: Sequence[_Ask]) -> list[list[_Ask]]:
@@ -244,7 +260,7 @@ class BatchRun:
             size += ask.size
         return [part for part in files if part]
 
-    async def _create(self, part: list[_Ask], worst: float, reservation: Reservation) -> None:
+    async def _create(self, part: Sequence[_Ask], worst: float, reservation: Reservation) -> None:
         intent = "rp" + uuid.uuid4().hex[:10]
         lines = [(f"{intent}-{ask.call_key}", ask.body) for ask in part]
         content = "".join(json.dumps(line, sort_keys=True) + "\n" for line in lines)

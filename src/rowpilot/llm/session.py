@@ -56,6 +56,7 @@ from rowpilot.errors import (
 )
 from rowpilot.llm.cost import (
     Budget,
+    Price,
     cost_usd,
     find_price,
     worst_case_cost,
@@ -216,6 +217,15 @@ class PromptTask(Task):
             max_tokens=per_row,
             limits=limits,
             notes=(f"max_tokens {tokens.describe()}",),
+            prices=self._prices(),
+        )
+
+    def _prices(self) -> tuple[Price | None, Price | None]:
+        """The model's online and Batch API prices (overrides apply to both)."""
+        provider, model = parse_model(self.spec.model, self.spec.providers)
+        return (
+            find_price(provider.name, model, self.spec.prices),
+            find_price(provider.name, model, self.spec.prices, batch=True),
         )
 
     async def answer_ahead(
