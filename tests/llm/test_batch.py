@@ -218,3 +218,79 @@ def test_a_batch_is_submitted_only_within_the_budget_and_the_rest_waits_for_the_
     check_answers(second, given)
     assert second.summary.skipped == done
     assert batch_stats(sim)["rows"] == 100  # the rows asked once in all
+
+
+# -- rows a batch did not answer ----------------------------------------------------------
+
+
+def errors_sim(simulator_for: Simulators, **batch: Any) -> Simulator:
+    return simulator_for(SimulatorConfig(api_key=KEY, completion_delay_s=HOUR, **batch))
+
+
+def test_rows_a_batch_answered_with_an_error_go_into_a_later_batch(
+    simulator_for: Simulators, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each batch gives its rows new custom_ids, so the simulator draws each row's error
+    again in every batch: a row errs in k batches running with chance 0.2^k."""
+    sim = errors_sim(simulator_for, batch_row_errors=0.2)
+    monkeypatch.setattr(batch, "poll_sleep", BatchClock(sim))
+    given = rows(100)
+    result = batch_run(sim, given, tmp_path / "state", max_attempts=8)
+    check_answers(result, given)  # failing: a row erred in 8 batches running (0.2^8)
+    stats = batch_stats(sim)
+    sizes = stats["rows_per_batch"]
+    assert sizes[0] == 100 and len(sizes) >= 2  # 20 errors expected in the first
+    assert sum(sizes[1:]) == stats["row_errors"]  # only the errored rows asked again
+    assert sizes == sorted(sizes, reverse=True)
+    assert online_calls(sim) == 0
+
+
+def test_rows_that_err_in_every_batch_fail_after_max_attempts_batches(
+    simulator_for: Simulators, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sim = errors_sim(simulator_for, batch_row_errors=0.5)
+    monkeypatch.setattr(batch, "poll_sleep", BatchClock(sim))
+    result = batch_run(sim, rows(100), tmp_path / "state", max_attempts=2)
+    stats = batch_stats(sim)
+    first, second = stats["rows_per_batch"]  # about 50, then about 25 err again
+    assert first == 100
+    failed = stats["row_errors"] - second
+    assert result.summary.failed == failed > 0 and result.summary.done == 100 - failed
+    assert result.summary.causes == {"server": failed}
+    error = result.failures()[0].error or ""
+    assert "no batch answered key" in error and "in 2 batch(es)" in error
+    assert online_calls(sim) == 0
+
+
+def test_with_the_online_fallback_rows_a_batch_did_not_answer_are_asked_online(
+    simulator_for: Simulators, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sim = errors_sim(simulator_for, batch_row_errors=0.2)
+    monkeypatch.setattr(batch, "poll_sleep", BatchClock(sim))
+    given = rows(100)
+    result = batch_run(sim, given, tmp_path / "state", batch_fallback="online")
+    check_answers(result, given)
+    stats = batch_stats(sim)
+    assert stats["created"] == 1
+    assert online_calls(sim) == stats["row_errors"] > 0
+
+
+def test_rows_left_unanswered_when_a_batch_expires_are_asked_again(
+    simulator_for: Simulators, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Row i of n is done at 2h * (i + 1) / n; the batch expires at 1.5h: the last quarter
+    # of every batch expires (and a batch of one row always does).
+    sim = simulator_for(
+        SimulatorConfig(api_key=KEY, completion_delay_s=2 * HOUR, expire_after_s=1.5 * HOUR)
+    )
+    monkeypatch.setattr(batch, "poll_sleep", BatchClock(sim))
+    given = rows(100)
+    result = batch_run(sim, given, tmp_path / "state", batch_fallback="online")
+    check_answers(result, given)
+    stats = batch_stats(sim)
+    assert stats["expired"] == 1 and stats["rows_per_batch"] == [100]
+    assert online_calls(sim) == 25  # the expired quarter, online
+
+    again = batch_run(sim, rows(40, start=100), tmp_path / "state", max_attempts=3)
+    assert batch_stats(sim)["rows_per_batch"] == [100, 40, 10, 3]  # a quarter each time
+    assert again.summary.done == 40 - 1 and again.summary.failed == 1
