@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 import rowpilot
-from conftest import Simulators
+from conftest import Cli, Simulators
 from rowpilot._config import build_config
 from rowpilot._estimate import sample_and_project
 from rowpilot._projection import Projection
@@ -294,3 +294,40 @@ def test_rows_left_unanswered_when_a_batch_expires_are_asked_again(
     again = batch_run(sim, rows(40, start=100), tmp_path / "state", max_attempts=3)
     assert batch_stats(sim)["rows_per_batch"] == [100, 40, 10, 3]  # a quarter each time
     assert again.summary.done == 40 - 1 and again.summary.failed == 1
+
+
+# -- detached runs ----------------------------------------------------------------------
+
+
+def test_a_detached_run_submits_and_exits_waiting_then_the_same_command_collects(
+    sim: Simulator, clock: BatchClock, tmp_path: Path, cli: Cli
+) -> None:
+    given = rows(100)
+    pd.DataFrame(given).to_csv(tmp_path / "rows.csv", index=False)
+    command = (
+        "run", "rows.csv", "--key", "id", "--model", MODEL, "--base-url", sim.openai_base_url,
+        "--text-column", "text", "--labels", ",".join(LABELS), "--batch-api", "--detach",
+        "--state", "state", "--no-progress",
+    )  # fmt: skip
+    first = cli(*command)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.startswith("waiting: 0 done"), first.stdout
+    assert "100 rows wait in 1 open batch(es)" in first.stdout
+    assert batch_stats(sim)["created"] == 1 and not clock.waits  # submitted, not waited for
+
+    shown = cli("status", "state")
+    assert "last run waiting" in shown.stdout, shown.stdout
+    (line,) = [line for line in shown.stdout.splitlines() if "open batch" in line]
+    batch_id = query(tmp_path / "state", "SELECT batch_id FROM batches", LEDGER_FILE)[0][0]
+    assert f"open batch openai {batch_id}: 0 of 100 rows done" in line
+
+    sim.advance_batches(HOUR)  # half done: the next look says so, the run goes on waiting
+    again = cli(*command)
+    assert again.returncode == 0 and again.stdout.startswith("waiting: 0 done"), again.stdout
+    assert "50 of 100 rows done" in cli("status", "state").stdout
+    sim.advance_batches(HOUR)
+    last = cli(*command)
+    assert last.returncode == 0 and last.stdout.startswith("completed: 100 done"), last.stdout
+    assert batch_stats(sim)["created"] == 1 and online_calls(sim) == 0
+    assert "open batch" not in cli("status", "state").stdout
+    check_answers(batch_run(sim, tmp_path / "rows.csv", tmp_path / "state"), given)

@@ -519,7 +519,7 @@ async def _run_locked(job: PreparedJob, registry: Registry, progress: ProgressVi
         ahead = await job.task.answer_ahead(_pending_rows(job, registry), scope)
         with _signals_to(scheduler):
             end = await scheduler.run(_leaving_out(ahead, _chunks(job)))
-        end, stop = _after_ahead(job, ahead, end, scheduler.stop_message)
+        end, stop = _after_ahead(job, (registry, run_row), ahead, end, scheduler.stop_message)
         summary = _summary(job, run_id, counters, end, stop, job.task.waited_seconds())
         summary = dataclasses.replace(summary, executor=executor.name, workers=executor.parallel)
         run_row.update(
@@ -653,12 +653,19 @@ def _leaving_out(ahead: Ahead | None, chunks: Iterator[list[Item]]) -> Iterator[
 
 
 def _after_ahead(
-    job: PreparedJob, ahead: Ahead | None, end: RunEnd, message: str | None
+    job: PreparedJob,
+    run: tuple[Registry, dict[str, Any]],
+    ahead: Ahead | None,
+    end: RunEnd,
+    message: str | None,
 ) -> tuple[RunEnd, str | None]:
     """How the run ended and why it stopped: rows still waiting for answers ahead make it
     ``waiting`` (or ``budget_reached`` when the budget kept them back)."""
     if ahead is None or not ahead.waiting or end is not RunEnd.COMPLETED:
         return end, _stop_line(job, end, message)
+    registry, run_row = run
+    if not registry.exists:  # it only submitted batches: still a run of the job, recorded
+        registry.commit([], meta=_meta(job), run=run_row)
     if ahead.stop is not None:
         return RunEnd.BUDGET, ahead.stop
     return RunEnd.WAITING, (

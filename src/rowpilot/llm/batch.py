@@ -316,6 +316,8 @@ class BatchRun:
                 self.session.emit("batch.found", intent=record.intent, batch=batch_id)
             look = await self.client.look(batch_id)
             self._progress.looks[record.intent] = look
+            if look.done != record.done:
+                self.ledger.record_look(record.intent, look.done)
             if look.ended:
                 await self._collect(record, batch_id)
 

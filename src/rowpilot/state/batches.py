@@ -40,7 +40,7 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS batches (intent TEXT PRIMARY KEY, provider TEXT NOT NULL,"
     " model TEXT NOT NULL, content_hash TEXT NOT NULL, intended_at REAL NOT NULL,"
     " batch_id TEXT, status TEXT NOT NULL, rows INTEGER NOT NULL, worst_usd REAL NOT NULL,"
-    " run_id TEXT NOT NULL, ended_at REAL)",
+    " run_id TEXT NOT NULL, ended_at REAL, done INTEGER NOT NULL DEFAULT 0)",
     "CREATE TABLE IF NOT EXISTS batch_rows (custom_id TEXT PRIMARY KEY, intent TEXT NOT NULL,"
     " item_key TEXT NOT NULL, row_key TEXT NOT NULL, call_key TEXT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS batch_rows_by_intent ON batch_rows (intent)",
@@ -63,6 +63,7 @@ class BatchRecord:
     worst_usd: float
     run_id: str
     ended_at: float | None
+    done: int = 0  # rows the provider counted done at the last look
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,7 @@ class BatchLedger:
     def record_intent(self, record: BatchRecord, rows: Sequence[BatchRow]) -> None:
         with self._atomic() as db:
             db.execute(
-                "INSERT INTO batches VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO batches VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     record.intent,
                     record.provider,
@@ -133,6 +134,7 @@ class BatchLedger:
                     record.worst_usd,
                     record.run_id,
                     record.ended_at,
+                    record.done,
                 ),
             )
             db.executemany(
@@ -146,6 +148,10 @@ class BatchLedger:
                 "UPDATE batches SET batch_id = ?, status = 'open' WHERE intent = ?",
                 (batch_id, intent),
             )
+
+    def record_look(self, intent: str, done: int) -> None:
+        with self._atomic() as db:
+            db.execute("UPDATE batches SET done = ? WHERE intent = ?", (done, intent))
 
     def mark(self, intent: str, status: str) -> None:
         """``collected`` or ``lost``: the batch's rows are no longer reserved."""
