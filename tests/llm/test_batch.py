@@ -331,3 +331,22 @@ def test_a_detached_run_submits_and_exits_waiting_then_the_same_command_collects
     assert batch_stats(sim)["created"] == 1 and online_calls(sim) == 0
     assert "open batch" not in cli("status", "state").stdout
     check_answers(batch_run(sim, tmp_path / "rows.csv", tmp_path / "state"), given)
+
+
+def test_a_mixed_job_sends_to_batches_only_the_rows_not_answered_online_before(
+    sim: Simulator, clock: BatchClock, tmp_path: Path
+) -> None:
+    given = rows(100)
+    state = tmp_path / "state"
+    online = batch_run(sim, given, state, batch_api=False, limit=50)
+    assert online.summary.done == 50 and online_calls(sim) == 50
+    mixed = batch_run(sim, given, state)
+    check_answers(mixed, given)
+    assert mixed.summary.skipped == 50
+    assert batch_stats(sim)["rows"] == 50 and online_calls(sim) == 50  # only the rest
+    # --force redoes every row from the journal: nothing is asked again, online or batched.
+    forced = batch_run(sim, given, state, force=True)
+    assert forced.summary.done == 100 and forced.summary.cost_usd == 0.0
+    assert batch_stats(sim)["created"] == 1 and online_calls(sim) == 50
+    costs = query(state, "SELECT count(*), sum(cost_usd) FROM calls")[0]
+    assert costs[0] == 100
