@@ -47,7 +47,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from rowpilot.engine.items import encode_output
 from rowpilot.errors import ProviderError
@@ -61,9 +61,13 @@ from rowpilot.state.registry import CallRecord, RowAnswer
 from rowpilot.tasks.values import Ahead
 
 if TYPE_CHECKING:
-    from rowpilot.llm.session import LLMSession
+    from rowpilot.engine.progress import Counters
+    from rowpilot.llm.cost import Budget
+    from rowpilot.llm.providers import ChatClient, ProviderSpec
+    from rowpilot.llm.spec import PromptSpec
+    from rowpilot.state.registry import Registry
 
-__all__ = ["MAX_REQUESTS_ENV", "BatchRun", "poll_sleep"]
+__all__ = ["MAX_REQUESTS_ENV", "BatchRun", "BatchSession", "poll_sleep"]
 
 MAX_REQUESTS_ENV = "ROWPILOT_BATCH_MAX_REQUESTS"
 _LOOKUP = 500
@@ -111,12 +115,32 @@ def _within(asks: Sequence[_Ask], left: float | None) -> Sequence[_Ask]:
     return asks
 
 
+class BatchSession(Protocol):
+    """What the batch pass needs of the prompt task's session (``LLMSession``)."""
+
+    spec: PromptSpec
+    provider: ProviderSpec
+    model: str
+    client: ChatClient
+    budget: Budget
+
+    @property
+    def registry(self) -> Registry: ...
+    @property
+    def counters(self) -> Counters: ...
+    @property
+    def run_id(self) -> str: ...
+    def emit(self, event: str, **fields: Any) -> None: ...
+    def batch_row_key(self, text: str) -> str: ...
+    def batch_max_tokens(self) -> int: ...
+
+
 class BatchRun:
     """One run's batch pass over its pending rows (see the module docstring)."""
 
     def __init__(
         self,
-        session: LLMSession,
+        session: BatchSession,
         ledger: BatchLedger,
         *,
         rounds: int,
