@@ -141,7 +141,7 @@ SQL = re.compile(r"\b(SELECT|INSERT|UPDATE|DELETE|PRAGMA|ATTACH|CREATE TABLE)\b"
 def test_all_sql_is_in_the_registry_module(path: Path) -> None:
     own_sql = ("state/registry.py", "state/writeback.py", "state/batches.py")
     if path.relative_to(PACKAGE).as_posix() in own_sql:
-        return  # the registry, the Sheets write-back's and the batches' ledgers (files of their own)
+        return  # the registry; the write-back's and the batches' ledgers (own files)
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Constant) and isinstance(node.value, str):
             assert not SQL.search(node.value), (
