@@ -307,13 +307,14 @@ def test_a_detached_run_submits_and_exits_waiting_then_the_same_command_collects
     command = (
         "run", "rows.csv", "--key", "id", "--model", MODEL, "--base-url", sim.openai_base_url,
         "--text-column", "text", "--labels", ",".join(LABELS), "--batch-api", "--detach",
-        "--state", "state", "--no-progress",
+        "--state", "state", "--progress",
     )  # fmt: skip
     first = cli(*command)
     assert first.returncode == 0, first.stderr
     assert first.stdout.startswith("waiting: 0 done"), first.stdout
     assert "100 rows wait in 1 open batch(es)" in first.stdout
     assert batch_stats(sim)["created"] == 1 and not clock.waits  # submitted, not waited for
+    assert "batches 1 open, 0 collected; rows 0/100 answered" in first.stderr  # progress
 
     shown = cli("status", "state")
     assert "last run waiting" in shown.stdout, shown.stdout
@@ -328,6 +329,7 @@ def test_a_detached_run_submits_and_exits_waiting_then_the_same_command_collects
     sim.advance_batches(HOUR)
     last = cli(*command)
     assert last.returncode == 0 and last.stdout.startswith("completed: 100 done"), last.stdout
+    assert "batches 0 open, 1 collected; rows 100/100 answered" in last.stderr
     assert batch_stats(sim)["created"] == 1 and online_calls(sim) == 0
     assert "open batch" not in cli("status", "state").stdout
     check_answers(batch_run(sim, tmp_path / "rows.csv", tmp_path / "state"), given)

@@ -22,10 +22,10 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from rowpilot._config import JobConfig
 from rowpilot._result import Result, Summary
@@ -71,6 +71,8 @@ from rowpilot.tasks.factory import build_task
 from rowpilot.tasks.values import Ahead
 
 STATE_ROOT = Path(".rowpilot")
+PROGRESS_TICK = 1.0  # seconds between progress refreshes while rows are answered ahead
+T = TypeVar("T")
 KEEP_BYTES = 128 * 2**20
 """The memory the validation pass of a grouped task (the local model, whose run is bound by
 the model and the rows' reading) may keep its items in for the run, so that it reads the
@@ -516,7 +518,9 @@ async def _run_locked(job: PreparedJob, registry: Registry, progress: ProgressVi
     _announce_share(job.config, events, progress)
     try:
         inflight.open()  # in the try: a full disk here closes the run like any other error
-        ahead = await job.task.answer_ahead(_pending_rows(job, registry), scope)
+        ahead = await _refreshing(
+            job.task.answer_ahead(_pending_rows(job, registry), scope), progress, counters
+        )
         with _signals_to(scheduler):
             end = await scheduler.run(_leaving_out(ahead, _chunks(job)))
         end, stop = _after_ahead(job, (registry, run_row), ahead, end, scheduler.stop_message)
@@ -641,6 +645,21 @@ def _pending_rows(job: PreparedJob, registry: Registry) -> Iterator[tuple[str, d
         for item in items:
             if job.settings.runs_again(item.fingerprint, prior.get(item.key)):
                 yield item.key, item.fields
+
+
+async def _refreshing(work: Awaitable[T], progress: ProgressView, counters: Counters) -> T:
+    """``work`` (a task's rows answered ahead: batches waited for), with the progress view
+    refreshed every second meanwhile, as the scheduler's ticks refresh it later."""
+    running = asyncio.ensure_future(work)
+    try:
+        while not running.done():
+            progress.refresh(counters)
+            await asyncio.wait({running}, timeout=PROGRESS_TICK)
+    except BaseException:
+        running.cancel()
+        raise
+    progress.refresh(counters)
+    return running.result()
 
 
 def _leaving_out(ahead: Ahead | None, chunks: Iterator[list[Item]]) -> Iterator[list[Item]]:

@@ -176,10 +176,21 @@ class BatchRun:
             free = self._free(asks)
             if free and stop is None:
                 stop = await self._submit(free)
+            self._show(asks)
             if not self.ledger.unfinished() or detach:
                 break
             await self.sleep(self.session.spec.batch_poll)
         return self._left(asks, stop)
+
+    def _show(self, asks: dict[str, _Ask]) -> None:
+        """The batches and their rows, for the progress view."""
+        answered = sum(len(ask.keys) for key, ask in asks.items() if key in self._answered)
+        rows = sum(len(ask.keys) for ask in asks.values())
+        progress = self._progress
+        self.session.counters.batches = (
+            f"batches {len(self.ledger.unfinished())} open, {progress.collected} collected; "
+            f"rows {answered:,}/{rows:,} answered"
+        )
 
     # -- what to ask ------------------------------------------------------------------
 
