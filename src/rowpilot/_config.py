@@ -76,7 +76,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -219,7 +219,31 @@ def build_config(settings: Mapping[str, Any]) -> JobConfig:
             f"{name}: {first['msg']}", hint="see `rowpilot run --help` for the settings"
         ) from None
     _check_task_kind(config)
+    _check_batch_settings(config)
     return config
+
+
+def _check_batch_settings(config: JobConfig) -> None:
+    """--batch-api is for prompt tasks on a source that can be read twice (the batch pass
+    reads the rows, then the run commits them); --detach waits for nothing without it."""
+    if config.detach and not config.batch_api:
+        raise ConfigError(
+            "--detach leaves batches to wait", hint="add --batch-api, or drop --detach"
+        )
+    if not config.batch_api:
+        return
+    if not config.is_prompt or config.is_local:
+        raise ConfigError(
+            "--batch-api sends a prompt task's rows through a provider's Batch API, and this "
+            "job's task is not a prompt (ctx.llm steps are asked online)",
+            hint="drop --batch-api, or give the job --prompt/--labels/--fields with an LLM",
+        )
+    if isinstance(config.source, Iterator):
+        raise ConfigError(
+            "--batch-api reads the rows twice (the batches, then the run), and a one-shot "
+            "iterator can be read once",
+            hint="pass a list of rows or a DataFrame",
+        )
 
 
 def _check_task_kind(config: JobConfig) -> None:

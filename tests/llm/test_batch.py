@@ -15,12 +15,15 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import rowpilot
 from conftest import Cli, Simulators
 from rowpilot._config import build_config
 from rowpilot._estimate import sample_and_project
 from rowpilot._projection import Projection
+from rowpilot.errors import ConfigError
 from rowpilot.llm import batch
 from rowpilot.llm.cost import cost_usd, find_price
 from rowpilot.simulator.server import Simulator, SimulatorConfig, _row_object
@@ -352,3 +355,40 @@ def test_a_mixed_job_sends_to_batches_only_the_rows_not_answered_online_before(
     assert batch_stats(sim)["created"] == 1 and online_calls(sim) == 50
     costs = query(state, "SELECT count(*), sum(cost_usd) FROM calls")[0]
     assert costs[0] == 100
+
+
+# -- packing and refusals -------------------------------------------------------------------
+
+
+@given(
+    sizes=st.lists(st.integers(1, 5_000), max_size=300),
+    max_requests=st.integers(1, 60),
+    max_bytes=st.integers(2_000, 60_000),
+)
+def test_requests_are_packed_in_order_into_the_fewest_batches_within_the_limits(
+    sizes: list[int], max_requests: int, max_bytes: int
+) -> None:
+    counts = batch.pack(sizes, max_requests, max_bytes)
+    assert sum(counts) == len(sizes) and all(count > 0 for count in counts)
+    start = 0
+    for index, count in enumerate(counts):
+        part = sizes[start : start + count]
+        assert count <= max_requests
+        assert count == 1 or sum(part) + batch._BODY_OVERHEAD <= max_bytes
+        if index + 1 < len(counts):  # full: the next request would not have fitted
+            following = sizes[start + count]
+            assert count == max_requests or sum(part) + following + batch._BODY_OVERHEAD > max_bytes
+        start += count
+
+
+def test_batch_settings_that_cannot_work_are_refused_before_anything_runs(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    given = rows(5)
+    with pytest.raises(ConfigError, match="--detach leaves batches to wait"):
+        batch_run(sim, given, tmp_path / "state", batch_api=False, detach=True)
+    with pytest.raises(ConfigError, match="one-shot iterator can be read once"):
+        batch_run(sim, iter(given), tmp_path / "state")
+    with pytest.raises(ConfigError, match="this job's task is not a prompt"):
+        rowpilot.run(dict, given, key="id", state=tmp_path / "state", batch_api=True)
+    assert not (tmp_path / "state").exists()

@@ -67,7 +67,7 @@ if TYPE_CHECKING:
     from rowpilot.llm.spec import PromptSpec
     from rowpilot.state.registry import Registry
 
-__all__ = ["MAX_REQUESTS_ENV", "BatchRun", "BatchSession", "poll_sleep"]
+__all__ = ["MAX_REQUESTS_ENV", "BatchRun", "BatchSession", "pack", "poll_sleep"]
 
 MAX_REQUESTS_ENV = "ROWPILOT_BATCH_MAX_REQUESTS"
 _LOOKUP = 500
@@ -101,6 +101,22 @@ class _Progress:
     submitted: int = 0
     collected: int = 0
     looks: dict[str, BatchLook] = field(default_factory=dict)
+
+
+def pack(sizes: Sequence[int], max_requests: int, max_bytes: int) -> list[int]:
+    """How many of the requests (of ``sizes`` bytes, in order) each batch takes: in order,
+    each batch as full as ``max_requests`` and ``max_bytes`` (less ``_BODY_OVERHEAD``)
+    allow, so the fewest batches that keep the order. A request larger than the whole
+    limit goes alone (and the provider refuses it)."""
+    counts: list[int] = []
+    size = count = 0
+    for request in sizes:
+        if count and (count >= max_requests or _BODY_OVERHEAD + size + request > max_bytes):
+            counts.append(count)
+            size = count = 0
+        size += request
+        count += 1
+    return [*counts, count] if count else counts
 
 
 def _within(asks: Sequence[_Ask], left: float | None) -> Sequence[_Ask]:
@@ -283,17 +299,10 @@ class BatchRun:
                 return budget.refusal(rest.worst, f"the batch after {len(fits):,} rows")
         return None
 
-    def _files(self, asks: Sequence[_Ask]) -> list[list[_Ask]]:
-        files: list[list[_Ask]] = [[]]
-        size = _BODY_OVERHEAD
-        for ask in asks:
-            full = len(files[-1]) >= self.max_requests or size + ask.size > self.max_bytes
-            if files[-1] and full:
-                files.append([])
-                size = _BODY_OVERHEAD
-            files[-1].append(ask)
-            size += ask.size
-        return [part for part in files if part]
+    def _files(self, asks: Sequence[_Ask]) -> list[Sequence[_Ask]]:
+        counts = pack([ask.size for ask in asks], self.max_requests, self.max_bytes)
+        starts = [sum(counts[:index]) for index in range(len(counts))]
+        return [asks[start : start + count] for start, count in zip(starts, counts, strict=True)]
 
     async def _create(self, part: Sequence[_Ask], worst: float, reservation: Reservation) -> None:
         intent = "rp" + uuid.uuid4().hex[:10]
