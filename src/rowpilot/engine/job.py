@@ -8,6 +8,11 @@ since (size, mtime in ns, inode, the same read and selection settings: recorded 
 registry's meta), is not validated again: the run's own read is then its only one. For a
 grouped task, a selection whose items fit ``KEEP_BYTES`` is read once the other way round:
 the run takes the items the validation pass read.
+
+A task may answer the run's pending rows ahead of the scheduler (``Task.answer_ahead``: a
+prompt task through a Batch API): the selection is then read once more, the rows it
+leaves waiting (in open batches) are kept out of the scheduler, and the run ends
+``waiting`` (or ``budget_reached``) with them pending.
 """
 
 from __future__ import annotations

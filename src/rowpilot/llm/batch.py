@@ -46,12 +46,12 @@ import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from rowpilot.engine.items import encode_output
 from rowpilot.errors import ProviderError
-from rowpilot.llm.batch_client import BatchClient, BatchLook, RowResult, request_body
+from rowpilot.llm.batch_client import BatchClient, RowResult, request_body
 from rowpilot.llm.cost import Reservation, cost_usd, find_price, worst_case_cost
 from rowpilot.llm.prompt import parse_single, single_request
 from rowpilot.llm.schema import OutputValidationError
@@ -100,7 +100,6 @@ class _Ask:
 class _Progress:
     submitted: int = 0
     collected: int = 0
-    looks: dict[str, BatchLook] = field(default_factory=dict)
 
 
 def pack(sizes: Sequence[int], max_requests: int, max_bytes: int) -> list[int]:
@@ -359,7 +358,6 @@ class BatchRun:
                 self.ledger.record_batch_id(record.intent, batch_id)
                 self.session.emit("batch.found", intent=record.intent, batch=batch_id)
             look = await self.client.look(batch_id)
-            self._progress.looks[record.intent] = look
             if look.done != record.done:
                 self.ledger.record_look(record.intent, look.done)
             if look.ended:

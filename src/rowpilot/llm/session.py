@@ -28,6 +28,13 @@ a batch of N rows asks the wrapper's part plus N rows' (``AnswerTokens.for_rows`
 
 Other failures (5xx, timeouts, resets, malformed bodies) raise a ``ProviderError`` and the
 scheduler retries the item under its policy; a batch's failure is each of its rows'.
+
+With ``--batch-api`` the task answers the run's pending rows ahead
+(``PromptTask.answer_ahead``: ``rowpilot.llm.batch``, the providers' Batch APIs), and each
+row's call then finds its answer in step 1. A row the batches left without a valid answer
+takes the one-row online path: its journaled answer replayed and repaired (steps 2 to 6,
+online calls), asked online with ``--batch-fallback online``, or failed when it had no
+answer in ``max_attempts`` batches (docs/batch.md).
 """
 
 from __future__ import annotations

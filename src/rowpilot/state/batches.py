@@ -12,7 +12,7 @@ A batch's life in the ledger, each step committed before the next is taken:
    batch was never created (found nowhere at the provider).
 
 A row is *reserved* while its call key is in an intent or open batch: no other batch gets
-it. A row's *tries* are the collected batches that held it and journaled no answer for it.
+it.
 
 The ledger is a file of its own, as the Sheets write-back's is (``state/writeback.py``),
 so the registry's schema and migrations stay as they are; losing it while batches are open
@@ -166,9 +166,6 @@ class BatchLedger:
         query = "SELECT * FROM batches WHERE status IN (?, ?) ORDER BY intended_at, intent"
         return [BatchRecord(*row) for row in self._db.execute(query, _OPEN)]
 
-    def all(self) -> list[BatchRecord]:
-        return [BatchRecord(*row) for row in self._db.execute("SELECT * FROM batches")]
-
     def known_ids(self) -> set[str]:
         query = "SELECT batch_id FROM batches WHERE batch_id IS NOT NULL"
         return {row[0] for row in self._db.execute(query)}
@@ -184,14 +181,6 @@ class BatchLedger:
             " WHERE b.status IN (?, ?) AND r.call_key IN ({})"
         )
         return {row[0] for row in self._chunked(query, call_keys, _OPEN)}
-
-    def tries(self, call_keys: Sequence[str]) -> dict[str, int]:
-        """How many collected batches held each of ``call_keys``."""
-        query = (
-            "SELECT r.call_key, COUNT(*) FROM batch_rows r JOIN batches b ON b.intent = r.intent"
-            " WHERE b.status = 'collected' AND r.call_key IN ({}) GROUP BY r.call_key"
-        )
-        return dict(self._chunked(query, call_keys, ()))
 
     def _chunked(
         self, query: str, keys: Sequence[str], head: tuple[str, ...]
