@@ -54,7 +54,8 @@ class Projection(_Rest):
     workers: int
     limits: Limits
     notes: tuple[str, ...] = ()  # settings the task chose and why, one line each
-    batch_ratio: float | None = None  # the Batch API's cost over the online one, if priced
+    # an item's cost through the Batch API (one request a row), if priced
+    batch_cost_per_item: float | None = None
 
     @property
     def calls_left(self) -> int:
@@ -63,7 +64,8 @@ class Projection(_Rest):
     @property
     def batch_cost(self) -> float | None:
         """The rest's cost through the provider's Batch API (``--batch-api``)."""
-        return None if self.batch_ratio is None else self.cost * self.batch_ratio
+        per_item = self.batch_cost_per_item
+        return None if per_item is None else self.remaining * per_item
 
     @property
     def sequential_seconds(self) -> float:
@@ -106,12 +108,13 @@ class Projection(_Rest):
         ]
 
     def _batch_lines(self) -> list[str]:
-        if self.batch_cost is None or self.batch_ratio is None:
+        if self.batch_cost is None or self.batch_cost_per_item is None:
             return []
+        share = f", {self.batch_cost / self.cost:.0%} of online" if self.cost > 0 else ""
         return [
-            f"through the Batch API (--batch-api): ${self.batch_cost:,.4f} more "
-            f"({self.batch_ratio:.0%} of online), answers within {COMPLETION_WINDOW} "
-            "(the provider's completion window)"
+            f"through the Batch API (--batch-api, a request a row): ${self.batch_cost:,.4f} "
+            f"more (${self.batch_cost_per_item:.6f} per item{share}), answers within "
+            f"{COMPLETION_WINDOW} (the provider's completion window)"
         ]
 
 
@@ -123,11 +126,11 @@ def project_calls(
     max_tokens: int,
     limits: Limits,
     notes: tuple[str, ...] = (),
-    prices: tuple[Price | None, Price | None] = (None, None),
+    batch: tuple[Price | None, float | None] = (None, None),
 ) -> Projection:
     """A prompt job's rest: its calls (rows per call as journaled) under its model's limits;
-    ``prices`` (online, batch) prices the rest through the Batch API too, for the calls'
-    average tokens."""
+    ``batch`` (the batch price, the prompt tokens of a one-row request) prices the rest
+    through the Batch API too: a request a row, each answer as long as the calls' rows'."""
     registry = Registry(state)
     try:
         profile = registry.call_profile() if registry.exists else {"calls": 0}
@@ -151,19 +154,20 @@ def project_calls(
         workers=workers,
         limits=limits,
         notes=notes,
-        batch_ratio=_batch_ratio(prices, profile),
+        batch_cost_per_item=_batch_cost(batch, profile),
     )
 
 
-def _batch_ratio(
-    prices: tuple[Price | None, Price | None], profile: Mapping[str, float]
+def _batch_cost(
+    batch: tuple[Price | None, float | None], profile: Mapping[str, float]
 ) -> float | None:
-    online, batch = prices
-    if online is None or batch is None:
+    price, prompt_tokens = batch
+    if price is None:
         return None
-    tokens_in, tokens_out = round(profile["input_tokens"]), round(profile["output_tokens"])
-    full = cost_usd(online, tokens_in, tokens_out)
-    return cost_usd(batch, tokens_in, tokens_out) / full if full > 0 else None
+    rows = profile["rows"] or 1.0
+    if prompt_tokens is None or rows == 1:  # one-row calls: their own tokens
+        prompt_tokens = profile["input_tokens"]
+    return cost_usd(price, round(prompt_tokens), round(profile["output_tokens"] / rows))
 
 
 def _duration(seconds: float) -> str:

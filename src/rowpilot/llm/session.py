@@ -43,9 +43,11 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
+import itertools
 import json
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rowpilot.engine.events import EventLog
@@ -105,12 +107,11 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from rowpilot._projection import Projection
     from rowpilot.tasks.ctx import Ctx
 
 BATCH_LINGER = 0.02  # seconds a partial batch waits for more rows
+SAMPLE_ROWS = 50  # done rows the estimate renders for a one-row request's prompt tokens
 MAX_REQUEST_TOKENS = 16_384  # cap on a batch request's max_tokens
 
 
@@ -224,16 +225,34 @@ class PromptTask(Task):
             max_tokens=per_row,
             limits=limits,
             notes=(f"max_tokens {tokens.describe()}",),
-            prices=self._prices(),
+            batch=(self._batch_price(), self._one_row_prompt_tokens(state)),
         )
 
-    def _prices(self) -> tuple[Price | None, Price | None]:
-        """The model's online and Batch API prices (overrides apply to both)."""
+    def _batch_price(self) -> Price | None:
+        """The model's Batch API price (``[prices]`` overrides apply to both modes)."""
         provider, model = parse_model(self.spec.model, self.spec.providers)
-        return (
-            find_price(provider.name, model, self.spec.prices),
-            find_price(provider.name, model, self.spec.prices, batch=True),
-        )
+        return find_price(provider.name, model, self.spec.prices, batch=True)
+
+    def _one_row_prompt_tokens(self, state: Path) -> float | None:
+        """The prompt tokens of a one-row request (the Batch API's), on average over the
+        first done rows, by the session's estimator (calibrated by the sample's calls)."""
+        if self._session is None or not self.spec.batching:
+            return None  # one-row calls already: the journal has their tokens
+        registry = Registry(state)
+        try:
+            records = list(itertools.islice(registry.records(status="done"), SAMPLE_ROWS))
+        finally:
+            registry.close()
+        spec, estimator = self.spec, self._session.estimator
+        counts = []
+        for record in records:
+            text = spec.template.render(record.input)
+            request = single_request(
+                spec.system, text, spec.schema, key="", structured=spec.structured
+            )
+            messages = len(request.messages) + (1 if request.system else 0)
+            counts.append(estimator.estimate(request.chars(), messages))
+        return sum(counts) / len(counts) if counts else None
 
     async def answer_ahead(
         self, rows: Iterable[tuple[str, dict[str, Any]]], scope: RunScope
