@@ -9,6 +9,7 @@ waits for time to pass. Expected answers are the simulator's rules applied to ea
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from conftest import Cli, Simulators
 from rowpilot._config import build_config
 from rowpilot._estimate import sample_and_project
 from rowpilot._projection import Projection
-from rowpilot.errors import ConfigError
+from rowpilot.errors import ConfigError, ProviderError
 from rowpilot.llm import batch
 from rowpilot.llm.cost import cost_usd, find_price
 from rowpilot.simulator.server import Simulator, SimulatorConfig, _row_object
@@ -376,3 +377,44 @@ def test_batch_settings_that_cannot_work_are_refused_before_anything_runs(
     with pytest.raises(ConfigError, match="this job's task is not a prompt"):
         rowpilot.run(dict, given, key="id", state=tmp_path / "state", batch_api=True)
     assert not (tmp_path / "state").exists()
+
+
+class FailingLooks(BatchClock):
+    """The batch clock, and from the first wait on, the next ``count`` batch requests fail
+    with a 500 (once)."""
+
+    def __init__(self, sim: Simulator, count: int) -> None:
+        super().__init__(sim)
+        self.count = count
+
+    async def __call__(self, seconds: float) -> None:
+        if not self.waits:
+            self.sim.fail_batch_requests(self.count)
+        await super().__call__(seconds)
+
+
+def events(state: Path, name: str) -> list[dict[str, Any]]:
+    found = []
+    for log in (state / "logs").glob("*.jsonl"):
+        for line in log.read_text(encoding="utf-8").splitlines():
+            event = json.loads(line)
+            if event.get("event") == name:
+                found.append(event)
+    return found
+
+
+def test_a_provider_error_while_waiting_is_ridden_out_and_too_many_in_a_row_end_the_run(
+    sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    given = rows(30)
+    monkeypatch.setattr(batch, "poll_sleep", FailingLooks(sim, 3))
+    result = batch_run(sim, given, tmp_path / "state")
+    check_answers(result, given)
+    retried = events(tmp_path / "state", "batch.retry")
+    assert [event["failures"] for event in retried] == [1, 2, 3]
+    assert batch_stats(sim)["created"] == 1
+
+    monkeypatch.setattr(batch, "poll_sleep", FailingLooks(sim, batch.TRANSIENT_FAILURES + 1))
+    with pytest.raises(ProviderError, match="HTTP 500"):
+        batch_run(sim, rows(30, start=30), tmp_path / "state")
+    assert batch_stats(sim)["created"] == 2  # submitted, then not looked at for good

@@ -71,6 +71,7 @@ __all__ = ["MAX_REQUESTS_ENV", "BatchRun", "BatchSession", "pack", "poll_sleep"]
 
 MAX_REQUESTS_ENV = "ROWPILOT_BATCH_MAX_REQUESTS"
 _LOOKUP = 500
+TRANSIENT_FAILURES = 5  # retryable failures in a row the batch pass rides out
 _BODY_OVERHEAD = 1024  # bytes of a batch beyond its lines (brackets, the create's own keys)
 
 
@@ -180,6 +181,7 @@ class BatchRun:
         self._why: dict[str, str] = {}
         self._held: dict[str, Reservation] = {}
         self._progress = _Progress()
+        self._failures = 0  # transient failures in a row (see _passing)
 
     async def run(self, rows: Iterable[tuple[str, dict[str, Any]]]) -> Ahead:
         """Answer ``rows`` (item key, row) through batches; what is left for the run."""
@@ -192,10 +194,20 @@ class BatchRun:
             if free and stop is None:
                 stop = await self._submit(free)
             self._show(asks)
-            if not self.ledger.unfinished() or detach:
+            to_send = stop is None and bool(self._free(asks))  # a create that failed
+            if detach or not (self.ledger.unfinished() or to_send):
                 break
             await self.sleep(self.session.spec.batch_poll)
         return self._left(asks, stop)
+
+    def _passing(self, error: ProviderError, doing: str) -> None:
+        """A retryable failure (a 5xx, a timeout, a dropped connection) of a look, a read or
+        a create is tried again at the next look: the batches stay recorded. Past
+        ``TRANSIENT_FAILURES`` in a row, or any other failure, ends the run."""
+        self._failures += 1
+        if not error.retryable or self._failures > TRANSIENT_FAILURES:
+            raise error
+        self.session.emit("batch.retry", doing=doing, error=str(error), failures=self._failures)
 
     def _show(self, asks: dict[str, _Ask]) -> None:
         """The batches and their rows, for the progress view."""
@@ -330,8 +342,10 @@ class BatchRun:
             if error.status is not None or not error.sent:  # answered, or never sent
                 self.ledger.mark(intent, "lost")
                 self.session.budget.release(reservation)
-                raise
-            return  # its fate is unknown: the next look finds it, or finds it lost
+            # else its fate is unknown: the next look finds it, or finds it lost
+            self._passing(error, "create")
+            return
+        self._failures = 0
         self.ledger.record_batch_id(intent, batch_id)
         self._progress.submitted += 1
         self.session.emit("batch.submitted", intent=intent, batch=batch_id, rows=len(part))
@@ -340,28 +354,42 @@ class BatchRun:
 
     async def _settle_unfinished(self) -> None:
         """Find the recorded intents' batches, look at the open ones, collect the ended."""
+        failed: ProviderError | None = None
         for record in self.ledger.unfinished():
-            batch_id = record.batch_id
-            if batch_id is None:
-                found = await self.client.find(
-                    record.intent, record.intended_at, self.ledger.known_ids()
-                )
-                if found is False:
-                    self.ledger.mark(record.intent, "lost")
-                    self._release(record.intent)
-                    self.session.emit("batch.lost", intent=record.intent)
-                    continue
-                if found is True:
-                    continue  # a candidate batch has not ended: its rows stay reserved
-                assert isinstance(found, str)
-                batch_id = found
-                self.ledger.record_batch_id(record.intent, batch_id)
-                self.session.emit("batch.found", intent=record.intent, batch=batch_id)
-            look = await self.client.look(batch_id)
-            if look.done != record.done:
-                self.ledger.record_look(record.intent, look.done)
-            if look.ended:
-                await self._collect(record, batch_id)
+            try:
+                await self._follow(record)
+            except ProviderError as error:
+                if not error.retryable:
+                    raise
+                failed = error  # the others are still looked at
+        if failed is not None:
+            self._passing(failed, "look at the open batches")  # once a round
+        else:
+            self._failures = 0
+
+    async def _follow(self, record: BatchRecord) -> None:
+        """One recorded batch: found, looked at, collected if it has ended."""
+        batch_id = record.batch_id
+        if batch_id is None:
+            found = await self.client.find(
+                record.intent, record.intended_at, self.ledger.known_ids()
+            )
+            if found is False:
+                self.ledger.mark(record.intent, "lost")
+                self._release(record.intent)
+                self.session.emit("batch.lost", intent=record.intent)
+                return
+            if found is True:
+                return  # a candidate batch has not ended: its rows stay reserved
+            assert isinstance(found, str)
+            batch_id = found
+            self.ledger.record_batch_id(record.intent, batch_id)
+            self.session.emit("batch.found", intent=record.intent, batch=batch_id)
+        look = await self.client.look(batch_id)
+        if look.done != record.done:
+            self.ledger.record_look(record.intent, look.done)
+        if look.ended:
+            await self._collect(record, batch_id)
 
     async def _collect(self, record: BatchRecord, batch_id: str) -> None:
         rows = {row.custom_id: row for row in self.ledger.rows_of(record.intent)}

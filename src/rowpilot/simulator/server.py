@@ -222,6 +222,7 @@ takes effect and is then refused (503), as a request lost on the way. ``"results
 reads of a batch's answers (an OpenAI file's content, Anthropic results) past the first
 ``after``. A test kills its client in such a gap: between the provider's create and the
 client's record of the id, before a create, or between two batches' collection.
+``fail_batch_requests(n)`` answers the next n batch requests with a 500, unapplied.
 
 Output lines and results come in an order of their own (by blake2b of batch id and
 custom_id), not the input's: a client matches them by ``custom_id``.
@@ -1478,6 +1479,7 @@ class Simulator:
         self._batches = Batches(config.batch_settings(), _BatchAnswers(config))
         self._released = threading.Event()  # cleared: hold_batches holds its requests
         self._hold: tuple[str, bool, int] = ("", True, 0)  # what, applied, let through first
+        self._batch_failures = 0  # batch requests still to answer with a 500
         self.reset()
 
     def reset(self) -> None:
@@ -1624,6 +1626,11 @@ class Simulator:
         self._released.clear()
         self._hold = (what, applied, after)
 
+    def fail_batch_requests(self, count: int) -> None:
+        """Answer the next ``count`` requests to the batch endpoints (either provider's, the
+        clock's aside) with a 500, unapplied (see Batches, "Held requests")."""
+        self._batch_failures = count
+
     def release_batches(self) -> None:
         """Let the held requests go (a create held before it took effect is refused) and
         hold no more."""
@@ -1705,6 +1712,9 @@ class Simulator:
                         self._authorize(request, provider)
                     _, applied, _ = self._hold
                     held = await self._held(route) if not applied else None
+                    if self._batch_failures > 0 and route.provider is not None:
+                        self._batch_failures -= 1
+                        held = provider.error(500, "failed by the simulator", code=None)
                     response = held or await route.handler(request)
                     if applied:
                         await self._held(route)
