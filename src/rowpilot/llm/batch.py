@@ -32,6 +32,9 @@ pass that follows finds each answer in the call cache and commits the row withou
   still without an answer fails with a server error. An answer that is invalid or cut
   is journaled as it came and gets the online path's rules in the scheduler's pass:
   repairs and the retry at twice max_tokens are **online** calls.
+* **provider errors**: a retryable one (5xx, timeout) while creating, looking or reading
+  is tried again at the next look, up to ``TRANSIENT_FAILURES`` rounds in a row; any
+  other ends the run (the batches stay recorded for the next).
 * **waiting**: the run looks at its open batches every ``batch_poll`` seconds (through
   ``sleep``, which tests replace with the simulator's batch clock); with ``--detach`` it
   submits, collects what has ended, and returns: the rows in open batches are ``waiting``.
