@@ -405,14 +405,14 @@ def compare(
         frame = rowpilot.compare("job.toml", models=["openai/gpt-4o-mini",
                                  "anthropic/claude-haiku-4-5"], sample=200)
     """
-    from rowpilot._config import read_job_file
-    from rowpilot.comparison import CompareRequest, compare_job
-
     given = {
         name: value
         for name, value in _as_config(_explicit(locals())).items()
         if value is not None and name not in _COMPARE_ONLY
     }
+    from rowpilot._config import read_job_file
+    from rowpilot.comparison import CompareRequest, compare_job
+
     settings: dict[str, Any] = {}
     if isinstance(job, str | os.PathLike) and os.fspath(job).endswith(".toml"):
         settings = read_job_file(Path(job))

@@ -10,7 +10,8 @@
 * **latency p50 / p95**: nearest-rank percentiles of the journaled calls' seconds (a call
   of ``--batch-size N`` carries N rows).
 * **invalid-answer rate**: the sample's rows whose answer never passed the schema (failed
-  with cause ``invalid_output`` after the repairs) / the sample's rows.
+  with cause ``invalid_output`` after the repairs) / the sample rows the model ran (a
+  run the budget stopped leaves rows not reached: they count in neither).
 
 The journal keeps every call of every run of the state, so a re-run, which pays nothing,
 reports the same figures.

@@ -43,7 +43,7 @@ def comparison_lines(comparison: Comparison) -> list[str]:
         f"(agreement with {_baselines(comparison)})"
     ]
     for figures in comparison.figures:
-        lines += _model_lines(figures, comparison.total)
+        lines += _model_lines(figures, comparison.sample, comparison.total)
     if comparison.not_run:
         lines.append(f"not run (no budget left): {', '.join(comparison.not_run)}")
     if comparison.stop:
@@ -60,12 +60,13 @@ def _baselines(comparison: Comparison) -> str:
     return "; ".join(said)
 
 
-def _model_lines(figures: ModelFigures, total: int) -> list[str]:
+def _model_lines(figures: ModelFigures, sample: int, total: int) -> list[str]:
     costs = figures.costs
     batch = "" if costs.priced else " (no known price: $0)"
+    unreached = f", {sample - figures.rows:,} not reached" if figures.rows < sample else ""
     lines = [
         f"{figures.model}",
-        f"  rows: {figures.answered:,} of {figures.rows:,} answered, "
+        f"  rows: {figures.answered:,} of {sample:,} answered{unreached}, "
         f"invalid answers {figures.invalid_rate:.1%} ({figures.invalid:,})",
         f"  cost per 1,000 rows: ${figures.per_1000(costs.online_usd):,.4f} online, "
         f"${figures.per_1000(costs.batch_usd):,.4f} batch{batch}",
