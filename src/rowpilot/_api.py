@@ -357,6 +357,7 @@ def compare(
     reference: str | Sequence[str] | None = None,
     output: PathLike | None = None,
     budget: float | None = None,
+    tolerance: float = 0.01,
     source: PathLike | Iterable[Mapping[str, Any]] | Any = None,
     key: str | None = None,
     prompt: str | None = None,
@@ -398,7 +399,8 @@ def compare(
     after run. Each model's run is journaled in its own state beside the job's, so calling
     it again pays nothing; ``budget`` (USD) is what all the runs may spend together.
     Agreement is per output field with ``reference`` (an input column: ``"COLUMN"`` for a
-    one-field job, else ``"FIELD=COLUMN"`` entries), else with the first model.
+    one-field job, else ``"FIELD=COLUMN"`` entries), else with the first model; numbers
+    agree within ``tolerance`` of the larger (0.5: within a factor of 2).
     ``output`` writes the answers side by side as CSV. The frame's columns and
     ``attrs`` (``answers``: the side-by-side table) are in docs/compare.md. Example::
 
@@ -426,6 +428,7 @@ def compare(
         reference=references,
         output=Path(output) if output is not None else None,
         budget=budget if budget is not None else settings.get("budget"),
+        tolerance=tolerance,
     )
     comparison = compare_job(settings, request)
     if summary:
@@ -433,4 +436,4 @@ def compare(
     return comparison.to_pandas()
 
 
-_COMPARE_ONLY = ("job", "models", "sample", "reference", "output", "budget", "summary")
+_COMPARE_ONLY = ("job", "models", "sample", "reference", "output", "budget", "tolerance", "summary")

@@ -203,11 +203,17 @@ def test_the_dataframe_holds_the_predicted_agreement_costs_and_latencies(
     job = write_job(tmp_path, sim)
     monkeypatch.chdir(tmp_path)
     frame = rowpilot.compare(
-        job, models=list(MODELS), sample=SAMPLE, base_url=sim.openai_base_url, summary=False
+        job,
+        models=list(MODELS),
+        sample=SAMPLE,
+        base_url=sim.openai_base_url,
+        tolerance=0.5,  # numbers within a factor of 2: a contrary score (+1) agrees
+        summary=False,
     )
     sample = expected_sample(tmp_path)
     assert list(frame["model"]) == list(MODELS)
     assert frame.attrs["baseline"] == BASELINE and frame.attrs["total"] == ROWS
+    assert frame.attrs["tolerance"] == 0.5
     for index, model in enumerate(MODELS):
         row = frame.iloc[index]
         agreeing = sum(not against(model, r["text"]) for r in sample)
@@ -215,7 +221,8 @@ def test_the_dataframe_holds_the_predicted_agreement_costs_and_latencies(
             if model == BASELINE:
                 assert math.isnan(row[f"agreement_{field}"])
             else:
-                assert row[f"agreement_{field}"] == agreeing / SAMPLE
+                predicted = 1.0 if field == "score" else agreeing / SAMPLE
+                assert row[f"agreement_{field}"] == predicted
                 assert row[f"compared_{field}"] == SAMPLE
         state = tmp_path / "state-compare" / model.replace("/", "_")
         calls = journal(state)
@@ -327,8 +334,16 @@ def test_the_budget_covers_all_the_models_runs_together(
         (["--reference", "score=verdict"], "column 'verdict'"),
         (["-o", "compare.xlsx"], "compare writes its answers as CSV"),
         (["--models", "local/wordllama"], "is the bundled local model"),
+        (["--tolerance", "-1"], "--tolerance -1.0 is not a relative tolerance"),
     ],
-    ids=["unknown model", "sample too large", "no such reference", "not csv", "local model"],
+    ids=[
+        "unknown model",
+        "sample too large",
+        "no such reference",
+        "not csv",
+        "local model",
+        "negative tolerance",
+    ],
 )
 def test_a_bad_comparison_is_a_one_line_error_before_any_call(
     sim: Simulator, cli: Cli, tmp_path: Path, extra: list[str], message: str

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from rowpilot.comparison.agreement import (
     agreement,
+    checked_tolerance,
     field_kinds,
     numbers_agree,
     reference_value,
@@ -21,6 +22,7 @@ from rowpilot.comparison.agreement import (
     text_similarity,
 )
 from rowpilot.comparison.figures import percentile
+from rowpilot.errors import ConfigError
 
 finite = st.floats(allow_nan=False, allow_infinity=False, min_value=-1e12, max_value=1e12)
 
@@ -65,6 +67,21 @@ def test_numbers_within_one_percent_of_the_larger_agree(value: float) -> None:
 def test_a_contrary_simulated_number_disagrees_below_100_and_agrees_above() -> None:
     assert not numbers_agree(35, 36)  # 2.8%
     assert numbers_agree(150, 151)  # 0.66%
+
+
+@given(st.floats(min_value=1e-3, max_value=1e9))
+def test_a_tolerance_of_a_half_is_within_a_factor_of_two(value: float) -> None:
+    assert numbers_agree(value, value * 1.999, 0.5)
+    assert not numbers_agree(value, value * 2.001, 0.5)
+    assert row_score(value, value * 1.5, "number", 0.5) == 1.0
+    assert agreement("n", "number", [(value, value * 3)], 0.5).score == 0.0
+
+
+@pytest.mark.parametrize("tolerance", [-0.1, math.inf, math.nan])
+def test_a_tolerance_is_a_finite_share_at_least_zero(tolerance: float) -> None:
+    with pytest.raises(ConfigError, match="not a relative tolerance"):
+        checked_tolerance(tolerance)
+    assert checked_tolerance(0.0) == 0.0
 
 
 @given(st.lists(st.tuples(st.none() | st.booleans(), st.none() | st.booleans())))

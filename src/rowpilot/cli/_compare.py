@@ -11,8 +11,12 @@ from rowpilot.cli._app import _example, _exit, app
 from rowpilot.cli._options import SchemaFile, SettingsCommand, option
 from rowpilot.cli._run import _llm_flags, _settings_from
 from rowpilot.comparison import CompareRequest, compare_job
+from rowpilot.comparison.agreement import NUMBER_TOLERANCE
 
 _COMPARE_PANEL = "Comparison"
+_COMPARISON_ONLY = frozenset(
+    {"job_or_source", "models", "sample", "reference", "compare_output", "tolerance", "budget"}
+)
 
 
 @app.command(
@@ -69,6 +73,13 @@ def compare(
             show_default=False,
         ),
     ] = None,
+    tolerance: Annotated[
+        float,
+        typer.Option(
+            help="Numbers agree within this share of the larger (0.5: within a factor of 2).",
+            rich_help_panel=_COMPARE_PANEL,
+        ),
+    ] = NUMBER_TOLERANCE,
     budget: Annotated[float | None, option("budget", "compare")] = None,
     source: Annotated[str | None, option("source", "compare")] = None,
     key: Annotated[str | None, option("key", "compare")] = None,
@@ -108,11 +119,7 @@ def compare(
 ) -> None:
     """Run a prompt job's stable sample with each model; print each one's cost (online and
     batch), latency, invalid answers and agreement. A re-run pays nothing."""
-    flags = {
-        k: v
-        for k, v in locals().items()
-        if k not in ("job_or_source", "models", "sample", "reference", "compare_output", "budget")
-    }
+    flags = {k: v for k, v in locals().items() if k not in _COMPARISON_ONLY}
     settings = _settings_from(job_or_source, _llm_flags(flags))
     request = CompareRequest(
         models=tuple(models),
@@ -120,6 +127,7 @@ def compare(
         reference=tuple(reference or ()),
         output=compare_output,
         budget=budget if budget is not None else settings.get("budget"),
+        tolerance=tolerance,
     )
     comparison = compare_job(settings, request)
     for line in comparison.lines():

@@ -5,10 +5,11 @@ field, by the field's kind in the output schema:
   arrays and objects compare as canonical JSON): the share of rows whose values are equal.
   A reference cell read as text is first read as the field's type: ``true``/``false``,
   ``yes``/``no`` and ``1``/``0`` (any case) for a boolean, a number for a number field.
-* **number** (integer and number fields): the share of rows whose values are within
-  ``NUMBER_TOLERANCE`` of each other, relative to the larger magnitude
-  (``math.isclose(a, b, rel_tol=0.01, abs_tol=1e-9)``): 100 and 100.9 agree, 100 and
-  102 do not.
+* **number** (integer and number fields): the share of rows whose values are within a
+  relative tolerance of each other, relative to the larger magnitude
+  (``math.isclose(a, b, rel_tol=tolerance, abs_tol=1e-9)``). The default,
+  ``NUMBER_TOLERANCE`` = 0.01: 100 and 100.9 agree, 100 and 102 do not; a tolerance of
+  0.5 makes numbers agree within a factor of 2 (for estimates such as an incidence).
 * **text** (string fields without an enum): the mean over rows of a normalised string
   ratio: both texts case-folded with runs of whitespace made one space, then
   ``difflib.SequenceMatcher(autojunk=False).ratio()`` (2 x matching characters / total
@@ -27,6 +28,8 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
+
+from rowpilot.errors import ConfigError
 
 FieldKind = Literal["exact", "number", "text"]
 
@@ -85,9 +88,18 @@ def _kind(node: Mapping[str, Any]) -> FieldKind:
     return "exact"
 
 
-def numbers_agree(first: float, second: float) -> bool:
-    """Within ``NUMBER_TOLERANCE`` relative to the larger magnitude."""
-    return math.isclose(first, second, rel_tol=NUMBER_TOLERANCE, abs_tol=_ABSOLUTE_TOLERANCE)
+def numbers_agree(first: float, second: float, tolerance: float = NUMBER_TOLERANCE) -> bool:
+    """Within ``tolerance`` relative to the larger magnitude."""
+    return math.isclose(first, second, rel_tol=tolerance, abs_tol=_ABSOLUTE_TOLERANCE)
+
+
+def checked_tolerance(tolerance: float) -> float:
+    if not (math.isfinite(tolerance) and tolerance >= 0):
+        raise ConfigError(
+            f"--tolerance {tolerance} is not a relative tolerance",
+            hint="give a number >= 0: 0.01 is within 1%, 0.5 within a factor of 2",
+        )
+    return tolerance
 
 
 def normalised_text(text: str) -> str:
@@ -123,10 +135,12 @@ def reference_value(cell: Any, kind: FieldKind, like: Any) -> Any:
     return text
 
 
-def row_score(first: Any, second: Any, kind: FieldKind) -> float:
+def row_score(
+    first: Any, second: Any, kind: FieldKind, tolerance: float = NUMBER_TOLERANCE
+) -> float:
     """One row's agreement: 1.0 or 0.0 for exact and number fields, a similarity for text."""
     if kind == "number" and _is_number(first) and _is_number(second):
-        return 1.0 if numbers_agree(float(first), float(second)) else 0.0
+        return 1.0 if numbers_agree(float(first), float(second), tolerance) else 0.0
     if kind == "text" and isinstance(first, str) and isinstance(second, str):
         return text_similarity(first, second)
     return 1.0 if _canonical(first) == _canonical(second) else 0.0
@@ -142,10 +156,16 @@ def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
 
 
-def agreement(field: str, kind: FieldKind, pairs: Iterable[tuple[Any, Any]]) -> FieldAgreement:
+def agreement(
+    field: str,
+    kind: FieldKind,
+    pairs: Iterable[tuple[Any, Any]],
+    tolerance: float = NUMBER_TOLERANCE,
+) -> FieldAgreement:
     """The field's agreement over ``pairs`` of (value, baseline value); a pair with a None
     on either side is left out."""
-    scores = [row_score(a, b, kind) for a, b in pairs if a is not None and b is not None]
+    present = [(a, b) for a, b in pairs if a is not None and b is not None]
+    scores = [row_score(a, b, kind, tolerance) for a, b in present]
     if not scores:
         return FieldAgreement(field, kind, 0, None, None)
     equal = sum(1 for score in scores if score == 1.0) / len(scores)

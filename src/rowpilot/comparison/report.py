@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from rowpilot.comparison.agreement import FieldAgreement, FieldKind
+from rowpilot.comparison.agreement import NUMBER_TOLERANCE, FieldAgreement, FieldKind
 from rowpilot.comparison.figures import ModelFigures
 
 if TYPE_CHECKING:
@@ -25,6 +25,7 @@ class Comparison:
     answers: list[dict[str, Any]]  # key, inputs, then "MODEL:FIELD" per model and field
     baseline: str = ""  # the first model: agreement's baseline where no reference is given
     references: dict[str, str] = field(default_factory=dict)  # field -> reference column
+    tolerance: float = NUMBER_TOLERANCE  # numbers agree within it, relative to the larger
     not_run: tuple[str, ...] = ()  # models the budget left no money for
     stop: str | None = None  # why the comparison stopped early
     exit_code: int = 0
@@ -107,6 +108,7 @@ def comparison_frame(comparison: Comparison) -> pd.DataFrame:
     frame.attrs["answers"] = pd.DataFrame(comparison.answers)
     frame.attrs["baseline"] = comparison.baseline
     frame.attrs["references"] = dict(comparison.references)
+    frame.attrs["tolerance"] = comparison.tolerance
     frame.attrs["total"] = comparison.total
     frame.attrs["not_run"] = list(comparison.not_run)
     return frame

@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rowpilot._config import JobConfig, build_config
-from rowpilot.comparison.agreement import FieldAgreement, FieldKind, agreement, field_kinds
+from rowpilot.comparison.agreement import (
+    NUMBER_TOLERANCE,
+    FieldAgreement,
+    FieldKind,
+    agreement,
+    checked_tolerance,
+    field_kinds,
+)
 from rowpilot.comparison.agreement import reference_value as read_reference
 from rowpilot.comparison.figures import ModelFigures, call_costs, outcome_counts
 from rowpilot.comparison.report import Comparison
@@ -38,19 +45,22 @@ _JOB_OUTPUTS = ("output", "json_dir", "failures", "write_back", "vectors", "budg
 class CompareRequest:
     """What to compare: the models (the first is the baseline without a reference), the
     sample's size, reference columns (``COLUMN`` for a one-field job, else
-    ``FIELD=COLUMN``), the side-by-side CSV and the USD all the models' runs may spend."""
+    ``FIELD=COLUMN``), the side-by-side CSV, the USD all the models' runs may spend and
+    the numbers' relative tolerance."""
 
     models: tuple[str, ...]
     sample: int = 200
     reference: tuple[str, ...] = ()
     output: Path | None = None
     budget: float | None = None
+    tolerance: float = NUMBER_TOLERANCE  # numbers agree within it, relative to the larger
 
 
 def compare_job(settings: Mapping[str, Any], request: CompareRequest) -> Comparison:
     """Run the job of ``settings`` (as ``build_config`` takes them) on its stable sample
     with each of ``request.models`` and compare them."""
     models = _checked_models(request.models)
+    tolerance = checked_tolerance(request.tolerance)
     base = _prompt_job(settings, models[0])
     whole = prepare(base)
     fields = tuple(whole.task.output_fields or ())
@@ -64,7 +74,7 @@ def compare_job(settings: Mapping[str, Any], request: CompareRequest) -> Compari
     _preflight([prepare(config).task for config in configs])
     runs = _run_models(configs, request.budget)
     ran = configs[: len(runs.ended)]
-    comparison = _compare(whole, sample, ran, fields, references)
+    comparison = _compare(whole, sample, ran, fields, references, tolerance)
     comparison.not_run = tuple(models[len(runs.ended) :])
     comparison.stop, comparison.exit_code = runs.stop, runs.exit_code
     comparison.answers = _answers(sample, whole.keyer, columns, ran, fields, base.output_prefix)
@@ -224,14 +234,15 @@ def _compare(
     configs: Sequence[JobConfig],
     fields: tuple[str, ...],
     references: Mapping[str, str],
+    tolerance: float,
 ) -> Comparison:
     """Each model's figures; agreement per field with its reference column, else with the
     first model (which, without a reference, is the baseline and has none)."""
     kinds = _kinds(whole.config, fields)
     overrides = parse_price_overrides(whole.config.prices or {})
     keys = [whole.keyer.item(row).key for row in sample.rows]
-    inputs = dict(zip(keys, (row[2] for row in sample.rows), strict=True))
     outputs = [_outputs(config.state, keys, whole.config.output_prefix) for config in configs]
+    baseline = _Baseline(keys, [row[2] for row in sample.rows], outputs[:1], references, tolerance)
     figures: list[ModelFigures] = []
     for index, config in enumerate(configs):
         assert config.model is not None
@@ -246,12 +257,7 @@ def _compare(
                 answered=answered,
                 invalid=invalid,
                 costs=call_costs(config.state, overrides),
-                agreement=tuple(
-                    _agreement(
-                        name, kinds[name], keys, outputs[index], outputs[0], inputs, references
-                    )
-                    for name in compared
-                ),
+                agreement=tuple(baseline.agreement(n, kinds[n], outputs[index]) for n in compared),
             )
         )
     return Comparison(
@@ -263,6 +269,7 @@ def _compare(
         answers=[],
         baseline=configs[0].model or "" if configs else "",
         references=dict(references),
+        tolerance=tolerance,
     )
 
 
@@ -293,24 +300,36 @@ def _kinds(config: JobConfig, fields: Sequence[str]) -> dict[str, FieldKind]:
     return field_kinds(build_prompt_spec(config).schema.json_schema(), fields)
 
 
-def _agreement(
-    name: str,
-    kind: FieldKind,
-    keys: Sequence[str],
-    outcomes: Mapping[str, _Outcome],
-    first: Mapping[str, _Outcome],
-    inputs: Mapping[str, dict[str, Any]],
-    references: Mapping[str, str],
-) -> FieldAgreement:
-    pairs = []
-    for key in keys:
-        value = _value(outcomes.get(key), name)
-        if name in references:
-            baseline = read_reference(inputs[key].get(references[name]), kind, value)
-        else:
-            baseline = _value(first.get(key), name)
-        pairs.append((value, baseline))
-    return agreement(name, kind, pairs)
+class _Baseline:
+    """What each field's answers are compared with: its reference column, else the first
+    model's answers (``first``: one model's outcomes, none when no model ran)."""
+
+    def __init__(
+        self,
+        keys: Sequence[str],
+        inputs: Sequence[dict[str, Any]],
+        first: Sequence[Mapping[str, _Outcome]],
+        references: Mapping[str, str],
+        tolerance: float,
+    ) -> None:
+        self.keys = keys
+        self.inputs = dict(zip(keys, inputs, strict=True))
+        self.first = first[0] if first else {}
+        self.references = references
+        self.tolerance = tolerance
+
+    def agreement(
+        self, name: str, kind: FieldKind, outcomes: Mapping[str, _Outcome]
+    ) -> FieldAgreement:
+        pairs = []
+        for key in self.keys:
+            value = _value(outcomes.get(key), name)
+            if name in self.references:
+                cell = self.inputs[key].get(self.references[name])
+                pairs.append((value, read_reference(cell, kind, value)))
+            else:
+                pairs.append((value, _value(self.first.get(key), name)))
+        return agreement(name, kind, pairs, self.tolerance)
 
 
 def _value(outcome: _Outcome | None, name: str) -> Any:
