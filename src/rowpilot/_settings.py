@@ -485,7 +485,7 @@ SETTINGS: tuple[Setting, ...] = (
 _COMPARE = frozenset(
     {
         *("source", "key", "encoding", "format", "duplicates", "trust_quotes", "credentials"),
-        *("sheet", "header_row", "rows", "shard", "limit", "state", "name", "progress"),
+        *("sheet", "header_row", "rows", "limit", "state", "name", "progress"),
         *("base_url", "prompt", "system", "schema", "labels", "text_column", "max_tokens"),
         *("params", "batch_size", "call_timeout", "workers", "timeout", "max_attempts"),
         *("budget", "rpm", "tpm", "max_concurrent", "cache", "env_file", "output_prefix"),

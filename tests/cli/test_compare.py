@@ -140,7 +140,10 @@ def test_agreement_with_the_reference_and_the_first_model_is_what_the_rules_pred
     done = cli(*compare_args(job, sim, "--reference", "sentiment=gold", "-o", "compare.csv"))
     assert done.returncode == 0, done.stderr
     assert f"stable sample of {SAMPLE} of {ROWS} rows" in done.stdout
-    assert "sentiment: reference column 'gold'; other fields: openai/gpt-4o-mini" in done.stdout
+    assert (
+        "(agreement with sentiment: reference column 'gold'; other fields: openai/gpt-4o-mini; "
+        "numbers within 1%)"
+    ) in done.stdout
     sample = expected_sample(tmp_path)
     for model in MODELS:
         with_gold = sum(answer(model, row["text"]) == row["gold"] for row in sample)
@@ -366,3 +369,25 @@ def test_a_job_that_is_not_a_prompt_job_is_refused(cli: Cli, tmp_path: Path) -> 
     assert done.returncode == 2
     assert "compare runs a prompt job, and this job runs a Python task" in done.stderr
     assert len(done.stderr.splitlines()) == 1
+
+
+def test_a_budget_with_a_model_of_no_known_price_is_refused_before_any_call(
+    sim: Simulator, cli: Cli, tmp_path: Path
+) -> None:
+    job = write_job(tmp_path, sim)
+    with job.open("a", encoding="utf-8") as handle:
+        handle.write(f'[providers.sim]\nbase_url = "{sim.openai_base_url}"\n')
+        handle.write('api_key_env = "OPENAI_API_KEY"\n')
+    done = cli(*compare_args(job, sim, "--models", "sim/unpriced-model", "--budget", "5"))
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "--budget needs a price, and none is known for sim/unpriced-model" in done.stderr
+    assert chat_requests(sim) == 0
+
+
+def test_a_shard_of_a_job_is_refused(sim: Simulator, cli: Cli, tmp_path: Path) -> None:
+    job = write_job(tmp_path, sim)
+    job.write_text(job.read_text(encoding="utf-8").replace("[run]\n", '[run]\nshard = "1/2"\n'))
+    done = cli(*compare_args(job, sim))
+    assert done.returncode == 2
+    assert "compare samples the whole job, and this job is a shard of it" in done.stderr
+    assert chat_requests(sim) == 0

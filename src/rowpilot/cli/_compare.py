@@ -91,7 +91,6 @@ def compare(
     sheet: Annotated[str | None, option("sheet", "compare")] = None,
     header_row: Annotated[int | None, option("header_row", "compare")] = None,
     rows: Annotated[str | None, option("rows", "compare")] = None,
-    shard: Annotated[str | None, option("shard", "compare")] = None,
     limit: Annotated[int | None, option("limit", "compare")] = None,
     state: Annotated[Path | None, option("state", "compare")] = None,
     name: Annotated[str | None, option("name", "compare")] = None,

@@ -58,6 +58,8 @@ def _baselines(comparison: Comparison) -> str:
     ]
     if len(comparison.references) < len(comparison.fields):
         said.append(f"{'other fields: ' if said else ''}{comparison.baseline}")
+    if "number" in comparison.kinds.values():
+        said.append(f"numbers within {comparison.tolerance:.0%}")
     return "; ".join(said)
 
 

@@ -70,7 +70,7 @@ def compare_job(settings: Mapping[str, Any], request: CompareRequest) -> Compari
         _check_output(request.output)
     sample = stable_sample(whole.source, whole.keyer, whole.selection, request.sample)
     source = SampleSource(whole.source, sample)
-    configs = [_model_config(settings, whole, source, model) for model in models]
+    configs = [_model_config(settings, whole, source, m, request.budget) for m in models]
     _preflight([prepare(config).task for config in configs])
     runs = _run_models(configs, request.budget)
     ran = configs[: len(runs.ended)]
@@ -106,6 +106,11 @@ def _prompt_job(settings: Mapping[str, Any], model: str) -> JobConfig:
         raise ConfigError(
             "compare runs a prompt job, and this job runs a Python task or the local model",
             hint="give a job with a prompt (or labels) and fields: --prompt ... --fields ...",
+        )
+    if given.get("shard") is not None:
+        raise ConfigError(
+            "compare samples the whole job, and this job is a shard of it",
+            hint="drop --shard (or [run] shard) for the comparison",
         )
     if given.get("prompt") is None and given.get("labels") is None:
         raise ConfigError(
@@ -155,9 +160,15 @@ def _check_output(path: Path) -> None:
 
 
 def _model_config(
-    settings: Mapping[str, Any], whole: PreparedJob, source: SampleSource, model: str
+    settings: Mapping[str, Any],
+    whole: PreparedJob,
+    source: SampleSource,
+    model: str,
+    budget: float | None,
 ) -> JobConfig:
-    """``model``'s run of the sample, in a state of its own beside the job's."""
+    """``model``'s run of the sample, in a state of its own beside the job's (with the
+    whole budget: its preflight then refuses a model without a price before any run;
+    each run gets what the earlier ones left)."""
     given = {name: value for name, value in settings.items() if name not in _JOB_OUTPUTS}
     name = whole.state.name
     state = whole.state.parent / f"{name}-compare" / _folder_name(model)
@@ -168,6 +179,7 @@ def _model_config(
             "model": model,
             "state": state,
             "name": f"{name}-compare-{_folder_name(model)}",
+            "budget": budget,
             "progress": given.get("progress", False),
         }
     )
