@@ -40,8 +40,8 @@ def compare(
         list[str],
         typer.Option(
             "--models",
-            help="The models to compare, provider/model each: --models M1 M2 ... (the first "
-            "is the baseline of agreement where no --reference is given).",
+            help="The models to compare, provider/model each, after the job: --models M1 M2 "
+            "... (the first is the baseline of agreement where no --reference is given).",
             rich_help_panel=_COMPARE_PANEL,
             show_default=False,
         ),
