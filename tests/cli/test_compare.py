@@ -61,7 +61,14 @@ def texts(n: int) -> list[str]:
     return [f"row {i} " + " ".join(rng.choices(words, k=rng.randint(2, 5))) for i in range(n)]
 
 
-def write_job(folder: Path, sim: Simulator, *, prices: float = 1.0, shuffle: int = 0) -> Path:
+def write_job(
+    folder: Path,
+    sim: Simulator,
+    *,
+    prices: float = 1.0,
+    shuffle: int = 0,
+    priced: tuple[str, ...] = MODELS,
+) -> Path:
     rows = [
         # "comment" is a cell a spreadsheet would run as a formula, unless neutralised
         {"id": f"k{i:03d}", "text": text, "gold": _gold(i, text), "comment": "=1+1"}
@@ -72,7 +79,7 @@ def write_job(folder: Path, sim: Simulator, *, prices: float = 1.0, shuffle: int
     pd.DataFrame(rows).to_csv(folder / "in.csv", index=False)
     fields = ", ".join(f'{name} = "{kind}"' for name, kind in FIELDS.items())
     priced = "\n".join(
-        f'[prices."{model}"]\ninput = {prices}\noutput = {prices * 4}' for model in MODELS
+        f'[prices."{model}"]\ninput = {prices}\noutput = {prices * 4}' for model in priced
     )
     job = folder / "job.toml"
     job.write_text(
@@ -152,6 +159,11 @@ def test_agreement_with_the_reference_and_the_first_model_is_what_the_rules_pred
         assert line.startswith(
             f"  agreement: sentiment {share_text(with_gold, SAMPLE)} agree ({SAMPLE} rows)"
         ), line
+        paid = math.fsum(cost for _, cost in journal(state_of(tmp_path, model)))
+        per_1000 = paid / SAMPLE * 1000  # a [prices] override: the batch price too
+        assert f"  cost per 1,000 rows: ${per_1000:,.4f} online, ${per_1000:,.4f} batch" in (
+            model_lines(done.stdout, model)
+        )
         if model == BASELINE:
             assert line == line.split(", ")[0]  # no other field: it is their baseline
             continue
@@ -203,7 +215,7 @@ def check_side_by_side(path: Path, sample: list[dict[str, str]]) -> None:
 def test_the_dataframe_holds_the_predicted_agreement_costs_and_latencies(
     sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    job = write_job(tmp_path, sim)
+    job = write_job(tmp_path, sim, priced=(BASELINE,))  # the others at genai-prices' rates
     monkeypatch.chdir(tmp_path)
     frame = rowpilot.compare(
         job,
@@ -227,20 +239,29 @@ def test_the_dataframe_holds_the_predicted_agreement_costs_and_latencies(
                 predicted = 1.0 if field == "score" else agreeing / SAMPLE
                 assert row[f"agreement_{field}"] == predicted
                 assert row[f"compared_{field}"] == SAMPLE
-        state = tmp_path / "state-compare" / model.replace("/", "_")
-        calls = journal(state)
+        calls = journal(state_of(tmp_path, model))
         assert len(calls) == SAMPLE == row["calls"] == row["answered"] == row["rows"]
         online = math.fsum(cost for _, cost in calls)
         assert row["cost_per_1000_online"] == pytest.approx(online / SAMPLE * 1000, rel=1e-12)
         assert row["projected_online"] == pytest.approx(online / SAMPLE * ROWS, rel=1e-12)
-        # A [prices] override is the price online and by batch alike.
-        assert row["cost_per_1000_batch"] == pytest.approx(row["cost_per_1000_online"])
+        # A [prices] override is the price online and by batch alike; genai-prices'
+        # batch rates for these OpenAI models are half the online ones.
+        batch_share = 1.0 if model == BASELINE else 0.5
+        assert online > 0
+        assert row["cost_per_1000_batch"] == pytest.approx(
+            batch_share * row["cost_per_1000_online"], rel=1e-9
+        )
+        assert row["projected_batch"] == pytest.approx(batch_share * row["projected_online"])
         seconds = sorted(s for s, _ in calls)
         assert row["latency_p50"] == seconds[math.ceil(0.5 * SAMPLE) - 1]
         assert row["latency_p95"] == seconds[math.ceil(0.95 * SAMPLE) - 1]
         assert row["invalid_rate"] == 0.0
     answers = frame.attrs["answers"]
     assert list(answers["key"]) == [r["id"] for r in sorted(sample, key=lambda r: int(r["id"][1:]))]
+
+
+def state_of(folder: Path, model: str) -> Path:
+    return folder / "state-compare" / model.replace("/", "_")
 
 
 def journal(state: Path) -> list[tuple[float, float]]:
@@ -294,7 +315,7 @@ def test_the_invalid_answer_rate_counts_the_rows_no_repair_made_valid(
     done = cli("compare", str(job), "--models", BASELINE, "--sample", "20",
                "--base-url", sim.openai_base_url)  # fmt: skip
     assert done.returncode == 1, done.stdout + done.stderr  # some rows failed
-    state = tmp_path / "state-compare" / BASELINE.replace("/", "_")
+    state = state_of(tmp_path, BASELINE)
     with sqlite3.connect(f"file:{state / REGISTRY_FILE}?mode=ro", uri=True) as db:
         (invalid,) = db.execute(
             "SELECT count(*) FROM items WHERE cause = 'invalid_output'"
@@ -315,7 +336,7 @@ def test_the_budget_covers_all_the_models_runs_together(
     job = write_job(tmp_path, sim, prices=2000.0)  # about $0.34 a call
     done = cli(*compare_args(job, sim, "--budget", "30"))
     assert done.returncode == 3, done.stderr
-    states = [tmp_path / "state-compare" / model.replace("/", "_") for model in MODELS]
+    states = [state_of(tmp_path, model) for model in MODELS]
     assert not states[2].exists()  # the budget was gone before the third model
     spent = [math.fsum(cost for _, cost in journal(state)) for state in states[:2]]
     assert spent[1] > 0 and math.fsum(spent) <= 30

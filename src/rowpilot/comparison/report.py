@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from rowpilot.comparison.agreement import NUMBER_TOLERANCE, FieldAgreement, FieldKind
 from rowpilot.comparison.figures import ModelFigures
+from rowpilot.llm.cost import format_usd
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -73,8 +74,8 @@ def _model_lines(figures: ModelFigures, sample: int, total: int) -> list[str]:
         f"invalid answers {figures.invalid_rate:.1%} ({figures.invalid:,})",
         f"  cost per 1,000 rows: ${figures.per_1000(costs.online_usd):,.4f} online, "
         f"${figures.per_1000(costs.batch_usd):,.4f} batch{batch}",
-        f"  whole job ({total:,} rows): ${figures.projected(costs.online_usd, total):,.2f} "
-        f"online, ${figures.projected(costs.batch_usd, total):,.2f} batch",
+        f"  whole job ({total:,} rows): {format_usd(figures.projected(costs.online_usd, total))} "
+        f"online, {format_usd(figures.projected(costs.batch_usd, total))} batch",
         f"  latency per call: p50 {_seconds(figures.latency(0.5))}, "
         f"p95 {_seconds(figures.latency(0.95))} ({costs.calls:,} calls)",
     ]
