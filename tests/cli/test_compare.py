@@ -412,3 +412,26 @@ def test_a_shard_of_a_job_is_refused(sim: Simulator, cli: Cli, tmp_path: Path) -
     assert done.returncode == 2
     assert "compare samples the whole job, and this job is a shard of it" in done.stderr
     assert chat_requests(sim) == 0
+
+
+def test_an_input_column_named_key_keeps_its_name_beside_the_row_key(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    rows = [{"id": f"r{i}", "key": f"other {i}", "text": f"note {i}"} for i in range(8)]
+    frame = rowpilot.compare(
+        pd.DataFrame(rows),
+        models=[BASELINE, FIFTH],
+        sample=5,
+        key="id",
+        prompt="Note: {text}",
+        fields={"flag": "bool"},
+        base_url=sim.openai_base_url,
+        state=tmp_path / "state",
+        summary=False,
+    )
+    answers = frame.attrs["answers"]
+    assert list(answers.columns) == ["row_key", "id", "key", "text", f"{BASELINE}:flag",
+                                     f"{FIFTH}:flag"]  # fmt: skip
+    assert list(answers["row_key"]) == list(answers["id"])
+    assert all(other.startswith("other ") for other in answers["key"])
+    assert (tmp_path / "state-compare" / "openai_gpt-4o").is_dir()

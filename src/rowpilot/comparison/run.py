@@ -10,7 +10,7 @@ from collections.abc import Coroutine, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rowpilot._config import JobConfig, build_config
 from rowpilot.comparison.agreement import (
@@ -34,11 +34,9 @@ from rowpilot.sinks.exports import ExportRecord
 from rowpilot.state.registry import Registry
 from rowpilot.tasks.base import Task
 
-if TYPE_CHECKING:
-    pass
-
-# Settings that write outputs of the job: the comparison writes its own (-o) and nothing else.
-_JOB_OUTPUTS = ("output", "json_dir", "failures", "write_back", "vectors", "budget")
+# Settings of the job the comparison does not pass on: the job's outputs (it writes its own
+# -o and nothing else) and its budget (the comparison's budget covers all the models).
+_NOT_PASSED = ("output", "json_dir", "failures", "write_back", "vectors", "budget")
 
 
 @dataclass(frozen=True)
@@ -74,10 +72,12 @@ def compare_job(settings: Mapping[str, Any], request: CompareRequest) -> Compari
     _preflight([prepare(config).task for config in configs])
     runs = _run_models(configs, request.budget)
     ran = configs[: len(runs.ended)]
-    comparison = _compare(whole, sample, ran, fields, references, tolerance)
+    keys = [whole.keyer.item(row).key for row in sample.rows]
+    outcomes = [_outputs(config.state, keys, base.output_prefix) for config in ran]
+    comparison = _compare(whole, sample, ran, outcomes, references, tolerance)
     comparison.not_run = tuple(models[len(runs.ended) :])
     comparison.stop, comparison.exit_code = runs.stop, runs.exit_code
-    comparison.answers = _answers(sample, whole.keyer, columns, ran, fields, base.output_prefix)
+    comparison.answers = _answers(whole, sample, keys, ran, outcomes)
     if request.output is not None:
         written = write_answers(request.output, comparison.answers)
         comparison.written.append(f"wrote {written:,} rows to {request.output}")
@@ -101,7 +101,7 @@ def _checked_models(models: Sequence[str]) -> tuple[str, ...]:
 
 def _prompt_job(settings: Mapping[str, Any], model: str) -> JobConfig:
     """The job as ``model`` would run it, without its outputs; refused unless a prompt job."""
-    given = {name: value for name, value in settings.items() if name not in _JOB_OUTPUTS}
+    given = {name: value for name, value in settings.items() if name not in _NOT_PASSED}
     if given.get("task") is not None or given.get("embed"):
         raise ConfigError(
             "compare runs a prompt job, and this job runs a Python task or the local model",
@@ -169,7 +169,7 @@ def _model_config(
     """``model``'s run of the sample, in a state of its own beside the job's (with the
     whole budget: its preflight then refuses a model without a price before any run;
     each run gets what the earlier ones left)."""
-    given = {name: value for name, value in settings.items() if name not in _JOB_OUTPUTS}
+    given = {name: value for name, value in settings.items() if name not in _NOT_PASSED}
     name = whole.state.name
     state = whole.state.parent / f"{name}-compare" / _folder_name(model)
     return build_config(
@@ -244,22 +244,22 @@ def _compare(
     whole: PreparedJob,
     sample: Sample,
     configs: Sequence[JobConfig],
-    fields: tuple[str, ...],
+    outcomes: Sequence[Mapping[str, _Outcome]],
     references: Mapping[str, str],
     tolerance: float,
 ) -> Comparison:
     """Each model's figures; agreement per field with its reference column, else with the
     first model (which, without a reference, is the baseline and has none)."""
+    fields = tuple(whole.task.output_fields or ())
     kinds = _kinds(whole.config, fields)
     overrides = parse_price_overrides(whole.config.prices or {})
     keys = [whole.keyer.item(row).key for row in sample.rows]
-    outputs = [_outputs(config.state, keys, whole.config.output_prefix) for config in configs]
-    baseline = _Baseline(keys, [row[2] for row in sample.rows], outputs[:1], references, tolerance)
+    baseline = _Baseline(keys, [row[2] for row in sample.rows], outcomes[:1], references, tolerance)
     figures: list[ModelFigures] = []
     for index, config in enumerate(configs):
         assert config.model is not None
         assert config.state is not None
-        ended = [outputs[index][key][:2] for key in keys if key in outputs[index]]
+        ended = [outcomes[index][key][:2] for key in keys if key in outcomes[index]]
         rows, answered, invalid = outcome_counts(ended)
         compared = [name for name in fields if index > 0 or name in references]
         figures.append(
@@ -269,7 +269,7 @@ def _compare(
                 answered=answered,
                 invalid=invalid,
                 costs=call_costs(config.state, overrides),
-                agreement=tuple(baseline.agreement(n, kinds[n], outputs[index]) for n in compared),
+                agreement=tuple(baseline.agreement(n, kinds[n], outcomes[index]) for n in compared),
             )
         )
     return Comparison(
@@ -351,22 +351,27 @@ def _value(outcome: _Outcome | None, name: str) -> Any:
 
 
 def _answers(
+    whole: PreparedJob,
     sample: Sample,
-    keyer: Any,
-    columns: Sequence[str],
+    keys: Sequence[str],
     configs: Sequence[JobConfig],
-    fields: Sequence[str],
-    prefix: str,
+    outcomes: Sequence[Mapping[str, _Outcome]],
 ) -> list[dict[str, Any]]:
-    """The answers side by side: key, the inputs, then ``MODEL:FIELD`` per model, field."""
-    keys = [keyer.item(row).key for row in sample.rows]
-    outputs = [(c.model, _outputs(c.state, keys, prefix)) for c in configs]
+    """The answers side by side: the key, the inputs, then ``MODEL:FIELD`` per model and
+    field. The key's column is ``key``, unless an input column has that name: then that
+    column, when it is the key, else ``row_key``."""
+    columns = whole.scan.columns if whole.scan else list(whole.source.columns() or [])
+    fields = whole.task.output_fields or ()
+    key_column = "row_key" if "key" in columns else "key"
+    if whole.keyer.key_column == "key":
+        key_column = ""  # the input's own key column says it
     table: list[dict[str, Any]] = []
     for key, (_, _, inputs) in zip(keys, sample.rows, strict=True):
-        row: dict[str, Any] = {"key": key, **{column: inputs.get(column) for column in columns}}
-        for model, outcomes in outputs:
+        row: dict[str, Any] = {key_column: key} if key_column else {}
+        row.update((column, inputs.get(column)) for column in columns)
+        for config, answered in zip(configs, outcomes, strict=True):
             for name in fields:
-                row[f"{model}:{name}"] = _value(outcomes.get(key), name)
+                row[f"{config.model}:{name}"] = _value(answered.get(key), name)
         table.append(row)
     return table
 
