@@ -343,8 +343,10 @@ def test_the_budget_covers_all_the_models_runs_together(
     assert model_lines(done.stdout, BASELINE)[0].startswith(f"  rows: {SAMPLE} of {SAMPLE} ")
     partial = model_lines(done.stdout, FIFTH)[0]
     assert re.fullmatch(rf"  rows: (\d+) of {SAMPLE} answered, (\d+) not reached, .*", partial)
-    assert f"not run (no budget left): {HALF}" in done.stdout
-    assert "stopped: budget reached" in done.stdout
+    assert f"not run: {HALF}" in done.stdout
+    stop = done.stdout.splitlines()[-1]
+    assert stop.startswith("stopped: budget reached: $")
+    assert stop.endswith(f"({FIFTH}); run the same command again to go on")
 
 
 # -- one-line errors, exit 2, nothing paid --------------------------------------------------

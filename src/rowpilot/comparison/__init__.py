@@ -5,8 +5,8 @@ key hashes) with each model in turn. Each model's run is an ordinary run of that
 in a state of its own, ``<job state>-compare/<model>`` beside the job's: journaled,
 budgeted and resumable, so running the comparison again pays nothing and reports the
 same figures. ``--budget`` is what all the models' runs may spend together: each run gets
-what the earlier ones left, and a run the budget stops ends the comparison (exit 3), the
-later models not run. Every model's key and name are checked (preflight) before the first
+what the earlier ones left, and a run the budget stops (exit 3), or that is interrupted or
+aborted, ends the comparison, the later models not run. Every model's key and name are checked (preflight) before the first
 run spends anything.
 
 Per model (``figures.py``): cost per 1,000 rows and projected for the whole job, online

@@ -47,7 +47,7 @@ def comparison_lines(comparison: Comparison) -> list[str]:
     for figures in comparison.figures:
         lines += _model_lines(figures, comparison.sample, comparison.total)
     if comparison.not_run:
-        lines.append(f"not run (no budget left): {', '.join(comparison.not_run)}")
+        lines.append(f"not run: {', '.join(comparison.not_run)}")
     if comparison.stop:
         lines.append(f"stopped: {comparison.stop}")
     return lines + comparison.written

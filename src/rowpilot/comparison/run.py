@@ -221,7 +221,8 @@ class _Runs:
 
 def _run_models(configs: Sequence[JobConfig], budget: float | None) -> _Runs:
     """Each model's run in turn, each under what the budget has left; a run the budget
-    stops ends the comparison (exit 3), with the models after it not run."""
+    stops (exit 3), or that is interrupted or aborted, ends the comparison, the models
+    after it not run."""
     runs = _Runs()
     spent = 0.0
     for config in configs:
@@ -234,10 +235,16 @@ def _run_models(configs: Sequence[JobConfig], budget: float | None) -> _Runs:
         spent += result.summary.cost_usd
         runs.ended.append(result.state)
         runs.exit_code = max(runs.exit_code, result.summary.exit_code)
-        if result.summary.status == "budget_reached":
-            runs.stop = result.summary.stop_reason or "budget reached"
+        if result.summary.status in _ENDS_THE_COMPARISON:
+            said = result.summary.stop_reason or result.summary.status.replace("_", " ")
+            runs.stop = f"{said} ({config.model}); run the same command again to go on"
             return runs
     return runs
+
+
+# A run that ended so stops the comparison (the models after it are not run); one whose
+# rows all failed does not: the next model may answer them.
+_ENDS_THE_COMPARISON = frozenset({"budget_reached", "interrupted", "aborted"})
 
 
 def _compare(
