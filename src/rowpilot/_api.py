@@ -436,4 +436,6 @@ def compare(
     return comparison.to_pandas()
 
 
+# compare()'s own keywords, not settings of the job (its output and budget mean the
+# comparison's, not a run's).
 _COMPARE_ONLY = ("job", "models", "sample", "reference", "output", "budget", "tolerance", "summary")

@@ -2,9 +2,9 @@
 
 Every command's help ends with an example; tests/test_cli_docs.py keeps it that way. One
 module per concept registers its commands on ``app`` (importing it is what registers
-them): ``_run`` (run, estimate), ``_compare`` (compare), ``_local_commands`` (label, embed, dedupe),
-``_state_commands`` (status, export, failures, merge, verify), ``_tool_commands``
-(doctor, simulate).
+them): ``_run`` (run, estimate), ``_compare`` (compare), ``_local_commands`` (label,
+embed, dedupe), ``_state_commands`` (status, export, failures, merge, verify),
+``_tool_commands`` (doctor, simulate).
 """
 
 from __future__ import annotations
