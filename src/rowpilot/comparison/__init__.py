@@ -6,8 +6,8 @@ in a state of its own, ``<job state>-compare/<model>`` beside the job's: journal
 budgeted and resumable, so running the comparison again pays nothing and reports the
 same figures. ``--budget`` is what all the models' runs may spend together: each run gets
 what the earlier ones left, and a run the budget stops (exit 3), or that is interrupted or
-aborted, ends the comparison, the later models not run. Every model's key and name are checked (preflight) before the first
-run spends anything.
+aborted, ends the comparison, the later models not run. Every model's key, name and
+(under a budget) price is checked (preflight) before the first run spends anything.
 
 Per model (``figures.py``): cost per 1,000 rows and projected for the whole job, online
 and at Batch API prices; latency p50/p95 from the journaled calls; the invalid-answer
