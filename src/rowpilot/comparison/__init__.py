@@ -12,15 +12,16 @@ aborted, ends the comparison, the later models not run. Every model's key, name 
 Per model (``figures.py``): cost per 1,000 rows and projected for the whole job, online
 and at Batch API prices; latency p50/p95 from the journaled calls; the invalid-answer
 rate; and (``agreement.py``) agreement per output field with the ``--reference`` column,
-else with the first model: exact for labels, enums and booleans, within 1% for numbers, a
-normalised string ratio for text. ``run.py`` runs it all and writes the answers side by
+else with the first model: exact for labels, enums and booleans, within ``--tolerance``
+(1% by default) for numbers, a normalised string ratio for text. ``run.py`` runs it all and writes the answers side by
 side (``-o compare.csv``: key, inputs, then ``MODEL:FIELD`` columns, atomic and
 formula-neutralised); ``report.py`` prints it and makes the DataFrame
 ``rowpilot.compare`` returns. docs/compare.md is the user's page.
 
-Refused with a one-line error (exit 2): a job that is not a prompt job, a local model,
-an unknown model (at preflight), a sample larger than the data, a reference column the
-input does not have, an output that is not a .csv.
+Refused with a one-line error (exit 2), before any paid call: a job that is not a prompt
+job, a shard of a job, a local model, an unknown model or (under a budget) one without a
+price (at preflight), a sample larger than the data, a reference column the input does
+not have, an output that is not a .csv, a negative tolerance.
 """
 
 from rowpilot.comparison.report import Comparison
