@@ -13,10 +13,10 @@ Per model (``figures.py``): cost per 1,000 rows and projected for the whole job,
 and at Batch API prices; latency p50/p95 from the journaled calls; the invalid-answer
 rate; and (``agreement.py``) agreement per output field with the ``--reference`` column,
 else with the first model: exact for labels, enums and booleans, within ``--tolerance``
-(1% by default) for numbers, a normalised string ratio for text. ``run.py`` runs it all and writes the answers side by
-side (``-o compare.csv``: key, inputs, then ``MODEL:FIELD`` columns, atomic and
-formula-neutralised); ``report.py`` prints it and makes the DataFrame
-``rowpilot.compare`` returns. docs/compare.md is the user's page.
+(1% by default) for numbers, a normalised string ratio for text. ``run.py`` runs it all
+and writes the answers side by side (``-o compare.csv``: key, inputs, then
+``MODEL:FIELD`` columns, atomic and formula-neutralised); ``report.py`` prints it and
+makes the DataFrame ``rowpilot.compare`` returns. docs/compare.md is the user's page.
 
 Refused with a one-line error (exit 2), before any paid call: a job that is not a prompt
 job, a shard of a job, a local model, an unknown model or (under a budget) one without a
