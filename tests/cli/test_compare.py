@@ -110,11 +110,7 @@ def expected_sample(folder: Path) -> list[dict[str, str]]:
     with (folder / "in.csv").open(encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
 
-    def key_order(row: dict[str, str]) -> tuple[int, str]:
-        digest = hashlib.blake2b(row["id"].encode(), digest_size=8).digest()
-        return int.from_bytes(digest, "little") >> 1, row["id"]
-
-    return sorted(rows, key=key_order)[:SAMPLE]
+    return sorted(rows, key=lambda row: documented_key(row["id"]))[:SAMPLE]
 
 
 def share_text(count: int, of: int) -> str:
@@ -437,3 +433,25 @@ def test_an_input_column_named_key_keeps_its_name_beside_the_row_key(
     assert list(answers["row_key"]) == list(answers["id"])
     assert all(other.startswith("other ") for other in answers["key"])
     assert (tmp_path / "state-compare" / "openai_gpt-4o").is_dir()
+
+
+def test_the_job_may_be_given_as_run_flags_instead_of_a_file(
+    sim: Simulator, cli: Cli, tmp_path: Path
+) -> None:
+    write_job(tmp_path, sim)  # for in.csv
+    done = cli("compare", "in.csv", "--key", "id", "--prompt", PROMPT, "--labels", "flag",
+               "--models", BASELINE, FIFTH, "--sample", "30", "--base-url", sim.openai_base_url,
+               "--state", "flags")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    sample = sorted(expected_sample(tmp_path), key=lambda r: documented_key(r["id"]))[:30]
+    agreeing = sum(not against(FIFTH, row["text"]) for row in sample)
+    assert 0 < agreeing < 30
+    assert model_lines(done.stdout, FIFTH)[-1] == (
+        f"  agreement: flag {share_text(agreeing, 30)} agree (30 rows)"
+    )
+    assert (tmp_path / "flags-compare" / "openai_gpt-4o").is_dir()
+
+
+def documented_key(key: str) -> tuple[int, str]:
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1, key
