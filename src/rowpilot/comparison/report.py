@@ -27,7 +27,7 @@ class Comparison:
     baseline: str = ""  # the first model: agreement's baseline where no reference is given
     references: dict[str, str] = field(default_factory=dict)  # field -> reference column
     tolerance: float = NUMBER_TOLERANCE  # numbers agree within it, relative to the larger
-    not_run: tuple[str, ...] = ()  # models the budget left no money for
+    not_run: tuple[str, ...] = ()  # models after a run that ended the comparison
     stop: str | None = None  # why the comparison stopped early
     exit_code: int = 0
     written: list[str] = field(default_factory=list)
