@@ -27,7 +27,7 @@ import pytest
 from pydantic import BaseModel
 
 import rowpilot
-from conftest import Simulators, wait_until
+from conftest import Simulators, invoke_cli, wait_until
 from rowpilot import Ctx
 from rowpilot._config import build_config
 from rowpilot.errors import ConfigError, SubItemError, TaskOutputError
@@ -747,12 +747,21 @@ def cli_steps(tmp_path: Path, sim: Simulator, task: str, *extra: str) -> Any:
         "".join(json.dumps(row) + "\n" for row in brands(300)), encoding="utf-8"
     )
     command = [
-        ROWPILOT, "run", "data.jsonl", "--task", f"writer.py:{task}", "--key", "id",
+        "run", "data.jsonl", "--task", f"writer.py:{task}", "--key", "id",
         "--model", MODEL, "--base-url", sim.openai_base_url, "--workers", "4",
         "--state", "state", "--no-progress", *extra,
     ]  # fmt: skip
-    env = {**os.environ, "OPENAI_API_KEY": CANARY}
-    return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+    # In-process through the CLI's entry point: these cases are about flags and messages,
+    # and a process of their own cost an interpreter start and the provider SDKs' import.
+    before = os.environ.get("OPENAI_API_KEY")
+    os.environ["OPENAI_API_KEY"] = CANARY
+    try:
+        return invoke_cli(*command, cwd=tmp_path)
+    finally:
+        if before is None:
+            del os.environ["OPENAI_API_KEY"]
+        else:
+            os.environ["OPENAI_API_KEY"] = before
 
 
 def test_force_no_cache_from_the_cli_asks_every_step_again(sim: Simulator, tmp_path: Path) -> None:
