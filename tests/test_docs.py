@@ -77,7 +77,7 @@ def _args(command: str) -> list[str]:
                 kept.append("placeholder")
         elif word != "--debug":
             kept.append(_optional(word))
-    return cli._spread_labels([w if not PLACEHOLDERS.fullmatch(w) else "placeholder" for w in kept])
+    return cli._spread_lists([w if not PLACEHOLDERS.fullmatch(w) else "placeholder" for w in kept])
 
 
 def _optional(word: str) -> str:

@@ -6,18 +6,18 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-import rowpilot
+from conftest import invoke_cli
 from rowpilot._config import build_config, read_job_file
 from rowpilot._doctor import diagnose, lines
 from rowpilot.engine.job import auto_workers
 from rowpilot.engine.machine import cpu_count
 from rowpilot.tasks.factory import build_task
 
-SRC = str(Path(rowpilot.__file__).resolve().parents[1])
 # Fake keys, assembled so that secret scanners do not take this file for a leak.
 CANARY = "sk-" + "canary-0f4c2d9e8b7a6153"
 FILE_CANARY = "sk-ant-" + "canary-93be61d07c5a4f28"
@@ -35,19 +35,24 @@ TASKS = "def twice(row):\n    return {'twice': int(row['n']) * 2}\n"
 
 
 def doctor(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    """The real CLI in ``cwd``, with no provider key in its environment but ``env``."""
-    base = {k: v for k, v in os.environ.items() if k not in KEY_NAMES}
-    path = base.get("PYTHONPATH")
-    base["PYTHONPATH"] = SRC + (os.pathsep + path if path else "")
-    return subprocess.run(
-        [sys.executable, "-m", "rowpilot", "doctor", *args],
-        cwd=cwd,
-        env={**base, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    """``rowpilot doctor ARGS`` through the CLI's entry point, in-process (the report needs
+    no process of its own), in ``cwd`` with no provider key in the environment but ``env``.
+    The environment is put back whole afterwards, whatever the run read into it."""
+    return _in_environment(env, lambda: invoke_cli("doctor", *args, cwd=cwd))
+
+
+def _in_environment(
+    env: dict[str, str], call: Callable[[], subprocess.CompletedProcess[str]]
+) -> subprocess.CompletedProcess[str]:
+    before = dict(os.environ)
+    try:
+        for name in KEY_NAMES:
+            os.environ.pop(name, None)
+        os.environ.update(env)
+        return call()
+    finally:
+        os.environ.clear()
+        os.environ.update(before)
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> str:
@@ -196,16 +201,8 @@ def test_a_jobs_settings_without_touching_state(
 
 
 def test_the_last_runs_sizing_is_read_from_its_log(tmp_path: Path, job: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["PYTHONPATH"] = SRC
-    run = subprocess.run(
-        [sys.executable, "-m", "rowpilot", "run", "jobs/job.toml", "--no-progress"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    run = _in_environment(
+        {}, lambda: invoke_cli("run", "jobs/job.toml", "--no-progress", cwd=tmp_path)
     )
     assert run.returncode == 0, run.stderr
     report = json.loads(ok(doctor(tmp_path, "jobs/job.toml", "--json")))["job"]

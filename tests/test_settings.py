@@ -139,6 +139,7 @@ REQUIRED = {
     "run": ["data.csv"],
     "verify": ["data.csv"],
     "estimate": ["job.toml"],
+    "compare": ["job.toml", "--models", "openai/gpt-4o-mini"],
     "label": ["data.csv", "--text-column", "text", "--labels", "a"],
     "embed": ["data.csv", "--text-column", "text"],
     "dedupe": ["data.csv", "--text-column", "text", "-o", "out.csv"],

@@ -1,7 +1,7 @@
 """rowpilot: run a task over every row of a dataset, in parallel, durably, resumably."""
 
 from rowpilot import errors
-from rowpilot._api import dedupe, embed, label, run
+from rowpilot._api import compare, dedupe, embed, label, run
 from rowpilot._result import Result, Summary
 from rowpilot.sinks.exports import ExportRecord as ItemRecord
 from rowpilot.tasks.ctx import Ctx
@@ -11,6 +11,7 @@ __all__ = [
     "ItemRecord",
     "Result",
     "Summary",
+    "compare",
     "dedupe",
     "embed",
     "errors",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypedDict, Unpack
 
@@ -351,3 +351,95 @@ def _job_name(source: Any, kind: str, sheet: str | None = None) -> str:
         stem = Path(source).stem if sheet is None else f"{Path(source).stem}-{sheet}"
         return f"{stem}-{kind}"
     return kind
+
+
+def compare(
+    job: PathLike | Iterable[Mapping[str, Any]] | Any = None,
+    *,
+    models: Sequence[str],
+    sample: int = 200,
+    reference: str | Sequence[str] | None = None,
+    output: PathLike | None = None,
+    budget: float | None = None,
+    tolerance: float = 0.01,
+    source: PathLike | Iterable[Mapping[str, Any]] | Any = None,
+    key: str | None = None,
+    prompt: str | None = None,
+    system: str | None = None,
+    schema: type[Any] | Mapping[str, Any] | None = None,
+    fields: Mapping[str, str] | None = None,
+    labels: list[str] | None = None,
+    text_column: str | None = None,
+    base_url: str | None = None,
+    batch_size: BatchSize | None = None,
+    max_tokens: int | None = None,
+    params: Mapping[str, Any] | None = None,
+    workers: Workers | None = None,
+    rpm: float | None = None,
+    tpm: float | None = None,
+    max_concurrent: int | None = None,
+    cache: bool | None = None,
+    env_file: PathLike | None = None,
+    state: PathLike | None = None,
+    name: str | None = None,
+    limit: int | None = None,
+    rows: str | tuple[int | None, int | None] | None = None,
+    format: str | None = None,
+    encoding: str | None = None,
+    sheet: str | None = None,
+    header_row: int | None = None,
+    output_prefix: str | None = None,
+    prices: Mapping[str, Any] | None = None,
+    providers: Mapping[str, Mapping[str, Any]] | None = None,
+    limits: Mapping[str, Mapping[str, float]] | None = None,
+    progress: bool | None = None,
+    summary: bool = True,
+) -> pd.DataFrame:
+    """Run a prompt job's stable sample with each of ``models``; return a row per model.
+
+    ``job`` is a TOML job file, or the source (a path, a DataFrame) with the job given by
+    the keywords (as ``run`` takes them; a keyword also overrides the job file's setting).
+    The sample is the ``sample`` rows with the smallest key hashes: the same rows run
+    after run. Each model's run is journaled in its own state beside the job's, so calling
+    it again pays nothing; ``budget`` (USD) is what all the runs may spend together.
+    Agreement is per output field with ``reference`` (an input column: ``"COLUMN"`` for a
+    one-field job, else ``"FIELD=COLUMN"`` entries), else with the first model; numbers
+    agree within ``tolerance`` of the larger (0.5: within a factor of 2).
+    ``output`` writes the answers side by side as CSV. The frame's columns and
+    ``attrs`` (``answers``: the side-by-side table) are in docs/compare.md. Example::
+
+        frame = rowpilot.compare("job.toml", models=["openai/gpt-4o-mini",
+                                 "anthropic/claude-haiku-4-5"], sample=200)
+    """
+    given = {
+        name: value
+        for name, value in _as_config(_explicit(locals())).items()
+        if value is not None and name not in _COMPARE_ONLY
+    }
+    from rowpilot._config import read_job_file
+    from rowpilot.comparison import CompareRequest, compare_job
+
+    settings: dict[str, Any] = {}
+    if isinstance(job, str | os.PathLike) and os.fspath(job).endswith(".toml"):
+        settings = read_job_file(Path(job))
+    elif job is not None:
+        settings["source"] = job
+    settings.update(given)
+    references = (reference,) if isinstance(reference, str) else tuple(reference or ())
+    request = CompareRequest(
+        models=tuple(models),
+        sample=sample,
+        reference=references,
+        output=Path(output) if output is not None else None,
+        budget=budget if budget is not None else settings.get("budget"),
+        tolerance=tolerance,
+    )
+    comparison = compare_job(settings, request)
+    if summary:
+        print("\n".join(comparison.lines()))
+    return comparison.to_pandas()
+
+
+# compare()'s own keywords, not settings of the job (its output and budget mean the
+# comparison's, not a run's).
+_COMPARE_ONLY = ("job", "models", "sample", "reference", "output", "budget", "tolerance", "summary")

@@ -19,7 +19,7 @@ and each use prints one ``rowpilot: warning: ... is deprecated, use ...`` line.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from dataclasses import field as _field
 from typing import Any
 
@@ -508,6 +508,22 @@ SETTINGS: tuple[Setting, ...] = (
         "Google Sheets write requests a minute at most (the API's quota per user).",
         "output",
     ),
+)
+
+# ``rowpilot compare`` takes a prompt job's settings as run does, except the model (it has
+# --models), what a run writes (it writes its own -o) and what only a long run needs.
+_COMPARE = frozenset(
+    {
+        *("source", "key", "encoding", "format", "duplicates", "trust_quotes", "credentials"),
+        *("sheet", "header_row", "rows", "limit", "state", "name", "progress"),
+        *("base_url", "prompt", "system", "schema", "labels", "text_column", "max_tokens"),
+        *("params", "batch_size", "call_timeout", "workers", "timeout", "max_attempts"),
+        *("budget", "rpm", "tpm", "max_concurrent", "cache", "env_file", "output_prefix"),
+        "keep_going",
+    }
+)
+SETTINGS = tuple(
+    replace(s, commands=(*s.commands, "compare")) if s.name in _COMPARE else s for s in SETTINGS
 )
 
 BY_NAME: dict[str, Setting] = {setting.name: setting for setting in SETTINGS}

@@ -2,7 +2,9 @@
 
 The task appends each key to calls.txt before returning, so the tests can count how
 often the task really ran, however the process died. The merge tests kill ``rowpilot
-merge`` while it builds the merged registry of large shards.
+merge`` while it builds the merged registry of large shards. Every run that is killed or
+signalled is a real process; the runs and reads around them (the resume, status, export,
+verify of the small jobs) go through the CLI's entry point in-process.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import invoke_cli
 from rowpilot.engine.items import encode_json, fingerprint
 from rowpilot.state.registry import Outcome, Registry
 
@@ -85,6 +88,22 @@ def _start(cwd: Path, *extra: str, sleep: float = 0.004) -> subprocess.Popen[str
     )
 
 
+def _in_process(
+    *args: str | Path, cwd: Path, sleep: float = 0.004
+) -> subprocess.CompletedProcess[str]:
+    """``rowpilot ARGS`` through the CLI's entry point in this process, for the runs that are
+    not killed (a killed run is always a real process): an interpreter start saved each."""
+    before = os.environ.get("TASK_SLEEP")
+    os.environ["TASK_SLEEP"] = str(sleep)
+    try:
+        return invoke_cli(*map(str, args), cwd=cwd)
+    finally:
+        if before is None:
+            del os.environ["TASK_SLEEP"]
+        else:
+            os.environ["TASK_SLEEP"] = before
+
+
 def _calls(cwd: Path) -> list[str]:
     path = cwd / "calls.txt"
     return path.read_text().split() if path.exists() else []
@@ -125,9 +144,7 @@ def _suspects(cwd: Path) -> int:
 
 
 def _failures(cwd: Path) -> list[dict[str, object]]:
-    listed = subprocess.run(
-        [ROWPILOT, "failures", "state"], cwd=cwd, capture_output=True, text=True, timeout=60
-    )
+    listed = _in_process("failures", "state", cwd=cwd)
     assert listed.returncode == 0, listed.stderr
     return [json.loads(line) for line in listed.stdout.splitlines()]
 
@@ -173,14 +190,7 @@ def test_sigkill_several_times_then_resume_runs_each_item_once(job: Path) -> Non
         process.communicate(timeout=120)
         for _key, status, output in _integrity(job):
             assert status == "done" and output is not None
-    final = subprocess.run(
-        _command("-o", "out.csv"),
-        cwd=job,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "TASK_SLEEP": "0.004"},
-    )
+    final = _in_process(*_command("-o", "out.csv")[1:], cwd=job)
     assert final.returncode == 0, final.stderr
     _assert_outputs_right(job)
     calls = _calls(job)
@@ -201,7 +211,7 @@ def test_sigkill_several_times_then_resume_runs_each_item_once(job: Path) -> Non
 def test_a_killed_rerun_leaves_no_crash_record_on_rows_that_are_not_run_again(
     job: Path,
 ) -> None:
-    first = subprocess.run(_command(), cwd=job, capture_output=True, text=True, timeout=120)
+    first = _in_process(*_command()[1:], cwd=job)
     assert first.returncode == 0, first.stderr
     forced = _start(job, "--force", sleep=0.05)
     _wait_for_calls(job, ROWS)
@@ -209,7 +219,7 @@ def test_a_killed_rerun_leaves_no_crash_record_on_rows_that_are_not_run_again(
     forced.communicate(timeout=120)
 
     # Without --force every row is done already: nothing runs, the killed run is closed.
-    again = subprocess.run(_command(), cwd=job, capture_output=True, text=True, timeout=120)
+    again = _in_process(*_command()[1:], cwd=job)
 
     assert again.returncode == 0, again.stderr
     assert "ended without closing" in again.stderr
@@ -233,14 +243,7 @@ def test_sigint_stops_gracefully_commits_and_the_printed_command_resumes(job: Pa
 
     command = resume.removeprefix("to resume, run: ").split()
     assert command[:2] == ["rowpilot", "run"]
-    again = subprocess.run(
-        [ROWPILOT, *command[1:]],
-        cwd=job,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "TASK_SLEEP": "0.001"},
-    )
+    again = _in_process(*command[1:], cwd=job, sleep=0.001)
     assert again.returncode == 0, again.stderr
     _assert_outputs_right(job)
     assert len(_calls(job)) == ROWS, "a graceful stop must not make any item run twice"
@@ -274,7 +277,7 @@ def test_second_run_on_the_same_state_is_refused_while_the_first_runs(job: Path)
     first = _start(job, sleep=0.05)
     try:
         _wait_for_calls(job, 0)
-        second = subprocess.run(_command(), cwd=job, capture_output=True, text=True, timeout=60)
+        second = _in_process(*_command()[1:], cwd=job)
         assert second.returncode == 2
         assert "another run is using" in second.stderr
         assert second.stderr.count("\n") == 1
@@ -344,6 +347,9 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 
 def _rowpilot(cwd: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
+    # A process, though not killed: merge and verify go over 300,000 items, and in a
+    # long-lived test worker (a large heap for the collector to walk) that work can take
+    # longer than the start-up it would save.
     return subprocess.run(
         [ROWPILOT, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=120
     )

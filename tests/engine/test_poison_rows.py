@@ -25,6 +25,8 @@ from typing import Any
 
 import pytest
 
+from conftest import invoke_cli
+
 pytestmark = pytest.mark.slow
 
 ROWPILOT = str(Path(sys.executable).parent / "rowpilot")
@@ -125,9 +127,7 @@ def _calls(job: Path) -> Counter[str]:
 
 def _failures(job: Path) -> list[dict[str, Any]]:
     """``rowpilot failures state``, parsed."""
-    listed = subprocess.run(
-        [ROWPILOT, "failures", "state"], cwd=job, capture_output=True, text=True, timeout=60
-    )
+    listed = invoke_cli("failures", "state", cwd=job)  # a read: no process needed
     assert listed.returncode == 0, listed.stderr
     return [json.loads(line) for line in listed.stdout.splitlines()]
 

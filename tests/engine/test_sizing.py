@@ -19,6 +19,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import rowpilot
+from conftest import invoke_cli
 from rowpilot.engine.sizing import (
     ASYNC_START,
     ITEM_MEMORY_MB,
@@ -590,15 +591,8 @@ def test_a_job_file_and_the_cli_take_auto(tmp_path: Path) -> None:
 
 
 def cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "rowpilot", *args],
-        cwd=cwd,
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    """The CLI through its entry point, in this process: a start-up saved a command."""
+    return invoke_cli(*args, cwd=cwd)
 
 
 def cli_env() -> dict[str, str]:

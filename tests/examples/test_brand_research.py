@@ -123,10 +123,17 @@ def cli_env(sim: Simulator) -> dict[str, str]:
 
 
 def rowpilot(folder: Path, sim: Simulator, *args: str) -> subprocess.CompletedProcess[str]:
-    command = [ROWPILOT, *args, "--base-url", sim.openai_base_url]
-    return subprocess.run(
-        command, cwd=folder, env=cli_env(sim), capture_output=True, text=True, timeout=60
-    )
+    """``rowpilot ARGS`` through the CLI's entry point in this process, in the environment
+    a subprocess would get (cli_env), put back whole afterwards. Only a run that is killed
+    needs a process; an interpreter start with the SDKs' import costs ~2 s a command."""
+    before = dict(os.environ)
+    try:
+        os.environ.clear()
+        os.environ.update(cli_env(sim))
+        return invoke_cli(*args, "--base-url", sim.openai_base_url, cwd=folder)
+    finally:
+        os.environ.clear()
+        os.environ.update(before)
 
 
 def answered(sim: Simulator) -> dict[str, int]:
@@ -286,9 +293,7 @@ def test_sigkill_mid_run_then_resume_repeats_no_journaled_step(
     assert 12 <= steps_at_kill < 80
     # Answered but not journaled before the kill: at most the in-flight window's steps.
     assert requests_at_kill - steps_at_kill <= 2 * 4 * 2
-    resumed = subprocess.run(
-        command, cwd=tmp_path, env=cli_env(sim), capture_output=True, text=True, timeout=60
-    )
+    resumed = rowpilot(tmp_path, sim, *command[1:-2])  # the same command, not killed
     assert resumed.returncode == 0, resumed.stderr
     check_every_brand(state)
     steps_after = journaled(state)

@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 import rowpilot
+from conftest import invoke_cli
 from rowpilot.simulator.server import Simulator, SimulatorConfig
 
 # A whole example runs in the module fixture: on a busy machine, under coverage, it can
@@ -260,16 +261,21 @@ def test_a_bad_file_is_named_in_the_failure_and_only_it_is_asked_again(
     env = {**env_without_keys(), "OPENAI_API_KEY": CANARY}
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [*command, *args], cwd=folder, env=env, capture_output=True, text=True, timeout=120
-        )
+        """The command through the CLI's entry point in this process, in ``env`` (put back
+        whole afterwards): nothing here needs a process, which would cost a start-up."""
+        before = dict(os.environ)
+        try:
+            os.environ.clear()
+            os.environ.update(env)
+            return invoke_cli(*command[1:], *args, cwd=folder)
+        finally:
+            os.environ.clear()
+            os.environ.update(before)
 
     failed = cli()
     assert failed.returncode == 1, failed.stdout + failed.stderr
     assert f"{len(manifest(folder)) - 1} done, 1 failed" in failed.stdout
-    listed = subprocess.run(
-        [ROWPILOT, "failures", "state"], cwd=folder, capture_output=True, text=True, timeout=60
-    )
+    listed = invoke_cli("failures", "state", cwd=folder)
     [failure] = [json.loads(line) for line in listed.stdout.splitlines()]
     assert failure["key"] == row["id"]
     assert failure["error_type"] == "SubItemError"

@@ -26,7 +26,7 @@ import pandas as pd
 import pytest
 
 import rowpilot
-from conftest import Simulators, wait_until
+from conftest import Simulators, invoke_cli, wait_until
 from rowpilot._config import build_config
 from rowpilot.engine.job import auto_workers
 from rowpilot.errors import OutputCollisionError
@@ -331,11 +331,10 @@ def test_a_request_above_the_providers_whole_limit_stops_with_one_line(tmp_path:
     """Learned from the first 429's headers: it can never pass, so no endless wait."""
     write_rows(tmp_path / "data.csv", 3)
     with Simulator(SimulatorConfig(api_key=CANARY, tpm=300)) as simulator:
-        done = subprocess.run(
-            [ROWPILOT, "run", "data.csv", "--prompt", "Say {text}", "--model", MODEL,
-             "--max-tokens", "400", "--base-url", simulator.openai_base_url,
-             "--state", "state", "--no-progress"],
-            cwd=tmp_path, env=cli_env(CANARY), capture_output=True, text=True, timeout=120,
+        done = cli_in_process(
+            "run", "data.csv", "--prompt", "Say {text}", "--model", MODEL,
+            "--max-tokens", "400", "--base-url", simulator.openai_base_url,
+            "--state", "state", "--no-progress", cwd=tmp_path, key=CANARY,
         )  # fmt: skip
         asked = simulator.stats()["requests"]["chat.completions"]
     assert done.returncode == 2, done.stdout + done.stderr
@@ -462,16 +461,43 @@ def cli_env(key: str | None) -> dict[str, str]:
     return env
 
 
+def cli_in_process(*args: str, cwd: Path, key: str | None) -> subprocess.CompletedProcess[str]:
+    """``rowpilot ARGS`` through the CLI's entry point in this process, with the environment
+    ``cli_env(key)`` gives a subprocess, put back whole afterwards (a .env file the run
+    reads cannot reach later tests). For what needs no process of its own: an interpreter
+    start and the provider SDKs' import cost a second or two a call."""
+    before = dict(os.environ)
+    try:
+        os.environ.clear()
+        os.environ.update(cli_env(key))
+        return invoke_cli(*args, cwd=cwd)
+    finally:
+        os.environ.clear()
+        os.environ.update(before)
+
+
+def label_command(sim: Simulator, *extra: str) -> list[str]:
+    return [
+        "label", "data.csv", "--key", "id", "--text-column", "text",
+        "--labels", *LABELS, "--base-url", sim.openai_base_url, "--no-progress", *extra,
+    ]  # fmt: skip
+
+
 def run_label_cli(
     tmp_path: Path, sim: Simulator, key: str | None, *extra: str
 ) -> subprocess.CompletedProcess[str]:
-    command = [
-        ROWPILOT, "label", "data.csv", "--key", "id", "--text-column", "text",
-        "--labels", *LABELS, "--base-url", sim.openai_base_url, "--no-progress", *extra,
-    ]  # fmt: skip
+    """``rowpilot label`` in-process (see cli_in_process)."""
+    return cli_in_process(*label_command(sim, *extra), cwd=tmp_path, key=key)
+
+
+def run_label_process(
+    tmp_path: Path, sim: Simulator, key: str | None, *extra: str
+) -> subprocess.CompletedProcess[str]:
+    """``rowpilot label`` as a real process: all it writes to its file descriptors is seen."""
     return subprocess.run(
-        command, cwd=tmp_path, env=cli_env(key), capture_output=True, text=True, timeout=60
-    )
+        [ROWPILOT, *label_command(sim, *extra)], cwd=tmp_path, env=cli_env(key),
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
 
 
 def test_a_bad_key_fails_before_any_item_with_one_line(sim: Simulator, tmp_path: Path) -> None:
@@ -514,9 +540,10 @@ def test_the_key_comes_from_a_dotenv_file(sim: Simulator, tmp_path: Path) -> Non
 
 def test_the_api_key_is_never_printed_logged_or_stored(sim: Simulator, tmp_path: Path) -> None:
     write_rows(tmp_path / "data.csv", 30)
-    good = run_label_cli(tmp_path, sim, CANARY, "-o", "out.csv", "--batch-size", "4")
+    # Real processes: whatever reaches their stdout and stderr, by any route, is checked.
+    good = run_label_process(tmp_path, sim, CANARY, "-o", "out.csv", "--batch-size", "4")
     assert good.returncode == 0, good.stderr
-    failing = run_label_cli(tmp_path, sim, CANARY + "x", "--state", "other")
+    failing = run_label_process(tmp_path, sim, CANARY + "x", "--state", "other")
     assert failing.returncode == 2
     debug = subprocess.run(
         [ROWPILOT, "label", "data.csv", "--text-column", "text", "--labels", "a",
@@ -592,9 +619,7 @@ def test_invalid_answers_get_bounded_repairs_then_fail_with_their_cause(
         assert "still invalid after 2 repair request(s)" in (record.error or "")
         assert record.attempts == 1  # the repairs were its retries
     assert chat_answered(sim) == 4 * 3
-    report = subprocess.run(
-        [ROWPILOT, "failures", str(tmp_path / "state")], capture_output=True, text=True
-    )
+    report = cli_in_process("failures", str(tmp_path / "state"), cwd=tmp_path, key=None)
     entries = [json.loads(line) for line in report.stdout.splitlines()]
     assert {entry["cause"] for entry in entries} == {"invalid_output"}
 
@@ -707,9 +732,7 @@ def test_the_label_command_prints_the_summary_and_writes_the_table(
     assert "cost $" in done.stdout
     table = pd.read_csv(tmp_path / "enriched.csv")
     assert list(table.columns) == ["id", "text", *LABELS]
-    status = subprocess.run(
-        [ROWPILOT, "status", ".rowpilot/data-labels"], cwd=tmp_path, capture_output=True, text=True
-    )
+    status = cli_in_process("status", ".rowpilot/data-labels", cwd=tmp_path, key=None)
     assert "cost $" in status.stdout and "3 calls" in status.stdout
 
 
@@ -744,20 +767,13 @@ path = "out.csv"
 
 def test_estimate_runs_a_sample_then_projects_the_rest(sim: Simulator, tmp_path: Path) -> None:
     write_job(tmp_path, sim, 100)
-    env = cli_env(CANARY)
-    estimate = subprocess.run(
-        [ROWPILOT, "estimate", "job.toml", "--sample", "10"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    estimate = cli_in_process("estimate", "job.toml", "--sample", "10", cwd=tmp_path, key=CANARY)
     assert estimate.returncode == 0, estimate.stderr
     assert "sample: 10 done" in estimate.stdout
     assert "still to do: 90 items in about 18 calls" in estimate.stdout
     assert "one call at a time" in estimate.stdout and "with 4 workers" in estimate.stdout
     assert chat_answered(sim) == 2
-    run = subprocess.run(
-        [ROWPILOT, "run", "job.toml", "--no-progress"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    run = cli_in_process("run", "job.toml", "--no-progress", cwd=tmp_path, key=CANARY)
     assert run.returncode == 0, run.stderr
     assert "10 skipped" in run.stdout  # the sample is not paid again
     assert chat_answered(sim) == 2 + 18
@@ -794,10 +810,9 @@ def test_prompt_settings_errors_are_one_line(sim: Simulator, tmp_path: Path) -> 
         (["--task", "t.py:f", "--prompt", "{text}", "--model", MODEL], "both a task"),
     ]
     for args, message in cases:
-        done = subprocess.run(
-            [ROWPILOT, "run", "data.csv", *args, "--base-url", sim.openai_base_url],
-            cwd=tmp_path, env=cli_env(CANARY), capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+        done = cli_in_process(
+            "run", "data.csv", *args, "--base-url", sim.openai_base_url, cwd=tmp_path, key=CANARY
+        )
         assert done.returncode == 2, (args, done.stderr)
         assert message in done.stderr, (args, done.stderr)
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
@@ -877,11 +892,11 @@ def test_a_json_schema_file_and_named_limits_from_the_command_line(
         "required": ["racist", "size"],
     }
     (tmp_path / "schema.json").write_text(json.dumps(schema), encoding="utf-8")
-    done = subprocess.run(
-        [ROWPILOT, "run", "data.csv", "--key", "id", "--prompt", "{text}", "--model", MODEL,
-         "--schema", "schema.json", "--base-url", sim.openai_base_url, "--rpm", "600",
-         "--max-concurrent", "2", "--param", "temperature=0", "-o", "out.jsonl"],
-        cwd=tmp_path, env=cli_env(CANARY), capture_output=True, text=True, timeout=60,
+    done = cli_in_process(
+        "run", "data.csv", "--key", "id", "--prompt", "{text}", "--model", MODEL,
+        "--schema", "schema.json", "--base-url", sim.openai_base_url, "--rpm", "600",
+        "--max-concurrent", "2", "--param", "temperature=0", "-o", "out.jsonl",
+        cwd=tmp_path, key=CANARY,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert sim.stats()["in_flight_max"] <= 2

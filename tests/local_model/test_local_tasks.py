@@ -1,7 +1,8 @@
 """The built-in local tasks end to end: embed, label and dedupe on the bundled model.
 
 Real parts only: the wordllama weights in the installed wheel, real registries, the real
-CLI in subprocesses (SIGKILL included) and a real LanceDB table.
+CLI (in-process through its entry point; a real subprocess where it is SIGKILLed) and a
+real LanceDB table.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import rowpilot
-from conftest import wait_until
+from conftest import invoke_cli, wait_until
 from rowpilot.errors import ConfigError
 from rowpilot.state.registry import REGISTRY_FILE, Registry
 
@@ -46,11 +47,18 @@ def write_texts(path: Path, n: int) -> list[dict[str, str]]:
 def cli(
     *args: str, cwd: Path, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    environment = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
-    environment.update(env or {})
-    return subprocess.run(
-        [ROWPILOT, *args], cwd=cwd, env=environment, capture_output=True, text=True, timeout=120
-    )
+    """``rowpilot ARGS`` through the CLI's entry point in this process, with no provider key
+    in the environment but ``env``'s (put back whole afterwards). A killed run needs a
+    process; these do not, and a process cost an interpreter start and the imports."""
+    before = dict(os.environ)
+    try:
+        for name in [k for k in os.environ if k.endswith("_API_KEY")]:
+            del os.environ[name]
+        os.environ.update(env or {})
+        return invoke_cli(*args, cwd=cwd)
+    finally:
+        os.environ.clear()
+        os.environ.update(before)
 
 
 def vectors_by_key(result: rowpilot.Result) -> dict[str, np.ndarray]:
@@ -156,12 +164,12 @@ def test_a_killed_embed_into_lancedb_resumes_to_one_vector_per_key(tmp_path: Pat
     process.wait(timeout=120)
     assert process.stdout is not None
     process.stdout.close()
-    resumed = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    resumed = cli(*command[1:], cwd=tmp_path)  # not killed: in-process
     assert resumed.returncode == 0, resumed.stderr
     table = lancedb.connect(tmp_path / "store").open_table("docs")
     keys = table.to_arrow().column("key").to_pylist()
     assert len(keys) == len(set(keys)) == 6000
-    again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    again = cli(*command[1:], cwd=tmp_path)
     assert "6,000 unchanged" in again.stdout
     assert table.count_rows() == 6000
 
@@ -194,7 +202,7 @@ def test_an_embed_killed_mid_run_resumes_to_every_row_once_with_its_vector(
     before = committed(tmp_path / "state")
     assert 4_000 <= len(before) < len(rows), "the kill did not land mid-run"
 
-    resumed = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    resumed = cli(*command[1:], cwd=tmp_path)  # not killed: in-process
 
     assert resumed.returncode == 0, resumed.stderr
     after = committed(tmp_path / "state")

@@ -27,7 +27,7 @@ import pytest
 from pydantic import BaseModel
 
 import rowpilot
-from conftest import Simulators, wait_until
+from conftest import Simulators, invoke_cli, wait_until
 from rowpilot import Ctx
 from rowpilot._config import build_config
 from rowpilot.errors import ConfigError, SubItemError, TaskOutputError
@@ -573,6 +573,20 @@ def journal(state: Path) -> dict[str, str]:
         return {}
 
 
+def in_process(command: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``command`` (the console script and its arguments) run through rowpilot.cli.main in
+    this process, with the test key in the environment as the subprocesses get it."""
+    before = os.environ.get("OPENAI_API_KEY")
+    os.environ["OPENAI_API_KEY"] = CANARY
+    try:
+        return invoke_cli(*command[1:], cwd=cwd)
+    finally:
+        if before is None:
+            del os.environ["OPENAI_API_KEY"]
+        else:
+            os.environ["OPENAI_API_KEY"] = before
+
+
 @pytest.mark.slow
 def test_sigkill_inside_multi_step_tasks_then_resume_repeats_no_step(tmp_path: Path) -> None:
     (tmp_path / "pipeline.py").write_text(PIPELINE)
@@ -590,9 +604,9 @@ def test_sigkill_inside_multi_step_tasks_then_resume_repeats_no_step(tmp_path: P
                 "--state", str(state), "--no-progress",
             ]  # fmt: skip
 
-        reference = subprocess.run(
-            command(tmp_path / "reference"), cwd=tmp_path, env=env, capture_output=True, text=True
-        )
+        # The reference run and the resume are not killed: they run in-process (the same
+        # command through the CLI's entry point), only the killed runs need processes.
+        reference = in_process(command(tmp_path / "reference"), tmp_path)
         assert reference.returncode == 0, reference.stderr
         state = tmp_path / "state"
         for _ in range(3):
@@ -609,7 +623,7 @@ def test_sigkill_inside_multi_step_tasks_then_resume_repeats_no_step(tmp_path: P
         wait_until(lambda: simulator.handling == 0, "the requests in flight at the kill")
         before = journal(state)
         answered = chat_answered(simulator)
-        resumed = subprocess.run(command(state), cwd=tmp_path, env=env, capture_output=True)
+        resumed = in_process(command(state), tmp_path)
         assert resumed.returncode == 0, resumed.stderr
         after = journal(state)
         asked = chat_answered(simulator) - answered
@@ -747,12 +761,13 @@ def cli_steps(tmp_path: Path, sim: Simulator, task: str, *extra: str) -> Any:
         "".join(json.dumps(row) + "\n" for row in brands(300)), encoding="utf-8"
     )
     command = [
-        ROWPILOT, "run", "data.jsonl", "--task", f"writer.py:{task}", "--key", "id",
+        "run", "data.jsonl", "--task", f"writer.py:{task}", "--key", "id",
         "--model", MODEL, "--base-url", sim.openai_base_url, "--workers", "4",
         "--state", "state", "--no-progress", *extra,
     ]  # fmt: skip
-    env = {**os.environ, "OPENAI_API_KEY": CANARY}
-    return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+    # In-process through the CLI's entry point: these cases are about flags and messages,
+    # and a process of their own cost an interpreter start and the provider SDKs' import.
+    return in_process([ROWPILOT, *command], tmp_path)
 
 
 def test_force_no_cache_from_the_cli_asks_every_step_again(sim: Simulator, tmp_path: Path) -> None:

@@ -2,9 +2,9 @@
 
 Every command's help ends with an example; tests/test_cli_docs.py keeps it that way. One
 module per concept registers its commands on ``app`` (importing it is what registers
-them): ``_run`` (run, estimate), ``_local_commands`` (label, embed, dedupe),
-``_state_commands`` (status, export, failures, merge, verify), ``_tool_commands``
-(doctor, simulate).
+them): ``_run`` (run, estimate), ``_compare`` (compare), ``_local_commands`` (label,
+embed, dedupe), ``_state_commands`` (status, export, failures, merge, verify),
+``_tool_commands`` (doctor, simulate).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 import typer
 
 from rowpilot.cli import (  # noqa: F401  (importing a command module registers its commands)
+    _compare,
     _local_commands,
     _run,
     _state_commands,
@@ -27,19 +28,22 @@ from rowpilot.cli._app import app
 from rowpilot.engine.events import NOTICES
 from rowpilot.errors import RowpilotError
 
+_LISTS = ("--labels", "--models")
 
-def _spread_labels(args: list[str]) -> list[str]:
-    """``--labels a b c`` as click reads it: ``--labels a --labels b --labels c``."""
+
+def _spread_lists(args: list[str]) -> list[str]:
+    """``--labels a b c`` as click reads it: ``--labels a --labels b --labels c``; the
+    same for ``--models``."""
     spread: list[str] = []
-    in_labels = False
+    in_list: str | None = None
     for arg in args:
-        if arg == "--labels":
-            in_labels = True
+        if arg in _LISTS:
+            in_list = arg
             continue
-        if in_labels and not arg.startswith("-"):
-            spread += ["--labels", arg]
+        if in_list is not None and not arg.startswith("-"):
+            spread += [in_list, arg]
             continue
-        in_labels = False
+        in_list = None
         spread.append(arg)
     return spread
 
@@ -78,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point: one-line errors (exit 2 for user errors) unless --debug."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("ROWPILOT_DEBUG") == "1"
-    args = _spread_labels([a for a in args if a != "--debug"])
+    args = _spread_lists([a for a in args if a != "--debug"])
     _print_warnings()
     try:
         command().main(args=args, prog_name="rowpilot")

@@ -23,13 +23,13 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, cast
-
-import anthropic
-import openai
-from anthropic.types import TextBlock
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from rowpilot.llm.providers import ChatClient, Completion, request_options
+
+if TYPE_CHECKING:  # each SDK is imported with its first client (llm/providers.py)
+    import anthropic
+    import openai
 
 __all__ = ["COMPLETION_WINDOW", "BatchClient", "BatchLook", "RowResult", "request_body"]
 
@@ -106,40 +106,46 @@ class BatchClient:
         self.kind = chat.spec.kind
         self.limits = LIMITS[self.kind]
 
+    @property
+    def _openai(self) -> openai.AsyncOpenAI:
+        return cast("openai.AsyncOpenAI", self._chat.sdk)
+
+    @property
+    def _anthropic(self) -> anthropic.AsyncAnthropic:
+        return cast("anthropic.AsyncAnthropic", self._chat.sdk)
+
     async def create(self, intent: str, lines: Sequence[tuple[str, dict[str, Any]]]) -> str:
         """Submit ``lines`` (custom_id, body) as one batch; its provider id."""
         try:
-            if isinstance(self._chat.sdk, openai.AsyncOpenAI):
-                return await self._create_openai(self._chat.sdk, intent, lines)
-            return await self._create_anthropic(self._chat.sdk, lines)
-        except (openai.OpenAIError, anthropic.AnthropicError) as exc:
+            if self.kind == "openai":
+                return await self._create_openai(self._openai, intent, lines)
+            return await self._create_anthropic(self._anthropic, lines)
+        except self._chat.boundary as exc:
             raise self._chat.provider_error(exc) from exc
 
     async def look(self, batch_id: str) -> BatchLook:
         try:
-            sdk = self._chat.sdk
-            if isinstance(sdk, openai.AsyncOpenAI):
-                batch = await sdk.batches.retrieve(batch_id)
+            if self.kind == "openai":
+                batch = await self._openai.batches.retrieve(batch_id)
                 counts = batch.request_counts
                 done = (counts.completed + counts.failed) if counts else 0
                 total = counts.total if counts else 0
                 return BatchLook(batch.status in _OPENAI_ENDED, batch.status, done, total)
-            found = await sdk.messages.batches.retrieve(batch_id)
+            found = await self._anthropic.messages.batches.retrieve(batch_id)
             c = found.request_counts
             total = c.processing + c.succeeded + c.errored + c.canceled + c.expired
             return BatchLook(found.processing_status == "ended", found.processing_status,
                              total - c.processing, total)  # fmt: skip
-        except (openai.OpenAIError, anthropic.AnthropicError) as exc:
+        except self._chat.boundary as exc:
             raise self._chat.provider_error(exc) from exc
 
     async def results(self, batch_id: str) -> list[RowResult]:
         """Every row's result of an ended batch (rows never run: an error)."""
         try:
-            sdk = self._chat.sdk
-            if isinstance(sdk, openai.AsyncOpenAI):
-                return await self._openai_results(sdk, batch_id)
-            return await self._anthropic_results(sdk, batch_id)
-        except (openai.OpenAIError, anthropic.AnthropicError) as exc:
+            if self.kind == "openai":
+                return await self._openai_results(self._openai, batch_id)
+            return await self._anthropic_results(self._anthropic, batch_id)
+        except self._chat.boundary as exc:
             raise self._chat.provider_error(exc) from exc
 
     async def find(self, intent: str, since: float, known: set[str]) -> str | bool:
@@ -147,11 +153,10 @@ class BatchClient:
         among batches not ``known``: its id; ``False`` when there is surely none; ``True``
         while it cannot be told yet (Anthropic: a candidate batch has not ended)."""
         try:
-            sdk = self._chat.sdk
-            if isinstance(sdk, openai.AsyncOpenAI):
-                return await self._find_openai(sdk, intent, since)
-            return await self._find_anthropic(sdk, intent, since, known)
-        except (openai.OpenAIError, anthropic.AnthropicError) as exc:
+            if self.kind == "openai":
+                return await self._find_openai(self._openai, intent, since)
+            return await self._find_anthropic(self._anthropic, intent, since, known)
+        except self._chat.boundary as exc:
             raise self._chat.provider_error(exc) from exc
 
     # -- OpenAI ----------------------------------------------------------------------
@@ -210,7 +215,7 @@ class BatchClient:
                 found.append(RowResult(entry.custom_id, None, f"{result.type}: {error}"))
                 continue
             message = result.message
-            text = "".join(b.text for b in message.content if isinstance(b, TextBlock))
+            text = "".join(b.text for b in message.content if b.type == "text")
             stop = str(message.stop_reason)
             completion = Completion(
                 text=text,

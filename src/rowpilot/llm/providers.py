@@ -21,11 +21,9 @@ import os
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
-import anthropic
 import httpx2
-import openai
 import pydantic
 
 from rowpilot._secrets import REDACTED, redact_secret, redact_urls
@@ -44,6 +42,10 @@ from rowpilot.errors import (
     RateLimitError,
 )
 from rowpilot.llm.limits import Accounting, parse_retry_after
+
+if TYPE_CHECKING:
+    import anthropic
+    import openai
 
 __all__ = [
     "BadRequestError",
@@ -154,6 +156,8 @@ def _transport_class(exc: BaseException) -> type[ProviderError] | None:
 
 
 def _openai_class(exc: BaseException) -> type[ProviderError] | None:
+    import openai
+
     if isinstance(exc, openai.APITimeoutError):
         return ProviderTimeoutError
     if isinstance(exc, openai.APIConnectionError):
@@ -169,6 +173,8 @@ def _openai_class(exc: BaseException) -> type[ProviderError] | None:
 
 def _openai_client_class(exc: BaseException) -> type[ProviderError] | None:
     """The openai exceptions raised by the client itself rather than for a response."""
+    import openai
+
     if isinstance(exc, openai.LengthFinishReasonError):
         return OutputTruncatedError
     if isinstance(exc, openai.ContentFilterFinishReasonError):
@@ -191,6 +197,8 @@ def _openai_client_class(exc: BaseException) -> type[ProviderError] | None:
 
 
 def _anthropic_class(exc: BaseException) -> type[ProviderError] | None:
+    import anthropic
+
     if isinstance(exc, anthropic.APITimeoutError):
         return ProviderTimeoutError
     if isinstance(exc, anthropic.APIConnectionError):
@@ -432,10 +440,9 @@ def request_options(params: Mapping[str, Any]) -> dict[str, Any]:
     return options
 
 
-# What ChatClient.complete and preflight catch and translate; anything else propagates.
+# What ChatClient.complete and preflight catch and translate (with the client's own SDK
+# error); anything else propagates.
 _BOUNDARY: tuple[type[BaseException], ...] = (
-    openai.OpenAIError,
-    anthropic.AnthropicError,
     httpx2.HTTPError,
     json.JSONDecodeError,
     pydantic.ValidationError,
@@ -480,15 +487,24 @@ class ChatClient:
                 )
             key = "unused"  # a local server (ollama) that wants none; the SDK insists
         self._secret = key
+        # Each SDK is imported with its first client: anthropic alone takes ~1.4 s to
+        # import, which a run on OpenAI (and every CLI start) need not pay.
         self._client: openai.AsyncOpenAI | anthropic.AsyncAnthropic
+        self._boundary: tuple[type[BaseException], ...]
         if spec.kind == "openai":
+            import openai
+
             self._client = openai.AsyncOpenAI(
                 api_key=key, base_url=spec.base_url, max_retries=0, timeout=timeout
             )
+            self._boundary = (openai.OpenAIError, *_BOUNDARY)
         else:
+            import anthropic
+
             self._client = anthropic.AsyncAnthropic(
                 api_key=key, base_url=spec.base_url, max_retries=0, timeout=timeout
             )
+            self._boundary = (anthropic.AnthropicError, *_BOUNDARY)
 
     def __repr__(self) -> str:
         return (
@@ -505,6 +521,11 @@ class ChatClient:
     def provider_error(self, exc: BaseException) -> ProviderError:
         """An SDK or transport error as the ``ProviderError`` it maps to (key redacted)."""
         return self._map(exc)
+
+    @property
+    def boundary(self) -> tuple[type[BaseException], ...]:
+        """The exceptions ``provider_error`` maps (this client's SDK's and the transport's)."""
+        return self._boundary
 
     def _map(self, exc: BaseException) -> ProviderError:
         mapper = map_openai_error if self.spec.kind == "openai" else map_anthropic_error
@@ -531,15 +552,17 @@ class ChatClient:
     ) -> Completion:
         """One chat call. Raises a ``ProviderError`` for every provider failure."""
         try:
-            if isinstance(self._client, openai.AsyncOpenAI):
+            if self.spec.kind == "openai":
                 completion = await self._complete_openai(
-                    self._client, messages, system, max_tokens, json_schema, params or {}
-                )
+                    cast("openai.AsyncOpenAI", self._client),
+                    messages, system, max_tokens, json_schema, params or {},
+                )  # fmt: skip
             else:
                 completion = await self._complete_anthropic(
-                    self._client, messages, system, max_tokens, json_schema, params or {}
-                )
-        except _BOUNDARY as exc:
+                    cast("anthropic.AsyncAnthropic", self._client),
+                    messages, system, max_tokens, json_schema, params or {},
+                )  # fmt: skip
+        except self._boundary as exc:
             raise self._map(exc) from exc
         if completion.finish_reason == "content_filter":
             raise self._error(
@@ -636,7 +659,7 @@ class ChatClient:
             client = self._client.with_options(timeout=self.preflight_timeout)
             page = await client.models.list()
             return [model.id for model in page.data]
-        except _BOUNDARY as exc:
+        except self._boundary as exc:
             raise self._map(exc) from exc
 
     async def aclose(self) -> None:

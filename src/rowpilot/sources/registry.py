@@ -1,6 +1,7 @@
 """Which source reads an input: registered kinds, chosen by URL scheme, then by ``--format``
 or the file's suffix; a folder is a :class:`FolderSource`, a DataFrame or an iterable an
-in-memory source.
+in-memory source; an object that already is a ``Source`` (it has ``chunks`` and
+``reiterable``: ``rowpilot compare``'s sample) is read as it is.
 
 A new kind of file or URL is one opener (:data:`Opener`) and one :func:`register_source`
 call; see "How to add a source" in docs/architecture.md.
@@ -115,6 +116,8 @@ def open_source(
             header_row=_checked_header_row(header_row),
         )
         return _open_path(os.fspath(source), options)
+    if _is_source(source):  # a source made by rowpilot itself (compare's sample)
+        return source  # type: ignore[return-value]  # the Source protocol, checked by duck
     pandas = sys.modules.get("pandas")  # a DataFrame caller has pandas loaded already
     if pandas is not None and isinstance(source, pandas.DataFrame):
         return DataFrameSource(source)
@@ -124,6 +127,10 @@ def open_source(
             hint="pass a file path, a pandas DataFrame or an iterable of dicts",
         )
     return IterableSource(source)  # type: ignore[arg-type]  # a DataFrame returned above
+
+
+def _is_source(value: Any) -> bool:
+    return callable(getattr(value, "chunks", None)) and hasattr(value, "reiterable")
 
 
 def supported_formats() -> list[str]:

@@ -595,6 +595,11 @@ class Registry:
             "cost_per_item": cost or 0.0,
         }
 
+    @_mapped("read the registry")
+    def call_figures(self) -> list[tuple[str, str, float | None, int, int, float]]:
+        query = "SELECT provider, model, seconds, input_tokens, output_tokens, cost_usd FROM calls"
+        return [tuple(row) for row in self.db().execute(query)]
+
     @_mapped("merge a registry")
     def merge_from(self, shard: Path) -> tuple[int, int]:
         """Fold the shard registry at ``shard`` into this one, in one transaction: a key in
