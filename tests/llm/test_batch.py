@@ -208,6 +208,29 @@ def test_the_estimate_shows_the_batch_cost_and_window_beside_the_online_cost(
     assert by_ten.cost / 2 < by_ten.batch_cost < by_ten.cost
 
 
+def test_a_batch_is_submitted_only_within_the_budget_and_the_rest_waits_for_the_next_run(
+    sim: Simulator, clock: BatchClock, tmp_path: Path
+) -> None:
+    given = rows(100)
+    dear = {MODEL: {"input": 1000.0, "output": 1000.0}}  # a row's worst case: about $0.1
+    state = tmp_path / "state"
+    first = batch_run(sim, given, state, budget=2.0, prices=dear)
+    assert first.summary.status == "budget_reached"
+    assert first.summary.exit_code == 3
+    assert first.summary.stop_reason is not None and "budget" in first.summary.stop_reason
+    done = first.summary.done
+    assert 0 < done < 100 and first.summary.pending == 100 - done
+    reserved = query(state, "SELECT sum(worst_usd), sum(rows) FROM batches", LEDGER_FILE)[0]
+    assert reserved[0] <= 2.0 and reserved[1] == done  # whole batches' worst cases fitted
+    assert query(state, "SELECT sum(cost_usd) FROM calls")[0][0] <= 2.0
+    assert batch_stats(sim)["rows"] == done
+
+    second = batch_run(sim, given, state, budget=100.0, prices=dear)
+    check_answers(second, given)
+    assert second.summary.skipped == done
+    assert batch_stats(sim)["rows"] == 100  # the rows asked once in all
+
+
 # -- rows a batch did not answer ----------------------------------------------------------
 
 
