@@ -47,6 +47,8 @@ A job file has four tables; relative paths in it are relative to the file:
     tpm = 200000                 # tokens/min
     cache = true                 # reuse journaled answers and steps (false: ask again)
     keep_going = false           # true: no early stop when the first items fail alike
+    batch_api = false            # true: the provider's Batch API, half price (docs/batch.md)
+    batch_fallback = "batch"     # or "online": rows a batch errs on are asked online
 
     [limits."openai/gpt-4o-mini"]   # named limits: provider or provider/model
     rpm = 500
@@ -74,7 +76,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -150,6 +152,10 @@ class JobConfig(BaseModel):
     repair_attempts: int = Field(2, ge=0, le=10)
     batch_size: int | Literal["auto"] = 1
     call_timeout: float = Field(60.0, gt=0)  # seconds one LLM request may take
+    batch_api: bool = False  # through the provider's Batch API (llm/batch.py)
+    batch_fallback: Literal["batch", "online"] = "batch"
+    detach: bool = False  # submit the batches and exit with status "waiting"
+    batch_poll: float = Field(30.0, gt=0)  # seconds between looks at open batches
     budget: float | None = Field(None, gt=0)
     rpm: float | None = Field(None, gt=0)
     tpm: float | None = Field(None, gt=0)
@@ -213,7 +219,31 @@ def build_config(settings: Mapping[str, Any]) -> JobConfig:
             f"{name}: {first['msg']}", hint="see `rowpilot run --help` for the settings"
         ) from None
     _check_task_kind(config)
+    _check_batch_settings(config)
     return config
+
+
+def _check_batch_settings(config: JobConfig) -> None:
+    """--batch-api is for prompt tasks on a source that can be read twice (the batch pass
+    reads the rows, then the run commits them); --detach waits for nothing without it."""
+    if config.detach and not config.batch_api:
+        raise ConfigError(
+            "--detach leaves batches to wait", hint="add --batch-api, or drop --detach"
+        )
+    if not config.batch_api:
+        return
+    if not config.is_prompt or config.is_local:
+        raise ConfigError(
+            "--batch-api sends a prompt task's rows through a provider's Batch API, and this "
+            "job's task is not a prompt (ctx.llm steps are asked online)",
+            hint="drop --batch-api, or give the job --prompt/--labels/--fields with an LLM",
+        )
+    if isinstance(config.source, Iterator):
+        raise ConfigError(
+            "--batch-api reads the rows twice (the batches, then the run), and a one-shot "
+            "iterator can be read once",
+            hint="pass a list of rows or a DataFrame",
+        )
 
 
 def _check_task_kind(config: JobConfig) -> None:

@@ -5,7 +5,9 @@ never pays for them again. The projection reads the registry's averages (every c
 job made so far, not just this sample's) and the limits the provider resource knows,
 given or learned from the response headers:
 
-* cost = items still to do x cost per paid item;
+* cost = items still to do x cost per paid item; for a prompt task, also through the
+  provider's Batch API (the same calls' tokens at the batch price) and its completion
+  window; the sample itself is asked online, even for a ``--batch-api`` job;
 * sequential time = requests still to make x mean latency;
 * parallel time = the slowest of three bounds: the workers (requests at once x latency),
   requests/min, and tokens/min (prompt + max_tokens per request, as providers count).
@@ -37,7 +39,8 @@ async def sample_and_project(
     build_task(config).check_estimable()  # before the source is read: say it at once
     whole = prepare(config)
     limit = sample if config.limit is None else min(sample, config.limit)
-    sampled = prepare(config.model_copy(update={"limit": limit}))
+    # The sample is asked online even for a --batch-api job: a batch may take hours.
+    sampled = prepare(config.model_copy(update={"limit": limit, "batch_api": False}))
     result = await execute(sampled, progress)
     total = whole.scan.total if whole.scan else 0
     return result, sampled.task.project(whole.state, total, workers=config.workers_at_most)

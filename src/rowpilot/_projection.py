@@ -5,10 +5,13 @@ See ``rowpilot._estimate`` for the method."""
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from rowpilot.errors import ConfigError
+from rowpilot.llm.batch_client import COMPLETION_WINDOW
+from rowpilot.llm.cost import Price, cost_usd
 from rowpilot.llm.limits import Limits
 from rowpilot.state.registry import Registry
 
@@ -51,10 +54,18 @@ class Projection(_Rest):
     workers: int
     limits: Limits
     notes: tuple[str, ...] = ()  # settings the task chose and why, one line each
+    # an item's cost through the Batch API (one request a row), if priced
+    batch_cost_per_item: float | None = None
 
     @property
     def calls_left(self) -> int:
         return math.ceil(self.remaining / max(self.rows_per_call, 1.0))
+
+    @property
+    def batch_cost(self) -> float | None:
+        """The rest's cost through the provider's Batch API (``--batch-api``)."""
+        per_item = self.batch_cost_per_item
+        return None if per_item is None else self.remaining * per_item
 
     @property
     def sequential_seconds(self) -> float:
@@ -92,7 +103,18 @@ class Projection(_Rest):
             f"time: {_duration(self.sequential_seconds)} one call at a time, "
             f"{_duration(self.parallel_seconds)} with {self.workers} workers "
             f"(bound by {binding}{'; limits ' + limits if limits else ''})",
+            *self._batch_lines(),
             *self.notes,
+        ]
+
+    def _batch_lines(self) -> list[str]:
+        if self.batch_cost is None or self.batch_cost_per_item is None:
+            return []
+        share = f", {self.batch_cost / self.cost:.0%} of online" if self.cost > 0 else ""
+        return [
+            f"through the Batch API (--batch-api, a request a row): ${self.batch_cost:,.4f} "
+            f"more (${self.batch_cost_per_item:.6f} per item{share}), answers within "
+            f"{COMPLETION_WINDOW} (the provider's completion window)"
         ]
 
 
@@ -104,8 +126,11 @@ def project_calls(
     max_tokens: int,
     limits: Limits,
     notes: tuple[str, ...] = (),
+    batch: tuple[Price | None, float | None] = (None, None),
 ) -> Projection:
-    """A prompt job's rest: its calls (rows per call as journaled) under its model's limits."""
+    """A prompt job's rest: its calls (rows per call as journaled) under its model's limits;
+    ``batch`` (the batch price, the prompt tokens of a one-row request) prices the rest
+    through the Batch API too: a request a row, each answer as long as the calls' rows'."""
     registry = Registry(state)
     try:
         profile = registry.call_profile() if registry.exists else {"calls": 0}
@@ -129,7 +154,20 @@ def project_calls(
         workers=workers,
         limits=limits,
         notes=notes,
+        batch_cost_per_item=_batch_cost(batch, profile),
     )
+
+
+def _batch_cost(
+    batch: tuple[Price | None, float | None], profile: Mapping[str, float]
+) -> float | None:
+    price, prompt_tokens = batch
+    if price is None:
+        return None
+    rows = profile["rows"] or 1.0
+    if prompt_tokens is None or rows == 1:  # one-row calls: their own tokens
+        prompt_tokens = profile["input_tokens"]
+    return cost_usd(price, round(prompt_tokens), round(profile["output_tokens"] / rows))
 
 
 def _duration(seconds: float) -> str:

@@ -28,7 +28,9 @@ class Summary:
 
     run_id: str
     state: str
-    status: str  # completed, completed_with_failures, failed, interrupted, budget_reached, aborted
+    # completed, completed_with_failures, failed, interrupted, budget_reached, aborted, or
+    # waiting (rows wait for open batches: --batch-api --detach)
+    status: str
     total: int | None
     done: int
     failed: int

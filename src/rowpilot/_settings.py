@@ -264,6 +264,36 @@ SETTINGS: tuple[Setting, ...] = (
         panel=PROMPT_PANEL,
     ),
     Setting(
+        "batch_api",
+        False,
+        "Ask through the provider's Batch API: half price, answers within 24h (docs/batch.md).",
+        "run",
+        panel=PROMPT_PANEL,
+    ),
+    Setting(
+        "batch_fallback",
+        "batch",
+        "Rows a batch answered with an error or left unanswered: 'batch' (a later batch) "
+        "or 'online'.",
+        "run",
+        panel=PROMPT_PANEL,
+    ),
+    Setting(
+        "detach",
+        False,
+        "With --batch-api: submit the batches and exit (status 'waiting'); the same "
+        "command again collects them.",
+        "run",
+        panel=PROMPT_PANEL,
+    ),
+    Setting(
+        "batch_poll",
+        30.0,
+        "Seconds between looks at open batches.",
+        "run",
+        panel=PROMPT_PANEL,
+    ),
+    Setting(
         "call_timeout",
         60.0,
         "Seconds one LLM request may take before it is dropped and retried.",

@@ -67,6 +67,8 @@ def status(
         return
     for f in found:
         print(_status_line(f))
+        for open_batch in f.open_batches:
+            print(_batch_line(open_batch))
         if f.spending.get("calls"):
             spent = f.spending
             print(
@@ -102,6 +104,15 @@ def _status_line(f: _state.StateStatus) -> str:
     stale = f"  stale {f.stale:,}" if f.stale else ""
     counts = f"done {f.done:,}  failed {f.failed:,}{stale}{of}"
     return f"{f.state}  {counts}  runs {f.runs}  last run {last}{running}"
+
+
+def _batch_line(batch: dict[str, Any]) -> str:
+    age = batch["age_seconds"]
+    ago = f"{age / 3600:.1f} h" if age >= 3600 else f"{age / 60:.0f} min"
+    return (
+        f"  open batch {batch['provider']} {batch['batch_id']}: {batch['done']:,} of "
+        f"{batch['rows']:,} rows done at the last look, submitted {ago} ago"
+    )
 
 
 def _status_total(found: list[_state.StateStatus]) -> dict[str, Any]:

@@ -8,6 +8,11 @@ since (size, mtime in ns, inode, the same read and selection settings: recorded 
 registry's meta), is not validated again: the run's own read is then its only one. For a
 grouped task, a selection whose items fit ``KEEP_BYTES`` is read once the other way round:
 the run takes the items the validation pass read.
+
+A task may answer the run's pending rows ahead of the scheduler (``Task.answer_ahead``: a
+prompt task through a Batch API): the selection is then read once more, the rows it
+leaves waiting (in open batches) are kept out of the scheduler, and the run ends
+``waiting`` (or ``budget_reached``) with them pending.
 """
 
 from __future__ import annotations
@@ -22,10 +27,10 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from rowpilot._config import JobConfig
 from rowpilot._result import Result, Summary
@@ -42,6 +47,7 @@ from rowpilot.engine.items import (
     Selection,
     count_repeats,
     duplicate_key_error,
+    encode_items,
     parse_rows,
     parse_shard,
     scan,
@@ -67,8 +73,11 @@ from rowpilot.state.operations import check_key_definition, key_definition
 from rowpilot.state.registry import VALIDATED_META, Registry, peek_meta, read_only_folder
 from rowpilot.tasks.base import RunScope, Task
 from rowpilot.tasks.factory import build_task
+from rowpilot.tasks.values import Ahead
 
 STATE_ROOT = Path(".rowpilot")
+PROGRESS_TICK = 1.0  # seconds between progress refreshes while rows are answered ahead
+T = TypeVar("T")
 KEEP_BYTES = 128 * 2**20
 """The memory the validation pass of a grouped task (the local model, whose run is bound by
 the model and the rows' reading) may keep its items in for the run, so that it reads the
@@ -474,8 +483,9 @@ async def _run_locked(job: PreparedJob, registry: Registry, progress: ProgressVi
     if job.executor.remote:  # the workers' capacity: each busy, with a batch waiting
         job.settings = dataclasses.replace(job.settings, workers=executor.capacity)
     workers = Slots(job.settings.workers)  # the scheduler's, shared with ctx.map sub-items
+    scope = RunScope(registry, counters, events, run_id, workers)
     try:
-        steps = await job.task.open(RunScope(registry, counters, events, run_id, workers))
+        steps = await job.task.open(scope)
     except BaseException:
         executor.close()
         events.close()
@@ -513,11 +523,13 @@ async def _run_locked(job: PreparedJob, registry: Registry, progress: ProgressVi
     _announce_share(job.config, events, progress)
     try:
         inflight.open()  # in the try: a full disk here closes the run like any other error
+        ahead = await _refreshing(
+            job.task.answer_ahead(_pending_rows(job, registry), scope), progress, counters
+        )
         with _signals_to(scheduler):
-            end = await scheduler.run(_chunks(job))
-        waited = job.task.waited_seconds()
-        stop = _stop_line(job, end, scheduler.stop_message)
-        summary = _summary(job, run_id, counters, end, stop, waited)
+            end = await scheduler.run(_leaving_out(ahead, _chunks(job)))
+        end, stop = _after_ahead(job, (registry, run_row), ahead, end, scheduler.stop_message)
+        summary = _summary(job, run_id, counters, end, stop, job.task.waited_seconds())
         summary = dataclasses.replace(summary, executor=executor.name, workers=executor.parallel)
         run_row.update(
             ended_at=time.time(), status=summary.status, summary=json.dumps(summary.as_dict())
@@ -628,6 +640,62 @@ def _chunks(job: PreparedJob) -> Iterator[list[Item]]:
         chunks = selected_items(job.source, job.keyer, job.selection)
     for items in chunks:
         yield [item for item in items if admits(item)]
+
+
+def _pending_rows(job: PreparedJob, registry: Registry) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The selected rows this run is to do (key, row), for ``Task.answer_ahead``."""
+    for items in _chunks(job):
+        encode_items(items, job.task.version)
+        prior = registry.lookup([item.key for item in items])
+        for item in items:
+            if job.settings.runs_again(item.fingerprint, prior.get(item.key)):
+                yield item.key, item.fields
+
+
+async def _refreshing(work: Awaitable[T], progress: ProgressView, counters: Counters) -> T:
+    """``work`` (a task's rows answered ahead: batches waited for), with the progress view
+    refreshed every second meanwhile, as the scheduler's ticks refresh it later."""
+    running = asyncio.ensure_future(work)
+    try:
+        while not running.done():
+            progress.refresh(counters)
+            await asyncio.wait({running}, timeout=PROGRESS_TICK)
+    except BaseException:
+        running.cancel()
+        raise
+    progress.refresh(counters)
+    return running.result()
+
+
+def _leaving_out(ahead: Ahead | None, chunks: Iterator[list[Item]]) -> Iterator[list[Item]]:
+    """The run's chunks without the rows still waiting for answers ahead (open batches)."""
+    if ahead is None or not ahead.waiting:
+        yield from chunks
+        return
+    for items in chunks:
+        yield [item for item in items if item.key not in ahead.waiting]
+
+
+def _after_ahead(
+    job: PreparedJob,
+    run: tuple[Registry, dict[str, Any]],
+    ahead: Ahead | None,
+    end: RunEnd,
+    message: str | None,
+) -> tuple[RunEnd, str | None]:
+    """How the run ended and why it stopped: rows still waiting for answers ahead make it
+    ``waiting`` (or ``budget_reached`` when the budget kept them back)."""
+    if ahead is None or not ahead.waiting or end is not RunEnd.COMPLETED:
+        return end, _stop_line(job, end, message)
+    registry, run_row = run
+    if not registry.exists:  # it only submitted batches: still a run of the job, recorded
+        registry.commit([], meta=_meta(job), run=run_row)
+    if ahead.stop is not None:
+        return RunEnd.BUDGET, ahead.stop
+    return RunEnd.WAITING, (
+        f"{len(ahead.waiting):,} rows wait in {ahead.open_batches:,} open batch(es): run the "
+        "same command again to collect them (rowpilot status lists them)"
+    )
 
 
 def _handed_over(kept: list[list[Item]]) -> Iterator[list[Item]]:

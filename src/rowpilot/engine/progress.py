@@ -37,6 +37,7 @@ class Counters:
     splits: int = 0  # batches whose missing or invalid rows were asked again in halves
     workers: int | None = None  # --workers auto: the count now
     paused: str | None = None  # why admission waits (--max-memory), while it does
+    batches: str | None = None  # --batch-api: the batches and their rows, as the run waits
 
     @property
     def finished(self) -> int:
@@ -82,6 +83,8 @@ def _status_text(c: Counters, now: float) -> str:
         text += f"  workers {c.workers}"
     if c.paused is not None:
         text += f"  paused: {c.paused}"
+    if c.batches is not None:
+        text += f"  {c.batches}"
     return text
 
 

@@ -367,14 +367,9 @@ class Scheduler:
         return [item for item in items if self._needs_work(item, prior.get(item.key))]
 
     def _needs_work(self, item: Item, prior: PriorState | None) -> bool:
-        if prior is None or prior.fingerprint != item.fingerprint:
+        if self.settings.runs_again(item.fingerprint, prior):
             return True
-        force_before = self.settings.force_before
-        if force_before is not None and prior.finished_at < force_before:
-            return True
-        if prior.status == "failed":
-            if self.settings.retry_failed:
-                return True
+        if prior is not None and prior.status == "failed":
             self.counters.skipped_failed += 1
             self._clear_if_suspect(item.key)
             return False

@@ -6,9 +6,13 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from rowpilot.engine.retry import RetryPolicy
 from rowpilot.engine.sizing import AutoWorkers
+
+if TYPE_CHECKING:
+    from rowpilot.state.registry import PriorState
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,14 @@ class RunSettings:
     output_prefix: str = ""  # put before every output field name (--output-prefix)
     keep_going: bool = False  # no early stop when the first items all fail alike
 
+    def runs_again(self, fingerprint: str, prior: PriorState | None) -> bool:
+        """Whether an item (its fingerprint now, its record before) is to run in this run."""
+        if prior is None or prior.fingerprint != fingerprint:
+            return True
+        if self.force_before is not None and prior.finished_at < self.force_before:
+            return True
+        return prior.status == "failed" and self.retry_failed
+
     @property
     def window(self) -> int:
         return self.window_of(self.workers)
@@ -50,3 +62,4 @@ class RunEnd(enum.Enum):
     INTERRUPTED = "interrupted"
     BUDGET = "budget_reached"
     ABORTED = "aborted"
+    WAITING = "waiting"  # rows wait for answers from open batches (--batch-api --detach)

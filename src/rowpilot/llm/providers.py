@@ -427,7 +427,7 @@ _ANTHROPIC_FINISH = {
 _SDK_OPTIONS = frozenset({"extra_headers", "extra_query", "extra_body", "timeout"})
 
 
-def _request_options(params: Mapping[str, Any]) -> dict[str, Any]:
+def request_options(params: Mapping[str, Any]) -> dict[str, Any]:
     """SDK options stay keyword arguments; every other param goes into the JSON body.
 
     The body route works whatever parameters this SDK version names in its signature
@@ -513,6 +513,20 @@ class ChatClient:
             f"api_key={REDACTED!r})"
         )
 
+    @property
+    def sdk(self) -> openai.AsyncOpenAI | anthropic.AsyncAnthropic:
+        """The SDK client, for the Batch API's calls (``rowpilot.llm.batch_client``)."""
+        return self._client
+
+    def provider_error(self, exc: BaseException) -> ProviderError:
+        """An SDK or transport error as the ``ProviderError`` it maps to (key redacted)."""
+        return self._map(exc)
+
+    @property
+    def boundary(self) -> tuple[type[BaseException], ...]:
+        """The exceptions ``provider_error`` maps (this client's SDK's and the transport's)."""
+        return self._boundary
+
     def _map(self, exc: BaseException) -> ProviderError:
         mapper = map_openai_error if self.spec.kind == "openai" else map_anthropic_error
         return mapper(exc, provider=self.spec.name, model=self.model, secret=self._secret)
@@ -574,7 +588,7 @@ class ChatClient:
         params: dict[str, Any],
     ) -> Completion:
         all_messages = ([{"role": "system", "content": system}] if system else []) + messages
-        extra = _request_options(params)
+        extra = request_options(params)
         if json_schema is not None:
             extra["response_format"] = {
                 "type": "json_schema",
@@ -611,7 +625,7 @@ class ChatClient:
         json_schema: dict[str, Any] | None,
         params: dict[str, Any],
     ) -> Completion:
-        extra = _request_options(params)
+        extra = request_options(params)
         if system is not None:
             extra["system"] = system
         if json_schema is not None:

@@ -28,6 +28,13 @@ a batch of N rows asks the wrapper's part plus N rows' (``AnswerTokens.for_rows`
 
 Other failures (5xx, timeouts, resets, malformed bodies) raise a ``ProviderError`` and the
 scheduler retries the item under its policy; a batch's failure is each of its rows'.
+
+With ``--batch-api`` the task answers the run's pending rows ahead
+(``PromptTask.answer_ahead``: ``rowpilot.llm.batch``, the providers' Batch APIs), and each
+row's call then finds its answer in step 1. A row the batches left without a valid answer
+takes the one-row online path: its journaled answer replayed and repaired (steps 2 to 6,
+online calls), asked online with ``--batch-fallback online``, or failed when it had no
+answer in ``max_attempts`` batches (docs/batch.md).
 """
 
 from __future__ import annotations
@@ -36,9 +43,11 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
+import itertools
 import json
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rowpilot.engine.events import EventLog
@@ -51,10 +60,12 @@ from rowpilot.errors import (
     InvalidOutputError,
     OutputTruncatedError,
     ProviderError,
+    ProviderServerError,
     ProviderSetupError,
 )
 from rowpilot.llm.cost import (
     Budget,
+    Price,
     cost_usd,
     find_price,
     worst_case_cost,
@@ -83,7 +94,7 @@ from rowpilot.llm.spec import (
 from rowpilot.llm.tokens import TokenEstimator, upper_bound_tokens
 from rowpilot.state.registry import CallRecord, Registry, RowAnswer
 from rowpilot.tasks.base import RunScope, Task
-from rowpilot.tasks.values import ItemUsage, RunStop
+from rowpilot.tasks.values import Ahead, ItemUsage, RunStop
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
@@ -96,12 +107,11 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from rowpilot._projection import Projection
     from rowpilot.tasks.ctx import Ctx
 
 BATCH_LINGER = 0.02  # seconds a partial batch waits for more rows
+SAMPLE_ROWS = 50  # done rows the estimate renders for a one-row request's prompt tokens
 MAX_REQUEST_TOKENS = 16_384  # cap on a batch request's max_tokens
 
 
@@ -215,7 +225,54 @@ class PromptTask(Task):
             max_tokens=per_row,
             limits=limits,
             notes=(f"max_tokens {tokens.describe()}",),
+            batch=(self._batch_price(), self._one_row_prompt_tokens(state)),
         )
+
+    def _batch_price(self) -> Price | None:
+        """The model's Batch API price (``[prices]`` overrides apply to both modes)."""
+        provider, model = parse_model(self.spec.model, self.spec.providers)
+        return find_price(provider.name, model, self.spec.prices, batch=True)
+
+    def _one_row_prompt_tokens(self, state: Path) -> float | None:
+        """The prompt tokens of a one-row request (the Batch API's), on average over the
+        first done rows, by the session's estimator (calibrated by the sample's calls)."""
+        if self._session is None or not self.spec.batching:
+            return None  # one-row calls already: the journal has their tokens
+        registry = Registry(state)
+        try:
+            records = list(itertools.islice(registry.records(status="done"), SAMPLE_ROWS))
+        finally:
+            registry.close()
+        spec, estimator = self.spec, self._session.estimator
+        counts = []
+        for record in records:
+            text = spec.template.render(record.input)
+            request = single_request(
+                spec.system, text, spec.schema, key="", structured=spec.structured
+            )
+            messages = len(request.messages) + (1 if request.system else 0)
+            counts.append(estimator.estimate(request.chars(), messages))
+        return sum(counts) / len(counts) if counts else None
+
+    async def answer_ahead(
+        self, rows: Iterable[tuple[str, dict[str, Any]]], scope: RunScope
+    ) -> Ahead | None:
+        """With ``--batch-api``, every pending row through the provider's Batch API
+        (``rowpilot.llm.batch``) before the scheduler commits them from the journal."""
+        if not self.spec.batch_api:
+            return None
+        from rowpilot.llm.batch import BatchRun
+        from rowpilot.state.batches import BatchLedger
+
+        session = self._live()
+        ledger = BatchLedger(scope.registry.directory)
+        try:
+            run = BatchRun(session, ledger, rounds=self.spec.batch_rounds)
+            ahead = await run.run(rows)
+        finally:
+            ledger.close()
+        session.batch_failed = run.exhausted
+        return ahead
 
     async def call(self, row: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
         text = self.spec.template.render(row)
@@ -285,6 +342,7 @@ class LLMSession:
         self._counters = Counters()
         self._events: EventLog | None = None
         self._run_id = ""
+        self.batch_failed: dict[str, str] = {}  # --batch-api: item key -> why no batch answer
 
     # -- around the run ----------------------------------------------------------------
 
@@ -355,9 +413,48 @@ class LLMSession:
                 answer: dict[str, Any] = json.loads(hit.output)
                 return answer
         row = _Row(key, text, row_key, usage)
+        if spec.batch_api:
+            return await self._after_batches(row)
         if self._batcher is None:
             return await self._single(row)
         return await self._batcher.submit(row)
+
+    async def _after_batches(self, row: _Row) -> dict[str, Any]:
+        """A row the batches left without a valid answer: its journaled answer repaired
+        online, asked online (``--batch-fallback online``), or failed."""
+        why = self.batch_failed.get(row.key)
+        if why is not None and self.spec.batch_fallback != "online":
+            error = ProviderServerError(
+                f"no batch answered key {row.key!r} in {self.spec.batch_rounds} batch(es): {why}",
+                provider=self.provider.name,
+                model=self.model,
+                key=row.key,
+                hint="run again with --retry-failed, or with --batch-fallback online",
+            )
+            error.retryable = False  # the batches were the retries
+            raise error
+        return await self._single(row)
+
+    # -- for the batch pass (rowpilot.llm.batch) -----------------------------------------
+
+    def batch_row_key(self, text: str) -> str:
+        """A row's answer key: the one its online answer has."""
+        return self._row_key(text, self.spec.keyed_max_tokens)
+
+    def batch_max_tokens(self) -> int:
+        """max_tokens of a one-row request (a batch's requests are those)."""
+        return self._shape(1).max_tokens
+
+    @property
+    def counters(self) -> Counters:
+        return self._counters
+
+    @property
+    def run_id(self) -> str:
+        return self._run_id
+
+    def emit(self, event: str, **fields: Any) -> None:
+        self._emit(event, **fields)
 
     def _row_key(self, text: str, max_tokens: int) -> str:
         spec = self.spec

@@ -58,6 +58,13 @@ class PromptSpec:
     environ: Mapping[str, str] = field(repr=False, compare=False)  # holds keys: never shown
     share: float = 1.0  # the part of the limits this process paces at (a shard's 1/N)
     answer_tokens: AnswerTokens | None = None  # how max_tokens was chosen (None: given)
+    # --batch-api (rowpilot.llm.batch): none of these changes an answer, so none is in the
+    # version
+    batch_api: bool = False
+    batch_fallback: str = "batch"  # or "online"
+    detach: bool = False
+    batch_poll: float = 30.0
+    batch_rounds: int = 3  # batches a row may be in before it fails (the run's max_attempts)
 
     @property
     def batching(self) -> bool:
@@ -147,6 +154,11 @@ def build_prompt_spec(config: JobConfig, environ: Mapping[str, str] | None = Non
         environ=environ if environ is not None else load_environ(config.env_file),
         share=config.limits_share,
         answer_tokens=tokens,
+        batch_api=config.batch_api,
+        batch_fallback=config.batch_fallback,
+        detach=config.detach,
+        batch_poll=config.batch_poll,
+        batch_rounds=config.max_attempts,
     )
 
 

@@ -215,6 +215,15 @@ once one has ended, read its results' ``custom_id``s. So a client records the id
 anything else and gives its ``custom_id``s a prefix of its own run. (OpenAI's
 ``metadata``, 16 string pairs, is kept and listed.)
 
+*Held requests.* ``Simulator.hold_batches("create")`` makes each batch create take
+effect at once (the batch exists, is listed and counted) while its answer waits for
+``release_batches()`` (or a reset); with ``applied=False`` the create waits before it
+takes effect and is then refused (503), as a request lost on the way. ``"results"`` holds
+reads of a batch's answers (an OpenAI file's content, Anthropic results) past the first
+``after``. A test kills its client in such a gap: between the provider's create and the
+client's record of the id, before a create, or between two batches' collection.
+``fail_batch_requests(n)`` answers the next n batch requests with a 500, unapplied.
+
 Output lines and results come in an order of their own (by blake2b of batch id and
 custom_id), not the input's: a client matches them by ``custom_id``.
 
@@ -285,10 +294,16 @@ from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from rowpilot.errors import ConfigError
 from rowpilot.simulator.batches import ANTHROPIC, Batches, BatchSettings, Refused, Route
+
+# What Simulator.hold_batches holds: a batch create, or a read of a batch's answers.
+_HELD_PATHS = {
+    "create": frozenset({"/v1/batches", "/v1/messages/batches"}),
+    "results": frozenset({"/v1/files/{id}/content", "/v1/messages/batches/{id}/results"}),
+}
 
 __all__ = [
     "DEFAULT_MODELS",
@@ -1462,6 +1477,9 @@ class Simulator:
         self._thread: threading.Thread | None = None
         self._handlers: set[asyncio.Task[Any]] = set()
         self._batches = Batches(config.batch_settings(), _BatchAnswers(config))
+        self._released = threading.Event()  # cleared: hold_batches holds its requests
+        self._hold: tuple[str, bool, int] = ("", True, 0)  # what, applied, let through first
+        self._batch_failures = 0  # batch requests still to answer with a 500
         self.reset()
 
     def reset(self) -> None:
@@ -1470,6 +1488,7 @@ class Simulator:
         open, so one server can serve many tests."""
         self._stats.reset()
         self._batches.reset()
+        self._released.set()
         self._dice = _Dice(self.config.seed)
         self._limits: dict[str, _ModelLimits] = {}
         self._request_ids = 0
@@ -1597,6 +1616,41 @@ class Simulator:
         self._stats.reset()
         self._batches.reset_stats()
 
+    def hold_batches(self, what: str, *, applied: bool = True, after: int = 0) -> None:
+        """Hold batch requests of one kind until ``release_batches`` (see Batches, "Held
+        requests"): ``"create"`` (either provider's) or ``"results"`` (an OpenAI file's
+        content, an Anthropic batch's results), past the first ``after`` of them;
+        ``applied=False`` holds a create before it takes effect and then refuses it."""
+        if what not in _HELD_PATHS:
+            raise ValueError(f"hold 'create' or 'results', not {what!r}")
+        self._released.clear()
+        self._hold = (what, applied, after)
+
+    def fail_batch_requests(self, count: int) -> None:
+        """Answer the next ``count`` requests to the batch endpoints (either provider's, the
+        clock's aside) with a 500, unapplied (see Batches, "Held requests")."""
+        self._batch_failures = count
+
+    def release_batches(self) -> None:
+        """Let the held requests go (a create held before it took effect is refused) and
+        hold no more."""
+        self._hold = ("", True, 0)
+        self._released.set()
+
+    async def _held(self, route: Route) -> web.StreamResponse | None:
+        """Hold a request as ``hold_batches`` says; a refusal when it is to be dropped."""
+        what, applied, after = self._hold
+        if route.path not in _HELD_PATHS.get(what, ()) or route.method == hdrs.METH_DELETE:
+            return None
+        if after > 0:
+            self._hold = (what, applied, after - 1)
+            return None
+        await asyncio.to_thread(self._released.wait)
+        if not applied:
+            provider = _ANTHROPIC if route.provider == ANTHROPIC else _OPENAI
+            return provider.error(503, "held and dropped by the simulator", code=None)
+        return None
+
     def advance_batches(self, seconds: float) -> float:
         """Move the batch clock ``seconds`` forward (see Batches); the total advance so far."""
         return self._batches.advance(seconds)
@@ -1656,7 +1710,14 @@ class Simulator:
                 try:
                     if route.provider is not None:
                         self._authorize(request, provider)
-                    response = await route.handler(request)
+                    _, applied, _ = self._hold
+                    held = await self._held(route) if not applied else None
+                    if self._batch_failures > 0 and route.provider is not None:
+                        self._batch_failures -= 1
+                        held = provider.error(500, "failed by the simulator", code=None)
+                    response = held or await route.handler(request)
+                    if applied:
+                        await self._held(route)
                 except _Reject as reject:
                     response = reject.response
                 except Refused as refused:

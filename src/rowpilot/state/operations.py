@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from rowpilot.engine.items import (
 )
 from rowpilot.errors import StateError
 from rowpilot.sources import Source
+from rowpilot.state.batches import BatchLedger
 from rowpilot.state.lock import StateLock, is_locked
 from rowpilot.state.registry import REGISTRY_FILE, Registry
 
@@ -80,6 +82,7 @@ class StateStatus:
     last_run: dict[str, Any] | None
     spending: dict[str, float] = field(default_factory=dict)
     stale: int = 0
+    open_batches: list[dict[str, Any]] = field(default_factory=list)  # --batch-api
 
     @property
     def pending(self) -> int | None:
@@ -125,7 +128,27 @@ def status(directory: Path) -> StateStatus:
         last_run=_run_view(last) if last else None,
         spending=spending,
         stale=counts["stale"],
+        open_batches=_open_batches(directory),
     )
+
+
+def _open_batches(directory: Path) -> list[dict[str, Any]]:
+    """The job's batches still open at a provider (or intended, their ids not yet heard),
+    as the batch ledger last saw them."""
+    ledger = BatchLedger.existing(directory)
+    if ledger is None:
+        return []
+    try:
+        unfinished = ledger.unfinished()
+    finally:
+        ledger.close()
+    now = time.time()
+    return [
+        {"provider": record.provider, "model": record.model,
+         "batch_id": record.batch_id or f"(not yet known: intent {record.intent})",
+         "rows": record.rows, "done": record.done, "age_seconds": now - record.intended_at}
+        for record in unfinished
+    ]  # fmt: skip
 
 
 def _total(runs: list[dict[str, Any]]) -> int | None:

@@ -12,16 +12,19 @@ The life of a task in a run:
 2. ``await preflight()``, before the state is locked: a bad key or model fails once here;
 3. ``await open(scope)``: the run exists (registry, counters, log, worker slots); the
    task's sessions attach to it, and the ``StepRunner`` its ``ctx`` uses is returned;
-4. ``call(row, ctx)`` per row (an awaitable when ``is_async``), or ``batch_call(rows)``
+4. ``await answer_ahead(rows, scope)`` with the run's pending rows: a task that answers
+   rows ahead (a prompt task through a Batch API) journals their answers, and says which
+   rows are still waiting for theirs (the run leaves them pending); the others return None;
+5. ``call(row, ctx)`` per row (an awaitable when ``is_async``), or ``batch_call(rows)``
    per group of ``rows_per_worker`` rows when ``groups_rows``;
-5. ``await close()``: sessions closed; what they learned (``resource_limits``,
+6. ``await close()``: sessions closed; what they learned (``resource_limits``,
    ``waited_seconds``) stays readable for the summary and ``estimate``.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,6 +40,7 @@ if TYPE_CHECKING:
     from rowpilot.llm.limits import Limits
     from rowpilot.state.registry import Registry
     from rowpilot.tasks.ctx import Ctx, StepRunner
+    from rowpilot.tasks.values import Ahead
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,14 @@ class Task(ABC):
     def describe(self) -> str:
         """One line for ``doctor``: what this task is."""
         return self.name
+
+    async def answer_ahead(
+        self, rows: Iterable[tuple[str, dict[str, Any]]], scope: RunScope
+    ) -> Ahead | None:
+        """Answer the run's pending rows (item key, row) before the scheduler runs them,
+        journaling each answer so that the row's ``call`` finds it (a prompt task through
+        a Batch API); what is left for the run. None: the task answers rows as they come."""
+        return None
 
     def choices(self) -> dict[str, str]:
         """Settings the task chose itself (not given), by name: the value and why, one

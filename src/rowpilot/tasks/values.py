@@ -13,7 +13,19 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ItemUsage", "RunStop", "StepTrail"]
+__all__ = ["Ahead", "ItemUsage", "RunStop", "StepTrail"]
+
+
+@dataclass(frozen=True)
+class Ahead:
+    """What a task that answers rows ahead of the scheduler (``Task.answer_ahead``: a prompt
+    task through a Batch API) leaves for the run: the item keys whose answers are not in
+    (in open batches, or not submitted), and why the run stops short, if it must."""
+
+    waiting: frozenset[str] = frozenset()
+    stop: str | None = None  # a budget refusal: the run ends budget_reached
+    batches: int = 0  # batches submitted by this run
+    open_batches: int = 0  # batches still open at the provider
 
 
 @dataclass
