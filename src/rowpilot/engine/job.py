@@ -12,7 +12,10 @@ the run takes the items the validation pass read.
 A task may answer the run's pending rows ahead of the scheduler (``Task.answer_ahead``: a
 prompt task through a Batch API): the selection is then read once more, the rows it
 leaves waiting (in open batches) are kept out of the scheduler, and the run ends
-``waiting`` (or ``budget_reached``) with them pending.
+``waiting`` (or ``budget_reached``) with them pending. A task whose items park at steps
+that can wait (``Task.answer_parked``: a Python task's ``ctx.llm(..., can_wait=True)``
+under ``--batch-api``) gets their answers after the scheduler's pass, and the selection
+is read again for another pass over those items, until none parks or they wait (detached).
 """
 
 from __future__ import annotations
@@ -527,7 +530,7 @@ async def _run_locked(job: PreparedJob, registry: Registry, progress: ProgressVi
             job.task.answer_ahead(_pending_rows(job, registry), scope), progress, counters
         )
         with _signals_to(scheduler):
-            end = await scheduler.run(_leaving_out(ahead, _chunks(job)))
+            ahead, end = await _passes(job, scheduler, scope, (inflight, progress), ahead)
         end, stop = _after_ahead(job, (registry, run_row), ahead, end, scheduler.stop_message)
         summary = _summary(job, run_id, counters, end, stop, job.task.waited_seconds())
         summary = dataclasses.replace(summary, executor=executor.name, workers=executor.parallel)
@@ -665,6 +668,37 @@ async def _refreshing(work: Awaitable[T], progress: ProgressView, counters: Coun
         raise
     progress.refresh(counters)
     return running.result()
+
+
+async def _passes(
+    job: PreparedJob,
+    scheduler: Scheduler,
+    scope: RunScope,
+    views: tuple[InFlightLog, ProgressView],
+    ahead: Ahead | None,
+) -> tuple[Ahead | None, RunEnd]:
+    """The scheduler's pass over the rows not waiting ahead; then, while items parked at
+    steps that can wait (``Task.answer_parked``), their answers waited for (or, detached,
+    their batches submitted) and another pass over the items whose answers are in. What
+    still waits, and how the last pass ended."""
+    inflight, progress = views
+    end = await scheduler.run(_leaving_out(ahead, _chunks(job)))
+    while end is RunEnd.COMPLETED and not scheduler.stopping:
+        inflight.clear()  # parked items are not in flight: a kill while waiting blames none
+        parked = await _refreshing(job.task.answer_parked(scope), progress, scope.counters)
+        if parked is None:
+            break
+        ahead = parked
+        if not parked.ready:
+            break
+        end = await scheduler.run(_only(parked.ready, _chunks(job)))
+    return ahead, end
+
+
+def _only(keys: frozenset[str], chunks: Iterator[list[Item]]) -> Iterator[list[Item]]:
+    """The run's chunks with only the rows of ``keys`` (parked items whose answers are in)."""
+    for items in chunks:
+        yield [item for item in items if item.key in keys]
 
 
 def _leaving_out(ahead: Ahead | None, chunks: Iterator[list[Item]]) -> Iterator[list[Item]]:

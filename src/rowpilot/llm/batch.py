@@ -188,9 +188,13 @@ class BatchRun:
 
     async def run(self, rows: Iterable[tuple[str, dict[str, Any]]]) -> Ahead:
         """Answer ``rows`` (item key, row) through batches; what is left for the run."""
-        asks = self._asks(rows)
+        return await self.run_asks(self._asks(rows))
+
+    async def run_asks(self, asks: dict[str, _Ask], *, wait: bool = True) -> Ahead:
+        """Submit ``asks`` (by call key) and follow the recorded batches until none is open
+        (one look when detached or not ``wait``); what is left for the run."""
         stop: str | None = None
-        detach = self.session.spec.detach
+        detach = self.session.spec.detach or not wait
         while True:
             await self._settle_unfinished()
             free = self._free(asks)
@@ -421,18 +425,22 @@ class BatchRun:
             answered=answered, cost_usd=spent,
         )  # fmt: skip
 
-    def _journal(self, row: BatchRow, text: str, finish: str, cost: float, usage: Any) -> None:
-        """The answer as an online call's: a ``calls`` row, and the row's answer if valid."""
-        answers = []
+    def _row_answers(
+        self, row: BatchRow, text: str, finish: str, cost: float, usage: Any
+    ) -> list[RowAnswer]:
+        """The row's answer read from a batch answer, if valid (with the task's schema)."""
         try:
             valid = parse_single(text, self.session.spec.schema)
         except OutputValidationError:
-            valid = None
-        if valid is not None and finish != "length":
-            answers.append(
-                RowAnswer(row.row_key, row.call_key, encode_output(valid), cost,
-                          usage.input_tokens, usage.output_tokens)
-            )  # fmt: skip
+            return []
+        if finish == "length":
+            return []
+        return [RowAnswer(row.row_key, row.call_key, encode_output(valid), cost,
+                          usage.input_tokens, usage.output_tokens)]  # fmt: skip
+
+    def _journal(self, row: BatchRow, text: str, finish: str, cost: float, usage: Any) -> None:
+        """The answer as an online call's: a ``calls`` row, and the row's answer if valid."""
+        answers = self._row_answers(row, text, finish, cost, usage)
         record = CallRecord(
             call_key=row.call_key,
             provider=self.session.provider.name,

@@ -1,0 +1,227 @@
+"""A Python task's ``ctx.llm(..., can_wait=True)`` steps through the Batch API
+(``rowpilot.llm.step_batches``), end to end: the engine, the real simulator's batch
+endpoints on 127.0.0.1, the official SDKs.
+
+The task searches (``ctx.call``, a local function that counts its calls), then asks two
+can-wait steps in turn, the second built from the first's answer, then one online step.
+Expected outputs are an online run's over the same rows (the simulator answers a batch
+request as it answers the same request online). The run's waits between looks are moves
+of the simulator's batch clock (``rowpilot.llm.batch.poll_sleep``): no test sleeps.
+"""
+
+from __future__ import annotations
+
+import collections
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+from test_batch import HOUR, KEY, BatchClock, batch_stats, online_calls
+
+import rowpilot
+from conftest import Cli, Simulators
+from rowpilot import Ctx
+from rowpilot.errors import ConfigError
+from rowpilot.llm import batch
+from rowpilot.llm.cost import find_price
+from rowpilot.simulator.server import Simulator, SimulatorConfig
+from rowpilot.state.batches import LEDGER_FILE
+from rowpilot.state.registry import REGISTRY_FILE
+
+MODEL = "openai/gpt-4o-mini"
+SEARCHED: collections.Counter[str] = collections.Counter()
+_LOCK = threading.Lock()
+
+
+class Summary(BaseModel):
+    size: int
+    title: str
+
+
+def search(name: str) -> dict[str, Any]:
+    with _LOCK:
+        SEARCHED[name] += 1
+    return {"hits": [f"{name} news", f"{name} review"]}
+
+
+async def research(row: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
+    found = await ctx.call("search", search, row["name"])
+    draft = await ctx.llm(f"Write about {row['name']}: {found['hits']}", can_wait=True)
+    summary = await ctx.llm(f"Summarise {draft}", schema=Summary, can_wait=True)
+    title = await ctx.llm(f"Title for {summary.title}")  # cannot wait: online
+    return {"draft": draft, "size": summary.size, "title": title}
+
+
+def plain(row: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
+    return {"title": ctx.llm_sync(f"Title for {row['name']}")}  # nothing waits
+
+
+def brands(n: int) -> list[dict[str, str]]:
+    return [{"id": f"b{i:03d}", "name": f"brand {i}"} for i in range(n)]
+
+
+@pytest.fixture(autouse=True)
+def keyed_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    SEARCHED.clear()
+
+
+@pytest.fixture
+def sim(simulator_for: Simulators) -> Simulator:
+    return simulator_for(SimulatorConfig(api_key=KEY, completion_delay_s=2 * HOUR))
+
+
+@pytest.fixture
+def clock(sim: Simulator, monkeypatch: pytest.MonkeyPatch) -> BatchClock:
+    fake = BatchClock(sim)
+    monkeypatch.setattr(batch, "poll_sleep", fake)
+    return fake
+
+
+def run(sim: Simulator, task: Any, rows: Any, state: Path, **settings: Any) -> rowpilot.Result:
+    defaults: dict[str, Any] = {
+        "key": "id",
+        "model": MODEL,
+        "base_url": sim.openai_base_url,
+        "state": state,
+        "env_file": None,
+        "batch_api": True,
+        "batch_poll": 900.0,
+        "progress": False,
+    }
+    defaults.update(settings)
+    return rowpilot.run(task, rows, **defaults)
+
+
+def outputs(result: rowpilot.Result) -> dict[str, dict[str, Any]]:
+    return {record.key: dict(record.output) for record in result if record.status == "done"}
+
+
+def online_reference(sim: Simulator, task: Any, rows: Any, tmp_path: Path) -> dict[str, Any]:
+    """The task's outputs asked online, then the simulator as if new."""
+    reference = run(sim, task, rows, tmp_path / "online", batch_api=False)
+    assert reference.summary.done == len(rows)
+    sim.reset()
+    SEARCHED.clear()
+    return outputs(reference)
+
+
+def query(state: Path, sql: str, file: str = REGISTRY_FILE) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(f"file:{state / file}?mode=ro", uri=True) as db:
+        return db.execute(sql).fetchall()
+
+
+def test_can_wait_steps_are_answered_through_batches_and_a_rerun_pays_nothing(
+    sim: Simulator, clock: BatchClock, tmp_path: Path
+) -> None:
+    given = brands(30)
+    want = online_reference(sim, research, given, tmp_path)
+    state = tmp_path / "state"
+    result = run(sim, research, given, state)
+    assert result.summary.status == "completed"
+    assert outputs(result) == want
+    stats = batch_stats(sim)
+    # Two can-wait steps in turn: a batch for each, every row in each once.
+    assert stats["created"] == 2 and stats["rows_per_batch"] == [30, 30]
+    assert online_calls(sim) == 30  # the one step that cannot wait, and nothing else
+    assert SEARCHED == dict.fromkeys((row["name"] for row in given), 1)  # replays are free
+    assert clock.waits and set(clock.waits) == {900.0}
+    # Journaled at the batch price: the batch answers cost half the online ones.
+    price = find_price("openai", "gpt-4o-mini", batch=True)
+    assert price is not None
+    batched = query(state, "SELECT count(*) FROM calls WHERE seconds = 0 AND model = 'gpt-4o-mini'")
+    assert batched == [(60,)]
+    statuses = query(state, "SELECT status, count(*) FROM batches GROUP BY status", LEDGER_FILE)
+    assert statuses == [("collected", 2)]
+
+    again = run(sim, research, given, state, force=True)  # every row again, from the journal
+    assert again.summary.done == 30 and again.summary.cost_usd == 0.0
+    assert batch_stats(sim)["created"] == 2 and online_calls(sim) == 30
+    assert SEARCHED == dict.fromkeys((row["name"] for row in given), 1)
+    assert outputs(again) == want
+
+
+def test_without_batch_api_can_wait_changes_nothing(sim: Simulator, tmp_path: Path) -> None:
+    result = run(sim, research, brands(5), tmp_path / "state", batch_api=False)
+    assert result.summary.done == 5
+    assert batch_stats(sim)["created"] == 0 and online_calls(sim) == 15
+
+
+def test_items_whose_steps_cannot_wait_go_on_online_beside_parked_ones(
+    sim: Simulator, clock: BatchClock, tmp_path: Path
+) -> None:
+    async def some_wait(row: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
+        waits = int(row["id"][1:]) % 2 == 0
+        return {"text": await ctx.llm(f"About {row['name']}", can_wait=waits)}
+
+    given = brands(10)
+    result = run(sim, some_wait, given, tmp_path / "state")
+    assert result.summary.done == 10
+    assert batch_stats(sim)["rows_per_batch"] == [5] and online_calls(sim) == 5
+    texts = {key: out["text"] for key, out in outputs(result).items()}
+    assert all(texts[row["id"]].endswith(f"ABOUT {row['name'].upper()}") for row in given)
+
+
+def test_map_sub_items_that_wait_share_one_batch(
+    sim: Simulator, clock: BatchClock, tmp_path: Path
+) -> None:
+    def fan_out(row: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
+        parts = ctx.map_sync(
+            [1, 2, 3], lambda n, c: c.llm_sync(f"part {n} of {row['name']}", can_wait=True)
+        )
+        return {"parts": " | ".join(parts)}
+
+    result = run(sim, fan_out, brands(4), tmp_path / "state")
+    assert result.summary.done == 4
+    assert batch_stats(sim)["rows_per_batch"] == [12] and online_calls(sim) == 0
+    parts = outputs(result)["b002"]["parts"].split(" | ")
+    assert [part.split(": ")[-1] for part in parts] == [f"PART {n} OF BRAND 2" for n in (1, 2, 3)]
+
+
+def test_a_detached_run_exits_waiting_then_the_same_command_collects(
+    sim: Simulator, clock: BatchClock, tmp_path: Path, cli: Cli
+) -> None:
+    task_file = tmp_path / "task.py"
+    task_file.write_text(
+        "async def research(row, ctx):\n"
+        "    found = await ctx.call('search', lambda name: {'hits': [name]}, row['name'])\n"
+        "    text = await ctx.llm(f\"Write about {found['hits']}\", can_wait=True)\n"
+        "    return {'text': text}\n",
+        encoding="utf-8",
+    )
+    (tmp_path / "rows.csv").write_text(
+        "id,name\n" + "".join(f"b{i},brand {i}\n" for i in range(20)), encoding="utf-8"
+    )
+    command = (
+        "run", "rows.csv", "--task", "task.py:research", "--key", "id", "--model", MODEL,
+        "--base-url", sim.openai_base_url, "--batch-api", "--detach", "--state", "state",
+    )  # fmt: skip
+    first = cli(*command)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.startswith("waiting: 0 done"), first.stdout
+    assert "20 rows wait in 1 open batch(es)" in first.stdout
+    assert batch_stats(sim)["created"] == 1 and not clock.waits
+
+    still = cli(*command)  # the batch is not done: nothing submitted again
+    assert still.stdout.startswith("waiting: 0 done"), still.stdout
+    assert batch_stats(sim)["created"] == 1
+
+    sim.advance_batches(2 * HOUR)
+    last = cli(*command)
+    assert last.returncode == 0 and last.stdout.startswith("completed: 20 done"), last.stdout
+    assert batch_stats(sim)["created"] == 1 and online_calls(sim) == 0
+    done = query(tmp_path / "state", "SELECT key, output FROM items WHERE status = 'done'")
+    assert len(done) == 20
+
+
+def test_batch_api_is_refused_for_the_local_model_only(sim: Simulator, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="the local model, which makes none"):
+        rowpilot.run(
+            source=brands(2), key="id", model="local/wordllama", text_column="name",
+            labels=["a", "b"], state=tmp_path / "s", batch_api=True,
+        )  # fmt: skip
+    plain_run = run(sim, plain, brands(3), tmp_path / "state")  # accepted: nothing waits
+    assert plain_run.summary.done == 3 and batch_stats(sim)["created"] == 0
