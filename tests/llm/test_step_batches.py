@@ -24,7 +24,6 @@ from test_batch import HOUR, KEY, BatchClock, batch_stats, online_calls
 import rowpilot
 from conftest import Cli, Simulators
 from rowpilot import Ctx
-from rowpilot.errors import ConfigError
 from rowpilot.llm import batch
 from rowpilot.llm.cost import find_price
 from rowpilot.simulator.server import Simulator, SimulatorConfig
@@ -127,7 +126,7 @@ def test_can_wait_steps_are_answered_through_batches_and_a_rerun_pays_nothing(
     # Two can-wait steps in turn: a batch for each, every row in each once.
     assert stats["created"] == 2 and stats["rows_per_batch"] == [30, 30]
     assert online_calls(sim) == 30  # the one step that cannot wait, and nothing else
-    assert SEARCHED == dict.fromkeys((row["name"] for row in given), 1)  # replays are free
+    assert dict.fromkeys((row["name"] for row in given), 1) == SEARCHED  # replays are free
     assert clock.waits and set(clock.waits) == {900.0}
     # Journaled at the batch price: the batch answers cost half the online ones.
     price = find_price("openai", "gpt-4o-mini", batch=True)
@@ -140,7 +139,7 @@ def test_can_wait_steps_are_answered_through_batches_and_a_rerun_pays_nothing(
     again = run(sim, research, given, state, force=True)  # every row again, from the journal
     assert again.summary.done == 30 and again.summary.cost_usd == 0.0
     assert batch_stats(sim)["created"] == 2 and online_calls(sim) == 30
-    assert SEARCHED == dict.fromkeys((row["name"] for row in given), 1)
+    assert dict.fromkeys((row["name"] for row in given), 1) == SEARCHED
     assert outputs(again) == want
 
 
@@ -217,11 +216,9 @@ def test_a_detached_run_exits_waiting_then_the_same_command_collects(
     assert len(done) == 20
 
 
-def test_batch_api_is_refused_for_the_local_model_only(sim: Simulator, tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="the local model, which makes none"):
-        rowpilot.run(
-            source=brands(2), key="id", model="local/wordllama", text_column="name",
-            labels=["a", "b"], state=tmp_path / "s", batch_api=True,
-        )  # fmt: skip
-    plain_run = run(sim, plain, brands(3), tmp_path / "state")  # accepted: nothing waits
-    assert plain_run.summary.done == 3 and batch_stats(sim)["created"] == 0
+def test_a_python_task_with_nothing_that_waits_runs_online_under_batch_api(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    result = run(sim, plain, brands(3), tmp_path / "state")  # accepted, as before refused
+    assert result.summary.done == 3
+    assert batch_stats(sim)["created"] == 0 and online_calls(sim) == 3

@@ -12,10 +12,9 @@ the run takes the items the validation pass read.
 A task may answer the run's pending rows ahead of the scheduler (``Task.answer_ahead``: a
 prompt task through a Batch API): the selection is then read once more, the rows it
 leaves waiting (in open batches) are kept out of the scheduler, and the run ends
-``waiting`` (or ``budget_reached``) with them pending. A task whose items park at steps
-that can wait (``Task.answer_parked``: a Python task's ``ctx.llm(..., can_wait=True)``
-under ``--batch-api``) gets their answers after the scheduler's pass, and the selection
-is read again for another pass over those items, until none parks or they wait (detached).
+``waiting`` (or ``budget_reached``) with them pending. Items that park at steps that can
+wait (``Task.answer_parked``) get their answers after the pass, and the selection is read
+again for a pass over them, until none parks or they wait (detached).
 """
 
 from __future__ import annotations
@@ -677,10 +676,8 @@ async def _passes(
     views: tuple[InFlightLog, ProgressView],
     ahead: Ahead | None,
 ) -> tuple[Ahead | None, RunEnd]:
-    """The scheduler's pass over the rows not waiting ahead; then, while items parked at
-    steps that can wait (``Task.answer_parked``), their answers waited for (or, detached,
-    their batches submitted) and another pass over the items whose answers are in. What
-    still waits, and how the last pass ended."""
+    """The pass over the rows not waiting ahead; then, while items park at steps that can
+    wait, their answers waited for (detached: submitted) and a pass over those answered."""
     inflight, progress = views
     end = await scheduler.run(_leaving_out(ahead, _chunks(job)))
     while end is RunEnd.COMPLETED and not scheduler.stopping:
@@ -696,8 +693,7 @@ async def _passes(
 
 
 def _only(keys: frozenset[str], chunks: Iterator[list[Item]]) -> Iterator[list[Item]]:
-    """The run's chunks with only the rows of ``keys`` (parked items whose answers are in)."""
-    for items in chunks:
+    for items in chunks:  # parked items whose answers are in
         yield [item for item in items if item.key in keys]
 
 

@@ -20,10 +20,8 @@ Written by hand because it is the product's core. Its rules:
   gets its own outcome. A group whose call raises runs again row by row, so one bad row
   fails alone;
 * a task that raises ``RunStop`` (the budget cannot cover another call) stops the run the
-  same graceful way; its item is not recorded and stays pending;
-* a task that raises ``Parked`` (a step that can wait went to a Batch API) ends its item
-  without an outcome and the run goes on; ``run`` is called again with the parked items
-  once their answers are in (``engine.job``);
+  same graceful way; its item is not recorded and stays pending; one that raises
+  ``Parked`` (its step waits for a Batch API) leaves it so too, and the run goes on;
 * with ``--workers auto`` the worker limit (and the window with it) changes during the run
   as ``_sizing.WorkerSizer`` decides; with ``--max-memory`` admission waits while
   ``_sizing.MemoryGate`` says the resident size leaves no room (in-flight items go on);
@@ -202,8 +200,7 @@ class Scheduler:
     # -- the run ------------------------------------------------------------------------
 
     async def run(self, chunks: Iterator[list[Item]]) -> RunEnd:
-        """One pass over ``chunks``; called again for items that parked in the last."""
-        self._admitted_all = False
+        self._admitted_all = False  # run is called again for items that parked (engine.job)
         self._left_pending = 0
         self._announce_workers()
         ticker = asyncio.create_task(self._tick())
