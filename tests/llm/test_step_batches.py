@@ -25,7 +25,7 @@ import rowpilot
 from conftest import Cli, Simulators
 from rowpilot import Ctx
 from rowpilot.llm import batch
-from rowpilot.llm.cost import find_price
+from rowpilot.llm.cost import cost_usd, find_price
 from rowpilot.simulator.server import Simulator, SimulatorConfig
 from rowpilot.state.batches import LEDGER_FILE
 from rowpilot.state.registry import REGISTRY_FILE
@@ -222,3 +222,70 @@ def test_a_python_task_with_nothing_that_waits_runs_online_under_batch_api(
     result = run(sim, plain, brands(3), tmp_path / "state")  # accepted, as before refused
     assert result.summary.done == 3
     assert batch_stats(sim)["created"] == 0 and online_calls(sim) == 3
+
+
+def test_the_budget_reserves_each_batch_at_batch_prices_and_the_rest_waits(
+    sim: Simulator, clock: BatchClock, tmp_path: Path
+) -> None:
+    given = brands(40)
+    state = tmp_path / "state"
+    dear = {MODEL: {"input": 1000.0, "output": 1000.0}}  # a request's worst case: cents
+    first = run(sim, research, given, state, budget=1.0, prices=dear)
+    assert first.summary.status == "budget_reached" and first.summary.exit_code == 3
+    reserved, submitted = query(
+        state, "SELECT sum(worst_usd), sum(rows) FROM batches", LEDGER_FILE
+    )[0]
+    assert reserved <= 1.0 and 0 < submitted < 40  # whole batches' worst cases fitted
+    assert query(state, "SELECT sum(cost_usd) FROM calls")[0][0] <= 1.0
+    assert online_calls(sim) == 0
+
+    second = run(sim, research, given, state, budget=1000.0, prices=dear)
+    assert second.summary.done == 40
+    rows = query(state, "SELECT count(*), count(DISTINCT call_key) FROM batch_rows", LEDGER_FILE)
+    assert rows[0][0] == rows[0][1] == 80  # every can-wait request in one batch
+    assert batch_stats(sim)["rows"] == 80
+
+    # Without overrides, a batch answer is settled at the model's batch price (half).
+    cheap = run(sim, research, brands(5), tmp_path / "cheap")
+    price = find_price("openai", "gpt-4o-mini", batch=True)
+    assert price is not None and cheap.summary.done == 5
+    batched = query(
+        tmp_path / "cheap",
+        "SELECT cost_usd, input_tokens, output_tokens FROM calls WHERE seconds = 0",
+    )
+    assert len(batched) == 10
+    assert all(cost == pytest.approx(cost_usd(price, i, o)) for cost, i, o in batched)
+
+
+def test_a_step_no_batch_answers_fails_its_item_after_max_attempts_batches(
+    simulator_for: Simulators, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sim = simulator_for(SimulatorConfig(api_key=KEY, completion_delay_s=HOUR, batch_row_errors=0.5))
+    monkeypatch.setattr(batch, "poll_sleep", BatchClock(sim))
+    # keep_going: the items answered go on to their next step, so the first outcomes of
+    # the pass after the batch are the failures, which the early-stop probe would take
+    # for a broken job (docs/batch.md, limits)
+    result = run(sim, research, brands(40), tmp_path / "state", max_attempts=1, keep_going=True)
+    failed = [record for record in result if record.status == "failed"]
+    assert failed and result.summary.done == 40 - len(failed)
+    assert all("no batch answered a ctx.llm step" in (r.error or "") for r in failed)
+    assert result.summary.causes == {"server": len(failed)}
+
+    online = run(sim, research, brands(40), tmp_path / "online", batch_fallback="online")
+    assert online.summary.done == 40  # the steps no batch answered, asked online
+
+
+def test_a_worker_process_task_parks_and_resumes_through_the_driver(
+    sim: Simulator, clock: BatchClock, tmp_path: Path
+) -> None:
+    task_file = tmp_path / "task.py"
+    task_file.write_text(
+        "def research(row, ctx):\n"
+        "    text = ctx.llm_sync(f\"Write about {row['name']}\", can_wait=True)\n"
+        "    return {'text': text}\n",
+        encoding="utf-8",
+    )
+    result = run(sim, f"{task_file}:research", brands(6), tmp_path / "state",
+                 executor="process", workers=2)  # fmt: skip
+    assert result.summary.done == 6 and "process" in result.summary.executor
+    assert batch_stats(sim)["rows_per_batch"] == [6] and online_calls(sim) == 0

@@ -686,7 +686,7 @@ async def _passes(
         if parked is None:
             break
         ahead = parked
-        if not parked.ready:
+        if not parked.ready or parked.stop is not None:  # a budget stop: the rest pending
             break
         end = await scheduler.run(_only(parked.ready, _chunks(job)))
     return ahead, end
