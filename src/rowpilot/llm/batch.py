@@ -35,6 +35,9 @@ pass that follows finds each answer in the call cache and commits the row withou
 * **provider errors**: a retryable one (5xx, timeout) while creating, looking or reading
   is tried again at the next look, up to ``TRANSIENT_FAILURES`` rounds in a row; any
   other ends the run (the batches stay recorded for the next).
+* **steps**: a Python task's can-wait ``ctx.llm`` steps are submitted and waited for
+  through ``run_asks`` by ``rowpilot.llm.step_batches`` (a ``BatchRun`` per model, whose
+  ``_row_answers`` journals the call only: the step's schema reads it).
 * **waiting**: the run looks at its open batches every ``batch_poll`` seconds (through
   ``sleep``, which tests replace with the simulator's batch clock); with ``--detach`` it
   submits, collects what has ended, and returns: the rows in open batches are ``waiting``.

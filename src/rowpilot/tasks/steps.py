@@ -17,10 +17,16 @@ plain Python is limited, retried, priced, journaled and resumable:
   order, so a step whose prompt depends on earlier answers has the same key again, and
   nothing answered before is paid again. What a step returns is always the JSON round
   trip of its result, on the first run as on a replay, so both see the same values.
+* **Steps that can wait**: with ``--batch-api``, a ``ctx.llm(..., can_wait=True)`` step
+  whose answer is not journaled hands its request to ``rowpilot.llm.step_batches`` and
+  raises ``Parked``: the item ends this pass without an outcome and runs again once the
+  batch answered (a batch answer is read with the step's schema then). A step that may
+  not read the journal (``cache=False``) is asked online.
 * ``ctx.map(subitems, fn, workers=k)`` runs sub-items in at most ``k`` lanes; lane 0 uses
   the parent item's own worker slot and the others take slots from the run's worker
   pool, so the run never has more than ``--workers`` task functions running, and a
-  parent waiting on its sub-items can never starve them.
+  parent waiting on its sub-items can never starve them. Sub-items that park let the
+  others finish (their requests join the same batch), then the parent parks.
 * ``ctx.log(kind, **data)`` appends a line to ``logs/<run>.<kind>.jsonl`` beside the
   engine's own log.
 
