@@ -31,6 +31,7 @@ from rowpilot.state.batches import LEDGER_FILE
 from rowpilot.state.registry import REGISTRY_FILE
 
 MODEL = "openai/gpt-4o-mini"
+CLAUDE = "anthropic/claude-haiku-4-5"
 SEARCHED: collections.Counter[str] = collections.Counter()
 _LOCK = threading.Lock()
 
@@ -289,3 +290,21 @@ def test_a_worker_process_task_parks_and_resumes_through_the_driver(
                  executor="process", workers=2)  # fmt: skip
     assert result.summary.done == 6 and "process" in result.summary.executor
     assert batch_stats(sim)["rows_per_batch"] == [6] and online_calls(sim) == 0
+
+
+def test_anthropic_steps_go_through_message_batches(
+    sim: Simulator, clock: BatchClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
+
+    async def summarise(row: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
+        summary = await ctx.llm(f"Summarise {row['name']}", schema=Summary, can_wait=True)
+        return {"size": summary.size, "title": summary.title}
+
+    given = brands(8)
+    settings = {"model": CLAUDE, "base_url": sim.anthropic_base_url}
+    want = outputs(run(sim, summarise, given, tmp_path / "online", batch_api=False, **settings))
+    sim.reset()
+    result = run(sim, summarise, given, tmp_path / "state", **settings)
+    assert outputs(result) == want and len(want) == 8
+    assert batch_stats(sim, "anthropic")["rows_per_batch"] == [8] and online_calls(sim) == 0
