@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_batch import HOUR, KEY, MODEL, batch_stats, online_calls
+from test_batch import HOUR, KEY, MODEL, batch_stats, events, online_calls
 from test_batch_crash import STARTED, kill, ledger, sim, wait_for
 
 import rowpilot
@@ -89,6 +89,9 @@ def test_killed_between_a_create_and_its_record_every_step_runs_once(
     assert online_calls(sim) == 0
     searched = (folder / "searched.txt").read_text(encoding="utf-8").splitlines()
     assert sorted(searched) == sorted(f"brand {i}" for i in range(ROWS))  # each once
+    # Parked items were not in flight when the run was killed waiting: none is a suspect.
+    (recovered,) = events(folder / "state", "run.recovered")
+    assert recovered["runs"] == 1 and recovered["keys"] == 0
     found = ledger(
         folder / "state", f"SELECT batch_id FROM batches WHERE intent = '{unrecorded[0][0]}'"
     )

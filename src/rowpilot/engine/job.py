@@ -681,20 +681,17 @@ async def _passes(
     inflight, progress = views
     end = await scheduler.run(_leaving_out(ahead, _chunks(job)))
     while end is RunEnd.COMPLETED and not scheduler.stopping:
-        inflight.clear()  # parked items are not in flight: a kill while waiting blames none
+        if scope.counters.parked:  # parked items are not in flight: a kill now blames none
+            inflight.clear()
         parked = await _refreshing(job.task.answer_parked(scope), progress, scope.counters)
         if parked is None:
             break
         ahead = parked
         if not parked.ready or parked.stop is not None:  # a budget stop: the rest pending
             break
-        end = await scheduler.run(_only(parked.ready, _chunks(job)))
+        ready = parked.ready  # a pass over the parked items whose answers are in
+        end = await scheduler.run([i for i in items if i.key in ready] for items in _chunks(job))
     return ahead, end
-
-
-def _only(keys: frozenset[str], chunks: Iterator[list[Item]]) -> Iterator[list[Item]]:
-    for items in chunks:  # parked items whose answers are in
-        yield [item for item in items if item.key in keys]
 
 
 def _leaving_out(ahead: Ahead | None, chunks: Iterator[list[Item]]) -> Iterator[list[Item]]:
