@@ -232,13 +232,7 @@ def _check_batch_settings(config: JobConfig) -> None:
             "--detach leaves batches to wait", hint="add --batch-api, or drop --detach"
         )
     if not config.batch_api:
-        return
-    if config.is_local:
-        raise ConfigError(
-            "--batch-api sends LLM requests through a provider's Batch API, and this job's "
-            "task is the local model, which makes none",
-            hint="drop --batch-api, or give the job --prompt/--labels/--fields with an LLM",
-        )
+        return  # the local model refuses it with its other API settings
     if isinstance(config.source, Iterator):
         raise ConfigError(
             "--batch-api reads the rows twice (the batches, then the run), and a one-shot "
@@ -285,7 +279,7 @@ def _check_local_settings(config: JobConfig) -> None:
     if not config.is_local:
         return
     given = [name for name in _API_SETTINGS if getattr(config, name) is not None]
-    given += [name for name in ("limits", "params") if getattr(config, name)]
+    given += [name for name in ("limits", "params", "batch_api", "detach") if getattr(config, name)]
     if given:
         flags = ", ".join("--" + name.replace("_", "-") for name in given)
         raise ConfigError(

@@ -397,7 +397,7 @@ def test_batch_settings_that_cannot_work_are_refused_before_anything_runs(
         batch_run(sim, given, tmp_path / "state", batch_api=False, detach=True)
     with pytest.raises(ConfigError, match="one-shot iterator can be read once"):
         batch_run(sim, iter(given), tmp_path / "state")
-    with pytest.raises(ConfigError, match="the local model, which makes none"):
+    with pytest.raises(ConfigError, match="--batch-api would do nothing"):
         batch_run(sim, given, tmp_path / "state", model="local/wordllama", base_url=None)
     assert not (tmp_path / "state").exists()
 
