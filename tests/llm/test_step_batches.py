@@ -223,6 +223,7 @@ def test_a_python_task_with_nothing_that_waits_runs_online_under_batch_api(
     result = run(sim, plain, brands(3), tmp_path / "state")  # accepted, as before refused
     assert result.summary.done == 3
     assert batch_stats(sim)["created"] == 0 and online_calls(sim) == 3
+    assert not (tmp_path / "state" / LEDGER_FILE).exists()  # no batch, no ledger
 
 
 def test_the_budget_reserves_each_batch_at_batch_prices_and_the_rest_waits(

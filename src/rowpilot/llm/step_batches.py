@@ -40,7 +40,7 @@ from rowpilot.llm.batch import BatchRun, _Ask
 from rowpilot.llm.batch_client import request_body
 from rowpilot.llm.cost import worst_case_cost
 from rowpilot.llm.tokens import upper_bound_tokens
-from rowpilot.state.batches import BatchLedger, BatchRow
+from rowpilot.state.batches import LEDGER_FILE, BatchLedger, BatchRow
 from rowpilot.state.registry import RowAnswer
 from rowpilot.tasks.values import Ahead, Parked
 
@@ -113,6 +113,8 @@ class StepBatches:
     async def look(self) -> Ahead:
         """Before the first pass: earlier runs' batches looked at once (the ended ones
         collected); the items still waiting in open ones, kept out of the pass."""
+        if not (self._state / LEDGER_FILE).exists():
+            return Ahead()  # no batch yet: the ledger is made with the first
         ledger = self._ledger(None)
         for provider, model in sorted(ledger.unfinished_models()):
             self._run(self._session_for(f"{provider}/{model}"))
