@@ -224,20 +224,15 @@ def build_config(settings: Mapping[str, Any]) -> JobConfig:
 
 
 def _check_batch_settings(config: JobConfig) -> None:
-    """--batch-api is for prompt tasks on a source that can be read twice (the batch pass
-    reads the rows, then the run commits them); --detach waits for nothing without it."""
+    """--batch-api is for prompt tasks and Python tasks' can-wait ctx.llm steps, on a source
+    that can be read twice (the batch pass reads the rows, then the run commits them; a
+    Python task's parked items are read again); --detach waits for nothing without it."""
     if config.detach and not config.batch_api:
         raise ConfigError(
             "--detach leaves batches to wait", hint="add --batch-api, or drop --detach"
         )
     if not config.batch_api:
-        return
-    if not config.is_prompt or config.is_local:
-        raise ConfigError(
-            "--batch-api sends a prompt task's rows through a provider's Batch API, and this "
-            "job's task is not a prompt (ctx.llm steps are asked online)",
-            hint="drop --batch-api, or give the job --prompt/--labels/--fields with an LLM",
-        )
+        return  # the local model refuses it with its other API settings
     if isinstance(config.source, Iterator):
         raise ConfigError(
             "--batch-api reads the rows twice (the batches, then the run), and a one-shot "

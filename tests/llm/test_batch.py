@@ -397,8 +397,8 @@ def test_batch_settings_that_cannot_work_are_refused_before_anything_runs(
         batch_run(sim, given, tmp_path / "state", batch_api=False, detach=True)
     with pytest.raises(ConfigError, match="one-shot iterator can be read once"):
         batch_run(sim, iter(given), tmp_path / "state")
-    with pytest.raises(ConfigError, match="this job's task is not a prompt"):
-        rowpilot.run(dict, given, key="id", state=tmp_path / "state", batch_api=True)
+    with pytest.raises(ConfigError, match="--batch-api would do nothing"):
+        batch_run(sim, given, tmp_path / "state", model="local/wordllama", base_url=None)
     assert not (tmp_path / "state").exists()
 
 

@@ -79,6 +79,11 @@ class InFlightLog:
         if self._size > _COMPACT_BYTES:
             self._compact(running)
 
+    def clear(self) -> None:
+        """Nothing is in flight now (a pass of the run ended: its items committed, or
+        parked to wait for a batch): a kill from here on blames no key."""
+        self._compact(())
+
     def close(self) -> None:
         """The run ended in an orderly way: nothing of it can be in flight any more."""
         if self._fd is not None:

@@ -12,7 +12,9 @@ the run takes the items the validation pass read.
 A task may answer the run's pending rows ahead of the scheduler (``Task.answer_ahead``: a
 prompt task through a Batch API): the selection is then read once more, the rows it
 leaves waiting (in open batches) are kept out of the scheduler, and the run ends
-``waiting`` (or ``budget_reached``) with them pending.
+``waiting`` (or ``budget_reached``) with them pending. Items that park at steps that can
+wait (``Task.answer_parked``) get their answers after the pass, and the selection is read
+again for a pass over them, until none parks or they wait (detached).
 """
 
 from __future__ import annotations
@@ -527,7 +529,7 @@ async def _run_locked(job: PreparedJob, registry: Registry, progress: ProgressVi
             job.task.answer_ahead(_pending_rows(job, registry), scope), progress, counters
         )
         with _signals_to(scheduler):
-            end = await scheduler.run(_leaving_out(ahead, _chunks(job)))
+            ahead, end = await _passes(job, scheduler, scope, (inflight, progress), ahead)
         end, stop = _after_ahead(job, (registry, run_row), ahead, end, scheduler.stop_message)
         summary = _summary(job, run_id, counters, end, stop, job.task.waited_seconds())
         summary = dataclasses.replace(summary, executor=executor.name, workers=executor.parallel)
@@ -665,6 +667,31 @@ async def _refreshing(work: Awaitable[T], progress: ProgressView, counters: Coun
         raise
     progress.refresh(counters)
     return running.result()
+
+
+async def _passes(
+    job: PreparedJob,
+    scheduler: Scheduler,
+    scope: RunScope,
+    views: tuple[InFlightLog, ProgressView],
+    ahead: Ahead | None,
+) -> tuple[Ahead | None, RunEnd]:
+    """The pass over the rows not waiting ahead; then, while items park at steps that can
+    wait, their answers waited for (detached: submitted) and a pass over those answered."""
+    inflight, progress = views
+    end = await scheduler.run(_leaving_out(ahead, _chunks(job)))
+    while end is RunEnd.COMPLETED and not scheduler.stopping:
+        if scope.counters.parked:  # parked items are not in flight: a kill now blames none
+            inflight.clear()
+        parked = await _refreshing(job.task.answer_parked(scope), progress, scope.counters)
+        if parked is None:
+            break
+        ahead = parked
+        if not parked.ready or parked.stop is not None:  # a budget stop: the rest pending
+            break
+        ready = parked.ready  # a pass over the parked items whose answers are in
+        end = await scheduler.run([i for i in items if i.key in ready] for items in _chunks(job))
+    return ahead, end
 
 
 def _leaving_out(ahead: Ahead | None, chunks: Iterator[list[Item]]) -> Iterator[list[Item]]:

@@ -38,6 +38,7 @@ class Counters:
     workers: int | None = None  # --workers auto: the count now
     paused: str | None = None  # why admission waits (--max-memory), while it does
     batches: str | None = None  # --batch-api: the batches and their rows, as the run waits
+    parked: int = 0  # --batch-api: item passes that ended at a step waiting for a batch
 
     @property
     def finished(self) -> int:

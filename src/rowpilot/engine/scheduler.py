@@ -20,7 +20,8 @@ Written by hand because it is the product's core. Its rules:
   gets its own outcome. A group whose call raises runs again row by row, so one bad row
   fails alone;
 * a task that raises ``RunStop`` (the budget cannot cover another call) stops the run the
-  same graceful way; its item is not recorded and stays pending;
+  same graceful way; its item is not recorded and stays pending; one that raises
+  ``Parked`` (its step waits for a Batch API) leaves it so too, and the run goes on;
 * with ``--workers auto`` the worker limit (and the window with it) changes during the run
   as ``_sizing.WorkerSizer`` decides; with ``--max-memory`` admission waits while
   ``_sizing.MemoryGate`` says the resident size leaves no room (in-flight items go on);
@@ -64,7 +65,7 @@ from rowpilot.state.registry import Outcome, PriorState, Registry
 from rowpilot.tasks.base import Task
 from rowpilot.tasks.ctx import Ctx, StepRunner
 from rowpilot.tasks.output import output_parts
-from rowpilot.tasks.values import ItemUsage, RunStop, StepTrail
+from rowpilot.tasks.values import ItemUsage, Parked, RunStop, StepTrail
 
 _ERROR_CHARS = 1000
 _PROGRESS_PERIOD = 0.1
@@ -199,6 +200,8 @@ class Scheduler:
     # -- the run ------------------------------------------------------------------------
 
     async def run(self, chunks: Iterator[list[Item]]) -> RunEnd:
+        self._admitted_all = False  # run is called again for items that parked (engine.job)
+        self._left_pending = 0
         self._announce_workers()
         ticker = asyncio.create_task(self._tick())
         try:
@@ -577,6 +580,8 @@ class Scheduler:
             self._stop_for(
                 RunEnd.BUDGET if stop.reason == "budget" else RunEnd.INTERRUPTED, str(stop)
             )
+        except Parked:
+            self.counters.parked += 1  # it waits for a batch: pending, the run goes on
         except UserError as error:
             self._fail_run(error)
         finally:
@@ -603,7 +608,7 @@ class Scheduler:
                     ran = await self._call(item, attempt, usage)
                     value, ran_for = ran.value, ran.seconds
                     error: Exception | None = None
-                except (UserError, RunStop):
+                except (UserError, RunStop, Parked):
                     raise
                 except Exception as exc:
                     error = exc

@@ -283,6 +283,7 @@ class WorkerSteps:
         max_tokens: int | None,
         cache: bool,
         params: dict[str, Any],
+        can_wait: bool = False,
     ) -> Any:
         payload = {
             "prompt": prompt,
@@ -292,6 +293,7 @@ class WorkerSteps:
             "max_tokens": max_tokens,
             "cache": cache,
             "params": params,
+            "can_wait": can_wait,
         }
         return await self._host.ask(self._key, "llm", payload)
 

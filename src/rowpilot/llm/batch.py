@@ -35,6 +35,9 @@ pass that follows finds each answer in the call cache and commits the row withou
 * **provider errors**: a retryable one (5xx, timeout) while creating, looking or reading
   is tried again at the next look, up to ``TRANSIENT_FAILURES`` rounds in a row; any
   other ends the run (the batches stay recorded for the next).
+* **steps**: a Python task's can-wait ``ctx.llm`` steps are submitted and waited for
+  through ``run_asks`` by ``rowpilot.llm.step_batches`` (a ``BatchRun`` per model, whose
+  ``_row_answers`` journals the call only: the step's schema reads it).
 * **waiting**: the run looks at its open batches every ``batch_poll`` seconds (through
   ``sleep``, which tests replace with the simulator's batch clock); with ``--detach`` it
   submits, collects what has ended, and returns: the rows in open batches are ``waiting``.
@@ -188,9 +191,13 @@ class BatchRun:
 
     async def run(self, rows: Iterable[tuple[str, dict[str, Any]]]) -> Ahead:
         """Answer ``rows`` (item key, row) through batches; what is left for the run."""
-        asks = self._asks(rows)
+        return await self.run_asks(self._asks(rows))
+
+    async def run_asks(self, asks: dict[str, _Ask], *, wait: bool = True) -> Ahead:
+        """Submit ``asks`` (by call key) and follow the recorded batches until none is open
+        (one look when detached or not ``wait``); what is left for the run."""
         stop: str | None = None
-        detach = self.session.spec.detach
+        detach = self.session.spec.detach or not wait
         while True:
             await self._settle_unfinished()
             free = self._free(asks)
@@ -421,18 +428,22 @@ class BatchRun:
             answered=answered, cost_usd=spent,
         )  # fmt: skip
 
-    def _journal(self, row: BatchRow, text: str, finish: str, cost: float, usage: Any) -> None:
-        """The answer as an online call's: a ``calls`` row, and the row's answer if valid."""
-        answers = []
+    def _row_answers(
+        self, row: BatchRow, text: str, finish: str, cost: float, usage: Any
+    ) -> list[RowAnswer]:
+        """The row's answer read from a batch answer, if valid (with the task's schema)."""
         try:
             valid = parse_single(text, self.session.spec.schema)
         except OutputValidationError:
-            valid = None
-        if valid is not None and finish != "length":
-            answers.append(
-                RowAnswer(row.row_key, row.call_key, encode_output(valid), cost,
-                          usage.input_tokens, usage.output_tokens)
-            )  # fmt: skip
+            return []
+        if finish == "length":
+            return []
+        return [RowAnswer(row.row_key, row.call_key, encode_output(valid), cost,
+                          usage.input_tokens, usage.output_tokens)]  # fmt: skip
+
+    def _journal(self, row: BatchRow, text: str, finish: str, cost: float, usage: Any) -> None:
+        """The answer as an online call's: a ``calls`` row, and the row's answer if valid."""
+        answers = self._row_answers(row, text, finish, cost, usage)
         record = CallRecord(
             call_key=row.call_key,
             provider=self.session.provider.name,

@@ -501,6 +501,39 @@ class LLMSession:
         shape = _Shape(max_tokens, params, cache, salt=step_key)
         return await self._repaired(request, row, schema, shape)
 
+    def step_call_key(
+        self, request: Request, step_key: str, max_tokens: int, params: Mapping[str, Any]
+    ) -> str:
+        """The call key ``step`` journals a step's request under (``_ask``'s)."""
+        return _salted(request.cache_key(self.provider.name, self.model, params, max_tokens),
+                       step_key)  # fmt: skip
+
+    def journaled_step(
+        self, schema: OutputSchema, *, step_key: str, call_key: str, usage: ItemUsage
+    ) -> tuple[dict[str, Any] | None, bool]:
+        """A step's answer from the journal without a call: its answer, or its request's
+        journaled call (a batch answered it: journaled without the step's schema, so read
+        here and its answer journaled now). Also whether the call is journaled at all: one
+        that is, with no valid answer (invalid or cut), is ``step``'s to repair online."""
+        hit = self.registry.cached_answers([step_key]).get(step_key)
+        if hit is not None:
+            self._counted_hit(usage, hit)
+            return json.loads(hit.output), True
+        call = self.registry.cached_call(call_key)
+        if call is None:
+            return None, False
+        try:
+            valid = parse_single(call.response, schema)
+        except OutputValidationError:
+            return None, True
+        if call.finish_reason == "length":
+            return None, True
+        answer = RowAnswer(step_key, call_key, encode_output(valid), call.cost_usd,
+                           call.input_tokens, call.output_tokens)  # fmt: skip
+        self.registry.journal(call, [answer])  # the same call again, with its answer now
+        self._counted_hit(usage, answer)
+        return json.loads(answer.output), True
+
     async def _repaired(
         self, request: Request, row: _Row, schema: OutputSchema, shape: _Shape
     ) -> dict[str, Any]:

@@ -211,6 +211,12 @@ def build_step_spec(
             "default" if config.max_tokens is None else "given",
             "default" if config.max_tokens is None else "given",
         ),
+        # for steps that can wait (ctx.llm(..., can_wait=True)), as for a prompt task
+        batch_api=config.batch_api,
+        batch_fallback=config.batch_fallback,
+        detach=config.detach,
+        batch_poll=config.batch_poll,
+        batch_rounds=config.max_attempts,
     )
 
 

@@ -12,7 +12,8 @@ A batch's life in the ledger, each step committed before the next is taken:
    batch was never created (found nowhere at the provider).
 
 A row is *reserved* while its call key is in an intent or open batch: no other batch gets
-it.
+it. A ledger opened for one provider and model (``only``: the batch pass of one
+``ctx.llm`` model) sees only that model's unfinished batches; reservations are the job's.
 
 The ledger is a file of its own, as the Sheets write-back's is (``state/writeback.py``),
 so the registry's schema and migrations stay as they are; losing it while batches are open
@@ -79,8 +80,9 @@ class BatchRow:
 class BatchLedger:
     """The ledger of one state directory (see the module docstring)."""
 
-    def __init__(self, state: Path) -> None:
+    def __init__(self, state: Path, only: tuple[str, str] | None = None) -> None:
         self.path = state / LEDGER_FILE
+        self.only = only  # (provider, model): unfinished() sees only that model's batches
         try:
             state.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -162,9 +164,25 @@ class BatchLedger:
             )
 
     def unfinished(self) -> list[BatchRecord]:
-        """Intents and open batches, oldest first."""
+        """Intents and open batches, oldest first (of the ``only`` model, when given)."""
         query = "SELECT * FROM batches WHERE status IN (?, ?) ORDER BY intended_at, intent"
-        return [BatchRecord(*row) for row in self._db.execute(query, _OPEN)]
+        found = [BatchRecord(*row) for row in self._db.execute(query, _OPEN)]
+        if self.only is None:
+            return found
+        return [record for record in found if (record.provider, record.model) == self.only]
+
+    def unfinished_models(self) -> set[tuple[str, str]]:
+        """(provider, model) of every intent or open batch."""
+        query = "SELECT DISTINCT provider, model FROM batches WHERE status IN (?, ?)"
+        return {(provider, model) for provider, model in self._db.execute(query, _OPEN)}
+
+    def waiting_items(self) -> set[str]:
+        """The item keys whose requests are in an intent or an open batch."""
+        query = (
+            "SELECT DISTINCT r.item_key FROM batch_rows r JOIN batches b ON b.intent = r.intent"
+            " WHERE b.status IN (?, ?)"
+        )
+        return {key for (key,) in self._db.execute(query, _OPEN)}
 
     def known_ids(self) -> set[str]:
         query = "SELECT batch_id FROM batches WHERE batch_id IS NOT NULL"

@@ -16,7 +16,12 @@ The life of a task in a run:
    rows ahead (a prompt task through a Batch API) journals their answers, and says which
    rows are still waiting for theirs (the run leaves them pending); the others return None;
 5. ``call(row, ctx)`` per row (an awaitable when ``is_async``), or ``batch_call(rows)``
-   per group of ``rows_per_worker`` rows when ``groups_rows``;
+   per group of ``rows_per_worker`` rows when ``groups_rows``; a call may end ``Parked``
+   (a step that can wait handed its request to a Batch API): the item is left pending;
+5b. ``await answer_parked(scope)`` after each pass of the scheduler: a task whose items
+   parked submits their requests and (unless detached) waits for the answers, and says
+   which items to run again now (``Ahead.ready``) and which still wait; None: no item
+   parked, the run is over;
 6. ``await close()``: sessions closed; what they learned (``resource_limits``,
    ``waited_seconds``) stays readable for the summary and ``estimate``.
 """
@@ -88,6 +93,12 @@ class Task(ABC):
         """Answer the run's pending rows (item key, row) before the scheduler runs them,
         journaling each answer so that the row's ``call`` finds it (a prompt task through
         a Batch API); what is left for the run. None: the task answers rows as they come."""
+        return None
+
+    async def answer_parked(self, scope: RunScope) -> Ahead | None:
+        """After a pass of the scheduler: the requests of the items that parked at a step
+        that can wait, answered (or, detached, submitted); the items to run again
+        (``ready``) and those still waiting. None: nothing parked."""
         return None
 
     def choices(self) -> dict[str, str]:

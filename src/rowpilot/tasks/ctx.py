@@ -39,6 +39,7 @@ class StepRunner(Protocol):
         max_tokens: int | None,
         cache: bool,
         params: dict[str, Any],
+        can_wait: bool = False,
     ) -> Any: ...
 
     async def call(
@@ -122,11 +123,19 @@ class Ctx:
         system: str | None = None,
         max_tokens: int | None = None,
         cache: bool = True,
+        can_wait: bool = False,
         **params: Any,
     ) -> Any:
         """Ask an LLM; return its text, or with ``schema`` (a pydantic model or a JSON
         Schema) the validated instance or dict. ``model`` defaults to the job's
-        ``--model``; ``params`` (temperature, ...) go to the provider."""
+        ``--model``; ``params`` (temperature, ...) go to the provider.
+
+        ``can_wait=True``: under ``--batch-api`` the step may be answered through the
+        provider's Batch API (half price, within 24 hours). An item that reaches such a
+        step before its answer is journaled stops there, neither done nor failed, and
+        runs again from the top once the batch has answered (its earlier steps replay
+        from the journal); without ``--batch-api`` (or with ``cache=False``) the step is
+        asked online as any other (docs/batch.md, "ctx.llm steps that can wait")."""
         steps, trail = self._steps()
         return await steps.llm(
             self.usage,
@@ -139,6 +148,7 @@ class Ctx:
             max_tokens=max_tokens,
             cache=cache,
             params=params,
+            can_wait=can_wait,
         )
 
     async def call(
@@ -211,6 +221,7 @@ class Ctx:
         system: str | None = None,
         max_tokens: int | None = None,
         cache: bool = True,
+        can_wait: bool = False,
         **params: Any,
     ) -> Any:
         """``ctx.llm`` for a sync task."""
@@ -222,6 +233,7 @@ class Ctx:
             system=system,
             max_tokens=max_tokens,
             cache=cache,
+            can_wait=can_wait,
             **params,
         )
         return steps.blocking(call)

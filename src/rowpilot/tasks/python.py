@@ -4,6 +4,8 @@
 A function is called as ``fn(row)`` or ``fn(row, ctx)`` and returns a dict or a pydantic
 model whose fields become output columns. Its ``ctx`` steps (``ctx.llm``, ``ctx.call``,
 ``ctx.map``, ``ctx.log``) go through ``rowpilot.tasks.steps.Steps``, made when the run opens.
+With ``--batch-api``, its ``ctx.llm(..., can_wait=True)`` steps go through the providers'
+Batch APIs (``rowpilot.llm.step_batches``): ``answer_ahead`` and ``answer_parked``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import io
 import sys
 import tokenize
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
     from rowpilot.llm.session import LLMSession
     from rowpilot.tasks.ctx import Ctx, StepRunner
     from rowpilot.tasks.steps import Steps
+    from rowpilot.tasks.values import Ahead
 
 TaskFn = Callable[..., Any]
 
@@ -101,6 +104,22 @@ class PythonTask(Task):
             sessions=self._sessions,
         )
         return self._steps
+
+    async def answer_ahead(
+        self, rows: Iterable[tuple[str, dict[str, Any]]], scope: RunScope
+    ) -> Ahead | None:
+        """With ``--batch-api``: the batches of earlier runs' can-wait steps looked at
+        once; the items still waiting in open ones are kept out of the first pass."""
+        if self._steps is None or self._steps.batches is None:
+            return None
+        return await self._steps.batches.look()
+
+    async def answer_parked(self, scope: RunScope) -> Ahead | None:
+        """With ``--batch-api``: the requests of the items that parked at a can-wait
+        step, through the Batch API (``rowpilot.llm.step_batches``)."""
+        if self._steps is None or self._steps.batches is None:
+            return None
+        return await self._steps.batches.answer_parked()
 
     async def close(self) -> None:
         if self._steps is not None:

@@ -17,10 +17,16 @@ plain Python is limited, retried, priced, journaled and resumable:
   order, so a step whose prompt depends on earlier answers has the same key again, and
   nothing answered before is paid again. What a step returns is always the JSON round
   trip of its result, on the first run as on a replay, so both see the same values.
+* **Steps that can wait**: with ``--batch-api``, a ``ctx.llm(..., can_wait=True)`` step
+  whose answer is not journaled hands its request to ``rowpilot.llm.step_batches`` and
+  raises ``Parked``: the item ends this pass without an outcome and runs again once the
+  batch answered (a batch answer is read with the step's schema then). A step that may
+  not read the journal (``cache=False``) is asked online.
 * ``ctx.map(subitems, fn, workers=k)`` runs sub-items in at most ``k`` lanes; lane 0 uses
   the parent item's own worker slot and the others take slots from the run's worker
   pool, so the run never has more than ``--workers`` task functions running, and a
-  parent waiting on its sub-items can never starve them.
+  parent waiting on its sub-items can never starve them. Sub-items that park let the
+  others finish (their requests join the same batch), then the parent parks.
 * ``ctx.log(kind, **data)`` appends a line to ``logs/<run>.<kind>.jsonl`` beside the
   engine's own log.
 
@@ -59,6 +65,7 @@ from rowpilot.errors import (
     ConfigError,
     ProviderConnectionError,
     ProviderError,
+    ProviderServerError,
     ProviderTimeoutError,
     SubItemError,
     TaskOutputError,
@@ -73,11 +80,12 @@ from rowpilot.llm.prompt import conversation_request
 from rowpilot.llm.schema import OutputSchema, schema_of
 from rowpilot.state.registry import CallRecord, Registry
 from rowpilot.tasks.ctx import run_blocking
-from rowpilot.tasks.values import ItemUsage, StepTrail
+from rowpilot.tasks.values import ItemUsage, Parked, StepTrail
 
 if TYPE_CHECKING:
     from rowpilot.llm.session import LLMSession
     from rowpilot.llm.spec import PromptSpec
+    from rowpilot.llm.step_batches import StepBatches
     from rowpilot.tasks.base import RunScope
 
 T = TypeVar("T")
@@ -122,6 +130,12 @@ class Steps:
         self._logs: dict[str, IO[str]] = {}
         self._log_lock = threading.Lock()
         self._log_prefix: Path | None = None
+        # --batch-api: steps that can wait go through the Batch API (llm/step_batches.py)
+        self.batches: StepBatches | None = None
+        if config.batch_api:
+            from rowpilot.llm.step_batches import StepBatches
+
+            self.batches = StepBatches(scope.registry.directory, self._session)
         if scope.events.jsonl_path is not None:
             self._log_prefix = scope.events.jsonl_path.with_suffix("")
 
@@ -137,6 +151,8 @@ class Steps:
         return self._events
 
     async def aclose(self) -> None:
+        if self.batches is not None:
+            self.batches.close()
         for session in self._sessions.values():
             await session.aclose()
         self._sub_pool.shutdown()
@@ -221,6 +237,7 @@ class Steps:
         max_tokens: int | None,
         cache: bool,
         params: Mapping[str, Any],
+        can_wait: bool = False,
     ) -> Any:
         chosen = model or self.config.model
         if chosen is None:
@@ -239,18 +256,55 @@ class Steps:
         keyed = max_tokens or session.spec.max_tokens
         merged = {**session.spec.params, **params}
         signature = request.cache_key(session.provider.name, session.model, merged, keyed)
+        step_key = trail.next_key(signature)
+        tokens = max_tokens or _step_tokens(session.spec, output_schema, merged)
+        cached = cache and session.spec.cache
+        if can_wait and cached and self.batches is not None:
+            call_key = session.step_call_key(request, step_key, tokens, merged)
+            answer, journaled = session.journaled_step(
+                output_schema, step_key=step_key, call_key=call_key, usage=usage
+            )
+            if answer is not None:
+                return _typed_answer(answer, schema, output_schema)
+            if not journaled and self._may_park(session, key):
+                raise self.batches.park(
+                    session, request, item_key=key, step_key=step_key, call_key=call_key,
+                    max_tokens=tokens, params=merged,
+                )  # fmt: skip
+            # journaled but invalid or cut: repaired online, as a batch answer of a prompt
         with _timed(usage):
             answer = await session.step(
                 request,
                 output_schema,
                 key=key,
-                step_key=trail.next_key(signature),
+                step_key=step_key,
                 usage=usage,
-                max_tokens=max_tokens or _step_tokens(session.spec, output_schema, merged),
+                max_tokens=tokens,
                 params=merged,
-                cache=cache and session.spec.cache,
+                cache=cached,
             )
         return _typed_answer(answer, schema, output_schema)
+
+    def _may_park(self, session: LLMSession, key: str) -> bool:
+        """Whether an item's can-wait step goes to a batch: not when batches gave up on
+        the item's step (``max_attempts`` batches without an answer), which is then asked
+        online with ``--batch-fallback online`` or fails."""
+        assert self.batches is not None
+        why = self.batches.exhausted.get(key)
+        if why is None:
+            return True
+        if session.spec.batch_fallback == "online":
+            return False
+        error = ProviderServerError(
+            f"no batch answered a ctx.llm step of key {key!r} in "
+            f"{session.spec.batch_rounds} batch(es): {why}",
+            provider=session.provider.name,
+            model=session.model,
+            key=key,
+            hint="run again with --retry-failed, or with --batch-fallback online",
+        )
+        error.retryable = False  # the batches were the retries
+        raise error
 
     def _session(self, model: str) -> LLMSession:
         session = self._sessions.get(model)
@@ -409,6 +463,7 @@ class Steps:
         lanes = min(len(items), workers or len(items))
         results: list[Any] = [None] * len(items)
         failures: dict[int, BaseException] = {}
+        parked: list[Parked] = []
         takes_ctx = takes_two(fn)
 
         async def run(index: int, subitem: Any, slot: Slots | None) -> None:
@@ -418,11 +473,15 @@ class Steps:
             except Exception as exc:  # reported with its sub-item below; a stop goes up
                 failures[index] = exc
                 results[index] = exc
+            except Parked as wait:  # the others go on: their requests join the same batch
+                parked.append(wait)
             finally:
                 if slot is not None:
                     slot.release()
 
         await self._fan_out(collections.deque(enumerate(items)), lanes, run)
+        if parked:
+            raise parked[0]
         if failures and not return_exceptions:
             raise SubItemError.of(
                 {index: (items[index], error) for index, error in sorted(failures.items())},

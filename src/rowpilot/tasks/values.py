@@ -13,7 +13,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Ahead", "ItemUsage", "RunStop", "StepTrail"]
+__all__ = ["Ahead", "ItemUsage", "Parked", "RunStop", "StepTrail"]
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,9 @@ class Ahead:
 
     waiting: frozenset[str] = frozenset()
     stop: str | None = None  # a budget refusal: the run ends budget_reached
+    # Items that parked at a step that can wait and whose answers are in now (or whose
+    # batches gave up on them): the run runs them again (``Task.answer_parked``).
+    ready: frozenset[str] = frozenset()
     batches: int = 0  # batches submitted by this run
     open_batches: int = 0  # batches still open at the provider
 
@@ -72,3 +75,21 @@ class RunStop(BaseException):
     def __reduce__(self) -> tuple[Any, ...]:
         # A stop raised in a worker process crosses back to the driver as itself.
         return (type(self), (self.reason, str(self)))
+
+
+class Parked(BaseException):
+    """Raised by a ``ctx.llm(..., can_wait=True)`` step under ``--batch-api`` whose answer
+    is not journaled yet: its request went to the batch pass, and the item ends this pass
+    without an outcome (neither done nor failed). It runs again once the answer is
+    journaled, its earlier steps replaying from the journal.
+
+    A BaseException, like ``RunStop``: a task's own ``except Exception`` must not take the
+    wait for a failure and carry on without the answer."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"item {key!r} waits for a batch answer")
+        self.key = key
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A park raised on the driver crosses to a worker process and back as itself.
+        return (type(self), (self.key,))
