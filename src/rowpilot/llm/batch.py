@@ -1,37 +1,46 @@
 """A prompt task's rows through the provider's Batch API (``--batch-api``; docs/batch.md).
 
 ``BatchRun`` answers a run's pending rows *ahead* of the scheduler: it journals every
-batch answer in the registry exactly as an online answer is journaled (the row's call key,
-a ``calls`` row per request and an ``answers`` row per valid answer), so the scheduler's
-pass that follows finds each answer in the call cache and commits the row without a call;
-``--force``, exports and the spending figures see no difference. Its rules:
+batch answer in the registry exactly as an online answer is journaled (the request's call
+key, a ``calls`` row per request and an ``answers`` row per row answered whole), so the
+scheduler's pass that follows finds each answer in the cache and commits the row without
+a call; ``--force``, exports and the spending figures see no difference. Its rules:
 
-* **one request per row**, the very request an online single-row call sends (same body,
-  same call key); rows whose request is journaled already (answered before, in any mode)
-  are not asked. ``--batch-size`` does not pack rows into batch requests.
+* **the online requests**: the rows in no recorded batch are grouped, in order, as the
+  online batcher groups them (``batch_size`` rows a request, fewer once ``batch_tokens``
+  is reached), each group into the very request an online call for it sends (the tagged
+  prompt for several rows, the one-row request for one; the same max_tokens bound, body
+  and call key). Rows answered before (in any mode) are not asked, nor rows a journaled
+  request answered without a valid answer (the online path takes them); identical rows
+  are asked once.
 * **exactly once**: before a batch is created, the ledger (``state/batches.py``) records
-  the intent: its content hash, its worst case and every row's ``custom_id``
-  (``INTENT-CALLKEY``); right after, the provider's batch id. A run killed in between
-  finds the batch again (``BatchClient.find``): OpenAI by the ``rowpilot_intent``
-  metadata; Anthropic, which keeps no metadata, by listing the batches created since the
-  intent and reading one result of each ended one (the custom_id's prefix is the intent);
-  until every such candidate has ended, the intent's rows stay reserved and are never
-  sent again. An intent found nowhere is ``lost`` and its rows are free again. A resumed
-  run looks at the batches it recorded before it submits anything.
-* **files within the limits**: rows are packed, in order, into as few batches as each
+  the intent: its content hash, its worst case, every request's ``custom_id``
+  (``INTENT-CALLKEY``) and the rows it carries; right after, the provider's batch id.
+  A row is reserved (by its row key) while a request of an unfinished batch carries it,
+  so a resumed run groups only the free rows and never needs an earlier run's groups. A
+  run killed between the intent and the id finds the batch again (``BatchClient.find``):
+  OpenAI by the ``rowpilot_intent`` metadata; Anthropic, which keeps no metadata, by
+  listing the batches created since the intent and reading one result of each ended one
+  (the custom_id's prefix is the intent); until every such candidate has ended, the
+  intent's rows stay reserved and are never sent again. An intent found nowhere is
+  ``lost`` and its rows are free again. A resumed run looks at the batches it recorded
+  before it submits anything.
+* **files within the limits**: requests are packed, in order, into as few batches as each
   provider's limits allow (requests and bytes: ``batch_client.LIMITS``;
   ``ROWPILOT_BATCH_MAX_REQUESTS`` lowers the count, for rehearsals against a simulator).
-* **budget**: a batch's worst case (every row's prompt bound and max_tokens at the batch
-  price, ``find_price(batch=True)``) is reserved before it is submitted and settled at
+* **budget**: a batch's worst case (every request's prompt bound and max_tokens at the
+  batch price, ``find_price(batch=True)``) is reserved before it is submitted and settled at
   its real cost when it is collected; rows that do not fit are not submitted and the run
   ends ``budget_reached`` with them pending. A batch collected by a later run than the one
   that submitted it counts its cost in the collecting run's spending.
-* **partial results**: a row a batch answered with an error, filtered, or left unanswered
-  (expired, cancelled) goes into a later batch, up to the run's ``max_attempts`` batches;
-  with ``--batch-fallback online`` it is asked online instead (after one batch). A row
-  still without an answer fails with a server error. An answer that is invalid or cut
-  is journaled as it came and gets the online path's rules in the scheduler's pass:
-  repairs and the retry at twice max_tokens are **online** calls.
+* **partial results**: the rows of a request a batch answered with an error, filtered, or
+  left unanswered (expired, cancelled) go into a later batch, up to the run's
+  ``max_attempts`` batches; with ``--batch-fallback online`` they are asked online instead
+  (after one batch). A row still without an answer fails with a server error. A request
+  answered is journaled as it came: the rows it answered whole are kept; each row it
+  missed or answered invalid or cut is left to the scheduler's pass, which asks it
+  online alone (a one-row answer: replayed and repaired; the retry at twice max_tokens),
+  at the online price, never in a later batch.
 * **provider errors**: a retryable one (5xx, timeout) while creating, looking or reading
   is tried again at the next look, up to ``TRANSIENT_FAILURES`` rounds in a row; any
   other ends the run (the batches stay recorded for the next).

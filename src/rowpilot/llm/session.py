@@ -31,10 +31,12 @@ scheduler retries the item under its policy; a batch's failure is each of its ro
 
 With ``--batch-api`` the task answers the run's pending rows ahead
 (``PromptTask.answer_ahead``: ``rowpilot.llm.batch``, the providers' Batch APIs), and each
-row's call then finds its answer in step 1. A row the batches left without a valid answer
-takes the one-row online path: its journaled answer replayed and repaired (steps 2 to 6,
-online calls), asked online with ``--batch-fallback online``, or failed when it had no
-answer in ``max_attempts`` batches (docs/batch.md).
+row's call then finds its answer in step 1 (a batch request is the online request for the
+same rows: ``batch_size`` rows, the same call key). A row the batches left without a valid
+answer takes the one-row online path: a one-row answer replayed and repaired, a row a
+packed answer missed or spoilt asked alone (steps 2 to 6, online calls), asked online with
+``--batch-fallback online``, or failed when it had no answer in ``max_attempts`` batches
+(docs/batch.md).
 """
 
 from __future__ import annotations
