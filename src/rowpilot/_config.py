@@ -284,7 +284,7 @@ def _check_local_settings(config: JobConfig) -> None:
     if not config.is_local:
         return
     given = [name for name in _API_SETTINGS if getattr(config, name) is not None]
-    given += [name for name in ("limits", "params") if getattr(config, name)]
+    given += [name for name in ("limits", "params", "batch_api", "detach") if getattr(config, name)]
     if given:
         flags = ", ".join("--" + name.replace("_", "-") for name in given)
         raise ConfigError(

@@ -268,6 +268,7 @@ SETTINGS: tuple[Setting, ...] = (
         False,
         "Ask through the provider's Batch API: half price, answers within 24h (docs/batch.md).",
         "run",
+        ("run", "label"),
         panel=PROMPT_PANEL,
     ),
     Setting(
@@ -276,6 +277,7 @@ SETTINGS: tuple[Setting, ...] = (
         "Rows a batch answered with an error or left unanswered: 'batch' (a later batch) "
         "or 'online'.",
         "run",
+        ("run", "label"),
         panel=PROMPT_PANEL,
     ),
     Setting(
@@ -284,6 +286,7 @@ SETTINGS: tuple[Setting, ...] = (
         "With --batch-api: submit the batches and exit (status 'waiting'); the same "
         "command again collects them.",
         "run",
+        ("run", "label"),
         panel=PROMPT_PANEL,
     ),
     Setting(
@@ -291,6 +294,7 @@ SETTINGS: tuple[Setting, ...] = (
         30.0,
         "Seconds between looks at open batches.",
         "run",
+        ("run", "label"),
         panel=PROMPT_PANEL,
     ),
     Setting(
