@@ -402,6 +402,9 @@ def test_content_faults_fall_on_the_rows_their_body_draws_in_every_batch() -> No
 def test_content_fault_shares_beyond_one_are_refused(shares: dict[str, float]) -> None:
     with pytest.raises(ConfigError):
         SimulatorConfig(api_key=KEY, **shares)
+    given = {name.replace("_", "-"): str(share / 2) for name, share in shares.items()}
+    config = SimulatorConfig.from_options(**given)  # as `rowpilot simulate` passes them
+    assert config.batch_bad_content == shares["batch_bad_content"] / 2
 
 
 # -- validation and limits ------------------------------------------------------------------
