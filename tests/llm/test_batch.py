@@ -335,6 +335,22 @@ def test_rows_a_batch_answered_with_an_error_go_into_a_later_batch(
     assert online_calls(sim) == 0
 
 
+def test_the_rows_of_a_packed_request_that_erred_go_into_a_later_batch(
+    simulator_for: Simulators, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sim = errors_sim(simulator_for, batch_row_errors=0.4)
+    monkeypatch.setattr(batch, "poll_sleep", BatchClock(sim))
+    given, state = rows(60), tmp_path / "state"
+    result = batch_run(sim, given, state, batch_size=5, max_attempts=10)
+    check_answers(result, given)
+    stats = batch_stats(sim)
+    sizes = stats["rows_per_batch"]
+    assert sizes[0] == 12 and stats["row_errors"] > 0
+    assert sum(sizes[1:]) == stats["row_errors"]  # only the erred requests asked again
+    assert online_calls(sim) == 0
+    assert query(state, "SELECT count(*), sum(rows) FROM calls")[0] == (12, 60)
+
+
 def test_rows_a_packed_answer_missed_are_asked_online_and_the_rows_it_held_kept(
     simulator_for: Simulators, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
