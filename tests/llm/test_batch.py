@@ -412,7 +412,7 @@ def test_an_invalid_one_row_batch_answer_is_repaired_online_from_the_journaled_a
     assert query(state, "SELECT count(*) FROM calls")[0][0] == 16
 
 
-def test_a_batch_answer_the_simulator_did_not_fault_is_valid_json(
+def test_rows_a_share_of_faulted_one_row_answers_spoilt_are_each_repaired_online(
     simulator_for: Simulators, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The batch content knobs are shares: 0.5 of the rows faulted, drawn per request."""
