@@ -54,7 +54,7 @@ class Projection(_Rest):
     workers: int
     limits: Limits
     notes: tuple[str, ...] = ()  # settings the task chose and why, one line each
-    # an item's cost through the Batch API (one request a row), if priced
+    # an item's cost through the Batch API (its online requests at the batch price), if priced
     batch_cost_per_item: float | None = None
 
     @property
