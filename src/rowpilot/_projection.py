@@ -54,7 +54,7 @@ class Projection(_Rest):
     workers: int
     limits: Limits
     notes: tuple[str, ...] = ()  # settings the task chose and why, one line each
-    # an item's cost through the Batch API (one request a row), if priced
+    # an item's cost through the Batch API (its online requests at the batch price), if priced
     batch_cost_per_item: float | None = None
 
     @property
@@ -112,7 +112,7 @@ class Projection(_Rest):
             return []
         share = f", {self.batch_cost / self.cost:.0%} of online" if self.cost > 0 else ""
         return [
-            f"through the Batch API (--batch-api, a request a row): ${self.batch_cost:,.4f} "
+            f"through the Batch API (--batch-api): ${self.batch_cost:,.4f} "
             f"more (${self.batch_cost_per_item:.6f} per item{share}), answers within "
             f"{COMPLETION_WINDOW} (the provider's completion window)"
         ]
@@ -126,11 +126,11 @@ def project_calls(
     max_tokens: int,
     limits: Limits,
     notes: tuple[str, ...] = (),
-    batch: tuple[Price | None, float | None] = (None, None),
+    batch_price: Price | None = None,
 ) -> Projection:
     """A prompt job's rest: its calls (rows per call as journaled) under its model's limits;
-    ``batch`` (the batch price, the prompt tokens of a one-row request) prices the rest
-    through the Batch API too: a request a row, each answer as long as the calls' rows'."""
+    ``batch_price`` prices the rest through the Batch API too: the same requests (a batch
+    request carries the rows an online one does), at the batch price."""
     registry = Registry(state)
     try:
         profile = registry.call_profile() if registry.exists else {"calls": 0}
@@ -154,20 +154,18 @@ def project_calls(
         workers=workers,
         limits=limits,
         notes=notes,
-        batch_cost_per_item=_batch_cost(batch, profile),
+        batch_cost_per_item=_batch_cost(batch_price, profile),
     )
 
 
-def _batch_cost(
-    batch: tuple[Price | None, float | None], profile: Mapping[str, float]
-) -> float | None:
-    price, prompt_tokens = batch
+def _batch_cost(price: Price | None, profile: Mapping[str, float]) -> float | None:
+    """An item's cost through the Batch API: the sample's average call at the batch
+    price, shared by the rows it carried."""
     if price is None:
         return None
     rows = profile["rows"] or 1.0
-    if prompt_tokens is None or rows == 1:  # one-row calls: their own tokens
-        prompt_tokens = profile["input_tokens"]
-    return cost_usd(price, round(prompt_tokens), round(profile["output_tokens"] / rows))
+    calls_cost = cost_usd(price, round(profile["input_tokens"]), round(profile["output_tokens"]))
+    return calls_cost / rows
 
 
 def _duration(seconds: float) -> str:

@@ -200,12 +200,12 @@ def test_the_estimate_shows_the_batch_cost_and_window_beside_the_online_cost(
     assert f"${projection.batch_cost:,.4f} more" in line and "50% of online" in line
     assert "within 24h" in line
 
-    # Ten rows a call online share one copy of the instructions; the batch sends a request
-    # a row, each with its own: its estimate is more than half the online cost.
+    # Ten rows a call: the batch's requests carry the same ten rows, so half again.
     packed = config.model_copy(update={"batch_size": 10, "state": tmp_path / "packed"})
     _, by_ten = asyncio.run(sample_and_project(packed, 20))
     assert isinstance(by_ten, Projection) and by_ten.batch_cost is not None
-    assert by_ten.cost / 2 < by_ten.batch_cost < by_ten.cost
+    assert by_ten.rows_per_call == 10
+    assert by_ten.batch_cost == pytest.approx(by_ten.cost / 2, rel=0.05)
 
 
 def test_a_batch_is_submitted_only_within_the_budget_and_the_rest_waits_for_the_next_run(
@@ -231,6 +231,85 @@ def test_a_batch_is_submitted_only_within_the_budget_and_the_rest_waits_for_the_
     assert batch_stats(sim)["rows"] == 100  # the rows asked once in all
 
 
+# -- rows packed into requests ---------------------------------------------------------------
+
+
+def calls_of(state: Path) -> set[tuple[str, int, str]]:
+    return set(query(state, "SELECT call_key, rows, response FROM calls"))
+
+
+def test_a_packed_batch_request_is_the_online_batched_request_journaled_alike(
+    sim: Simulator, clock: BatchClock, tmp_path: Path
+) -> None:
+    """--batch-size 10: the batch's requests are the online run's (the same call keys and
+    answers: the same tagged prompt and max_tokens), each journaled as one call of ten
+    rows with an answer a row; grouped in order, identical rows asked once."""
+    given = [*rows(42), {"id": "twin", "text": rows(1)[0]["text"]}]
+    packed = batch_run(sim, given, tmp_path / "batch", batch_size=10)
+    check_answers(packed, given)
+    assert batch_stats(sim)["rows"] == 5 and online_calls(sim) == 0  # 42 distinct rows
+    sizes = query(tmp_path / "batch", "SELECT rows FROM calls ORDER BY rows DESC")
+    assert [size for (size,) in sizes] == [10, 10, 10, 10, 2]
+    assert query(tmp_path / "batch", "SELECT count(*) FROM answers")[0][0] == 42
+    members = query(
+        tmp_path / "batch", "SELECT item_key FROM batch_members ORDER BY rowid", LEDGER_FILE
+    )
+    assert [key for (key,) in members] == [row["id"] for row in given[:42]]  # in order
+
+    online = batch_run(sim, given, tmp_path / "online", batch_api=False, batch_size=10,
+                       workers=1)  # fmt: skip
+    check_answers(online, given)
+    assert calls_of(tmp_path / "online") == calls_of(tmp_path / "batch")
+
+    # The cache and --force see no difference: nothing is asked again.
+    again = batch_run(sim, given, tmp_path / "batch", batch_size=10, force=True)
+    check_answers(again, given)
+    assert again.summary.cost_usd == 0.0 and batch_stats(sim)["created"] == 1
+
+
+def test_a_packed_batch_reserves_its_requests_worst_case_not_a_row_a_request(
+    sim: Simulator, clock: BatchClock, tmp_path: Path
+) -> None:
+    given = rows(40)
+    worst = "SELECT sum(worst_usd) FROM batches"
+    for size in (1, 10):
+        state = tmp_path / f"by{size}"
+        check_answers(batch_run(sim, given, state, batch_size=size, budget=5.0), given)
+        spent = query(state, "SELECT sum(cost_usd) FROM calls")[0][0]
+        assert 0 < spent <= query(state, worst, LEDGER_FILE)[0][0]
+    # Ten rows share one copy of the instructions and the answer's wrapper.
+    assert (
+        query(tmp_path / "by10", worst, LEDGER_FILE)[0][0]
+        < (query(tmp_path / "by1", worst, LEDGER_FILE)[0][0])
+    )
+
+
+def test_status_counts_a_packed_batch_in_requests_and_rows(
+    sim: Simulator, clock: BatchClock, tmp_path: Path, cli: Cli
+) -> None:
+    given, state = rows(30), tmp_path / "state"
+    waiting = batch_run(sim, given, state, batch_size=10, detach=True)
+    assert waiting.summary.status == "waiting"
+    shown = cli("status", str(state)).stdout
+    assert "0 of 3 requests (30 rows) done at the last look" in shown, shown
+
+
+def test_a_mixed_packed_job_groups_only_the_rows_not_answered_online(
+    sim: Simulator, clock: BatchClock, tmp_path: Path
+) -> None:
+    given = rows(60)
+    state = tmp_path / "state"
+    answered = given[::2]  # every other row, online
+    batch_run(sim, answered, state, batch_api=False, batch_size=10)
+    paid_online = online_calls(sim)
+    mixed = batch_run(sim, given, state, batch_size=10)
+    check_answers(mixed, given)
+    assert mixed.summary.skipped == 30 and online_calls(sim) == paid_online
+    assert batch_stats(sim)["rows"] == 3  # the other 30, ten a request
+    members = query(state, "SELECT item_key FROM batch_members ORDER BY rowid", LEDGER_FILE)
+    assert [key for (key,) in members] == [row["id"] for row in given[1::2]]
+
+
 # -- rows a batch did not answer ----------------------------------------------------------
 
 
@@ -254,6 +333,95 @@ def test_rows_a_batch_answered_with_an_error_go_into_a_later_batch(
     assert sum(sizes[1:]) == stats["row_errors"]  # only the errored rows asked again
     assert sizes == sorted(sizes, reverse=True)
     assert online_calls(sim) == 0
+
+
+def test_the_rows_of_a_packed_request_that_erred_go_into_a_later_batch(
+    simulator_for: Simulators, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sim = errors_sim(simulator_for, batch_row_errors=0.4)
+    monkeypatch.setattr(batch, "poll_sleep", BatchClock(sim))
+    given, state = rows(60), tmp_path / "state"
+    result = batch_run(sim, given, state, batch_size=5, max_attempts=10)
+    check_answers(result, given)
+    stats = batch_stats(sim)
+    sizes = stats["rows_per_batch"]
+    assert sizes[0] == 12 and stats["row_errors"] > 0
+    assert sum(sizes[1:]) == stats["row_errors"]  # only the erred requests asked again
+    assert online_calls(sim) == 0
+    assert query(state, "SELECT count(*), sum(rows) FROM calls")[0] == (12, 60)
+
+
+def test_rows_a_packed_answer_missed_are_asked_online_and_the_rows_it_held_kept(
+    simulator_for: Simulators, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every batch answer loses its last row (the simulator's batch missing_field): the
+    rows it held whole are journaled from it, the one it missed is asked online alone,
+    as the online bisection ends, at the online price; nothing goes into a later batch."""
+    sim = errors_sim(simulator_for, batch_missing_field=1.0)
+    monkeypatch.setattr(batch, "poll_sleep", BatchClock(sim))
+    given, state = rows(20), tmp_path / "state"
+    result = batch_run(sim, given, state, batch_size=5)
+    check_answers(result, given)
+    assert batch_stats(sim)["created"] == 1 and batch_stats(sim)["rows"] == 4
+    assert online_calls(sim) == 4  # the last row of each request, one call each
+    kept = query(state, "SELECT c.rows, count(a.row_key) FROM calls c LEFT JOIN answers a"
+                        " ON a.call_key = c.call_key GROUP BY c.call_key")  # fmt: skip
+    assert sorted(kept) == [(1, 1)] * 4 + [(5, 4)] * 4
+    price, cheap = find_price("openai", "gpt-4o-mini"), find_price("openai", "gpt-4o-mini",
+                                                                  batch=True)  # fmt: skip
+    assert price is not None and cheap is not None
+    for rows_asked, tokens_in, tokens_out, cost in query(
+        state, "SELECT rows, input_tokens, output_tokens, cost_usd FROM calls"
+    ):
+        paid = price if rows_asked == 1 else cheap  # the online calls at the online price
+        assert cost == pytest.approx(cost_usd(paid, tokens_in, tokens_out))
+
+
+def test_an_invalid_packed_answer_sends_its_rows_online(
+    simulator_for: Simulators, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sim = errors_sim(simulator_for, batch_bad_content=1.0)
+    monkeypatch.setattr(batch, "poll_sleep", BatchClock(sim))
+    given, state = rows(12), tmp_path / "state"
+    result = batch_run(sim, given, state, batch_size=6)
+    check_answers(result, given)
+    assert batch_stats(sim)["rows"] == 2 and online_calls(sim) == 12
+    assert query(state, "SELECT count(*) FROM answers WHERE call_key IN"
+                        " (SELECT call_key FROM calls WHERE rows = 6)")[0][0] == 0  # fmt: skip
+    # A resumed run finds the rows answered: neither a batch nor a call more.
+    again = batch_run(sim, given, state, batch_size=6)
+    check_answers(again, given)
+    assert batch_stats(sim)["created"] == 1 and online_calls(sim) == 12
+
+
+def test_an_invalid_one_row_batch_answer_is_repaired_online_from_the_journaled_answer(
+    simulator_for: Simulators, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A row a request: the invalid answer is journaled under the row's online call key,
+    so the online path replays it and asks one repair request (carrying the bad answer),
+    not the question again."""
+    sim = errors_sim(simulator_for, batch_bad_content=1.0)
+    monkeypatch.setattr(batch, "poll_sleep", BatchClock(sim))
+    given, state = rows(8), tmp_path / "state"
+    result = batch_run(sim, given, state)
+    check_answers(result, given)
+    assert batch_stats(sim)["rows"] == 8 and online_calls(sim) == 8  # one repair a row
+    repairs = events(state, "item.repair")
+    assert sorted(event["key"] for event in repairs) == [row["id"] for row in given]
+    assert all(event["repair"] == 1 for event in repairs)
+    assert query(state, "SELECT count(*) FROM calls")[0][0] == 16
+
+
+def test_rows_a_share_of_faulted_one_row_answers_spoilt_are_each_repaired_online(
+    simulator_for: Simulators, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch content knobs are shares: 0.5 of the rows faulted, drawn per request."""
+    sim = errors_sim(simulator_for, batch_bad_content=0.25, batch_missing_field=0.25)
+    monkeypatch.setattr(batch, "poll_sleep", BatchClock(sim))
+    given, state = rows(200), tmp_path / "state"
+    check_answers(batch_run(sim, given, state), given)
+    assert batch_stats(sim)["rows"] == 200
+    assert 60 <= online_calls(sim) <= 140  # a repair for each faulted row (binomial, p=0.5)
 
 
 def test_rows_that_err_in_every_batch_fail_after_max_attempts_batches(

@@ -119,34 +119,50 @@ def journaled(state: Path) -> int:
 
 
 def resume_and_check(
-    sim: Simulator, folder: Path, given: list[dict[str, str]], model: str = MODEL
-) -> None:
-    result = batch_run(sim, folder / "rows.csv", folder / "state", model, batch_poll=HOUR / 4)
+    sim: Simulator, folder: Path, given: list[dict[str, str]], model: str = MODEL,
+    per_request: int = 1,
+) -> None:  # fmt: skip
+    result = batch_run(
+        sim, folder / "rows.csv", folder / "state", model, batch_poll=HOUR / 4,
+        batch_size=per_request,
+    )  # fmt: skip
     check_answers(result, given)
     stats = batch_stats(sim, model.partition("/")[0])
+    requests = ROWS // per_request
     assert stats["created"] == NEEDED, stats["rows_per_batch"]  # batches created = needed
-    assert stats["rows"] == ROWS  # no row in two batches: every row once in all
+    assert stats["rows"] == requests  # no request in two batches: every row once in all
     assert online_calls(sim) == 0
-    assert journaled(folder / "state") == ROWS
+    assert journaled(folder / "state") == requests
     kept = ledger(folder / "state", "SELECT count(*) FROM batches WHERE status = 'collected'")
     assert kept == [(NEEDED,)]
+    carried = ledger(
+        folder / "state",
+        "SELECT m.item_key FROM batch_members m JOIN batches b ON b.intent = m.intent"
+        " WHERE b.status = 'collected'",
+    )
+    assert sorted(key for (key,) in carried) == sorted(row["id"] for row in given)  # once
 
 
-@pytest.mark.parametrize("model", [MODEL, CLAUDE])
+@pytest.mark.parametrize(
+    ("model", "per_request"), [(MODEL, 1), (CLAUDE, 1), (MODEL, 5), (CLAUDE, 5)]
+)
 def test_killed_between_a_create_and_its_record_the_run_finds_the_batch_again(
-    sim: Simulator, tmp_path: Path, given: list[dict[str, str]], model: str
-) -> None:
+    sim: Simulator, tmp_path: Path, given: list[dict[str, str]], model: str, per_request: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
     """OpenAI's batch is found by its metadata; Anthropic's, which has none, by its
-    custom_ids once it has ended: until then its rows stay reserved, never sent again."""
+    custom_ids once it has ended: until then its rows stay reserved, never sent again.
+    With --batch-size 5 a request carries five rows: the batches hold fewer requests."""
     provider = model.partition("/")[0]
+    monkeypatch.setenv(batch.MAX_REQUESTS_ENV, str(PER_BATCH // per_request))
     sim.hold_batches("create", after=2)  # the third batch is made, its id never heard
-    process = start(sim, tmp_path, model=model)
+    process = start(sim, tmp_path, "--batch-size", str(per_request), model=model)
     wait_for(process, lambda: batch_stats(sim, provider)["created"] == 3, "the third create")
     kill(process)
     sim.release_batches()
     unrecorded = ledger(tmp_path / "state", "SELECT intent FROM batches WHERE batch_id IS NULL")
     assert len(unrecorded) == 1
-    resume_and_check(sim, tmp_path, given, model)
+    resume_and_check(sim, tmp_path, given, model, per_request)
     found = ledger(
         tmp_path / "state", f"SELECT batch_id FROM batches WHERE intent = '{unrecorded[0][0]}'"
     )

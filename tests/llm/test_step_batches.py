@@ -12,6 +12,7 @@ of the simulator's batch clock (``rowpilot.llm.batch.poll_sleep``): no test slee
 from __future__ import annotations
 
 import collections
+import contextlib
 import sqlite3
 import threading
 from pathlib import Path
@@ -27,7 +28,7 @@ from rowpilot import Ctx
 from rowpilot.llm import batch
 from rowpilot.llm.cost import cost_usd, find_price
 from rowpilot.simulator.server import Simulator, SimulatorConfig
-from rowpilot.state.batches import LEDGER_FILE
+from rowpilot.state.batches import LEDGER_FILE, BatchLedger
 from rowpilot.state.registry import REGISTRY_FILE
 
 MODEL = "openai/gpt-4o-mini"
@@ -215,6 +216,32 @@ def test_a_detached_run_exits_waiting_then_the_same_command_collects(
     assert batch_stats(sim)["created"] == 1 and online_calls(sim) == 0
     done = query(tmp_path / "state", "SELECT key, output FROM items WHERE status = 'done'")
     assert len(done) == 20
+
+
+def test_a_step_request_carries_its_item_alone_reserved_by_the_key_its_answer_takes(
+    sim: Simulator, clock: BatchClock, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    given = brands(5)
+    first = run(sim, research, given, state, detach=True)
+    assert first.summary.status == "waiting"
+    requests = query(state, "SELECT custom_id, item_key, row_key, call_key FROM batch_rows",
+                     LEDGER_FILE)  # fmt: skip
+    members = query(state, "SELECT custom_id, item_key, row_key FROM batch_members",
+                    LEDGER_FILE)  # fmt: skip
+    # one row a request, never packed: the step's item, under the request's own row key
+    assert sorted(members) == sorted((cid, item, row) for cid, item, row, _ in requests)
+    assert sorted(item for _, item, _ in members) == [row["id"] for row in given]
+    with contextlib.closing(BatchLedger(state)) as ledger:
+        reserved = ledger.reserved([row_key for _, _, row_key, _ in requests])
+    assert len(reserved) == 5  # held while the batch is open
+
+    sim.advance_batches(2 * HOUR)
+    last = run(sim, research, given, state)
+    assert last.summary.done == 5
+    answers = set(query(state, "SELECT row_key, call_key FROM answers"))
+    # the key each step request was reserved by is the key its answer is journaled under
+    assert {(row_key, call_key) for _, _, row_key, call_key in requests} <= answers
 
 
 def test_a_python_task_with_nothing_that_waits_runs_online_under_batch_api(

@@ -369,6 +369,44 @@ def test_row_errors_fall_on_the_rows_the_hash_picks_once_or_for_good(persist: bo
     assert stats["openai"]["row_errors"] == stats["anthropic"]["row_errors"] == counted
 
 
+def content_draw(body: Mapping[str, Any]) -> float:
+    text = "batch-content\0" + json.dumps(body, sort_keys=True)
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest()) / 2**64
+
+
+def test_content_faults_fall_on_the_rows_their_body_draws_in_every_batch() -> None:
+    config = SimulatorConfig(api_key=KEY, batch_bad_content=0.3, batch_missing_field=0.3)
+    bodies = {f"row-{n}": chat(f"Fields: title, pages:int\nbook {n}") for n in range(40)}
+    draws = {cid: content_draw(body) for cid, body in bodies.items()}
+    bad = {cid for cid, draw in draws.items() if draw < 0.3}
+    missing = {cid for cid, draw in draws.items() if 0.3 <= draw < 0.6}
+    assert bad and missing and len(bad | missing) < 40
+    with Simulator(config) as simulator:
+        gpt, _ = clients(simulator)
+        for _ in range(2):  # the same request draws the same fault in a later batch
+            batch = submit(gpt, [line(cid, body) for cid, body in bodies.items()])
+            output = read_file(gpt, gpt.batches.retrieve(batch.id).output_file_id)
+            for cid, entry in output.items():
+                content = entry["response"]["body"]["choices"][0]["message"]["content"]
+                if cid in bad:
+                    with pytest.raises(json.JSONDecodeError):
+                        json.loads(content)
+                else:
+                    fields = set(json.loads(content))
+                    assert fields == ({"title"} if cid in missing else {"title", "pages"})
+
+
+@pytest.mark.parametrize(
+    "shares", [{"batch_bad_content": 1.5}, {"batch_bad_content": 0.6, "batch_missing_field": 0.6}]
+)
+def test_content_fault_shares_beyond_one_are_refused(shares: dict[str, float]) -> None:
+    with pytest.raises(ConfigError):
+        SimulatorConfig(api_key=KEY, **shares)
+    given = {name.replace("_", "-"): str(share / 2) for name, share in shares.items()}
+    config = SimulatorConfig.from_options(**given)  # as `rowpilot simulate` passes them
+    assert config.batch_bad_content == shares["batch_bad_content"] / 2
+
+
 # -- validation and limits ------------------------------------------------------------------
 
 

@@ -109,9 +109,14 @@ def _status_line(f: _state.StateStatus) -> str:
 def _batch_line(batch: dict[str, Any]) -> str:
     age = batch["age_seconds"]
     ago = f"{age / 3600:.1f} h" if age >= 3600 else f"{age / 60:.0f} min"
+    # The provider counts requests; a request may carry several rows (--batch-size).
+    requests, rows = batch.get("requests", batch["rows"]), batch["rows"]
+    done = f"{batch['done']:,} of {rows:,} rows"
+    if requests != rows:
+        done = f"{batch['done']:,} of {requests:,} requests ({rows:,} rows)"
     return (
-        f"  open batch {batch['provider']} {batch['batch_id']}: {batch['done']:,} of "
-        f"{batch['rows']:,} rows done at the last look, submitted {ago} ago"
+        f"  open batch {batch['provider']} {batch['batch_id']}: {done} done at the last "
+        f"look, submitted {ago} ago"
     )
 
 

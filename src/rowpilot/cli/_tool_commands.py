@@ -119,6 +119,13 @@ def simulate(
     batch_row_errors: Annotated[
         float | None, typer.Option(help="Share of batch rows answered as a server error.")
     ] = None,
+    batch_bad_content: Annotated[
+        float | None, typer.Option(help="Share of batch rows answered with content not JSON.")
+    ] = None,
+    batch_missing_field: Annotated[
+        float | None,
+        typer.Option(help="Share of batch rows answered without their last field (or row)."),
+    ] = None,
     batch_errors_persist: Annotated[
         bool,
         typer.Option(

@@ -1,43 +1,55 @@
 """A prompt task's rows through the provider's Batch API (``--batch-api``; docs/batch.md).
 
 ``BatchRun`` answers a run's pending rows *ahead* of the scheduler: it journals every
-batch answer in the registry exactly as an online answer is journaled (the row's call key,
-a ``calls`` row per request and an ``answers`` row per valid answer), so the scheduler's
-pass that follows finds each answer in the call cache and commits the row without a call;
-``--force``, exports and the spending figures see no difference. Its rules:
+batch answer in the registry exactly as an online answer is journaled (the request's call
+key, a ``calls`` row per request and an ``answers`` row per row answered whole), so the
+scheduler's pass that follows finds each answer in the cache and commits the row without
+a call; ``--force``, exports and the spending figures see no difference. Its rules:
 
-* **one request per row**, the very request an online single-row call sends (same body,
-  same call key); rows whose request is journaled already (answered before, in any mode)
-  are not asked. ``--batch-size`` does not pack rows into batch requests.
+* **the online requests**: the rows in no recorded batch are grouped, in order, as the
+  online batcher groups them (``batch_size`` rows a request, fewer once ``batch_tokens``
+  is reached), each group into the very request an online call for it sends (the tagged
+  prompt for several rows, the one-row request for one; the same max_tokens bound, body
+  and call key). Rows answered before (in any mode) are not asked, nor rows a journaled
+  request answered without a valid answer (the online path takes them); identical rows
+  are asked once.
 * **exactly once**: before a batch is created, the ledger (``state/batches.py``) records
-  the intent: its content hash, its worst case and every row's ``custom_id``
-  (``INTENT-CALLKEY``); right after, the provider's batch id. A run killed in between
-  finds the batch again (``BatchClient.find``): OpenAI by the ``rowpilot_intent``
-  metadata; Anthropic, which keeps no metadata, by listing the batches created since the
-  intent and reading one result of each ended one (the custom_id's prefix is the intent);
-  until every such candidate has ended, the intent's rows stay reserved and are never
-  sent again. An intent found nowhere is ``lost`` and its rows are free again. A resumed
-  run looks at the batches it recorded before it submits anything.
-* **files within the limits**: rows are packed, in order, into as few batches as each
+  the intent: its content hash, its worst case, every request's ``custom_id``
+  (``INTENT-CALLKEY``) and the rows it carries; right after, the provider's batch id.
+  A row is reserved (by its row key) while a request of an unfinished batch carries it,
+  so a resumed run groups only the free rows and never needs an earlier run's groups. A
+  run killed between the intent and the id finds the batch again (``BatchClient.find``):
+  OpenAI by the ``rowpilot_intent`` metadata; Anthropic, which keeps no metadata, by
+  listing the batches created since the intent and reading one result of each ended one
+  (the custom_id's prefix is the intent); until every such candidate has ended, the
+  intent's rows stay reserved and are never sent again. An intent found nowhere is
+  ``lost`` and its rows are free again. A resumed run looks at the batches it recorded
+  before it submits anything.
+* **files within the limits**: requests are packed, in order, into as few batches as each
   provider's limits allow (requests and bytes: ``batch_client.LIMITS``;
   ``ROWPILOT_BATCH_MAX_REQUESTS`` lowers the count, for rehearsals against a simulator).
-* **budget**: a batch's worst case (every row's prompt bound and max_tokens at the batch
-  price, ``find_price(batch=True)``) is reserved before it is submitted and settled at
+* **budget**: a batch's worst case (every request's prompt bound and max_tokens at the
+  batch price, ``find_price(batch=True)``) is reserved before it is submitted and settled at
   its real cost when it is collected; rows that do not fit are not submitted and the run
   ends ``budget_reached`` with them pending. A batch collected by a later run than the one
   that submitted it counts its cost in the collecting run's spending.
-* **partial results**: a row a batch answered with an error, filtered, or left unanswered
-  (expired, cancelled) goes into a later batch, up to the run's ``max_attempts`` batches;
-  with ``--batch-fallback online`` it is asked online instead (after one batch). A row
-  still without an answer fails with a server error. An answer that is invalid or cut
-  is journaled as it came and gets the online path's rules in the scheduler's pass:
-  repairs and the retry at twice max_tokens are **online** calls.
+* **partial results**: the rows of a request a batch answered with an error, filtered, or
+  left unanswered (expired, cancelled) go into a later batch, up to the run's
+  ``max_attempts`` batches; with ``--batch-fallback online`` they are asked online instead
+  (after one batch). A row still without an answer fails with a server error. A request
+  answered is journaled as it came: the rows it answered whole are kept; each row it
+  missed or answered invalid or cut is left to the scheduler's pass, which asks it
+  online alone (a one-row answer: replayed and repaired; the retry at twice max_tokens),
+  at the online price, never in a later batch.
 * **provider errors**: a retryable one (5xx, timeout) while creating, looking or reading
   is tried again at the next look, up to ``TRANSIENT_FAILURES`` rounds in a row; any
   other ends the run (the batches stay recorded for the next).
 * **steps**: a Python task's can-wait ``ctx.llm`` steps are submitted and waited for
-  through ``run_asks`` by ``rowpilot.llm.step_batches`` (a ``BatchRun`` per model, whose
-  ``_row_answers`` journals the call only: the step's schema reads it).
+  through ``run_asks`` by ``rowpilot.llm.step_batches`` (a ``BatchRun`` per model). Their
+  requests come built, one row each: the step's item, keyed by the step's key (the key
+  its answer is journaled under), so the ledger reserves, counts tries and marks answered
+  by row key as for a prompt task's rows; its ``_row_answers`` journals the call only
+  (the step's schema reads it where the step runs).
 * **waiting**: the run looks at its open batches every ``batch_poll`` seconds (through
   ``sleep``, which tests replace with the simulator's batch clock); with ``--detach`` it
   submits, collects what has ended, and returns: the rows in open batches are ``waiting``.
@@ -59,17 +71,17 @@ from rowpilot.engine.items import encode_output
 from rowpilot.errors import ProviderError
 from rowpilot.llm.batch_client import BatchClient, RowResult, request_body
 from rowpilot.llm.cost import Reservation, cost_usd, find_price, worst_case_cost
-from rowpilot.llm.prompt import parse_single, single_request
+from rowpilot.llm.prompt import batch_request, parse_batch, parse_single, single_request
 from rowpilot.llm.schema import OutputValidationError
 from rowpilot.llm.tokens import upper_bound_tokens
-from rowpilot.state.batches import BatchLedger, BatchRecord, BatchRow
+from rowpilot.state.batches import BatchLedger, BatchMember, BatchRecord, BatchRow
 from rowpilot.state.registry import CallRecord, RowAnswer
 from rowpilot.tasks.values import Ahead
 
 if TYPE_CHECKING:
     from rowpilot.engine.progress import Counters
     from rowpilot.llm.cost import Budget
-    from rowpilot.llm.providers import ChatClient, ProviderSpec
+    from rowpilot.llm.providers import ChatClient, Completion, ProviderSpec
     from rowpilot.llm.spec import PromptSpec
     from rowpilot.state.registry import Registry
 
@@ -92,11 +104,20 @@ async def _poll_wait(seconds: float) -> None:
 
 
 @dataclass
-class _Ask:
-    """One request to send: the item keys it answers (identical rows share it)."""
+class _Row:
+    """One distinct row to answer: the item keys whose text it is (identical rows share
+    one answer, as online), its text and its answer's key."""
 
     keys: list[str]
+    text: str
     row_key: str
+
+
+@dataclass
+class _Ask:
+    """One request to send: the rows it carries, as an online request would carry them."""
+
+    rows: list[_Row]
     call_key: str
     body: dict[str, Any]
     worst: float
@@ -154,7 +175,8 @@ class BatchSession(Protocol):
     def run_id(self) -> str: ...
     def emit(self, event: str, **fields: Any) -> None: ...
     def batch_row_key(self, text: str) -> str: ...
-    def batch_max_tokens(self) -> int: ...
+    def batch_max_tokens(self, rows: int) -> int: ...
+    def batch_row_tokens(self, text: str) -> int: ...
 
 
 class BatchRun:
@@ -182,7 +204,7 @@ class BatchRun:
         self.max_requests = min(requests, int(lower)) if lower else requests
         self.max_bytes = size
         self.exhausted: dict[str, str] = {}  # item key -> why it has no batch answer
-        self._answered: set[str] = set()  # call keys journaled in this run
+        self._answered: set[str] = set()  # row keys a collected request carried, this run
         self._tries: collections.Counter[str] = collections.Counter()
         self._why: dict[str, str] = {}
         self._held: dict[str, Reservation] = {}
@@ -191,24 +213,41 @@ class BatchRun:
 
     async def run(self, rows: Iterable[tuple[str, dict[str, Any]]]) -> Ahead:
         """Answer ``rows`` (item key, row) through batches; what is left for the run."""
-        return await self.run_asks(self._asks(rows))
+        return await self._passes(self._pending(rows), self._asks, wait=True)
 
-    async def run_asks(self, asks: dict[str, _Ask], *, wait: bool = True) -> Ahead:
-        """Submit ``asks`` (by call key) and follow the recorded batches until none is open
-        (one look when detached or not ``wait``); what is left for the run."""
+    async def run_asks(self, asks: Sequence[_Ask], *, wait: bool = True) -> Ahead:
+        """Submit requests built elsewhere, one row each (a can-wait step's: its call key
+        is its row key), and follow the recorded batches until none is open (one look when
+        detached or not ``wait``); what is left for the run."""
+        by_row = {ask.rows[0].row_key: ask for ask in asks}
+        assert all(len(ask.rows) == 1 for ask in asks), "run_asks takes one-row requests"
+        pending = {row_key: ask.rows[0] for row_key, ask in by_row.items()}
+        return await self._passes(
+            pending, lambda free: [by_row[row.row_key] for row in free], wait=wait
+        )
+
+    async def _passes(
+        self,
+        pending: dict[str, _Row],
+        group: Callable[[Sequence[_Row]], list[_Ask]],
+        *,
+        wait: bool,
+    ) -> Ahead:
+        """Submit the free rows of ``pending``, as ``group`` makes them requests, and look
+        at the recorded batches until none is open (once when detached or not ``wait``)."""
         stop: str | None = None
         detach = self.session.spec.detach or not wait
         while True:
-            await self._settle_unfinished()
-            free = self._free(asks)
+            await self._settle_unfinished(pending)
+            free = self._free(pending)
             if free and stop is None:
-                stop = await self._submit(free)
-            self._show(asks)
-            to_send = stop is None and bool(self._free(asks))  # a create that failed
+                stop = await self._submit(group(free))
+            self._show(pending)
+            to_send = stop is None and bool(self._free(pending))  # a create that failed
             if detach or not (self.ledger.unfinished() or to_send):
                 break
             await self.sleep(self.session.spec.batch_poll)
-        return self._left(asks, stop)
+        return self._left(pending, stop)
 
     def _passing(self, error: ProviderError, doing: str) -> None:
         """A retryable failure (a 5xx, a timeout, a dropped connection) of a look, a read or
@@ -219,10 +258,10 @@ class BatchRun:
             raise error
         self.session.emit("batch.retry", doing=doing, error=str(error), failures=self._failures)
 
-    def _show(self, asks: dict[str, _Ask]) -> None:
+    def _show(self, pending: dict[str, _Row]) -> None:
         """The batches and their rows, for the progress view."""
-        answered = sum(len(ask.keys) for key, ask in asks.items() if key in self._answered)
-        rows = sum(len(ask.keys) for ask in asks.values())
+        answered = sum(len(row.keys) for key, row in pending.items() if key in self._answered)
+        rows = sum(len(row.keys) for row in pending.values())
         progress = self._progress
         self.session.counters.batches = (
             f"batches {len(self.ledger.unfinished())} open, {progress.collected} collected; "
@@ -231,71 +270,107 @@ class BatchRun:
 
     # -- what to ask ------------------------------------------------------------------
 
-    def _asks(self, rows: Iterable[tuple[str, dict[str, Any]]]) -> dict[str, _Ask]:
-        """The requests the rows need, by call key: rows answered before are left out."""
-        asks: dict[str, _Ask] = {}
+    def _pending(self, rows: Iterable[tuple[str, dict[str, Any]]]) -> dict[str, _Row]:
+        """The rows to answer, by row key: rows answered before are left out."""
+        pending: dict[str, _Row] = {}
         chunk: list[tuple[str, str, str]] = []
         for key, fields in rows:
             text = self.session.spec.template.render(fields)
             chunk.append((key, text, self.session.batch_row_key(text)))
             if len(chunk) >= _LOOKUP:
-                self._add_asks(chunk, asks)
+                self._add_pending(chunk, pending)
                 chunk = []
-        self._add_asks(chunk, asks)
-        return asks
+        self._add_pending(chunk, pending)
+        return pending
 
-    def _add_asks(self, chunk: list[tuple[str, str, str]], asks: dict[str, _Ask]) -> None:
+    def _add_pending(self, chunk: list[tuple[str, str, str]], pending: dict[str, _Row]) -> None:
         registry = self.session.registry
-        cached = registry.cached_answers([row_key for _, _, row_key in chunk])
-        spec = self.session.spec
-        max_tokens = self.session.batch_max_tokens()
+        row_keys = [row_key for _, _, row_key in chunk]
+        cached = registry.cached_answers(row_keys)
+        asked = self.ledger.collected_calls(row_keys)
         for key, text, row_key in chunk:
             if row_key in cached:
                 continue
-            request = single_request(
-                spec.system, text, spec.schema, key=key, structured=spec.structured
-            )
-            call_key = request.cache_key(
-                self.session.provider.name, self.session.model, spec.params, max_tokens
-            )
-            if call_key in asks:
-                asks[call_key].keys.append(key)
+            if row_key in pending:
+                pending[row_key].keys.append(key)
                 continue
-            if registry.cached_call(call_key) is not None:
-                continue  # answered invalid or cut: the run's online path repairs it
-            body = request_body(
-                self.session.provider.kind,
-                self.session.model,
-                request.messages,
-                system=request.system,
-                max_tokens=max_tokens,
-                json_schema=request.json_schema,
-                params=spec.params,
-            )
-            worst = worst_case_cost(self.price, upper_bound_tokens(request.texts()), max_tokens)
-            size = len(json.dumps(body)) + 200  # the line's custom_id, method and url
-            asks[call_key] = _Ask([key], row_key, call_key, body, worst, size)
+            if self._asked_before(key, text, asked.get(row_key, set())):
+                continue  # answered invalid, cut or not at all: the online path takes it
+            pending[row_key] = _Row([key], text, row_key)
 
-    def _free(self, asks: dict[str, _Ask]) -> list[_Ask]:
-        """Requests to submit now: not answered, not in a batch, tries left."""
-        waiting = [ask for key, ask in asks.items() if key not in self._answered]
-        reserved = self.ledger.reserved([ask.call_key for ask in waiting])
+    def _asked_before(self, key: str, text: str, group_calls: set[str]) -> bool:
+        """Whether a request carrying the row was answered (journaled) without a valid
+        answer for it: its one-row request (either mode), or a collected batch request."""
+        registry = self.session.registry
+        if any(registry.cached_call(call_key) is not None for call_key in group_calls):
+            return True
+        return registry.cached_call(self._ask([_Row([key], text, "")]).call_key) is not None
+
+    def _free(self, pending: dict[str, _Row]) -> list[_Row]:
+        """Rows to submit now, in order: not answered, not in a batch, tries left."""
+        waiting = [row for key, row in pending.items() if key not in self._answered]
+        reserved = self.ledger.reserved([row.row_key for row in waiting])
         return [
-            ask
-            for ask in waiting
-            if ask.call_key not in reserved and self._tries[ask.call_key] < self.rounds
+            row
+            for row in waiting
+            if row.row_key not in reserved and self._tries[row.row_key] < self.rounds
         ]
 
-    def _left(self, asks: dict[str, _Ask], stop: str | None) -> Ahead:
-        unanswered = [ask for key, ask in asks.items() if key not in self._answered]
-        reserved = self.ledger.reserved([ask.call_key for ask in unanswered])
+    def _asks(self, free: Sequence[_Row]) -> list[_Ask]:
+        """The free rows grouped, in order, by the online batcher's rules: a request is full
+        at ``batch_size`` rows or once its rows' tokens reach ``batch_tokens``."""
+        spec = self.session.spec
+        asks: list[_Ask] = []
+        group: list[_Row] = []
+        tokens = 0
+        for row in free:
+            group.append(row)
+            tokens += self.session.batch_row_tokens(row.text)
+            full = len(group) >= spec.batch_size or (
+                spec.batch_tokens is not None and tokens >= spec.batch_tokens
+            )
+            if full:
+                asks.append(self._ask(group))
+                group, tokens = [], 0
+        return [*asks, self._ask(group)] if group else asks
+
+    def _ask(self, rows: list[_Row]) -> _Ask:
+        """The request an online call for ``rows`` sends: the same body and call key."""
+        spec = self.session.spec
+        if len(rows) == 1:
+            request = single_request(
+                spec.system, rows[0].text, spec.schema, key=rows[0].keys[0],
+                structured=spec.structured,
+            )  # fmt: skip
+        else:
+            tagged = [(row.keys[0], row.text) for row in rows]
+            request = batch_request(spec.system, tagged, spec.schema, structured=spec.structured)
+        max_tokens = self.session.batch_max_tokens(len(rows))
+        provider = self.session.provider
+        call_key = request.cache_key(provider.name, self.session.model, spec.params, max_tokens)
+        body = request_body(
+            provider.kind,
+            self.session.model,
+            request.messages,
+            system=request.system,
+            max_tokens=max_tokens,
+            json_schema=request.json_schema,
+            params=spec.params,
+        )
+        worst = worst_case_cost(self.price, upper_bound_tokens(request.texts()), max_tokens)
+        size = len(json.dumps(body)) + 200  # the line's custom_id, method and url
+        return _Ask(rows, call_key, body, worst, size)
+
+    def _left(self, pending: dict[str, _Row], stop: str | None) -> Ahead:
+        unanswered = [row for key, row in pending.items() if key not in self._answered]
+        reserved = self.ledger.reserved([row.row_key for row in unanswered])
         waiting: set[str] = set()
-        for ask in unanswered:
-            if ask.call_key in reserved or self._tries[ask.call_key] < self.rounds:
-                waiting.update(ask.keys)  # in a batch, or not submitted (the budget)
+        for row in unanswered:
+            if row.row_key in reserved or self._tries[row.row_key] < self.rounds:
+                waiting.update(row.keys)  # in a batch, or not submitted (the budget)
             else:
-                why = self._why.get(ask.call_key, "no answer")
-                self.exhausted.update(dict.fromkeys(ask.keys, why))
+                why = self._why.get(row.row_key, "no answer")
+                self.exhausted.update(dict.fromkeys(row.keys, why))
         return Ahead(
             waiting=frozenset(waiting),
             stop=stop,
@@ -313,11 +388,11 @@ class BatchRun:
             worst = sum(ask.worst for ask in fits)
             reservation = budget.reserve(worst) if fits else None
             if reservation is None:
-                return budget.refusal(part[0].worst, "a batch of 1 row")
+                return budget.refusal(part[0].worst, "a batch of 1 request")
             await self._create(fits, worst, reservation)
             if len(fits) < len(part):
                 rest = part[len(fits)]
-                return budget.refusal(rest.worst, f"the batch after {len(fits):,} rows")
+                return budget.refusal(rest.worst, f"the batch after {len(fits):,} requests")
         return None
 
     def _files(self, asks: Sequence[_Ask]) -> list[Sequence[_Ask]]:
@@ -337,14 +412,17 @@ class BatchRun:
             intended_at=self.clock(),
             batch_id=None,
             status="intent",
-            rows=len(part),
+            rows=sum(len(ask.rows) for ask in part),
             worst_usd=worst,
             run_id=self.session.run_id,
             ended_at=None,
         )
-        rows = [BatchRow(cid, ask.keys[0], ask.row_key, ask.call_key) for cid, ask in zip(
-            (cid for cid, _ in lines), part, strict=True)]  # fmt: skip
-        self.ledger.record_intent(record, rows)
+        requests, members = [], []
+        for (custom_id, _), ask in zip(lines, part, strict=True):
+            first = ask.rows[0]
+            requests.append(BatchRow(custom_id, first.keys[0], first.row_key, ask.call_key))
+            members += [BatchMember(custom_id, row.keys[0], row.row_key) for row in ask.rows]
+        self.ledger.record_intent(record, requests, members)
         self._held[intent] = reservation
         try:
             batch_id = await self.client.create(intent, lines)
@@ -358,16 +436,19 @@ class BatchRun:
         self._failures = 0
         self.ledger.record_batch_id(intent, batch_id)
         self._progress.submitted += 1
-        self.session.emit("batch.submitted", intent=intent, batch=batch_id, rows=len(part))
+        self.session.emit(
+            "batch.submitted", intent=intent, batch=batch_id, requests=len(part),
+            rows=record.rows,
+        )  # fmt: skip
 
     # -- waiting and collecting ---------------------------------------------------------
 
-    async def _settle_unfinished(self) -> None:
+    async def _settle_unfinished(self, pending: dict[str, _Row]) -> None:
         """Find the recorded intents' batches, look at the open ones, collect the ended."""
         failed: ProviderError | None = None
         for record in self.ledger.unfinished():
             try:
-                await self._follow(record)
+                await self._follow(record, pending)
             except ProviderError as error:
                 if not error.retryable:
                     raise
@@ -377,7 +458,7 @@ class BatchRun:
         else:
             self._failures = 0
 
-    async def _follow(self, record: BatchRecord) -> None:
+    async def _follow(self, record: BatchRecord, pending: dict[str, _Row]) -> None:
         """One recorded batch: found, looked at, collected if it has ended."""
         batch_id = record.batch_id
         if batch_id is None:
@@ -399,66 +480,103 @@ class BatchRun:
         if look.done != record.done:
             self.ledger.record_look(record.intent, look.done)
         if look.ended:
-            await self._collect(record, batch_id)
+            await self._collect(record, batch_id, pending)
 
-    async def _collect(self, record: BatchRecord, batch_id: str) -> None:
-        rows = {row.custom_id: row for row in self.ledger.rows_of(record.intent)}
+    async def _collect(self, record: BatchRecord, batch_id: str, pending: dict[str, _Row]) -> None:
+        requests = {row.custom_id: row for row in self.ledger.rows_of(record.intent)}
+        members = self.ledger.members_of(record.intent)
         results = {result.custom_id: result for result in await self.client.results(batch_id)}
         spent = 0.0
-        answered = 0
-        for custom_id, row in rows.items():
+        answered = calls = 0
+        for custom_id, request in requests.items():
+            carried = members[custom_id]
             result = results.get(custom_id, RowResult(custom_id, None, "no result"))
             completion = result.completion
             if completion is None or completion.finish_reason == "content_filter":
-                self._tries[row.call_key] += 1
-                self._why[row.call_key] = result.error or "refused by the content filter"
+                for member in carried:
+                    self._tries[member.row_key] += 1
+                    self._why[member.row_key] = result.error or "refused by the content filter"
                 continue
             cost = cost_usd(self.price, completion.input_tokens, completion.output_tokens)
-            self._journal(row, completion.text, completion.finish_reason, cost, completion)
+            texts = [pending[m.row_key].text if m.row_key in pending else "" for m in carried]
+            self._journal(request.call_key, carried, texts, completion, cost)
             spent += cost
-            answered += 1
+            calls += 1
+            answered += len(carried)
         self._settle(record.intent, spent)
         counters = self.session.counters
-        counters.calls += answered
+        counters.calls += calls
         counters.cost_usd += spent
         self.ledger.mark(record.intent, "collected")
         self._progress.collected += 1
         self.session.emit(
-            "batch.collected", intent=record.intent, batch=batch_id, rows=len(rows),
+            "batch.collected", intent=record.intent, batch=batch_id, rows=record.rows,
             answered=answered, cost_usd=spent,
         )  # fmt: skip
 
     def _row_answers(
-        self, row: BatchRow, text: str, finish: str, cost: float, usage: Any
+        self,
+        call_key: str,
+        carried: Sequence[BatchMember],
+        texts: Sequence[str],
+        completion: Completion,
+        cost: float,
     ) -> list[RowAnswer]:
-        """The row's answer read from a batch answer, if valid (with the task's schema)."""
-        try:
-            valid = parse_single(text, self.session.spec.schema)
-        except OutputValidationError:
-            return []
-        if finish == "length":
-            return []
-        return [RowAnswer(row.row_key, row.call_key, encode_output(valid), cost,
-                          usage.input_tokens, usage.output_tokens)]  # fmt: skip
+        """An ``answers`` row for each row the request answered whole (read with the task's
+        schema), its share of the cost by its text's length (as online). The rows it
+        missed, or answered invalid or cut, get none: the run's online path takes them."""
+        answer = self._read(completion, [member.item_key for member in carried])
+        shares = _shares([len(text) for text in texts])
+        answers = []
+        for member, share in zip(carried, shares, strict=True):
+            valid = answer.get(member.item_key)
+            if valid is not None:
+                answers.append(
+                    RowAnswer(member.row_key, call_key, encode_output(valid), cost * share,
+                              round(completion.input_tokens * share),
+                              round(completion.output_tokens * share))
+                )  # fmt: skip
+        return answers
 
-    def _journal(self, row: BatchRow, text: str, finish: str, cost: float, usage: Any) -> None:
-        """The answer as an online call's: a ``calls`` row, and the row's answer if valid."""
-        answers = self._row_answers(row, text, finish, cost, usage)
+    def _journal(
+        self,
+        call_key: str,
+        carried: Sequence[BatchMember],
+        texts: Sequence[str],
+        completion: Completion,
+        cost: float,
+    ) -> None:
+        """The answer as an online call's: a ``calls`` row, and the rows' answers
+        (``_row_answers``)."""
+        answers = self._row_answers(call_key, carried, texts, completion, cost)
         record = CallRecord(
-            call_key=row.call_key,
+            call_key=call_key,
             provider=self.session.provider.name,
             model=self.session.model,
             run_id=self.session.run_id,
-            rows=1,
-            response=text,
-            finish_reason=finish,
-            input_tokens=usage.input_tokens,
-            output_tokens=usage.output_tokens,
+            rows=len(carried),
+            response=completion.text,
+            finish_reason=completion.finish_reason,
+            input_tokens=completion.input_tokens,
+            output_tokens=completion.output_tokens,
             cost_usd=cost,
             seconds=0.0,
         )
         self.session.registry.journal(record, answers)
-        self._answered.add(row.call_key)
+        self._answered.update(member.row_key for member in carried)
+
+    def _read(self, completion: Completion, keys: list[str]) -> dict[str, dict[str, Any]]:
+        """The valid answers of a request's rows, by the item key its prompt tagged: a
+        one-row answer whole and not cut, a batched answer's rows read whole."""
+        schema = self.session.spec.schema
+        if len(keys) > 1:
+            return parse_batch(completion.text, keys, schema).valid
+        if completion.finish_reason == "length":
+            return {}
+        try:
+            return {keys[0]: parse_single(completion.text, schema)}
+        except OutputValidationError:
+            return {}
 
     def _settle(self, intent: str, spent: float) -> None:
         budget = self.session.budget
@@ -472,3 +590,11 @@ class BatchRun:
         reservation = self._held.pop(intent, None)
         if reservation is not None:
             self.session.budget.release(reservation)
+
+
+def _shares(weights: Sequence[int]) -> list[float]:
+    """Each row's share of a request's cost: by its text's length (the online rule)."""
+    total = sum(weights)
+    if total <= 0:
+        return [1 / len(weights)] * len(weights)
+    return [weight / total for weight in weights]

@@ -31,10 +31,12 @@ scheduler retries the item under its policy; a batch's failure is each of its ro
 
 With ``--batch-api`` the task answers the run's pending rows ahead
 (``PromptTask.answer_ahead``: ``rowpilot.llm.batch``, the providers' Batch APIs), and each
-row's call then finds its answer in step 1. A row the batches left without a valid answer
-takes the one-row online path: its journaled answer replayed and repaired (steps 2 to 6,
-online calls), asked online with ``--batch-fallback online``, or failed when it had no
-answer in ``max_attempts`` batches (docs/batch.md).
+row's call then finds its answer in step 1 (a batch request is the online request for the
+same rows: ``batch_size`` rows, the same call key). A row the batches left without a valid
+answer takes the one-row online path: a one-row answer replayed and repaired, a row a
+packed answer missed or spoilt asked alone (steps 2 to 6, online calls), asked online with
+``--batch-fallback online``, or failed when it had no answer in ``max_attempts`` batches
+(docs/batch.md).
 """
 
 from __future__ import annotations
@@ -43,7 +45,6 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
-import itertools
 import json
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -225,34 +226,13 @@ class PromptTask(Task):
             max_tokens=per_row,
             limits=limits,
             notes=(f"max_tokens {tokens.describe()}",),
-            batch=(self._batch_price(), self._one_row_prompt_tokens(state)),
+            batch_price=self._batch_price(),
         )
 
     def _batch_price(self) -> Price | None:
         """The model's Batch API price (``[prices]`` overrides apply to both modes)."""
         provider, model = parse_model(self.spec.model, self.spec.providers)
         return find_price(provider.name, model, self.spec.prices, batch=True)
-
-    def _one_row_prompt_tokens(self, state: Path) -> float | None:
-        """The prompt tokens of a one-row request (the Batch API's), on average over the
-        first done rows, by the session's estimator (calibrated by the sample's calls)."""
-        if self._session is None or not self.spec.batching:
-            return None  # one-row calls already: the journal has their tokens
-        registry = Registry(state)
-        try:
-            records = list(itertools.islice(registry.records(status="done"), SAMPLE_ROWS))
-        finally:
-            registry.close()
-        spec, estimator = self.spec, self._session.estimator
-        counts = []
-        for record in records:
-            text = spec.template.render(record.input)
-            request = single_request(
-                spec.system, text, spec.schema, key="", structured=spec.structured
-            )
-            messages = len(request.messages) + (1 if request.system else 0)
-            counts.append(estimator.estimate(request.chars(), messages))
-        return sum(counts) / len(counts) if counts else None
 
     async def answer_ahead(
         self, rows: Iterable[tuple[str, dict[str, Any]]], scope: RunScope
@@ -441,9 +421,13 @@ class LLMSession:
         """A row's answer key: the one its online answer has."""
         return self._row_key(text, self.spec.keyed_max_tokens)
 
-    def batch_max_tokens(self) -> int:
-        """max_tokens of a one-row request (a batch's requests are those)."""
-        return self._shape(1).max_tokens
+    def batch_max_tokens(self, rows: int) -> int:
+        """max_tokens of a request of ``rows`` rows (the online request's)."""
+        return self._shape(rows).max_tokens
+
+    def batch_row_tokens(self, text: str) -> int:
+        """A row's tokens as the online batcher counts them against ``batch_tokens``."""
+        return self.estimator.estimate(len(text))
 
     @property
     def counters(self) -> Counters:

@@ -14,6 +14,8 @@ task's rows are. Instead the run goes in passes:
   ``StepBatchRun`` (``rowpilot.llm.batch.BatchRun``: the same ledger, intent before the
   create, the id right after, found again after a kill, the budget reserved at batch
   prices, errors retried in later batches); unless ``--detach``, until every batch ended.
+  A step's request is never packed with another: it carries one row, its item, whose row
+  key is the step's key, so the ledger reserves it as it reserves a prompt task's row.
 * **run again**: the parked items run again from the top; their earlier steps replay from
   the journal (nothing paid twice) and the can-wait step finds its answer, so the item
   goes on to its next step (which may park it again) or finishes.
@@ -32,20 +34,21 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rowpilot.llm.batch import BatchRun, _Ask
+from rowpilot.llm.batch import BatchRun, _Ask, _Row
 from rowpilot.llm.batch_client import request_body
 from rowpilot.llm.cost import worst_case_cost
 from rowpilot.llm.tokens import upper_bound_tokens
-from rowpilot.state.batches import LEDGER_FILE, BatchLedger, BatchRow
+from rowpilot.state.batches import LEDGER_FILE, BatchLedger, BatchMember
 from rowpilot.state.registry import RowAnswer
 from rowpilot.tasks.values import Ahead, Parked
 
 if TYPE_CHECKING:
     from rowpilot.llm.prompt import Request
+    from rowpilot.llm.providers import Completion
     from rowpilot.llm.session import LLMSession
 
 __all__ = ["StepBatchRun", "StepBatches"]
@@ -58,7 +61,12 @@ class StepBatchRun(BatchRun):
     step's schema is known where the step runs (see the module docstring)."""
 
     def _row_answers(
-        self, row: BatchRow, text: str, finish: str, cost: float, usage: Any
+        self,
+        call_key: str,
+        carried: Sequence[BatchMember],
+        texts: Sequence[str],
+        completion: Completion,
+        cost: float,
     ) -> list[RowAnswer]:
         return []
 
@@ -106,7 +114,9 @@ class StepBatches:
         worst = worst_case_cost(run.price, upper_bound_tokens(request.texts()), max_tokens)
         size = len(json.dumps(body)) + _LINE_OVERHEAD
         asks = self._asks.setdefault(session.spec.model, {})
-        asks[call_key] = _Ask([item_key], step_key, call_key, body, worst, size)
+        # One row, keyed by the step's key (its answer's key): reserved by it in the ledger
+        row = _Row([item_key], "\n".join(request.texts()), step_key)
+        asks[call_key] = _Ask([row], call_key, body, worst, size)
         self._parked.add(item_key)
         return Parked(item_key)
 
@@ -119,7 +129,7 @@ class StepBatches:
         for provider, model in sorted(ledger.unfinished_models()):
             self._run(self._session_for(f"{provider}/{model}"))
         for run in self._runs.values():
-            await run.run_asks({}, wait=False)
+            await run.run_asks([], wait=False)
         self._kept_out = ledger.waiting_items()
         return Ahead(waiting=frozenset(self._kept_out))
 
@@ -133,7 +143,7 @@ class StepBatches:
         asks, self._asks = self._asks, {}
         self._parked, self._kept_out = set(), set()
         ends = await asyncio.gather(
-            *(run.run_asks(asks.get(model, {})) for model, run in self._runs.items())
+            *(run.run_asks(list(asks.get(model, {}).values())) for model, run in self._runs.items())
         )
         # Items kept out wait in batches of earlier runs, which may still be open (detached)
         still = waited & self._ledger(None).waiting_items()

@@ -161,8 +161,9 @@ Batches
 ``rowpilot.simulator.batches`` serves both providers' batch endpoints. Every row is
 answered by the online endpoint's rules for its body (the same content, usage and finish
 reason, a 4xx where the call would get one, ``refuse_word`` and ``disagree`` alike),
-without rate limits, latency or faults: batches do not count against ``rpm``/``tpm`` nor in
-"tokens" and "faults" below, as providers keep batch queues apart.
+without rate limits, latency or the online faults (batch rows have content faults of their
+own, below): batches do not count against ``rpm``/``tpm`` nor in "tokens" and "faults"
+below, as providers keep batch queues apart.
 
 *Time.* Batches run on the batch clock: the wall clock plus every advance so far (``POST
 /batches/advance?seconds=N`` or ``Simulator.advance_batches(N)``). A batch of n rows
@@ -233,6 +234,14 @@ status 500 in the error file; Anthropic: ``errored`` with ``api_error``): a row 
 the share, and, unless ``batch_errors_persist``, only in the first batch (of its
 provider) its ``custom_id`` was submitted in: a retry under the same ``custom_id``
 succeeds.
+
+*Content faults.* ``batch_bad_content`` and ``batch_missing_field`` are shares of batch
+rows answered as the online ``bad_content`` and ``missing_field`` faults answer (content
+that is not JSON; JSON missing its last field, or a batched answer its last row). A row
+draws them by ``blake2b("batch-content\\0" + its body as sorted JSON)``, below
+``batch_bad_content`` for the first, below the two shares' sum for the second: the same
+request gets the same fault in every batch. The online fault knobs do not apply to batch
+rows.
 
 Stats
 -----
@@ -382,6 +391,8 @@ class SimulatorConfig:
     expire_after_s: float = 86_400.0  # a batch's rows not done by then expire
     batch_row_errors: float = 0.0  # share of batch rows answered as a server error
     batch_errors_persist: bool = False  # False: a row errs only in its first batch
+    batch_bad_content: float = 0.0  # share of batch rows answered with content not JSON
+    batch_missing_field: float = 0.0  # share answered without their last field (or row)
     batch_max_requests: int | None = None  # None: each provider's own limit
     batch_max_bytes: int | None = None
     batch_queue_tokens: int | None = None  # OpenAI's enqueued prompt tokens per model
@@ -534,8 +545,11 @@ def _check_batches(config: SimulatorConfig) -> None:
             )
         if not 0.0 <= share <= 1.0:
             raise ConfigError(f"disagree share {model}={share} is not between 0 and 1")
-    if not 0.0 <= config.batch_row_errors <= 1.0:
-        raise ConfigError(f"batch_row_errors={config.batch_row_errors} is not between 0 and 1")
+    for name in ("batch_row_errors", "batch_bad_content", "batch_missing_field"):
+        if not 0.0 <= getattr(config, name) <= 1.0:
+            raise ConfigError(f"{name}={getattr(config, name)} is not between 0 and 1")
+    if config.batch_bad_content + config.batch_missing_field > 1.0:
+        raise ConfigError("batch_bad_content + batch_missing_field is more than 1")
     if config.completion_delay_s < 0:
         raise ConfigError("completion_delay_s cannot be negative")
     if not config.expire_after_s > 0:
@@ -2001,7 +2015,8 @@ def _embeddings_answer(
 
 class _BatchAnswers:
     """The online answers lent to ``rowpilot.simulator.batches`` for batch rows: the same
-    rules, usage and finish reasons, without rate limits, latency or faults."""
+    rules, usage and finish reasons, without rate limits, latency or the online faults
+    (batch rows draw content faults of their own: "Content faults")."""
 
     def __init__(self, config: SimulatorConfig) -> None:
         self._config = config
@@ -2017,7 +2032,7 @@ class _BatchAnswers:
             if endpoint == "/v1/embeddings":
                 return 200, _embeddings_answer(self._config, model, body)
             ask, render = self._ask(provider, body)
-            answer, _ = _respond(self._config, model, ask, None)
+            answer, _ = _respond(self._config, model, ask, self._content_fault(body))
             return 200, render(model, request_id, answer, ask)
         except _Reject as reject:
             return reject.response.status, _error_body(reject.response)
@@ -2026,6 +2041,19 @@ class _BatchAnswers:
         if provider is _ANTHROPIC:
             return _anthropic_ask(body), _messages_body
         return _openai_ask(body, self._config.default_max_tokens), _chat_body
+
+    def _content_fault(self, body: Mapping[str, Any]) -> str | None:
+        """The row's content fault (see "Content faults"): drawn from its body, so that a
+        request sent again in a later batch draws the same."""
+        config = self._config
+        text = "batch-content\0" + json.dumps(body, sort_keys=True, default=str)
+        digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
+        draw = int.from_bytes(digest, "big") / 2**64
+        if draw < config.batch_bad_content:
+            return "bad_content"
+        if draw < config.batch_bad_content + config.batch_missing_field:
+            return "missing_field"
+        return None
 
     def server_error(self, endpoint: str) -> dict[str, Any]:
         provider = _ANTHROPIC if endpoint == "/v1/messages" else _OPENAI

@@ -3,17 +3,22 @@
 
 A batch's life in the ledger, each step committed before the next is taken:
 
-1. **intent**: a new intent id, the request file's content hash, the worst case reserved
-   and every row's ``custom_id`` (``INTENT-CALLKEY``) with its row and call keys, in one
-   transaction, *before* the provider is asked to create anything;
+1. **intent**: a new intent id, the request file's content hash, the worst case reserved,
+   every request's ``custom_id`` (``INTENT-CALLKEY``) with its call key (``batch_rows``),
+   and the rows each request carries, their item and row keys (``batch_members``; a
+   ledger written before requests carried several rows has none: each of its requests
+   is the one row ``batch_rows`` names), in one transaction, *before* the provider is
+   asked to create anything;
 2. **open**: the provider's batch id, recorded right after the create call returned;
 3. **collected**: once the batch has ended and every answer it holds is journaled in the
    registry (``Registry.journal``, the online calls' journal); or **lost**: an intent whose
    batch was never created (found nowhere at the provider).
 
-A row is *reserved* while its call key is in an intent or open batch: no other batch gets
-it. A ledger opened for one provider and model (``only``: the batch pass of one
-``ctx.llm`` model) sees only that model's unfinished batches; reservations are the job's.
+A row is *reserved* while its row key is in an intent or open batch: no other batch gets
+it, however a later run groups the rows still free. (A can-wait ``ctx.llm`` step's request
+carries one row whose row key is the step's key, the key its answer is journaled under.)
+A ledger opened for one provider and model (``only``: the batch pass of one ``ctx.llm``
+model) sees only that model's unfinished batches; reservations are the job's.
 
 The ledger is a file of its own, as the Sheets write-back's is (``state/writeback.py``),
 so the registry's schema and migrations stay as they are; losing it while batches are open
@@ -31,7 +36,7 @@ from pathlib import Path
 
 from rowpilot.errors import StateError
 
-__all__ = ["LEDGER_FILE", "BatchLedger", "BatchRecord", "BatchRow"]
+__all__ = ["LEDGER_FILE", "BatchLedger", "BatchMember", "BatchRecord", "BatchRow"]
 
 LEDGER_FILE = "batches.sqlite"
 _OPEN = ("intent", "open")
@@ -46,6 +51,11 @@ _SCHEMA = (
     " item_key TEXT NOT NULL, row_key TEXT NOT NULL, call_key TEXT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS batch_rows_by_intent ON batch_rows (intent)",
     "CREATE INDEX IF NOT EXISTS batch_rows_by_call ON batch_rows (call_key)",
+    "CREATE INDEX IF NOT EXISTS batch_rows_by_row ON batch_rows (row_key)",
+    "CREATE TABLE IF NOT EXISTS batch_members (custom_id TEXT NOT NULL, intent TEXT NOT NULL,"
+    " item_key TEXT NOT NULL, row_key TEXT NOT NULL, PRIMARY KEY (custom_id, row_key))",
+    "CREATE INDEX IF NOT EXISTS batch_members_by_intent ON batch_members (intent)",
+    "CREATE INDEX IF NOT EXISTS batch_members_by_row ON batch_members (row_key)",
 )
 
 
@@ -69,12 +79,21 @@ class BatchRecord:
 
 @dataclass(frozen=True)
 class BatchRow:
-    """One request of a batch: its custom_id and the keys it answers."""
+    """One request of a batch: its custom_id, its call key, and its first row's keys."""
 
     custom_id: str
     item_key: str
     row_key: str
     call_key: str
+
+
+@dataclass(frozen=True)
+class BatchMember:
+    """One row a request carries: the item key its prompt tags it with, its row key."""
+
+    custom_id: str
+    item_key: str
+    row_key: str
 
 
 class BatchLedger:
@@ -120,7 +139,9 @@ class BatchLedger:
                 hint="free disk space or make the state folder writable, then run again",
             ) from None
 
-    def record_intent(self, record: BatchRecord, rows: Sequence[BatchRow]) -> None:
+    def record_intent(
+        self, record: BatchRecord, rows: Sequence[BatchRow], members: Sequence[BatchMember]
+    ) -> None:
         with self._atomic() as db:
             db.execute(
                 "INSERT INTO batches VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
@@ -142,6 +163,10 @@ class BatchLedger:
             db.executemany(
                 "INSERT INTO batch_rows VALUES (?,?,?,?,?)",
                 [(r.custom_id, record.intent, r.item_key, r.row_key, r.call_key) for r in rows],
+            )
+            db.executemany(
+                "INSERT INTO batch_members VALUES (?,?,?,?)",
+                [(m.custom_id, record.intent, m.item_key, m.row_key) for m in members],
             )
 
     def record_batch_id(self, intent: str, batch_id: str) -> None:
@@ -177,7 +202,8 @@ class BatchLedger:
         return {(provider, model) for provider, model in self._db.execute(query, _OPEN)}
 
     def waiting_items(self) -> set[str]:
-        """The item keys whose requests are in an intent or an open batch."""
+        """The item keys whose requests are in an intent or an open batch (a request's
+        first row's: the whole of a step's, which carries one)."""
         query = (
             "SELECT DISTINCT r.item_key FROM batch_rows r JOIN batches b ON b.intent = r.intent"
             " WHERE b.status IN (?, ?)"
@@ -192,17 +218,52 @@ class BatchLedger:
         query = "SELECT custom_id, item_key, row_key, call_key FROM batch_rows WHERE intent = ?"
         return [BatchRow(*row) for row in self._db.execute(query, (intent,))]
 
-    def reserved(self, call_keys: Sequence[str]) -> set[str]:
-        """Which of ``call_keys`` are in an intent or an open batch."""
+    def members_of(self, intent: str) -> dict[str, list[BatchMember]]:
+        """The rows each request of ``intent`` carries, by custom_id (its ``batch_rows``
+        row alone for a request recorded without members)."""
+        query = "SELECT custom_id, item_key, row_key FROM batch_members WHERE intent = ?"
+        members: dict[str, list[BatchMember]] = {}
+        for row in self._db.execute(query, (intent,)):
+            members.setdefault(row[0], []).append(BatchMember(*row))
+        for request in self.rows_of(intent):
+            if request.custom_id not in members:
+                members[request.custom_id] = [
+                    BatchMember(request.custom_id, request.item_key, request.row_key)
+                ]
+        return members
+
+    def reserved(self, row_keys: Sequence[str]) -> set[str]:
+        """Which of ``row_keys`` are in a request of an intent or an open batch."""
+        return self._rows_in(row_keys, "b.status IN (?, ?)", _OPEN)
+
+    def collected_calls(self, row_keys: Sequence[str]) -> dict[str, set[str]]:
+        """The call keys of the collected requests that carried each of ``row_keys``."""
         query = (
-            "SELECT r.call_key FROM batch_rows r JOIN batches b ON b.intent = r.intent"
-            " WHERE b.status IN (?, ?) AND r.call_key IN ({})"
+            "SELECT m.row_key, r.call_key FROM batch_members m"
+            " JOIN batch_rows r ON r.custom_id = m.custom_id"
+            " JOIN batches b ON b.intent = m.intent"
+            " WHERE b.status = ? AND m.row_key IN ({})"
         )
-        return {row[0] for row in self._chunked(query, call_keys, _OPEN)}
+        calls: dict[str, set[str]] = {}
+        for row_key, call_key in self._chunked(query, row_keys, ("collected",)):
+            calls.setdefault(row_key, set()).add(str(call_key))
+        return calls
+
+    def _rows_in(self, row_keys: Sequence[str], where: str, head: tuple[str, ...]) -> set[str]:
+        by_request = (
+            "SELECT r.row_key FROM batch_rows r JOIN batches b ON b.intent = r.intent"
+            f" WHERE {where} AND r.row_key IN ({{}})"
+        )
+        by_member = (
+            "SELECT m.row_key FROM batch_members m JOIN batches b ON b.intent = m.intent"
+            f" WHERE {where} AND m.row_key IN ({{}})"
+        )
+        found = {row[0] for row in self._chunked(by_request, row_keys, head)}
+        return found | {row[0] for row in self._chunked(by_member, row_keys, head)}
 
     def _chunked(
         self, query: str, keys: Sequence[str], head: tuple[str, ...]
-    ) -> Iterator[tuple[str, int]]:
+    ) -> Iterator[tuple[str, str]]:
         for start in range(0, len(keys), _CHUNK):
             part = list(keys[start : start + _CHUNK])
             yield from self._db.execute(query.format(",".join("?" * len(part))), [*head, *part])

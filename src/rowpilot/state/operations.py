@@ -140,13 +140,15 @@ def _open_batches(directory: Path) -> list[dict[str, Any]]:
         return []
     try:
         unfinished = ledger.unfinished()
+        requests = {record.intent: len(ledger.rows_of(record.intent)) for record in unfinished}
     finally:
         ledger.close()
     now = time.time()
     return [
         {"provider": record.provider, "model": record.model,
          "batch_id": record.batch_id or f"(not yet known: intent {record.intent})",
-         "rows": record.rows, "done": record.done, "age_seconds": now - record.intended_at}
+         "rows": record.rows, "requests": requests[record.intent], "done": record.done,
+         "age_seconds": now - record.intended_at}
         for record in unfinished
     ]  # fmt: skip
 
