@@ -46,6 +46,8 @@ class Summary:
     causes: dict[str, int] = field(default_factory=dict)  # failed items by cause class
     calls: int = 0
     cached: int = 0
+    batch_calls: int = 0  # of ``calls``, through a Batch API
+    batch_answers: int = 0  # of ``cached``, what those batch calls answered this run
     cost_usd: float = 0.0
     budget_usd: float | None = None
     batched: bool = False  # rows were computed or asked in batches
@@ -106,10 +108,7 @@ class Summary:
             lines.append(f"failed by cause: {shares}")
         if self.calls or self.cached or self.budget_usd is not None:
             budget = f" of a ${self.budget_usd:,.2f} budget" if self.budget_usd is not None else ""
-            lines.append(
-                f"cost ${self.cost_usd:,.4f}{budget}: {self.calls:,} provider calls, "
-                f"{self.cached:,} answers from the call cache (not paid again)"
-            )
+            lines.append(f"cost ${self.cost_usd:,.4f}{budget}: {self._calls_line()}")
         if self.rate_limited or self.splits:
             lines.append(
                 f"{self.rate_limited:,} rate-limited requests waited their turn; "
@@ -157,6 +156,21 @@ class Summary:
                 "--executor process runs it on every core)"
             )
         return ""
+
+    def _calls_line(self) -> str:
+        """Paid calls, and answers taken from the journal; a Batch API's answers are read
+        back from the journal too, but were paid in this run: counted apart."""
+        if not self.batch_calls:
+            return (
+                f"{self.calls:,} provider calls, "
+                f"{self.cached:,} answers from the call cache (not paid again)"
+            )
+        earlier = max(0, self.cached - self.batch_answers)
+        return (
+            f"{self.calls:,} provider calls ({self.batch_calls:,} through the Batch API, "
+            f"answering {self.batch_answers:,}), "
+            f"{earlier:,} answers from the call cache (not paid again)"
+        )
 
     def _waits(self) -> str:
         if self.waited_seconds < 0.005:

@@ -70,6 +70,11 @@ def test_the_label_command_detaches_and_collects(sim: Simulator, tmp_path: Path,
     collected = cli(*args, cwd=tmp_path)
     assert collected.returncode == 0, collected.stderr
     assert "12 done" in collected.stdout
+    # The batch's answers were paid in this run: counted apart from those taken from the
+    # journal (12 rows, 4 distinct texts: one request of 4 rows, the 8 others share them).
+    assert "(1 through the Batch API, answering 4), 8 answers from the call cache" in (
+        collected.stdout
+    )
 
 
 def test_the_local_model_refuses_the_batch_api(tmp_path: Path) -> None:

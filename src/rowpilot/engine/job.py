@@ -866,6 +866,8 @@ def _summary(
         causes={cause: n for cause, n in c.causes.items() if n > 0},
         calls=c.calls,
         cached=c.cached,
+        batch_calls=c.batch_calls,
+        batch_answers=c.batch_answers,
         cost_usd=c.cost_usd,
         budget_usd=c.budget_usd,
         rate_limited=c.rate_limited,

@@ -31,6 +31,8 @@ class Counters:
     causes: Counter[str] = field(default_factory=Counter)  # failed items by cause class
     calls: int = 0  # provider calls paid for in this run
     cached: int = 0  # answers taken from the call cache instead
+    batch_calls: int = 0  # of ``calls``, requests answered through a Batch API
+    batch_answers: int = 0  # answers those requests journaled (then read back: in ``cached``)
     cost_usd: float = 0.0
     budget_usd: float | None = None
     rate_limited: int = 0  # 429s the provider answered

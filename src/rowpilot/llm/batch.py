@@ -499,13 +499,15 @@ class BatchRun:
                 continue
             cost = cost_usd(self.price, completion.input_tokens, completion.output_tokens)
             texts = [pending[m.row_key].text if m.row_key in pending else "" for m in carried]
-            self._journal(request.call_key, carried, texts, completion, cost)
+            journaled = self._journal(request.call_key, carried, texts, completion, cost)
+            self.session.counters.batch_answers += journaled
             spent += cost
             calls += 1
             answered += len(carried)
         self._settle(record.intent, spent)
         counters = self.session.counters
         counters.calls += calls
+        counters.batch_calls += calls
         counters.cost_usd += spent
         self.ledger.mark(record.intent, "collected")
         self._progress.collected += 1
@@ -545,9 +547,9 @@ class BatchRun:
         texts: Sequence[str],
         completion: Completion,
         cost: float,
-    ) -> None:
+    ) -> int:
         """The answer as an online call's: a ``calls`` row, and the rows' answers
-        (``_row_answers``)."""
+        (``_row_answers``). Returns how many answers the run will read back from it."""
         answers = self._row_answers(call_key, carried, texts, completion, cost)
         record = CallRecord(
             call_key=call_key,
@@ -564,6 +566,11 @@ class BatchRun:
         )
         self.session.registry.journal(record, answers)
         self._answered.update(member.row_key for member in carried)
+        return self._read_back(answers)
+
+    def _read_back(self, answers: Sequence[RowAnswer]) -> int:
+        """How many times the run reads this request's answer back from the journal."""
+        return len(answers)
 
     def _read(self, completion: Completion, keys: list[str]) -> dict[str, dict[str, Any]]:
         """The valid answers of a request's rows, by the item key its prompt tagged: a

@@ -70,6 +70,9 @@ class StepBatchRun(BatchRun):
     ) -> list[RowAnswer]:
         return []
 
+    def _read_back(self, answers: Sequence[RowAnswer]) -> int:
+        return 1  # the step reads the call itself, once
+
 
 class StepBatches:
     """The run's can-wait requests, by model, and the batch passes that answer them."""
