@@ -298,6 +298,19 @@ def good_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder / "state"
 
 
+class BatchClock:
+    """A Batch API run's waits between looks (``rowpilot.llm.batch.poll_sleep``), as moves
+    of the simulator's batch clock: a batch test never waits for time to pass."""
+
+    def __init__(self, sim: Simulator) -> None:
+        self.sim = sim
+        self.waits: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        self.sim.advance_batches(seconds)
+
+
 class Simulators(Protocol):
     def __call__(self, config: SimulatorConfig) -> Simulator: ...
 

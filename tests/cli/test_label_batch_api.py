@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 import rowpilot
-from conftest import Cli, Simulators
+from conftest import BatchClock, Cli, Simulators
 from rowpilot.errors import ConfigError
 from rowpilot.llm import batch
 from rowpilot.simulator.server import Simulator, SimulatorConfig
@@ -21,11 +21,7 @@ KEY = "sk-" + "label-batch-7c2d"
 def sim(simulator_for: Simulators, monkeypatch: pytest.MonkeyPatch) -> Simulator:
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     started = simulator_for(SimulatorConfig(api_key=KEY, completion_delay_s=3600.0))
-
-    async def advance(seconds: float) -> None:  # the wait between looks moves its clock
-        started.advance_batches(seconds)
-
-    monkeypatch.setattr(batch, "poll_sleep", advance)
+    monkeypatch.setattr(batch, "poll_sleep", BatchClock(started))
     return started
 
 

@@ -20,7 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import rowpilot
-from conftest import Cli, Simulators
+from conftest import BatchClock, Cli, Simulators
 from rowpilot._config import build_config
 from rowpilot._estimate import sample_and_project
 from rowpilot._projection import Projection
@@ -57,18 +57,6 @@ def expected(text: str) -> dict[str, Any]:
 def keyed_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
-
-
-class BatchClock:
-    """The run's waits between looks, as moves of the simulator's batch clock."""
-
-    def __init__(self, sim: Simulator) -> None:
-        self.sim = sim
-        self.waits: list[float] = []
-
-    async def __call__(self, seconds: float) -> None:
-        self.waits.append(seconds)
-        self.sim.advance_batches(seconds)
 
 
 @pytest.fixture

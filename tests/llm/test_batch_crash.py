@@ -26,7 +26,6 @@ from test_batch import (
     KEY,
     LABELS,
     MODEL,
-    BatchClock,
     base_url,
     batch_run,
     batch_stats,
@@ -35,7 +34,7 @@ from test_batch import (
     rows,
 )
 
-from conftest import start_cli, wait_until
+from conftest import BatchClock, start_cli, wait_until
 from rowpilot.llm import batch
 from rowpilot.simulator.server import Simulator, SimulatorConfig
 from rowpilot.state.batches import LEDGER_FILE

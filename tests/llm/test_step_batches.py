@@ -20,10 +20,10 @@ from typing import Any
 
 import pytest
 from pydantic import BaseModel
-from test_batch import HOUR, KEY, BatchClock, batch_stats, online_calls
+from test_batch import HOUR, KEY, batch_stats, online_calls
 
 import rowpilot
-from conftest import Cli, Simulators
+from conftest import BatchClock, Cli, Simulators
 from rowpilot import Ctx
 from rowpilot.llm import batch
 from rowpilot.llm.cost import cost_usd, find_price
