@@ -127,7 +127,8 @@ def test_a_batch_run_answers_every_row_through_batches_within_the_request_limit(
     assert result.summary.status == "completed"
     stats = batch_stats(sim)
     assert stats["created"] == 3  # 120 rows at 50 a batch: as few batches as fit
-    assert stats["rows_per_batch"] == [50, 50, 20]
+    # Sorted: a create that failed under load is made again after the next one.
+    assert sorted(stats["rows_per_batch"]) == [20, 50, 50]
     assert online_calls(sim) == 0
     assert clock.waits and set(clock.waits) == {900.0}
     # Journaled like online answers: a call and an answer per row, at the batch price.
@@ -157,7 +158,7 @@ def test_an_anthropic_batch_run_answers_every_row_through_message_batches(
     result = batch_run(sim, given, tmp_path / "state", CLAUDE)
     check_answers(result, given)
     stats = batch_stats(sim, "anthropic")
-    assert stats["rows_per_batch"] == [40, 40, 20]
+    assert sorted(stats["rows_per_batch"]) == [20, 40, 40]
     assert online_calls(sim) == 0
     price = find_price("anthropic", "claude-haiku-4-5", batch=True)
     online = find_price("anthropic", "claude-haiku-4-5")
