@@ -155,6 +155,7 @@ class JobConfig(BaseModel):
     batch_api: bool = False  # through the provider's Batch API (llm/batch.py)
     batch_fallback: Literal["batch", "online"] = "batch"
     detach: bool = False  # submit the batches and exit with status "waiting"
+    dashboard: bool = False  # serve the live report on 127.0.0.1 while the run goes
     batch_poll: float = Field(30.0, gt=0)  # seconds between looks at open batches
     budget: float | None = Field(None, gt=0)
     rpm: float | None = Field(None, gt=0)

@@ -21,11 +21,18 @@ tokens/min and max_concurrent bounds the parallel time.
 
 from __future__ import annotations
 
+import json
+import time
+from pathlib import Path
+
 from rowpilot._config import JobConfig
 from rowpilot._projection import Projection, ResourceUse, TaskProjection
 from rowpilot._result import Result
 from rowpilot.engine.job import execute, prepare
 from rowpilot.engine.progress import ProgressView
+from rowpilot.report.data import ESTIMATE_FILE
+from rowpilot.sinks.atomic import write_text_atomic
+from rowpilot.state.registry import Registry
 from rowpilot.tasks.factory import build_task
 
 __all__ = ["Projection", "ResourceUse", "TaskProjection", "sample_and_project"]
@@ -43,4 +50,27 @@ async def sample_and_project(
     sampled = prepare(config.model_copy(update={"limit": limit, "batch_api": False}))
     result = await execute(sampled, progress)
     total = whole.scan.total if whole.scan else 0
-    return result, sampled.task.project(whole.state, total, workers=config.workers_at_most)
+    projection = sampled.task.project(whole.state, total, workers=config.workers_at_most)
+    _remember(whole.state, sample, projection)
+    return result, projection
+
+
+def _remember(state: Path, sample: int, projection: Projection | TaskProjection) -> None:
+    """Keep the estimate beside the job's registry (``ESTIMATE_FILE``), so ``rowpilot
+    report`` can set the real run beside it: the whole job's cost (spent so far + the
+    rest's projection) and the rest's time."""
+    registry = Registry(state)
+    try:
+        spent = float(registry.spending()["cost_usd"])
+    finally:
+        registry.close()
+    batch = projection.batch_cost if isinstance(projection, Projection) else None
+    estimate = {
+        "made_at": time.time(),
+        "sample": sample,
+        "total": projection.total,
+        "cost_usd": spent + projection.cost,
+        "batch_cost_usd": None if batch is None else spent + batch,
+        "seconds": projection.parallel_seconds,
+    }
+    write_text_atomic(state / ESTIMATE_FILE, json.dumps(estimate, indent=1) + "\n")

@@ -281,6 +281,14 @@ SETTINGS: tuple[Setting, ...] = (
         panel=PROMPT_PANEL,
     ),
     Setting(
+        "dashboard",
+        False,
+        "Serve a live page of the run (the report's, refreshing) on 127.0.0.1; the URL, "
+        "with its access token, is printed at start; it stops with the run.",
+        "run",
+        ("run", "label"),
+    ),
+    Setting(
         "detach",
         False,
         "With --batch-api: submit the batches and exit (status 'waiting'); the same "

@@ -329,6 +329,11 @@ class ProviderError(RowpilotError):
         self.sent = sent
         self.headers: dict[str, str] = {}  # the response's rate-limit headers, if any
 
+    @property
+    def resource(self) -> str | None:
+        """The model the call went to, named as resources are (``provider/model``)."""
+        return f"{self.provider}/{self.model}" if self.provider and self.model else None
+
     def __reduce__(self) -> tuple[Any, ...]:
         state = self._context()
         state.update(

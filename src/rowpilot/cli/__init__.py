@@ -20,6 +20,7 @@ import typer
 from rowpilot.cli import (  # noqa: F401  (importing a command module registers its commands)
     _compare,
     _local_commands,
+    _report_commands,
     _run,
     _state_commands,
     _tool_commands,

@@ -42,6 +42,7 @@ def label(
     batch_api: Annotated[bool | None, option("batch_api", "label")] = None,
     batch_fallback: Annotated[str | None, option("batch_fallback", "label")] = None,
     detach: Annotated[bool | None, option("detach", "label")] = None,
+    dashboard: Annotated[bool | None, option("dashboard", "label")] = None,
     batch_poll: Annotated[float | None, option("batch_poll", "label")] = None,
     limit: Annotated[int | None, option("limit", "label")] = None,
     budget: Annotated[float | None, option("budget", "label")] = None,

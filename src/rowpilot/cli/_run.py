@@ -102,6 +102,7 @@ def run(
     batch_api: Annotated[bool, option("batch_api", "run")] = False,
     batch_fallback: Annotated[str | None, option("batch_fallback", "run")] = None,
     detach: Annotated[bool, option("detach", "run")] = False,
+    dashboard: Annotated[bool, option("dashboard", "run")] = False,
     batch_poll: Annotated[float | None, option("batch_poll", "run")] = None,
     budget: Annotated[float | None, option("budget", "run")] = None,
     rpm: Annotated[float | None, option("rpm", "run")] = None,

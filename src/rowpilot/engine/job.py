@@ -29,10 +29,10 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 from rowpilot._config import JobConfig
 from rowpilot._result import Result, Summary
@@ -57,14 +57,16 @@ from rowpilot.engine.items import (
     source_identity,
 )
 from rowpilot.engine.machine import read_machine, rss_mb
-from rowpilot.engine.progress import Counters, ProgressView, default_view
+from rowpilot.engine.progress import Counters, ProgressView, default_view, refreshing
 from rowpilot.engine.retry import DEFAULT_RETRY_ON, RetryPolicy, exception_types
+from rowpilot.engine.samples import Sampler
 from rowpilot.engine.scheduler import Scheduler
 from rowpilot.engine.settings import RunEnd, RunSettings
 from rowpilot.engine.sizing import AutoWorkers, choose_workers
 from rowpilot.engine.slots import Slots
 from rowpilot.errors import OutputCollisionError, StateError, UserError
 from rowpilot.executors.choice import ExecutorChoice, choose_executor, open_executor
+from rowpilot.report.dashboard import serving
 from rowpilot.sinks import LiveSink, Sink, sinks_for
 from rowpilot.sinks.exports import KEY_FIELD
 from rowpilot.sinks.gsheet import leave_out_written_columns
@@ -78,8 +80,6 @@ from rowpilot.tasks.factory import build_task
 from rowpilot.tasks.values import Ahead
 
 STATE_ROOT = Path(".rowpilot")
-PROGRESS_TICK = 1.0  # seconds between progress refreshes while rows are answered ahead
-T = TypeVar("T")
 KEEP_BYTES = 128 * 2**20
 """The memory the validation pass of a grouped task (the local model, whose run is bound by
 the model and the rows' reading) may keep its items in for the run, so that it reads the
@@ -439,7 +439,8 @@ async def _execute(job: PreparedJob, progress: ProgressView | None) -> Result:
         view = progress or default_view(job.config.progress)
         for sink in live:
             sink.start(job.state, job.task.version)
-        summary = await _run_locked(job, registry, view)
+        with serving(job.state, job.config.dashboard):  # --dashboard: the live report
+            summary = await _run_locked(job, registry, view)
         written = _write_outputs(job.sinks, registry) if registry.exists else []
     except UserError:
         # A user error before the first commit leaves no state behind, as it found it.
@@ -475,6 +476,7 @@ async def _run_locked(job: PreparedJob, registry: Registry, progress: ProgressVi
     total = job.scan.to_run if job.scan else None
     counters = Counters(total=total, started_at=time.monotonic())
     events = EventLog(job.state / "logs", run_id)
+    progress = sampler = Sampler(progress, job.task, events)  # a refresh may also sample
     try:
         executor = open_executor(
             job.executor, job.config, job.task, threads=job.settings.most_workers
@@ -525,7 +527,7 @@ async def _run_locked(job: PreparedJob, registry: Registry, progress: ProgressVi
     _announce_share(job.config, events, progress)
     try:
         inflight.open()  # in the try: a full disk here closes the run like any other error
-        ahead = await _refreshing(
+        ahead = await refreshing(
             job.task.answer_ahead(_pending_rows(job, registry), scope), progress, counters
         )
         with _signals_to(scheduler):
@@ -537,8 +539,7 @@ async def _run_locked(job: PreparedJob, registry: Registry, progress: ProgressVi
             ended_at=time.time(), status=summary.status, summary=json.dumps(summary.as_dict())
         )
         registry.update_run(run_row, meta=_validated_meta(job, end))
-        _log_limits(job.task, events)
-        events.emit("run.finished", **summary.as_dict())
+        _log_end(sampler, counters, events, summary)
     except BaseException as exc:
         progress.stop(counters, final=False)
         events.emit("run.error", error=f"{type(exc).__name__}: {exc}")
@@ -590,14 +591,17 @@ def _announce_share(config: JobConfig, events: EventLog, progress: ProgressView)
     progress.note(message)
 
 
-def _log_limits(task: Task, events: EventLog) -> None:
-    """The limits each rate-limited resource ended the run with: learned ones included,
-    times a shard's share (what the run paced at, and ``estimate`` projects from)."""
+def _log_end(sampler: Sampler, counters: Counters, events: EventLog, summary: Summary) -> None:
+    """The run's last sample, the limits each rate-limited resource ended it with (learned
+    ones included, times a shard's share: what the run paced at, and ``estimate``
+    projects from), and its summary."""
+    sampler.sample(counters, final=True)
     resources = {
-        name: dataclasses.asdict(limits) for name, limits in task.resource_limits().items()
+        name: dataclasses.asdict(limits) for name, limits in sampler.task.resource_limits().items()
     }
     if resources:
         events.emit("run.limits", resources=resources)
+    events.emit("run.finished", **summary.as_dict())
 
 
 def _crash_policy(
@@ -654,21 +658,6 @@ def _pending_rows(job: PreparedJob, registry: Registry) -> Iterator[tuple[str, d
                 yield item.key, item.fields
 
 
-async def _refreshing(work: Awaitable[T], progress: ProgressView, counters: Counters) -> T:
-    """``work`` (a task's rows answered ahead: batches waited for), with the progress view
-    refreshed every second meanwhile, as the scheduler's ticks refresh it later."""
-    running = asyncio.ensure_future(work)
-    try:
-        while not running.done():
-            progress.refresh(counters)
-            await asyncio.wait({running}, timeout=PROGRESS_TICK)
-    except BaseException:
-        running.cancel()
-        raise
-    progress.refresh(counters)
-    return running.result()
-
-
 async def _passes(
     job: PreparedJob,
     scheduler: Scheduler,
@@ -683,7 +672,7 @@ async def _passes(
     while end is RunEnd.COMPLETED and not scheduler.stopping:
         if scope.counters.parked:  # parked items are not in flight: a kill now blames none
             inflight.clear()
-        parked = await _refreshing(job.task.answer_parked(scope), progress, scope.counters)
+        parked = await refreshing(job.task.answer_parked(scope), progress, scope.counters)
         if parked is None:
             break
         ahead = parked

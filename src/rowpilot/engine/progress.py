@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import time
 from collections import Counter
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Protocol, TextIO
+from typing import Protocol, TextIO, TypeVar
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+PROGRESS_TICK = 1.0  # seconds between progress refreshes while rows are answered ahead
+T = TypeVar("T")
 
 
 @dataclass
@@ -171,3 +176,18 @@ def default_view(enabled: bool | None) -> ProgressView:
     if sys.stderr.isatty():
         return RichProgress(Console(stderr=True))
     return PlainProgress(sys.stderr)
+
+
+async def refreshing(work: Awaitable[T], progress: ProgressView, counters: Counters) -> T:
+    """``work`` (a task's rows answered ahead: batches waited for), with the progress view
+    refreshed every second meanwhile, as the scheduler's ticks refresh it later."""
+    running = asyncio.ensure_future(work)
+    try:
+        while not running.done():
+            progress.refresh(counters)
+            await asyncio.wait({running}, timeout=PROGRESS_TICK)
+    except BaseException:
+        running.cancel()
+        raise
+    progress.refresh(counters)
+    return running.result()

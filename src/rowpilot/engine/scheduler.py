@@ -406,9 +406,8 @@ class Scheduler:
             self._unlogged.extend(keys)
 
     def _log_started(self) -> None:
-        """One write for the keys admitted since the last: a run that dies leaves which
-        keys it had in flight (rowpilot.engine.crashes). Their tasks only start once admission
-        yields to the loop, and admission calls this before every point where it does."""
+        """One write of the keys admitted since the last (engine.crashes: what a dead run had
+        in flight); admission calls it before each point where it yields to their tasks."""
         if self._inflight is not None and self._unlogged:
             self._inflight.started(self._unlogged, self._running_keys)
         self._unlogged = []
@@ -699,6 +698,7 @@ class Scheduler:
             attempt=attempt,
             delay=round(delay, 3),
             error=_one_line(error),
+            resource=getattr(error, "resource", None),  # the model whose retries a report counts
             message=f"key={item.key!r} attempt {attempt} failed "
             f"({_one_line(error)}); retrying in {delay:.2f}s",
         )

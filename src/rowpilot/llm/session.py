@@ -210,6 +210,11 @@ class PromptTask(Task):
             return {}
         return {self.spec.model: self._session.resource.limits}
 
+    def resource_stats(self) -> dict[str, dict[str, Any]]:
+        if self._session is None:
+            return {}
+        return {self.spec.model: self._session.resource.stats()}
+
     def check_estimable(self) -> None:
         return None
 

@@ -145,6 +145,11 @@ class Task(ABC):
         included), by model or ``ctx.call`` name: what ``estimate`` projects from."""
         return {}
 
+    def resource_stats(self) -> dict[str, dict[str, Any]]:
+        """Each resource's live figures (``Resource.stats``) and the limits in force, by
+        model or ``ctx.call`` name: what the run's samples record for the report."""
+        return {}
+
     def check_estimable(self) -> None:
         """Raise a user error if ``estimate`` has nothing to project for this task."""
         raise ConfigError(

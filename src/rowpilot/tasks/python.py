@@ -173,6 +173,11 @@ class PythonTask(Task):
             return {}
         return {name: resource.limits for name, resource in self._steps.resources().items()}
 
+    def resource_stats(self) -> dict[str, dict[str, Any]]:
+        if self._steps is None:
+            return {}
+        return {name: r.stats() for name, r in self._steps.resources().items()}
+
 
 def _rebuilt(fn: Any, version: str) -> PythonTask:
     return PythonTask(fn, version=version)
