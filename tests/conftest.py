@@ -19,6 +19,9 @@ import pytest
 
 import rowpilot
 from fake_sheets import FakeSheets, serve, service_account_file
+from reported_job import CONFIG as REPORT_CONFIG
+from reported_job import KEY as REPORT_KEY
+from reported_job import Job, cli_args, run_job, write_rows
 from rowpilot.engine.events import NOTICES
 from rowpilot.simulator.server import Simulator, SimulatorConfig
 
@@ -379,3 +382,32 @@ def fake_sheets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fak
         yield fake
     finally:
         server.close()
+
+
+@pytest.fixture(scope="session")
+def report_job(
+    _running_simulators: dict[SimulatorConfig, Simulator],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Job]:
+    """The report tests' job (tests/reported_job.py), run once for the session: a budget
+    stop, then a run to the end."""
+    simulator = _running_simulators.get(REPORT_CONFIG)
+    if simulator is None:
+        simulator = _running_simulators[REPORT_CONFIG] = Simulator(REPORT_CONFIG)
+        simulator.start_in_thread()
+    else:
+        simulator.reset()
+    before = os.environ.get("OPENAI_API_KEY")
+    os.environ["OPENAI_API_KEY"] = REPORT_KEY
+    try:
+        folder = tmp_path_factory.mktemp("report")
+        source, state = write_rows(folder / "reviews.csv"), folder / "state"
+        first = invoke_cli(*cli_args(source, simulator, state, budget=0.0009), cwd=folder)
+        assert first.returncode == 3, first.stderr  # the budget stopped it
+        second = run_job(simulator, source, state)
+        yield Job(state, simulator, first.stdout, second)
+    finally:
+        if before is None:
+            os.environ.pop("OPENAI_API_KEY", None)
+        else:
+            os.environ["OPENAI_API_KEY"] = before

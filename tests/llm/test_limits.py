@@ -784,7 +784,7 @@ class FrozenWallClock(datetime):
 def test_anthropic_tokens_below_a_call_pause_until_the_reset_time(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("rowpilot.llm.limits.datetime", FrozenWallClock)
+    monkeypatch.setattr("rowpilot.llm.quotas.datetime", FrozenWallClock)
     headers = {
         "anthropic-ratelimit-tokens-remaining": "50",  # a call costs 100
         "anthropic-ratelimit-tokens-reset": "2030-01-01T00:00:00.300Z",  # NOW + 0.3 s

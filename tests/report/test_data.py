@@ -7,16 +7,16 @@ import json
 from pathlib import Path
 
 from reported_job import HOSTILE_KEY, MODEL, ROWS, Job
-
 from rowpilot.report.data import LogReader, Timeline, read_report
 
 
 def test_the_report_counts_what_the_registry_holds(report_job: Job) -> None:
     data = read_report(report_job.state)
-    first, second = report_job.first.summary, report_job.second.summary
+    first, second = data.runs[0], report_job.second.summary
     assert first.status == "budget_reached" and second.status == "completed_with_failures"
     assert data.done == first.done + second.done
     assert data.failed == first.failed + second.failed == ROWS // 10
+    assert f"{first.done} done, {first.failed} failed" in report_job.first
     assert data.items_total == ROWS
     assert data.causes == {"content_filter": ROWS // 10}
     assert abs(data.cost_usd - (first.cost_usd + second.cost_usd)) < 1e-9
@@ -29,11 +29,10 @@ def test_each_resource_has_its_requests_429s_retries_and_latency(report_job: Job
     data = read_report(report_job.state)
     view = data.resources[MODEL]
     asked = report_job.simulator.stats()["requests"]["chat.completions"]
-    limited = report_job.first.summary.rate_limited + report_job.second.summary.rate_limited
-    assert view.rate_limited == limited > 0  # the simulator admits 2 at once; the run asks 8
+    assert view.rate_limited > 0  # the simulator admits 2 at once; the runs ask 8
     assert round(sum(view.limited_series), 6) == view.rate_limited == asked.get("429")
     assert view.requests == sum(asked.values()) == round(sum(view.requests_series), 6)
-    assert view.retries == report_job.first.summary.retries + report_job.second.summary.retries
+    assert view.retries == data.runs[0].retries + report_job.second.summary.retries
     assert view.paid_calls == data.done  # one paid call a done row (no batching)
     p50, p99 = view.latency_at(0.5), view.latency_at(0.99)
     assert p50 is not None and p99 is not None and 0 < p50 <= p99
@@ -60,7 +59,11 @@ def test_failures_are_listed_with_a_retry_command(report_job: Job) -> None:
     keys = [failure.key for failure in data.failures]
     assert HOSTILE_KEY in keys and len(keys) == data.failed
     assert all(f.cause == "content_filter" and f.attempts == 1 for f in data.failures)
-    assert data.retry_command is None  # rowpilot.run: no command line to give back
+    # The last run typed as a command (the second was a library call), to retry them:
+    assert data.retry_command is not None and data.retry_command.startswith("rowpilot run ")
+    assert data.retry_command.endswith(" --retry-failed") and "--budget 0.0009" in (
+        data.retry_command
+    )
 
 
 def test_a_timeline_maps_moments_inside_their_run() -> None:

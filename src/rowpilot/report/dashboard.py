@@ -86,10 +86,10 @@ class Dashboard:
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
+        if self._thread is not None:  # shutdown() waits for a serving loop: only if one runs
+            self._server.shutdown()
             self._thread.join()
+        self._server.server_close()
 
     def serve_until_interrupted(self) -> None:
         try:

@@ -107,6 +107,8 @@ class RunLine:
     budget_usd: float | None
     shard: str | None
     stop_reason: str | None
+    retries: int = 0
+    rate_limited: int = 0  # 429s
 
     @property
     def running(self) -> bool:
@@ -346,6 +348,10 @@ class _Builder:
             budget_usd=summary.get("budget_usd", self._last_sample(run_id).get("budget_usd")),
             shard=settings.get("shard"),
             stop_reason=summary.get("stop_reason"),
+            retries=int(summary.get("retries", self._last_sample(run_id).get("retries", 0))),
+            rate_limited=int(
+                summary.get("rate_limited", self._last_sample(run_id).get("rate_limited", 0))
+            ),
         )
 
     def _run_counts(self, run_id: str, summary: Mapping[str, Any]) -> tuple[int, int, float]:

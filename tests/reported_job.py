@@ -6,8 +6,10 @@ budget that stops it before the end; then a second run of the same job that fini
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import rowpilot
 from rowpilot.simulator.server import Simulator, SimulatorConfig
@@ -36,21 +38,39 @@ def rows(n: int = ROWS) -> list[dict[str, str]]:
 class Job:
     state: Path
     simulator: Simulator
-    first: rowpilot.Result
+    first: str  # what the first run (the CLI's) printed
     second: rowpilot.Result
 
 
-def run_job(simulator: Simulator, state: Path, **settings: object) -> rowpilot.Result:
-    given: dict[str, object] = {
+def write_rows(path: Path) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, ["id", "text"])
+        writer.writeheader()
+        writer.writerows(rows())
+    return path
+
+
+def settings(simulator: Simulator, state: Path) -> dict[str, Any]:
+    return {
         "key": "id",
         "model": MODEL,
         "base_url": simulator.openai_base_url,
         "prompt": "Is this review positive? {text}",
         "labels": ["positive", "negative"],
         "state": state,
-        "env_file": None,
         "workers": 8,
         "retry_delay": 0.01,
     }
-    given.update(settings)
-    return rowpilot.run(source=rows(), **given)
+
+
+def cli_args(source: Path, simulator: Simulator, state: Path, budget: float) -> list[str]:
+    """The first run, as a user types it: its command is what the report shows."""
+    args = ["run", str(source), "--budget", str(budget), "--no-progress"]
+    for name, value in settings(simulator, state).items():
+        flag = "--" + name.replace("_", "-")
+        args += [flag, *value] if isinstance(value, list) else [flag, str(value)]
+    return args
+
+
+def run_job(simulator: Simulator, source: Path, state: Path) -> rowpilot.Result:
+    return rowpilot.run(source=source, env_file=None, **settings(simulator, state))
