@@ -5,7 +5,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,13 +30,23 @@ lint: $(VENV)/.dev-installed
 	$(BIN)/ruff format --check src tests bench examples
 	$(BIN)/mypy
 
+# The report's browser tests drive Debian's Chromium (tests/report/test_browser.py). It is
+# installed here when missing and this is a Debian machine run as root (CI); anywhere else
+# the tests skip and say why, and the page is still checked structurally.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive \
+	  apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1; } || \
+	echo "make: Chromium could not be installed: the browser tests will skip"
+
 # Branch coverage, CLI subprocesses and xdist workers included; the threshold only ever
 # rises. Two workers on two cores: the CLI tests now run in-process, so the suite is bound
 # by CPU, not by waiting on subprocesses, and more workers only contend; each file stays
 # on one worker, so a module fixture (an example run) runs once. The 15 slowest tests are
 # printed so that a test growing slow is seen in CI.
 PYTEST_WORKERS ?= 2
-test: lint
+test: lint browser
 	rm -f .coverage .coverage.*
 	$(BIN)/coverage run -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadfile \
 		--durations=15

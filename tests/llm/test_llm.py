@@ -32,6 +32,7 @@ from rowpilot.engine.job import auto_workers
 from rowpilot.errors import OutputCollisionError
 from rowpilot.llm.limits import Limits
 from rowpilot.llm.session import LLMSession, PromptTask
+from rowpilot.report import read_report
 from rowpilot.simulator.server import Simulator, SimulatorConfig, _row_object
 from rowpilot.state.registry import REGISTRY_FILE
 from rowpilot.tasks.factory import build_task
@@ -777,6 +778,14 @@ def test_estimate_runs_a_sample_then_projects_the_rest(sim: Simulator, tmp_path:
     assert run.returncode == 0, run.stderr
     assert "10 skipped" in run.stdout  # the sample is not paid again
     assert chat_answered(sim) == 2 + 18
+    # The estimate is kept for the report, beside the actual figures.
+    report = cli_in_process("report", "job.toml", "-o", "report.html", cwd=tmp_path, key=CANARY)
+    assert report.returncode == 0, report.stderr
+    estimate_kept = read_report(tmp_path / ".rowpilot" / "estimated").estimate
+    assert estimate_kept is not None and (estimate_kept.sample, estimate_kept.total) == (10, 100)
+    assert estimate_kept.cost_usd > 0 and estimate_kept.seconds > 0
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "estimate (sample of 10" in page and "of the estimate)" in page
 
 
 def test_run_estimate_asks_unless_yes(sim: Simulator, tmp_path: Path) -> None:

@@ -289,7 +289,8 @@ def _cost(data: ReportData) -> str:
                 ]
             )
     table = _table(["", "USD"], rows, numeric={1})
-    chart = _chart("cost", charts.cost(data)) if data.timeline.span else ""
+    paid = data.cost_usd > 0 or any(b is not None for b in data.budget_series) or estimate
+    chart = _chart("cost", charts.cost(data)) if data.timeline.span and paid else ""
     return _section("cost", "Cost", table + chart)
 
 

@@ -207,7 +207,19 @@ def merge(sources: list[Path], into: Path) -> MergeReport:
             target.close()
         _move_into_place(target, Registry(into))
         shutil.rmtree(building, ignore_errors=True)
+        _copy_logs(sources, into)
     return MergeReport(str(into), items, conflicts, per_source)
+
+
+def _copy_logs(sources: list[Path], into: Path) -> None:
+    """The shards' run logs beside the merged registry (each named by its run), so a
+    report of the merged state draws every shard's runs; one already there is kept."""
+    for source in sources:
+        for log in sorted((source / "logs").glob("*.jsonl")):
+            copy = into / "logs" / log.name
+            if not copy.exists():
+                copy.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(log, copy)
 
 
 _MERGING = ".merging-"

@@ -1,0 +1,55 @@
+"""The report of merged shards (one line a shard, merged totals, every shard's runs drawn
+from the logs the merge brought) and of a job run several times."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import rowpilot
+from rowpilot.report import read_report
+from rowpilot.report.page import render_page
+from rowpilot.state.operations import merge
+
+
+def double(row: dict[str, Any]) -> dict[str, Any]:
+    if row["n"] % 7 == 0:
+        raise ValueError("seven")
+    return {"double": row["n"] * 2}
+
+
+def test_merged_shards_have_a_line_each_and_merged_totals(tmp_path: Path) -> None:
+    rows = [{"id": f"k{i}", "n": i} for i in range(60)]
+    shards = []
+    for k in (1, 2, 3):
+        state = tmp_path / f"shard-{k}"
+        rowpilot.run(double, rows, key="id", shard=f"{k}/3", state=state, progress=False)
+        shards.append(state)
+    into = tmp_path / "merged"
+    merge(shards, into)
+    assert len(list((into / "logs").glob("*.jsonl"))) == 3  # the shards' logs came along
+
+    data = read_report(into)
+    assert [s.shard for s in data.shards] == ["1/3", "2/3", "3/3"]
+    assert sum(s.done for s in data.shards) == data.done == 60 - 9
+    assert sum(s.failed for s in data.shards) == data.failed == 9
+    assert len(data.runs) == 3 and len(data.timeline.lengths) == 3
+    assert sum(data.items_series) == 60
+    page = render_page(data)
+    assert '<section id="shards">' in page and "<b>merged</b>" in page
+
+    merge(shards, into)  # again: the logs are not copied twice
+    assert len(list((into / "logs").glob("*.jsonl"))) == 3
+
+
+def test_each_run_of_a_job_has_its_line(tmp_path: Path) -> None:
+    rows = [{"id": f"k{i}", "n": i} for i in range(20)]
+    state = tmp_path / "state"
+    rowpilot.run(double, rows, key="id", state=state, limit=5, progress=False)
+    rowpilot.run(double, rows, key="id", state=state, progress=False)
+    rowpilot.run(double, rows, key="id", state=state, retry_failed=True, progress=False)
+    data = read_report(state)
+    assert [run.done for run in data.runs] == [4, 13, 0]
+    assert [run.failed for run in data.runs] == [1, 2, 3]
+    assert data.shards == []  # no shard: no shard table
+    assert data.failed == 3 and data.items_total == 20
