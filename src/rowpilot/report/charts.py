@@ -206,7 +206,7 @@ def latency(data: ReportData) -> str:
             axes.stairs(counts, edges, fill=True, alpha=0.45, label=view.name)
         axes.set_xscale("log")
         axes.xaxis.set_major_formatter(_seconds_formatter())
-        axes.xaxis.set_minor_formatter(_seconds_formatter())
+        axes.xaxis.set_minor_formatter(_no_labels())
         axes.set_xlabel("call latency")
         axes.set_ylabel("calls")
         _legend(axes)
@@ -218,6 +218,12 @@ def _seconds_formatter() -> Any:
     from matplotlib.ticker import FuncFormatter
 
     return FuncFormatter(lambda v, _: f"{v * 1000:.0f} ms" if v < 1 else f"{v:g} s")
+
+
+def _no_labels() -> Any:
+    from matplotlib.ticker import NullFormatter
+
+    return NullFormatter()
 
 
 def causes(data: ReportData) -> str:

@@ -125,7 +125,7 @@ def _counters(data: ReportData) -> str:
         max(0, data.items_total - data.done - data.failed) if data.items_total is not None else None
     )
     rate = _recent_rate(data)
-    budget = next((run.budget_usd for run in reversed(data.runs) if run.budget_usd), None)
+    budget = data.runs[-1].budget_usd if data.runs else None  # the last run's: per run
     cells = [
         ("done", f"{data.done:,}"),
         ("failed", f"{data.failed:,}"),
