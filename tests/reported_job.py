@@ -19,6 +19,7 @@ MODEL = "openai/gpt-4o-mini"
 HOSTILE_KEY = "<script>window.pwned=1</script>"
 REFUSED = "forbidden"
 ROWS = 120
+RPM = 60_000.0  # given to the second run
 CONFIG = SimulatorConfig(
     api_key=KEY, max_concurrent=2, latency_ms=5, refuse_word=REFUSED, error_500=0.05, seed=3
 )
@@ -73,4 +74,5 @@ def cli_args(source: Path, simulator: Simulator, state: Path, budget: float) -> 
 
 
 def run_job(simulator: Simulator, source: Path, state: Path) -> rowpilot.Result:
-    return rowpilot.run(source=source, env_file=None, **settings(simulator, state))
+    """The second run, through the library, with a limit given (the report says so)."""
+    return rowpilot.run(source=source, env_file=None, rpm=RPM, **settings(simulator, state))

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rowpilot._money import usd
 from rowpilot.sinks.exports import ExportRecord, to_dataframe
 from rowpilot.state.registry import Registry
 
@@ -107,7 +108,7 @@ class Summary:
             shares = ", ".join(f"{cause} {n:,}" for cause, n in sorted(self.causes.items()))
             lines.append(f"failed by cause: {shares}")
         if self.calls or self.cached or self.budget_usd is not None:
-            budget = f" of a ${self.budget_usd:,.2f} budget" if self.budget_usd is not None else ""
+            budget = f" of a {usd(self.budget_usd)} budget" if self.budget_usd is not None else ""
             lines.append(f"cost ${self.cost_usd:,.4f}{budget}: {self._calls_line()}")
         if self.rate_limited or self.splits:
             lines.append(

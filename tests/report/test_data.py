@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from reported_job import HOSTILE_KEY, MODEL, ROWS, Job
+from reported_job import HOSTILE_KEY, MODEL, ROWS, RPM, Job
 from rowpilot.report.data import LogReader, Timeline, read_report
 
 
@@ -17,6 +17,7 @@ def test_the_report_counts_what_the_registry_holds(report_job: Job) -> None:
     assert data.done == first.done + second.done
     assert data.failed == first.failed + second.failed == ROWS // 10
     assert f"{first.done} done, {first.failed} failed" in report_job.first
+    assert "of a $0.0009 budget" in report_job.first  # a small budget is not "$0.00"
     assert data.items_total == ROWS
     assert data.causes == {"content_filter": ROWS // 10}
     assert abs(data.cost_usd - (first.cost_usd + second.cost_usd)) < 1e-9
@@ -34,6 +35,8 @@ def test_each_resource_has_its_requests_429s_retries_and_latency(report_job: Job
     assert view.requests == sum(asked.values()) == round(sum(view.requests_series), 6)
     assert view.retries == data.runs[0].retries + report_job.second.summary.retries
     assert view.paid_calls == data.done  # one paid call a done row (no batching)
+    assert (view.rpm, view.learned) == (RPM, False)  # the second run's, given
+    assert view.rpm_used is not None and 0 < view.rpm_used < 1
     p50, p99 = view.latency_at(0.5), view.latency_at(0.99)
     assert p50 is not None and p99 is not None and 0 < p50 <= p99
     assert sum(view.latency.values()) == view.requests
@@ -47,6 +50,7 @@ def test_the_time_line_lays_runs_end_to_end_and_marks_the_budget_stop(report_job
     assert timeline.offsets[second.run_id] == timeline.lengths[first.run_id]
     assert sum(data.items_series) == data.done + data.failed
     assert data.cost_series[-1] == max(data.cost_series)
+    assert any(pause.kind == "429" for pause in data.pauses)  # the 429s are marked
     labels = [mark.label for mark in data.marks]
     assert labels[:1] == ["run 1"] and "run 2" in labels and "budget_reached" in labels
     budget_line = [b for b in data.budget_series if b is not None]

@@ -53,3 +53,16 @@ def test_each_run_of_a_job_has_its_line(tmp_path: Path) -> None:
     assert [run.failed for run in data.runs] == [1, 2, 3]
     assert data.shards == []  # no shard: no shard table
     assert data.failed == 3 and data.items_total == 20
+
+
+def test_workers_auto_and_memory_pauses_are_drawn(tmp_path: Path) -> None:
+    rows = [{"id": f"k{i}", "n": i} for i in range(40)]
+    # 1 MB of memory cannot hold an item: admission pauses, and goes on one at a time.
+    state = tmp_path / "state"
+    rowpilot.run(double, rows, key="id", state=state, workers="auto", max_memory=1,
+                 progress=False)  # fmt: skip
+    data = read_report(state)
+    assert data.runs[0].workers.startswith("auto (from ")
+    assert any(workers is not None for workers in data.workers_series)
+    assert [pause.kind for pause in data.pauses].count("memory") >= 1
+    assert all(0 <= p.start <= p.end <= data.timeline.span + 1e-6 for p in data.pauses)

@@ -13,6 +13,8 @@ from typing import Protocol, TextIO, TypeVar
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from rowpilot._money import usd
+
 PROGRESS_TICK = 1.0  # seconds between progress refreshes while rows are answered ahead
 T = TypeVar("T")
 
@@ -85,7 +87,7 @@ def _status_text(c: Counters, now: float) -> str:
         f"  {c.processed_rate(now):,.0f} items/s"
     )
     if c.calls or c.cached or c.budget_usd is not None:
-        budget = f" of ${c.budget_usd:,.2f}" if c.budget_usd is not None else ""
+        budget = f" of {usd(c.budget_usd)}" if c.budget_usd is not None else ""
         text += f"  ${c.cost_usd:,.4f}{budget}"
     if c.workers is not None:
         text += f"  workers {c.workers}"

@@ -7,8 +7,9 @@
 * **Read-only**: GET and HEAD of ``/`` (the page) and ``/fragment`` (its body, which the
   page fetches every ``REFRESH_SECONDS``); any other method is 405, any other path 404.
   Nothing it serves can change the run: it reads the registry read-only and the logs.
-* **Cheap**: a body is drawn at most once per refresh period however many tabs poll
-  (one drawing is shared), and the logs are read from where the last read stopped.
+* **Cheap**: one drawing is shared by every tab, made again only when it is half a
+  refresh period old and five times as old as it took to make (a fifth of a core at
+  most), and the logs are read from where the last read stopped.
 * **Stops with the run**: ``rowpilot run --dashboard`` stops it when the run ends;
   ``rowpilot dashboard STATE`` serves until interrupted.
 """
@@ -60,6 +61,7 @@ class Dashboard:
         self._logs = LogReader(state / "logs")
         self._lock = threading.Lock()
         self._drawn: tuple[float, str, str] | None = None  # (when, page, fragment)
+        self._gap = REFRESH_SECONDS / 2
         try:
             self._server = ThreadingHTTPServer((HOST, port), self._handler())
         except OSError as exc:
@@ -102,11 +104,14 @@ class Dashboard:
     # -- drawing --
 
     def drawn(self) -> tuple[str, str]:
-        """The page and its body, drawn again when the last drawing is a period old."""
+        """The page and its body, drawn again when the last drawing is old enough: half a
+        refresh period, or five times what the last drawing took, so that drawing a large
+        job takes a fifth of a core at most, however many tabs poll."""
         with self._lock:
             now = time.monotonic()
-            if self._drawn is None or now - self._drawn[0] >= REFRESH_SECONDS / 2:
+            if self._drawn is None or now - self._drawn[0] >= self._gap:
                 self._drawn = (now, *self._draw())
+                self._gap = max(REFRESH_SECONDS / 2, 5 * (time.monotonic() - now))
             return self._drawn[1], self._drawn[2]
 
     def _draw(self) -> tuple[str, str]:

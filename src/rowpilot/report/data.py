@@ -400,13 +400,12 @@ class _Builder:
     ) -> tuple[list[float], list[float], list[float | None]]:
         items = [0.0] * buckets
         spent = [0.0] * buckets
-        for run_id, finished_at, cost in self.db.finishes():
-            at = timeline.at(run_id, finished_at)
-            if at is None:
-                continue
-            index = min(buckets - 1, int(at // width))
-            items[index] += 1
-            spent[index] += cost or 0.0
+        for run_id, start in timeline.starts.items():
+            length, offset = timeline.lengths[run_id], timeline.offsets[run_id]
+            for bucket, count, cost in self.db.finishes(run_id, start, length, offset, width):
+                index = min(buckets - 1, max(0, int(bucket)))
+                items[index] += count
+                spent[index] += cost
         cumulative, total = [], 0.0
         for value in spent:
             total += value
@@ -508,6 +507,7 @@ class _Builder:
         pauses: list[Pause] = []
         for run_id, events in self.logs.events.items():
             memory_from: float | None = None
+            before: Mapping[str, Any] = {}  # the last sample
             for event in events:
                 at = timeline.at(run_id, float(event["ts"]))
                 if at is None:
@@ -518,7 +518,8 @@ class _Builder:
                     pauses.append(Pause(memory_from, at, "memory"))
                     memory_from = None
                 elif event["event"] == "run.sample":
-                    pauses += _rate_pauses(event, at)
+                    pauses += _rate_pauses(event, before, at)
+                    before = event
             if memory_from is not None:
                 end = timeline.offsets[run_id] + timeline.lengths[run_id]
                 pauses.append(Pause(memory_from, end, "memory"))
@@ -652,8 +653,17 @@ def _carried(series: list[float | None]) -> list[float | None]:
     return out
 
 
-def _rate_pauses(sample: Mapping[str, Any], at: float) -> Iterator[Pause]:
-    for figures in (sample.get("resources") or {}).values():
+def _rate_pauses(
+    sample: Mapping[str, Any], before: Mapping[str, Any], at: float
+) -> Iterator[Pause]:
+    """A resource's 429s since the last sample (admission paused after each), and a pause
+    still to run at this one."""
+    since = float(before.get("elapsed", sample.get("elapsed", 0.0)))
+    start = at - (float(sample.get("elapsed", 0.0)) - since)
+    previous = before.get("resources") or {}
+    for name, figures in (sample.get("resources") or {}).items():
+        if _grown(figures, previous.get(name, {}), "rate_limited") > 0:
+            yield Pause(start, at, "429")
         paused = float(figures.get("paused_seconds") or 0.0)
         if paused > 0:
             yield Pause(at, at + paused, "429")

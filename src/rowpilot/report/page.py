@@ -13,6 +13,7 @@ import datetime as dt
 import html
 from collections.abc import Iterable, Sequence
 
+from rowpilot._money import usd
 from rowpilot.report import charts
 from rowpilot.report.data import ReportData, ResourceView, RunLine
 
@@ -337,11 +338,7 @@ def _n(value: int) -> str:
 
 
 def _usd(value: float | None, places: int | None = None) -> str:
-    if value is None:
-        return ""
-    if places is None:
-        places = 2 if value >= 10 else 4
-    return f"${value:,.{places}f}"
+    return "" if value is None else usd(value, places)
 
 
 def _seconds(value: float | None) -> str:

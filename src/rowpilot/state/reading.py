@@ -9,7 +9,6 @@ refused with a hint (any run or ``rowpilot status`` updates it).
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -60,10 +59,17 @@ class RegistryReader:
             " FROM runs ORDER BY started_at"
         )
 
-    def finishes(self) -> Iterator[tuple[str, float, float]]:
-        """(run_id, finished_at, cost_usd) of every item."""
-        assert self._db is not None
-        yield from self._db.execute("SELECT run_id, finished_at, cost_usd FROM items")
+    def finishes(
+        self, run_id: str, start: float, length: float, offset: float, width: float
+    ) -> list[tuple[int, int, float]]:
+        """The run's items by bucket of run time: (bucket, items finished, their cost). An
+        item's moment is its finish, clamped into the run (``start``, ``length``), placed
+        at the run's ``offset`` in run time, in buckets ``width`` seconds wide."""
+        return self._rows(
+            "SELECT CAST((min(max(finished_at - ?, 0), ?) + ?) / ? AS INTEGER) AS bucket,"
+            " count(*), coalesce(sum(cost_usd), 0) FROM items WHERE run_id = ? GROUP BY bucket",
+            (start, length, offset, width, run_id),
+        )
 
     def last_finish(self, run_id: str) -> float | None:
         row = self._rows("SELECT max(finished_at) FROM items WHERE run_id = ?", (run_id,))
