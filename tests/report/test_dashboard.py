@@ -104,6 +104,9 @@ def test_run_dashboard_serves_the_run_live_and_stops_with_it(
         run.open_gate(1)  # the second gate stays shut: the run goes on
         wait_until(lambda: done_counter(get(address)[1]) == 2 * OPEN - 1, "the counter to move")
     assert run.result[0].summary.done == 29  # one row fails: the hostile key
+    token = address.split("token=", 1)[1]
+    for written in run.state.rglob("*"):  # the token is printed once, never stored
+        assert not written.is_file() or token.encode() not in written.read_bytes()
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(address, timeout=30)  # stopped with the run
 
