@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from rowpilot._format import duration
 from rowpilot.errors import ConfigError
 from rowpilot.llm.batch_client import COMPLETION_WINDOW
 from rowpilot.llm.cost import Price, cost_usd
@@ -100,8 +101,8 @@ class Projection(_Rest):
             f"({self.rows_per_call:.1f} rows per call, {self.seconds_per_call:.2f}s each)",
             f"still to do: {self.remaining:,} items in about {self.calls_left:,} calls",
             f"cost: ${self.cost:,.4f} more (${self.cost_per_item:.6f} per item)",
-            f"time: {_duration(self.sequential_seconds)} one call at a time, "
-            f"{_duration(self.parallel_seconds)} with {self.workers} workers "
+            f"time: {duration(self.sequential_seconds)} one call at a time, "
+            f"{duration(self.parallel_seconds)} with {self.workers} workers "
             f"(bound by {binding}{'; limits ' + limits if limits else ''})",
             *self._batch_lines(),
             *self.notes,
@@ -166,14 +167,6 @@ def _batch_cost(price: Price | None, profile: Mapping[str, float]) -> float | No
     rows = profile["rows"] or 1.0
     calls_cost = cost_usd(price, round(profile["input_tokens"]), round(profile["output_tokens"]))
     return calls_cost / rows
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    if seconds < 3600:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 # -- Python tasks: ctx.llm and ctx.call steps -------------------------------------------------
@@ -249,8 +242,8 @@ class TaskProjection(_Rest):
             f"(calls per item: {per_item or 'none'}; {self.seconds_per_item:.2f}s per item)",
             f"still to do: {self.remaining:,} items, about {self.calls_left:,} calls",
             f"cost: ${self.cost:,.4f} more (${self.cost_per_item:.6f} per item)",
-            f"time: {_duration(self.sequential_seconds)} one item at a time, "
-            f"{_duration(self.parallel_seconds)} with {self.workers} workers "
+            f"time: {duration(self.sequential_seconds)} one item at a time, "
+            f"{duration(self.parallel_seconds)} with {self.workers} workers "
             f"(bound by {binding}{'; limits ' + limits if limits else ''})",
         ]
 

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rowpilot._money import usd
+from rowpilot._format import usd
 from rowpilot.sinks.exports import ExportRecord, to_dataframe
 from rowpilot.state.registry import Registry
 

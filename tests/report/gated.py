@@ -6,6 +6,7 @@ can be read while the run goes, and its counters seen to move when the test lets
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -72,3 +73,16 @@ def gated_run(folder: Path, **settings: Any) -> Iterator[GatedRun]:
         thread.join()
     if run.errors:
         raise run.errors[0]
+
+
+class PrintedUrl:
+    """The dashboard URL a run printed on stderr, read through pytest's ``capsys``."""
+
+    def __init__(self, capsys: Any) -> None:
+        self.capsys = capsys
+        self.printed: list[str] = []
+
+    def __call__(self) -> str | None:
+        self.printed.append(self.capsys.readouterr().err)
+        found = re.search(r"dashboard: (http://\S+)", "".join(self.printed))
+        return found.group(1) if found else None

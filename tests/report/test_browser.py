@@ -9,14 +9,13 @@ it); the page's HTML is still checked structurally by test_page.py and test_dash
 from __future__ import annotations
 
 import os
-import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from gated import HOSTILE, OPEN, gated_run
+from gated import HOSTILE, OPEN, PrintedUrl, gated_run
 
 from conftest import wait_until
 from reported_job import HOSTILE_KEY, Job
@@ -127,13 +126,7 @@ def _done(job: Job) -> int:
 def test_the_live_dashboard_moves_in_chromium(
     browser: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    printed: list[str] = []
-
-    def url() -> str | None:
-        printed.append(capsys.readouterr().err)
-        found = re.search(r"dashboard: (http://\S+)", "".join(printed))
-        return found.group(1) if found else None
-
+    url = PrintedUrl(capsys)
     with gated_run(tmp_path, dashboard=True) as run:
         wait_until(lambda: url() is not None, "the dashboard's URL on stderr")
         watched = Watched(browser)

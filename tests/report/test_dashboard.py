@@ -10,7 +10,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from gated import OPEN, gated_run
+from gated import OPEN, PrintedUrl, gated_run
 
 from conftest import wait_until
 from reported_job import Job
@@ -89,13 +89,7 @@ def test_before_the_first_results_it_says_it_waits(tmp_path: Path) -> None:
 def test_run_dashboard_serves_the_run_live_and_stops_with_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    printed: list[str] = []
-
-    def url() -> str | None:
-        printed.append(capsys.readouterr().err)
-        found = re.search(r"dashboard: (http://\S+)", "".join(printed))
-        return found.group(1) if found else None
-
+    url = PrintedUrl(capsys)
     with gated_run(tmp_path, dashboard=True) as run:
         wait_until(lambda: url() is not None, "the dashboard's URL on stderr")
         address = url()

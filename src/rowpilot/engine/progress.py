@@ -13,7 +13,7 @@ from typing import Protocol, TextIO, TypeVar
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from rowpilot._money import usd
+from rowpilot._format import usd
 
 PROGRESS_TICK = 1.0  # seconds between progress refreshes while rows are answered ahead
 T = TypeVar("T")

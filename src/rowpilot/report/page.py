@@ -13,7 +13,7 @@ import datetime as dt
 import html
 from collections.abc import Iterable, Sequence
 
-from rowpilot._money import usd
+from rowpilot._format import duration, usd
 from rowpilot.report import charts
 from rowpilot.report.data import ReportData, ResourceView, RunLine
 
@@ -191,7 +191,7 @@ def _shards(data: ReportData) -> str:
             _n(s.done),
             _n(s.failed),
             _e(_usd(s.cost_usd)),
-            _e(_duration(s.seconds)),
+            _e(duration(s.seconds)),
         ]
         for s in data.shards
     ]
@@ -201,7 +201,7 @@ def _shards(data: ReportData) -> str:
         _n(sum(s.done for s in data.shards)),
         _n(sum(s.failed for s in data.shards)),
         _e(_usd(sum(s.cost_usd for s in data.shards))),
-        _e(_duration(sum(s.seconds for s in data.shards))),
+        _e(duration(sum(s.seconds for s in data.shards))),
     ]
     heads = ["shard", "runs", "done", "failed", "cost", "time"]
     return _section("shards", "Shards", _table(heads, [*rows, total], numeric={1, 2, 3, 4}))
@@ -345,14 +345,6 @@ def _seconds(value: float | None) -> str:
     if value is None:
         return ""
     return f"{value * 1000:,.0f} ms" if value < 1 else f"{value:,.2f} s"
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.1f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def _when(ts: float | None) -> str:
