@@ -66,3 +66,26 @@ def test_workers_auto_and_memory_pauses_are_drawn(tmp_path: Path) -> None:
     assert any(workers is not None for workers in data.workers_series)
     assert [pause.kind for pause in data.pauses].count("memory") >= 1
     assert all(0 <= p.start <= p.end <= data.timeline.span + 1e-6 for p in data.pauses)
+
+
+def lookup(text: str) -> str:
+    return text.upper()
+
+
+async def with_a_resource(row: dict[str, Any], ctx: Any) -> dict[str, Any]:
+    found = await ctx.call("lookup", lookup, str(row["n"]), cost=0.001)
+    return {"found": found}
+
+
+def test_a_ctx_call_resource_has_its_requests_limit_and_cost(tmp_path: Path) -> None:
+    rows = [{"id": f"k{i}", "n": i} for i in range(30)]
+    state = tmp_path / "state"
+    limits = {"lookup": {"rpm": 60_000}}
+    rowpilot.run(with_a_resource, rows, key="id", state=state, limits=limits, progress=False)
+    data = read_report(state)
+    view = data.resources["lookup"]
+    assert view.requests == 30 and view.rpm == 60_000 and not view.learned
+    assert sum(view.latency.values()) == 30
+    assert abs(data.cost_usd - 0.03) < 1e-9
+    page = render_page(data)
+    assert "<code>lookup</code>" in page and "60,000 rpm (given)" in page
