@@ -66,7 +66,6 @@ from rowpilot.engine.sizing import AutoWorkers, choose_workers
 from rowpilot.engine.slots import Slots
 from rowpilot.errors import OutputCollisionError, StateError, UserError
 from rowpilot.executors.choice import ExecutorChoice, choose_executor, open_executor
-from rowpilot.report.dashboard import serving
 from rowpilot.sinks import LiveSink, Sink, sinks_for
 from rowpilot.sinks.exports import KEY_FIELD
 from rowpilot.sinks.gsheet import leave_out_written_columns
@@ -439,6 +438,8 @@ async def _execute(job: PreparedJob, progress: ProgressView | None) -> Result:
         view = progress or default_view(job.config.progress)
         for sink in live:
             sink.start(job.state, job.task.version)
+        from rowpilot.report.dashboard import serving  # here: 20 ms of imports a start
+
         with serving(job.state, job.config.dashboard):  # --dashboard: the live report
             summary = await _run_locked(job, registry, view)
         written = _write_outputs(job.sinks, registry) if registry.exists else []
