@@ -6,14 +6,17 @@ from __future__ import annotations
 import re
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import rowpilot
 from reported_job import HOSTILE_KEY, MODEL, Job
 from rowpilot.errors import StateError
 from rowpilot.report import read_report, write_report
+from rowpilot.report.data import MAX_FAILURE_ROWS, MAX_POINTS
 from rowpilot.report.page import render_fragment, render_page
 
 
@@ -113,3 +116,20 @@ def test_any_text_in_a_command_is_escaped(text: str) -> None:
     cell = _code(text)
     assert "<" not in cell[len("<code>") : -len("</code>")]
     assert '"' not in cell[len("<code>") : -len("</code>")]
+
+
+def refuse(row: dict[str, Any]) -> dict[str, Any]:
+    raise ValueError(f"row {row['n']} refused: " + "x" * 200)
+
+
+def test_the_page_does_not_grow_with_the_job(tmp_path: Path) -> None:
+    sizes = []
+    for count in (100, 3_000):  # every row fails: the failure table is as full as it gets
+        rows = [{"id": f"k{i:05d}", "n": i} for i in range(count)]
+        state = tmp_path / f"job-{count}"
+        rowpilot.run(refuse, rows, key="id", state=state, keep_going=True, progress=False)
+        data = read_report(state)
+        assert data.failed == count and len(data.failures) == MAX_FAILURE_ROWS
+        assert data.buckets <= MAX_POINTS + 1
+        sizes.append(len(render_page(data).encode()))
+    assert sizes[1] < sizes[0] * 1.5 and sizes[1] < 2 * 1024 * 1024
