@@ -6,9 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 import rowpilot
+from conftest import Simulators
 from rowpilot.report import read_report
 from rowpilot.report.page import render_page
+from rowpilot.simulator.server import SimulatorConfig
 from rowpilot.state.operations import merge
 
 
@@ -89,3 +93,18 @@ def test_a_ctx_call_resource_has_its_requests_limit_and_cost(tmp_path: Path) -> 
     assert abs(data.cost_usd - 0.03) < 1e-9
     page = render_page(data)
     assert "<code>lookup</code>" in page and "60,000 rpm (given)" in page
+
+
+def test_a_limit_learned_from_the_headers_is_shown_as_learned(
+    simulator_for: Simulators, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sim = simulator_for(SimulatorConfig(api_key="sk-" + "learned-limit-1", rpm=6000))
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-" + "learned-limit-1")
+    rows = [{"id": f"k{i}", "text": f"text {i}"} for i in range(20)]
+    state = tmp_path / "state"
+    rowpilot.run(source=rows, key="id", model="openai/gpt-4o-mini", prompt="Say {text}",
+                 labels=["a", "b"], base_url=sim.openai_base_url, state=state,
+                 env_file=None, progress=False)  # fmt: skip
+    view = read_report(state).resources["openai/gpt-4o-mini"]
+    assert (view.rpm, view.learned) == (6000, True)
+    assert "6,000 rpm (learned)" in render_page(read_report(state))
