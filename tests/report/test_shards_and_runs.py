@@ -1,5 +1,7 @@
 """The report of merged shards (one line a shard, merged totals, every shard's runs drawn
-from the logs the merge brought) and of a job run several times."""
+from the logs the merge brought), of a job run several times, of --workers auto and
+memory pauses, and of resources beyond a prompt's model (a ctx.call resource, a limit
+learned from the headers)."""
 
 from __future__ import annotations
 
