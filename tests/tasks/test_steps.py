@@ -593,7 +593,7 @@ def test_sigkill_inside_multi_step_tasks_then_resume_repeats_no_step(tmp_path: P
     rows = brands(150)
     (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     env = {**os.environ, "OPENAI_API_KEY": CANARY}
-    config = SimulatorConfig(api_key=CANARY, latency_ms=40, latency_jitter=0.3, seed=5)
+    config = SimulatorConfig(api_key=CANARY, latency_ms=10, latency_jitter=0.3, seed=5)
     rng = random.Random(11)
     with Simulator(config) as simulator:
 
