@@ -290,7 +290,7 @@ def test_second_run_on_the_same_state_is_refused_while_the_first_runs(job: Path)
 # -- a killed merge ------------------------------------------------------------------------
 
 SHARDS = 6
-PER_SHARD = 50_000  # a merge of them takes a good second: time to kill it half-way
+PER_SHARD = 25_000  # a merge of them takes half a second: time to kill it part-way
 
 
 def _shard(directory: Path, number: int) -> Path:
