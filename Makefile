@@ -34,15 +34,12 @@ lint: $(VENV)/.dev-installed
 # rises. Two workers on two cores: the CLI tests now run in-process, so the suite is bound
 # by CPU, not by waiting on subprocesses, and more workers only contend; each file stays
 # on one worker, so a module fixture (an example run) runs once. The 15 slowest tests are
-# printed so that a test growing slow is seen in CI. Bytecode is written even where the
-# environment sets PYTHONDONTWRITEBYTECODE (into the ignored __pycache__ folders): the
-# suite starts a few hundred Python processes (CLI runs, workers, examples), and each would
-# compile rowpilot from source again.
+# printed so that a test growing slow is seen in CI.
 PYTEST_WORKERS ?= 2
 test: lint
 	rm -f .coverage .coverage.*
-	PYTHONDONTWRITEBYTECODE= $(BIN)/coverage run -m pytest -q -p no:cacheprovider \
-		-n $(PYTEST_WORKERS) --dist loadfile --durations=15
+	$(BIN)/coverage run -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadfile \
+		--durations=15
 	$(BIN)/coverage combine -q
 	$(BIN)/coverage report --skip-covered --fail-under=92
 
