@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -161,13 +161,34 @@ def run_cli(
     )
 
 
-def start_cli(*args: str | os.PathLike[str], cwd: Path) -> subprocess.Popen[str]:
+def start_cli(
+    *args: str | os.PathLike[str], cwd: Path, to_kill: bool = False
+) -> subprocess.Popen[str]:
     """Start the real ``rowpilot`` console script in ``cwd`` and return at once: for
-    processes side by side. Read its end with ``communicate(timeout=...)``."""
+    processes side by side. Read its end with ``communicate(timeout=...)``. ``to_kill``:
+    the test SIGKILLs it, so it runs unmeasured (see ``unmeasured``)."""
     command, env = _cli_command(args, debug=False)
     return subprocess.Popen(
-        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        command,
+        cwd=cwd,
+        env=unmeasured(env) if to_kill else env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
+
+
+# What starts coverage.py's measurement in a child process (make test's subprocess patch).
+_COVERAGE_STARTERS = ("COVERAGE_PROCESS_CONFIG", "COVERAGE_PROCESS_START")
+
+
+def unmeasured(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``env`` (this process's by default) without what starts coverage.py in a child: for
+    a process the test SIGKILLs. Its coverage data would die with it (SIGKILL leaves it no
+    moment to write the data), so measuring it only slowed the run the test waits on. A
+    process that ends by itself, by SIGINT or by ``os._exit`` stays measured."""
+    source = os.environ if env is None else env
+    return {name: value for name, value in source.items() if name not in _COVERAGE_STARTERS}
 
 
 # Modules a run may import that a fresh process would import again: a task file or module

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import invoke_cli
+from conftest import invoke_cli, unmeasured
 from rowpilot.engine.items import encode_json, fingerprint
 from rowpilot.state.registry import Outcome, Registry
 
@@ -76,12 +76,15 @@ def _command(*extra: str) -> list[str]:
     ]
 
 
-def _start(cwd: Path, *extra: str, sleep: float = 0.004) -> subprocess.Popen[str]:
+def _start(
+    cwd: Path, *extra: str, sleep: float = 0.004, to_kill: bool = False
+) -> subprocess.Popen[str]:
+    """The run as a real process; ``to_kill``: the test SIGKILLs it (unmeasured)."""
     env = {**os.environ, "TASK_SLEEP": str(sleep), "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
         _command(*extra),
         cwd=cwd,
-        env=env,
+        env=unmeasured(env) if to_kill else env,
         text=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -182,7 +185,7 @@ def test_sigkill_several_times_then_resume_runs_each_item_once(job: Path) -> Non
     kills = 4
     for _ in range(kills):
         before = len(_calls(job))
-        process = _start(job)
+        process = _start(job, to_kill=True)
         _wait_for_calls(job, before)
         _wait_for_suspects_to_clear(job)
         time.sleep(rng.uniform(0.05, 0.4))
@@ -213,7 +216,7 @@ def test_a_killed_rerun_leaves_no_crash_record_on_rows_that_are_not_run_again(
 ) -> None:
     first = _in_process(*_command()[1:], cwd=job)
     assert first.returncode == 0, first.stderr
-    forced = _start(job, "--force", sleep=0.05)
+    forced = _start(job, "--force", sleep=0.05, to_kill=True)
     _wait_for_calls(job, ROWS)
     forced.send_signal(signal.SIGKILL)
     forced.communicate(timeout=120)
@@ -274,7 +277,7 @@ def _wait_for_line(process: subprocess.Popen[str], start: str) -> None:
 
 
 def test_second_run_on_the_same_state_is_refused_while_the_first_runs(job: Path) -> None:
-    first = _start(job, sleep=0.05)
+    first = _start(job, sleep=0.05, to_kill=True)
     try:
         _wait_for_calls(job, 0)
         second = _in_process(*_command()[1:], cwd=job)
@@ -290,7 +293,7 @@ def test_second_run_on_the_same_state_is_refused_while_the_first_runs(job: Path)
 # -- a killed merge ------------------------------------------------------------------------
 
 SHARDS = 6
-PER_SHARD = 50_000  # a merge of them takes a good second: time to kill it half-way
+PER_SHARD = 25_000  # a merge of them takes half a second: time to kill it part-way
 
 
 def _shard(directory: Path, number: int) -> Path:
@@ -359,6 +362,7 @@ def _start_merge(cwd: Path, sources: list[Path], into: Path) -> subprocess.Popen
     return subprocess.Popen(
         [ROWPILOT, "merge", *map(str, sources), "--into", str(into)],
         cwd=cwd,
+        env=unmeasured(),  # SIGKILLed
         text=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

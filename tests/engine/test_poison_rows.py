@@ -250,35 +250,44 @@ def _run_to_its_end(job: Path, task: str, *extra: str) -> subprocess.CompletedPr
         pytest.fail("the CLI did not exit on its own: a hung sync call kept it alive")
 
 
-def _run_hanging_job(job: Path) -> subprocess.CompletedProcess[str]:
-    """Keys ending in 3 block forever; the rest return at once."""
-    return _run_to_its_end(job, "hangs", "--workers", "4", "--timeout", "1", "--max-attempts", "2")
+HangingJob = tuple[Path, list[str], subprocess.CompletedProcess[str]]
 
 
-def test_sync_calls_that_never_return_time_out_and_the_cli_exits(tmp_path: Path) -> None:
-    keys = _job(tmp_path, rows=40)
+@pytest.fixture(scope="module")
+def hanging_job(tmp_path_factory: pytest.TempPathFactory) -> HangingJob:
+    """One run of 40 rows whose keys ending in 3 block forever (the rest return at once):
+    its folder, keys and finished CLI. Its tests only read it, so one run serves them all
+    (each run waits out its hung calls' timeouts)."""
+    job = tmp_path_factory.mktemp("hanging")
+    keys = _job(job, rows=40)
+    result = _run_to_its_end(
+        job, "hangs", "--workers", "4", "--timeout", "1", "--max-attempts", "2"
+    )
+    return job, keys, result
+
+
+def test_sync_calls_that_never_return_time_out_and_the_cli_exits(hanging_job: HangingJob) -> None:
+    job, keys, result = hanging_job
     hung = {key for key in keys if key.endswith("3")}
-
-    result = _run_hanging_job(tmp_path)
 
     assert result.returncode == 1, result.stderr
     assert "state: state" in result.stdout, "no summary"
     assert "failed by cause: timeout 4" in result.stdout
-    failed = _failures(tmp_path)
+    failed = _failures(job)
     assert {f["key"] for f in failed} == hung
     assert {(f["cause"], f["attempts"]) for f in failed} == {("timeout", 2)}
     # No other row timed out waiting behind the stuck calls: each ran once and is done.
-    _assert_every_other_row_done_with_its_own_output(tmp_path, keys)
-    assert _query(tmp_path, "SELECT count(*) FROM items WHERE status = 'done'") == [(36,)]
-    calls = _calls(tmp_path)
+    _assert_every_other_row_done_with_its_own_output(job, keys)
+    assert _query(job, "SELECT count(*) FROM items WHERE status = 'done'") == [(36,)]
+    calls = _calls(job)
     assert {key: calls[key] for key in hung} == dict.fromkeys(hung, 2)
     assert all(calls[key] == 1 for key in keys if key not in hung)
 
 
-def test_hung_calls_within_the_attempts_end_as_completed_with_failures(tmp_path: Path) -> None:
-    _job(tmp_path, rows=40)
-
-    result = _run_hanging_job(tmp_path)
+def test_hung_calls_within_the_attempts_end_as_completed_with_failures(
+    hanging_job: HangingJob,
+) -> None:
+    _, _, result = hanging_job
 
     assert "completed with failures: 36 done, 4 failed" in result.stdout
     assert "left pending" not in result.stdout

@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from conftest import invoke_cli, wait_until
+from conftest import invoke_cli, unmeasured, wait_until
 from fake_sheets import FakeSheets
 from rowpilot.simulator.server import (
     Simulator,
@@ -276,7 +276,7 @@ def test_sigkill_mid_run_then_resume_repeats_no_journaled_step(
     process = subprocess.Popen(
         command,
         cwd=tmp_path,
-        env=cli_env(sim),
+        env=unmeasured(cli_env(sim)),  # SIGKILLed
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )

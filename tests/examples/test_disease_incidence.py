@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from conftest import invoke_cli
 from rowpilot.simulator.server import _row_object
 
 # A whole example runs in the module fixture: on a busy machine, under coverage, it can
@@ -28,7 +29,6 @@ from rowpilot.simulator.server import _row_object
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(360)]
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "disease-incidence"
-ROWPILOT = str(Path(sys.executable).parent / "rowpilot")
 COUNT = 400
 SHARDS = 10
 FAILING = 7
@@ -36,9 +36,9 @@ REFUSED = "carcinoma"
 
 
 def rowpilot(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [ROWPILOT, *args], cwd=cwd, capture_output=True, text=True, timeout=120, check=False
-    )
+    """A read of the example's states after its run (verify, status): the CLI's entry point
+    in this process, as the command would run; the example's own commands are processes."""
+    return invoke_cli(*args, cwd=cwd)
 
 
 def query(state: Path, sql: str) -> list[tuple[Any, ...]]:

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from conftest import wait_until
+from conftest import unmeasured, wait_until
 from rowpilot.simulator.server import (
     Simulator,
     SimulatorConfig,
@@ -181,7 +181,9 @@ def test_sigkill_then_resume_repeats_no_llm_call(tmp_path: Path) -> None:
         command = RUN.cli_command(settings, out, ENV_EXAMPLE, sim.openai_base_url, progress=False)
         # In this folder: the command's paths are relative to the working directory.
         with (tmp_path / "stderr.txt").open("w") as stderr:
-            process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+            process = subprocess.Popen(  # SIGKILLed: unmeasured
+                command, env=unmeasured(env), stdout=subprocess.DEVNULL, stderr=stderr
+            )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and len(journal(out / "state")) < 30:
             assert process.poll() is None, (tmp_path / "stderr.txt").read_text()

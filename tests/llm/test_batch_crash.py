@@ -81,6 +81,7 @@ def start(sim: Simulator, folder: Path, *extra: str, model: str = MODEL) -> subp
         "run", "rows.csv", "--key", "id", "--model", model, "--base-url", base_url(sim, model),
         "--text-column", "text", "--labels", ",".join(LABELS), "--batch-api",
         "--batch-poll", "0.05", "--state", "state", "--no-progress", *extra, cwd=folder,
+        to_kill=True,
     ))  # fmt: skip
     return process
 

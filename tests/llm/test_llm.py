@@ -26,7 +26,7 @@ import pandas as pd
 import pytest
 
 import rowpilot
-from conftest import Simulators, invoke_cli, wait_until
+from conftest import Simulators, invoke_cli, unmeasured, wait_until
 from rowpilot._config import build_config
 from rowpilot.engine.job import auto_workers
 from rowpilot.errors import OutputCollisionError
@@ -420,8 +420,12 @@ def test_sigkill_then_resume_repeats_no_completed_call(tmp_path: Path) -> None:
     env = {**os.environ, "OPENAI_API_KEY": CANARY}
     with Simulator(config) as simulator:
         command += ["--base-url", simulator.openai_base_url]
-        process = subprocess.Popen(
-            command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        process = subprocess.Popen(  # SIGKILLed: unmeasured
+            command,
+            cwd=tmp_path,
+            env=unmeasured(env),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and journaled_calls(state) < 10:

@@ -71,7 +71,7 @@ def test_killed_between_a_create_and_its_record_every_step_runs_once(
     STARTED.append(process := start_cli(
         "run", "rows.csv", "--task", "task.py:research", "--key", "id", "--model", MODEL,
         "--base-url", sim.openai_base_url, "--batch-api", "--batch-poll", "0.05",
-        "--state", "state", "--no-progress", cwd=folder,
+        "--state", "state", "--no-progress", cwd=folder, to_kill=True,
     ))  # fmt: skip
     wait_for(process, lambda: batch_stats(sim)["created"] == 2, "the second create")
     kill(process)

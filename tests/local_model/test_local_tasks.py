@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import rowpilot
-from conftest import invoke_cli, wait_until
+from conftest import invoke_cli, unmeasured, wait_until
 from rowpilot.errors import ConfigError
 from rowpilot.state.registry import REGISTRY_FILE, Registry
 
@@ -158,7 +158,9 @@ def test_a_killed_embed_into_lancedb_resumes_to_one_vector_per_key(tmp_path: Pat
         "state",
         "--no-progress",
     ]
-    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(  # SIGKILLed: unmeasured
+        command, cwd=tmp_path, env=unmeasured(), stdout=subprocess.PIPE, text=True
+    )
     wait_until((tmp_path / "store" / "docs.lance").exists, "the LanceDB table")
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=120)
@@ -195,7 +197,9 @@ def test_an_embed_killed_mid_run_resumes_to_every_row_once_with_its_vector(
     rows = write_texts(tmp_path / "data.csv", 20_000)
     command = [ROWPILOT, "embed", "data.csv", "--key", "id", "--text-column", "text"]
     command += ["--embed-batch", "32", "--workers", "1", "--state", "state", "--no-progress"]
-    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL)
+    process = subprocess.Popen(  # SIGKILLed: unmeasured
+        command, cwd=tmp_path, env=unmeasured(), stdout=subprocess.DEVNULL
+    )
     wait_until(lambda: len(committed(tmp_path / "state")) >= 4_000, "4,000 rows committed")
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=60)

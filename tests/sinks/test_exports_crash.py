@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from conftest import unmeasured
 from rowpilot.sinks.exports import ExportRecord, write_json_dir, write_table
 
 pytestmark = pytest.mark.slow
@@ -131,7 +132,8 @@ def small_records() -> Iterator[ExportRecord]:
 
 
 def kill_while_writing(mode: str, target: Path) -> int:
-    with child(mode, target, stdin=subprocess.PIPE, stdout=subprocess.PIPE) as process:
+    pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE}
+    with child(mode, target, env=unmeasured(), **pipes) as process:  # SIGKILLed: unmeasured
         assert process.stdout is not None
         # The child says when it is mid-write and then blocks: a pipe, not a sleep.
         assert process.stdout.readline() == "writing\n"

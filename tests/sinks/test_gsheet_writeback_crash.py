@@ -92,7 +92,7 @@ def test_a_kill_before_the_write_back_loses_nothing(
     fake_sheets: FakeSheets, tmp_path: Path, cli: Cli
 ) -> None:
     _sheet(fake_sheets, 6, tmp_path)
-    process = start_cli(*_args(tmp_path, batch=100), cwd=tmp_path)
+    process = start_cli(*_args(tmp_path, batch=100), cwd=tmp_path, to_kill=True)
     wait_until(lambda: _done(tmp_path / "state") == 5, "five rows done")
     assert fake_sheets.count("values.batchUpdate") == 0  # waiting for its batch to fill
     process.send_signal(signal.SIGKILL)
@@ -110,7 +110,7 @@ def test_a_kill_with_a_batch_written_but_not_acknowledged_writes_it_once(
 ) -> None:
     _sheet(fake_sheets, 12, tmp_path)
     fake_sheets.hold_write = 3
-    process = start_cli(*_args(tmp_path, batch=2), cwd=tmp_path)
+    process = start_cli(*_args(tmp_path, batch=2), cwd=tmp_path, to_kill=True)
     assert fake_sheets.held.wait(60), "the third write never came"
     process.send_signal(signal.SIGKILL)
     process.communicate(timeout=30)

@@ -18,6 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import unmeasured
 from rowpilot.errors import ConfigError, OutputPathError
 from rowpilot.sinks.vectors import (
     COMPACT_ABOVE_SMALL_FRAGMENTS,
@@ -486,7 +487,8 @@ def test_a_killed_write_is_completed_by_the_next(tmp_path: Path, target: VectorT
     total, dim = 20_000, 16
     script = writer_script(tmp_path, target)
     # A pause every batch keeps the writer busy long enough to be killed in the middle.
-    child = subprocess.Popen([sys.executable, str(script), str(total), str(dim), "0.01", "0"])
+    command = [sys.executable, str(script), str(total), str(dim), "0.01", "0"]
+    child = subprocess.Popen(command, env=unmeasured())  # SIGKILLed: unmeasured
     deadline = time.monotonic() + 60
     while count_rows_or_zero(target) < 1_000 and time.monotonic() < deadline:
         assert child.poll() is None, "the writer ended before it was killed"

@@ -27,7 +27,7 @@ import pytest
 from pydantic import BaseModel
 
 import rowpilot
-from conftest import Simulators, invoke_cli, wait_until
+from conftest import Simulators, invoke_cli, unmeasured, wait_until
 from rowpilot import Ctx
 from rowpilot._config import build_config
 from rowpilot.errors import ConfigError, SubItemError, TaskOutputError
@@ -592,8 +592,8 @@ def test_sigkill_inside_multi_step_tasks_then_resume_repeats_no_step(tmp_path: P
     (tmp_path / "pipeline.py").write_text(PIPELINE)
     rows = brands(150)
     (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    env = {**os.environ, "OPENAI_API_KEY": CANARY}
-    config = SimulatorConfig(api_key=CANARY, latency_ms=40, latency_jitter=0.3, seed=5)
+    env = unmeasured({**os.environ, "OPENAI_API_KEY": CANARY})  # SIGKILLed runs
+    config = SimulatorConfig(api_key=CANARY, latency_ms=10, latency_jitter=0.3, seed=5)
     rng = random.Random(11)
     with Simulator(config) as simulator:
 
