@@ -101,3 +101,13 @@ def test_the_log_reader_reads_only_what_was_appended_and_skips_torn_lines(
     assert reader.retries == [("r", 2.0, MODEL)]
     reader.read()  # nothing new: nothing read twice
     assert len(reader.events["r"]) == 2 and len(reader.retries) == 1
+
+
+def test_a_stored_command_is_redacted_again_for_the_page() -> None:
+    from rowpilot.report.data import _redacted
+
+    stored = "rowpilot simulate --api-key sk-abcdefgh1234 --port 0"
+    assert _redacted(stored) == "rowpilot simulate --api-key '[REDACTED]' --port 0"
+    url = "rowpilot run a.csv --base-url http://user:pa55word-long@host/v1"
+    assert "pa55word" not in _redacted(url) and "[REDACTED]@host/v1" in _redacted(url)
+    assert _redacted("rowpilot run 'unclosed") == "rowpilot run 'unclosed"  # not shell-split
