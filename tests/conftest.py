@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import io
 import os
 import subprocess
@@ -354,16 +355,20 @@ def simulator_for(_running_simulators: dict[SimulatorConfig, Simulator]) -> Simu
     """``simulator_for(config)``: a running simulator, reset so that it is as fresh as a new
     one, started once per session for each config (a server start per test added up)."""
 
-    def get(config: SimulatorConfig) -> Simulator:
-        simulator = _running_simulators.get(config)
-        if simulator is None:
-            simulator = _running_simulators[config] = Simulator(config)
-            simulator.start_in_thread()
-        else:
-            simulator.reset()
-        return simulator
+    return functools.partial(_fresh_simulator, _running_simulators)
 
-    return get
+
+def _fresh_simulator(
+    running: dict[SimulatorConfig, Simulator], config: SimulatorConfig
+) -> Simulator:
+    """The session's simulator for ``config``: started the first time, reset after."""
+    simulator = running.get(config)
+    if simulator is None:
+        simulator = running[config] = Simulator(config)
+        simulator.start_in_thread()
+    else:
+        simulator.reset()
+    return simulator
 
 
 @pytest.fixture(scope="module")
@@ -412,12 +417,7 @@ def report_job(
 ) -> Iterator[Job]:
     """The report tests' job (tests/reported_job.py), run once for the session: a budget
     stop, then a run to the end."""
-    simulator = _running_simulators.get(REPORT_CONFIG)
-    if simulator is None:
-        simulator = _running_simulators[REPORT_CONFIG] = Simulator(REPORT_CONFIG)
-        simulator.start_in_thread()
-    else:
-        simulator.reset()
+    simulator = _fresh_simulator(_running_simulators, REPORT_CONFIG)
     before = os.environ.get("OPENAI_API_KEY")
     os.environ["OPENAI_API_KEY"] = REPORT_KEY
     try:
