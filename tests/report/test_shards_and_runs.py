@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 import rowpilot
-from conftest import Simulators
+from conftest import Simulators, WriteCsv, start_cli, wait_until
+from rowpilot.errors import StateError
 from rowpilot.report import read_report
 from rowpilot.report.page import render_page
 from rowpilot.simulator.server import SimulatorConfig
@@ -110,3 +111,35 @@ def test_a_limit_learned_from_the_headers_is_shown_as_learned(
     view = read_report(state).resources["openai/gpt-4o-mini"]
     assert (view.rpm, view.learned) == (6000, True)
     assert "6,000 rpm (learned)" in render_page(read_report(state))
+
+
+def test_a_killed_run_is_shown_as_crashed(
+    tmp_path: Path, tasks_file: Path, write_csv: WriteCsv
+) -> None:
+    # Three quick rows, then rows that sleep far longer than the test: it is killed there.
+    rows = [[f"k{i}", "0.001" if i < 3 else "600"] for i in range(8)]
+    source = write_csv(tmp_path / "rows.csv", ["id", "sleep"], rows)
+    state = tmp_path / "state"
+    process = start_cli(
+        "run", str(source), "--task", f"{tasks_file}:sleepy", "--key", "id", "--state",
+        str(state), "--workers", "2", "--no-progress", cwd=tmp_path, to_kill=True,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: _done(state) == 3, "the quick rows committed")
+        assert read_report(state).runs[0].status == "running"  # the lock is held
+    finally:
+        process.kill()
+        process.communicate()
+    data = read_report(state)
+    assert [run.status for run in data.runs] == ["crashed"] and not data.running
+    assert data.done == 3 and data.items_total == 8
+    assert "crashed (killed: no end recorded" in render_page(data)
+
+
+def _done(state: Path) -> int:
+    if not (state / "registry.sqlite").exists():
+        return 0
+    try:
+        return read_report(state).done
+    except StateError:  # the registry being created
+        return 0

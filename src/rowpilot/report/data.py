@@ -23,6 +23,7 @@ from typing import Any
 from rowpilot._latency import merged, quantile
 from rowpilot._secrets import redact_args, redact_urls
 from rowpilot.errors import StateError
+from rowpilot.state.lock import is_locked
 from rowpilot.state.reading import RegistryReader
 from rowpilot.state.registry import REGISTRY_FILE
 
@@ -112,7 +113,7 @@ class RunLine:
 
     @property
     def running(self) -> bool:
-        return self.ended_at is None
+        return self.status == "running"
 
 
 @dataclass
@@ -279,6 +280,7 @@ class _Builder:
         self.now = time.time()
 
     def build(self) -> ReportData:
+        self.live = is_locked(self.state)  # a run holds the state now
         runs = self._runs()
         timeline = self._timeline(runs)
         # Short jobs get finer buckets (30 at least), long ones MAX_POINTS at most.
@@ -331,6 +333,8 @@ class _Builder:
         summary = _json_object(summary_text)
         started = self._started_event(run_id)
         done, failed, cost = self._run_counts(run_id, summary)
+        if status == "running" and not self.live:
+            status = "crashed"  # as `rowpilot status` says: nothing holds the lock
         workers = settings.get("workers")
         if settings.get("workers_auto"):
             workers = f"auto (from {workers})"
@@ -383,15 +387,10 @@ class _Builder:
                 traces = [float(e["ts"]) for e in self.logs.events.get(run.run_id, [])]
                 last = self.db.last_finish(run.run_id)
                 end = max([*traces, last or run.started_at, run.started_at])
-                if run.status == "running" and self._alive(run):
+                if run.status == "running":  # going on: as far as now
                     end = max(end, self.now)
             timeline.add(run.run_id, run.started_at, end - run.started_at)
         return timeline
-
-    def _alive(self, run: RunLine) -> bool:
-        """A run still marked running whose log was written in the last minute."""
-        events = self.logs.events.get(run.run_id, [])
-        return bool(events) and self.now - float(events[-1]["ts"]) < 60.0
 
     # -- items, cost --
 

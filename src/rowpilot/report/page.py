@@ -177,7 +177,9 @@ def _runs(data: ReportData) -> str:
 
 def _ended_how(run: RunLine) -> str:
     if run.running:
-        return "running (or killed: no end recorded)"
+        return "running"
+    if run.status == "crashed":
+        return "crashed (killed: no end recorded; the next run resumes it)"
     return f"{run.status} ({run.stop_reason})" if run.stop_reason else run.status
 
 
