@@ -335,6 +335,15 @@ class BatchClock:
         self.waits.append(seconds)
         self.sim.advance_batches(seconds)
 
+    @classmethod
+    def installed(cls, sim: Simulator, monkeypatch: pytest.MonkeyPatch) -> BatchClock:
+        """A clock for ``sim``, in place of the Batch API pass's wait for the test."""
+        from rowpilot.llm import batch
+
+        clock = cls(sim)
+        monkeypatch.setattr(batch, "poll_sleep", clock)
+        return clock
+
 
 class Simulators(Protocol):
     def __call__(self, config: SimulatorConfig) -> Simulator: ...

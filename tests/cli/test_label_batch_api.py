@@ -11,7 +11,6 @@ import pytest
 import rowpilot
 from conftest import BatchClock, Cli, Simulators
 from rowpilot.errors import ConfigError
-from rowpilot.llm import batch
 from rowpilot.simulator.server import Simulator, SimulatorConfig
 
 KEY = "sk-" + "label-batch-7c2d"
@@ -21,7 +20,7 @@ KEY = "sk-" + "label-batch-7c2d"
 def sim(simulator_for: Simulators, monkeypatch: pytest.MonkeyPatch) -> Simulator:
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     started = simulator_for(SimulatorConfig(api_key=KEY, completion_delay_s=3600.0))
-    monkeypatch.setattr(batch, "poll_sleep", BatchClock(started))
+    BatchClock.installed(started, monkeypatch)
     return started
 
 

@@ -66,9 +66,7 @@ def sim(simulator_for: Simulators) -> Simulator:
 
 @pytest.fixture
 def clock(sim: Simulator, monkeypatch: pytest.MonkeyPatch) -> BatchClock:
-    fake = BatchClock(sim)
-    monkeypatch.setattr(batch, "poll_sleep", fake)
-    return fake
+    return BatchClock.installed(sim, monkeypatch)
 
 
 def base_url(sim: Simulator, model: str) -> str:
@@ -312,7 +310,7 @@ def test_rows_a_batch_answered_with_an_error_go_into_a_later_batch(
     """Each batch gives its rows new custom_ids, so the simulator draws each row's error
     again in every batch: a row errs in k batches running with chance 0.2^k."""
     sim = errors_sim(simulator_for, batch_row_errors=0.2)
-    monkeypatch.setattr(batch, "poll_sleep", BatchClock(sim))
+    BatchClock.installed(sim, monkeypatch)
     given = rows(100)
     result = batch_run(sim, given, tmp_path / "state", max_attempts=8)
     check_answers(result, given)  # failing: a row erred in 8 batches running (0.2^8)
@@ -328,7 +326,7 @@ def test_the_rows_of_a_packed_request_that_erred_go_into_a_later_batch(
     simulator_for: Simulators, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sim = errors_sim(simulator_for, batch_row_errors=0.4)
-    monkeypatch.setattr(batch, "poll_sleep", BatchClock(sim))
+    BatchClock.installed(sim, monkeypatch)
     given, state = rows(60), tmp_path / "state"
     result = batch_run(sim, given, state, batch_size=5, max_attempts=10)
     check_answers(result, given)
@@ -347,7 +345,7 @@ def test_rows_a_packed_answer_missed_are_asked_online_and_the_rows_it_held_kept(
     rows it held whole are journaled from it, the one it missed is asked online alone,
     as the online bisection ends, at the online price; nothing goes into a later batch."""
     sim = errors_sim(simulator_for, batch_missing_field=1.0)
-    monkeypatch.setattr(batch, "poll_sleep", BatchClock(sim))
+    BatchClock.installed(sim, monkeypatch)
     given, state = rows(20), tmp_path / "state"
     result = batch_run(sim, given, state, batch_size=5)
     check_answers(result, given)
@@ -370,7 +368,7 @@ def test_an_invalid_packed_answer_sends_its_rows_online(
     simulator_for: Simulators, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sim = errors_sim(simulator_for, batch_bad_content=1.0)
-    monkeypatch.setattr(batch, "poll_sleep", BatchClock(sim))
+    BatchClock.installed(sim, monkeypatch)
     given, state = rows(12), tmp_path / "state"
     result = batch_run(sim, given, state, batch_size=6)
     check_answers(result, given)
@@ -390,7 +388,7 @@ def test_an_invalid_one_row_batch_answer_is_repaired_online_from_the_journaled_a
     so the online path replays it and asks one repair request (carrying the bad answer),
     not the question again."""
     sim = errors_sim(simulator_for, batch_bad_content=1.0)
-    monkeypatch.setattr(batch, "poll_sleep", BatchClock(sim))
+    BatchClock.installed(sim, monkeypatch)
     given, state = rows(8), tmp_path / "state"
     result = batch_run(sim, given, state)
     check_answers(result, given)
@@ -406,7 +404,7 @@ def test_rows_a_share_of_faulted_one_row_answers_spoilt_are_each_repaired_online
 ) -> None:
     """The batch content knobs are shares: 0.5 of the rows faulted, drawn per request."""
     sim = errors_sim(simulator_for, batch_bad_content=0.25, batch_missing_field=0.25)
-    monkeypatch.setattr(batch, "poll_sleep", BatchClock(sim))
+    BatchClock.installed(sim, monkeypatch)
     given, state = rows(200), tmp_path / "state"
     check_answers(batch_run(sim, given, state), given)
     assert batch_stats(sim)["rows"] == 200
@@ -417,7 +415,7 @@ def test_rows_that_err_in_every_batch_fail_after_max_attempts_batches(
     simulator_for: Simulators, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sim = errors_sim(simulator_for, batch_row_errors=0.5)
-    monkeypatch.setattr(batch, "poll_sleep", BatchClock(sim))
+    BatchClock.installed(sim, monkeypatch)
     result = batch_run(sim, rows(100), tmp_path / "state", max_attempts=2)
     stats = batch_stats(sim)
     first, second = stats["rows_per_batch"]  # about 50, then about 25 err again
@@ -434,7 +432,7 @@ def test_with_the_online_fallback_rows_a_batch_did_not_answer_are_asked_online(
     simulator_for: Simulators, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sim = errors_sim(simulator_for, batch_row_errors=0.2)
-    monkeypatch.setattr(batch, "poll_sleep", BatchClock(sim))
+    BatchClock.installed(sim, monkeypatch)
     given = rows(100)
     result = batch_run(sim, given, tmp_path / "state", batch_fallback="online")
     check_answers(result, given)
@@ -451,7 +449,7 @@ def test_rows_left_unanswered_when_a_batch_expires_are_asked_again(
     sim = simulator_for(
         SimulatorConfig(api_key=KEY, completion_delay_s=2 * HOUR, expire_after_s=1.5 * HOUR)
     )
-    monkeypatch.setattr(batch, "poll_sleep", BatchClock(sim))
+    BatchClock.installed(sim, monkeypatch)
     given = rows(100)
     result = batch_run(sim, given, tmp_path / "state", batch_fallback="online")
     check_answers(result, given)

@@ -64,7 +64,7 @@ STARTED: list[subprocess.Popen[str]] = []
 def sim(monkeypatch: pytest.MonkeyPatch) -> Iterator[Simulator]:
     # A server of its own: a killed client's held request must not outlive the test.
     with Simulator(SimulatorConfig(api_key=KEY, completion_delay_s=HOUR)) as simulator:
-        monkeypatch.setattr(batch, "poll_sleep", BatchClock(simulator))
+        BatchClock.installed(simulator, monkeypatch)
         try:
             yield simulator
         finally:

@@ -25,7 +25,6 @@ from test_batch import HOUR, KEY, batch_stats, online_calls
 import rowpilot
 from conftest import BatchClock, Cli, Simulators
 from rowpilot import Ctx
-from rowpilot.llm import batch
 from rowpilot.llm.cost import cost_usd, find_price
 from rowpilot.simulator.server import Simulator, SimulatorConfig
 from rowpilot.state.batches import LEDGER_FILE, BatchLedger
@@ -77,9 +76,7 @@ def sim(simulator_for: Simulators) -> Simulator:
 
 @pytest.fixture
 def clock(sim: Simulator, monkeypatch: pytest.MonkeyPatch) -> BatchClock:
-    fake = BatchClock(sim)
-    monkeypatch.setattr(batch, "poll_sleep", fake)
-    return fake
+    return BatchClock.installed(sim, monkeypatch)
 
 
 def run(sim: Simulator, task: Any, rows: Any, state: Path, **settings: Any) -> rowpilot.Result:
@@ -290,7 +287,7 @@ def test_a_step_no_batch_answers_fails_its_item_after_max_attempts_batches(
     simulator_for: Simulators, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sim = simulator_for(SimulatorConfig(api_key=KEY, completion_delay_s=HOUR, batch_row_errors=0.5))
-    monkeypatch.setattr(batch, "poll_sleep", BatchClock(sim))
+    BatchClock.installed(sim, monkeypatch)
     # keep_going: the items answered go on to their next step, so the first outcomes of
     # the pass after the batch are the failures, which the early-stop probe would take
     # for a broken job (docs/batch.md, limits)
