@@ -19,6 +19,10 @@ def stored_row(item: Item, output: str, vectors: bytes | None) -> tuple[Any, ...
             0.0, 0, "v1", vectors)  # fmt: skip
 
 
+def vectors_of(registry: Registry, run_id: str, at: int | None, length: int | None) -> bytes | None:
+    return None if at is None or length is None else registry.vector_files.read(run_id, at, length)
+
+
 def test_each_row_of_a_group_gets_its_own_outcome_in_the_registry(tmp_path: Path) -> None:
     group = [Item(seq, seq + 2, f"k{seq}", {"id": f"k{seq}", "n": str(seq)}) for seq in range(5)]
     encode_items(group, "v1")
@@ -29,10 +33,10 @@ def test_each_row_of_a_group_gets_its_own_outcome_in_the_registry(tmp_path: Path
         registry.commit(outcomes)
         stored = registry.db().execute(
             "SELECT key, seq, fingerprint, input, status, attempts, output, error, cause,"
-            " started_at, task_seconds, run_id, cost_usd, calls, task_version, vectors"
-            " FROM items ORDER BY seq"
+            " started_at, task_seconds, run_id, cost_usd, calls, task_version, vector_at,"
+            " vector_len FROM items ORDER BY seq"
         )
-        rows = stored.fetchall()
+        rows = [(*row[:-2], vectors_of(registry, row[11], *row[-2:])) for row in stored]
     finally:
         registry.close()
     expected = [

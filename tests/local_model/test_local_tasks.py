@@ -481,18 +481,24 @@ def test_empty_and_non_text_cells_are_handled_as_documented(tmp_path: Path) -> N
     assert labelled.loc[labelled["id"] == "a", "cooking"].item() is False
 
 
-def test_registry_keeps_vectors_as_raw_float32(tmp_path: Path) -> None:
+def test_registry_keeps_vectors_as_raw_float32_in_the_runs_vector_file(tmp_path: Path) -> None:
     from rowpilot.local_model.model import embed_texts
 
     rows = write_texts(tmp_path / "data.csv", 10)
     rowpilot.embed(tmp_path / "data.csv", key="id", text_column="text", state=tmp_path / "s")
     with sqlite3.connect(tmp_path / "s" / REGISTRY_FILE) as db:
-        stored = db.execute("SELECT key, output, vectors FROM items ORDER BY seq").fetchall()
+        stored = db.execute(
+            "SELECT key, output, vectors, run_id, vector_at, vector_len FROM items ORDER BY seq"
+        ).fetchall()
     expected = embed_texts([row["text"] for row in rows])
-    for (key, output, raw), row, vector in zip(stored, rows, expected, strict=True):
+    (run_id,) = {row[3] for row in stored}
+    file = (tmp_path / "s" / "vectors" / f"{run_id}.f32").read_bytes()
+    assert len(file) == 10 * 1024  # nothing else in it
+    for (key, output, blob, _, at, length), row, vector in zip(stored, rows, expected, strict=True):
         assert key == row["id"]
         assert output == '{"embedding":{"$vector":[0,256]}}'  # the place, not the numbers
-        assert raw == vector.astype("<f4").tobytes()  # 1 KB of little-endian float32
+        assert blob is None  # not in SQLite's pages
+        assert file[at : at + length] == vector.astype("<f4").tobytes()  # 1 KB of float32
 
 
 def test_the_demo_jobs_run(tmp_path: Path) -> None:

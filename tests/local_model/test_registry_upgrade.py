@@ -14,7 +14,7 @@ import pandas as pd
 
 import rowpilot
 from rowpilot.local_model.model import embed_texts
-from rowpilot.state.registry import REGISTRY_FILE
+from rowpilot.state.registry import REGISTRY_FILE, Registry
 
 OLD_REGISTRY = Path(__file__).parent / "data" / "registry-0003-embed.sql"
 OLD_TEXTS = [
@@ -59,14 +59,42 @@ def test_an_old_registry_resumes_without_redoing_and_reads_its_vectors(tmp_path:
         assert vectors[key].dtype == np.dtype("<f4")
         assert vectors[key].tobytes() == vector.astype("<f4").tobytes(), key
     with sqlite3.connect(state / REGISTRY_FILE) as db:
-        rows = db.execute("SELECT key, run_id, output, vectors FROM items").fetchall()
+        rows = db.execute(
+            "SELECT key, run_id, output, vectors, vector_at, vector_len FROM items"
+        ).fetchall()
         migrations = [name for (name,) in db.execute("SELECT name FROM migrations")]
-    assert "0004_vector_blobs" in migrations
-    for key, run_id, output, raw in rows:
+    assert {"0004_vector_blobs", "0005_vector_files"} <= set(migrations)
+    for key, run_id, output, raw, at, length in rows:
         if key in before:  # untouched: the old run's row, its vector still in base64
             assert run_id == before[key] and raw is None and '"$vector":"' in output
-        else:  # new rows in the new format: raw float32 bytes beside the JSON
-            assert raw is not None and len(raw) == 256 * 4 and '"$vector":[' in output
+            assert at is None and length is None
+        else:  # new rows in the new format: raw float32 bytes in the run's vector file
+            assert raw is None and at is not None and length == 256 * 4
+            assert '"$vector":[' in output
+
+
+def test_rows_of_every_vector_format_read_back_alike(tmp_path: Path) -> None:
+    # Base64 in the JSON (before migration 0004), raw bytes in the row (0004), raw bytes in
+    # the run's vector file (0005): one registry may hold all three after upgrades.
+    texts = OLD_TEXTS + NEW_TEXTS
+    frame = pd.DataFrame({"id": [f"d{i:05d}" for i in range(len(texts))], "text": texts})
+    frame.to_csv(tmp_path / "data.csv", index=False)
+    state = old_state(tmp_path)
+    rowpilot.embed(tmp_path / "data.csv", key="id", text_column="text", state=state)
+    with sqlite3.connect(state / REGISTRY_FILE) as db:
+        key, run_id, at, length = db.execute(
+            "SELECT key, run_id, vector_at, vector_len FROM items WHERE vector_at IS NOT NULL"
+        ).fetchone()
+        raw = (state / "vectors" / f"{run_id}.f32").read_bytes()[at : at + length]
+        db.execute(  # as migration 0004's code wrote it
+            "UPDATE items SET vectors = ?, vector_at = NULL, vector_len = NULL WHERE key = ?",
+            (raw, key),
+        )
+    records = {record.key: record for record in Registry(state).records()}
+    expected = dict(zip(frame["id"], embed_texts(texts), strict=True))
+    assert set(records) == set(expected)
+    for name, vector in expected.items():
+        assert (records[name].output or {})["embedding"].tobytes() == vector.tobytes(), name
 
 
 def test_an_old_registry_exports_its_vectors_as_the_same_floats(tmp_path: Path) -> None:

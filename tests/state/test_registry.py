@@ -11,16 +11,8 @@ from pathlib import Path
 import pytest
 
 from rowpilot.errors import StateError
-from rowpilot.state.registry import (
-    MIGRATIONS,
-    REGISTRY_FILE,
-    Outcome,
-    PriorState,
-    Registry,
-    atomic,
-    connect,
-    migrate,
-)
+from rowpilot.state.registry import REGISTRY_FILE, Outcome, PriorState, Registry
+from rowpilot.state.schema import MIGRATIONS, atomic, connect, migrate
 
 TABLES = {"meta", "runs", "items", "migrations", "calls", "answers", "crashes"}
 
@@ -121,22 +113,51 @@ def test_every_field_of_an_outcome_lands_in_its_own_column(registry: Registry) -
     # would store one value under another's name.
     written = Outcome(
         "k", 7, "fp", '{"id":"k"}', "failed", 3, None, "err", "ValueError", "tb", 1.0, 2.0,
-        0.5, "run-9", "task_error", 0.25, 11, 12, 13, "v9", b"\x00\x01",
+        0.5, "run-9", "task_error", 0.25, 11, 12, 13, "v9", b"\x00\x01\x02\x03",
     )  # fmt: skip
     registry.commit([written])
-    row = (
-        registry.db()
-        .execute(
-            "SELECT key, seq, fingerprint, input, status, attempts, output, error, error_type,"
-            " traceback, started_at, finished_at, task_seconds, run_id, cause, cost_usd,"
-            " input_tokens, output_tokens, calls, task_version, vectors FROM items"
-        )
-        .fetchone()
-    )
+    row = registry.db().execute(f"SELECT {_OUTCOME_COLUMNS} FROM items").fetchone()
     assert row == (
         "k", 7, "fp", '{"id":"k"}', "failed", 3, None, "err", "ValueError", "tb", 1.0, 2.0,
-        0.5, "run-9", "task_error", 0.25, 11, 12, 13, "v9", b"\x00\x01",
+        0.5, "run-9", "task_error", 0.25, 11, 12, 13, "v9", None, 0, 4,
     )  # fmt: skip
+    assert (registry.directory / "vectors" / "run-9.f32").read_bytes() == b"\x00\x01\x02\x03"
+
+
+def test_a_plain_done_group_lands_in_the_same_columns_as_any_outcome(registry: Registry) -> None:
+    # A batch of plain done rows (a grouped task's) is written by a narrower statement that
+    # binds only what varies: it must store exactly what the general one stores.
+    def outcome(key: str, run: str, vectors: bytes | None) -> Outcome:
+        return Outcome(key, 1, "fp", "{}", "done", 1, "{}", None, None, None, 1.0, 2.0, 0.5,
+                       run, None, 0.0, 0, 0, 0, "v1", vectors)  # fmt: skip
+
+    plain = [outcome(f"p{i}", "run-1", bytes([i]) * 4) for i in range(40)]
+    general = [outcome(f"g{i}", "run-1", bytes([i]) * 4) for i in range(40)]
+    # keys differ; every other column of p<i> and g<i> must be stored alike
+    general[-1] = general[-1]._replace(attempts=2)  # one row not plain: the general path
+    registry.commit(plain)
+    registry.commit(general)
+    stored = {
+        key: (tuple(rest), (at, length))
+        for key, *rest, at, length in registry.db().execute(f"SELECT {_OUTCOME_COLUMNS} FROM items")
+    }
+    files = registry.vector_files
+    for i in range(39):
+        (plain_row, (plain_at, plain_length)), (general_row, (general_at, general_length)) = (
+            stored[f"p{i}"],
+            stored[f"g{i}"],
+        )
+        assert plain_row == general_row  # every column but the key and where the bytes are
+        assert files.read("run-1", plain_at, plain_length) == bytes([i]) * 4
+        assert files.read("run-1", general_at, general_length) == bytes([i]) * 4
+    assert stored["g39"][0][4] == 2
+
+
+_OUTCOME_COLUMNS = (
+    "key, seq, fingerprint, input, status, attempts, output, error, error_type, traceback,"
+    " started_at, finished_at, task_seconds, run_id, cause, cost_usd, input_tokens,"
+    " output_tokens, calls, task_version, vectors, vector_at, vector_len"
+)
 
 
 # -- migrations ----------------------------------------------------------------------------

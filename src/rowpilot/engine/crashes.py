@@ -45,7 +45,8 @@ from pathlib import Path
 from typing import Any
 
 from rowpilot.engine.items import Item
-from rowpilot.state.registry import Outcome, Registry, state_error
+from rowpilot.state._errors import state_error
+from rowpilot.state.registry import Outcome, Registry
 
 INFLIGHT_DIR = "inflight"
 _COMPACT_BYTES = 1 << 20  # rewrite the file with the keys still in flight past this size

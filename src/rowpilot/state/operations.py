@@ -27,6 +27,7 @@ from rowpilot.sources import Source
 from rowpilot.state.batches import BatchLedger
 from rowpilot.state.lock import StateLock, is_locked
 from rowpilot.state.registry import REGISTRY_FILE, Registry
+from rowpilot.state.vector_files import VectorFiles
 
 _SHOWN = 10
 
@@ -200,6 +201,8 @@ def merge(sources: list[Path], into: Path) -> MergeReport:
         building = into / f"{_MERGING}{os.getpid()}"
         target = _start_from(Registry(into), building)
         try:
+            for source in sources:  # before the registry that names them is in place
+                VectorFiles(source).copy_missing_to(into)
             conflicts, per_source = _merge_all(target, sources)
             items = target.item_count()
             target.checkpoint()  # all in the one file

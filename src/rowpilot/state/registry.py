@@ -2,8 +2,10 @@
 
 Only the scheduler writes (for grouped tasks, on engine.grouped.CommitThread), a batch
 of outcomes per transaction, an item's output with its status: the JSON in ``output``,
-its vectors raw (little-endian float32, migration 0004) in ``vectors``; older rows keep
-base64 vectors in the JSON, read back alike. Exports are derived from here.
+its vectors raw (little-endian float32) in the run's vector file beside the registry
+(``state.vector_files``, migration 0005: ``vector_at``, ``vector_len``). Rows of older
+registries keep them in ``vectors`` (migration 0004) or as base64 in the JSON, read back
+alike. Exports are derived from here.
 
 The file is created on the first commit, not before, so a run that fails on bad input or
 does no work leaves no state behind.
@@ -12,22 +14,24 @@ does no work leaves no state behind.
 from __future__ import annotations
 
 import contextlib
-import errno
 import functools
 import json
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import chain
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, NamedTuple, ParamSpec, TypeVar
 
-from rowpilot.engine.items import decode_output, fingerprint
+from rowpilot.engine.items import decode_output
 from rowpilot.errors import StateError
 from rowpilot.sinks.exports import ExportRecord
+from rowpilot.state._errors import state_error
+from rowpilot.state.schema import atomic, configure, migrate, pending_migrations
+from rowpilot.state.vector_files import VectorFiles
 
 REGISTRY_FILE = "registry.sqlite"
 VALIDATED_META = "validated_source"  # the file the last complete run's validation read
@@ -100,220 +104,6 @@ class PriorState:
     finished_at: float
 
 
-def _create_tables(db: sqlite3.Connection) -> None:
-    # One statement at a time: executescript() would commit the migration's transaction.
-    for statement in _CREATE_TABLES.split(";"):
-        if statement.strip():
-            db.execute(statement)
-
-
-_CREATE_TABLES = """
-        CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
-        CREATE TABLE runs (
-            run_id TEXT PRIMARY KEY,
-            started_at REAL NOT NULL,
-            ended_at REAL,
-            status TEXT NOT NULL,
-            command TEXT,
-            pid INTEGER,
-            task TEXT,
-            task_version TEXT,
-            settings TEXT,
-            summary TEXT
-        );
-        CREATE TABLE items (
-            key TEXT PRIMARY KEY,
-            seq INTEGER NOT NULL,
-            fingerprint TEXT NOT NULL,
-            status TEXT NOT NULL CHECK (status IN ('done', 'failed')),
-            attempts INTEGER NOT NULL,
-            input TEXT NOT NULL,
-            output TEXT,
-            error TEXT,
-            error_type TEXT,
-            traceback TEXT,
-            started_at REAL,
-            finished_at REAL NOT NULL,
-            task_seconds REAL NOT NULL,
-            run_id TEXT NOT NULL
-        );
-        CREATE INDEX items_by_seq ON items (seq);
-        """
-
-
-def _add_call_journal(db: sqlite3.Connection) -> None:
-    for statement in _CALL_JOURNAL.split(";"):
-        if statement.strip():
-            db.execute(statement)
-
-
-_CALL_JOURNAL = """
-        ALTER TABLE items ADD COLUMN cause TEXT;
-        ALTER TABLE items ADD COLUMN cost_usd REAL NOT NULL DEFAULT 0;
-        ALTER TABLE items ADD COLUMN input_tokens INTEGER NOT NULL DEFAULT 0;
-        ALTER TABLE items ADD COLUMN output_tokens INTEGER NOT NULL DEFAULT 0;
-        ALTER TABLE items ADD COLUMN calls INTEGER NOT NULL DEFAULT 0;
-        CREATE TABLE calls (
-            call_key TEXT PRIMARY KEY,
-            provider TEXT NOT NULL,
-            model TEXT NOT NULL,
-            run_id TEXT NOT NULL,
-            created_at REAL NOT NULL,
-            rows INTEGER NOT NULL,
-            response TEXT NOT NULL,
-            finish_reason TEXT,
-            input_tokens INTEGER NOT NULL,
-            output_tokens INTEGER NOT NULL,
-            cost_usd REAL NOT NULL,
-            seconds REAL
-        );
-        CREATE TABLE answers (
-            row_key TEXT PRIMARY KEY,
-            call_key TEXT NOT NULL,
-            output TEXT NOT NULL,
-            cost_usd REAL NOT NULL,
-            input_tokens INTEGER NOT NULL,
-            output_tokens INTEGER NOT NULL
-        )
-        """
-
-
-def _add_versions_and_crashes(db: sqlite3.Connection) -> None:
-    # Each item remembers the task version that produced it, so exports and status can
-    # tell current outputs from stale ones; crashes counts the process deaths a key was
-    # in flight for (see Registry.record_crash).
-    db.execute("ALTER TABLE items ADD COLUMN task_version TEXT")
-    db.execute(
-        """
-        CREATE TABLE crashes (
-            key TEXT PRIMARY KEY,
-            in_flight INTEGER NOT NULL,
-            alone INTEGER NOT NULL,
-            last_run TEXT NOT NULL
-        )
-        """
-    )
-    _backfill_versions(db)
-
-
-def _backfill_versions(db: sqlite3.Connection) -> None:
-    """Older items: the version whose fingerprint matches theirs (None if none does)."""
-    versions = {v for (v,) in db.execute("SELECT DISTINCT task_version FROM runs") if v}
-    versions |= {v for (v,) in db.execute("SELECT value FROM meta WHERE name = 'task_version'")}
-    last = 0
-    while versions:
-        rows = db.execute(
-            "SELECT rowid, fingerprint, input FROM items WHERE rowid > ? ORDER BY rowid LIMIT 5000",
-            (last,),
-        ).fetchall()
-        if not rows:
-            return
-        last = rows[-1][0]
-        found = [(_version_of(fp, text, versions), rowid) for rowid, fp, text in rows]
-        db.executemany("UPDATE items SET task_version = ? WHERE rowid = ?", found)
-
-
-def _version_of(item_fingerprint: str, input_json: str, versions: Iterable[str]) -> str | None:
-    return next((v for v in versions if fingerprint(v, input_json) == item_fingerprint), None)
-
-
-def _add_vector_blobs(db: sqlite3.Connection) -> None:
-    # Raw little-endian float32 beside the output JSON, which names each vector's place
-    # (items.encode_output_parts); older rows keep base64 in the JSON: nothing is rewritten.
-    db.execute("ALTER TABLE items ADD COLUMN vectors BLOB")
-
-
-# Append-only: never edit or reorder a released migration; add a new one at the end.
-MIGRATIONS: tuple[tuple[str, Callable[[sqlite3.Connection], None]], ...] = (
-    ("0001_create_tables", _create_tables),
-    ("0002_call_journal", _add_call_journal),
-    ("0003_versions_and_crashes", _add_versions_and_crashes),
-    ("0004_vector_blobs", _add_vector_blobs),
-)
-
-
-def connect(path: Path) -> sqlite3.Connection:
-    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    _configure(db)
-    return db
-
-
-def _configure(db: sqlite3.Connection) -> None:
-    db.execute("PRAGMA journal_mode=WAL")
-    # NORMAL in WAL mode: a commit survives a killed process (not a power cut) without an
-    # fsync per transaction, which is what lets small batches commit cheaply.
-    db.execute("PRAGMA synchronous=NORMAL")
-    db.execute("PRAGMA busy_timeout=10000")
-
-
-@contextmanager
-def atomic(db: sqlite3.Connection) -> Iterator[None]:
-    """One write transaction. A failed rollback never hides the original exception."""
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        with contextlib.suppress(sqlite3.Error):
-            db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
-
-
-def migrate(db: sqlite3.Connection) -> None:
-    db.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at REAL)")
-    applied = {row[0] for row in db.execute("SELECT name FROM migrations")}
-    known = {name for name, _ in MIGRATIONS}
-    if applied - known:
-        raise StateError(
-            f"the registry was written by a newer rowpilot (migrations {sorted(applied - known)})",
-            hint="upgrade rowpilot (pip install -U rowpilot)",
-        )
-    for name, step in MIGRATIONS:
-        if name not in applied:
-            with atomic(db):
-                step(db)
-                db.execute("INSERT INTO migrations VALUES (?, ?)", (name, time.time()))
-
-
-def _pending_migrations(db: sqlite3.Connection) -> list[str]:
-    applied = {row[0] for row in db.execute("SELECT name FROM migrations")}
-    return [name for name, _ in MIGRATIONS if name not in applied]
-
-
-# -- errors ---------------------------------------------------------------------------------
-
-_DISK_FULL = ("database or disk is full", "no space left")
-_DAMAGED = ("malformed", "not a database", "file is encrypted")
-_READ_ONLY = ("readonly database", "read-only file system", "permission denied")
-
-
-def state_error(exc: BaseException, path: Path, doing: str) -> StateError:
-    """A registry or state-folder failure as one line that says what to do."""
-    text = str(exc).lower()
-    code = getattr(exc, "errno", None)
-    if code == errno.ENOSPC or any(part in text for part in _DISK_FULL):
-        return StateError(
-            f"cannot {doing} {path}: the disk is full",
-            hint="free some space, then run the same command again: everything committed "
-            "so far is kept",
-        )
-    if any(part in text for part in _DAMAGED):
-        return StateError(
-            f"{path} is damaged or is not a rowpilot registry ({exc})",
-            hint="restore it from a copy (sqlite3 registry.sqlite .recover saves what is "
-            "readable), or point --state at another folder",
-        )
-    if code in (errno.EROFS, errno.EACCES, errno.EPERM) or any(p in text for p in _READ_ONLY):
-        return StateError(
-            f"cannot {doing} {path}: its folder is read-only",
-            hint="make the state folder writable, or pass --state with a writable folder",
-        )
-    return StateError(
-        f"cannot {doing} {path}: {exc}",
-        hint="check the disk and the state folder, then run the same command again",
-    )
-
-
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
@@ -351,6 +141,7 @@ class Registry:
         self.path = directory / REGISTRY_FILE
         self._db: sqlite3.Connection | None = None
         self._current: frozenset[str] | None = None
+        self.vector_files = VectorFiles(directory)
 
     @property
     def exists(self) -> bool:
@@ -393,7 +184,7 @@ class Registry:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             try:
                 self._check_tables(db)
-                _configure(db)
+                configure(db)
                 migrate(db)
             except BaseException:
                 db.close()
@@ -418,7 +209,7 @@ class Registry:
             check_same_thread=False,
         )
         self._check_tables(db)
-        if _pending_migrations(db):
+        if pending_migrations(db):
             db.close()
             raise StateError(
                 f"{self.path} was written by an older rowpilot and is on a read-only filesystem",
@@ -451,6 +242,7 @@ class Registry:
             self._db.close()
             self._db = None
         self._current = None
+        self.vector_files.close()
 
     @_mapped("read the registry")
     def lookup(self, keys: Sequence[str]) -> dict[str, PriorState]:
@@ -486,14 +278,23 @@ class Registry:
                 db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta.items())
             if run:
                 _upsert_run(db, run)
-            whole = len(outcomes) - len(outcomes) % _ROWS_A_STATEMENT
-            if whole:
-                db.executemany(_INSERT_ITEMS, _rows_together(outcomes[:whole]))
-            db.executemany(_INSERT_ITEM, outcomes[whole:])
+            if outcomes:
+                _insert_items(db, outcomes, self._vector_places(outcomes))
             if cleared:
                 db.executemany("DELETE FROM crashes WHERE key = ?", [(k,) for k in cleared])
         if run or meta:
             self._current = None
+
+    def _vector_places(self, outcomes: Sequence[Outcome]) -> list[tuple[int, int] | None]:
+        """Each outcome's vectors written to its run's vector file (before the transaction
+        that names them commits); where they went, None for an outcome without."""
+        blobs = list(map(_VECTORS, outcomes))
+        if not any(blobs):
+            return [None] * len(outcomes)
+        run_ids = set(map(_RUN_ID, outcomes))
+        if len(run_ids) == 1:  # always, for a run's own outcomes
+            return self.vector_files.append(run_ids.pop(), blobs)
+        return [self.vector_files.append(o.run_id, [o.vectors])[0] for o in outcomes]
 
     @_mapped("write the registry")
     def journal(self, call: CallRecord, answers: Sequence[RowAnswer] = ()) -> None:
@@ -762,7 +563,7 @@ class Registry:
             where += " AND status = ?"
             params = [*params, status]
         query = f"SELECT {_RECORD_COLUMNS} FROM items WHERE {where} ORDER BY seq, key"
-        yield from self._rows(query, params, _record)
+        yield from self._rows(query, params, lambda row: _record(row, self.vector_files))
 
     def failures(self, *, include_stale: bool = False) -> Iterator[tuple[ExportRecord, str | None]]:
         """Failed items with their tracebacks."""
@@ -771,7 +572,8 @@ class Registry:
             f"SELECT {_RECORD_COLUMNS}, traceback FROM items WHERE {where} AND"
             " status = 'failed' ORDER BY seq, key"
         )
-        yield from self._rows(query, params, lambda row: (_record(row[:-1]), row[-1]))
+        files = self.vector_files
+        yield from self._rows(query, params, lambda row: (_record(row[:-1], files), row[-1]))
 
     def _rows(
         self, query: str, params: Sequence[Any], make: Callable[[tuple[Any, ...]], _R]
@@ -807,14 +609,16 @@ def read_only_folder(directory: Path) -> bool:
 
 _RECORD_COLUMNS = (
     "key, seq, status, input, output, error, error_type, attempts, fingerprint, finished_at,"
-    " cause, cost_usd, task_version, vectors"
+    " cause, cost_usd, task_version, vectors, run_id, vector_at, vector_len"
 )
 
 
-def _record(row: tuple[Any, ...]) -> ExportRecord:
+def _record(row: tuple[Any, ...], files: VectorFiles) -> ExportRecord:
     """An export record from the ``_RECORD_COLUMNS`` of a row (the version is left out)."""
     key, seq, status, input_json, output_json, error, error_type, attempts, fp, finished = row[:10]
-    cause, cost, _, vectors = row[10:14]
+    cause, cost, _, vectors, run_id, vector_at, vector_len = row[10:17]
+    if vector_at is not None:
+        vectors = files.read(run_id, vector_at, vector_len)
     return ExportRecord(
         key=key,
         seq=seq,
@@ -834,19 +638,52 @@ def _record(row: tuple[Any, ...]) -> ExportRecord:
 _ITEM_COLUMNS = (
     "key, seq, fingerprint, input, status, attempts, output, error, error_type, traceback,"
     " started_at, finished_at, task_seconds, run_id, cause, cost_usd, input_tokens,"
-    " output_tokens, calls, task_version, vectors"
-)  # Outcome's fields in order: an outcome is its row
-_INSERT_ITEM = f"INSERT OR REPLACE INTO items ({_ITEM_COLUMNS}) VALUES ({','.join('?' * 21)})"
+    " output_tokens, calls, task_version, vector_at, vector_len"
+)  # Outcome's fields in order but its vectors, then where its vectors were written
+_INSERT_ITEM = f"INSERT OR REPLACE INTO items ({_ITEM_COLUMNS}) VALUES ({','.join('?' * 22)})"
 # A large batch goes in statements of 32 rows: one SQLite step (and one GIL hand-back on
-# the commit thread) for 32 rows instead of one a row; 672 values, far under the limit.
+# the commit thread) for 32 rows instead of one a row; 704 values, far under the limit.
 _ROWS_A_STATEMENT = 32
-_INSERT_ITEMS = _INSERT_ITEM + f",({','.join('?' * 21)})" * (_ROWS_A_STATEMENT - 1)
+_INSERT_ITEMS = _INSERT_ITEM + f",({','.join('?' * 22)})" * (_ROWS_A_STATEMENT - 1)
+# A batch of plain done rows (a grouped task's: one attempt, no error, nothing paid) binds
+# only what varies, 12 values a row instead of 22: binding holds the GIL the model needs.
+_PLAIN_FIXED = itemgetter(4, 5, 7, 8, 9, 14, 15, 16, 17, 18)
+_PLAIN_VALUES = ("done", 1, None, None, None, None, 0.0, 0, 0, 0)
+_PLAIN_VARYING = itemgetter(0, 1, 2, 3, 6, 10, 11, 12, 13, 19)
+_PLAIN_COLUMNS = (
+    "key, seq, fingerprint, input, output, started_at, finished_at, task_seconds, run_id,"
+    " task_version, vector_at, vector_len, status, attempts, cost_usd, input_tokens,"
+    " output_tokens, calls"
+)
+_PLAIN_ROW = f"({','.join('?' * 12)},'done',1,0.0,0,0,0)"
+_INSERT_PLAIN = f"INSERT OR REPLACE INTO items ({_PLAIN_COLUMNS}) VALUES {_PLAIN_ROW}"
+_INSERT_PLAINS = _INSERT_PLAIN + f",{_PLAIN_ROW}" * (_ROWS_A_STATEMENT - 1)
+_VECTORS, _RUN_ID = itemgetter(20), itemgetter(13)
+_NO_PLACE = (None, None)
 
 
-def _rows_together(outcomes: Sequence[Outcome]) -> Iterator[tuple[Any, ...]]:
-    """The outcomes' values, ``_ROWS_A_STATEMENT`` rows end to end a tuple (whole ones)."""
-    for start in range(0, len(outcomes), _ROWS_A_STATEMENT):
-        yield tuple(chain.from_iterable(outcomes[start : start + _ROWS_A_STATEMENT]))
+def _insert_items(
+    db: sqlite3.Connection, outcomes: Sequence[Outcome], places: list[tuple[int, int] | None]
+) -> None:
+    """The outcomes' rows, their vectors' places in the vector file in place of the bytes."""
+    ends = [_NO_PLACE if place is None else place for place in places]
+    rows: list[tuple[Any, ...]]
+    if all(map(_PLAIN_VALUES.__eq__, map(_PLAIN_FIXED, outcomes))):
+        rows = list(map(tuple.__add__, map(_PLAIN_VARYING, outcomes), ends))
+        one, many = _INSERT_PLAIN, _INSERT_PLAINS
+    else:
+        rows = [(*outcome[:20], *end) for outcome, end in zip(outcomes, ends, strict=True)]
+        one, many = _INSERT_ITEM, _INSERT_ITEMS
+    whole = len(rows) - len(rows) % _ROWS_A_STATEMENT
+    if whole:
+        db.executemany(many, _rows_together(rows[:whole]))
+    db.executemany(one, rows[whole:])
+
+
+def _rows_together(rows: Sequence[tuple[Any, ...]]) -> Iterator[tuple[Any, ...]]:
+    """The rows' values, ``_ROWS_A_STATEMENT`` rows end to end a tuple (whole ones)."""
+    for start in range(0, len(rows), _ROWS_A_STATEMENT):
+        yield tuple(chain.from_iterable(rows[start : start + _ROWS_A_STATEMENT]))
 
 
 _RUN_COLUMNS = (
@@ -887,7 +724,8 @@ def _merge_shard(db: sqlite3.Connection) -> tuple[int, int]:
                 run_id = excluded.run_id, cause = excluded.cause,
                 cost_usd = excluded.cost_usd, input_tokens = excluded.input_tokens,
                 output_tokens = excluded.output_tokens, calls = excluded.calls,
-                vectors = excluded.vectors
+                task_version = excluded.task_version, vectors = excluded.vectors,
+                vector_at = excluded.vector_at, vector_len = excluded.vector_len
             WHERE (excluded.status = 'done' AND items.status != 'done')
                OR (excluded.status = items.status AND excluded.finished_at > items.finished_at)
             """

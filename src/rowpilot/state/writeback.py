@@ -20,6 +20,7 @@ from typing import Any
 from rowpilot.engine.items import decode_output
 from rowpilot.errors import StateError
 from rowpilot.state.registry import REGISTRY_FILE
+from rowpilot.state.vector_files import VectorFiles
 
 LEDGER_FILE = "writeback.sqlite"
 
@@ -90,26 +91,26 @@ def owned_columns(state: Path, sheet: str) -> list[str]:
     return [str(row[0]) for row in rows]
 
 
+_COLUMNS = "rowid, key, output, vectors, task_version, run_id, vector_at, vector_len"
+
+
 class DoneItems:
     """Done items of the registry, read on the writer's own read-only connection."""
 
     def __init__(self, state: Path) -> None:
         self.path = state / REGISTRY_FILE
         self._db: sqlite3.Connection | None = None
+        self._vector_files = VectorFiles(state)
         self.seen = 0  # the highest rowid read (a re-committed item gets a new one)
 
     def since(self, versions: frozenset[str]) -> dict[str, dict[str, Any]]:
         """Items done, of these task versions, committed since the last call."""
-        query = (
-            "SELECT rowid, key, output, vectors, task_version FROM items"
-            " WHERE rowid > ? AND status = 'done' ORDER BY rowid"
-        )
+        query = f"SELECT {_COLUMNS} FROM items WHERE rowid > ? AND status = 'done' ORDER BY rowid"
         return self._read(query, versions, track=True)
 
     def every(self, versions: frozenset[str]) -> dict[str, dict[str, Any]]:
         query = (
-            "SELECT rowid, key, output, vectors, task_version FROM items"
-            " WHERE rowid > ? AND status = 'done' ORDER BY seq, key"
+            f"SELECT {_COLUMNS} FROM items WHERE rowid > ? AND status = 'done' ORDER BY seq, key"
         )
         return self._read(query, versions, track=False)
 
@@ -120,10 +121,13 @@ class DoneItems:
         if db is None:
             return {}
         found: dict[str, dict[str, Any]] = {}
-        for rowid, key, output, vectors, version in db.execute(query, (self.seen if track else 0,)):
+        for row in db.execute(query, (self.seen if track else 0,)):
+            rowid, key, output, vectors, version, run_id, vector_at, vector_len = row
             if track:
                 self.seen = max(self.seen, rowid)
             if version in versions and output is not None:
+                if vector_at is not None:
+                    vectors = self._vector_files.read(run_id, vector_at, vector_len)
                 found[key] = decode_output(output, vectors)
         return found
 
@@ -135,5 +139,6 @@ class DoneItems:
         return self._db
 
     def close(self) -> None:
+        self._vector_files.close()
         if self._db is not None:
             self._db.close()
