@@ -679,6 +679,56 @@ def test_grouped_tasks_commit_each_row_and_a_failing_group_runs_row_by_row(
     assert ["k06"] in task.groups  # ...and the failed group's rows alone
 
 
+class OneGroupAtATime(Task):
+    """A grouped task that computes one group at a time behind a lock, as the local model
+    does, and asks for a group in flight beyond its one worker (``groups_ahead``)."""
+
+    name = "one_group_at_a_time"
+    version = "1"
+    groups_rows = True
+    rows_per_worker = 4
+    groups_ahead = 1
+
+    def __init__(self, groups: int) -> None:
+        self.groups = groups
+        self.computing = threading.Lock()
+        self.arrivals = threading.Condition()
+        self.arrived = self.computed = 0
+        self.next_was_waiting: list[bool] = []
+
+    def batch_call(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        with self.arrivals:
+            self.arrived += 1
+            self.arrivals.notify_all()
+        with self.computing:
+            with self.arrivals:  # the next group reaches the lock while this one holds it
+                if self.computed + 1 < self.groups:
+                    waiting = self.arrivals.wait_for(
+                        lambda: self.arrived > self.computed + 1, timeout=30
+                    )
+                    self.next_was_waiting.append(waiting)
+                self.computed += 1
+            return [{"upper": row["text"].upper()} for row in rows]
+
+    def call(self, row: dict[str, Any], ctx: Any) -> dict[str, Any]:
+        return self.batch_call([row])[0]
+
+
+def test_a_group_ahead_waits_at_the_tasks_lock_while_one_computes(tmp_path: Path) -> None:
+    # The next group must be handed to the executor before the one computing ends, so the
+    # computing never waits for the event loop between groups; one worker still means one
+    # group computed at a time. Without groups_ahead the next group is only handed over
+    # once this one has returned: the wait above times out and the test fails.
+    rows = [{"id": f"k{i:02d}", "text": f"text {i}"} for i in range(12)]
+    task = OneGroupAtATime(groups=3)
+    config = {"task": task, "source": rows, "key": "id", "workers": 1, "state": tmp_path / "s"}
+    result = run_sync(build_config(config))
+    assert task.next_was_waiting == [True, True]
+    assert {record.key: record.output for record in result} == {
+        row["id"]: {"upper": row["text"].upper()} for row in rows
+    }
+
+
 def test_the_summary_gives_shares_and_the_average_item() -> None:
     from rowpilot._result import Summary
 

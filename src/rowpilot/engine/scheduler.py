@@ -112,7 +112,7 @@ class Scheduler:
         self._window = Slots(settings.window + self._probe_room)
         # The run's worker slots, shared with the steps' ctx.map sub-items when given.
         self._workers = workers if workers is not None else Slots(settings.workers)
-        self._groups = Slots(max(1, settings.workers // settings.group))
+        self._groups = Slots(max(1, settings.workers // settings.group) + task.groups_ahead)
         self._tasks: set[asyncio.Task[None]] = set()
         self._buffer: list[Outcome] = []
         self._uncommitted = 0  # admitted items whose outcome is not committed yet
@@ -521,7 +521,7 @@ class Scheduler:
             return
         rows = decision.new * self.settings.group
         self._workers.resize(rows)
-        self._groups.resize(decision.new)
+        self._groups.resize(decision.new + self.task.groups_ahead)
         self._window.resize(self.settings.window_of(rows) + self._probe_room)
         c.workers = decision.new
         self.events.emit(

@@ -3,8 +3,10 @@
 They are ordinary rowpilot tasks (one item per row, resumable, one registry) whose rows are
 computed in groups: the scheduler hands ``batch_call`` a group of ``batch`` rows in a
 worker thread (the model releases the GIL), so the event loop keeps reading rows, and the
-scheduler's commit thread writing finished groups, while the model works. ``--workers``
-is the number of groups computed at once. An embedding is stored as raw float32 bytes.
+scheduler's commit thread writing finished groups, while the model works. A process
+computes one group at a time (the tokenizer uses every core); ``--workers`` is the number
+of groups in flight, and with ``--executor process`` the processes computing at once. An
+embedding is stored as raw float32 bytes in the run's vector file.
 
 The model is the same for every row and every run: outputs do not depend on the batch a
 row fell in, nor on the worker count (the tests compare 1 and 4 workers).
@@ -13,6 +15,7 @@ row fell in, nor on the worker count (the tests compare 1 and 4 workers).
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +29,10 @@ if TYPE_CHECKING:
     from rowpilot.tasks.ctx import Ctx
 
 LOCAL_PROVIDER = "local"
+# One group computed at a time in a process: the tokenizer already uses every core and the
+# rest holds the GIL, so two groups at once only take turns (measured: 2 workers are no
+# faster than 1). Groups in flight beyond it wait here, and the next starts as one ends.
+_COMPUTING = threading.Lock()
 
 
 class _LocalTask(Task):
@@ -36,6 +43,7 @@ class _LocalTask(Task):
     """
 
     groups_rows = True
+    groups_ahead = 1  # the next group waits at _COMPUTING, not for the event loop's turn
     sizing = "grouped"
     portable = True  # CPU-bound: the model in each worker process
 
@@ -59,7 +67,9 @@ class _LocalTask(Task):
 
     def batch_call(self, rows: list[dict[str, Any]]) -> list[Any]:
         texts = [self.template.render(row) for row in rows]
-        return self._outputs(self._compute(texts))
+        with _COMPUTING:
+            computed = self._compute(texts)
+        return self._outputs(computed)
 
     def _compute(self, texts: list[str]) -> np.ndarray:
         raise NotImplementedError

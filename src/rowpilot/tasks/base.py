@@ -68,6 +68,9 @@ class Task(ABC):
     is_async: bool = False
     groups_rows: bool = False  # the engine calls batch_call on groups of rows
     rows_per_worker: int = 1  # rows one worker carries (a group, or an LLM batch)
+    # Groups in flight beyond the workers' (grouped tasks): a task that computes one group
+    # at a time anyway (a lock) has the next one waiting at the lock, not on the event loop.
+    groups_ahead: int = 0
     sizing: TaskKind = "sync"  # how --workers auto makes its first guess
     output_fields: tuple[str, ...] | None = None  # known before the first answer, if at all
     vector_field: str | None = None  # the output a vector store takes, if the task makes one
