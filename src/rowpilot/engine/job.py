@@ -37,6 +37,7 @@ from typing import Any, cast
 from rowpilot._config import JobConfig
 from rowpilot._result import Result, Summary
 from rowpilot._targets import scheme_of
+from rowpilot.engine._collector import collections_spaced
 from rowpilot.engine.crashes import CrashPolicy, InFlightLog, recover
 from rowpilot.engine.events import EventLog, warn
 from rowpilot.engine.items import (
@@ -873,12 +874,13 @@ def _write_outputs(sinks: list[Sink], registry: Registry) -> list[str]:
 
 def run_sync(config: JobConfig, progress: ProgressView | None = None) -> Result:
     """The sync face: run the async engine, in a helper thread if a loop already runs here."""
-    job = prepare(config)
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(execute(job, progress))
-    return _run_in_thread(job, progress)
+    with collections_spaced():
+        job = prepare(config)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(execute(job, progress))
+        return _run_in_thread(job, progress)
 
 
 def _run_in_thread(job: PreparedJob, progress: ProgressView | None) -> Result:
