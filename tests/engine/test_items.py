@@ -31,6 +31,7 @@ from rowpilot.engine.items import (
     key_hash,
     parse_rows,
     parse_shard,
+    repeat_hash,
     scan,
     selected_items,
 )
@@ -335,7 +336,7 @@ def test_scan_finds_duplicate_keys_and_the_error_lists_them_with_rows() -> None:
     keyer = Keyer(source, "id")
     report = scan(source, keyer, Selection())
     assert report.total == 6
-    assert report.duplicate_hashes == {key_hash("a"), key_hash("b")}
+    assert report.duplicate_hashes == {repeat_hash("a"), repeat_hash("b")}
 
     error = duplicate_key_error(source, keyer, Selection(), report.duplicate_hashes)
     assert error is not None
@@ -371,7 +372,7 @@ def test_duplicates_outside_the_selection_do_not_count() -> None:
 def test_hashes_that_only_collide_are_not_duplicates() -> None:
     source = source_of(["a", "b", "c"])
     keyer = Keyer(source, "id")
-    suspects = frozenset({key_hash("a"), key_hash("c")})
+    suspects = frozenset({repeat_hash("a"), repeat_hash("c")})
     assert duplicate_key_error(source, keyer, Selection(), suspects) is None
 
 

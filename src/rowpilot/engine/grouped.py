@@ -57,8 +57,8 @@ def group_outcomes(
     version: str | None,
 ) -> list[Outcome]:
     """The outcome of each row of a group that ran: done, one attempt, no provider calls,
-    one finishing time. Built by ``Outcome._make`` (``tuple.__new__`` and a length check)
-    over zipped columns, not a 21-argument constructor a row: this runs for every row."""
+    one finishing time. Built by ``tuple.__new__`` over zipped columns (the length is
+    checked once, on the first), not a 21-argument constructor a row: this runs for every row."""
     if len(outputs) != len(group):
         raise ValueError(f"a group of {len(group)} rows came back with {len(outputs)} outputs")
     texts, vectors = zip(*outputs, strict=True)
@@ -70,7 +70,12 @@ def group_outcomes(
         nothing, repeat(0.0), free, free, free,  # cause, cost, tokens in and out, calls
         repeat(version), vectors,
     )  # fmt: skip
-    return list(map(Outcome._make, zip(*columns, strict=False)))  # the repeats are endless
+    # tuple.__new__ at C speed: Outcome._make is a Python call a row.
+    make = functools.partial(tuple.__new__, Outcome)
+    outcomes = list(map(make, zip(*columns, strict=False)))  # the repeats are endless
+    if len(outcomes[0]) != len(Outcome._fields):
+        raise AssertionError(f"an outcome of {len(outcomes[0])} fields, not {len(Outcome._fields)}")
+    return outcomes
 
 
 class CommitThread:
