@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict
 
 from rowpilot.errors import OutputCollisionError, TaskLoadError, TaskOutputError
 from rowpilot.tasks.ctx import Ctx
-from rowpilot.tasks.output import group_parts, output_json, output_parts
+from rowpilot.tasks.output import MatrixRows, group_parts, output_json, output_parts
 from rowpilot.tasks.python import PythonTask as Task
 from rowpilot.tasks.python import load_task, source_version
 
@@ -514,6 +514,29 @@ _array_of = st.one_of(
 def test_a_group_encodes_as_its_rows_would_one_by_one(values: list[dict[str, Any]]) -> None:
     one_by_one = [output_parts(value, task="t", key="") for value in values]
     assert group_parts(values, task="t") == one_by_one
+
+
+@given(
+    rows=st.integers(1, 6),
+    width=st.integers(0, 5),
+    dtype=st.sampled_from(["<f2", "<f4", "<f8", ">f8", "<i8"]),
+    data=st.data(),
+)
+def test_matrix_rows_encode_as_their_rows_would_one_by_one(
+    rows: int, width: int, dtype: str, data: st.DataObject
+) -> None:
+    # The local model's outputs skip the re-stacking: the result must be the same bytes
+    # and JSON as its rows one by one, whatever the matrix's width and type.
+    cells = st.floats(width=16, allow_nan=False) if "f" in dtype else st.integers(-5, 5)
+    flat = data.draw(st.lists(cells, min_size=rows * width, max_size=rows * width))
+    matrix = np.array(flat, dtype=dtype).reshape(rows, width)
+    values = MatrixRows("embedding", matrix)
+    assert isinstance(values, list) and len(values) == rows  # still a list of dicts
+    assert all(np.array_equal(v["embedding"], row) for v, row in zip(values, matrix, strict=True))
+    one_by_one = [output_parts(value, task="t", key="") for value in values]
+    assert group_parts(values, task="t", prefix="") == one_by_one
+    prefixed = [output_parts(value, task="t", key="", prefix="p_") for value in values]
+    assert group_parts(values, task="t", prefix="p_") == prefixed
 
 
 def test_a_group_of_embeddings_shares_one_json_and_slices_one_matrix() -> None:

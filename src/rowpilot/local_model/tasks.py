@@ -112,7 +112,9 @@ class EmbedTask(_LocalTask):
         return embed_texts(texts, batch_size=len(texts))
 
     def _outputs(self, computed: np.ndarray) -> list[dict[str, Any]]:
-        return [{"embedding": vector} for vector in computed]
+        from rowpilot.tasks.output import MatrixRows
+
+        return MatrixRows("embedding", computed)
 
 
 class LocalLabelTask(_LocalTask):

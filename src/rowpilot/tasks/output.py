@@ -104,6 +104,17 @@ def _encoded(value: dict[str, Any], encode: Callable[[Any], _T], *, task: str, k
         ) from exc
 
 
+class MatrixRows(list[dict[str, Any]]):
+    """A group's outputs, one vector field a row, that are the rows of one float matrix (as
+    the local model computes them): ``group_parts`` encodes the matrix as it is instead of
+    stacking the rows again. Still a list of one dict a row for any other reader."""
+
+    def __init__(self, field: str, matrix: Any) -> None:
+        super().__init__({field: row} for row in matrix)
+        self.field = field
+        self.matrix = matrix
+
+
 def group_parts(
     values: list[Any],
     *,
@@ -128,15 +139,18 @@ def _vector_group(
 ) -> list[Encoded] | None:
     if not values or type(values[0]) is not dict or not values[0]:
         return None
-    names = tuple(values[0])
-    if any(type(value) is not dict or tuple(value) != names for value in values):
-        return None
-    columns = [[value[name] for value in values] for name in names]
-    if not all(_same_length_vectors(column) for column in columns):
-        return None
-    import numpy as np
+    matrix = _whole_matrix(values)
+    if matrix is None:
+        names = tuple(values[0])
+        if any(type(value) is not dict or tuple(value) != names for value in values):
+            return None
+        columns = [[value[name] for value in values] for name in names]
+        if not all(_same_length_vectors(column) for column in columns):
+            return None
+        import numpy as np
 
-    matrix = np.concatenate([np.stack(column).astype("<f4", copy=False) for column in columns], 1)
+        stacked = [np.stack(column).astype("<f4", copy=False) for column in columns]
+        matrix = np.concatenate(stacked, 1)
     if matrix.shape[1] == 0:
         return None  # empty vectors: nothing to gain
     text, first = output_parts(values[0], task=task, key="", prefix=prefix, taken=taken)
@@ -147,6 +161,19 @@ def _vector_group(
     ]
     assert encoded[0][1] == first  # the shared JSON's places are the matrix's columns
     return encoded
+
+
+def _whole_matrix(values: list[Any]) -> Any:
+    """A ``MatrixRows`` group's matrix as little-endian float32 (a float matrix of a row
+    an output), else None. Its rows are the dicts' vectors: made together, handed straight
+    to the encoder (the first row's bytes are checked against its dict's)."""
+    if type(values) is not MatrixRows:
+        return None
+    matrix = values.matrix
+    kind = getattr(getattr(matrix, "dtype", None), "kind", None)
+    if kind != "f" or matrix.ndim != 2 or len(matrix) != len(values):
+        return None
+    return matrix.astype("<f4", copy=False)
 
 
 def _same_length_vectors(column: list[Any]) -> bool:
