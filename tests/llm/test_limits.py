@@ -146,7 +146,14 @@ def test_limits_must_be_positive(options: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize(
     "options",
-    [{"headroom": 0.0}, {"headroom": 1.5}, {"burst_seconds": 0}, {"share": 0.0}, {"share": 1.5}],
+    [
+        {"headroom": 0.0},
+        {"headroom": 1.5},
+        {"burst_seconds": 0},
+        {"token_burst_seconds": float("inf")},
+        {"share": 0.0},
+        {"share": 1.5},
+    ],
 )
 def test_resource_options_are_checked(options: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="must be"):
@@ -381,7 +388,8 @@ def admit_for(
     """Workers taking slots back to back for ``seconds``; what was admitted, and when."""
 
     async def go() -> Admissions:
-        resource = Resource("x", limits, share=share, clock=loop_clock())
+        # Half a second's bucket for either kind: the pace arithmetic below counts on it.
+        resource = Resource("x", limits, share=share, token_burst_seconds=0.5, clock=loop_clock())
         record = Admissions(created=loop_clock()())
         record.end = record.created + seconds
 
@@ -453,7 +461,7 @@ def test_a_big_request_is_not_starved_by_small_ones() -> None:
     async def go() -> tuple[list[int], float]:
         # 3920 tokens/s into a bucket of 980: the big request needs it full, then owes.
         clock = loop_clock()
-        resource = Resource("x", Limits(tpm=240_000), burst_seconds=0.25, clock=clock)
+        resource = Resource("x", Limits(tpm=240_000), token_burst_seconds=0.25, clock=clock)
         numbers = itertools.count()
         admitted: list[int] = []
         end = clock() + 1.2
@@ -1021,7 +1029,7 @@ def test_paced_calls_get_no_429s_at_the_providers_limit(
 ) -> None:
     async def go() -> tuple[Outcome, int]:
         provider = Provider(limits)
-        resource = Resource("p", limits, learn=False, clock=loop_clock())
+        resource = Resource("p", limits, learn=False, token_burst_seconds=0.5, clock=loop_clock())
         return await call_through(resource, provider, 400, tokens), provider.refused
 
     outcome, refused = run(go())
@@ -1179,7 +1187,9 @@ def test_max_concurrent_keeps_the_simulator_from_refusing() -> None:
 
 def test_admission_corrects_the_prompt_estimate_and_never_gives_back_unused_output() -> None:
     async def go() -> None:
-        resource, _ = fake_resource(Limits(tpm=60_000), accounting="admission")  # holds 490
+        resource, _ = fake_resource(
+            Limits(tpm=60_000), accounting="admission", token_burst_seconds=0.5
+        )  # holds 490
         async with resource.slot(300, output=200) as permit:  # estimate 100 + max_tokens 200
             permit.settle(120, 9)  # the prompt was 120: 20 more, and the 191 unused stay
         assert permit.cost == 120 + 200
@@ -1191,7 +1201,9 @@ def test_admission_corrects_the_prompt_estimate_and_never_gives_back_unused_outp
 
 def test_usage_gives_back_the_unused_output_and_leaves_cache_reads_out() -> None:
     async def go() -> None:
-        resource, _ = fake_resource(Limits(tpm=60_000), accounting="usage")  # holds 490
+        resource, _ = fake_resource(
+            Limits(tpm=60_000), accounting="usage", token_burst_seconds=0.5
+        )  # holds 490
         async with resource.slot(300, output=200) as permit:
             permit.settle(120, 9, cached=100)  # 20 uncached input + 9 output
         assert permit.cost == 20 + 9
@@ -1248,7 +1260,7 @@ def test_the_providers_remaining_bounds_the_bucket_both_ways() -> None:
     (the provider has not counted that yet)."""
 
     async def go() -> None:
-        resource, _ = fake_resource(Limits(tpm=60_000))  # 980 tokens/s, holds 490
+        resource, _ = fake_resource(Limits(tpm=60_000), token_burst_seconds=0.5)  # holds 490
         bucket = resource._buckets["tokens"]
         async with resource.slot(100) as low:
             low.settle(100, headers={"x-ratelimit-remaining-tokens": "50"})
@@ -1399,6 +1411,31 @@ def ceiling_share(learning: Learning) -> float:
     """The part of the provider's 300,000 tpm the calls used as it counts them, after its
     opening second's worth (the full bucket it starts with)."""
     return (learning.used - 5000) / learning.seconds * 60 / 300_000
+
+
+def test_requests_of_most_of_a_seconds_tokens_run_at_a_usage_providers_ceiling() -> None:
+    """label's default 10-row requests (3,200 tokens: prompt 2,200 + max_tokens 1,000,
+    answers of 120) at 300,000 tpm, one at a time as --workers auto sizes it, against a
+    provider that settles at usage: 60 requests, too few for the rule to be learned. Each
+    answer's remaining shows the room its unused output left; the token bucket must hold
+    more than one request for that to admit the next (half a second's worth, 2,450 tokens,
+    admitted one only when full: 0.93 of the ceiling)."""
+
+    async def go() -> tuple[float, float, int]:
+        clock = loop_clock()
+        provider = SettlingProvider(300_000, "usage")
+        resource = Resource("p", accounting="learn", clock=clock)
+        started = clock()
+        for _ in range(60):
+            async with resource.slot(3_200, output=1_000) as permit:
+                said = await provider.call(2_200, 1_000, 120)
+                assert said is not None, "a 429"
+                permit.settle(2_200, 120, headers=said)
+        return provider.used, clock() - started, provider.refused
+
+    used, seconds, refused = run(go())
+    assert refused == 0
+    assert (used - 5000) / seconds * 60 / 300_000 >= 0.95  # after the opening full bucket
 
 
 def test_learn_stays_at_admission_when_the_provider_keeps_max_tokens() -> None:

@@ -11,8 +11,14 @@ is the queue. The rules:
   pause, for one request in the request bucket and for ``tokens`` in the token bucket, then
   takes them all at once. Each wait is computed and slept, never polled.
 * **Buckets** refill continuously at ``limit * headroom * factor / 60`` per second and hold
-  ``burst_seconds`` of that (the providers' own buckets hold about a second's worth: ours
-  staying under theirs absorbs the jitter of the network). They start full. A cost above
+  ``burst_seconds`` of that for requests (the providers' own buckets hold about a second's
+  worth: ours staying under theirs absorbs the jitter of the network) and
+  ``token_burst_seconds`` (a second, less headroom) for tokens: one request may cost a
+  large part of a second's tokens (a 10-row request, ~3,200 at 300,000 tpm), and a bucket
+  that holds less than the next request admits it only when full, so the provider's
+  remaining (below) could never raise it in time (0.93 of a usage-settling provider's
+  ceiling at half a second, 0.98 at a second: docs/benchmarks.md, issue 13). Once the
+  provider reports its remaining, the level never passes it. They start full. A cost above
   the capacity passes when the bucket is full and leaves it in debt, so a huge prompt
   waits its turn instead of forever. A call reserves its prompt estimate + max_tokens
   (``slot(tokens, output=max_tokens)``) and settles with the real counts
@@ -334,6 +340,7 @@ class Resource:
         *,
         headroom: float = 0.98,
         burst_seconds: float = 0.5,
+        token_burst_seconds: float = 1.0,
         learn: bool = True,
         share: float = 1.0,
         accounting: Accounting = "admission",
@@ -342,8 +349,9 @@ class Resource:
     ) -> None:
         if not 0 < headroom <= 1:
             raise ValueError(f"headroom must be in (0, 1], not {headroom!r}")
-        if not (math.isfinite(burst_seconds) and burst_seconds > 0):
-            raise ValueError(f"burst_seconds must be positive, not {burst_seconds!r}")
+        for what, seconds in (("burst", burst_seconds), ("token_burst", token_burst_seconds)):
+            if not (math.isfinite(seconds) and seconds > 0):
+                raise ValueError(f"{what}_seconds must be positive, not {seconds!r}")
         if accounting not in ACCOUNTING:
             raise ValueError(f"accounting must be one of {ACCOUNTING}, not {accounting!r}")
         _check_share(share)
@@ -359,6 +367,7 @@ class Resource:
         self._max_concurrent = _shared_count(limits.max_concurrent, share)
         self._headroom = headroom
         self._burst_s = burst_seconds
+        self._token_burst_s = token_burst_seconds
         self._learn = learn
         self._clock = clock
         self._queue = asyncio.Lock()  # FIFO: the head of the queue holds it while it waits
@@ -572,7 +581,8 @@ class Resource:
             bucket = self._buckets.get(kind)
             if bucket is None:
                 level = (levels or {}).get(kind)
-                self._buckets[kind] = _Bucket(rate, self._burst_s, now, level)
+                burst = self._burst_s if kind == "requests" else self._token_burst_s
+                self._buckets[kind] = _Bucket(rate, burst, now, level)
             else:
                 bucket.set_rate(rate, now)
 
