@@ -428,6 +428,28 @@ def test_encode_items_makes_the_json_and_fingerprint_of_encode_json(
         assert item.fingerprint == fingerprint("v1", item.input_json)
 
 
+@given(
+    st.lists(_ANY_TEXT, min_size=1, max_size=4, unique=True),
+    st.lists(_ANY_TEXT, min_size=1, max_size=8),
+    st.integers(0, 8),
+    _VALUES,
+)
+def test_a_chunk_filled_column_by_column_is_what_each_row_alone_makes(
+    header: list[str], texts: list[str], at: int, odd: Any
+) -> None:
+    # A chunk whose rows all share one header of text values is filled a column at a time;
+    # one odd value or one renamed column sends the chunk back to the row-by-row path.
+    rows = [dict.fromkeys(header, text) for text in texts]
+    renamed = {f"{name}!": value for name, value in rows[0].items()}
+    chunks = [rows, [*rows[:at], {**rows[0], header[0]: odd}, *rows[at:]], [*rows, renamed]]
+    for chunk in chunks:
+        items = [Item(seq, None, str(seq), row) for seq, row in enumerate(chunk)]
+        encode_items(items, "v1")
+        for item in items:
+            assert item.input_json == encode_json(item.fields)
+            assert item.fingerprint == fingerprint("v1", item.input_json)
+
+
 def test_encode_items_names_the_row_of_a_value_that_cannot_be_stored() -> None:
     items = [Item(0, 2, "a", {"x": "1"}), Item(1, 3, "b", {"x": object()})]
     with pytest.raises(SourceFormatError, match="cannot be stored") as raised:
