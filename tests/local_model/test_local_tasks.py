@@ -501,6 +501,33 @@ def test_registry_keeps_vectors_as_raw_float32_in_the_runs_vector_file(tmp_path:
         assert file[at : at + length] == vector.astype("<f4").tobytes()  # 1 KB of float32
 
 
+def test_a_state_copied_without_its_vectors_is_caught_by_verify_and_export(
+    tmp_path: Path,
+) -> None:
+    write_texts(tmp_path / "data.csv", 40)
+    embed = ["embed", "data.csv", "--key", "id", "--text-column", "text", "--state", "state"]
+    assert cli(*embed, "--no-progress", cwd=tmp_path).returncode == 0
+    verify = ["verify", "state", "--source", "data.csv", "--key", "id"]
+    assert cli(*verify, cwd=tmp_path).stdout.rstrip().endswith("complete")
+    (file,) = (tmp_path / "state" / "vectors").glob("*.f32")
+    size = file.stat().st_size
+    assert size == 40 * 1024
+
+    os.truncate(file, size - 4)  # cut short: the last row's vector is not whole
+    cut = cli(*verify, cwd=tmp_path)
+    assert cut.returncode == 1
+    assert f"holds {size - 4:,} bytes, rows name {size:,}" in cut.stdout
+    assert cut.stdout.rstrip().endswith("INCOMPLETE")
+
+    file.unlink()  # copied without its vectors/ folder
+    missing = cli(*verify, cwd=tmp_path)
+    assert missing.returncode == 1 and f"{file.name} is missing" in missing.stdout
+    exported = cli("export", "state", "-o", "out.parquet", cwd=tmp_path)
+    assert exported.returncode == 2
+    assert f"{file.name} is missing" in exported.stderr
+    assert "Traceback" not in exported.stderr and len(exported.stderr.strip().splitlines()) == 1
+
+
 def test_the_demo_jobs_run(tmp_path: Path) -> None:
     demo = Path(__file__).parents[2] / "examples" / "demo"
     for job, output in (("label.toml", "labelled.csv"), ("embed.toml", "vectors.parquet")):

@@ -396,6 +396,8 @@ def _print_verify(report: _state.VerifyReport, as_json: bool) -> None:
             print(f"  {kind}: {', '.join(repr(k) for k in keys)}")
     if report.duplicates:
         print(f"  duplicates in the source: {report.duplicates}")
+    for problem in report.vectors:
+        print(f"  vectors: {problem}")
     print("complete" if report.complete else "INCOMPLETE")
 
 

@@ -297,13 +297,14 @@ class VerifyReport:
     extra: int = 0
     dropped: int = 0
     duplicates: str | None = None
+    vectors: list[str] = field(default_factory=list)  # vector files missing or cut short
     examples: dict[str, list[str]] = field(
         default_factory=lambda: {"failed": [], "missing": [], "stale": []}
     )
 
     @property
     def complete(self) -> bool:
-        return self.done == self.expected and self.duplicates is None
+        return self.done == self.expected and self.duplicates is None and not self.vectors
 
     def note(self, kind: str, key: str) -> None:
         setattr(self, kind, getattr(self, kind) + 1)
@@ -340,6 +341,7 @@ def verify(
         )
         counts = registry.counts()
         in_registry = counts["done"] + counts["failed"] + counts["stale"]
+        report.vectors = registry.vector_files.shortfalls(registry.vector_ends())
     finally:
         registry.close()
     report.extra = max(0, in_registry - matched)

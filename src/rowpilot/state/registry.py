@@ -413,6 +413,15 @@ class Registry:
             db.execute("DETACH DATABASE shard")
 
     @_mapped("read the registry")
+    def vector_ends(self) -> dict[str, int]:
+        """Each run whose vector file rows point into, and the end of the last bytes named."""
+        query = (
+            "SELECT run_id, max(vector_at + vector_len) FROM items"
+            " WHERE vector_at IS NOT NULL GROUP BY run_id"
+        )
+        return {run_id: int(end) for run_id, end in self.db().execute(query)}
+
+    @_mapped("read the registry")
     def has_items(self) -> bool:
         """Whether any item was ever recorded (no count: that would read every row)."""
         db = self._connection(create=False)

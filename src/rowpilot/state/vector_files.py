@@ -81,6 +81,23 @@ class VectorFiles:
             )
         return data
 
+    def shortfalls(self, ends: dict[str, int]) -> list[str]:
+        """Of the runs' files the registry's rows point into (each with the end of the last
+        bytes a row names), those missing or shorter, said in a line each."""
+        found: list[str] = []
+        for run_id, end in sorted(ends.items()):
+            path = self._path(run_id)
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:
+                found.append(f"{path} is missing (rows name {end:,} bytes of it)")
+                continue
+            except OSError as exc:
+                raise state_error(exc, path, "read") from exc
+            if size < end:
+                found.append(f"{path} holds {size:,} bytes, rows name {end:,}")
+        return found
+
     def copy_missing_to(self, folder: Path) -> None:
         """Copy the run files this folder has and ``folder`` lacks (a merge's shards)."""
         if not self.folder.is_dir():
