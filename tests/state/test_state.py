@@ -132,6 +132,37 @@ def test_merge_keeps_done_over_failed_and_the_newer_of_two(
     assert report.per_source == {str(source): 5 for source in sources}
 
 
+def test_merge_keeps_the_winning_rows_version_and_vectors(tmp_path: Path) -> None:
+    # The newer done row of a key wins whole: its task version (which says whether it is
+    # current) and the vector bytes it names in its own run's file, copied beside the merge.
+    older = outcome("k", "done", 100, "old")._replace(vectors=b"\x01" * 8, run_id="run-old")
+    newer = outcome("k", "done", 200, "new")._replace(
+        task_version="v2", vectors=b"\x02" * 8, run_id="run-new"
+    )
+    a = make_registry(tmp_path / "a", [older], run_id="run-old")
+    b = make_registry(tmp_path / "b", [newer], run_id="run-new", started_at=2.0)
+
+    merge([a, b], tmp_path / "merged")
+
+    merged = Registry(tmp_path / "merged")
+    try:
+        version, run_id, at, length = (
+            merged.db()
+            .execute(
+                "SELECT task_version, run_id, vector_at, vector_len FROM items WHERE key = 'k'"
+            )
+            .fetchone()
+        )
+        assert (version, run_id) == ("v2", "run-new")
+        assert merged.vector_files.read(run_id, at, length) == b"\x02" * 8
+    finally:
+        merged.close()
+    assert sorted(p.name for p in (tmp_path / "merged" / "vectors").iterdir()) == [
+        "run-new.f32",
+        "run-old.f32",
+    ]
+
+
 def test_merge_brings_runs_and_meta_and_counts_for_status(
     tmp_path: Path, shards: tuple[Path, Path]
 ) -> None:
