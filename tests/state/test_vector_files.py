@@ -89,10 +89,36 @@ def test_copy_missing_to_copies_whole_files_and_keeps_those_there(tmp_path: Path
     files = VectorFiles(shard)
     files.append("run-a", [b"a" * 8])
     files.append("run-b", [b"b" * 8])
+    files.append("run-c", [b"c" * 8])
     files.close()
     (merged / "vectors").mkdir(parents=True)
-    (merged / "vectors" / "run-a.f32").write_bytes(b"kept")
+    (merged / "vectors" / "run-a.f32").write_bytes(b"a" * 8)  # merged before: the same
+    (merged / "vectors" / "run-c.f32").write_bytes(b"c" * 3)  # copied while it still wrote
+    (merged / "vectors" / "run-d.f32").write_bytes(b"d" * 16)  # this shard's is older
+    files = VectorFiles(shard)
+    files.append("run-d", [b"d" * 8])
+    files.close()
     VectorFiles(shard).copy_missing_to(merged)
-    assert (merged / "vectors" / "run-a.f32").read_bytes() == b"kept"
-    assert (merged / "vectors" / "run-b.f32").read_bytes() == b"b" * 8
-    assert sorted(p.name for p in (merged / "vectors").iterdir()) == ["run-a.f32", "run-b.f32"]
+    for run in "abc":
+        assert (merged / "vectors" / f"run-{run}.f32").read_bytes() == run.encode() * 8
+    assert (merged / "vectors" / "run-d.f32").read_bytes() == b"d" * 16
+    assert sorted(p.name for p in (merged / "vectors").iterdir()) == [
+        "run-a.f32",
+        "run-b.f32",
+        "run-c.f32",
+        "run-d.f32",
+    ]
+
+
+def test_one_run_id_with_other_bytes_is_refused_not_kept(tmp_path: Path) -> None:
+    # Two states whose runs share an id: keeping either file would give the other's rows
+    # the wrong vectors.
+    shard, merged = tmp_path / "shard", tmp_path / "merged"
+    files = VectorFiles(shard)
+    files.append("run-a", [b"a" * 8])
+    files.close()
+    (merged / "vectors").mkdir(parents=True)
+    (merged / "vectors" / "run-a.f32").write_bytes(b"z" * 8)
+    with pytest.raises(StateError, match="different vectors for one run id"):
+        VectorFiles(shard).copy_missing_to(merged)
+    assert (merged / "vectors" / "run-a.f32").read_bytes() == b"z" * 8

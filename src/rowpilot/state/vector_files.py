@@ -99,16 +99,28 @@ class VectorFiles:
         return found
 
     def copy_missing_to(self, folder: Path) -> None:
-        """Copy the run files this folder has and ``folder`` lacks (a merge's shards)."""
+        """Copy this folder's run files into ``folder`` (a merge's shards): one it lacks, or
+        holds only the start of (copied while that run still wrote); the longer of two where
+        one starts the other. The same run id with other bytes is a StateError, never a file
+        silently kept: rows would read the wrong vectors."""
         if not self.folder.is_dir():
             return
         for path in sorted(self.folder.glob(f"*{SUFFIX}")):
             copy = folder / FOLDER / path.name
-            if not copy.exists():
-                copy.parent.mkdir(parents=True, exist_ok=True)
-                partial = copy.with_name(f".{copy.name}.{os.getpid()}.part")
-                shutil.copyfile(path, partial)
-                os.replace(partial, copy)  # whole or absent: a killed copy is not a file
+            if copy.exists():
+                ours, theirs = path.stat().st_size, copy.stat().st_size
+                shorter, longer = (path, copy) if ours <= theirs else (copy, path)
+                if not _starts_with(longer, shorter):
+                    raise StateError(
+                        f"{path} and {copy} hold different vectors for one run id",
+                        hint="merge these states into separate folders: two runs share an id",
+                    )
+                if theirs >= ours:
+                    continue  # the same bytes, or more of them
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            partial = copy.with_name(f".{copy.name}.{os.getpid()}.part")
+            shutil.copyfile(path, partial)
+            os.replace(partial, copy)  # whole or absent: a killed copy is not a file
 
     def close(self) -> None:
         for handle in (*self._appending.values(), *self._reading.values()):
@@ -144,3 +156,12 @@ class VectorFiles:
                 hint="the registry is damaged: restore it from a copy",
             )
         return self.folder / f"{run_id}{SUFFIX}"
+
+
+def _starts_with(path: Path, start: Path) -> bool:
+    """Whether the file ``path`` begins with the whole of the file ``start``."""
+    with path.open("rb") as whole, start.open("rb") as head:
+        while chunk := head.read(1 << 20):
+            if whole.read(len(chunk)) != chunk:
+                return False
+    return True
