@@ -307,6 +307,17 @@ def calls() -> CallsReader:
 GOOD_ROWS = [[f"k{i:02d}", f"text {i}"] for i in range(6)]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_state_left_in_the_checkout() -> Iterator[None]:
+    """A test that runs a job without a state folder of its own would leave
+    ``.rowpilot/<job>`` in the checkout (the default state root is the working folder)."""
+    root = Path(__file__).resolve().parents[1] / ".rowpilot"
+    before = set(root.iterdir()) if root.is_dir() else set()
+    yield
+    after = set(root.iterdir()) if root.is_dir() else set()
+    assert after <= before, f"tests left state in the checkout: {sorted(map(str, after - before))}"
+
+
 @pytest.fixture(scope="session")
 def good_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A state directory from one good CLI run (tasks.py:upper over data.csv, keys k00-k05).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -47,7 +48,8 @@ def threshold_in_the_task(row: dict[str, Any]) -> dict[str, Any]:
     return {"young": gc.get_threshold()[0]}
 
 
-def test_a_run_spaces_collections_while_it_runs_and_not_after() -> None:
-    result = rowpilot.run(threshold_in_the_task, [{"id": "a"}, {"id": "b"}], key="id")
+def test_a_run_spaces_collections_while_it_runs_and_not_after(tmp_path: Path) -> None:
+    rows = [{"id": "a"}, {"id": "b"}]
+    result = rowpilot.run(threshold_in_the_task, rows, key="id", state=tmp_path / "state")
     assert {record.output["young"] for record in result if record.output} == {RUN_THRESHOLD}
     assert gc.get_threshold() == (700, 10, 10)
