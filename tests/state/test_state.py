@@ -296,6 +296,15 @@ def test_verify_of_a_missing_dir_raises(tmp_path: Path, write_csv: WriteCsv) -> 
     assert not (tmp_path / "missing").exists()
 
 
+def test_verify_says_there_is_no_registry_before_reading_the_source(tmp_path: Path) -> None:
+    # The source is read only once the state is known to hold a registry: a malformed
+    # (or huge) file is not read to say "no registry".
+    data = tmp_path / "data.csv"
+    data.write_text('id,text\nk1,"never closed\n', encoding="utf-8")
+    with pytest.raises(StateError, match="no registry in"):
+        verify_csv(tmp_path / "missing", data)
+
+
 def _double(row: dict[str, Any]) -> dict[str, Any]:
     return {"twice": int(row["n"]) * 2}
 

@@ -320,6 +320,9 @@ def verify(
 ) -> VerifyReport:
     """Every selected source row must be done, once, and current (with ``dedupe``, every
     key's first row)."""
+    registry = Registry(directory)
+    if not registry.exists:  # said before the source is read, however large it is
+        raise StateError(f"no registry in {directory}", hint="run the job first, or check --state")
     checked = scan(source, keyer, selection)
     report = VerifyReport(expected=checked.total)
     if checked.duplicate_hashes and dedupe:
@@ -328,9 +331,6 @@ def verify(
     elif checked.duplicate_hashes:
         error = duplicate_key_error(source, keyer, selection, checked.duplicate_hashes)
         report.duplicates = error.message if error else None
-    registry = Registry(directory)
-    if not registry.exists:
-        raise StateError(f"no registry in {directory}", hint="run the job first, or check --state")
     try:
         check_key_definition(registry, keyer.key_column)
         versions = registry.current_versions()
