@@ -180,6 +180,9 @@ def test_a_shards_limits_are_shown_as_its_share(
 def test_a_jobs_settings_without_touching_state(
     tmp_path: Path, job: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # As where PYTHONDONTWRITEBYTECODE is unset: importing tasks.py must not write its
+    # __pycache__ beside it either.
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)
     before = tree(tmp_path)
     text = ok(doctor(tmp_path, "jobs/job.toml"))
     report = json.loads(ok(doctor(tmp_path, "jobs/job.toml", "--json")))

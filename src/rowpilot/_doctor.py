@@ -12,12 +12,14 @@ be loaded is reported, not raised.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import importlib.util
 import json
 import os
 import platform
-from collections.abc import Iterable, Mapping
+import sys
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +152,17 @@ def _job(path: Path, config: JobConfig) -> dict[str, Any]:
     return found
 
 
+@contextlib.contextmanager
+def _no_bytecode_written() -> Iterator[None]:
+    """Importing the job's tasks.py writes no ``__pycache__`` beside it."""
+    before = sys.dont_write_bytecode
+    sys.dont_write_bytecode = True
+    try:
+        yield
+    finally:
+        sys.dont_write_bytecode = before
+
+
 def _task(config: JobConfig) -> dict[str, Any]:
     """What the job's task is, its limits, and the workers a run would start with, and
     why, computed as the engine does."""
@@ -159,7 +172,8 @@ def _task(config: JobConfig) -> dict[str, Any]:
 
     limits: dict[str, dict[str, Any]] = {name: dict(table) for name, table in config.limits.items()}
     try:
-        task = build_task(config)
+        with _no_bytecode_written():  # doctor only looks: the job's folder stays as it was
+            task = build_task(config)
     except RowpilotError as error:
         return {
             "task": str(config.task or config.model),
