@@ -392,6 +392,7 @@ def test_a_read_only_state_refuses_a_run_but_status_export_and_verify_read_it(
     ns.rowpilot("status_json", "status", "ro/state", "--json")
     ns.rowpilot("export", "export", "ro/state", "-o", str(job / "out.csv"))
     ns.rowpilot("verify", "verify", "ro/state", "--source", "data.csv", "--key", "id")
+    ns.rowpilot("report", "report", "ro/state", "-o", str(job / "report.html"))
     results = ns.run()
 
     one_error_line(results["run"], "ro/state", "read-only", "--state")
@@ -406,6 +407,9 @@ def test_a_read_only_state_refuses_a_run_but_status_export_and_verify_read_it(
     verify = ok(results["verify"])
     assert "expected 6  done 6  failed 0  missing 0" in verify
     assert verify.splitlines()[-1] == "complete"
+    ok(results["report"])
+    page = (job / "report.html").read_text(encoding="utf-8")
+    assert '<div class="counter" data-counter="done"><b>6</b>' in page
 
 
 def test_a_read_only_registry_with_unfolded_writes_is_refused_then_read_from_a_copy(

@@ -1,8 +1,9 @@
 """Read-only queries of a job's registry, for ``rowpilot report`` and the dashboard.
 
-The file is opened read-only (``mode=ro``): no migration, no write, no lock, so a report
-can read a job while its run commits (SQLite's write-ahead log lets a reader see the last
-commit). A registry an older rowpilot wrote and no run has brought up to date since is
+The file is opened read-only (``mode=ro``; ``immutable=1`` on a read-only filesystem):
+no migration, no write, no lock, so a report can read a job while its run commits
+(SQLite's write-ahead log lets a reader see the last commit).
+A registry an older rowpilot wrote and no run has brought up to date since is
 refused with a hint (any run or ``rowpilot status`` updates it).
 """
 
@@ -14,6 +15,7 @@ from types import TracebackType
 from typing import Any
 
 from rowpilot.errors import StateError
+from rowpilot.state.registry import read_only_folder
 
 
 class RegistryReader:
@@ -25,7 +27,7 @@ class RegistryReader:
 
     def __enter__(self) -> RegistryReader:
         try:
-            self._db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+            self._db = sqlite3.connect(self._uri(), uri=True)
             self._db.execute("SELECT cost_usd, calls FROM items LIMIT 1").fetchall()
         except sqlite3.Error as exc:
             if self._db is not None:
@@ -35,6 +37,21 @@ class RegistryReader:
                 hint="a run or `rowpilot status` brings a registry of an older rowpilot up to date",
             ) from exc
         return self
+
+    def _uri(self) -> str:
+        """``mode=ro``; on a read-only filesystem, where SQLite cannot make the write-ahead
+        log's index, ``immutable=1``, as ``status`` and ``export`` read it (refused while the
+        log holds writes not folded in: read immutable, they would be silently missing)."""
+        if not read_only_folder(self.path.parent):
+            return f"file:{self.path}?mode=ro"
+        wal = self.path.with_name(self.path.name + "-wal")
+        if wal.exists() and wal.stat().st_size > 0:
+            raise StateError(
+                f"{self.path} is on a read-only filesystem and has writes not yet folded in "
+                f"({wal.name})",
+                hint="copy the state folder somewhere writable and point at the copy",
+            )
+        return f"file:{self.path}?immutable=1"
 
     def __exit__(
         self,
