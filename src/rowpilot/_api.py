@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypedDict, Unpack
 from rowpilot import _settings
 from rowpilot._config import build_config
 from rowpilot._result import Result
+from rowpilot._targets import scheme_of
 from rowpilot.engine.job import run_sync
 from rowpilot.errors import ConfigError
 
@@ -175,8 +176,8 @@ def _as_config(given: Mapping[str, Any]) -> dict[str, Any]:
         setting = _settings.BY_NAME.get(name)
         settings[setting.config_field if setting else name] = value
     for name in _PATHS:
-        if name in settings:
-            settings[name] = Path(settings[name])
+        if name in settings and scheme_of(os.fspath(settings[name])) is None:
+            settings[name] = Path(settings[name])  # a URL stays whole: a Path folds "//"
     for name in _MAPPINGS:
         if name in settings:
             settings[name] = dict(settings[name])

@@ -80,7 +80,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from rowpilot import _settings
 from rowpilot._targets import scheme_of
@@ -129,7 +129,7 @@ class JobConfig(BaseModel):
     force_before: float | None = None
     retry_failed: bool = False
     state: Path | None = None
-    output: Path | None = None
+    output: Path | str | None = None  # a URL (a registered sink's scheme) stays a string
     json_dir: Path | None = None
     failures: Path | None = None
     grace: float = Field(30.0, ge=0)
@@ -178,6 +178,14 @@ class JobConfig(BaseModel):
     write_batch: int = Field(200, ge=1, le=10_000)
     write_interval: float = Field(5.0, gt=0)
     sheets_write_rpm: float = Field(60.0, gt=0)
+
+    @field_validator("output", mode="before")
+    @classmethod
+    def _output_url_stays_text(cls, value: Any) -> Any:
+        """A URL (``s3://...``: a registered sink's scheme) stays whole; a Path folds ``//``."""
+        if value is None or (isinstance(value, str) and scheme_of(value) is not None):
+            return value
+        return Path(value)
 
     @property
     def workers_at_most(self) -> int:

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import rowpilot
+from conftest import invoke_cli
 from rowpilot.errors import ConfigError
 from rowpilot.sinks import LanceDBSink, SinkOptions, register_sink, unregister_sink
 from rowpilot.sinks.vectors import nearest, parse_vector_target
@@ -133,6 +134,65 @@ def test_a_sink_is_checked_before_the_first_item(tmp_path: Path) -> None:
         rowpilot.run(shout, source, key="id", state=tmp_path / "s", output=tmp_path / "bad.toyout")
     assert CALLS == []
     assert not (tmp_path / "s").exists()
+
+
+MEMO: dict[str, dict[str, Any]] = {}  # what UrlSink was asked to write, by URL
+
+
+class UrlSink:
+    """A sink for ``memo://NAME`` URLs: keeps what it was asked to write, in ``MEMO``."""
+
+    def __init__(self, url: str) -> None:
+        self.name = url
+
+    def check(self) -> None:
+        assert self.name.startswith("memo://"), self.name
+
+    def write(self, registry: Registry) -> str:
+        outputs = {r.key: r.output for r in registry.records(status="done")}
+        MEMO[self.name] = outputs
+        return f"memo: {self.name}"
+
+
+def test_an_output_url_reaches_its_sink_whole_from_the_api_and_the_command(
+    tmp_path: Path,
+) -> None:
+    # A Path folds "//": --output memo://box/one must reach the sink as written.
+    kind = register_sink(lambda url, _options: UrlSink(url), schemes=("memo",))
+    try:
+        source = write_toy(tmp_path / "in.toy")
+        kind_source = register_source(open_toy, suffixes=(".toy",))
+        try:
+            rowpilot.run(shout, source, key="id", state=tmp_path / "a", output="memo://box/one")
+            (tmp_path / "tasks.py").write_text(
+                "def shout(row):\n    return {'loud': row['text'].upper()}\n", encoding="utf-8"
+            )
+            command = ["run", "in.toy", "--task", "tasks.py:shout", "--key", "id"]
+            done = invoke_cli(*command, "--state", "b", "-o", "memo://box/two", cwd=tmp_path)
+            assert done.returncode == 0, done.stderr
+        finally:
+            unregister_source(kind_source)
+    finally:
+        unregister_sink(kind)
+    loud = {"a": {"loud": "HELLO"}, "b": {"loud": "ROWS"}, "c": {"loud": "PILOT"}}
+    written = dict(MEMO)
+    assert written == {"memo://box/one": loud, "memo://box/two": loud}
+
+
+def test_output_naming_a_google_sheet_is_refused_before_any_work(tmp_path: Path) -> None:
+    source = write_toy(tmp_path / "in.toy")
+    kind = register_source(open_toy, suffixes=(".toy",))
+    CALLS.clear()
+    try:
+        with pytest.raises(ConfigError, match="--output cannot name a Google Sheet") as refused:
+            rowpilot.run(
+                shout, source, key="id", state=tmp_path / "s", output="gsheet://SHEET_ID/Out"
+            )
+    finally:
+        unregister_source(kind)
+    assert "--write-back" in refused.value.message
+    assert "rowpilot export STATE --to gsheet://" in (refused.value.hint or "")
+    assert CALLS == [] and not (tmp_path / "s").exists()
 
 
 @pytest.mark.usefixtures("toys")

@@ -29,7 +29,7 @@ def label(
     source: SourceArgument,
     text_column: Annotated[str, option("text_column", "label")],
     labels: Annotated[list[str], option("labels", "label")],
-    output: Annotated[Path | None, option("output", "label")] = None,
+    output: Annotated[str | None, option("output", "label")] = None,
     model: Annotated[str | None, option("model", "label")] = None,
     base_url: Annotated[str | None, option("base_url", "label")] = None,
     threshold: Annotated[float | None, option("threshold", "label")] = None,
@@ -103,7 +103,7 @@ def _default_label_model(env_file: Path | None) -> str:
 def embed(
     source: SourceArgument,
     text_column: Annotated[str, option("text_column", "embed")],
-    output: Annotated[Path | None, option("output", "embed")] = None,
+    output: Annotated[str | None, option("output", "embed")] = None,
     vectors: Annotated[str | None, option("vectors", "embed")] = None,
     key: Annotated[str | None, option("key", "embed")] = None,
     embed_batch: Annotated[int | None, option("embed_batch", "embed")] = None,

@@ -69,7 +69,7 @@ def run(
     task_version: Annotated[str | None, option("task_version", "run")] = None,
     state: Annotated[Path | None, option("state", "run")] = None,
     name: Annotated[str | None, option("name", "run")] = None,
-    output: Annotated[Path | None, option("output", "run")] = None,
+    output: Annotated[str | None, option("output", "run")] = None,
     json_dir: Annotated[Path | None, option("json_dir", "run")] = None,
     failures: Annotated[Path | None, option("failures", "run")] = None,
     encoding: Annotated[str | None, option("encoding", "run")] = None,

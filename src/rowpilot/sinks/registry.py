@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from rowpilot._targets import normal_schemes, normal_suffixes, scheme_of, suffix_of
+from rowpilot.errors import ConfigError
 from rowpilot.sinks.base import Sink, SinkFactory, SinkOptions
 from rowpilot.sinks.failures import FailuresSink
 from rowpilot.sinks.gsheet import GsheetWriteBack, gsheet_export
@@ -77,6 +78,7 @@ def sinks_for(config: JobConfig, *, vector_field: str | None) -> list[Sink]:
     if config.write_back:  # written while the run goes: first, so it starts first
         sinks.append(GsheetWriteBack(str(config.source), options))
     if config.output is not None:
+        _check_output_target(os.fspath(config.output))
         sinks.append(open_sink(config.output, options))
     if config.json_dir is not None:
         sinks.append(JsonFolderSink(config.json_dir))
@@ -86,6 +88,19 @@ def sinks_for(config: JobConfig, *, vector_field: str | None) -> list[Sink]:
         # --to names a vector store: a table suffix there is a mistake for LanceDB to name.
         sinks.append(open_sink(config.vectors, options, default=lancedb_sink, by_suffix=False))
     return sinks
+
+
+def _check_output_target(target: str) -> None:
+    """``--output gsheet://...`` would write a whole worksheet after every run: a run writes
+    a Sheet through ``--write-back`` (its own rows, by key), an export to a new one."""
+    if scheme_of(target) == "gsheet":
+        raise ConfigError(
+            "--output cannot name a Google Sheet: a run writes its outputs into the sheet it "
+            "reads with --write-back",
+            file=target,
+            hint="or write the job's table to a new worksheet after the run: rowpilot export "
+            "STATE --to gsheet://SPREADSHEET_ID/NEW_WORKSHEET",
+        )
 
 
 def sink_options(config: JobConfig, *, vector_field: str | None = None) -> SinkOptions:
