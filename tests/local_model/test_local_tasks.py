@@ -14,6 +14,7 @@ import subprocess
 import sys
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -526,6 +527,31 @@ def test_a_state_copied_without_its_vectors_is_caught_by_verify_and_export(
     assert exported.returncode == 2
     assert f"{file.name} is missing" in exported.stderr
     assert "Traceback" not in exported.stderr and len(exported.stderr.strip().splitlines()) == 1
+
+
+def test_a_runs_vector_file_is_removed_once_no_row_points_into_it(tmp_path: Path) -> None:
+    from rowpilot.local_model.model import embed_texts
+
+    data, state = tmp_path / "data.csv", tmp_path / "state"
+    rows = write_texts(data, 20)
+
+    def embed(**options: Any) -> list[str]:
+        rowpilot.embed(data, key="id", text_column="text", state=state, **options)
+        return sorted(path.name for path in (state / "vectors").iterdir())
+
+    (first,) = embed()
+    assert embed() == [first]  # nothing redone: nothing written, nothing removed
+    changed = [{**row, "text": row["text"] + " again"} if i < 5 else row for i, row in
+               enumerate(rows)]  # fmt: skip
+    pd.DataFrame(changed).to_csv(data, index=False)
+    files = embed()  # five rows redone in a file of their own; the first still holds 15
+    assert len(files) == 2 and first in files
+    (last,) = embed(force=True)  # every row redone: the two older files are gone
+    assert last not in files
+    vectors = {r.key: (r.output or {})["embedding"] for r in Registry(state).records()}
+    expected = embed_texts([row["text"] for row in changed])
+    for row, vector in zip(changed, expected, strict=True):
+        assert vectors[row["id"]].tobytes() == vector.tobytes()
 
 
 def test_the_demo_jobs_run(tmp_path: Path) -> None:

@@ -122,3 +122,15 @@ def test_one_run_id_with_other_bytes_is_refused_not_kept(tmp_path: Path) -> None
     with pytest.raises(StateError, match="different vectors for one run id"):
         VectorFiles(shard).copy_missing_to(merged)
     assert (merged / "vectors" / "run-a.f32").read_bytes() == b"z" * 8
+
+
+def test_remove_all_but_keeps_the_runs_named_and_nothing_else_of_ours(tmp_path: Path) -> None:
+    files = VectorFiles(tmp_path)
+    for run in ("run-a", "run-b", "run-c"):
+        files.append(run, [b"\x00" * 4])
+    files.close()
+    (tmp_path / "vectors" / ".run-d.f32.123.part").write_bytes(b"half")  # a killed merge's
+    removed = VectorFiles(tmp_path).remove_all_but({"run-b"})
+    assert removed == [".run-d.f32.123.part", "run-a.f32", "run-c.f32"]
+    assert [p.name for p in (tmp_path / "vectors").iterdir()] == ["run-b.f32"]
+    assert VectorFiles(tmp_path / "elsewhere").remove_all_but(set()) == []

@@ -444,6 +444,8 @@ async def _execute(job: PreparedJob, progress: ProgressView | None) -> Result:
         with serving(job.state, job.config.dashboard):  # --dashboard: the live report
             summary = await _run_locked(job, registry, view)
         written = _write_outputs(job.sinks, registry) if registry.exists else []
+        if registry.exists:  # runs whose every row was redone leave their vector files
+            registry.prune_vector_files()
     except UserError:
         # A user error before the first commit leaves no state behind, as it found it.
         remove_state = created is not None and not registry.exists

@@ -421,6 +421,13 @@ class Registry:
         )
         return {run_id: int(end) for run_id, end in self.db().execute(query)}
 
+    def prune_vector_files(self) -> list[str]:
+        """Remove the vector files no row points into any more (the caller holds the
+        state's lock); their names. Nothing is read when the state has no vectors."""
+        if not self.vector_files.folder.is_dir():
+            return []
+        return self.vector_files.remove_all_but(set(self.vector_ends()))
+
     @_mapped("read the registry")
     def has_items(self) -> bool:
         """Whether any item was ever recorded (no count: that would read every row)."""

@@ -98,6 +98,23 @@ class VectorFiles:
                 found.append(f"{path} holds {size:,} bytes, rows name {end:,}")
         return found
 
+    def remove_all_but(self, runs: set[str]) -> list[str]:
+        """Remove the run files of runs not in ``runs`` (no row points into them any more:
+        every row they wrote was redone by a later run), and copies a killed merge left.
+        Only under the state's lock: no run or merge is writing here. Their names."""
+        removed: list[str] = []
+        if not self.folder.is_dir():
+            return removed
+        for path in sorted(self.folder.iterdir()):
+            unfinished = path.name.startswith(".") and path.name.endswith(".part")
+            if unfinished or (path.suffix == SUFFIX and path.stem not in runs):
+                try:
+                    path.unlink()
+                except OSError as exc:
+                    raise state_error(exc, path, "remove") from exc
+                removed.append(path.name)
+        return removed
+
     def copy_missing_to(self, folder: Path) -> None:
         """Copy this folder's run files into ``folder`` (a merge's shards): one it lacks, or
         holds only the start of (copied while that run still wrote); the longer of two where
