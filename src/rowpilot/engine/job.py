@@ -445,7 +445,7 @@ async def _execute(job: PreparedJob, progress: ProgressView | None) -> Result:
             summary = await _run_locked(job, registry, view)
         written = _write_outputs(job.sinks, registry) if registry.exists else []
         if registry.exists:  # runs whose every row was redone leave their vector files
-            registry.prune_vector_files()
+            registry.prune_vector_files(summary.run_id)
     except UserError:
         # A user error before the first commit leaves no state behind, as it found it.
         remove_state = created is not None and not registry.exists

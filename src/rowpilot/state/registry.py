@@ -421,12 +421,15 @@ class Registry:
         )
         return {run_id: int(end) for run_id, end in self.db().execute(query)}
 
-    def prune_vector_files(self) -> list[str]:
+    @_mapped("read the registry")
+    def prune_vector_files(self, current_run: str) -> list[str]:
         """Remove the vector files no row points into any more (the caller holds the
-        state's lock); their names. Nothing is read when the state has no vectors."""
-        if not self.vector_files.folder.is_dir():
-            return []
-        return self.vector_files.remove_all_but(set(self.vector_ends()))
+        state's lock); their names. The current run's rows are its own: its file is kept
+        unread, and each older file costs a lookup that stops at its first row."""
+        query = "SELECT 1 FROM items WHERE run_id = ? AND vector_at IS NOT NULL LIMIT 1"
+        older = self.vector_files.runs() - {current_run}
+        named = {run for run in older if self.db().execute(query, (run,)).fetchone()}
+        return self.vector_files.remove_all_but({*named, current_run})
 
     @_mapped("read the registry")
     def has_items(self) -> bool:

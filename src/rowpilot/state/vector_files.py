@@ -98,6 +98,12 @@ class VectorFiles:
                 found.append(f"{path} holds {size:,} bytes, rows name {end:,}")
         return found
 
+    def runs(self) -> set[str]:
+        """The runs that have a file here."""
+        if not self.folder.is_dir():
+            return set()
+        return {path.stem for path in self.folder.glob(f"*{SUFFIX}")}
+
     def remove_all_but(self, runs: set[str]) -> list[str]:
         """Remove the run files of runs not in ``runs`` (no row points into them any more:
         every row they wrote was redone by a later run), and copies a killed merge left.
